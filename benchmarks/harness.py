@@ -1,0 +1,122 @@
+"""Shared benchmark helper: CUDA-event medians after warm-up, roofline floor, JSON rows.
+
+Every benchmark builds rows with :func:`measure` and prints them with :func:`print_table`; the
+GPU suite (benchmarks/gpu_suite.sh) collects the JSON lines. Numbers are only meaningful on the
+GPU; on the CPU the helpers still run (wall clock) so the scripts can be smoke-tested.
+
+Roofline constants are the H200 ceilings measured on this project's machine (DESIGN §4):
+4.3 TB/s for a device copy, 790 TFLOP/s for a large bf16 matmul.
+"""
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+HBM_BYTES_PER_S = 4.3e12
+BF16_FLOPS_PER_S = 790e12
+
+
+def floor_us(bytes_moved: float = 0.0, flops: float = 0.0) -> float:
+    """Roofline floor in microseconds: max(bytes / 4.3 TB/s, FLOPs / 790 TFLOP/s)."""
+    return max(bytes_moved / HBM_BYTES_PER_S, flops / BF16_FLOPS_PER_S) * 1e6
+
+
+def time_us(fn: Callable[[], object], warmup: int = 10, iters: int = 100,
+            setup: Optional[Callable[[], object]] = None, graph: bool = False) -> float:
+    """Median time of ``fn`` in microseconds.
+
+    On CUDA: each call bracketed by CUDA events on the current stream, after ``warmup`` calls;
+    ``setup`` (untimed) runs before each call, e.g. to reset state or rotate inputs.
+    With ``graph=True`` the call is captured once in a CUDA graph and its replays are timed
+    (removes the CPU launch overhead, as the decoder's graphed round does).
+    On the CPU: wall clock.
+    """
+    cuda = torch.cuda.is_available()
+    if graph and cuda:
+        if setup:
+            setup()
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn()
+        run = g.replay
+    else:
+        run = fn
+    for _ in range(warmup):
+        if setup:
+            setup()
+        run()
+    times = []
+    if cuda:
+        torch.cuda.synchronize()
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+        for i in range(iters):
+            if setup:
+                setup()
+            starts[i].record()
+            run()
+            ends[i].record()
+        torch.cuda.synchronize()
+        times = [s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)]
+    else:
+        for _ in range(iters):
+            if setup:
+                setup()
+            t0 = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - t0) * 1e6)
+    return statistics.median(times)
+
+
+def measure(name: str, shape: str, fn: Callable[[], object], *, bytes_moved: float = 0.0,
+            flops: float = 0.0, baselines: Optional[Dict[str, Callable[[], object]]] = None,
+            warmup: int = 10, iters: int = 100, setup=None, graph: bool = False) -> Dict:
+    """Time ``fn`` and its baselines side by side; return one row (dict) with the floor."""
+    row = {
+        "bench": name,
+        "shape": shape,
+        "us": time_us(fn, warmup, iters, setup, graph),
+        "floor_us": floor_us(bytes_moved, flops),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    }
+    if bytes_moved:
+        row["TB/s"] = bytes_moved / (row["us"] * 1e-6) / 1e12
+    if flops:
+        row["TFLOP/s"] = flops / (row["us"] * 1e-6) / 1e12
+    for bname, bfn in (baselines or {}).items():
+        row[f"{bname}_us"] = time_us(bfn, max(2, warmup // 2), max(5, iters // 4), setup)
+    return row
+
+
+def print_table(rows: List[Dict], json_path: Optional[str] = None) -> None:
+    """Print rows as an aligned table; append them as JSON lines to ``json_path`` (or
+    $JETSPEC_BENCH_JSON) when given."""
+    json_path = json_path or os.environ.get("JETSPEC_BENCH_JSON")
+    if json_path:
+        with open(json_path, "a") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+    if not rows:
+        return
+    keys: List[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys and k != "device"]
+
+    def fmt(v):
+        return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+    widths = {k: max(len(k), *(len(fmt(r.get(k, ""))) for r in rows)) for k in keys}
+    print("  ".join(k.ljust(widths[k]) for k in keys))
+    for r in rows:
+        print("  ".join(fmt(r.get(k, "")).ljust(widths[k]) for k in keys))
+    sys.stdout.flush()

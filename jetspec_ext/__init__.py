@@ -1,0 +1,43 @@
+"""jetspec_ext: CUDA kernels and a decoder loop for JetSpec-style causal parallel tree speculative
+decoding.
+
+``import jetspec_ext`` loads the compiled extension, which registers the ``torch.ops.jetspec.*``
+ops (CPU always; CUDA when the package was built with nvcc), and their fake implementations.
+The Python wrappers below document every tensor's shape and dtype; pure-PyTorch references of
+each op live in :mod:`jetspec_ext.reference`.
+"""
+import torch
+
+try:
+    from . import _C  # noqa: F401  (registers torch.ops.jetspec.*)
+except ImportError as e:  # pragma: no cover - only on a broken install
+    raise ImportError(
+        "jetspec_ext: the compiled extension jetspec_ext._C could not be loaded. Reinstall with "
+        "`pip install --no-build-isolation .` against the torch you run with "
+        f"(torch {torch.__version__}). Original error: {e}"
+    ) from e
+
+from . import reference  # noqa: E402,F401
+from .ops import (  # noqa: E402,F401
+    build_tree,
+    commit_kv,
+    tree_accept,
+    tree_attention,
+)
+
+__version__ = "0.1.0"
+
+
+def cuda_compiled() -> bool:
+    """True when this build carries CUDA kernels for the jetspec ops."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key("jetspec::tree_accept", "CUDA")
+
+
+__all__ = [
+    "build_tree",
+    "commit_kv",
+    "tree_accept",
+    "tree_attention",
+    "cuda_compiled",
+    "reference",
+]

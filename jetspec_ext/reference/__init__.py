@@ -1,0 +1,10 @@
+"""Pure-PyTorch references of every jetspec op: the semantics the kernels are tested against.
+
+They favour clarity over speed (loops where the maths is sequential) and run on any device.
+"""
+from .accept import filter_logits, tree_accept
+from .attention import tree_attention
+from .build_tree import build_tree
+from .commit import commit_kv
+
+__all__ = ["build_tree", "commit_kv", "filter_logits", "tree_accept", "tree_attention"]

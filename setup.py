@@ -1,0 +1,135 @@
+"""Build script for jetspec_ext.
+
+Builds ``jetspec_ext._C``: a CUDA extension when nvcc and a CUDA-enabled torch are present, a
+CPU-only extension otherwise. Both register the same ``torch.ops.jetspec`` ops (the CUDA build adds
+CUDA kernels for them).
+
+Environment variables (all optional):
+  JETSPEC_FORCE_CPU=1      build the CPU-only extension even when CUDA is available.
+  JETSPEC_CUDA_ARCHS       ';'-separated targets, e.g. "90a;80" (default "90a;80+PTX").
+                           "+PTX" also embeds PTX for that target so newer GPUs can JIT it.
+  JETSPEC_DEBUG=1          -O0 -g (host) and -lineinfo (device).
+  CUDA_HOME                toolkit root; otherwise found from nvcc on PATH or /usr/local/cuda.
+  MAX_JOBS                 parallel compile jobs (ninja).
+
+CMakeLists.txt builds the same sources; keep ``SOURCES`` logic in the two files in sync
+(both glob csrc/*.cpp, csrc/cpu/*.cpp and, for CUDA, csrc/cuda/*.cu).
+"""
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _find_cuda_home():
+    """CUDA toolkit root, or None. Set before torch.utils.cpp_extension is imported (it caches it)."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates.append("/usr/local/cuda")
+    for c in candidates:
+        if c and os.path.exists(os.path.join(c, "bin", "nvcc")):
+            return c
+    return None
+
+
+CUDA_HOME = _find_cuda_home()
+if CUDA_HOME:
+    os.environ["CUDA_HOME"] = CUDA_HOME
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+WITH_CUDA = (
+    CUDA_HOME is not None
+    and torch.version.cuda is not None
+    and os.environ.get("JETSPEC_FORCE_CPU", "0") != "1"
+)
+DEBUG = os.environ.get("JETSPEC_DEBUG", "0") == "1"
+
+
+def _site_include_dirs():
+    """Headers that torch's CUDA headers include (cuBLAS, cuSPARSE, ...) ship in the nvidia cu13
+    wheels rather than the toolkit on some machines; add them when present."""
+    dirs = []
+    try:
+        import nvidia  # namespace package from the nvidia-* wheels
+
+        for base in list(nvidia.__path__):
+            for sub in ("cu13/include", "cu12/include"):
+                d = os.path.join(base, sub)
+                if os.path.isdir(d):
+                    dirs.append(d)
+    except ImportError:
+        pass
+    return dirs
+
+
+def _arch_flags():
+    spec = os.environ.get("JETSPEC_CUDA_ARCHS", "90a;80+PTX")
+    flags = []
+    for item in filter(None, (s.strip() for s in spec.split(";"))):
+        ptx = item.endswith("+PTX")
+        arch = item[: -len("+PTX")] if ptx else item
+        arch = arch.replace(".", "")
+        flags.append(f"-gencode=arch=compute_{arch},code=sm_{arch}")
+        if ptx:
+            flags.append(f"-gencode=arch=compute_{arch},code=compute_{arch}")
+    if not flags:
+        sys.exit("JETSPEC_CUDA_ARCHS is empty")
+    return flags
+
+
+def _sources():
+    srcs = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
+    if WITH_CUDA:
+        srcs += sorted(glob.glob("csrc/cuda/*.cu"))
+    return srcs
+
+
+def _extension():
+    cxx = ["-O0", "-g"] if DEBUG else ["-O3"]
+    cxx += ["-DPy_LIMITED_API=0x03090000"]  # C++ standard: chosen by torch (C++20 for torch >= 2.12)
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    if not WITH_CUDA:
+        return CppExtension(
+            "jetspec_ext._C",
+            _sources(),
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx},
+            py_limited_api=True,
+        )
+    cxx.append("-DJETSPEC_WITH_CUDA")
+    nvcc = [
+        "-O3",
+        "-DJETSPEC_WITH_CUDA",
+        "--expt-relaxed-constexpr",
+        "-Xptxas=-warn-spills",
+        "-DPy_LIMITED_API=0x03090000",
+    ] + _arch_flags()
+    if DEBUG:
+        nvcc.append("-lineinfo")
+    return CUDAExtension(
+        "jetspec_ext._C",
+        _sources(),
+        include_dirs=include_dirs + _site_include_dirs(),
+        extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+        py_limited_api=True,
+    )
+
+
+setup(
+    name="jetspec_ext",
+    version="0.1.0",
+    packages=find_packages(include=["jetspec_ext", "jetspec_ext.*"]),
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    package_data={"jetspec_ext": ["py.typed"]},
+    entry_points={"console_scripts": ["jetspec=jetspec_ext.cli:main"]},
+)

@@ -94,7 +94,7 @@ def _sources():
 
 def _extension():
     cxx = ["-O0", "-g"] if DEBUG else ["-O3"]
-    cxx += ["-DPy_LIMITED_API=0x03090000"]  # C++ standard: chosen by torch (C++20 for torch >= 2.12)
+    # C++ standard and Py_LIMITED_API are set by torch (C++20 for torch >= 2.12)
     include_dirs = [os.path.join(ROOT, "csrc")]
     if not WITH_CUDA:
         return CppExtension(
@@ -110,7 +110,6 @@ def _extension():
         "-DJETSPEC_WITH_CUDA",
         "--expt-relaxed-constexpr",
         "-Xptxas=-warn-spills",
-        "-DPy_LIMITED_API=0x03090000",
     ] + _arch_flags()
     if DEBUG:
         nvcc.append("-lineinfo")

@@ -1,6 +1,7 @@
 // CUDA launcher helpers: error checks after every launch, current-stream lookup.
 #pragma once
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
 

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The GPU suite: build for sm_90a, run the pytest suite on the GPU, run every benchmark, print a
+# short table last. Run on the H200 machine from the repo root:
+#   bash benchmarks/gpu_suite.sh            (writes logs and JSON to ${OUT:-benchmarks/out})
+# Env: SUITE_TESTS=0 skips pytest; SUITE_BENCH="accept attention" limits the benchmarks
+# (substrings of benchmarks/bench_*.py); PYTEST_ARGS adds pytest arguments.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUTDIR="${OUT:-benchmarks/out}"
+mkdir -p "$OUTDIR"
+export PYTHONUNBUFFERED=1
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+export PATH="$CUDA_HOME/bin:$PATH"
+export JETSPEC_CUDA_ARCHS="${JETSPEC_CUDA_ARCHS:-90a}"
+export MAX_JOBS="${MAX_JOBS:-16}"
+export JETSPEC_BENCH_JSON="$OUTDIR/bench.jsonl"
+rm -f "$JETSPEC_BENCH_JSON"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader || true
+git log -1 --format='commit %H %s' 2>/dev/null || true
+
+t0=$(date +%s)
+if ! python3 setup.py build_ext --inplace > "$OUTDIR/build.log" 2>&1; then
+  grep -E "error|Error" "$OUTDIR/build.log" | head -40
+  echo "BUILD FAILED"; exit 1
+fi
+echo "build: $(( $(date +%s) - t0 )) s"
+grep -E "spill|stack frame" "$OUTDIR/build.log" | grep -v " 0 bytes spill" | sort | uniq | head -20 || true
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+if [ "${SUITE_TESTS:-1}" = "1" ]; then
+  t0=$(date +%s)
+  (cd python_tests && python3 -m pytest -q -x --no-header -p no:cacheprovider ${PYTEST_ARGS:-} . \
+     > "../$OUTDIR/pytest.log" 2>&1)
+  rc=$?
+  tail -n 30 "$OUTDIR/pytest.log"
+  echo "pytest exit $rc ($(( $(date +%s) - t0 )) s)"
+fi
+
+for f in benchmarks/bench_*.py; do
+  name=$(basename "$f" .py)
+  if [ -n "${SUITE_BENCH:-}" ]; then
+    keep=0; for s in $SUITE_BENCH; do case "$name" in *"$s"*) keep=1;; esac; done
+    [ "$keep" = 1 ] || continue
+  fi
+  echo "== $name"
+  timeout 300 python3 "$f" 2>&1 | tee "$OUTDIR/$name.log" | tail -n 40
+done
+echo "== summary (median us; floor = roofline at 4.3 TB/s / 790 TFLOP/s)"
+python3 - "$JETSPEC_BENCH_JSON" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])] if __import__("os").path.exists(sys.argv[1]) else []
+for r in rows:
+    extra = " ".join(f"{k}={v:.1f}" for k, v in r.items() if k.endswith("_us") and k != "floor_us")
+    print(f"{r['bench'][:38]:38s} {r['shape'][:34]:34s} {r['us']:9.1f} floor {r['floor_us']:7.1f} {extra}")
+PY

@@ -1,0 +1,127 @@
+// CUDA launcher of jetspec::tree_accept: checks, workspace, dtype dispatch, current stream.
+// No host synchronisation: invalid trees are flagged on the device (see the wrapper's `check`).
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "accept_common.h"
+#include "cuda_utils.cuh"
+#include "kernels/accept.cuh"
+
+namespace jetspec {
+namespace {
+
+template <typename T, int VEC>
+void launch_choice(const at::Tensor& logits, accept::Mode mode, double temperature,
+                   const at::Tensor& rng_state, const float* thresholds, at::Tensor& part_val,
+                   at::Tensor& part_idx, int64_t chunk_len, int num_chunks, cudaStream_t stream) {
+  const int64_t rows = logits.size(0) * logits.size(1);
+  const int64_t V = logits.size(2);
+  dim3 grid(num_chunks, static_cast<unsigned>(rows));
+  const T* x = reinterpret_cast<const T*>(logits.data_ptr());
+  const int64_t* rs = rng_state.data_ptr<int64_t>();
+  float* pv = part_val.data_ptr<float>();
+  int32_t* pi = part_idx.data_ptr<int32_t>();
+  const float t = static_cast<float>(temperature);
+  switch (mode) {
+    case accept::Mode::kGreedy:
+      accept::choice_partial_kernel<T, VEC, accept::Mode::kGreedy>
+          <<<grid, accept::kThreads, 0, stream>>>(x, V, chunk_len, t, rs, thresholds, pv, pi);
+      break;
+    case accept::Mode::kSample:
+      accept::choice_partial_kernel<T, VEC, accept::Mode::kSample>
+          <<<grid, accept::kThreads, 0, stream>>>(x, V, chunk_len, t, rs, thresholds, pv, pi);
+      break;
+    case accept::Mode::kSampleFiltered:
+      accept::choice_partial_kernel<T, VEC, accept::Mode::kSampleFiltered>
+          <<<grid, accept::kThreads, 0, stream>>>(x, V, chunk_len, t, rs, thresholds, pv, pi);
+      break;
+  }
+  JETSPEC_CHECK_LAUNCH();
+}
+
+template <typename T>
+void run_accept(const at::Tensor& logits, const at::Tensor& node_tokens, const at::Tensor& parents,
+                int64_t max_depth, at::Tensor& rng_state, double temperature, int64_t top_k,
+                double top_p, at::Tensor& accepted, at::Tensor& accept_len,
+                at::Tensor& next_token) {
+  cudaStream_t stream = current_stream();
+  const int64_t B = logits.size(0), N = logits.size(1), V = logits.size(2);
+  const int64_t rows = B * N;
+  constexpr int kVec = 16 / sizeof(T);
+  const bool vec_ok = V % kVec == 0 && reinterpret_cast<uintptr_t>(logits.data_ptr()) % 16 == 0;
+  // Fixed chunk size (static shapes -> static grid): one block covers kThreads x kLoadsPerThread
+  // 16-byte loads, i.e. 8192 bf16 / 4096 fp32 logits, so a 151936-vocabulary row spans 19 blocks.
+  const int64_t chunk_len = int64_t(accept::kThreads) * accept::kLoadsPerThread * kVec;
+  const int num_chunks = ceil_div(V, chunk_len);
+  TORCH_CHECK(rows <= 65535, "tree_accept: B * N = ", rows, " exceeds 65535");
+  auto f32 = logits.options().dtype(at::kFloat);
+  at::Tensor part_val = at::empty({rows, num_chunks}, f32);
+  at::Tensor part_idx = at::empty({rows, num_chunks}, f32.dtype(at::kInt));
+
+  accept::Mode mode = accept::Mode::kGreedy;
+  const float* thresholds = nullptr;
+  at::Tensor thresh;
+  if (temperature > 0.0) {
+    const bool filtered = (top_k > 0 && top_k < V) || top_p < 1.0;
+    mode = filtered ? accept::Mode::kSampleFiltered : accept::Mode::kSample;
+    if (filtered) {
+      thresh = at::empty({rows}, f32);
+      accept::filter_threshold_kernel<T><<<static_cast<unsigned>(rows), accept::kFilterThreads, 0, stream>>>(
+          reinterpret_cast<const T*>(logits.data_ptr()), V, static_cast<float>(temperature), top_k,
+          top_p, thresh.data_ptr<float>());
+      JETSPEC_CHECK_LAUNCH();
+      thresholds = thresh.data_ptr<float>();
+    }
+  }
+  if (vec_ok)
+    launch_choice<T, kVec>(logits, mode, temperature, rng_state, thresholds, part_val, part_idx,
+                           chunk_len, num_chunks, stream);
+  else
+    launch_choice<T, 1>(logits, mode, temperature, rng_state, thresholds, part_val, part_idx,
+                        chunk_len, num_chunks, stream);
+
+  const size_t smem = static_cast<size_t>(N) * (sizeof(int64_t) + 4 * sizeof(int32_t));
+  TORCH_CHECK(smem <= 48 * 1024, "tree_accept: N = ", N, " is too large (max 2048 nodes)");
+  accept::walk_kernel<<<static_cast<unsigned>(B), accept::kWalkThreads, smem, stream>>>(
+      part_val.data_ptr<float>(), part_idx.data_ptr<int32_t>(), num_chunks,
+      node_tokens.data_ptr<int64_t>(), parents.data_ptr<int32_t>(), static_cast<int>(N),
+      static_cast<int>(max_depth), accepted.data_ptr<int32_t>(), accept_len.data_ptr<int32_t>(),
+      next_token.data_ptr<int64_t>(), temperature > 0.0 ? rng_state.data_ptr<int64_t>() : nullptr);
+  JETSPEC_CHECK_LAUNCH();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_accept_cuda(
+    const at::Tensor& logits, const at::Tensor& node_tokens, const at::Tensor& parents,
+    int64_t max_depth, at::Tensor& rng_state, double temperature, int64_t top_k, double top_p) {
+  check_tree_accept_args(logits, node_tokens, parents, max_depth, rng_state, temperature, top_k,
+                         top_p);
+  c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t B = logits.size(0);
+  auto opts = logits.options();
+  at::Tensor accepted = at::empty({B, max_depth + 1}, opts.dtype(at::kInt));
+  at::Tensor accept_len = at::empty({B}, opts.dtype(at::kInt));
+  at::Tensor next_token = at::empty({B}, opts.dtype(at::kLong));
+  switch (logits.scalar_type()) {
+    case at::kFloat:
+      run_accept<float>(logits, node_tokens, parents, max_depth, rng_state, temperature, top_k,
+                        top_p, accepted, accept_len, next_token);
+      break;
+    case at::kHalf:
+      run_accept<__half>(logits, node_tokens, parents, max_depth, rng_state, temperature, top_k,
+                         top_p, accepted, accept_len, next_token);
+      break;
+    case at::kBFloat16:
+      run_accept<__nv_bfloat16>(logits, node_tokens, parents, max_depth, rng_state, temperature,
+                                top_k, top_p, accepted, accept_len, next_token);
+      break;
+    default:
+      TORCH_CHECK(false, "tree_accept: unsupported `logits` dtype ", logits.scalar_type());
+  }
+  return {accepted, accept_len, next_token};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(jetspec, CUDA, m) { m.impl("tree_accept", &tree_accept_cuda); }
+
+}  // namespace jetspec

@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jetspec_ext  # noqa: E402
-from benchmarks.harness import measure, print_table  # noqa: E402
+from benchmarks.harness import kernel_breakdown, measure, print_breakdown, print_table  # noqa: E402
 
 
 def random_tree(B, N, V, depth, device, gen):
@@ -55,32 +55,32 @@ def main():
     for B, N in ([(1, 128), (1, 256), (8, 64)] if dev == "cuda" else [(1, 32)]):
         D = 20
         logits = (torch.randn(B, N, V, device=dev) * 3).to(torch.bfloat16)
+        # LLM-like logits: a few strong candidates over a low bulk.
+        peaked = torch.randn(B, N, V, device=dev) * 2.5
+        peaked[..., :64] += 15.0
+        peaked = peaked.to(torch.bfloat16)
         tokens, parents = random_tree(B, N, V, D, dev, gen)
         rng = torch.tensor([1234, 0], dtype=torch.int64, device=dev)
         nbytes = logits.numel() * 2
         shape = f"B={B} N={N} V={V} bf16"
-        rows.append(measure(
-            "tree_accept greedy", shape,
-            lambda: torch.ops.jetspec.tree_accept(logits, tokens, parents, D, rng, 0.0, 0, 1.0),
-            bytes_moved=nbytes,
-            baselines={"torch": lambda: torch_accept_greedy(logits, tokens, parents, D)}))
-        rows.append(measure(
-            "tree_accept sample T=1", shape,
-            lambda: torch.ops.jetspec.tree_accept(logits, tokens, parents, D, rng, 1.0, 0, 1.0),
-            bytes_moved=nbytes))
-        rows.append(measure(
-            "tree_accept sample T=0.7 k=50 p=0.9", shape,
-            lambda: torch.ops.jetspec.tree_accept(logits, tokens, parents, D, rng, 0.7, 50, 0.9),
-            bytes_moved=nbytes))
-        # LLM-like logits: a few strong candidates over a low bulk, the regime the Gumbel skip
-        # is built for.
-        llm = (torch.randn(B, N, V, device=dev) * 2.5)
-        llm[..., :64] += 15.0
-        llm = llm.to(torch.bfloat16)
-        rows.append(measure(
-            "tree_accept sample T=1 (peaked logits)", shape,
-            lambda: torch.ops.jetspec.tree_accept(llm, tokens, parents, D, rng, 1.0, 0, 1.0),
-            bytes_moved=nbytes))
+        cases = [
+            ("greedy", logits, 0.0, 0, 1.0),
+            ("sample T=1", logits, 1.0, 0, 1.0),
+            ("sample T=1 peaked", peaked, 1.0, 0, 1.0),
+            ("sample T=0.7 k=50", logits, 0.7, 50, 1.0),
+            ("sample T=0.7 p=0.9", logits, 0.7, 0, 0.9),
+            ("sample T=0.7 k=50 p=0.9", logits, 0.7, 50, 0.9),
+        ]
+        for label, lg, T, k, p in cases:
+            fn = (lambda lg=lg, T=T, k=k, p=p:
+                  torch.ops.jetspec.tree_accept(lg, tokens, parents, D, rng, T, k, p))
+            base = {"torch": lambda: torch_accept_greedy(logits, tokens, parents, D)} if T == 0 else None
+            rows.append(measure(f"tree_accept {label}", shape, fn, bytes_moved=nbytes, baselines=base))
+            if dev == "cuda":
+                rows.append(measure(f"tree_accept {label} [graph]", shape, fn, bytes_moved=nbytes,
+                                    graph=True))
+                if N == 256 and label in ("greedy", "sample T=1", "sample T=0.7 k=50 p=0.9"):
+                    print_breakdown(f"tree_accept {label} {shape}", kernel_breakdown(fn))
 
     # commit_kv: Qwen3-8B cache (36 layers x {k, v}, 8 KV heads, head dim 128, bf16), 21 nodes.
     L, H, Dh, S, n = (36, 8, 128, 4096, 21) if dev == "cuda" else (2, 2, 64, 256, 5)
@@ -96,10 +96,11 @@ def main():
     def reset():
         prefix.copy_(prefix0)
 
-    rows.append(measure(
-        "commit_kv", f"L={L} H={H} Dh={Dh} n={n} bf16",
-        lambda: torch.ops.jetspec.commit_kv(cache, prefix, path, alen),
-        bytes_moved=nbytes, setup=reset))
+    for graph in ([False, True] if dev == "cuda" else [False]):
+        rows.append(measure(
+            "commit_kv" + (" [graph]" if graph else ""), f"L={L} H={H} Dh={Dh} n={n} bf16",
+            lambda: torch.ops.jetspec.commit_kv(cache, prefix, path, alen),
+            bytes_moved=nbytes, setup=reset, graph=graph))
     print_table(rows)
 
 

@@ -6,7 +6,7 @@
 # (substrings of benchmarks/bench_*.py); PYTEST_ARGS adds pytest arguments.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUTDIR="${OUT:-benchmarks/out}"
+OUTDIR="$(realpath -m "${OUT:-benchmarks/out}")"
 mkdir -p "$OUTDIR"
 export PYTHONUNBUFFERED=1
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
@@ -29,8 +29,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 if [ "${SUITE_TESTS:-1}" = "1" ]; then
   t0=$(date +%s)
-  (cd python_tests && python3 -m pytest -q -x --no-header -p no:cacheprovider ${PYTEST_ARGS:-} . \
-     > "../$OUTDIR/pytest.log" 2>&1)
+  (cd python_tests && python3 -m pytest -q --no-header -p no:cacheprovider ${PYTEST_ARGS:-} . \
+     > "$OUTDIR/pytest.log" 2>&1)
   rc=$?
   tail -n 30 "$OUTDIR/pytest.log"
   echo "pytest exit $rc ($(( $(date +%s) - t0 )) s)"

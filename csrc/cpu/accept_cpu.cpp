@@ -64,7 +64,9 @@ float filter_threshold(std::vector<float>& scores, int64_t top_k, double top_p) 
   return thresh;
 }
 
-// Sampling: Gumbel-max over the filtered scores with the row's counter-based noise.
+// Sampling: inverse-CDF draw from the softmax of the kept scores (float64 sums), with the
+// row's uniform (value 0 of its counter-based stream): the first token whose cumulative
+// probability exceeds u.
 template <typename T>
 int64_t row_sample(const T* row, int64_t V, float temperature, int64_t top_k, double top_p,
                    uint64_t base) {
@@ -72,18 +74,21 @@ int64_t row_sample(const T* row, int64_t V, float temperature, int64_t top_k, do
   for (int64_t i = 0; i < V; ++i) s[i] = to_float(row[i]) / temperature;
   float thresh = -std::numeric_limits<float>::infinity();
   if ((top_k > 0 && top_k < V) || top_p < 1.0) thresh = filter_threshold(s, top_k, top_p);
-  int64_t best = 0;
-  float best_v = -std::numeric_limits<float>::infinity();
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < V; ++i)
+    if (s[i] >= thresh) m = std::max(m, s[i]);
+  if (m == -std::numeric_limits<float>::infinity()) return 0;  // nothing kept (all -inf)
+  std::vector<double> cum(V);
+  double z = 0.0;
   for (int64_t i = 0; i < V; ++i) {
-    if (!(s[i] >= thresh)) continue;
-    float g = -std::log(-std::log(rng_uniform(base, static_cast<uint64_t>(i))));
-    float v = s[i] + g;
-    if (v > best_v) {
-      best_v = v;
-      best = i;
-    }
+    if (s[i] >= thresh && s[i] != -std::numeric_limits<float>::infinity())
+      z += std::exp(static_cast<double>(s[i]) - static_cast<double>(m));
+    cum[i] = z;
   }
-  return best;
+  const double target = static_cast<double>(rng_uniform(base, 0)) * z;
+  // First index with cum > target (cum is non-decreasing).
+  const int64_t idx = std::upper_bound(cum.begin(), cum.end(), target) - cum.begin();
+  return std::min(idx, V - 1);
 }
 
 template <typename T>

@@ -10,83 +10,80 @@
 namespace jetspec {
 namespace {
 
-template <typename T, int VEC>
-void launch_choice(const at::Tensor& logits, accept::Mode mode, double temperature,
-                   const at::Tensor& rng_state, const float* thresholds, at::Tensor& part_val,
-                   at::Tensor& part_idx, int64_t chunk_len, int num_chunks, cudaStream_t stream) {
-  const int64_t rows = logits.size(0) * logits.size(1);
-  const int64_t V = logits.size(2);
-  dim3 grid(num_chunks, static_cast<unsigned>(rows));
-  const T* x = reinterpret_cast<const T*>(logits.data_ptr());
-  const int64_t* rs = rng_state.data_ptr<int64_t>();
-  float* pv = part_val.data_ptr<float>();
-  int32_t* pi = part_idx.data_ptr<int32_t>();
-  const float t = static_cast<float>(temperature);
-  switch (mode) {
-    case accept::Mode::kGreedy:
-      accept::choice_partial_kernel<T, VEC, accept::Mode::kGreedy>
-          <<<grid, accept::kThreads, 0, stream>>>(x, V, chunk_len, t, rs, thresholds, pv, pi);
-      break;
-    case accept::Mode::kSample:
-      accept::choice_partial_kernel<T, VEC, accept::Mode::kSample>
-          <<<grid, accept::kThreads, 0, stream>>>(x, V, chunk_len, t, rs, thresholds, pv, pi);
-      break;
-    case accept::Mode::kSampleFiltered:
-      accept::choice_partial_kernel<T, VEC, accept::Mode::kSampleFiltered>
-          <<<grid, accept::kThreads, 0, stream>>>(x, V, chunk_len, t, rs, thresholds, pv, pi);
-      break;
-  }
-  JETSPEC_CHECK_LAUNCH();
-}
-
 template <typename T>
 void run_accept(const at::Tensor& logits, const at::Tensor& node_tokens, const at::Tensor& parents,
                 int64_t max_depth, at::Tensor& rng_state, double temperature, int64_t top_k,
                 double top_p, at::Tensor& accepted, at::Tensor& accept_len,
                 at::Tensor& next_token) {
+  using namespace accept;
   cudaStream_t stream = current_stream();
   const int64_t B = logits.size(0), N = logits.size(1), V = logits.size(2);
   const int64_t rows = B * N;
-  constexpr int kVec = 16 / sizeof(T);
+  constexpr int kVec = VecTraits<T>::kVec;
   const bool vec_ok = V % kVec == 0 && reinterpret_cast<uintptr_t>(logits.data_ptr()) % 16 == 0;
   // Fixed chunk size (static shapes -> static grid): one block covers kThreads x kLoadsPerThread
   // 16-byte loads, i.e. 8192 bf16 / 4096 fp32 logits, so a 151936-vocabulary row spans 19 blocks.
-  const int64_t chunk_len = int64_t(accept::kThreads) * accept::kLoadsPerThread * kVec;
+  const int64_t chunk_len = int64_t(kThreads) * kLoadsPerThread * kVec;
   const int num_chunks = ceil_div(V, chunk_len);
   TORCH_CHECK(rows <= 65535, "tree_accept: B * N = ", rows, " exceeds 65535");
-  auto f32 = logits.options().dtype(at::kFloat);
-  at::Tensor part_val = at::empty({rows, num_chunks}, f32);
-  at::Tensor part_idx = at::empty({rows, num_chunks}, f32.dtype(at::kInt));
-
-  accept::Mode mode = accept::Mode::kGreedy;
-  const float* thresholds = nullptr;
-  at::Tensor thresh;
-  if (temperature > 0.0) {
-    const bool filtered = (top_k > 0 && top_k < V) || top_p < 1.0;
-    mode = filtered ? accept::Mode::kSampleFiltered : accept::Mode::kSample;
-    if (filtered) {
-      thresh = at::empty({rows}, f32);
-      accept::filter_threshold_kernel<T><<<static_cast<unsigned>(rows), accept::kFilterThreads, 0, stream>>>(
-          reinterpret_cast<const T*>(logits.data_ptr()), V, static_cast<float>(temperature), top_k,
-          top_p, thresh.data_ptr<float>());
-      JETSPEC_CHECK_LAUNCH();
-      thresholds = thresh.data_ptr<float>();
-    }
-  }
-  if (vec_ok)
-    launch_choice<T, kVec>(logits, mode, temperature, rng_state, thresholds, part_val, part_idx,
-                           chunk_len, num_chunks, stream);
-  else
-    launch_choice<T, 1>(logits, mode, temperature, rng_state, thresholds, part_val, part_idx,
-                        chunk_len, num_chunks, stream);
-
   const size_t smem = static_cast<size_t>(N) * (sizeof(int64_t) + 4 * sizeof(int32_t));
-  TORCH_CHECK(smem <= 48 * 1024, "tree_accept: N = ", N, " is too large (max 2048 nodes)");
-  accept::walk_kernel<<<static_cast<unsigned>(B), accept::kWalkThreads, smem, stream>>>(
-      part_val.data_ptr<float>(), part_idx.data_ptr<int32_t>(), num_chunks,
-      node_tokens.data_ptr<int64_t>(), parents.data_ptr<int32_t>(), static_cast<int>(N),
-      static_cast<int>(max_depth), accepted.data_ptr<int32_t>(), accept_len.data_ptr<int32_t>(),
-      next_token.data_ptr<int64_t>(), temperature > 0.0 ? rng_state.data_ptr<int64_t>() : nullptr);
+  TORCH_CHECK(smem <= 48 * 1024, "tree_accept: N = ", N, " is too large for the CUDA kernel (max 2048)");
+  const T* x = reinterpret_cast<const T*>(logits.data_ptr());
+  auto f32 = logits.options().dtype(at::kFloat);
+  at::Tensor part_a = at::empty({rows, num_chunks}, f32);
+  dim3 chunk_grid(num_chunks, static_cast<unsigned>(rows));
+
+  if (temperature == 0.0) {
+    at::Tensor part_idx = at::empty({rows, num_chunks}, f32.dtype(at::kInt));
+    if (vec_ok)
+      chunk_argmax_kernel<T, kVec><<<chunk_grid, kThreads, 0, stream>>>(
+          x, V, chunk_len, part_a.data_ptr<float>(), part_idx.data_ptr<int32_t>());
+    else
+      chunk_argmax_kernel<T, 1><<<chunk_grid, kThreads, 0, stream>>>(
+          x, V, chunk_len, part_a.data_ptr<float>(), part_idx.data_ptr<int32_t>());
+    JETSPEC_CHECK_LAUNCH();
+    walk_kernel<<<static_cast<unsigned>(B), kWalkThreads, smem, stream>>>(
+        part_a.data_ptr<float>(), part_idx.data_ptr<int32_t>(), num_chunks, nullptr,
+        node_tokens.data_ptr<int64_t>(), parents.data_ptr<int32_t>(), static_cast<int>(N),
+        static_cast<int>(max_depth), accepted.data_ptr<int32_t>(), accept_len.data_ptr<int32_t>(),
+        next_token.data_ptr<int64_t>(), nullptr);
+    JETSPEC_CHECK_LAUNCH();
+    return;
+  }
+
+  const float inv_t = static_cast<float>(1.0 / temperature);
+  const bool filtered = (top_k > 0 && top_k < V) || top_p < 1.0;
+  at::Tensor thresh;
+  const float* thresholds = nullptr;
+  if (filtered) {
+    thresh = at::empty({rows}, f32);
+    if (vec_ok)
+      filter_threshold_kernel<T, kVec><<<static_cast<unsigned>(rows), kFilterThreads, 0, stream>>>(
+          x, V, inv_t, top_k, top_p, thresh.data_ptr<float>());
+    else
+      filter_threshold_kernel<T, 1><<<static_cast<unsigned>(rows), kFilterThreads, 0, stream>>>(
+          x, V, inv_t, top_k, top_p, thresh.data_ptr<float>());
+    JETSPEC_CHECK_LAUNCH();
+    thresholds = thresh.data_ptr<float>();
+  }
+  at::Tensor part_sum = at::empty({rows, num_chunks}, f32);
+  if (vec_ok)
+    chunk_softmax_kernel<T, kVec><<<chunk_grid, kThreads, 0, stream>>>(
+        x, V, chunk_len, inv_t, thresholds, part_a.data_ptr<float>(), part_sum.data_ptr<float>());
+  else
+    chunk_softmax_kernel<T, 1><<<chunk_grid, kThreads, 0, stream>>>(
+        x, V, chunk_len, inv_t, thresholds, part_a.data_ptr<float>(), part_sum.data_ptr<float>());
+  JETSPEC_CHECK_LAUNCH();
+  at::Tensor sampled = at::empty({rows}, f32.dtype(at::kLong));
+  sample_select_kernel<T><<<static_cast<unsigned>(rows), kSelectThreads, 0, stream>>>(
+      x, V, chunk_len, num_chunks, inv_t, thresholds, part_a.data_ptr<float>(),
+      part_sum.data_ptr<float>(), rng_state.data_ptr<int64_t>(), sampled.data_ptr<int64_t>());
+  JETSPEC_CHECK_LAUNCH();
+  walk_kernel<<<static_cast<unsigned>(B), kWalkThreads, smem, stream>>>(
+      nullptr, nullptr, 0, sampled.data_ptr<int64_t>(), node_tokens.data_ptr<int64_t>(),
+      parents.data_ptr<int32_t>(), static_cast<int>(N), static_cast<int>(max_depth),
+      accepted.data_ptr<int32_t>(), accept_len.data_ptr<int32_t>(), next_token.data_ptr<int64_t>(),
+      rng_state.data_ptr<int64_t>());
   JETSPEC_CHECK_LAUNCH();
 }
 

@@ -32,7 +32,7 @@ void commit_kv_cuda(at::Tensor& kv_cache, at::Tensor& prefix_lens,
       static_cast<int>(H), S, static_cast<int>(slot_bytes / 16), prefix_lens.data_ptr<int32_t>(),
       accepted_nodes.data_ptr<int32_t>(), accept_len.data_ptr<int32_t>(), P);
   JETSPEC_CHECK_LAUNCH();
-  commit::advance_kernel<<<ceil_div(B, 128), 128, 0, stream>>>(
+  commit::advance_kernel<<<ceil_div(B, 4), 128, 0, stream>>>(
       prefix_lens.data_ptr<int32_t>(), accepted_nodes.data_ptr<int32_t>(),
       accept_len.data_ptr<int32_t>(), static_cast<int>(B), P, S);
   JETSPEC_CHECK_LAUNCH();

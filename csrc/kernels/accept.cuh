@@ -1,56 +1,82 @@
 // Kernels of jetspec::tree_accept (torch-free; raw pointers). Semantics:
 // jetspec_ext/reference/accept.py. Launch sequence (csrc/cuda/accept_cuda.cu):
 //
-//   [top-k / top-p only] filter_threshold_kernel: one block per tree node computes the score
-//       threshold of the filtered distribution by radix select over the float keys.
-//   choice_partial_kernel: the vocabulary of every node split over many blocks; each block
-//       writes the best (value, token) of its chunk: greedy value = logit, sampling value =
-//       logit / T + Gumbel noise (Gumbel-max trick) over the kept tokens.
-//   walk_kernel: one block per batch row merges the chunks into the target's choice at every
-//       node, validates the tree, marks the children the target would follow and walks them.
+//   greedy:   chunk_argmax_kernel -> walk_kernel
+//   sampling: [filter_threshold_kernel, top-k / top-p only] -> chunk_softmax_kernel
+//             -> sample_select_kernel -> walk_kernel
 //
-// Drawing at every node in parallel and then walking is exactly the sequential procedure,
-// because every node has its own independent stream (csrc/kernels/rng.h).
+// chunk_* kernels split every node's vocabulary over many blocks (one read of the logits with
+// 16-byte loads). Greedy keeps each chunk's (max, first argmax). Sampling uses inverse-CDF
+// sampling: each chunk keeps (max, sum of exp) of its kept scores; sample_select merges the
+// chunks of a node, picks the chunk holding u * Z (u: the node's uniform) and rescans that one
+// chunk in token order to find the token. One exp per logit, no per-logit random numbers.
+// walk_kernel validates the tree, marks the children the target follows and walks them.
+//
+// Sampling at every node in parallel and then walking is exactly the sequential procedure,
+// because every node has its own independent uniform (csrc/kernels/rng.h).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
-
-#include <cfloat>
 
 #include "kernels/rng.h"
 
 namespace jetspec {
 namespace accept {
 
-constexpr int kThreads = 256;       // choice_partial_kernel block size
+constexpr int kThreads = 256;       // chunk kernels' block size
 constexpr int kLoadsPerThread = 4;  // 16-byte loads in flight per thread
 constexpr int kWalkThreads = 512;
-constexpr int kFilterThreads = 1024;
-
-// Largest Gumbel value our 24-bit uniforms can produce: u <= 1 - 2^-25 gives
-// -log(-log(u)) <= 17.33. A token whose score is below the running best minus this can never
-// win, so its noise need not be computed (exact, not an approximation).
-constexpr float kMaxGumbel = 17.34f;
+constexpr int kSelectThreads = 256;
+constexpr int kFilterThreads = 512;
 
 template <typename T>
-__device__ __forceinline__ float load_as_float(T x);
+struct VecTraits;
 template <>
-__device__ __forceinline__ float load_as_float<float>(float x) { return x; }
+struct VecTraits<float> {
+  static constexpr int kVec = 4;
+};
 template <>
-__device__ __forceinline__ float load_as_float<__half>(__half x) { return __half2float(x); }
+struct VecTraits<__half> {
+  static constexpr int kVec = 8;
+};
 template <>
-__device__ __forceinline__ float load_as_float<__nv_bfloat16>(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
+struct VecTraits<__nv_bfloat16> {
+  static constexpr int kVec = 8;
+};
 
-// Order-preserving map float -> uint32 (larger float, larger key).
-__device__ __forceinline__ uint32_t float_key(float f) {
-  uint32_t u = __float_as_uint(f);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Pack {  // one 16-byte vector (or one element when VEC == 1)
+  T v[VEC];
+};
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// Maximum of a pack (packed half2 / bfloat162 maxima where available: fewer instructions).
+template <int VEC>
+__device__ __forceinline__ float pack_max(const Pack<float, VEC>& p) {
+  float m = p.v[0];
+#pragma unroll
+  for (int e = 1; e < VEC; ++e) m = fmaxf(m, p.v[e]);
+  return m;
 }
-__device__ __forceinline__ float key_float(uint32_t k) {
-  return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+template <int VEC>
+__device__ __forceinline__ float pack_max(const Pack<__nv_bfloat16, VEC>& p) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(p.v);
+  __nv_bfloat162 m = h[0];
+#pragma unroll
+  for (int e = 1; e < VEC / 2; ++e) m = __hmax2(m, h[e]);
+  return fmaxf(__low2float(m), __high2float(m));
+}
+template <int VEC>
+__device__ __forceinline__ float pack_max(const Pack<__half, VEC>& p) {
+  const __half2* h = reinterpret_cast<const __half2*>(p.v);
+  __half2 m = h[0];
+#pragma unroll
+  for (int e = 1; e < VEC / 2; ++e) m = __hmax2(m, h[e]);
+  return fmaxf(__low2float(m), __high2float(m));
 }
 
 // (value, index) with "larger value wins, lower index on ties".
@@ -58,161 +84,360 @@ __device__ __forceinline__ bool better(float v, int32_t i, float bv, int32_t bi)
   return v > bv || (v == bv && i < bi);
 }
 
-__device__ __forceinline__ float gumbel_from_uniform(float u) { return -__logf(-__logf(u)); }
+// Order-preserving map float -> uint32 (larger float, larger key).
+__device__ __forceinline__ uint32_t float_key(float f) {
+  const uint32_t u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ __forceinline__ float key_float(uint32_t k) {
+  return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
 
-enum class Mode { kGreedy = 0, kSample = 1, kSampleFiltered = 2 };
-
-// Grid (num_chunks, rows). Each block scans one chunk of one node's logits.
-// thresholds: per-row score threshold (kSampleFiltered only).
-template <typename T, int VEC, Mode MODE>
-__global__ void __launch_bounds__(kThreads)
-    choice_partial_kernel(const T* __restrict__ logits, int64_t V, int64_t chunk_len,
-                          float temperature, const int64_t* __restrict__ rng_state,
-                          const float* __restrict__ thresholds, float* __restrict__ part_val,
-                          int32_t* __restrict__ part_idx) {
-  const int64_t row = blockIdx.y;
-  const int64_t chunk = blockIdx.x;
-  const int64_t begin = chunk * chunk_len;
-  const int64_t end = min(V, begin + chunk_len);
-  const T* row_ptr = logits + row * V;
-  const float inv_temperature = 1.0f / temperature;
-
-  uint64_t base = 0;
-  float thresh = -INFINITY;
-  if constexpr (MODE != Mode::kGreedy) {
-    base = rng_row_base(static_cast<uint64_t>(rng_state[0]), static_cast<uint64_t>(rng_state[1]),
-                        static_cast<uint64_t>(row));
-  }
-  if constexpr (MODE == Mode::kSampleFiltered) thresh = thresholds[row];
-
-  float best_v = -INFINITY;
-  int32_t best_i = INT32_MAX;
-
-  auto consider = [&](float x, int64_t i) {
-    if constexpr (MODE == Mode::kGreedy) {
-      if (better(x, static_cast<int32_t>(i), best_v, best_i)) {
-        best_v = x;
-        best_i = static_cast<int32_t>(i);
-      }
-    } else {
-      // Cheap test first (the 0.01 margin covers the rounding of x * (1/T) vs x / T).
-      if (x * inv_temperature + (kMaxGumbel + 0.01f) < best_v) return;  // cannot win
-      const float s = __fdiv_rn(x, temperature);  // exactly the reference's logits / T
-      if constexpr (MODE == Mode::kSampleFiltered) {
-        if (!(s >= thresh)) return;
-      }
-      const float v = s + gumbel_from_uniform(rng_uniform(base, static_cast<uint64_t>(i)));
-      if (better(v, static_cast<int32_t>(i), best_v, best_i)) {
-        best_v = v;
-        best_i = static_cast<int32_t>(i);
-      }
+// Calls f(pack, first_index) for every 16-byte pack of [begin, end) handled by this thread,
+// with kLoadsPerThread loads in flight. begin/end multiples of VEC.
+template <typename T, int VEC, typename F>
+__device__ __forceinline__ void for_each_pack(const T* row, int64_t begin, int64_t end, F&& f) {
+  using P = Pack<T, VEC>;
+  const P* packs = reinterpret_cast<const P*>(row);
+  const int64_t pb = begin / VEC, pe = end / VEC;
+  for (int64_t p0 = pb + threadIdx.x; p0 < pe; p0 += int64_t(kThreads) * kLoadsPerThread) {
+    P buf[kLoadsPerThread];
+#pragma unroll
+    for (int u = 0; u < kLoadsPerThread; ++u) {
+      const int64_t p = p0 + int64_t(u) * kThreads;
+      if (p < pe) buf[u] = packs[p];
     }
-  };
-
-  if constexpr (VEC > 1) {
-    // 16-byte vector loads; the launcher guarantees V % VEC == 0 and 16-byte row alignment.
-    struct alignas(16) Pack {
-      T v[VEC];
-    };
-    const Pack* packs = reinterpret_cast<const Pack*>(row_ptr);
-    const int64_t pb = begin / VEC, pe = end / VEC;
-    for (int64_t p0 = pb + threadIdx.x; p0 < pe; p0 += int64_t(kThreads) * kLoadsPerThread) {
-      Pack buf[kLoadsPerThread];
 #pragma unroll
-      for (int u = 0; u < kLoadsPerThread; ++u) {
-        const int64_t p = p0 + int64_t(u) * kThreads;
-        if (p < pe) buf[u] = packs[p];
-      }
-#pragma unroll
-      for (int u = 0; u < kLoadsPerThread; ++u) {
-        const int64_t p = p0 + int64_t(u) * kThreads;
-        if (p < pe) {
-#pragma unroll
-          for (int e = 0; e < VEC; ++e) consider(load_as_float<T>(buf[u].v[e]), p * VEC + e);
-        }
-      }
+    for (int u = 0; u < kLoadsPerThread; ++u) {
+      const int64_t p = p0 + int64_t(u) * kThreads;
+      if (p < pe) f(buf[u], p * VEC);
     }
-  } else {
-    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads)
-      consider(load_as_float<T>(row_ptr[i]), i);
-  }
-
-  // Block reduction: warp shuffles, then one value per warp through shared memory.
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    float ov = __shfl_xor_sync(0xffffffffu, best_v, off);
-    int32_t oi = __shfl_xor_sync(0xffffffffu, best_i, off);
-    if (better(ov, oi, best_v, best_i)) {
-      best_v = ov;
-      best_i = oi;
-    }
-  }
-  __shared__ float warp_v[kThreads / 32];
-  __shared__ int32_t warp_i[kThreads / 32];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) {
-    warp_v[warp] = best_v;
-    warp_i[warp] = best_i;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < kThreads / 32; ++w)
-      if (better(warp_v[w], warp_i[w], best_v, best_i)) {
-        best_v = warp_v[w];
-        best_i = warp_i[w];
-      }
-    const int64_t out = row * gridDim.x + chunk;
-    part_val[out] = best_v;
-    // An all -inf / filtered-out chunk keeps INT32_MAX: the merge never prefers it over a real
-    // token; a row with no finite value at all falls back to token 0 (torch.argmax's choice).
-    part_idx[out] = best_i;
   }
 }
 
-// Score threshold of the filtered distribution of one node (one block per node).
-// Top-k: the largest key t with count(key >= t) >= k (the k-th largest score).
-// Top-p: then the largest key t >= that with mass(key >= t) >= top_p * mass(kept).
-// Masses are exp(s - max) in 2^-40 fixed point so the sums are exact integers (deterministic
-// whatever the order of the atomics; error <= V * 2^-40 of the total).
+// Block-wide "better" reduction of (value, index); result valid in thread 0.
+template <int THREADS>
+__device__ __forceinline__ void block_best(float& v, int32_t& i) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, off);
+    const int32_t oi = __shfl_xor_sync(0xffffffffu, i, off);
+    if (better(ov, oi, v, i)) {
+      v = ov;
+      i = oi;
+    }
+  }
+  __shared__ float sv[THREADS / 32];
+  __shared__ int32_t si[THREADS / 32];
+  if (threadIdx.x % 32 == 0) {
+    sv[threadIdx.x / 32] = v;
+    si[threadIdx.x / 32] = i;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0)
+    for (int w = 1; w < THREADS / 32; ++w)
+      if (better(sv[w], si[w], v, i)) {
+        v = sv[w];
+        i = si[w];
+      }
+}
+
+// Greedy. Grid (num_chunks, rows). Each block writes its chunk's max and first argmax.
+// VEC == 1: scalar fallback when V is not a multiple of the vector width.
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    chunk_argmax_kernel(const T* __restrict__ logits, int64_t V, int64_t chunk_len,
+                        float* __restrict__ part_val, int32_t* __restrict__ part_idx) {
+  const int64_t row = blockIdx.y, chunk = blockIdx.x;
+  const int64_t begin = chunk * chunk_len, end = min(V, begin + chunk_len);
+  const T* row_ptr = logits + row * V;
+  float best_v = -INFINITY;
+  int32_t best_i = INT32_MAX;
+  if constexpr (VEC > 1) {
+    // Indices a thread visits increase, so a later equal value never replaces the best:
+    // a pack only matters if its max is strictly larger (or it holds the first -inf of a
+    // row that is entirely -inf, handled by the INT32_MAX test).
+    for_each_pack<T, VEC>(row_ptr, begin, end, [&](const Pack<T, VEC>& p, int64_t i0) {
+      const float m = pack_max<VEC>(p);
+      if (m > best_v || (m == best_v && best_i == INT32_MAX)) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e)
+          if (to_f(p.v[e]) == m) {
+            best_v = m;
+            best_i = static_cast<int32_t>(i0 + e);
+            break;
+          }
+      }
+    });
+  } else {
+    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
+      const float x = to_f(row_ptr[i]);
+      if (x > best_v || (x == best_v && best_i == INT32_MAX)) {
+        best_v = x;
+        best_i = static_cast<int32_t>(i);
+      }
+    }
+  }
+  block_best<kThreads>(best_v, best_i);
+  if (threadIdx.x == 0) {
+    part_val[row * gridDim.x + chunk] = best_v;
+    part_idx[row * gridDim.x + chunk] = best_i;  // INT32_MAX: empty (NaN-only) chunk
+  }
+}
+
+// Sampling, pass 1. Grid (num_chunks, rows). Each block writes its chunk's (max, sum of
+// exp(s - max)) over kept scores s = x * (1/T) >= threshold (thresholds == nullptr: all kept).
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    chunk_softmax_kernel(const T* __restrict__ logits, int64_t V, int64_t chunk_len,
+                         float inv_t, const float* __restrict__ thresholds,
+                         float* __restrict__ part_max, float* __restrict__ part_sum) {
+  const int64_t row = blockIdx.y, chunk = blockIdx.x;
+  const int64_t begin = chunk * chunk_len, end = min(V, begin + chunk_len);
+  const T* row_ptr = logits + row * V;
+  const float thresh = thresholds ? thresholds[row] : -INFINITY;
+  float m = -INFINITY, s = 0.f;
+  auto add = [&](float x) {
+    const float sc = x * inv_t;
+    if (!(sc >= thresh) || sc == -INFINITY) return;
+    if (sc > m) {
+      s *= __expf(m - sc);
+      m = sc;
+    }
+    s += __expf(sc - m);
+  };
+  if constexpr (VEC > 1) {
+    for_each_pack<T, VEC>(row_ptr, begin, end, [&](const Pack<T, VEC>& p, int64_t) {
+      // Rescale once per pack rather than per element.
+      const float pm = pack_max<VEC>(p) * inv_t;
+      if (pm > m && pm >= thresh) {
+        s *= __expf(m - pm);
+        m = pm;
+      }
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        const float sc = to_f(p.v[e]) * inv_t;
+        if (sc >= thresh && sc != -INFINITY) s += __expf(sc - m);
+      }
+    });
+  } else {
+    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) add(to_f(row_ptr[i]));
+  }
+  // Block merge of (m, s).
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const float om = __shfl_xor_sync(0xffffffffu, m, off);
+    const float os = __shfl_xor_sync(0xffffffffu, s, off);
+    const float nm = fmaxf(m, om);
+    s = (m == -INFINITY ? 0.f : s * __expf(m - nm)) + (om == -INFINITY ? 0.f : os * __expf(om - nm));
+    m = nm;
+  }
+  __shared__ float sm[kThreads / 32], ss[kThreads / 32];
+  if (threadIdx.x % 32 == 0) {
+    sm[threadIdx.x / 32] = m;
+    ss[threadIdx.x / 32] = s;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < kThreads / 32; ++w) {
+      const float nm = fmaxf(m, sm[w]);
+      s = (m == -INFINITY ? 0.f : s * __expf(m - nm)) +
+          (sm[w] == -INFINITY ? 0.f : ss[w] * __expf(sm[w] - nm));
+      m = nm;
+    }
+    part_max[row * gridDim.x + chunk] = m;
+    part_sum[row * gridDim.x + chunk] = s;
+  }
+}
+
+// Sampling, pass 2. One block per node: merge the chunks, draw u, find the chunk holding u * Z
+// and rescan it in token order (block prefix sums) for the token. Writes choice[row].
 template <typename T>
-__global__ void __launch_bounds__(kFilterThreads)
-    filter_threshold_kernel(const T* __restrict__ logits, int64_t V, float temperature,
-                            int64_t top_k, double top_p, float* __restrict__ thresholds) {
+__global__ void __launch_bounds__(kSelectThreads)
+    sample_select_kernel(const T* __restrict__ logits, int64_t V, int64_t chunk_len,
+                         int num_chunks, float inv_t, const float* __restrict__ thresholds,
+                         const float* __restrict__ part_max, const float* __restrict__ part_sum,
+                         const int64_t* __restrict__ rng_state, int64_t* __restrict__ choice) {
   const int64_t row = blockIdx.x;
   const T* row_ptr = logits + row * V;
+  const float thresh = thresholds ? thresholds[row] : -INFINITY;
+  __shared__ int sh_chunk;
+  __shared__ float sh_m, sh_resid;
+  __shared__ float warp_tot[kSelectThreads / 32];
+  __shared__ int64_t sh_found;
+  if (threadIdx.x == 0) {
+    const float* pm = part_max + row * num_chunks;
+    const float* ps = part_sum + row * num_chunks;
+    float M = -INFINITY;
+    for (int c = 0; c < num_chunks; ++c) M = fmaxf(M, pm[c]);
+    float Z = 0.f;
+    for (int c = 0; c < num_chunks; ++c)
+      if (pm[c] != -INFINITY) Z += ps[c] * __expf(pm[c] - M);
+    const uint64_t base = rng_row_base(static_cast<uint64_t>(rng_state[0]),
+                                       static_cast<uint64_t>(rng_state[1]),
+                                       static_cast<uint64_t>(row));
+    const float target = rng_uniform(base, 0) * Z;
+    float cum = 0.f;
+    int chosen = -1;
+    for (int c = 0; c < num_chunks; ++c) {
+      if (pm[c] == -INFINITY) continue;
+      const float w = ps[c] * __expf(pm[c] - M);
+      chosen = c;
+      if (cum + w > target) break;
+      cum += w;
+    }
+    sh_chunk = chosen;  // -1 only if nothing is kept (an all -inf row): token 0
+    sh_m = M;
+    sh_resid = target - cum;
+    sh_found = -1;
+  }
+  __syncthreads();
+  const int c = sh_chunk;
+  if (c < 0) {
+    if (threadIdx.x == 0) choice[row] = 0;
+    return;
+  }
+  const float M = sh_m;
+  float resid = sh_resid;
+  const int64_t begin = c * chunk_len, end = min(V, begin + chunk_len);
+  constexpr int kPer = 8;  // contiguous elements per thread per tile
+  int64_t last_kept = -1;
+  for (int64_t t0 = begin; t0 < end; t0 += int64_t(kSelectThreads) * kPer) {
+    const int64_t i0 = t0 + int64_t(threadIdx.x) * kPer;
+    float w[kPer];
+    float local = 0.f;
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) {
+      const int64_t i = i0 + e;
+      w[e] = 0.f;
+      if (i < end) {
+        const float sc = to_f(row_ptr[i]) * inv_t;
+        if (sc >= thresh && sc != -INFINITY) {
+          w[e] = __expf(sc - M);
+          last_kept = i;
+        }
+      }
+      local += w[e];
+    }
+    // Inclusive block scan of `local` (warp shuffles, then warp totals).
+    float incl = local;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+      const float o = __shfl_up_sync(0xffffffffu, incl, off);
+      if (lane >= off) incl += o;
+    }
+    if (lane == 31) warp_tot[warp] = incl;
+    __syncthreads();
+    float warp_off = 0.f, tile_tot = 0.f;
+    for (int k = 0; k < kSelectThreads / 32; ++k) {
+      if (k < warp) warp_off += warp_tot[k];
+      tile_tot += warp_tot[k];
+    }
+    const float excl = warp_off + incl - local;
+    if (local > 0.f && excl <= resid && resid < excl + local) {
+      float acc = excl;
+#pragma unroll
+      for (int e = 0; e < kPer; ++e) {
+        if (w[e] > 0.f) {
+          acc += w[e];
+          if (resid < acc) {
+            sh_found = i0 + e;  // exactly one thread's interval holds resid
+            break;
+          }
+        }
+      }
+    }
+    __syncthreads();
+    if (sh_found >= 0) break;
+    resid -= tile_tot;
+    __syncthreads();  // warp_tot reused by the next tile
+  }
+  // Rounding can leave resid just past the chunk's total: take the chunk's last kept token.
+  if (sh_found < 0) {
+    __shared__ unsigned long long lk;
+    if (threadIdx.x == 0) lk = 0;
+    __syncthreads();
+    if (last_kept >= 0) atomicMax(&lk, static_cast<unsigned long long>(last_kept) + 1ull);
+    __syncthreads();
+    if (threadIdx.x == 0) choice[row] = lk > 0 ? static_cast<int64_t>(lk - 1) : 0;
+  } else if (threadIdx.x == 0) {
+    choice[row] = sh_found;
+  }
+}
+
+// Score threshold of the filtered distribution of one node (one block per node), scores
+// s = x * (1/T). Top-k: the largest key t with count(key >= t) >= k (the k-th largest score).
+// Top-p: then the largest key t above that with mass(key >= t) >= top_p * mass(kept).
+// Radix select over the order-preserving 32-bit keys, 4 passes of 8 bits. Histograms are
+// warp-aggregated (__match_any_sync + __reduce_add_sync) so equal bins cost one atomic per
+// warp; masses are exp(s - max) in 2^-40 fixed point, so sums are exact integers
+// (deterministic; error <= V * 2^-40 of the total).
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kFilterThreads)
+    filter_threshold_kernel(const T* __restrict__ logits, int64_t V, float inv_t, int64_t top_k,
+                            double top_p, float* __restrict__ thresholds) {
+  using P = Pack<T, VEC>;
+  const int64_t row = blockIdx.x;
+  const T* row_ptr = logits + row * V;
+  const P* packs = reinterpret_cast<const P*>(row_ptr);
+  const int64_t npacks = V / VEC;  // the launcher guarantees V % VEC == 0
   __shared__ unsigned long long hist[256];
-  __shared__ float red_f[kFilterThreads / 32];
+  __shared__ float red[kFilterThreads / 32];
   __shared__ uint32_t sh_prefix;
-  __shared__ unsigned long long sh_above;
+  __shared__ unsigned long long sh_above, sh_total;
+  const int lane = threadIdx.x % 32;
+  constexpr float kFixed = 1099511627776.0f;  // 2^40
 
-  auto score = [&](int64_t i) { return __fdiv_rn(load_as_float<T>(row_ptr[i]), temperature); };
+  // Warp-uniform trip count so the warp intrinsics below always see full warps.
+  const int64_t stride = kFilterThreads;
+  const int64_t trips = (npacks + stride - 1) / stride;
 
-  // Row maximum (for the masses).
   float m = -INFINITY;
-  for (int64_t i = threadIdx.x; i < V; i += kFilterThreads) m = fmaxf(m, score(i));
+  for (int64_t t = 0; t < trips; ++t) {
+    const int64_t p = t * stride + threadIdx.x;
+    if (p < npacks) m = fmaxf(m, pack_max<VEC>(packs[p]) * inv_t);
+  }
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-  if (threadIdx.x % 32 == 0) red_f[threadIdx.x / 32] = m;
+  if (lane == 0) red[threadIdx.x / 32] = m;
   __syncthreads();
-  m = red_f[0];
-  for (int w = 1; w < kFilterThreads / 32; ++w) m = fmaxf(m, red_f[w]);
-  __syncthreads();
+  m = red[0];
+  for (int w = 1; w < kFilterThreads / 32; ++w) m = fmaxf(m, red[w]);
 
-  uint32_t floor_key = 0;  // keys below are filtered out
-  // Radix select: 4 passes of 8 bits from the top. `use_mass` picks count or mass histograms.
+  uint32_t floor_key = 0;
   auto radix_select = [&](bool use_mass, unsigned long long target) -> uint32_t {
     uint32_t prefix = 0, prefix_mask = 0;
-    unsigned long long above = 0;  // count/mass of keys > current prefix range
+    unsigned long long above = 0;
     for (int shift = 24; shift >= 0; shift -= 8) {
+      __syncthreads();
       for (int b = threadIdx.x; b < 256; b += kFilterThreads) hist[b] = 0;
       __syncthreads();
-      for (int64_t i = threadIdx.x; i < V; i += kFilterThreads) {
-        const float s = score(i);
-        const uint32_t k = float_key(s);
-        if (k < floor_key || (k & prefix_mask) != prefix) continue;
-        const unsigned long long w =
-            use_mass ? static_cast<unsigned long long>(__expf(s - m) * 1099511627776.0f) : 1ull;
-        atomicAdd(&hist[(k >> shift) & 0xffu], w);
+      for (int64_t t = 0; t < trips; ++t) {
+        const int64_t p = t * stride + threadIdx.x;
+        P pk;
+        if (p < npacks) pk = packs[p];
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+          int bin = -1 - lane;  // unique dummy: lanes that do not count
+          uint32_t hi = 0, lo = 0;
+          if (p < npacks) {
+            const float sc = to_f(pk.v[e]) * inv_t;
+            const uint32_t k = float_key(sc);
+            if (k >= floor_key && (k & prefix_mask) == prefix) {
+              bin = static_cast<int>((k >> shift) & 0xffu);
+              unsigned long long w = 1ull;
+              if (use_mass) w = static_cast<unsigned long long>(__expf(sc - m) * kFixed);
+              hi = static_cast<uint32_t>(w >> 20);
+              lo = static_cast<uint32_t>(w & 0xfffffu);
+            }
+          }
+          const unsigned grp = __match_any_sync(0xffffffffu, bin);
+          const uint32_t shi = __reduce_add_sync(grp, hi);
+          const uint32_t slo = __reduce_add_sync(grp, lo);
+          if (bin >= 0 && lane == __ffs(grp) - 1)
+            atomicAdd(&hist[bin], (static_cast<unsigned long long>(shi) << 20) + slo);
+        }
       }
       __syncthreads();
       if (threadIdx.x == 0) {
@@ -229,102 +454,107 @@ __global__ void __launch_bounds__(kFilterThreads)
       prefix = sh_prefix;
       above = sh_above;
       prefix_mask |= 0xffu << shift;
-      __syncthreads();
     }
     return prefix;
   };
 
   if (top_k > 0 && top_k < V) floor_key = radix_select(false, static_cast<unsigned long long>(top_k));
   if (top_p < 1.0) {
-    // Total kept mass.
-    __shared__ unsigned long long total;
-    if (threadIdx.x == 0) total = 0;
+    if (threadIdx.x == 0) sh_total = 0;
     __syncthreads();
     unsigned long long local = 0;
-    for (int64_t i = threadIdx.x; i < V; i += kFilterThreads) {
-      const float s = score(i);
-      if (float_key(s) >= floor_key)
-        local += static_cast<unsigned long long>(__expf(s - m) * 1099511627776.0f);
+    for (int64_t t = 0; t < trips; ++t) {
+      const int64_t p = t * stride + threadIdx.x;
+      if (p >= npacks) continue;
+      const P pk = packs[p];
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        const float sc = to_f(pk.v[e]) * inv_t;
+        if (float_key(sc) >= floor_key)
+          local += static_cast<unsigned long long>(__expf(sc - m) * kFixed);
+      }
     }
-    atomicAdd(&total, local);
+    atomicAdd(&sh_total, local);
     __syncthreads();
-    unsigned long long target = static_cast<unsigned long long>(top_p * static_cast<double>(total));
+    unsigned long long target =
+        static_cast<unsigned long long>(top_p * static_cast<double>(sh_total));
     if (target == 0) target = 1;
     floor_key = radix_select(true, target);
   }
   if (threadIdx.x == 0) thresholds[row] = floor_key == 0 ? -INFINITY : key_float(floor_key);
 }
 
-// One block per batch row. Merges the chunk partials into each node's choice, validates the
-// tree (parents in [-1, i), root parent -1, depth <= max_depth), finds for every node the
-// lowest-index child the target would follow, walks from the root and writes the outputs.
-// Invalid rows get accept_len = next_token = -1 and accepted_nodes all -1.
-// Shared memory (dynamic): N * (int64 choice + 4 x int32).
+// One block per batch row. Gets each node's choice (greedy: merges the chunk argmaxes;
+// sampling: reads `choice`), validates the tree (parents in [-1, i), root parent -1,
+// depth <= max_depth), finds for every node the lowest-index child the target follows, walks
+// from the root and writes the outputs. Invalid rows: accept_len = next_token = -1,
+// accepted_nodes all -1. Dynamic shared memory: N * (8 + 4 * 4) bytes.
 __global__ void __launch_bounds__(kWalkThreads)
     walk_kernel(const float* __restrict__ part_val, const int32_t* __restrict__ part_idx,
-                int num_chunks, const int64_t* __restrict__ node_tokens,
-                const int32_t* __restrict__ parents, int N, int max_depth,
-                int32_t* __restrict__ accepted, int32_t* __restrict__ accept_len,
-                int64_t* __restrict__ next_token, int64_t* __restrict__ rng_state_to_advance) {
+                int num_chunks, const int64_t* __restrict__ sampled,
+                const int64_t* __restrict__ node_tokens, const int32_t* __restrict__ parents,
+                int N, int max_depth, int32_t* __restrict__ accepted,
+                int32_t* __restrict__ accept_len, int64_t* __restrict__ next_token,
+                int64_t* __restrict__ rng_state_to_advance) {
   extern __shared__ unsigned char smem_raw[];
   int64_t* choice = reinterpret_cast<int64_t*>(smem_raw);
   int32_t* next_child = reinterpret_cast<int32_t*>(choice + N);
   int32_t* depth = next_child + N;
   int32_t* anc = depth + N;
-  int32_t* depth2 = anc + N;
+  int32_t* tmp = anc + N;
   __shared__ int bad;
 
   const int b = blockIdx.x;
   const int32_t* par = parents + int64_t(b) * N;
   const int64_t* tok = node_tokens + int64_t(b) * N;
   if (threadIdx.x == 0) bad = 0;
+  __syncthreads();
 
   for (int n = threadIdx.x; n < N; n += kWalkThreads) {
     const int64_t r = int64_t(b) * N + n;
-    float bv = -INFINITY;
-    int32_t bi = INT32_MAX;
-    for (int c = 0; c < num_chunks; ++c) {
-      const float v = part_val[r * num_chunks + c];
-      const int32_t i = part_idx[r * num_chunks + c];
-      if (better(v, i, bv, bi)) {
-        bv = v;
-        bi = i;
+    if (sampled) {
+      choice[n] = sampled[r];
+    } else {
+      float bv = -INFINITY;
+      int32_t bi = INT32_MAX;
+      for (int c = 0; c < num_chunks; ++c) {
+        const float v = part_val[r * num_chunks + c];
+        const int32_t i = part_idx[r * num_chunks + c];
+        if (better(v, i, bv, bi)) {
+          bv = v;
+          bi = i;
+        }
       }
+      choice[n] = bi == INT32_MAX ? 0 : bi;
     }
-    choice[n] = bi == INT32_MAX ? 0 : bi;
     next_child[n] = INT32_MAX;
     const int32_t p = par[n];
-    anc[n] = p;
-    depth[n] = p >= 0 ? 1 : 0;
+    if ((n == 0 && p != -1) || p < -1 || p >= n) bad = 1;  // all writers store 1
+    anc[n] = (p >= 0 && p < n) ? p : -1;
+    depth[n] = anc[n] >= 0 ? 1 : 0;
   }
   __syncthreads();
-  for (int n = threadIdx.x; n < N; n += kWalkThreads) {
-    const int32_t p = par[n];
-    if ((n == 0 && p != -1) || p < -1 || p >= n) bad = 1;  // benign race: all write 1
-  }
-  __syncthreads();
-  if (!bad) {
-    // Depths by pointer jumping (log2 N rounds), double-buffered through depth2.
-    for (int len = 1; len < N; len *= 2) {
-      for (int n = threadIdx.x; n < N; n += kWalkThreads) {
-        const int32_t a = anc[n];
-        depth2[n] = depth[n] + (a >= 0 ? depth[a] : 0);
-      }
-      __syncthreads();
-      for (int n = threadIdx.x; n < N; n += kWalkThreads) {
-        const int32_t a = anc[n];
-        depth[n] = depth2[n];
-        depth2[n] = a >= 0 ? anc[a] : -1;  // reuse as the next ancestor buffer
-      }
-      __syncthreads();
-      for (int n = threadIdx.x; n < N; n += kWalkThreads) anc[n] = depth2[n];
-      __syncthreads();
-    }
+  // Depths by pointer jumping: invariant depth[n] = hops from n to anc[n] (or to its root).
+  for (int len = 1; len < N; len *= 2) {
     for (int n = threadIdx.x; n < N; n += kWalkThreads) {
-      if (depth[n] > max_depth) bad = 1;
-      const int32_t p = par[n];
-      if (n > 0 && p >= 0 && tok[n] == choice[p]) atomicMin(&next_child[p], n);
+      const int32_t a = anc[n];
+      tmp[n] = depth[n] + (a >= 0 ? depth[a] : 0);
     }
+    __syncthreads();
+    for (int n = threadIdx.x; n < N; n += kWalkThreads) depth[n] = tmp[n];
+    __syncthreads();
+    for (int n = threadIdx.x; n < N; n += kWalkThreads) {
+      const int32_t a = anc[n];
+      tmp[n] = a >= 0 ? anc[a] : -1;
+    }
+    __syncthreads();
+    for (int n = threadIdx.x; n < N; n += kWalkThreads) anc[n] = tmp[n];
+    __syncthreads();
+  }
+  for (int n = threadIdx.x; n < N; n += kWalkThreads) {
+    if (depth[n] > max_depth) bad = 1;
+    const int32_t p = par[n];
+    if (n > 0 && p >= 0 && p < n && tok[n] == choice[p]) atomicMin(&next_child[p], n);
   }
   __syncthreads();
 
@@ -339,13 +569,13 @@ __global__ void __launch_bounds__(kWalkThreads)
       acc_row[len++] = 0;
       while (next_child[v] != INT32_MAX) {
         v = next_child[v];
-        acc_row[len++] = v;  // depth <= max_depth was validated, so len <= max_depth + 1
+        acc_row[len++] = v;  // depths were validated: len <= max_depth + 1
       }
       accept_len[b] = len;
       next_token[b] = choice[v];
     }
     for (int j = len; j <= max_depth; ++j) acc_row[j] = -1;
-    // All reads of rng_state happened in the previous launch; advance the offset once.
+    // Every read of rng_state happened in earlier launches; advance the offset once.
     if (b == 0 && rng_state_to_advance != nullptr) rng_state_to_advance[1] += 1;
   }
 }

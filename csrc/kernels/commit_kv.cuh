@@ -13,17 +13,19 @@ namespace commit {
 constexpr int kThreads = 128;
 constexpr int kVecPerThread = 8;  // 16-byte vectors held in registers per thread per chunk
 
-// Row status shared by both kernels: true when row b's path is valid and fits in the cache.
-__device__ __forceinline__ bool row_ok(const int32_t* accepted, const int32_t* accept_len,
-                                       const int32_t* prefix_lens, int b, int P, int64_t S) {
+// Row status shared by both kernels, computed by one full warp (lanes check path entries in
+// parallel): true when row b's path is valid and fits in the cache.
+__device__ __forceinline__ bool row_ok_warp(const int32_t* accepted, const int32_t* accept_len,
+                                            const int32_t* prefix_lens, int b, int P, int64_t S) {
   const int n = accept_len[b];
   const int64_t p = prefix_lens[b];
   if (n <= 0 || n > P || p < 0) return false;
-  for (int j = 0; j < n; ++j) {
+  bool bad = false;
+  for (int j = threadIdx.x % 32; j < n; j += 32) {
     const int32_t a = accepted[int64_t(b) * P + j];
-    if (a < j || p + a >= S) return false;
+    bad |= a < j || (j == 0 && a != 0) || p + a >= S;  // the path starts at the root
   }
-  return true;
+  return !__any_sync(0xffffffffu, bad);
 }
 
 // Grid: (C * H, B). Block: one (cache, row, head). Each slot row is Dh elements =
@@ -35,7 +37,10 @@ __global__ void __launch_bounds__(kThreads)
   const int b = blockIdx.y;
   const int ch = blockIdx.x;  // c * H + h
   __shared__ bool ok;
-  if (threadIdx.x == 0) ok = row_ok(accepted, accept_len, prefix_lens, b, P, S);
+  if (threadIdx.x < 32) {
+    const bool r = row_ok_warp(accepted, accept_len, prefix_lens, b, P, S);
+    if (threadIdx.x == 0) ok = r;
+  }
   __syncthreads();
   if (!ok) return;
   const int n = accept_len[b];
@@ -69,17 +74,16 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Runs after move_kernel (stream order): advance prefix_lens, or flag an invalid row with -1.
+// One warp per row.
 __global__ void advance_kernel(int32_t* __restrict__ prefix_lens,
                                const int32_t* __restrict__ accepted,
                                const int32_t* __restrict__ accept_len, int B, int P, int64_t S) {
-  const int b = blockIdx.x * blockDim.x + threadIdx.x;
+  const int b = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   if (b >= B) return;
   const int n = accept_len[b];
   if (n <= 0) return;  // nothing accepted (or an acceptance already flagged): leave as is
-  if (row_ok(accepted, accept_len, prefix_lens, b, P, S))
-    prefix_lens[b] += n;
-  else
-    prefix_lens[b] = -1;
+  const bool ok = row_ok_warp(accepted, accept_len, prefix_lens, b, P, S);
+  if (threadIdx.x % 32 == 0) prefix_lens[b] = ok ? prefix_lens[b] + n : -1;
 }
 
 }  // namespace commit

@@ -18,9 +18,13 @@ Semantics (shared with the CPU and CUDA kernels):
   as in Hugging Face's TopKLogitsWarper). Top-p (p < 1) then keeps every token whose score is >=
   t*, where t* is the largest score value such that the kept tokens scoring >= t* hold at least
   a fraction p of the kept probability mass (again, boundary ties all kept). x is drawn from
-  the softmax of the kept scores by the Gumbel-max trick with the noise of
-  :mod:`jetspec_ext.reference.rng`, row id ``b * N + v``: every node has its own independent draw,
-  so drawing at all nodes in parallel and then walking is exactly the sequential procedure.
+  the softmax of the kept scores by inverse-CDF sampling: x is the first token (in id order)
+  whose cumulative probability exceeds u, where u is value 0 of the stream of row ``b * N + v``
+  of :mod:`jetspec_ext.reference.rng`. Every node has its own independent uniform, so drawing
+  at all nodes in parallel and then walking is exactly the sequential procedure. (The reference
+  and the CPU op sum in float64; the CUDA op computes scores as ``logits * (1 / T)`` and sums in
+  float32, so a draw within float rounding of a cumulative boundary may pick the neighbouring
+  token.)
   Because the candidate children are fixed before verification, the emitted sequence follows the
   target's filtered distribution exactly (lossless).
 * rng_state = [seed, offset] (int64). A sampling call uses it and then advances offset by 1;
@@ -57,17 +61,30 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
     return s
 
 
+def sample_inverse_cdf(scores: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw from softmax(scores) (float64 maths): the first token (in id order)
+    whose cumulative probability exceeds u. scores (..., V) with -inf for removed tokens,
+    u (...) in (0, 1). Returns int64 (...)."""
+    s = scores.double()
+    m = s.max(-1, keepdim=True).values
+    w = torch.exp(s - m)
+    cum = torch.cumsum(w, -1)
+    target = (u.double() * cum[..., -1]).unsqueeze(-1)
+    idx = torch.searchsorted(cum, target, right=True).squeeze(-1)
+    return idx.clamp(max=scores.shape[-1] - 1)
+
+
 def target_choices(logits: torch.Tensor, rng_state: torch.Tensor, temperature: float, top_k: int,
                    top_p: float) -> torch.Tensor:
-    """The target's token at every node, (B, N) int64 (greedy argmax or Gumbel-max draw)."""
+    """The target's token at every node, (B, N) int64 (greedy argmax or inverse-CDF draw)."""
     B, N, V = logits.shape
     if temperature == 0.0:
         return logits.float().argmax(-1)  # torch.argmax returns the first (lowest) maximal index
     seed, offset = (int(x) for x in rng_state.cpu().tolist())
     rows = torch.arange(B * N, dtype=torch.int64).reshape(B, N)
     s = filter_logits(logits.cpu(), temperature, top_k, top_p)
-    g = _rng.gumbel(seed, offset, rows, V)
-    return (s + g).argmax(-1).to(logits.device)
+    u = _rng.uniform(seed, offset, rows, 1)[..., 0]
+    return sample_inverse_cdf(s, u).to(logits.device)
 
 
 def tree_accept(logits: torch.Tensor, node_tokens: torch.Tensor, parents: torch.Tensor,

@@ -49,9 +49,3 @@ def uniform(seed: int, offset: int, rows: torch.Tensor, n: int) -> torch.Tensor:
     h = mix64(base + idx * _signed(GOLDEN))
     top24 = _srl(h, 40)
     return ((top24.to(torch.float64) + 0.5) * (2.0 ** -24)).to(torch.float32)
-
-
-def gumbel(seed: int, offset: int, rows: torch.Tensor, n: int) -> torch.Tensor:
-    """Standard Gumbel noise -log(-log(u)), float32, shape rows.shape + (n,)."""
-    u = uniform(seed, offset, rows, n)
-    return -torch.log(-torch.log(u))

@@ -22,7 +22,7 @@ def commit_kv(kv_cache: torch.Tensor, prefix_lens: torch.Tensor, accepted_nodes:
         if n > accepted_nodes.shape[1]:
             raise ValueError(f"commit_kv: `accept_len[{b}]` = {n} exceeds the columns of `accepted_nodes`")
         path = accepted_nodes[b, :n].tolist()
-        if any(a < j for j, a in enumerate(path)):
+        if path[0] != 0 or any(a < j for j, a in enumerate(path)):
             raise ValueError(f"commit_kv: `accepted_nodes[{b}]` is not a root-first tree path: {path}")
         if p + max(path) >= S:
             raise ValueError("commit_kv: accepted path runs past the end of the cache")

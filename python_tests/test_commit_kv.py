@@ -69,7 +69,7 @@ CASES = {
     "flagged_rows": (4, 5, 2, 64, 32, 9, 20, [-1, 9, 0, -1, 3]),
     "head128_long_paths": (4, 4, 2, 300, 128, 64, 200, [64, 1, 33, 64]),
     "path_of_whole_tree": (2, 2, 1, 48, 8, 16, 16, [16, 16]),  # a_j = j: no move at all
-    "single": (1, 1, 1, 8, 4, 1, 1, [1]),
+    "single": (1, 1, 1, 8, 8, 1, 1, [1]),  # (Dh * element size >= 16 bytes for the CUDA op)
 }
 
 
@@ -270,6 +270,10 @@ def test_commit_cpu_value_errors():
         call(a)
     a = good_args("cpu")
     a["accepted_nodes"][0, 2] = -1  # padding inside the path
+    with pytest.raises(RuntimeError, match="`accepted_nodes"):
+        call(a)
+    a = good_args("cpu")
+    a["accepted_nodes"][0, 0] = 1  # a path starts at the root
     with pytest.raises(RuntimeError, match="`accepted_nodes"):
         call(a)
     a = good_args("cpu")

@@ -217,6 +217,27 @@ def test_sampling_big_vocab(device):
         compare(out, ref, rob, min_robust_frac=0.5, what=f"big vocab {(T, k, p)}")
 
 
+def test_sampling_flat_big_vocab(device):
+    """Flat logits over V = 151936: the winner is the token with the largest Gumbel noise, i.e.
+    the uniform closest to 1, where -log(-log(u)) needs an accurate log (a fast approximate log
+    loses all precision for u near 1 and picks different tokens)."""
+    B, N, V = 2, 4, 151936
+    logits = torch.zeros(B, N, V, dtype=torch.bfloat16)
+    toks = torch.zeros(B, N, dtype=torch.int64)
+    par = torch.tensor([[-1, 0, 1, 2]] * B, dtype=torch.int32)
+    for T, k, p, off in [(1.0, 0, 1.0, 0), (0.5, 0, 1.0, 1)]:
+        if True:
+            state = torch.tensor([2718, off], dtype=torch.int64)
+            # choices at every node (not just the walk): a 1-node tree per node
+            lg = logits.reshape(B * N, 1, V)
+            t1 = torch.zeros(B * N, 1, dtype=torch.int64)
+            p1 = torch.full((B * N, 1), -1, dtype=torch.int32)
+            out, _ = run_op(device, lg, t1, p1, 0, state, T, k, p)
+            ref, _ = run_ref(lg, t1, p1, 0, state, T, k, p)
+            rob = robust_nodes(lg, state, T, k, p)[:, 0]
+            compare(out, ref, rob, min_robust_frac=0.75, what=f"flat V={V} T={T} off={off}")
+
+
 def test_sampling_random_sweep(device):
     g = torch.Generator().manual_seed(12)
     total = excused = 0

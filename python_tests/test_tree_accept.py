@@ -1,5 +1,12 @@
 """tree_accept: kernel vs reference (greedy exact; sampling exact away from float near-ties),
-rng_state semantics, statistical losslessness, opcheck, CUDA graphs, argument errors."""
+rng_state semantics, statistical losslessness, opcheck, CUDA graphs, argument errors.
+
+Sampling comparison rule (CPU and CUDA alike: both use the reference's counter-based RNG): a
+batch row must match the reference exactly when every node on the reference's path is robust:
+its best and second-best Gumbel-perturbed filtered scores differ by more than 1e-4, and the
+top-p kept set is the same for p - 1e-4 and p + 1e-4. Other rows are counted, not compared, and
+at least a stated fraction of rows must be compared, so the check cannot pass vacuously.
+"""
 import math
 
 import pytest
@@ -332,7 +339,12 @@ def test_wrapper_defaults(device):
 
 
 # ----------------------------------------------------------------------------------------------
-# statistical losslessness (alpha = 1e-6 per test: a correct kernel fails with prob <= 1e-6)
+# statistical losslessness: 24576 draws per test (8192 independent rows x 3 offsets), Pearson
+# chi-square against the target's filtered distribution computed independently in float64.
+# alpha = 1e-6 per chi-square call, so a correct kernel fails a test with probability <= 2e-6
+# (the seeds are fixed, so in practice the outcome is deterministic for a given kernel).
+# Outcomes of probability 0 (filtered tokens, the unreachable duplicate sibling) must never
+# occur. All expected counts are >= 60, so the chi-square approximation is accurate.
 # ----------------------------------------------------------------------------------------------
 ALPHA = 1e-6
 FILTERS = [  # (temperature, top_k, top_p)
@@ -436,7 +448,7 @@ CHAIN_LOGITS = torch.tensor([
 ])
 
 
-@pytest.mark.parametrize("params", [(1.0, 0, 1.0), (0.9, 4, 0.9)], ids=lambda p: f"T{p[0]}-k{p[1]}-p{p[2]}")
+@pytest.mark.parametrize("params", FILTERS + [(0.9, 4, 0.9)], ids=lambda p: f"T{p[0]}-k{p[1]}-p{p[2]}")
 def test_accept_length_distribution(device, params):
     """Chain 0-1-2-3 carrying tokens 0,1,2: P(len = j) follows the product of the target's
     probabilities of the chain tokens; the emitted token's law given the length is q at the

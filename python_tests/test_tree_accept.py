@@ -343,6 +343,10 @@ def test_wrapper_defaults(device):
     out = jetspec_ext.tree_accept(logits.to(device), toks.to(device), par.to(device), D)
     ref, _ = run_ref(logits, toks, par, D, torch.zeros(2, dtype=torch.int64))
     compare([o.cpu() for o in out], ref, what="wrapper greedy")
+    st = torch.tensor([4, 4], device=device)
+    out = jetspec_ext.tree_accept(logits.to(device), toks.to(device), par.to(device), D, st,
+                                  temperature=0.8, top_k=5, top_p=0.9, check=True)  # valid: no raise
+    assert st.tolist() == [4, 5] and int(out[1].min()) >= 1
     with pytest.raises(ValueError, match="rng_state"):
         jetspec_ext.tree_accept(logits.to(device), toks.to(device), par.to(device), D, temperature=1.0)
 

@@ -40,6 +40,7 @@ inline void check_tree_accept_args(const at::Tensor& logits, const at::Tensor& n
               "), got ", max_depth);
   check_dim(rng_state, 1, op, "rng_state");
   check_dtype(rng_state, at::kLong, op, "rng_state");
+  check_contiguous(rng_state, op, "rng_state");  // the CUDA kernel reads data_ptr()[0..1]
   TORCH_CHECK(rng_state.size(0) == 2, op, ": `rng_state` must be [seed, offset] (shape (2,)), got ",
               rng_state.sizes());
   check_same_device(rng_state, logits, op, "rng_state", "logits");

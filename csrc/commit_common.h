@@ -16,6 +16,7 @@ inline void check_commit_kv_args(const at::Tensor& kv_cache, const at::Tensor& p
   check_dim(prefix_lens, 1, op, "prefix_lens");
   check_dtype(prefix_lens, at::kInt, op, "prefix_lens");
   check_size(prefix_lens, 0, B, op, "prefix_lens", "batch B of kv_cache");
+  check_contiguous(prefix_lens, op, "prefix_lens");  // kernels index data_ptr() directly
   check_dim(accepted_nodes, 2, op, "accepted_nodes");
   check_dtype(accepted_nodes, at::kInt, op, "accepted_nodes");
   check_contiguous(accepted_nodes, op, "accepted_nodes");
@@ -29,6 +30,7 @@ inline void check_commit_kv_args(const at::Tensor& kv_cache, const at::Tensor& p
   check_dim(accept_len, 1, op, "accept_len");
   check_dtype(accept_len, at::kInt, op, "accept_len");
   check_size(accept_len, 0, B, op, "accept_len", "batch B of kv_cache");
+  check_contiguous(accept_len, op, "accept_len");
   check_same_device(prefix_lens, kv_cache, op, "prefix_lens", "kv_cache");
   check_same_device(accepted_nodes, kv_cache, op, "accepted_nodes", "kv_cache");
   check_same_device(accept_len, kv_cache, op, "accept_len", "kv_cache");

@@ -28,8 +28,9 @@ void commit_kv_cpu(at::Tensor& kv_cache, at::Tensor& prefix_lens,
     TORCH_CHECK(plen[b] >= 0, "commit_kv: `prefix_lens[", b, "]` = ", plen[b], " is negative");
     for (int64_t j = 0; j < n; ++j) {
       const int64_t a = acc[b][j];
-      TORCH_CHECK(a >= j, "commit_kv: `accepted_nodes[", b, ", ", j, "]` = ", a,
-                  " is invalid (path node j has index >= j; padding -1 only after accept_len)");
+      TORCH_CHECK(j == 0 ? a == 0 : a >= j, "commit_kv: `accepted_nodes[", b, ", ", j, "]` = ", a,
+                  " is invalid (a path starts at the root 0 and node j has index >= j; padding "
+                  "-1 only after accept_len)");
       TORCH_CHECK(plen[b] + a < S, "commit_kv: row ", b, ": slot prefix_lens + ", a, " = ",
                   plen[b] + a, " is past the end of the cache (S = ", S, ")");
     }

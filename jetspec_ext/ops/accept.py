@@ -48,7 +48,7 @@ def tree_accept(logits: Tensor, node_tokens: Tensor, parents: Tensor, max_depth:
     Semantics in full (tie rules, filtering, randomness): :mod:`jetspec_ext.reference.accept`.
     """
     if rng_state is None:
-        if temperature != 0.0:
+        if temperature > 0.0:  # (a negative temperature reaches the op's own check)
             raise ValueError("tree_accept: sampling (temperature > 0) needs `rng_state` = [seed, offset]")
         rng_state = torch.zeros(2, dtype=torch.int64, device=logits.device)
     out = torch.ops.jetspec.tree_accept.default(

@@ -30,6 +30,10 @@ def commit_kv(kv_cache: Tensor, prefix_lens: Tensor, accepted_nodes: Tensor, acc
     keys/values in path order; their RoPE positions (prefix + depth) already match the slots.
     """
     if kv_cache.dim() == 6:
+        # flatten() would silently copy a non-contiguous tensor and the op would update the copy
+        if not kv_cache.is_contiguous():
+            raise RuntimeError("commit_kv: `kv_cache` must be contiguous (got strides "
+                               f"{tuple(kv_cache.stride())} for shape {tuple(kv_cache.shape)})")
         kv_cache = kv_cache.flatten(0, 1)
     torch.ops.jetspec.commit_kv.default(kv_cache, prefix_lens, accepted_nodes, accept_len)
     if check and bool((prefix_lens < 0).any()):

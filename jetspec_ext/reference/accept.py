@@ -87,27 +87,45 @@ def target_choices(logits: torch.Tensor, rng_state: torch.Tensor, temperature: f
     return sample_inverse_cdf(s, u).to(logits.device)
 
 
+def _check_tree(par: torch.Tensor, max_depth: int) -> None:
+    """Raise ValueError for an invalid tree (the whole tree is checked, like the kernels do)."""
+    B, N = par.shape
+    for b in range(B):
+        p = par[b].tolist()
+        if p[0] != -1:
+            raise ValueError(f"tree_accept: `parents[{b}, 0]` must be -1 (node 0 is the root), got {p[0]}")
+        depth = [0] * N
+        for i in range(1, N):
+            if not -1 <= p[i] < i:
+                raise ValueError(f"tree_accept: `parents[{b}, {i}]` = {p[i]} is out of range "
+                                 f"(must be -1 for padding or in [0, {i}))")
+            depth[i] = 0 if p[i] < 0 else depth[p[i]] + 1
+            if depth[i] > max_depth:
+                raise ValueError(f"tree_accept: node {i} of batch row {b} has depth {depth[i]} "
+                                 f"> max_depth = {max_depth}")
+
+
 def tree_accept(logits: torch.Tensor, node_tokens: torch.Tensor, parents: torch.Tensor,
                 max_depth: int, rng_state: torch.Tensor, temperature: float = 0.0,
                 top_k: int = 0, top_p: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reference acceptance. See the module docstring. Mutates rng_state when sampling."""
     B, N, V = logits.shape
+    par = parents.cpu()
+    _check_tree(par, max_depth)
     choice = target_choices(logits, rng_state, temperature, top_k, top_p).cpu()
     toks = node_tokens.cpu()
-    par = parents.cpu()
     accepted = torch.full((B, max_depth + 1), -1, dtype=torch.int32)
     alen = torch.zeros(B, dtype=torch.int32)
     nxt = torch.zeros(B, dtype=torch.int64)
     for b in range(B):
+        pb, tb, cb = par[b].tolist(), toks[b].tolist(), choice[b].tolist()
         path = [0]
         v = 0
         while True:
-            x = int(choice[b, v])
-            kids = [c for c in range(v + 1, N) if int(par[b, c]) == v and int(toks[b, c]) == x]
+            x = cb[v]
+            kids = [c for c in range(v + 1, N) if pb[c] == v and tb[c] == x]
             if not kids:
                 break
-            if len(path) == max_depth + 1:
-                raise ValueError("tree_accept: a node is deeper than max_depth")
             v = kids[0]
             path.append(v)
         accepted[b, : len(path)] = torch.tensor(path, dtype=torch.int32)

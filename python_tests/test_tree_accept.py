@@ -3,8 +3,9 @@ rng_state semantics, statistical losslessness, opcheck, CUDA graphs, argument er
 
 Sampling comparison rule (CPU and CUDA alike: both use the reference's counter-based RNG): a
 batch row must match the reference exactly when every node on the reference's path is robust:
-its best and second-best Gumbel-perturbed filtered scores differ by more than 1e-4, and the
-top-p kept set is the same for p - 1e-4 and p + 1e-4. Other rows are counted, not compared, and
+its uniform u lies more than 2e-5 (in cumulative probability) from the cumulative boundaries
+of the token the reference draws (inverse-CDF sampling), and the top-p kept set is the same
+for p - 1e-4 and p + 1e-4. Other rows are counted, not compared, and
 at least a stated fraction of rows must be compared, so the check cannot pass vacuously.
 """
 import math
@@ -21,7 +22,8 @@ from trees import plant_agreement, random_logits, random_tree_batch
 
 op = torch.ops.jetspec.tree_accept.default
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-NEAR_TIE = 1e-4
+NEAR_TIE = 1e-4     # top-p boundary robustness (in p)
+CDF_MARGIN = 2e-5   # inverse-CDF robustness (distance of u to the drawn token's boundaries)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -54,18 +56,23 @@ def run_ref(logits, toks, par, D, state, T=0.0, k=0, p=1.0):
 
 
 def robust_nodes(logits, state, T, k, p):
-    """(B, N) bool: node choices that no float rounding can flip: the reference's best and
-    second-best Gumbel-perturbed filtered scores differ by > NEAR_TIE and the top-p kept set
-    does not change when p moves by +-NEAR_TIE."""
+    """(B, N) bool: node choices that no float rounding can flip: the node's uniform u lies
+    more than CDF_MARGIN from both cumulative-probability boundaries of the drawn token, and the
+    top-p kept set does not change when p moves by +-NEAR_TIE."""
     B, N, V = logits.shape
     seed, off = (int(x) for x in state.tolist())
-    s = ref_accept.filter_logits(logits, T, k, p)
-    g = ref_rng.gumbel(seed, off, torch.arange(B * N).reshape(B, N), V)
-    top2 = (s + g).topk(min(2, V), dim=-1).values
-    gap = (top2[..., 0] - top2[..., 1]) if V > 1 else torch.full((B, N), math.inf)
-    ok = ~(gap <= NEAR_TIE)  # inf - (-inf) = inf; a single kept token is always robust
+    s = ref_accept.filter_logits(logits, T, k, p).double()
+    w = torch.exp(s - s.max(-1, keepdim=True).values)
+    cum = torch.cumsum(w, -1)
+    cum = cum / cum[..., -1:]
+    u = ref_rng.uniform(seed, off, torch.arange(B * N).reshape(B, N), 1)[..., 0].double()
+    t = torch.searchsorted(cum, u.unsqueeze(-1), right=True).clamp(max=V - 1)
+    hi = torch.gather(cum, -1, t).squeeze(-1)
+    lo = torch.where(t.squeeze(-1) > 0, torch.gather(cum, -1, (t - 1).clamp(min=0)).squeeze(-1),
+                     torch.zeros_like(u))
+    ok = ((u - lo) > CDF_MARGIN) & ((hi - u) > CDF_MARGIN)
     if p < 1.0:
-        kept = torch.isfinite(s)
+        kept = torch.isfinite(ref_accept.filter_logits(logits, T, k, p))
         for q in (p - NEAR_TIE, min(p + NEAR_TIE, 1.0)):
             ok &= (torch.isfinite(ref_accept.filter_logits(logits, T, k, q)) == kept).all(-1)
     return ok
@@ -224,25 +231,23 @@ def test_sampling_big_vocab(device):
         compare(out, ref, rob, min_robust_frac=0.5, what=f"big vocab {(T, k, p)}")
 
 
-def test_gumbel_noise_is_accurate_near_one(device):
-    """The largest Gumbel values come from uniforms within ~1/V of 1, where -log(-log(u)) needs
-    an accurate log (a fast approximate log such as __logf loses most of the precision of
-    log(u) there). Each row keeps two tokens: a, the token with the largest uniform among
-    V = 131072, and an ordinary token b whose logit is set so that the exact noise makes b win
-    (odd rows) or lose (even rows) by 0.005. Any kernel whose noise at a is off by more than
-    0.005 picks the wrong token in some row."""
-    B, V, margin = 16, 131072, 0.005
+def test_inverse_cdf_resolves_close_boundaries(device):
+    """Each row keeps two tokens a < b (everything else -inf) with P(a) = q set 0.002 above
+    (odd rows) or below (even rows) the row's own uniform u, so the draw must be a on odd rows
+    and b on even rows. Catches wrong uniforms, wrong token order in the CDF and sums not
+    accurate to better than 0.002 over a large vocabulary of -inf entries."""
+    B, V, margin = 16, 131072, 0.002
     seed, off = 31337, 5
-    g = ref_rng.gumbel(seed, off, torch.arange(B), V).double()
+    u = ref_rng.uniform(seed, off, torch.arange(B), 1)[:, 0].double()
     logits = torch.full((B, 1, V), float("-inf"))
     expect = []
     for r in range(B):
-        a = int(g[r].argmax())
-        b_ = (a + V // 3) % V
-        sign = 1.0 if r % 2 else -1.0
-        logits[r, 0, a] = 0.0
-        logits[r, 0, b_] = float(g[r, a] - g[r, b_] + sign * margin)
-        expect.append(b_ if r % 2 else a)
+        a, b_ = 1000 + 37 * r, V - 5 - 11 * r
+        q = float(u[r]) + (margin if r % 2 else -margin)
+        q = min(max(q, 1e-3), 1 - 1e-3)
+        logits[r, 0, a] = math.log(q)
+        logits[r, 0, b_] = math.log(1 - q)
+        expect.append(a if float(u[r]) < q else b_)
     state = torch.tensor([seed, off], dtype=torch.int64)
     toks = torch.zeros(B, 1, dtype=torch.int64)
     par = torch.full((B, 1), -1, dtype=torch.int32)
@@ -250,8 +255,7 @@ def test_gumbel_noise_is_accurate_near_one(device):
     assert ref[2].tolist() == expect, "the reference itself must resolve the planted margins"
     out, _ = run_op(device, logits, toks, par, 0, state, 1.0)
     assert out[2].tolist() == expect, (
-        f"rows {[r for r in range(B) if out[2][r] != expect[r]]} picked the wrong token: the "
-        f"Gumbel noise -log(-log(u)) is inaccurate for u near 1 (use an accurate logf)")
+        f"rows {[r for r in range(B) if out[2][r] != expect[r]]} drew the wrong token")
 
 
 def test_sampling_random_sweep(device):

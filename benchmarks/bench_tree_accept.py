@@ -101,6 +101,9 @@ def main():
             "commit_kv" + (" [graph]" if graph else ""), f"L={L} H={H} Dh={Dh} n={n} bf16",
             lambda: torch.ops.jetspec.commit_kv(cache, prefix, path, alen),
             bytes_moved=nbytes, setup=reset, graph=graph))
+    if dev == "cuda":
+        print_breakdown("commit_kv", kernel_breakdown(
+            lambda: (reset(), torch.ops.jetspec.commit_kv(cache, prefix, path, alen))))
     print_table(rows)
 
 

@@ -29,10 +29,10 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 if [ "${SUITE_TESTS:-1}" = "1" ]; then
   t0=$(date +%s)
-  (cd python_tests && python3 -m pytest -q --no-header -p no:cacheprovider ${PYTEST_ARGS:-} . \
+  (cd python_tests && python3 -m pytest -v --no-header -p no:cacheprovider ${PYTEST_ARGS:-.} \
      > "$OUTDIR/pytest.log" 2>&1)
   rc=$?
-  tail -n 30 "$OUTDIR/pytest.log"
+  grep -E "FAILED|ERROR|Fatal|passed|failed" "$OUTDIR/pytest.log" | tail -n 30
   echo "pytest exit $rc ($(( $(date +%s) - t0 )) s)"
 fi
 

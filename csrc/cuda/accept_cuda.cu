@@ -26,8 +26,8 @@ void run_accept(const at::Tensor& logits, const at::Tensor& node_tokens, const a
   const int64_t chunk_len = int64_t(kThreads) * kLoadsPerThread * kVec;
   const int num_chunks = ceil_div(V, chunk_len);
   TORCH_CHECK(rows <= 65535, "tree_accept: B * N = ", rows, " exceeds 65535");
-  const size_t smem = static_cast<size_t>(N) * (sizeof(int64_t) + 4 * sizeof(int32_t));
-  TORCH_CHECK(smem <= 48 * 1024, "tree_accept: N = ", N, " is too large for the CUDA kernel (max 2048)");
+  const size_t smem = static_cast<size_t>(N) * (sizeof(int64_t) + 5 * sizeof(int32_t));
+  TORCH_CHECK(smem <= 48 * 1024, "tree_accept: N = ", N, " is too large for the CUDA kernel (max 1755)");
   const T* x = reinterpret_cast<const T*>(logits.data_ptr());
   auto f32 = logits.options().dtype(at::kFloat);
   at::Tensor part_a = at::empty({rows, num_chunks}, f32);

@@ -419,24 +419,31 @@ __global__ void __launch_bounds__(kFilterThreads)
         if (p < npacks) pk = packs[p];
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
-          int bin = -1 - lane;  // unique dummy: lanes that do not count
-          uint32_t hi = 0, lo = 0;
+          bool counts = false;
+          int bin = 0;
+          unsigned long long w = 1ull;
           if (p < npacks) {
             const float sc = to_f(pk.v[e]) * inv_t;
             const uint32_t k = float_key(sc);
-            if (k >= floor_key && (k & prefix_mask) == prefix) {
-              bin = static_cast<int>((k >> shift) & 0xffu);
-              unsigned long long w = 1ull;
-              if (use_mass) w = static_cast<unsigned long long>(__expf(sc - m) * kFixed);
-              hi = static_cast<uint32_t>(w >> 20);
-              lo = static_cast<uint32_t>(w & 0xfffffu);
+            counts = k >= floor_key && (k & prefix_mask) == prefix;
+            bin = static_cast<int>((k >> shift) & 0xffu);
+            if (use_mass && counts) w = static_cast<unsigned long long>(__expf(sc - m) * kFixed);
+          }
+          // Only lanes that count take part in the aggregation (non-counting lanes would
+          // each form a group of their own and serialise the warp).
+          const unsigned counting = __ballot_sync(0xffffffffu, counts);
+          if (counts) {
+            const unsigned grp = __match_any_sync(counting, bin);
+            const bool leader = lane == __ffs(grp) - 1;
+            if (!use_mass) {
+              if (leader) atomicAdd(&hist[bin], static_cast<unsigned long long>(__popc(grp)));
+            } else {
+              const uint32_t shi = __reduce_add_sync(grp, static_cast<uint32_t>(w >> 20));
+              const uint32_t slo = __reduce_add_sync(grp, static_cast<uint32_t>(w & 0xfffffu));
+              if (leader)
+                atomicAdd(&hist[bin], (static_cast<unsigned long long>(shi) << 20) + slo);
             }
           }
-          const unsigned grp = __match_any_sync(0xffffffffu, bin);
-          const uint32_t shi = __reduce_add_sync(grp, hi);
-          const uint32_t slo = __reduce_add_sync(grp, lo);
-          if (bin >= 0 && lane == __ffs(grp) - 1)
-            atomicAdd(&hist[bin], (static_cast<unsigned long long>(shi) << 20) + slo);
         }
       }
       __syncthreads();
@@ -488,7 +495,7 @@ __global__ void __launch_bounds__(kFilterThreads)
 // sampling: reads `choice`), validates the tree (parents in [-1, i), root parent -1,
 // depth <= max_depth), finds for every node the lowest-index child the target follows, walks
 // from the root and writes the outputs. Invalid rows: accept_len = next_token = -1,
-// accepted_nodes all -1. Dynamic shared memory: N * (8 + 4 * 4) bytes.
+// accepted_nodes all -1. Dynamic shared memory: N * (8 + 5 * 4) bytes.
 __global__ void __launch_bounds__(kWalkThreads)
     walk_kernel(const float* __restrict__ part_val, const int32_t* __restrict__ part_idx,
                 int num_chunks, const int64_t* __restrict__ sampled,
@@ -502,6 +509,7 @@ __global__ void __launch_bounds__(kWalkThreads)
   int32_t* depth = next_child + N;
   int32_t* anc = depth + N;
   int32_t* tmp = anc + N;
+  int32_t* tmp2 = tmp + N;
   __shared__ int bad;
 
   const int b = blockIdx.x;
@@ -510,14 +518,16 @@ __global__ void __launch_bounds__(kWalkThreads)
   if (threadIdx.x == 0) bad = 0;
   __syncthreads();
 
-  for (int n = threadIdx.x; n < N; n += kWalkThreads) {
-    const int64_t r = int64_t(b) * N + n;
-    if (sampled) {
-      choice[n] = sampled[r];
-    } else {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (sampled) {
+    for (int n = threadIdx.x; n < N; n += kWalkThreads) choice[n] = sampled[int64_t(b) * N + n];
+  } else {
+    // Merge the chunk argmaxes: one warp per node, lanes over chunks (loads in parallel).
+    for (int n = warp; n < N; n += kWalkThreads / 32) {
+      const int64_t r = int64_t(b) * N + n;
       float bv = -INFINITY;
       int32_t bi = INT32_MAX;
-      for (int c = 0; c < num_chunks; ++c) {
+      for (int c = lane; c < num_chunks; c += 32) {
         const float v = part_val[r * num_chunks + c];
         const int32_t i = part_idx[r * num_chunks + c];
         if (better(v, i, bv, bi)) {
@@ -525,8 +535,19 @@ __global__ void __launch_bounds__(kWalkThreads)
           bi = i;
         }
       }
-      choice[n] = bi == INT32_MAX ? 0 : bi;
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, bv, off);
+        const int32_t oi = __shfl_xor_sync(0xffffffffu, bi, off);
+        if (better(ov, oi, bv, bi)) {
+          bv = ov;
+          bi = oi;
+        }
+      }
+      if (lane == 0) choice[n] = bi == INT32_MAX ? 0 : bi;
     }
+  }
+  for (int n = threadIdx.x; n < N; n += kWalkThreads) {
     next_child[n] = INT32_MAX;
     const int32_t p = par[n];
     if ((n == 0 && p != -1) || p < -1 || p >= n) bad = 1;  // all writers store 1
@@ -535,22 +556,22 @@ __global__ void __launch_bounds__(kWalkThreads)
   }
   __syncthreads();
   // Depths by pointer jumping: invariant depth[n] = hops from n to anc[n] (or to its root).
+  // Double-buffered: (depth, anc) -> (depth2, anc2) and back, one barrier per round.
+  int32_t* d_in = depth;
+  int32_t* a_in = anc;
+  int32_t* d_out = tmp;
+  int32_t* a_out = tmp2;
   for (int len = 1; len < N; len *= 2) {
     for (int n = threadIdx.x; n < N; n += kWalkThreads) {
-      const int32_t a = anc[n];
-      tmp[n] = depth[n] + (a >= 0 ? depth[a] : 0);
+      const int32_t a = a_in[n];
+      d_out[n] = d_in[n] + (a >= 0 ? d_in[a] : 0);
+      a_out[n] = a >= 0 ? a_in[a] : -1;
     }
     __syncthreads();
-    for (int n = threadIdx.x; n < N; n += kWalkThreads) depth[n] = tmp[n];
-    __syncthreads();
-    for (int n = threadIdx.x; n < N; n += kWalkThreads) {
-      const int32_t a = anc[n];
-      tmp[n] = a >= 0 ? anc[a] : -1;
-    }
-    __syncthreads();
-    for (int n = threadIdx.x; n < N; n += kWalkThreads) anc[n] = tmp[n];
-    __syncthreads();
+    int32_t* t = d_in; d_in = d_out; d_out = t;
+    t = a_in; a_in = a_out; a_out = t;
   }
+  depth = d_in;
   for (int n = threadIdx.x; n < N; n += kWalkThreads) {
     if (depth[n] > max_depth) bad = 1;
     const int32_t p = par[n];

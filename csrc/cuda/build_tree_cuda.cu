@@ -61,9 +61,7 @@ void launch(const at::Tensor& logits, const at::Tensor& roots, int W, int N, int
 template <typename T>
 void launch_width(const at::Tensor& logits, const at::Tensor& roots, int W, int N, int policy,
                   double temperature, BuildTreeOutputs& out) {
-  if (W <= 4)
-    launch<T, 4>(logits, roots, W, N, policy, temperature, out);
-  else if (W <= 8)
+  if (W <= 8)
     launch<T, 8>(logits, roots, W, N, policy, temperature, out);
   else
     launch<T, 16>(logits, roots, W, N, policy, temperature, out);

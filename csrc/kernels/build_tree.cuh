@@ -279,12 +279,17 @@ __device__ __forceinline__ unsigned long long make_key(float score, int tiebreak
          static_cast<uint32_t>(~static_cast<uint32_t>(tiebreak));
 }
 
-// Warp-wide argmax over the list keys; returns the winning list or -1 if all are empty.
-__device__ __forceinline__ int lists_argmax(const ExpandSmem& sm, int nl, int lane) {
+// Warp-wide argmax over the list keys (all lanes get the result). Returns the winning list, or
+// -1 if every list is empty; `tiebreak` = the winner's node (accum) or parent (topn) index.
+__device__ __forceinline__ int lists_argmax(const ExpandSmem& sm, int nl, int lane, int& tiebreak) {
+  constexpr int JMAX = kMaxDepth * kMaxWidth / 32;
   unsigned long long best = 0ull;
   int bq = -1;
-  for (int q = lane; q < nl; q += 32) {
-    const unsigned long long k = sm.key[q];
+#pragma unroll
+  for (int j = 0; j < JMAX; ++j) {
+    if (j * 32 >= nl) break;  // warp-uniform
+    const int q = lane + 32 * j;
+    const unsigned long long k = q < nl ? sm.key[q] : 0ull;
     if (k > best) {
       best = k;
       bq = q;
@@ -293,9 +298,12 @@ __device__ __forceinline__ int lists_argmax(const ExpandSmem& sm, int nl, int la
   uint32_t mh, ml;
   const int wl = warp_argmax(static_cast<uint32_t>(best >> 32), static_cast<uint32_t>(best), mh, ml);
   const int q = __shfl_sync(kFull, bq, wl);
+  tiebreak = static_cast<int>(~ml);
   return mh == 0u ? -1 : q;
 }
 
+// The warp runs converged: every lane computes the round's values from broadcast shared-memory
+// reads, then designated lanes store them; __syncwarp() separates reads from writes.
 __device__ __forceinline__ void expand_accum(ExpandSmem& sm, int D, int W, int N, int lane) {
   const int nl = (D - 1) * W;  // lists of node depth 1..D-1
   for (int q = lane; q < nl; q += 32) {
@@ -306,53 +314,57 @@ __device__ __forceinline__ void expand_accum(ExpandSmem& sm, int D, int W, int N
   __syncwarp();
   int count = 1, nexp = 0;
   while (count < N) {
-    int p, pq = -1, e_old = -1;
-    if (nexp == 0) {
-      p = 0;
-    } else {
-      pq = lists_argmax(sm, nl, lane);
+    int p = 0, pq = -1;
+    if (nexp > 0) {
+      pq = lists_argmax(sm, nl, lane, p);
       if (pq < 0) break;
-      e_old = sm.ptr[pq];
-      p = 1 + e_old * W + pq % W;
     }
     const int pd = sm.dep[p];
     const float pA = sm.A[p];
+    const int e_old = pq >= 0 ? sm.ptr[pq] : -1;
+    const int nx = e_old >= 0 ? sm.link[e_old] : -1;  // next expansion of depth pd - 1
+    const int nx_node = 1 + nx * W + (pq >= 0 ? pq % W : 0);
+    const float nx_score = nx >= 0 ? sm.score[nx_node] : 0.0f;
+    const int tl = sm.tail[pd];
     const int nch = min(W, N - count);
     const int base = count, e = nexp;
-    __syncwarp();  // every lane has read the shared state it needs before anyone writes
+    float my_score = 0.0f;
+    if (lane < nch) my_score = __fsub_rn(__fadd_rn(pA, sm.e[pd * W + lane]), sm.C[pd + 1]);
+    const float my_a = lane < nch ? __fadd_rn(pA, sm.e[pd * W + lane]) : 0.0f;
+    const int my_q = pd * W + lane;
+    const bool new_list = pd + 1 < D && lane < W;
+    const int my_ptr = new_list ? sm.ptr[my_q] : 0;
+    __syncwarp();
     if (lane < nch) {
       const int i = base + lane;
-      const float a = __fadd_rn(pA, sm.e[pd * W + lane]);
       sm.par[i] = static_cast<int16_t>(p);
       sm.dep[i] = static_cast<uint8_t>(pd + 1);
       sm.rank[i] = static_cast<uint8_t>(lane);
-      sm.A[i] = a;
-      sm.score[i] = __fsub_rn(a, sm.C[pd + 1]);
+      sm.A[i] = my_a;
+      sm.score[i] = my_score;
       sm.fc[i] = -1;
       sm.ns[i] = static_cast<int16_t>(lane + 1 < nch ? i + 1 : -1);
-    } else if (lane == 31) {
+      // The new child heads its list (node depth pd + 1) if that list ran dry.
+      if (new_list && my_ptr < 0) {
+        sm.ptr[my_q] = static_cast<int16_t>(e);
+        sm.key[my_q] = make_key(my_score, i);
+      }
+    } else if (new_list && my_ptr < 0) {  // partial last expansion: the loop ends anyway
+      sm.ptr[my_q] = static_cast<int16_t>(e);
+      sm.key[my_q] = 0ull;
+    }
+    if (lane == 31) {
       sm.fc[p] = static_cast<int16_t>(base);
       sm.link[e] = -1;
-      if (sm.tail[pd] >= 0) sm.link[sm.tail[pd]] = static_cast<int16_t>(e);
+      if (tl >= 0) sm.link[tl] = static_cast<int16_t>(e);
       sm.tail[pd] = static_cast<int16_t>(e);
-    } else if (lane == 30 && pq >= 0) {
-      // Advance the popped list to the next expansion of its depth (nodes already exist).
-      const int nx = sm.link[e_old];
+    }
+    if (lane == 30 && pq >= 0) {  // advance the popped list (its next node already exists)
       sm.ptr[pq] = static_cast<int16_t>(nx);
-      const int node = 1 + nx * W + pq % W;
-      sm.key[pq] = nx >= 0 ? make_key(sm.score[node], node) : 0ull;
+      sm.key[pq] = nx >= 0 ? make_key(nx_score, nx_node) : 0ull;
     }
     count += nch;
     ++nexp;
-    __syncwarp();
-    if (pd + 1 < D && lane < W) {  // the new children head their lists if those ran dry
-      const int q = pd * W + lane;
-      if (sm.ptr[q] < 0) {
-        sm.ptr[q] = static_cast<int16_t>(e);
-        const int node = base + lane;
-        sm.key[q] = node < count ? make_key(sm.score[node], node) : 0ull;
-      }
-    }
     __syncwarp();
   }
   if (lane == 0) sm.count = count;
@@ -377,19 +389,45 @@ __device__ __forceinline__ void expand_topn(ExpandSmem& sm, int D, int W, int N,
   __syncwarp();
   int count = 1;
   while (count < N) {
-    const int q = lists_argmax(sm, nl, lane);
+    int p;
+    const int q = lists_argmax(sm, nl, lane, p);
     if (q < 0) break;
     const int d = q / W + 1, r = q % W;
-    const int p = sm.ptr[q];
     const int i = count;
-    const float a = __fadd_rn(sm.A[p], sm.e[(d - 1) * W + r]);
-    __syncwarp();  // every lane has read the shared state it needs before anyone writes
-    if (lane == 0) {
+    const float Cd = sm.C[d];
+    const float pA = sm.A[p];
+    const float a = __fadd_rn(pA, sm.e[(d - 1) * W + r]);
+    const float sc = __fsub_rn(a, Cd);
+    const int nx = sm.link[p];  // next depth-(d-1) node
+    const int lastp = sm.last[p];
+    const int tl = sm.tail[d];
+    // List (d, r) advances to nx, available once nx's rank r-1 child exists.
+    const unsigned long long key_q =
+        (nx >= 0 && sm.cnt[nx] == r)
+            ? make_key(__fsub_rn(__fadd_rn(sm.A[nx], sm.e[(d - 1) * W + r]), Cd), nx)
+            : 0ull;
+    // (p, r + 1) becomes available.
+    const bool sib = r + 1 < W && sm.ptr[q + 1] == p;
+    const unsigned long long key_s =
+        sib ? make_key(__fsub_rn(__fadd_rn(pA, sm.e[(d - 1) * W + r + 1]), Cd), p) : 0ull;
+    // The new node heads the depth-(d+1) lists that ran dry (only rank 0 is available).
+    const bool new_list = d < D && lane < W;
+    const int my_q = d * W + lane;
+    const int my_ptr = new_list ? sm.ptr[my_q] : 0;
+    const unsigned long long key_c =
+        (new_list && lane == 0) ? make_key(__fsub_rn(__fadd_rn(a, sm.e[d * W]), sm.C[d + 1]), i)
+                                : 0ull;
+    __syncwarp();
+    if (new_list && my_ptr < 0) {
+      sm.ptr[my_q] = static_cast<int16_t>(i);
+      sm.key[my_q] = key_c;
+    }
+    if (lane == 31) {
       sm.par[i] = static_cast<int16_t>(p);
       sm.dep[i] = static_cast<uint8_t>(d);
       sm.rank[i] = static_cast<uint8_t>(r);
       sm.A[i] = a;
-      sm.score[i] = __fsub_rn(a, sm.C[d]);
+      sm.score[i] = sc;
       sm.fc[i] = -1;
       sm.ns[i] = -1;
       sm.cnt[i] = 0;
@@ -398,30 +436,18 @@ __device__ __forceinline__ void expand_topn(ExpandSmem& sm, int D, int W, int N,
       if (r == 0)
         sm.fc[p] = static_cast<int16_t>(i);
       else
-        sm.ns[sm.last[p]] = static_cast<int16_t>(i);
+        sm.ns[lastp] = static_cast<int16_t>(i);
       sm.last[p] = static_cast<int16_t>(i);
       sm.cnt[p] = static_cast<uint8_t>(r + 1);
-      if (sm.tail[d] >= 0) sm.link[sm.tail[d]] = static_cast<int16_t>(i);
+      if (tl >= 0) sm.link[tl] = static_cast<int16_t>(i);
       sm.tail[d] = static_cast<int16_t>(i);
-    } else if (lane == 1) {
-      // Advance list (d, r) to the next depth-(d-1) node; valid once its rank r-1 child exists.
-      const int nx = sm.link[p];
+    }
+    if (lane == 30) {
       sm.ptr[q] = static_cast<int16_t>(nx);
-      sm.key[q] = (nx >= 0 && sm.cnt[nx] == r) ? make_key(topn_score(sm, nx, d, r, W), nx) : 0ull;
-    } else if (lane == 2 && r + 1 < W) {
-      // (p, r + 1) becomes available.
-      if (sm.ptr[q + 1] == p) sm.key[q + 1] = make_key(topn_score(sm, p, d, r + 1, W), p);
+      sm.key[q] = key_q;
     }
+    if (lane == 29 && sib) sm.key[q + 1] = key_s;
     ++count;
-    __syncwarp();
-    if (d < D && lane < W) {  // new node i heads the depth-(d+1) lists that ran dry
-      const int q2 = d * W + lane;
-      if (sm.ptr[q2] < 0) {
-        sm.ptr[q2] = static_cast<int16_t>(i);
-        sm.key[q2] = lane == 0 ? make_key(__fsub_rn(__fadd_rn(a, sm.e[d * W]), sm.C[d + 1]), i)
-                               : 0ull;
-      }
-    }
     __syncwarp();
   }
   if (lane == 0) sm.count = count;

@@ -55,11 +55,13 @@ template <int D, typename T>
 void launch(const tree_attn::Params& p, int row_tiles, cudaStream_t stream) {
   constexpr int smem = tree_attn::smem_bytes<D>();
   auto kernel = tree_attn::split_kernel<D, T>;
-  static bool configured = false;  // per instantiation
-  if (!configured) {
+  static bool configured[64] = {false};  // per instantiation and device
+  int dev = 0;
+  JETSPEC_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 0 || dev >= 64 || !configured[dev]) {
     JETSPEC_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    configured = true;
+    if (dev >= 0 && dev < 64) configured[dev] = true;
   }
   dim3 grid(row_tiles, p.num_splits, p.B * p.Hkv);
   kernel<<<grid, tree_attn::kThreads, smem, stream>>>(p);

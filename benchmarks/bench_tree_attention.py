@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jetspec_ext  # noqa: E402
 from benchmarks.harness import (BF16_FLOPS_PER_S, HBM_BYTES_PER_S, floor_us, measure,  # noqa: E402
-                                print_table)
+                                print_table, time_us)
 from jetspec_ext.reference.attention import dense_visibility, pack_tree_mask  # noqa: E402
 
 HQ, HKV, DH = 32, 8, 128
@@ -99,6 +99,17 @@ def bench_cell(B, P, N, device, dtype, with_baselines=True):
     bl = baselines(q, k, v, plens, mask, P, N) if with_baselines else {}
     row = measure("tree_attention", f"B{B} P{P} N{N}", fn, bytes_moved=bytes_moved, flops=flops,
                   baselines=bl, graph=device == "cuda")
+    if device == "cuda":  # both kernel variants (env var read per call, at capture time)
+        for impl in ("mma", "wgmma"):
+            if impl == "wgmma" and torch.cuda.get_device_capability()[0] != 9:
+                continue
+            os.environ["JETSPEC_TREE_ATTN_IMPL"] = impl
+            try:
+                row[f"{impl}_us"] = time_us(fn, graph=True)
+            except Exception as e:  # noqa: BLE001
+                row[f"{impl}_us"] = f"err:{type(e).__name__}"
+            finally:
+                del os.environ["JETSPEC_TREE_ATTN_IMPL"]
     row["bound"] = "flop" if flop_bound else "bytes"
     row["allow_us"] = allowance
     row["pass"] = "PASS" if row["us"] <= allowance else "FAIL"

@@ -15,6 +15,15 @@ HAS_CUDA_KERNEL = torch.cuda.is_available() and torch._C._dispatch_has_kernel_fo
 requires_cuda_kernel = pytest.mark.skipif(not HAS_CUDA_KERNEL,
                                           reason="needs a GPU and a CUDA build of tree_attention")
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA_KERNEL else [])
+# CUDA kernel variants: mma.sync (any GPU) and wgmma (sm_90 only), chosen per call by an env var.
+IMPLS = ["mma"] + (["wgmma"] if HAS_CUDA_KERNEL and torch.cuda.get_device_capability()[0] == 9
+                   else [])
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request, monkeypatch):
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", request.param)
+    return request.param
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,7 +248,7 @@ GPU_CASES = [
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", GPU_CASES,
                          ids=lambda c: f"B{c[0]}N{c[1]}Hq{c[2]}Hkv{c[3]}D{c[4]}P{c[5][0]}{c[6]}")
-def test_cuda_matches_reference(case, dtype, splits, monkeypatch):
+def test_cuda_matches_reference(case, dtype, splits, impl, monkeypatch):
     if splits != "auto":
         monkeypatch.setenv("JETSPEC_TREE_ATTN_SPLITS", splits)
     else:
@@ -253,7 +262,7 @@ def test_cuda_matches_reference(case, dtype, splits, monkeypatch):
 
 
 @requires_cuda_kernel
-def test_cuda_strided_inputs():
+def test_cuda_strided_inputs(impl):
     q, k, v, pl, mask = make_case(2, 50, 32, 8, 128, [700, 33], device="cuda", q_transposed=True,
                                   stacked_cache=True)
     assert not q.is_contiguous() and not k.is_contiguous()
@@ -262,7 +271,7 @@ def test_cuda_strided_inputs():
 
 
 @requires_cuda_kernel
-def test_cuda_matches_cpu_op():
+def test_cuda_matches_cpu_op(impl):
     args = make_case(2, 70, 16, 4, 128, [300, 1200], device="cpu")
     out_c, lse_c = jetspec_ext.tree_attention(*args)
     out_g, lse_g = jetspec_ext.tree_attention(*(a.cuda() for a in args))
@@ -271,7 +280,7 @@ def test_cuda_matches_cpu_op():
 
 
 @requires_cuda_kernel
-def test_cuda_graph_capture_and_replay():
+def test_cuda_graph_capture_and_replay(impl):
     B, N, Hq, Hkv, D, S = 2, 64, 32, 8, 128, 6000
     q, k, v, pl, mask = make_case(B, N, Hq, Hkv, D, [1000, 3000], S=S, device="cuda",
                                   poison_tail=False)

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <string>
 #include <tuple>
 
 #include "cuda_utils.cuh"
@@ -14,6 +15,8 @@
 
 namespace jetspec {
 namespace {
+
+constexpr bool kDefaultWgmma = false;  // flipped once the wgmma path is validated on the H200
 
 int sm_count(int device) {
   static int cache[64] = {0};
@@ -51,10 +54,10 @@ int choose_splits(int64_t base, int64_t S, int sms) {
   return 1;
 }
 
-template <int D, typename T>
+template <int D, typename T, bool WG>
 void launch(const tree_attn::Params& p, int row_tiles, cudaStream_t stream) {
   constexpr int smem = tree_attn::smem_bytes<D>();
-  auto kernel = tree_attn::split_kernel<D, T>;
+  auto kernel = tree_attn::split_kernel<D, T, WG>;
   static bool configured[64] = {false};  // per instantiation and device
   int dev = 0;
   JETSPEC_CUDA_CHECK(cudaGetDevice(&dev));
@@ -71,6 +74,32 @@ void launch(const tree_attn::Params& p, int row_tiles, cudaStream_t stream) {
     tree_attn::merge_kernel<D, T><<<(unsigned)((warps + 3) / 4), 128, 0, stream>>>(p);
     JETSPEC_CHECK_LAUNCH();
   }
+}
+
+template <int D, typename T>
+void launch(const tree_attn::Params& p, int row_tiles, cudaStream_t stream, bool wg) {
+  if (wg)
+    launch<D, T, true>(p, row_tiles, stream);
+  else
+    launch<D, T, false>(p, row_tiles, stream);
+}
+
+// Kernel variant: wgmma (sm_90 only, the build must include sm_90a) or mma.sync (any sm_80+).
+// Env JETSPEC_TREE_ATTN_IMPL = "mma" | "wgmma" overrides the default (testing / tuning).
+bool use_wgmma(int device) {
+  static int major[64] = {0};
+  const int d = (device >= 0 && device < 64) ? device : 0;
+  if (major[d] == 0) {
+    int m = 0;
+    JETSPEC_CUDA_CHECK(cudaDeviceGetAttribute(&m, cudaDevAttrComputeCapabilityMajor, device));
+    major[d] = m > 0 ? m : 1;
+  }
+  bool want = kDefaultWgmma;
+  if (const char* env = std::getenv("JETSPEC_TREE_ATTN_IMPL")) {
+    if (std::string(env) == "wgmma") want = true;
+    if (std::string(env) == "mma") want = false;
+  }
+  return want && major[d] == 9;
 }
 
 bool aligned16(const at::Tensor& t) {
@@ -148,16 +177,17 @@ std::tuple<at::Tensor, at::Tensor> tree_attention_cuda(const at::Tensor& q_in,
 
   const cudaStream_t stream = current_stream();
   const bool bf16 = q.scalar_type() == at::kBFloat16;
+  const bool wg = use_wgmma(q.get_device());
   if (s.D == 128) {
     if (bf16)
-      launch<128, __nv_bfloat16>(p, row_tiles, stream);
+      launch<128, __nv_bfloat16>(p, row_tiles, stream, wg);
     else
-      launch<128, __half>(p, row_tiles, stream);
+      launch<128, __half>(p, row_tiles, stream, wg);
   } else {
     if (bf16)
-      launch<64, __nv_bfloat16>(p, row_tiles, stream);
+      launch<64, __nv_bfloat16>(p, row_tiles, stream, wg);
     else
-      launch<64, __half>(p, row_tiles, stream);
+      launch<64, __half>(p, row_tiles, stream, wg);
   }
   return {out, lse};
 }

@@ -27,6 +27,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "tree_attention_wgmma.cuh"
+
 namespace jetspec {
 namespace tree_attn {
 
@@ -132,16 +134,62 @@ __device__ __forceinline__ int swz(int row, int chunk) {
   return row * (D / 8) + (chunk ^ (row & 7));
 }
 
+// K/V tile layout of the wgmma path: D / 64 column blocks of [kBN rows x 128 bytes]; chunk c of
+// row r sits in block c / 8 at position (c % 8) ^ (r % 8). With 1024-byte aligned blocks this is
+// exactly the 128-byte-swizzle layout wgmma descriptors describe (K: K-major B operand of Q K^T;
+// V: MN-major B operand of P V). Units: 16-byte chunks.
+template <int D>
+__device__ __forceinline__ int kv_off_sw128(int row, int chunk) {
+  return (chunk >> 3) * (kBN * 8) + row * 8 + ((chunk & 7) ^ (row & 7));
+}
+
+// wgmma shared-memory matrix descriptor, 128-byte swizzle.
+__device__ __forceinline__ uint64_t make_desc_sw128(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo & 0x3FFFF) >> 4) << 16) |
+         ((uint64_t)((sbo & 0x3FFFF) >> 4) << 32) | ((uint64_t)1 << 62);
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit_and_wait() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#endif
+}
+// Make shared-memory writes of the generic proxy (cp.async) visible to wgmma (async proxy).
+__device__ __forceinline__ void fence_proxy_async_smem() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+// Pin accumulator registers after wgmma.wait so that no read is scheduled before the wait.
+template <int N>
+__device__ __forceinline__ void fence_regs(float (&r)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(r[i][e])::"memory");
+}
+
 template <int D>
 constexpr int smem_bytes() {
-  // Q tile + 2 stages of K + 2 stages of V, all (rows x D) 16-bit elements.
-  return (kBM + 4 * kBN) * D * 2;
+  // 2 stages of K + 2 stages of V + the Q tile, all (rows x D) 16-bit elements, plus 1 KB of
+  // slack to align the K/V stages to 1024 bytes (wgmma swizzle atoms).
+  return (kBM + 4 * kBN) * D * 2 + 1024;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Split kernel. grid = (ceil(rows / BM), num_splits, B * Hkv), block = kThreads.
+// WG = false: mma.sync m16n8k16 (any sm_80+). WG = true: wgmma (sm_90a only): the CTA's 4 warps
+// form one warpgroup computing 64 rows; A operands (Q, P) from registers, B operands (K, V)
+// straight from swizzled shared memory, so K/V are read from shared memory once per warpgroup
+// instead of once per warp.
 // ---------------------------------------------------------------------------------------------
-template <int D, typename T>
+template <int D, typename T, bool WG>
 __global__ void __launch_bounds__(kThreads, 2) split_kernel(const Params p) {
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
   constexpr int CH = D / 8;             // 16-byte chunks per row
@@ -152,10 +200,13 @@ __global__ void __launch_bounds__(kThreads, 2) split_kernel(const Params p) {
   static_assert((kBN * CH) % kThreads == 0 && (kBM * CH) % kThreads == 0,
                 "tile copies split evenly over the threads");
 
-  extern __shared__ __align__(128) uint4 smem[];
-  uint4* sQ = smem;                 // kBM * CH chunks
-  uint4* sK = sQ + kBM * CH;        // 2 stages * kBN * CH
+  extern __shared__ __align__(1024) uint4 smem_raw[];
+  // Align to 1024 bytes (wgmma 128-byte swizzle atoms must start on 1 KB boundaries).
+  uint4* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023) / 16;
+  uint4* sK = smem;                 // 2 stages * kBN * CH chunks (each stage a multiple of 1 KB)
   uint4* sV = sK + 2 * kBN * CH;    // 2 stages * kBN * CH
+  uint4* sQ = sV + 2 * kBN * CH;    // kBM * CH
+  static_assert((kBN * CH * 16) % 1024 == 0, "K/V stages must keep 1 KB alignment");
 
   const int tid = threadIdx.x;
   const int warp = tid >> 5;
@@ -218,8 +269,9 @@ __global__ void __launch_bounds__(kThreads, 2) split_kernel(const Params p) {
       const int key = key0 + r;
       const bool ok = key < L;  // keys past L are zero-filled (never read from memory)
       const int64_t kk = ok ? key : 0;
-      cp_async_16(smem_u32(dk + swz<D>(r, c)), kg + kk * p.k_ss + c * 8, ok ? 16 : 0);
-      cp_async_16(smem_u32(dv + swz<D>(r, c)), vg + kk * p.v_ss + c * 8, ok ? 16 : 0);
+      const int off = WG ? kv_off_sw128<D>(r, c) : swz<D>(r, c);
+      cp_async_16(smem_u32(dk + off), kg + kk * p.k_ss + c * 8, ok ? 16 : 0);
+      cp_async_16(smem_u32(dv + off), vg + kk * p.v_ss + c * 8, ok ? 16 : 0);
     }
   };
 
@@ -253,6 +305,7 @@ __global__ void __launch_bounds__(kThreads, 2) split_kernel(const Params p) {
     } else {
       cp_async_wait<0>();
     }
+    if constexpr (WG) fence_proxy_async_smem();
     __syncthreads();
 
     if (t == t_begin) {
@@ -272,6 +325,20 @@ __global__ void __launch_bounds__(kThreads, 2) split_kernel(const Params p) {
     float s[NT_S][4];
 #pragma unroll
     for (int i = 0; i < NT_S; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    if constexpr (WG) {
+      static_assert(kBN == 64, "wgmma path: S tile is m64n64");
+      // B = K tile, K-major (head dim contiguous): k-step ks reads dims 16ks..16ks+15 = 32 bytes
+      // at offset (ks % 4) * 32 inside column block ks / 4. SBO = 8 rows * 128 B; LBO unused.
+      const uint32_t kbase = smem_u32(tk);
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < KSTEPS; ++ks) {
+        const uint32_t addr = kbase + (ks >> 2) * (kBN * 128) + (ks & 3) * 32;
+        wgmma_m64n64k16_kmajor<T>(&s[0][0], qf[ks], make_desc_sw128(addr, 16, 1024), ks > 0);
+      }
+      wgmma_commit_and_wait();
+      fence_regs(s);
+    } else {
 #pragma unroll
     for (int ks = 0; ks < KSTEPS; ++ks) {
 #pragma unroll
@@ -285,6 +352,7 @@ __global__ void __launch_bounds__(kThreads, 2) split_kernel(const Params p) {
         TypeTraits<T>::mma(s[2 * np], qf[ks], b0, b1);
         TypeTraits<T>::mma(s[2 * np + 1], qf[ks], b2, b3);
       }
+    }
     }
 
     // ---- scale, mask ---------------------------------------------------------------------------
@@ -362,6 +430,32 @@ __global__ void __launch_bounds__(kThreads, 2) split_kernel(const Params p) {
     }
 
     // ---- O += P V ------------------------------------------------------------------------------
+    if constexpr (WG) {
+      // A = P (registers, same layout as the S accumulator pairs); B = V tile, MN-major (head dim
+      // contiguous): k-step ks = keys 16ks..16ks+15 starts at row 16ks (2 KB); SBO = 8 keys *
+      // 128 B, LBO = distance between 64-dim column blocks (kBN * 128 B).
+      uint32_t pa[PV_KSTEPS][4];
+#pragma unroll
+      for (int ks = 0; ks < PV_KSTEPS; ++ks) {
+        pa[ks][0] = TypeTraits<T>::pack(s[2 * ks][0], s[2 * ks][1]);
+        pa[ks][1] = TypeTraits<T>::pack(s[2 * ks][2], s[2 * ks][3]);
+        pa[ks][2] = TypeTraits<T>::pack(s[2 * ks + 1][0], s[2 * ks + 1][1]);
+        pa[ks][3] = TypeTraits<T>::pack(s[2 * ks + 1][2], s[2 * ks + 1][3]);
+      }
+      const uint32_t vbase = smem_u32(tv);
+      fence_regs(o);
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < PV_KSTEPS; ++ks) {
+        const uint64_t desc = make_desc_sw128(vbase + ks * 16 * 128, kBN * 128, 1024);
+        if constexpr (D == 128)
+          wgmma_m64n128k16_nmajor<T>(&o[0][0], pa[ks], desc, 1);
+        else
+          wgmma_m64n64k16_nmajor<T>(&o[0][0], pa[ks], desc, 1);
+      }
+      wgmma_commit_and_wait();
+      fence_regs(o);
+    } else {
 #pragma unroll
     for (int ks = 0; ks < PV_KSTEPS; ++ks) {
       // The accumulator layout of S tiles 2ks, 2ks+1 is exactly the A layout of a 16x16 k-step.
@@ -381,6 +475,7 @@ __global__ void __launch_bounds__(kThreads, 2) split_kernel(const Params p) {
         TypeTraits<T>::mma(o[2 * dp], a, b0, b1);
         TypeTraits<T>::mma(o[2 * dp + 1], a, b2, b3);
       }
+    }
     }
     __syncthreads();  // every warp is done with this stage before it is refilled
   }

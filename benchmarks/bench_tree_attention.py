@@ -1,0 +1,141 @@
+"""Benchmark of torch.ops.jetspec.tree_attention on Qwen3-8B shapes (Hq 32, Hkv 8, Dh 128, bf16).
+
+Per cell: our time (CUDA-graph replay), the roofline floor max(bytes / 4.3 TB/s, FLOPs / 790
+TFLOP/s) with bytes = K and V of prefix + tree read once + Q + O and FLOPs = 4 Hq N (P + N) Dh per
+batch row, achieved TB/s and TFLOP/s, the allowance (bytes-bound: max(1.5 floor, floor + 4 us);
+FLOP-bound: max(2 floor, floor + 4 us)) with pass/fail, and beside it PyTorch SDPA with the
+equivalent dense boolean mask, SDPA with no mask, and FlexAttention with the equivalent block mask
+(n/a when unavailable).
+
+Run from the repo root: python benchmarks/bench_tree_attention.py [--quick]
+"""
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jetspec_ext  # noqa: E402
+from benchmarks.harness import (BF16_FLOPS_PER_S, HBM_BYTES_PER_S, floor_us, measure,  # noqa: E402
+                                print_table, time_us)
+from jetspec_ext.reference.attention import dense_visibility, pack_tree_mask  # noqa: E402
+
+HQ, HKV, DH = 32, 8, 128
+
+
+def random_tree_mask(B, N, gen):
+    masks = []
+    for _ in range(B):
+        m = torch.zeros(N, N, dtype=torch.bool)
+        for i in range(N):
+            m[i, i] = True
+            if i > 0:
+                m[i] |= m[int(torch.randint(max(0, i - 8), i, (1,), generator=gen))]
+        masks.append(m)
+    return pack_tree_mask(torch.stack(masks))
+
+
+def make_inputs(B, P, N, device, dtype):
+    gen = torch.Generator().manual_seed(P * 7 + N + B)
+    S = P + N
+    q = torch.randn(B, HQ, N, DH, device=device, dtype=dtype).transpose(1, 2)  # decoder's view
+    k = torch.randn(B, HKV, S, DH, device=device, dtype=dtype)
+    v = torch.randn(B, HKV, S, DH, device=device, dtype=dtype)
+    plens = torch.full((B,), P, dtype=torch.int32, device=device)
+    mask = random_tree_mask(B, N, gen).to(device)
+    return q, k, v, plens, mask
+
+
+def baselines(q, k, v, plens, mask, P, N):
+    """Callables of the baselines that work here (a failing one is reported as n/a)."""
+    B = q.shape[0]
+    L = P + N
+    F = torch.nn.functional
+    qh = q.transpose(1, 2).contiguous()  # (B, Hq, N, Dh)
+    kk, vv = k[:, :, :L], v[:, :, :L]
+    vis = dense_visibility(plens, mask, N, L).unsqueeze(1)  # (B, 1, N, L)
+    cands = {}
+
+    def sdpa_gqa(attn_mask):
+        return lambda: F.scaled_dot_product_attention(qh, kk, vv, attn_mask=attn_mask,
+                                                      enable_gqa=True)
+    cands["sdpa_mask"] = sdpa_gqa(vis)
+    cands["sdpa_nomask"] = sdpa_gqa(None)
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        tree = dense_visibility(plens, mask, N, L)  # (B, N, L) bool
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return tree[b, q_idx, kv_idx]
+
+        bm = create_block_mask(mask_mod, B, None, N, L, device=q.device)
+        flex = torch.compile(flex_attention, dynamic=False)
+        cands["flex"] = lambda: flex(qh, kk, vv, block_mask=bm, enable_gqa=True)
+    except Exception as e:  # noqa: BLE001
+        print(f"flex: n/a ({type(e).__name__}: {str(e)[:100]})")
+    ok = {}
+    for name, fn in cands.items():
+        try:
+            fn()
+            ok[name] = fn
+        except Exception as e:  # noqa: BLE001
+            print(f"{name}: n/a ({type(e).__name__}: {str(e)[:100]})")
+    return ok
+
+
+def bench_cell(B, P, N, device, dtype, with_baselines=True):
+    q, k, v, plens, mask = make_inputs(B, P, N, device, dtype)
+    L = P + N
+    esz = torch.finfo(dtype).bits // 8
+    bytes_moved = 2 * B * HKV * L * DH * esz + 2 * B * N * HQ * DH * esz
+    flops = 4.0 * B * HQ * N * L * DH
+    t_bytes = bytes_moved / HBM_BYTES_PER_S * 1e6
+    t_flops = flops / BF16_FLOPS_PER_S * 1e6
+    fl = floor_us(bytes_moved, flops)
+    flop_bound = t_flops >= t_bytes
+    allowance = max(2 * fl, fl + 4) if flop_bound else max(1.5 * fl, fl + 4)
+    fn = lambda: jetspec_ext.tree_attention(q, k, v, plens, mask)  # noqa: E731
+    bl = baselines(q, k, v, plens, mask, P, N) if with_baselines else {}
+    row = measure("tree_attention", f"B{B} P{P} N{N}", fn, bytes_moved=bytes_moved, flops=flops,
+                  baselines=bl, graph=device == "cuda")
+    if device == "cuda":  # both kernel variants (env var read per call, at capture time)
+        for impl in ("mma", "wgmma"):
+            if impl == "wgmma" and torch.cuda.get_device_capability()[0] != 9:
+                continue
+            os.environ["JETSPEC_TREE_ATTN_IMPL"] = impl
+            try:
+                row[f"{impl}_us"] = time_us(fn, graph=True)
+            except Exception as e:  # noqa: BLE001
+                row[f"{impl}_us"] = f"err:{type(e).__name__}"
+            finally:
+                del os.environ["JETSPEC_TREE_ATTN_IMPL"]
+    row["bound"] = "flop" if flop_bound else "bytes"
+    row["allow_us"] = allowance
+    row["pass"] = "PASS" if row["us"] <= allowance else "FAIL"
+    for name in ("sdpa_mask", "sdpa_nomask", "flex"):
+        row.setdefault(f"{name}_us", "n/a")
+    return row
+
+
+def main():
+    quick = "--quick" in sys.argv
+    cuda = torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "jetspec::tree_attention", "CUDA")
+    device = "cuda" if cuda else "cpu"
+    dtype = torch.bfloat16
+    if cuda:
+        cells = [(1, P, N) for P in (1024, 4096, 16384) for N in (64, 128, 256)] + [(8, 4096, 64)]
+    else:  # smoke test of the script on the CPU op (timings meaningless)
+        cells = [(1, 256, 16)] if quick else [(1, 1024, 64)]
+    rows = []
+    for B, P, N in cells:
+        rows.append(bench_cell(B, P, N, device, dtype, with_baselines=cuda or not quick))
+    print_table(rows)
+    if cuda:
+        npass = sum(r["pass"] == "PASS" for r in rows)
+        print(f"tree_attention: {npass}/{len(rows)} cells within the allowance")
+
+
+if __name__ == "__main__":
+    main()

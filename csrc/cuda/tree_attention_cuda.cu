@@ -1,0 +1,199 @@
+// CUDA launcher of jetspec::tree_attention. Semantics: jetspec_ext/reference/attention.py;
+// kernel design: csrc/kernels/tree_attention.cuh; docs/tree_attention.md.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <string>
+#include <tuple>
+
+#include "cuda_utils.cuh"
+#include "kernels/tree_attention.cuh"
+#include "tree_attention_common.h"
+
+namespace jetspec {
+namespace {
+
+constexpr bool kDefaultWgmma = false;  // flipped once the wgmma path is validated on the H200
+
+int sm_count(int device) {
+  static int cache[64] = {0};
+  if (device < 0 || device >= 64) device = 0;
+  if (cache[device] == 0) {
+    int n = 0;
+    JETSPEC_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+    cache[device] = n > 0 ? n : 1;
+  }
+  return cache[device];
+}
+
+// Number of KV splits, from static shapes only (CUDA-graph safe). `base` CTAs exist without
+// splitting; pick the split count that minimises the number of CTA waves per unit of work
+// (ceil(base * s / slots) / s), preferring fewer splits (less merge traffic) within 5%. A split
+// should keep at least 2 KV tiles of the largest possible key range (S).
+int choose_splits(int64_t base, int64_t S, int sms) {
+  if (const char* env = std::getenv("JETSPEC_TREE_ATTN_SPLITS")) {  // testing / tuning override
+    const int forced = std::atoi(env);
+    if (forced >= 1) return forced > 1024 ? 1024 : forced;
+  }
+  const int64_t slots = 2 * (int64_t)sms;  // 2 CTAs per SM (launch bounds, ~80 KB smem)
+  const int64_t max_tiles = (S + tree_attn::kBN - 1) / tree_attn::kBN;
+  int64_t max_s = std::min<int64_t>(64, std::max<int64_t>(1, max_tiles / 2));
+  if (base >= slots) max_s = 1;
+  double best = 1e30;
+  for (int64_t s = 1; s <= max_s; ++s) {
+    const double cost = (double)((base * s + slots - 1) / slots) / (double)s;
+    best = std::min(best, cost);
+  }
+  for (int64_t s = 1; s <= max_s; ++s) {
+    const double cost = (double)((base * s + slots - 1) / slots) / (double)s;
+    if (cost <= best * 1.05) return (int)s;
+  }
+  return 1;
+}
+
+template <int D, typename T, bool WG>
+void launch(const tree_attn::Params& p, int row_tiles, cudaStream_t stream) {
+  constexpr int smem = tree_attn::smem_bytes<D>();
+  auto kernel = tree_attn::split_kernel<D, T, WG>;
+  static bool configured[64] = {false};  // per instantiation and device
+  int dev = 0;
+  JETSPEC_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 0 || dev >= 64 || !configured[dev]) {
+    JETSPEC_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    if (dev >= 0 && dev < 64) configured[dev] = true;
+  }
+  dim3 grid(row_tiles, p.num_splits, p.B * p.Hkv);
+  kernel<<<grid, tree_attn::kThreads, smem, stream>>>(p);
+  JETSPEC_CHECK_LAUNCH();
+  if (p.num_splits > 1) {
+    const int64_t warps = (int64_t)p.B * p.Hkv * p.rows;
+    tree_attn::merge_kernel<D, T><<<(unsigned)((warps + 3) / 4), 128, 0, stream>>>(p);
+    JETSPEC_CHECK_LAUNCH();
+  }
+}
+
+template <int D, typename T>
+void launch(const tree_attn::Params& p, int row_tiles, cudaStream_t stream, bool wg) {
+  if (wg)
+    launch<D, T, true>(p, row_tiles, stream);
+  else
+    launch<D, T, false>(p, row_tiles, stream);
+}
+
+// Kernel variant: wgmma (sm_90 only, the build must include sm_90a) or mma.sync (any sm_80+).
+// Env JETSPEC_TREE_ATTN_IMPL = "mma" | "wgmma" overrides the default (testing / tuning).
+bool use_wgmma(int device) {
+  static int major[64] = {0};
+  const int d = (device >= 0 && device < 64) ? device : 0;
+  if (major[d] == 0) {
+    int m = 0;
+    JETSPEC_CUDA_CHECK(cudaDeviceGetAttribute(&m, cudaDevAttrComputeCapabilityMajor, device));
+    major[d] = m > 0 ? m : 1;
+  }
+  bool want = kDefaultWgmma;
+  if (const char* env = std::getenv("JETSPEC_TREE_ATTN_IMPL")) {
+    if (std::string(env) == "wgmma") want = true;
+    if (std::string(env) == "mma") want = false;
+  }
+  return want && major[d] == 9;
+}
+
+bool aligned16(const at::Tensor& t) {
+  if (reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 != 0) return false;
+  for (int d = 0; d < t.dim() - 1; ++d)
+    if (t.size(d) > 1 && t.stride(d) % 8 != 0) return false;  // 8 x 16-bit = 16 bytes
+  return true;
+}
+
+std::tuple<at::Tensor, at::Tensor> tree_attention_cuda(const at::Tensor& q_in,
+                                                       const at::Tensor& k_cache,
+                                                       const at::Tensor& v_cache,
+                                                       const at::Tensor& prefix_lens_in,
+                                                       const at::Tensor& tree_mask_in,
+                                                       double scale) {
+  constexpr const char* op = "tree_attention";
+  const auto s = check_tree_attention_args(q_in, k_cache, v_cache, prefix_lens_in, tree_mask_in);
+  TORCH_CHECK(q_in.scalar_type() == at::kBFloat16 || q_in.scalar_type() == at::kHalf, op,
+              ": on CUDA `q`, `k_cache`, `v_cache` must be bfloat16 or float16, got ",
+              q_in.scalar_type());
+  TORCH_CHECK(std::isfinite(scale), op, ": `scale` must be finite, got ", scale);
+  TORCH_CHECK(s.B * s.Hkv <= 65535, op, ": B * Hkv = ", s.B * s.Hkv, " exceeds 65535");
+  c10::cuda::CUDAGuard guard(q_in.device());
+
+  // q may be a strided view (e.g. transposed from (B, Hq, N, Dh)); only 16-byte alignment of its
+  // rows is required. Copy when it is not (cheap: q is small). The caches must be aligned.
+  const at::Tensor q = aligned16(q_in) ? q_in : q_in.contiguous();
+  TORCH_CHECK(aligned16(k_cache), op, ": `k_cache` rows must be 16-byte aligned (data pointer and "
+              "strides of dims 0..2 multiples of 8 elements), got strides ", k_cache.strides());
+  TORCH_CHECK(aligned16(v_cache), op, ": `v_cache` rows must be 16-byte aligned (data pointer and "
+              "strides of dims 0..2 multiples of 8 elements), got strides ", v_cache.strides());
+  const at::Tensor prefix_lens = prefix_lens_in.contiguous();
+  const at::Tensor tree_mask = tree_mask_in.contiguous();
+
+  auto out = at::empty({s.B, s.N, s.Hq, s.D}, q.options());
+  auto lse = at::empty({s.B, s.Hq, s.N}, q.options().dtype(at::kFloat));
+
+  tree_attn::Params p{};
+  p.q = q.data_ptr();
+  p.k = k_cache.data_ptr();
+  p.v = v_cache.data_ptr();
+  p.prefix_lens = prefix_lens.data_ptr<int32_t>();
+  p.mask = tree_mask.data_ptr<int32_t>();
+  p.out = out.data_ptr();
+  p.lse = lse.data_ptr<float>();
+  p.q_sb = q.stride(0);
+  p.q_sn = q.stride(1);
+  p.q_sh = q.stride(2);
+  p.k_sb = k_cache.stride(0);
+  p.k_sh = k_cache.stride(1);
+  p.k_ss = k_cache.stride(2);
+  p.v_sb = v_cache.stride(0);
+  p.v_sh = v_cache.stride(1);
+  p.v_ss = v_cache.stride(2);
+  p.B = (int)s.B;
+  p.N = (int)s.N;
+  p.Hq = (int)s.Hq;
+  p.Hkv = (int)s.Hkv;
+  p.G = (int)s.G;
+  p.S = (int)std::min<int64_t>(s.S, (int64_t)1 << 30);
+  p.W = (int)s.W;
+  p.rows = (int)(s.N * s.G);
+  p.scale_log2 = (float)(scale * 1.4426950408889634);
+
+  const int row_tiles = ceil_div(p.rows, tree_attn::kBM);
+  p.num_splits = choose_splits((int64_t)row_tiles * s.B * s.Hkv, s.S, sm_count(q.get_device()));
+
+  at::Tensor o_part, lse_part;
+  if (p.num_splits > 1) {
+    o_part = at::empty({p.num_splits, s.B * s.Hkv, p.rows, s.D}, q.options().dtype(at::kFloat));
+    lse_part = at::empty({p.num_splits, s.B * s.Hkv, p.rows}, q.options().dtype(at::kFloat));
+    p.o_part = o_part.data_ptr<float>();
+    p.lse_part = lse_part.data_ptr<float>();
+  }
+
+  const cudaStream_t stream = current_stream();
+  const bool bf16 = q.scalar_type() == at::kBFloat16;
+  const bool wg = use_wgmma(q.get_device());
+  if (s.D == 128) {
+    if (bf16)
+      launch<128, __nv_bfloat16>(p, row_tiles, stream, wg);
+    else
+      launch<128, __half>(p, row_tiles, stream, wg);
+  } else {
+    if (bf16)
+      launch<64, __nv_bfloat16>(p, row_tiles, stream, wg);
+    else
+      launch<64, __half>(p, row_tiles, stream, wg);
+  }
+  return {out, lse};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(jetspec, CUDA, m) { m.impl("tree_attention", &tree_attention_cuda); }
+
+}  // namespace jetspec

@@ -1,0 +1,575 @@
+// Tree attention (torch-free): flash-decoding style split-KV attention with a bit-packed tree mask.
+//
+// Semantics (see docs/tree_attention.md): for batch row b with prefix length P = prefix_lens[b],
+// query tree node i (of N) and query head h (KV head h / G, G = Hq / Hkv) attends to cache slots
+// [0, P) (the prefix, always visible) and to slot P + j (tree node j) iff bit j of
+// tree_mask[b, i] is set. out = softmax(scale * q k^T) v, lse = log-sum-exp of the scaled scores
+// (natural log). A row that sees nothing gets out = 0, lse = -inf.
+//
+// Work decomposition:
+//   * One CTA owns BM = 64 "query rows" of one (batch row, KV head): row r = node * G + g, so all
+//     G query heads sharing a KV head are processed together and every K/V tile is loaded once per
+//     CTA. 4 warps, each warp owns 16 rows (the M of one m16n8k16 MMA).
+//   * The key range [0, P + N) is cut into BN = 64-key tiles; the tiles are divided among
+//     `num_splits` CTAs along gridDim.y (flash-decoding). num_splits is a host choice from static
+//     shapes only; the per-split tile ranges are computed on the device from prefix_lens, so the
+//     launch is CUDA-graph capturable. A split whose range is empty writes lse = -inf partials.
+//   * K/V tiles are copied with 16-byte cp.async into XOR-swizzled shared memory, double-buffered
+//     (the copy of tile t+1 overlaps the maths of tile t).
+//   * S = Q K^T and O += P V use mma.sync m16n8k16 (bf16/fp16 inputs, fp32 accumulate) fed by
+//     ldmatrix (.trans for V). Online softmax in fp32 registers, exp2 with scale * log2(e).
+//   * Mask bits are read only for tiles that reach past the prefix (key tile end > P).
+//   * num_splits == 1: the split kernel writes out/lse directly. Otherwise it writes fp32
+//     partials (normalised O and natural-log lse per split) and merge_kernel combines them.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "tree_attention_wgmma.cuh"
+
+namespace jetspec {
+namespace tree_attn {
+
+constexpr int kBM = 64;        // query rows per CTA
+constexpr int kBN = 64;        // keys per KV tile
+constexpr int kWarps = 4;      // warps per CTA
+constexpr int kThreads = kWarps * 32;
+static_assert(kBM == kWarps * 16, "each warp owns one m16 slab of query rows");
+static_assert(kBN % 16 == 0, "KV tile must be a multiple of the MMA k (16)");
+
+struct Params {
+  const void* q;         // (B, N, Hq, D), last dim contiguous, strides q_sb/q_sn/q_sh (elements)
+  const void* k;         // (B, Hkv, S, D), last dim contiguous
+  const void* v;         // (B, Hkv, S, D), last dim contiguous
+  const int32_t* prefix_lens;  // (B,)
+  const int32_t* mask;   // (B, N, W) contiguous, W = ceil(N / 32)
+  void* out;             // (B, N, Hq, D) contiguous
+  float* lse;            // (B, Hq, N) contiguous
+  float* o_part;         // (splits, B * Hkv, rows, D) fp32 (only when num_splits > 1)
+  float* lse_part;       // (splits, B * Hkv, rows) fp32 (only when num_splits > 1)
+  int64_t q_sb, q_sn, q_sh;
+  int64_t k_sb, k_sh, k_ss;
+  int64_t v_sb, v_sh, v_ss;
+  int B, N, Hq, Hkv, G, S, W;
+  int rows;        // N * G query rows per (batch row, KV head)
+  int num_splits;
+  float scale_log2;  // softmax scale * log2(e)
+};
+
+// ---------------------------------------------------------------------------------------------
+// PTX helpers
+// ---------------------------------------------------------------------------------------------
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte async copy global -> shared; src_bytes = 0 zero-fills the destination (no read).
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t& r0, uint32_t& r1,
+                                            uint32_t& r2, uint32_t& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t addr, uint32_t& r0, uint32_t& r1,
+                                                  uint32_t& r2, uint32_t& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr));
+}
+
+template <typename T>
+struct TypeTraits;
+
+template <>
+struct TypeTraits<__nv_bfloat16> {
+  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low 16 bits) = lo
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+  // D = A * B + D, A 16x16 row-major, B 16x8 "col" (i.e. stored n-major), fp32 accumulate.
+  __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                             uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+template <>
+struct TypeTraits<__half> {
+  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+  __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                             uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+// Shared-memory tile of `rows` x D elements stored as 16-byte chunks (8 elements). Chunk c of row
+// r lives at r * (D / 8) + (c ^ (r & 7)): the 8 rows one ldmatrix phase reads hit 8 different
+// 16-byte bank groups (D / 8 >= 8 chunks per row, so the XOR stays inside the row).
+template <int D>
+__device__ __forceinline__ int swz(int row, int chunk) {
+  static_assert(D % 64 == 0, "swizzle needs at least 8 chunks per row");
+  return row * (D / 8) + (chunk ^ (row & 7));
+}
+
+// K/V tile layout of the wgmma path: D / 64 column blocks of [kBN rows x 128 bytes]; chunk c of
+// row r sits in block c / 8 at position (c % 8) ^ (r % 8). With 1024-byte aligned blocks this is
+// exactly the 128-byte-swizzle layout wgmma descriptors describe (K: K-major B operand of Q K^T;
+// V: MN-major B operand of P V). Units: 16-byte chunks.
+template <int D>
+__device__ __forceinline__ int kv_off_sw128(int row, int chunk) {
+  return (chunk >> 3) * (kBN * 8) + row * 8 + ((chunk & 7) ^ (row & 7));
+}
+
+// wgmma shared-memory matrix descriptor, 128-byte swizzle.
+__device__ __forceinline__ uint64_t make_desc_sw128(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo & 0x3FFFF) >> 4) << 16) |
+         ((uint64_t)((sbo & 0x3FFFF) >> 4) << 32) | ((uint64_t)1 << 62);
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit_and_wait() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#endif
+}
+// Make shared-memory writes of the generic proxy (cp.async) visible to wgmma (async proxy).
+__device__ __forceinline__ void fence_proxy_async_smem() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+// Pin accumulator registers after wgmma.wait so that no read is scheduled before the wait.
+template <int N>
+__device__ __forceinline__ void fence_regs(float (&r)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(r[i][e])::"memory");
+}
+
+template <int D>
+constexpr int smem_bytes() {
+  // 2 stages of K + 2 stages of V + the Q tile, all (rows x D) 16-bit elements, plus 1 KB of
+  // slack to align the K/V stages to 1024 bytes (wgmma swizzle atoms).
+  return (kBM + 4 * kBN) * D * 2 + 1024;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Split kernel. grid = (ceil(rows / BM), num_splits, B * Hkv), block = kThreads.
+// WG = false: mma.sync m16n8k16 (any sm_80+). WG = true: wgmma (sm_90a only): the CTA's 4 warps
+// form one warpgroup computing 64 rows; A operands (Q, P) from registers, B operands (K, V)
+// straight from swizzled shared memory, so K/V are read from shared memory once per warpgroup
+// instead of once per warp.
+// ---------------------------------------------------------------------------------------------
+template <int D, typename T, bool WG>
+__global__ void __launch_bounds__(kThreads, 2) split_kernel(const Params p) {
+  static_assert(D == 64 || D == 128, "head dim 64 or 128");
+  constexpr int CH = D / 8;             // 16-byte chunks per row
+  constexpr int KSTEPS = D / 16;        // MMA k-steps over the head dim (S = Q K^T)
+  constexpr int NT_S = kBN / 8;         // n8 tiles of S per warp (keys)
+  constexpr int NT_O = D / 8;           // n8 tiles of O per warp (head dim)
+  constexpr int PV_KSTEPS = kBN / 16;   // MMA k-steps over the keys (O += P V)
+  static_assert((kBN * CH) % kThreads == 0 && (kBM * CH) % kThreads == 0,
+                "tile copies split evenly over the threads");
+
+  extern __shared__ __align__(1024) uint4 smem_raw[];
+  // Align to 1024 bytes (wgmma 128-byte swizzle atoms must start on 1 KB boundaries).
+  uint4* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023) / 16;
+  uint4* sK = smem;                 // 2 stages * kBN * CH chunks (each stage a multiple of 1 KB)
+  uint4* sV = sK + 2 * kBN * CH;    // 2 stages * kBN * CH
+  uint4* sQ = sV + 2 * kBN * CH;    // kBM * CH
+  static_assert((kBN * CH * 16) % 1024 == 0, "K/V stages must keep 1 KB alignment");
+
+  const int tid = threadIdx.x;
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  const int gid = lane >> 2;   // "groupID" of the MMA fragment layouts: row within 8
+  const int tig = lane & 3;    // thread in group: column pair within 8
+  const int row_tile = blockIdx.x;
+  const int split = blockIdx.y;
+  const int bh = blockIdx.z;   // b * Hkv + kv head
+  const int b = bh / p.Hkv;
+  const int kvh = bh - b * p.Hkv;
+  const int m_base = row_tile * kBM;
+
+  // Prefix length, clamped so that no slot outside [0, S) is ever read even if the caller broke
+  // the contract prefix_len + N <= S (results are then meaningless but memory-safe).
+  int plen = p.prefix_lens[b];
+  plen = max(0, min(plen, p.S - p.N));
+  const int L = plen + p.N;                    // keys [0, L) exist for this row
+  const int num_tiles = (L + kBN - 1) / kBN;
+  const int tiles_per_split = (num_tiles + p.num_splits - 1) / p.num_splits;
+  const int t_begin = split * tiles_per_split;
+  const int t_end = min(num_tiles, t_begin + tiles_per_split);
+
+  if (t_begin >= t_end) {
+    // Empty split (only possible when num_splits > 1): lse = -inf, the merge skips it.
+    for (int r = tid; r < kBM; r += kThreads) {
+      const int grow = m_base + r;
+      if (grow < p.rows)
+        p.lse_part[((int64_t)split * p.B * p.Hkv + bh) * p.rows + grow] = -INFINITY;
+    }
+    return;
+  }
+
+  const T* qg = static_cast<const T*>(p.q);
+  const T* kg = static_cast<const T*>(p.k) + b * p.k_sb + kvh * p.k_sh;
+  const T* vg = static_cast<const T*>(p.v) + b * p.v_sb + kvh * p.v_sh;
+
+  // ---- Q tile: rows (node, head-in-group) -> smem, zero-filled past the last row -------------
+#pragma unroll
+  for (int i = 0; i < kBM * CH / kThreads; ++i) {
+    const int idx = tid + i * kThreads;
+    const int r = idx / CH, c = idx % CH;
+    const int grow = m_base + r;
+    const bool ok = grow < p.rows;
+    const int n = ok ? grow / p.G : 0;
+    const int g = ok ? grow - n * p.G : 0;
+    const T* src = qg + b * p.q_sb + n * p.q_sn + (int64_t)(kvh * p.G + g) * p.q_sh + c * 8;
+    cp_async_16(smem_u32(sQ + swz<D>(r, c)), ok ? src : qg, ok ? 16 : 0);
+  }
+  cp_async_commit();
+
+  auto load_kv = [&](int tile, int stage) {
+    const int key0 = tile * kBN;
+    uint4* dk = sK + stage * kBN * CH;
+    uint4* dv = sV + stage * kBN * CH;
+#pragma unroll
+    for (int i = 0; i < kBN * CH / kThreads; ++i) {
+      const int idx = tid + i * kThreads;
+      const int r = idx / CH, c = idx % CH;
+      const int key = key0 + r;
+      const bool ok = key < L;  // keys past L are zero-filled (never read from memory)
+      const int64_t kk = ok ? key : 0;
+      const int off = WG ? kv_off_sw128<D>(r, c) : swz<D>(r, c);
+      cp_async_16(smem_u32(dk + off), kg + kk * p.k_ss + c * 8, ok ? 16 : 0);
+      cp_async_16(smem_u32(dv + off), vg + kk * p.v_ss + c * 8, ok ? 16 : 0);
+    }
+  };
+
+  load_kv(t_begin, 0);
+  cp_async_commit();
+
+  // Per-thread state: this thread holds rows (warp*16 + gid) [half 0] and (+8) [half 1].
+  uint32_t qf[KSTEPS][4];
+  float o[NT_O][4];
+#pragma unroll
+  for (int i = 0; i < NT_O; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m_run[2] = {-INFINITY, -INFINITY};
+  float l_run[2] = {0.f, 0.f};
+
+  // Tree nodes of this thread's two rows (clamped for rows past the end: never written).
+  int node[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int grow = m_base + warp * 16 + gid + h * 8;
+    node[h] = min(grow / p.G, p.N - 1);
+  }
+  const int32_t* mrow0 = p.mask + ((int64_t)b * p.N + node[0]) * p.W;
+  const int32_t* mrow1 = p.mask + ((int64_t)b * p.N + node[1]) * p.W;
+
+  for (int t = t_begin; t < t_end; ++t) {
+    const int stage = (t - t_begin) & 1;
+    if (t + 1 < t_end) {
+      load_kv(t + 1, stage ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();  // everything but the tile just issued has landed (Q, tile t)
+    } else {
+      cp_async_wait<0>();
+    }
+    if constexpr (WG) fence_proxy_async_smem();
+    __syncthreads();
+
+    if (t == t_begin) {
+      // Q fragments (A operand, 16 rows x 16 dims per k-step) stay in registers for all tiles.
+#pragma unroll
+      for (int ks = 0; ks < KSTEPS; ++ks) {
+        const int r = warp * 16 + (lane & 15);
+        const int c = ks * 2 + (lane >> 4);
+        ldmatrix_x4(smem_u32(sQ + swz<D>(r, c)), qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3]);
+      }
+    }
+
+    const uint4* tk = sK + stage * kBN * CH;
+    const uint4* tv = sV + stage * kBN * CH;
+
+    // ---- S = Q K^T (16 rows x kBN keys per warp) ----------------------------------------------
+    float s[NT_S][4];
+#pragma unroll
+    for (int i = 0; i < NT_S; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    if constexpr (WG) {
+      static_assert(kBN == 64, "wgmma path: S tile is m64n64");
+      // B = K tile, K-major (head dim contiguous): k-step ks reads dims 16ks..16ks+15 = 32 bytes
+      // at offset (ks % 4) * 32 inside column block ks / 4. SBO = 8 rows * 128 B; LBO unused.
+      const uint32_t kbase = smem_u32(tk);
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < KSTEPS; ++ks) {
+        const uint32_t addr = kbase + (ks >> 2) * (kBN * 128) + (ks & 3) * 32;
+        wgmma_m64n64k16_kmajor<T>(&s[0][0], qf[ks], make_desc_sw128(addr, 16, 1024), ks > 0);
+      }
+      wgmma_commit_and_wait();
+      fence_regs(s);
+    } else {
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks) {
+#pragma unroll
+      for (int np = 0; np < NT_S / 2; ++np) {
+        // Matrices: (keys np*16+0..7, dims ks*16+0..7), (same keys, dims +8..15),
+        //           (keys np*16+8..15, dims ks*16+0..7), (same keys, dims +8..15).
+        const int key = np * 16 + ((lane >> 4) << 3) + (lane & 7);
+        const int c = ks * 2 + ((lane >> 3) & 1);
+        uint32_t b0, b1, b2, b3;
+        ldmatrix_x4(smem_u32(tk + swz<D>(key, c)), b0, b1, b2, b3);
+        TypeTraits<T>::mma(s[2 * np], qf[ks], b0, b1);
+        TypeTraits<T>::mma(s[2 * np + 1], qf[ks], b2, b3);
+      }
+    }
+    }
+
+    // ---- scale, mask ---------------------------------------------------------------------------
+    const int key0 = t * kBN;
+#pragma unroll
+    for (int i = 0; i < NT_S; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[i][e] *= p.scale_log2;
+
+    if (key0 + kBN > plen) {
+      // This tile reaches the tree (or the end of the keys): consult the mask bits.
+      // Tree indices j = key - plen of this tile lie in [jb, jb + kBN), at most 3 mask words.
+      const int jb = key0 - plen;
+      const int wlo = max(jb, 0) >> 5;
+      uint32_t w0[3], w1[3];
+#pragma unroll
+      for (int k = 0; k < 3; ++k) {
+        const bool ok = wlo + k < p.W;
+        w0[k] = ok ? (uint32_t)__ldg(mrow0 + wlo + k) : 0u;
+        w1[k] = ok ? (uint32_t)__ldg(mrow1 + wlo + k) : 0u;
+      }
+#pragma unroll
+      for (int i = 0; i < NT_S; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = key0 + i * 8 + tig * 2 + (e & 1);
+          bool vis;
+          if (key < plen) {
+            vis = true;
+          } else if (key >= L) {
+            vis = false;
+          } else {
+            const int j = key - plen;
+            const int wi = (j >> 5) - wlo;  // 0, 1 or 2
+            const uint32_t word =
+                (e < 2) ? (wi == 0 ? w0[0] : (wi == 1 ? w0[1] : w0[2]))
+                        : (wi == 0 ? w1[0] : (wi == 1 ? w1[1] : w1[2]));
+            vis = (word >> (j & 31)) & 1u;
+          }
+          if (!vis) s[i][e] = -INFINITY;
+        }
+    }
+
+    // ---- online softmax (fp32, base 2) ---------------------------------------------------------
+    float alpha[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int i = 0; i < NT_S; ++i) mx = fmaxf(mx, fmaxf(s[i][2 * h], s[i][2 * h + 1]));
+      // The 4 threads of a quad hold the same row.
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m_run[h], mx);
+      // Rows that have seen nothing yet keep m = -inf; use 0 as the exponent base so that
+      // exp2(-inf - base) = 0 instead of NaN.
+      const float base = (m_new == -INFINITY) ? 0.f : m_new;
+      alpha[h] = exp2f(m_run[h] - base);
+      m_run[h] = m_new;
+      float sum = 0.f;
+#pragma unroll
+      for (int i = 0; i < NT_S; ++i) {
+        s[i][2 * h] = exp2f(s[i][2 * h] - base);
+        s[i][2 * h + 1] = exp2f(s[i][2 * h + 1] - base);
+        sum += s[i][2 * h] + s[i][2 * h + 1];
+      }
+      l_run[h] = l_run[h] * alpha[h] + sum;  // per-thread partial sum; reduced at the end
+    }
+#pragma unroll
+    for (int i = 0; i < NT_O; ++i) {
+      o[i][0] *= alpha[0];
+      o[i][1] *= alpha[0];
+      o[i][2] *= alpha[1];
+      o[i][3] *= alpha[1];
+    }
+
+    // ---- O += P V ------------------------------------------------------------------------------
+    if constexpr (WG) {
+      // A = P (registers, same layout as the S accumulator pairs); B = V tile, MN-major (head dim
+      // contiguous): k-step ks = keys 16ks..16ks+15 starts at row 16ks (2 KB); SBO = 8 keys *
+      // 128 B, LBO = distance between 64-dim column blocks (kBN * 128 B).
+      uint32_t pa[PV_KSTEPS][4];
+#pragma unroll
+      for (int ks = 0; ks < PV_KSTEPS; ++ks) {
+        pa[ks][0] = TypeTraits<T>::pack(s[2 * ks][0], s[2 * ks][1]);
+        pa[ks][1] = TypeTraits<T>::pack(s[2 * ks][2], s[2 * ks][3]);
+        pa[ks][2] = TypeTraits<T>::pack(s[2 * ks + 1][0], s[2 * ks + 1][1]);
+        pa[ks][3] = TypeTraits<T>::pack(s[2 * ks + 1][2], s[2 * ks + 1][3]);
+      }
+      const uint32_t vbase = smem_u32(tv);
+      fence_regs(o);
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < PV_KSTEPS; ++ks) {
+        const uint64_t desc = make_desc_sw128(vbase + ks * 16 * 128, kBN * 128, 1024);
+        if constexpr (D == 128)
+          wgmma_m64n128k16_nmajor<T>(&o[0][0], pa[ks], desc, 1);
+        else
+          wgmma_m64n64k16_nmajor<T>(&o[0][0], pa[ks], desc, 1);
+      }
+      wgmma_commit_and_wait();
+      fence_regs(o);
+    } else {
+#pragma unroll
+    for (int ks = 0; ks < PV_KSTEPS; ++ks) {
+      // The accumulator layout of S tiles 2ks, 2ks+1 is exactly the A layout of a 16x16 k-step.
+      uint32_t a[4];
+      a[0] = TypeTraits<T>::pack(s[2 * ks][0], s[2 * ks][1]);
+      a[1] = TypeTraits<T>::pack(s[2 * ks][2], s[2 * ks][3]);
+      a[2] = TypeTraits<T>::pack(s[2 * ks + 1][0], s[2 * ks + 1][1]);
+      a[3] = TypeTraits<T>::pack(s[2 * ks + 1][2], s[2 * ks + 1][3]);
+#pragma unroll
+      for (int dp = 0; dp < NT_O / 2; ++dp) {
+        // Matrices (transposed): (keys ks*16+0..7, dims dp*16+0..7), (keys +8..15, same dims),
+        //                        (keys ks*16+0..7, dims +8..15), (keys +8..15, dims +8..15).
+        const int key = ks * 16 + (((lane >> 3) & 1) << 3) + (lane & 7);
+        const int c = dp * 2 + (lane >> 4);
+        uint32_t b0, b1, b2, b3;
+        ldmatrix_x4_trans(smem_u32(tv + swz<D>(key, c)), b0, b1, b2, b3);
+        TypeTraits<T>::mma(o[2 * dp], a, b0, b1);
+        TypeTraits<T>::mma(o[2 * dp + 1], a, b2, b3);
+      }
+    }
+    }
+    __syncthreads();  // every warp is done with this stage before it is refilled
+  }
+
+  // ---- epilogue ------------------------------------------------------------------------------
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
+    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
+  }
+  constexpr float kLn2 = 0.6931471805599453f;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int grow = m_base + warp * 16 + gid + h * 8;
+    if (grow >= p.rows) continue;
+    const float l = l_run[h];
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const float lse_v = l > 0.f ? (m_run[h] + __log2f(l)) * kLn2 : -INFINITY;
+    const int n = grow / p.G;
+    const int hq = kvh * p.G + (grow - n * p.G);
+    if (p.num_splits == 1) {
+      T* orow = static_cast<T*>(p.out) + (((int64_t)b * p.N + n) * p.Hq + hq) * D;
+#pragma unroll
+      for (int i = 0; i < NT_O; ++i) {
+        const uint32_t v = TypeTraits<T>::pack(o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
+        *reinterpret_cast<uint32_t*>(orow + i * 8 + tig * 2) = v;
+      }
+      if (tig == 0) p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = lse_v;
+    } else {
+      const int64_t prow = ((int64_t)split * p.B * p.Hkv + bh) * p.rows + grow;
+      float* orow = p.o_part + prow * D;
+#pragma unroll
+      for (int i = 0; i < NT_O; ++i)
+        *reinterpret_cast<float2*>(orow + i * 8 + tig * 2) =
+            make_float2(o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
+      if (tig == 0) p.lse_part[prow] = lse_v;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Merge kernel: one warp per (batch row, KV head, query row); grid = ceil(B*Hkv*rows / 4) x 128.
+// out = sum_s w_s o_s / sum_s w_s with w_s = exp(lse_s - max lse); lse = max + log(sum w).
+// Splits with lse_s = -inf (empty, or nothing visible) are skipped, so their o_s is never read.
+// ---------------------------------------------------------------------------------------------
+template <int D, typename T>
+__global__ void __launch_bounds__(128) merge_kernel(const Params p) {
+  constexpr int VEC = D / 32;  // elements per lane (2 or 4)
+  const int64_t total = (int64_t)p.B * p.Hkv * p.rows;
+  const int64_t wid = (int64_t)blockIdx.x * 4 + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (wid >= total) return;
+  const int bh = (int)(wid / p.rows);
+  const int grow = (int)(wid - (int64_t)bh * p.rows);
+  const int b = bh / p.Hkv, kvh = bh - b * p.Hkv;
+  const int n = grow / p.G;
+  const int hq = kvh * p.G + (grow - n * p.G);
+  const int64_t split_stride = (int64_t)p.B * p.Hkv * p.rows;
+
+  float mx = -INFINITY;
+  for (int s = 0; s < p.num_splits; ++s) mx = fmaxf(mx, p.lse_part[s * split_stride + wid]);
+  float acc[VEC];
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) acc[i] = 0.f;
+  float wsum = 0.f;
+  if (mx != -INFINITY) {
+    for (int s = 0; s < p.num_splits; ++s) {
+      const float ls = p.lse_part[s * split_stride + wid];
+      if (ls == -INFINITY) continue;
+      const float w = __expf(ls - mx);
+      wsum += w;
+      const float* src = p.o_part + (s * split_stride + wid) * D + lane * VEC;
+      if constexpr (VEC == 4) {
+        const float4 v = *reinterpret_cast<const float4*>(src);
+        acc[0] += w * v.x; acc[1] += w * v.y; acc[2] += w * v.z; acc[3] += w * v.w;
+      } else {
+        const float2 v = *reinterpret_cast<const float2*>(src);
+        acc[0] += w * v.x; acc[1] += w * v.y;
+      }
+    }
+  }
+  const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
+  T* dst = static_cast<T*>(p.out) + (((int64_t)b * p.N + n) * p.Hq + hq) * D + lane * VEC;
+  if constexpr (VEC == 4) {
+    uint2 v;
+    v.x = TypeTraits<T>::pack(acc[0] * inv, acc[1] * inv);
+    v.y = TypeTraits<T>::pack(acc[2] * inv, acc[3] * inv);
+    *reinterpret_cast<uint2*>(dst) = v;
+  } else {
+    *reinterpret_cast<uint32_t*>(dst) = TypeTraits<T>::pack(acc[0] * inv, acc[1] * inv);
+  }
+  if (lane == 0)
+    p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = wsum > 0.f ? mx + __logf(wsum) : -INFINITY;
+}
+
+}  // namespace tree_attn
+}  // namespace jetspec

@@ -1,0 +1,353 @@
+"""tree_attention: CPU and CUDA kernels against the fp32 reference (FlashAttention rule)."""
+import math
+import os
+
+import pytest
+import torch
+
+import jetspec_ext
+from jetspec_ext.reference.attention import (dense_visibility, pack_tree_mask,
+                                             tree_attention as ref_tree_attention,
+                                             unpack_tree_mask)
+
+HAS_CUDA_KERNEL = torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
+    "jetspec::tree_attention", "CUDA")
+requires_cuda_kernel = pytest.mark.skipif(not HAS_CUDA_KERNEL,
+                                          reason="needs a GPU and a CUDA build of tree_attention")
+DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA_KERNEL else [])
+# CUDA kernel variants: mma.sync (any GPU) and wgmma (sm_90 only), chosen per call by an env var.
+IMPLS = ["mma"] + (["wgmma"] if HAS_CUDA_KERNEL and torch.cuda.get_device_capability()[0] == 9
+                   else [])
+
+
+_CANARY_CODE = r"""
+import torch, jetspec_ext
+from jetspec_ext.reference.attention import tree_attention as ref
+torch.manual_seed(0)
+for (B, N, Hq, Hkv, D, P, dt) in [(1, 64, 32, 8, 128, 700, torch.bfloat16),
+                                   (2, 37, 8, 8, 64, 100, torch.float16),
+                                   (1, 1, 8, 2, 128, 0, torch.bfloat16)]:
+    S = P + N + 3
+    q = torch.randn(B, N, Hq, D, device="cuda", dtype=dt)
+    k = torch.randn(B, Hkv, S, D, device="cuda", dtype=dt)
+    v = torch.randn(B, Hkv, S, D, device="cuda", dtype=dt)
+    pl = torch.full((B,), P, dtype=torch.int32, device="cuda")
+    mask = torch.full((B, N, (N + 31) // 32), -1, dtype=torch.int32, device="cuda")
+    out, lse = jetspec_ext.tree_attention(q, k, v, pl, mask)
+    torch.cuda.synchronize()
+    r, _ = ref(q.float(), k.float(), v.float(), pl, mask)
+    print(B, N, Hq, Hkv, D, P, dt, "max err", (out.float() - r).abs().max().item())
+print("CANARY OK")
+"""
+_canary_result = {}
+
+
+def wgmma_canary():
+    """Run the wgmma variant once in a subprocess first, so that a crash (illegal instruction,
+    misaligned address) cannot leave a sticky CUDA error in this test process."""
+    if "res" not in _canary_result:
+        import subprocess
+        import sys
+        env = dict(os.environ, JETSPEC_TREE_ATTN_IMPL="wgmma")
+        try:
+            r = subprocess.run([sys.executable, "-c", _CANARY_CODE], env=env, capture_output=True,
+                               text=True, timeout=600)
+            ok = r.returncode == 0 and "CANARY OK" in r.stdout
+            _canary_result["res"] = (ok, (r.stdout + r.stderr)[-3000:])
+        except subprocess.TimeoutExpired:
+            _canary_result["res"] = (False, "timed out (hang?)")
+        print("wgmma canary:", _canary_result["res"][1])
+    return _canary_result["res"]
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request, monkeypatch):
+    if request.param == "wgmma":
+        ok, log = wgmma_canary()
+        if not ok:
+            pytest.fail(f"wgmma variant crashed in a subprocess; not run in-process:\n{log}")
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", request.param)
+    return request.param
+
+
+@requires_cuda_kernel
+@pytest.mark.skipif("wgmma" not in IMPLS, reason="wgmma needs sm_90")
+def test_wgmma_canary_subprocess():
+    ok, log = wgmma_canary()
+    assert ok, log
+
+
+# ----------------------------------------------------------------------------------------------
+# Input builders
+# ----------------------------------------------------------------------------------------------
+def random_parents(n, gen, kind="random"):
+    """Parent array of a tree of n nodes (root 0 has parent -1; parent of i is in [0, i))."""
+    parents = [-1]
+    for i in range(1, n):
+        if kind == "chain":
+            parents.append(i - 1)
+        elif kind == "star":
+            parents.append(0)
+        else:  # random, biased towards recent nodes (deep trees)
+            lo = max(0, i - 1 - int(torch.randint(0, 8, (1,), generator=gen)))
+            parents.append(int(torch.randint(lo, i, (1,), generator=gen)) if kind == "deep"
+                           else int(torch.randint(0, i, (1,), generator=gen)))
+    return parents
+
+
+def closure_mask(parents):
+    """(N, N) bool: row i has bit j iff j is an ancestor of i or i itself."""
+    n = len(parents)
+    m = torch.zeros(n, n, dtype=torch.bool)
+    for i in range(n):
+        m[i, i] = True
+        if parents[i] >= 0:
+            m[i] |= m[parents[i]]
+    return m
+
+
+def make_case(B, N, Hq, Hkv, D, plens, S=None, dtype=torch.bfloat16, device="cpu", kind="random",
+              seed=0, q_transposed=False, stacked_cache=False, poison_tail=True):
+    gen = torch.Generator().manual_seed(seed)
+    if isinstance(plens, int):
+        plens = [plens] * B
+    S = S or (max(plens) + N + 5)
+    # q: HF layout (B, Hq, N, D) transposed to (B, N, Hq, D) when q_transposed.
+    q = torch.randn(B, Hq, N, D, generator=gen) if q_transposed else \
+        torch.randn(B, N, Hq, D, generator=gen)
+    # K/V: one layer of a stacked (layers, 2, B, Hkv, S + 8, D) cache when stacked_cache.
+    extra = 8 if stacked_cache else 0
+    kv = torch.randn(3 if stacked_cache else 1, 2, B, Hkv, S + extra, D, generator=gen)
+    if poison_tail:  # slots past prefix + N must never be read
+        for b in range(B):
+            kv[:, :, b, :, plens[b] + N:] = float("nan")
+    masks = [closure_mask(random_parents(N, gen, kind)) for _ in range(B)]
+    tree_mask = pack_tree_mask(torch.stack(masks))
+    prefix_lens = torch.tensor(plens, dtype=torch.int32)
+    q = q.to(device=device, dtype=dtype)
+    if q_transposed:
+        q = q.transpose(1, 2)
+    kv = kv.to(device=device, dtype=dtype)
+    layer = 1 if stacked_cache else 0
+    k, v = kv[layer, 0, :, :, :S], kv[layer, 1, :, :, :S]
+    return q, k, v, prefix_lens.to(device), tree_mask.to(device)
+
+
+def check_against_reference(out, lse, q, k, v, plens, mask, scale=None):
+    """FlashAttention rule: |kernel - fp32 ref| <= 2 |same maths in low precision - fp32 ref| +
+    slack; lse close to the fp32 reference."""
+    assert out.shape == q.shape and out.dtype == q.dtype and out.is_contiguous()
+    assert lse.shape == (q.shape[0], q.shape[2], q.shape[1]) and lse.dtype == torch.float32
+    ref32, ref_lse = ref_tree_attention(q.float(), k.float(), v.float(), plens, mask, scale)
+    finite_rows = torch.isfinite(ref_lse).transpose(1, 2).unsqueeze(-1).expand_as(ref32)
+    assert not torch.isnan(out).any(), "NaN in the output"
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse)), "lse = -inf rows differ"
+    torch.testing.assert_close(lse, ref_lse, atol=2e-3, rtol=1e-3)
+    err = (out.float() - ref32).abs().max().item()
+    if q.dtype == torch.float32:
+        assert err <= 1e-4, f"fp32 max error {err}"
+        return err
+    low, _ = ref_tree_attention(q, k, v, plens, mask, scale, p_dtype=q.dtype)
+    base = (low.float() - ref32).abs().max().item()
+    assert err <= 2 * base + 1e-4, f"max error {err} > 2 x low-precision error {base} + 1e-4"
+    assert torch.all(out.float()[~finite_rows] == 0), "rows that see nothing must be 0"
+    return err
+
+
+def poison_allocator(device, nbytes):
+    """Leave NaN-filled blocks in the CUDA caching allocator so that uninitialised outputs show."""
+    if device == "cuda":
+        blocks = [torch.full((nbytes // 4 + 1024,), float("nan"), device=device) for _ in range(4)]
+        del blocks
+
+
+def run_op(q, k, v, plens, mask, scale=None):
+    poison_allocator(q.device.type, q.numel() * 4 * 8)
+    return jetspec_ext.tree_attention(q, k, v, plens, mask, scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# Mask helpers and reference self-checks
+# ----------------------------------------------------------------------------------------------
+def test_pack_unpack_roundtrip():
+    gen = torch.Generator().manual_seed(1)
+    for n in (1, 31, 32, 33, 64, 100):
+        dense = torch.rand(2, n, n, generator=gen) < 0.5
+        assert torch.equal(unpack_tree_mask(pack_tree_mask(dense), n), dense)
+
+
+def test_reference_matches_sdpa_dense_mask():
+    q, k, v, plens, mask = make_case(2, 13, 8, 2, 64, [7, 20], dtype=torch.float32,
+                                     poison_tail=False)
+    out, _ = ref_tree_attention(q, k, v, plens, mask)
+    for b in range(2):
+        L = int(plens[b]) + 13
+        vis = dense_visibility(plens[b:b + 1], mask[b:b + 1], 13, L)[0]
+        kk = k[b, :, :L].repeat_interleave(4, 0)
+        vv = v[b, :, :L].repeat_interleave(4, 0)
+        sd = torch.nn.functional.scaled_dot_product_attention(q[b].transpose(0, 1), kk, vv,
+                                                              attn_mask=vis)
+        torch.testing.assert_close(out[b], sd.transpose(0, 1), atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernel vs reference (CPU always, CUDA when built)
+# ----------------------------------------------------------------------------------------------
+CPU_CASES = [
+    # B, N, Hq, Hkv, D, plens, kind
+    (1, 1, 4, 4, 64, [37], "random"),        # N = 1: plain decoding
+    (1, 16, 8, 2, 128, [0], "chain"),        # prefix 0, causal chain
+    (2, 33, 8, 1, 64, [5, 70], "random"),    # GQA 8, odd lengths, per-row prefix
+    (3, 20, 4, 4, 128, [0, 17, 64], "deep"),  # MHA, mixed prefixes
+    (1, 65, 4, 1, 64, [129], "star"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: f"B{c[0]}N{c[1]}G{c[2]//c[3]}D{c[4]}{c[6]}")
+def test_cpu_matches_reference(case, dtype):
+    B, N, Hq, Hkv, D, plens, kind = case
+    q, k, v, pl, mask = make_case(B, N, Hq, Hkv, D, plens, dtype=dtype, kind=kind, seed=N)
+    out, lse = run_op(q, k, v, pl, mask)
+    check_against_reference(out, lse, q, k, v, pl, mask)
+
+
+def test_cpu_strided_inputs_and_scale():
+    q, k, v, pl, mask = make_case(2, 9, 8, 2, 64, [3, 11], q_transposed=True, stacked_cache=True)
+    assert not q.is_contiguous() and not k.is_contiguous()
+    out, lse = run_op(q, k, v, pl, mask, scale=0.3)
+    check_against_reference(out, lse, q, k, v, pl, mask, scale=0.3)
+
+
+def test_row_that_sees_nothing(device):
+    dt = torch.float32 if device == "cpu" else torch.bfloat16
+    q, k, v, pl, mask = make_case(1, 40, 4, 2, 64, [0], dtype=dt, device=device)
+    mask[0, 3] = 0   # node 3 sees nothing (prefix is empty)
+    mask[0, 35] = 0
+    out, lse = run_op(q, k, v, pl, mask)
+    assert torch.isinf(lse[0, :, 3]).all() and torch.isinf(lse[0, :, 35]).all()
+    check_against_reference(out, lse, q, k, v, pl, mask)
+
+
+def test_opcheck(device):
+    dt = torch.float32 if device == "cpu" else torch.bfloat16
+    args = make_case(2, 5, 4, 2, 64, [3, 9], dtype=dt, device=device, poison_tail=False)
+    torch.library.opcheck(torch.ops.jetspec.tree_attention.default, (*args, 0.125))
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input
+# ----------------------------------------------------------------------------------------------
+def test_bad_inputs(device):
+    dt = torch.float32 if device == "cpu" else torch.bfloat16
+    q, k, v, pl, mask = make_case(2, 8, 8, 2, 64, [4, 4], dtype=dt, device=device)
+    op = jetspec_ext.tree_attention
+    with pytest.raises(RuntimeError, match="head dim"):
+        op(q[..., :32], k[..., :32], v[..., :32], pl, mask)
+    with pytest.raises(RuntimeError, match="multiple of the number of KV heads"):
+        k3 = k[:, :1].expand(2, 3, *k.shape[2:])  # 8 query heads over 3 KV heads
+        op(q, k3, v[:, :1].expand(2, 3, *v.shape[2:]), pl, mask)
+    with pytest.raises(RuntimeError, match="tree_mask"):
+        op(q, k, v, pl, mask[:, :, :0])
+    with pytest.raises(RuntimeError, match="tree_mask"):
+        op(q, k, v, pl, mask[:1])
+    with pytest.raises(RuntimeError, match="dtype"):
+        op(q, k.to(torch.float16), v, pl, mask)
+    with pytest.raises(RuntimeError, match="prefix_lens"):
+        op(q, k, v, pl.long(), mask)
+    with pytest.raises(RuntimeError, match="cannot hold"):
+        op(q, k[:, :, :4], v[:, :, :4], pl, mask)
+    with pytest.raises(RuntimeError, match="1..1024"):
+        op(q[:, :0], k, v, pl, mask[:, :0])
+    with pytest.raises(RuntimeError, match="last dim"):
+        k_t = torch.empty_strided(k.shape, (k.numel(), k.shape[2] * 64, 1, k.shape[2]),
+                                  dtype=k.dtype, device=device)
+        op(q, k_t, v, pl, mask)
+    if device == "cpu":  # device values are only checked by the CPU op
+        with pytest.raises(RuntimeError, match="prefix_len"):
+            op(q, k, v, torch.tensor([4, k.shape[2] - 7], dtype=torch.int32), mask)
+    if device == "cuda":
+        with pytest.raises(RuntimeError, match="on cpu|is on"):
+            op(q, k, v, pl.cpu(), mask)
+        with pytest.raises(RuntimeError, match="bfloat16 or float16"):
+            op(q.float(), k.float(), v.float(), pl, mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA: many shapes, forced split counts, strided inputs, CUDA graphs
+# ----------------------------------------------------------------------------------------------
+GPU_CASES = [
+    # B, N, Hq, Hkv, D, plens, kind
+    (1, 1, 32, 8, 128, [4096], "random"),       # decode, GQA 4
+    (1, 1, 8, 8, 64, [0], "random"),            # decode with an empty prefix
+    (1, 64, 32, 8, 128, [1024], "random"),
+    (1, 128, 32, 8, 128, [4096], "random"),
+    (1, 256, 32, 8, 128, [1000], "deep"),
+    (1, 16, 32, 8, 128, [0], "chain"),          # draft head: causal chain, no prefix
+    (2, 21, 32, 4, 128, [0, 300], "chain"),     # GQA 8
+    (3, 37, 8, 8, 64, [1, 63, 64], "random"),   # GQA 1, odd lengths around tile edges
+    (4, 100, 16, 2, 64, [5, 513, 2047, 77], "deep"),
+    (8, 64, 32, 8, 128, [4096, 100, 0, 3000, 64, 65, 4000, 1], "random"),
+    (1, 1024, 8, 8, 128, [2000], "random"),     # N = 1024
+    (1, 1000, 4, 1, 64, [17], "deep"),          # mask words not tile aligned
+    (2, 31, 12, 4, 128, [131072 - 31, 5000], "random"),  # 128k prefix
+]
+
+
+@requires_cuda_kernel
+@pytest.mark.parametrize("splits", ["auto", "1", "3", "16"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", GPU_CASES,
+                         ids=lambda c: f"B{c[0]}N{c[1]}Hq{c[2]}Hkv{c[3]}D{c[4]}P{c[5][0]}{c[6]}")
+def test_cuda_matches_reference(case, dtype, splits, impl, monkeypatch):
+    if splits != "auto":
+        monkeypatch.setenv("JETSPEC_TREE_ATTN_SPLITS", splits)
+    else:
+        monkeypatch.delenv("JETSPEC_TREE_ATTN_SPLITS", raising=False)
+    B, N, Hq, Hkv, D, plens, kind = case
+    q, k, v, pl, mask = make_case(B, N, Hq, Hkv, D, plens, dtype=dtype, device="cuda", kind=kind,
+                                  seed=N + B)
+    out, lse = run_op(q, k, v, pl, mask)
+    torch.cuda.synchronize()
+    check_against_reference(out, lse, q, k, v, pl, mask)
+
+
+@requires_cuda_kernel
+def test_cuda_strided_inputs(impl):
+    q, k, v, pl, mask = make_case(2, 50, 32, 8, 128, [700, 33], device="cuda", q_transposed=True,
+                                  stacked_cache=True)
+    assert not q.is_contiguous() and not k.is_contiguous()
+    out, lse = run_op(q, k, v, pl, mask, scale=0.05)
+    check_against_reference(out, lse, q, k, v, pl, mask, scale=0.05)
+
+
+@requires_cuda_kernel
+def test_cuda_matches_cpu_op(impl):
+    args = make_case(2, 70, 16, 4, 128, [300, 1200], device="cpu")
+    out_c, lse_c = jetspec_ext.tree_attention(*args)
+    out_g, lse_g = jetspec_ext.tree_attention(*(a.cuda() for a in args))
+    torch.testing.assert_close(out_g.cpu().float(), out_c.float(), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(lse_g.cpu(), lse_c, atol=2e-3, rtol=1e-3)
+
+
+@requires_cuda_kernel
+def test_cuda_graph_capture_and_replay(impl):
+    B, N, Hq, Hkv, D, S = 2, 64, 32, 8, 128, 6000
+    q, k, v, pl, mask = make_case(B, N, Hq, Hkv, D, [1000, 3000], S=S, device="cuda",
+                                  poison_tail=False)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            jetspec_ext.tree_attention(q, k, v, pl, mask)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out, lse = jetspec_ext.tree_attention(q, k, v, pl, mask)
+    for plens, seed in (([1000, 3000], 1), ([0, 5936], 2), ([4500, 17], 3)):
+        q2, k2, v2, pl2, mask2 = make_case(B, N, Hq, Hkv, D, plens, S=S, device="cuda",
+                                           seed=seed, poison_tail=False)
+        q.copy_(q2), k.copy_(k2), v.copy_(v2), pl.copy_(pl2), mask.copy_(mask2)
+        g.replay()
+        torch.cuda.synchronize()
+        check_against_reference(out, lse, q, k, v, pl, mask)

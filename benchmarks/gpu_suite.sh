@@ -13,6 +13,10 @@ export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 export PATH="$CUDA_HOME/bin:$PATH"
 export JETSPEC_CUDA_ARCHS="${JETSPEC_CUDA_ARCHS:-90a}"
 export MAX_JOBS="${MAX_JOBS:-16}"
+# The H200 image sets CC/CXX to /opt/gcc, a wrapper that links libstdc++ statically: the
+# extension then carries a second libstdc++ and crashes (SIGSEGV in std::ostream) whenever a
+# TORCH_CHECK message is formatted. The system compiler links the shared libstdc++ torch uses.
+if [ -x /usr/bin/g++ ]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++; fi
 export JETSPEC_BENCH_JSON="$OUTDIR/bench.jsonl"
 rm -f "$JETSPEC_BENCH_JSON"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader || true

@@ -26,13 +26,15 @@ def floor_us(bytes_moved: float = 0.0, flops: float = 0.0) -> float:
 
 
 def time_us(fn: Callable[[], object], warmup: int = 10, iters: int = 100,
-            setup: Optional[Callable[[], object]] = None, graph: bool = False) -> float:
+            setup: Optional[Callable[[], object]] = None, graph: bool = False,
+            graph_reps: int = 10) -> float:
     """Median time of ``fn`` in microseconds.
 
     On CUDA: each call bracketed by CUDA events on the current stream, after ``warmup`` calls;
     ``setup`` (untimed) runs before each call, e.g. to reset state or rotate inputs.
-    With ``graph=True`` the call is captured once in a CUDA graph and its replays are timed
-    (removes the CPU launch overhead, as the decoder's graphed round does).
+    With ``graph=True`` ``graph_reps`` back-to-back calls are captured in one CUDA graph and a
+    replay's time is divided by ``graph_reps``: the cost of the op inside a graphed decoding
+    round, without the host's launch latency (which a single tiny replay would measure).
     On the CPU: wall clock.
     """
     cuda = torch.cuda.is_available()
@@ -47,7 +49,8 @@ def time_us(fn: Callable[[], object], warmup: int = 10, iters: int = 100,
         torch.cuda.current_stream().wait_stream(s)
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
-            fn()
+            for _ in range(graph_reps):
+                fn()
         run = g.replay
     else:
         run = fn
@@ -67,7 +70,7 @@ def time_us(fn: Callable[[], object], warmup: int = 10, iters: int = 100,
             run()
             ends[i].record()
         torch.cuda.synchronize()
-        times = [s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)]
+        times = [s.elapsed_time(e) * 1e3 / (graph_reps if graph else 1) for s, e in zip(starts, ends)]
     else:
         for _ in range(iters):
             if setup:

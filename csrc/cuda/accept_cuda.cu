@@ -31,59 +31,55 @@ void run_accept(const at::Tensor& logits, const at::Tensor& node_tokens, const a
   const T* x = reinterpret_cast<const T*>(logits.data_ptr());
   auto f32 = logits.options().dtype(at::kFloat);
   at::Tensor part_a = at::empty({rows, num_chunks}, f32);
+  at::Tensor tickets = at::zeros({rows}, f32.dtype(at::kInt));  // one memset node
+  at::Tensor choice = at::empty({rows}, f32.dtype(at::kLong));
   dim3 chunk_grid(num_chunks, static_cast<unsigned>(rows));
+  int* tk = tickets.data_ptr<int>();
+  int64_t* ch = choice.data_ptr<int64_t>();
 
   if (temperature == 0.0) {
     at::Tensor part_idx = at::empty({rows, num_chunks}, f32.dtype(at::kInt));
     if (vec_ok)
       chunk_argmax_kernel<T, kVec><<<chunk_grid, kThreads, 0, stream>>>(
-          x, V, chunk_len, part_a.data_ptr<float>(), part_idx.data_ptr<int32_t>());
+          x, V, chunk_len, part_a.data_ptr<float>(), part_idx.data_ptr<int32_t>(), tk, ch);
     else
       chunk_argmax_kernel<T, 1><<<chunk_grid, kThreads, 0, stream>>>(
-          x, V, chunk_len, part_a.data_ptr<float>(), part_idx.data_ptr<int32_t>());
+          x, V, chunk_len, part_a.data_ptr<float>(), part_idx.data_ptr<int32_t>(), tk, ch);
     JETSPEC_CHECK_LAUNCH();
-    walk_kernel<<<static_cast<unsigned>(B), kWalkThreads, smem, stream>>>(
-        part_a.data_ptr<float>(), part_idx.data_ptr<int32_t>(), num_chunks, nullptr,
-        node_tokens.data_ptr<int64_t>(), parents.data_ptr<int32_t>(), static_cast<int>(N),
-        static_cast<int>(max_depth), accepted.data_ptr<int32_t>(), accept_len.data_ptr<int32_t>(),
-        next_token.data_ptr<int64_t>(), nullptr);
+  } else {
+    const float inv_t = static_cast<float>(1.0 / temperature);
+    const bool filtered = (top_k > 0 && top_k < V) || top_p < 1.0;
+    at::Tensor thresh;
+    const float* thresholds = nullptr;
+    if (filtered) {
+      thresh = at::empty({rows}, f32);
+      if (vec_ok)
+        filter_threshold_kernel<T, kVec><<<static_cast<unsigned>(rows), kFilterThreads, 0, stream>>>(
+            x, V, inv_t, top_k, top_p, thresh.data_ptr<float>());
+      else
+        filter_threshold_kernel<T, 1><<<static_cast<unsigned>(rows), kFilterThreads, 0, stream>>>(
+            x, V, inv_t, top_k, top_p, thresh.data_ptr<float>());
+      JETSPEC_CHECK_LAUNCH();
+      thresholds = thresh.data_ptr<float>();
+    }
+    at::Tensor part_sum = at::empty({rows, num_chunks}, f32);
+    const int64_t* rs = rng_state.data_ptr<int64_t>();
+    float* pm = part_a.data_ptr<float>();
+    float* ps = part_sum.data_ptr<float>();
+#define JETSPEC_SOFTMAX(VEC_, FILT_)                                                        \
+  chunk_softmax_kernel<T, VEC_, FILT_><<<chunk_grid, kThreads, 0, stream>>>(                 \
+      x, V, chunk_len, inv_t, thresholds, pm, ps, tk, rs, ch)
+    if (vec_ok && filtered) JETSPEC_SOFTMAX(kVec, true);
+    else if (vec_ok) JETSPEC_SOFTMAX(kVec, false);
+    else if (filtered) JETSPEC_SOFTMAX(1, true);
+    else JETSPEC_SOFTMAX(1, false);
+#undef JETSPEC_SOFTMAX
     JETSPEC_CHECK_LAUNCH();
-    return;
   }
-
-  const float inv_t = static_cast<float>(1.0 / temperature);
-  const bool filtered = (top_k > 0 && top_k < V) || top_p < 1.0;
-  at::Tensor thresh;
-  const float* thresholds = nullptr;
-  if (filtered) {
-    thresh = at::empty({rows}, f32);
-    if (vec_ok)
-      filter_threshold_kernel<T, kVec><<<static_cast<unsigned>(rows), kFilterThreads, 0, stream>>>(
-          x, V, inv_t, top_k, top_p, thresh.data_ptr<float>());
-    else
-      filter_threshold_kernel<T, 1><<<static_cast<unsigned>(rows), kFilterThreads, 0, stream>>>(
-          x, V, inv_t, top_k, top_p, thresh.data_ptr<float>());
-    JETSPEC_CHECK_LAUNCH();
-    thresholds = thresh.data_ptr<float>();
-  }
-  at::Tensor part_sum = at::empty({rows, num_chunks}, f32);
-  if (vec_ok)
-    chunk_softmax_kernel<T, kVec><<<chunk_grid, kThreads, 0, stream>>>(
-        x, V, chunk_len, inv_t, thresholds, part_a.data_ptr<float>(), part_sum.data_ptr<float>());
-  else
-    chunk_softmax_kernel<T, 1><<<chunk_grid, kThreads, 0, stream>>>(
-        x, V, chunk_len, inv_t, thresholds, part_a.data_ptr<float>(), part_sum.data_ptr<float>());
-  JETSPEC_CHECK_LAUNCH();
-  at::Tensor sampled = at::empty({rows}, f32.dtype(at::kLong));
-  sample_select_kernel<T><<<static_cast<unsigned>(rows), kSelectThreads, 0, stream>>>(
-      x, V, chunk_len, num_chunks, inv_t, thresholds, part_a.data_ptr<float>(),
-      part_sum.data_ptr<float>(), rng_state.data_ptr<int64_t>(), sampled.data_ptr<int64_t>());
-  JETSPEC_CHECK_LAUNCH();
   walk_kernel<<<static_cast<unsigned>(B), kWalkThreads, smem, stream>>>(
-      nullptr, nullptr, 0, sampled.data_ptr<int64_t>(), node_tokens.data_ptr<int64_t>(),
-      parents.data_ptr<int32_t>(), static_cast<int>(N), static_cast<int>(max_depth),
-      accepted.data_ptr<int32_t>(), accept_len.data_ptr<int32_t>(), next_token.data_ptr<int64_t>(),
-      rng_state.data_ptr<int64_t>());
+      ch, node_tokens.data_ptr<int64_t>(), parents.data_ptr<int32_t>(), static_cast<int>(N),
+      static_cast<int>(max_depth), accepted.data_ptr<int32_t>(), accept_len.data_ptr<int32_t>(),
+      next_token.data_ptr<int64_t>(), temperature > 0.0 ? rng_state.data_ptr<int64_t>() : nullptr);
   JETSPEC_CHECK_LAUNCH();
 }
 

@@ -3,13 +3,14 @@
 //
 //   greedy:   chunk_argmax_kernel -> walk_kernel
 //   sampling: [filter_threshold_kernel, top-k / top-p only] -> chunk_softmax_kernel
-//             -> sample_select_kernel -> walk_kernel
+//             -> walk_kernel
 //
 // chunk_* kernels split every node's vocabulary over many blocks (one read of the logits with
 // 16-byte loads). Greedy keeps each chunk's (max, first argmax). Sampling uses inverse-CDF
-// sampling: each chunk keeps (max, sum of exp) of its kept scores; sample_select merges the
-// chunks of a node, picks the chunk holding u * Z (u: the node's uniform) and rescans that one
-// chunk in token order to find the token. One exp per logit, no per-logit random numbers.
+// sampling: each chunk keeps (max, sum of exp) of its kept scores. The last block to finish a
+// node (an atomic ticket per node) merges that node's chunks into its choice: greedy, the
+// argmax; sampling, it picks the chunk holding u * Z (u: the node's uniform) and rescans that
+// one chunk in token order to find the token. One exp per logit, no per-logit random numbers.
 // walk_kernel validates the tree, marks the children the target follows and walks them.
 //
 // Sampling at every node in parallel and then walking is exactly the sequential procedure,
@@ -27,7 +28,6 @@ namespace accept {
 constexpr int kThreads = 256;       // chunk kernels' block size
 constexpr int kLoadsPerThread = 4;  // 16-byte loads in flight per thread
 constexpr int kWalkThreads = 512;
-constexpr int kSelectThreads = 256;
 constexpr int kFilterThreads = 512;
 
 template <typename T>
@@ -93,6 +93,29 @@ __device__ __forceinline__ float key_float(uint32_t k) {
   return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
 
+// 2^x with the special-function unit (relative error ~2^-22; ex2(-inf) = 0).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+constexpr float kLog2e = 1.4426950408889634f;
+
+// True in every thread of the block that finishes a node last (atomic ticket per node), after
+// a fence, so that block can read all the node's chunk partials. Resets nothing: the launcher
+// hands in zeroed tickets each call.
+__device__ __forceinline__ bool last_block_of_row(int* tickets, int64_t row, int num_chunks) {
+  __shared__ bool last;
+  __syncthreads();  // this block's partial is written (by thread 0) before the ticket
+  if (threadIdx.x == 0) {
+    __threadfence();
+    last = atomicAdd(&tickets[row], 1) == num_chunks - 1;
+    if (last) __threadfence();
+  }
+  __syncthreads();
+  return last;
+}
+
 // Calls f(pack, first_index) for every 16-byte pack of [begin, end) handled by this thread,
 // with kLoadsPerThread loads in flight. begin/end multiples of VEC.
 template <typename T, int VEC, typename F>
@@ -147,7 +170,8 @@ __device__ __forceinline__ void block_best(float& v, int32_t& i) {
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads)
     chunk_argmax_kernel(const T* __restrict__ logits, int64_t V, int64_t chunk_len,
-                        float* __restrict__ part_val, int32_t* __restrict__ part_idx) {
+                        float* __restrict__ part_val, int32_t* __restrict__ part_idx,
+                        int* __restrict__ tickets, int64_t* __restrict__ choice) {
   const int64_t row = blockIdx.y, chunk = blockIdx.x;
   const int64_t begin = chunk * chunk_len, end = min(V, begin + chunk_len);
   const T* row_ptr = logits + row * V;
@@ -183,96 +207,122 @@ __global__ void __launch_bounds__(kThreads)
     part_val[row * gridDim.x + chunk] = best_v;
     part_idx[row * gridDim.x + chunk] = best_i;  // INT32_MAX: empty (NaN-only) chunk
   }
+  const int num_chunks = gridDim.x;
+  if (!last_block_of_row(tickets, row, num_chunks)) return;
+  if (threadIdx.x < 32) {  // merge the node's chunks: lanes over chunks
+    float bv = -INFINITY;
+    int32_t bi = INT32_MAX;
+    for (int c = threadIdx.x; c < num_chunks; c += 32) {
+      const float v = __ldcg(part_val + row * num_chunks + c);
+      const int32_t i = __ldcg(part_idx + row * num_chunks + c);
+      if (better(v, i, bv, bi)) {
+        bv = v;
+        bi = i;
+      }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, bv, off);
+      const int32_t oi = __shfl_xor_sync(0xffffffffu, bi, off);
+      if (better(ov, oi, bv, bi)) {
+        bv = ov;
+        bi = oi;
+      }
+    }
+    if (threadIdx.x == 0) choice[row] = bi == INT32_MAX ? 0 : bi;
+  }
 }
 
-// Sampling, pass 1. Grid (num_chunks, rows). Each block writes its chunk's (max, sum of
-// exp(s - max)) over kept scores s = x * (1/T) >= threshold (thresholds == nullptr: all kept).
-template <typename T, int VEC>
+// Sampling. Grid (num_chunks, rows). Scores s = x * (1/T); kept: s >= threshold (FILTERED)
+// or all. Each block writes its chunk's (max, sum of 2^(t - max)) in log2 units t = s * log2 e;
+// the node's last block then draws the node's token by inverse CDF (select_in_chunk).
+template <typename T, int VEC, bool FILTERED>
 __global__ void __launch_bounds__(kThreads)
     chunk_softmax_kernel(const T* __restrict__ logits, int64_t V, int64_t chunk_len,
                          float inv_t, const float* __restrict__ thresholds,
-                         float* __restrict__ part_max, float* __restrict__ part_sum) {
+                         float* __restrict__ part_max, float* __restrict__ part_sum,
+                         int* __restrict__ tickets, const int64_t* __restrict__ rng_state,
+                         int64_t* __restrict__ choice) {
   const int64_t row = blockIdx.y, chunk = blockIdx.x;
   const int64_t begin = chunk * chunk_len, end = min(V, begin + chunk_len);
   const T* row_ptr = logits + row * V;
-  const float thresh = thresholds ? thresholds[row] : -INFINITY;
-  float m = -INFINITY, s = 0.f;
-  auto add = [&](float x) {
-    const float sc = x * inv_t;
-    if (!(sc >= thresh) || sc == -INFINITY) return;
-    if (sc > m) {
-      s *= __expf(m - sc);
-      m = sc;
-    }
-    s += __expf(sc - m);
-  };
+  const float thresh = FILTERED ? thresholds[row] : -INFINITY;
+  const float k2 = inv_t * kLog2e;
+  float m2 = -INFINITY, s = 0.f;  // running max (log2 units) and sum of 2^(t - m2)
   if constexpr (VEC > 1) {
     for_each_pack<T, VEC>(row_ptr, begin, end, [&](const Pack<T, VEC>& p, int64_t) {
-      // Rescale once per pack rather than per element.
-      const float pm = pack_max<VEC>(p) * inv_t;
-      if (pm > m && pm >= thresh) {
-        s *= __expf(m - pm);
-        m = pm;
+      const float pm = pack_max<VEC>(p);
+      if (pm == -INFINITY) return;  // nothing to add (also keeps m2 finite below)
+      if constexpr (FILTERED) {
+        if (!(pm * inv_t >= thresh)) return;  // no kept token in this pack
+      }
+      const float pm2 = pm * k2;
+      if (pm2 > m2) {
+        s *= fast_exp2(m2 - pm2);
+        m2 = pm2;
       }
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
-        const float sc = to_f(p.v[e]) * inv_t;
-        if (sc >= thresh && sc != -INFINITY) s += __expf(sc - m);
+        const float x = to_f(p.v[e]);
+        const float w = fast_exp2(fmaf(x, k2, -m2));
+        if constexpr (FILTERED) {
+          s += (x * inv_t >= thresh) ? w : 0.f;
+        } else {
+          s += w;
+        }
       }
     });
   } else {
-    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) add(to_f(row_ptr[i]));
+    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
+      const float x = to_f(row_ptr[i]);
+      if (x == -INFINITY || !(x * inv_t >= thresh)) continue;
+      const float t = x * k2;
+      if (t > m2) {
+        s *= fast_exp2(m2 - t);
+        m2 = t;
+      }
+      s += fast_exp2(fmaf(x, k2, -m2));
+    }
   }
-  // Block merge of (m, s).
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    const float om = __shfl_xor_sync(0xffffffffu, m, off);
-    const float os = __shfl_xor_sync(0xffffffffu, s, off);
+  // Block merge of (m2, s).
+  auto merge = [](float& m, float& acc, float om, float os) {
     const float nm = fmaxf(m, om);
-    s = (m == -INFINITY ? 0.f : s * __expf(m - nm)) + (om == -INFINITY ? 0.f : os * __expf(om - nm));
+    if (nm == -INFINITY) return;
+    acc = (m == -INFINITY ? 0.f : acc * fast_exp2(m - nm)) +
+          (om == -INFINITY ? 0.f : os * fast_exp2(om - nm));
     m = nm;
-  }
+  };
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1)
+    merge(m2, s, __shfl_xor_sync(0xffffffffu, m2, off), __shfl_xor_sync(0xffffffffu, s, off));
   __shared__ float sm[kThreads / 32], ss[kThreads / 32];
   if (threadIdx.x % 32 == 0) {
-    sm[threadIdx.x / 32] = m;
+    sm[threadIdx.x / 32] = m2;
     ss[threadIdx.x / 32] = s;
   }
   __syncthreads();
+  const int num_chunks = gridDim.x;
   if (threadIdx.x == 0) {
-    for (int w = 1; w < kThreads / 32; ++w) {
-      const float nm = fmaxf(m, sm[w]);
-      s = (m == -INFINITY ? 0.f : s * __expf(m - nm)) +
-          (sm[w] == -INFINITY ? 0.f : ss[w] * __expf(sm[w] - nm));
-      m = nm;
-    }
-    part_max[row * gridDim.x + chunk] = m;
-    part_sum[row * gridDim.x + chunk] = s;
+    for (int w = 1; w < kThreads / 32; ++w) merge(m2, s, sm[w], ss[w]);
+    part_max[row * num_chunks + chunk] = m2;
+    part_sum[row * num_chunks + chunk] = s;
   }
-}
+  if (!last_block_of_row(tickets, row, num_chunks)) return;
 
-// Sampling, pass 2. One block per node: merge the chunks, draw u, find the chunk holding u * Z
-// and rescan it in token order (block prefix sums) for the token. Writes choice[row].
-template <typename T>
-__global__ void __launch_bounds__(kSelectThreads)
-    sample_select_kernel(const T* __restrict__ logits, int64_t V, int64_t chunk_len,
-                         int num_chunks, float inv_t, const float* __restrict__ thresholds,
-                         const float* __restrict__ part_max, const float* __restrict__ part_sum,
-                         const int64_t* __restrict__ rng_state, int64_t* __restrict__ choice) {
-  const int64_t row = blockIdx.x;
-  const T* row_ptr = logits + row * V;
-  const float thresh = thresholds ? thresholds[row] : -INFINITY;
+  // ---- the node's last block: pick the chunk holding u * Z, then the token inside it ----
   __shared__ int sh_chunk;
-  __shared__ float sh_m, sh_resid;
-  __shared__ float warp_tot[kSelectThreads / 32];
+  __shared__ float sh_m2, sh_resid, warp_tot[kThreads / 32];
   __shared__ int64_t sh_found;
   if (threadIdx.x == 0) {
     const float* pm = part_max + row * num_chunks;
     const float* ps = part_sum + row * num_chunks;
-    float M = -INFINITY;
-    for (int c = 0; c < num_chunks; ++c) M = fmaxf(M, pm[c]);
+    float M2 = -INFINITY;
+    for (int c = 0; c < num_chunks; ++c) M2 = fmaxf(M2, __ldcg(pm + c));
     float Z = 0.f;
-    for (int c = 0; c < num_chunks; ++c)
-      if (pm[c] != -INFINITY) Z += ps[c] * __expf(pm[c] - M);
+    for (int c = 0; c < num_chunks; ++c) {
+      const float mc = __ldcg(pm + c);
+      if (mc != -INFINITY) Z += __ldcg(ps + c) * fast_exp2(mc - M2);
+    }
     const uint64_t base = rng_row_base(static_cast<uint64_t>(rng_state[0]),
                                        static_cast<uint64_t>(rng_state[1]),
                                        static_cast<uint64_t>(row));
@@ -280,14 +330,15 @@ __global__ void __launch_bounds__(kSelectThreads)
     float cum = 0.f;
     int chosen = -1;
     for (int c = 0; c < num_chunks; ++c) {
-      if (pm[c] == -INFINITY) continue;
-      const float w = ps[c] * __expf(pm[c] - M);
+      const float mc = __ldcg(pm + c);
+      if (mc == -INFINITY) continue;
+      const float w = __ldcg(ps + c) * fast_exp2(mc - M2);
       chosen = c;
       if (cum + w > target) break;
       cum += w;
     }
     sh_chunk = chosen;  // -1 only if nothing is kept (an all -inf row): token 0
-    sh_m = M;
+    sh_m2 = M2;
     sh_resid = target - cum;
     sh_found = -1;
   }
@@ -297,12 +348,13 @@ __global__ void __launch_bounds__(kSelectThreads)
     if (threadIdx.x == 0) choice[row] = 0;
     return;
   }
-  const float M = sh_m;
+  const float M2 = sh_m2;
   float resid = sh_resid;
-  const int64_t begin = c * chunk_len, end = min(V, begin + chunk_len);
-  constexpr int kPer = 8;  // contiguous elements per thread per tile
+  const int64_t cb = c * chunk_len, ce = min(V, cb + chunk_len);
+  constexpr int kPer = 8;  // contiguous tokens per thread per tile
   int64_t last_kept = -1;
-  for (int64_t t0 = begin; t0 < end; t0 += int64_t(kSelectThreads) * kPer) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  for (int64_t t0 = cb; t0 < ce; t0 += int64_t(kThreads) * kPer) {
     const int64_t i0 = t0 + int64_t(threadIdx.x) * kPer;
     float w[kPer];
     float local = 0.f;
@@ -310,18 +362,16 @@ __global__ void __launch_bounds__(kSelectThreads)
     for (int e = 0; e < kPer; ++e) {
       const int64_t i = i0 + e;
       w[e] = 0.f;
-      if (i < end) {
-        const float sc = to_f(row_ptr[i]) * inv_t;
-        if (sc >= thresh && sc != -INFINITY) {
-          w[e] = __expf(sc - M);
+      if (i < ce) {
+        const float x = to_f(row_ptr[i]);
+        if (x != -INFINITY && x * inv_t >= thresh) {
+          w[e] = fast_exp2(fmaf(x, k2, -M2));
           last_kept = i;
         }
       }
       local += w[e];
     }
-    // Inclusive block scan of `local` (warp shuffles, then warp totals).
-    float incl = local;
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    float incl = local;  // inclusive scan over the block (warp shuffles, then warp totals)
 #pragma unroll
     for (int off = 1; off < 32; off <<= 1) {
       const float o = __shfl_up_sync(0xffffffffu, incl, off);
@@ -330,7 +380,7 @@ __global__ void __launch_bounds__(kSelectThreads)
     if (lane == 31) warp_tot[warp] = incl;
     __syncthreads();
     float warp_off = 0.f, tile_tot = 0.f;
-    for (int k = 0; k < kSelectThreads / 32; ++k) {
+    for (int k = 0; k < kThreads / 32; ++k) {
       if (k < warp) warp_off += warp_tot[k];
       tile_tot += warp_tot[k];
     }
@@ -351,7 +401,7 @@ __global__ void __launch_bounds__(kSelectThreads)
     __syncthreads();
     if (sh_found >= 0) break;
     resid -= tile_tot;
-    __syncthreads();  // warp_tot reused by the next tile
+    __syncthreads();  // warp_tot is reused by the next tile
   }
   // Rounding can leave resid just past the chunk's total: take the chunk's last kept token.
   if (sh_found < 0) {
@@ -491,15 +541,12 @@ __global__ void __launch_bounds__(kFilterThreads)
   if (threadIdx.x == 0) thresholds[row] = floor_key == 0 ? -INFINITY : key_float(floor_key);
 }
 
-// One block per batch row. Gets each node's choice (greedy: merges the chunk argmaxes;
-// sampling: reads `choice`), validates the tree (parents in [-1, i), root parent -1,
+// One block per batch row. Reads each node's choice, validates the tree (parents in [-1, i), root parent -1,
 // depth <= max_depth), finds for every node the lowest-index child the target follows, walks
 // from the root and writes the outputs. Invalid rows: accept_len = next_token = -1,
 // accepted_nodes all -1. Dynamic shared memory: N * (8 + 5 * 4) bytes.
 __global__ void __launch_bounds__(kWalkThreads)
-    walk_kernel(const float* __restrict__ part_val, const int32_t* __restrict__ part_idx,
-                int num_chunks, const int64_t* __restrict__ sampled,
-                const int64_t* __restrict__ node_tokens, const int32_t* __restrict__ parents,
+    walk_kernel(const int64_t* __restrict__ node_choice, const int64_t* __restrict__ node_tokens, const int32_t* __restrict__ parents,
                 int N, int max_depth, int32_t* __restrict__ accepted,
                 int32_t* __restrict__ accept_len, int64_t* __restrict__ next_token,
                 int64_t* __restrict__ rng_state_to_advance) {
@@ -518,35 +565,7 @@ __global__ void __launch_bounds__(kWalkThreads)
   if (threadIdx.x == 0) bad = 0;
   __syncthreads();
 
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (sampled) {
-    for (int n = threadIdx.x; n < N; n += kWalkThreads) choice[n] = sampled[int64_t(b) * N + n];
-  } else {
-    // Merge the chunk argmaxes: one warp per node, lanes over chunks (loads in parallel).
-    for (int n = warp; n < N; n += kWalkThreads / 32) {
-      const int64_t r = int64_t(b) * N + n;
-      float bv = -INFINITY;
-      int32_t bi = INT32_MAX;
-      for (int c = lane; c < num_chunks; c += 32) {
-        const float v = part_val[r * num_chunks + c];
-        const int32_t i = part_idx[r * num_chunks + c];
-        if (better(v, i, bv, bi)) {
-          bv = v;
-          bi = i;
-        }
-      }
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, bv, off);
-        const int32_t oi = __shfl_xor_sync(0xffffffffu, bi, off);
-        if (better(ov, oi, bv, bi)) {
-          bv = ov;
-          bi = oi;
-        }
-      }
-      if (lane == 0) choice[n] = bi == INT32_MAX ? 0 : bi;
-    }
-  }
+  for (int n = threadIdx.x; n < N; n += kWalkThreads) choice[n] = node_choice[int64_t(b) * N + n];
   for (int n = threadIdx.x; n < N; n += kWalkThreads) {
     next_child[n] = INT32_MAX;
     const int32_t p = par[n];

@@ -271,6 +271,11 @@ def parse_args(argv=None):
     ap.add_argument("--grad-clip", type=float, default=1.0)
     ap.add_argument("--minutes", type=float, default=0.0, help="time budget (0: none)")
     ap.add_argument("--max-steps", type=int, default=0, help="step budget (0: none)")
+    ap.add_argument("--end-by", type=float, default=0.0,
+                    help="unix time by which the script must have finished: the time budget is "
+                         "cut so the loop stops --reserve-s seconds before it (0: unused)")
+    ap.add_argument("--reserve-s", type=float, default=40.0,
+                    help="seconds kept after the loop for the final eval and export (--end-by)")
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--eval-windows", type=int, default=64, help="held-out windows per eval")
     ap.add_argument("--log-every", type=int, default=50)
@@ -282,8 +287,8 @@ def parse_args(argv=None):
     ap.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     a = ap.parse_args(argv)
-    if a.minutes <= 0 and a.max_steps <= 0:
-        ap.error("give --minutes and/or --max-steps")
+    if a.minutes <= 0 and a.max_steps <= 0 and a.end_by <= 0:
+        ap.error("give --minutes, --max-steps and/or --end-by")
     preset = dict(PRESETS[a.preset])
     for k in list(preset):
         v = getattr(a, k, None)
@@ -362,6 +367,10 @@ def train(a) -> dict:
          "setup_s": round(time.time() - t_start, 1)})
 
     budget_s = a.minutes * 60.0
+    if a.end_by > 0:  # a hard wall-clock end: cut the budget to what is left
+        left = a.end_by - time.time() - a.reserve_s + state["elapsed"]
+        budget_s = max(1.0, min(budget_s, left) if budget_s else left)
+        log({"event": "budget", "train_s": round(budget_s - state["elapsed"], 1)})
     loop_t0 = time.time() - state["elapsed"]
 
     def progress(step, elapsed):

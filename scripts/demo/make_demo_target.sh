@@ -16,7 +16,14 @@
 set -euo pipefail
 T_START=$(date +%s)
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PY="${PYTHON:-$(command -v python || command -v python3)}"
+# interpreter: $PYTHON, else the first of python / python3 that imports torch
+PY="${PYTHON:-}"
+if [[ -z "$PY" ]]; then
+  for c in python python3; do
+    if command -v "$c" >/dev/null && "$c" -c "import torch" 2>/dev/null; then PY="$(command -v "$c")"; break; fi
+  done
+fi
+[[ -n "$PY" ]] || { echo "make_demo_target.sh: no python with torch found; set PYTHON" >&2; exit 1; }
 MINUTES=4
 TOTAL_MINUTES=7.5
 OUT_DIR="${OUT:-build/demo/out}"

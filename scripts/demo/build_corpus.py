@@ -26,7 +26,7 @@ Licences: the standard library is under the PSF License Agreement; site-packages
 their own (mostly permissive) licences, recorded in ``licences.json``. The corpus itself is never
 shipped or committed; only model weights trained on it are bundled with jetspec_ext.
 
-Usage: ``python scripts/demo/build_corpus.py [--out DIR] [--max-bytes 400M] [--workers N]``.
+Usage: ``python scripts/demo/build_corpus.py [--out DIR] [--max-bytes 300M] [--workers N]``.
 """
 from __future__ import annotations
 
@@ -69,8 +69,15 @@ def default_sources(include_site: bool = True) -> list[tuple[str, str]]:
     if include_site:
         seen = set()
         paths = sysconfig.get_paths()
-        for key in ("purelib", "platlib"):
-            p = os.path.realpath(paths[key])
+        cands = [paths["purelib"], paths["platlib"]]
+        try:
+            import site
+
+            cands += list(site.getsitepackages())
+        except Exception:  # pragma: no cover - some embedded interpreters lack it
+            pass
+        for c in cands:
+            p = os.path.realpath(c)
             if p not in seen and os.path.isdir(p):
                 seen.add(p)
                 srcs.append(("site", p))

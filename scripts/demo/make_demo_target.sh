@@ -2,7 +2,7 @@
 # Build the demo target end to end: corpus -> tokenizer -> Qwen3 target, then pack the result.
 #
 #   bash scripts/demo/make_demo_target.sh [--minutes 4] [--total-minutes 7.5] [--out DIR]
-#        [--build DIR] [--max-bytes 400M] [--tok-bytes 32M] [--vocab 8192] [-- extra train args]
+#        [--build DIR] [--max-bytes 300M] [--tok-bytes 32M] [--vocab 8192] [-- extra train args]
 #
 # --minutes        training time budget (the loop; tokenization and export come on top)
 # --total-minutes  wall-clock cap for the whole script: the training budget is cut so the
@@ -28,7 +28,7 @@ MINUTES=4
 TOTAL_MINUTES=7.5
 OUT_DIR="${OUT:-build/demo/out}"
 BUILD=build/demo
-MAX_BYTES=400M
+MAX_BYTES=300M
 TOK_BYTES=32M
 VOCAB=8192
 EXTRA=()

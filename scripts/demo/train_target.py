@@ -68,7 +68,7 @@ def _file_sha1(path: str) -> str:
 
 
 def tokenize_split(corpus_dir: str, tokenizer_dir: str, split: str, cache_dir: str | None = None,
-                   chunk: int = 512, verbose: bool = True):
+                   chunk: int = 2048, verbose: bool = True):
     """Token stream of one split: each file's ids followed by the end-of-text id. Returns
     (np.ndarray uint16/int32 tokens, number of UTF-8 bytes of text). Cached in cache_dir, keyed
     by the corpus file and tokenizer hashes."""

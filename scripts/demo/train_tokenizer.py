@@ -21,7 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:  # build_corpus.py sits next to this file
+    sys.path.insert(0, _HERE)
 
 EOS_TOKEN = "<|endoftext|>"
 MASK_TOKEN = "<|mask|>"
@@ -147,7 +152,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    import sys
-
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     main()

@@ -215,6 +215,25 @@ def evaluate(model, ex, ey, batch_size: int, autocast_dtype=None) -> float:
     return tot / max(1, n)
 
 
+SAMPLE_PROMPTS = ("def fibonacci(n):\n", "import os\nimport sys\n\n\ndef main(", "class Stack:\n    def ")
+
+
+@torch.no_grad()
+def sample_completions(model, tokenizer, prompts=SAMPLE_PROMPTS, max_new_tokens: int = 48):
+    """Greedy completions of a few prompts (a sanity check printed at the end of training)."""
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    outs = []
+    for p in prompts:
+        ids = tokenizer(p, return_tensors="pt").input_ids.to(dev)
+        gen = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+        outs.append(tokenizer.decode(gen[0], skip_special_tokens=False))
+    model.train(was)
+    return outs
+
+
 # ----------------------------------------------------------------------------------- checkpoints
 def save_checkpoint(model, opt, state: dict, ckpt_dir: str):
     tmp = ckpt_dir + ".tmp"
@@ -461,6 +480,12 @@ def train(a) -> dict:
         info["transformers"] = transformers.__version__
     except Exception:  # pragma: no cover
         pass
+    try:
+        info["samples"] = sample_completions(model, hf_tok)
+        for t in info["samples"]:
+            print("[train_target] sample:\n" + t + "\n" + "-" * 40, flush=True)
+    except Exception as e:  # a sanity check only; never fail the run here
+        print(f"[train_target] sampling failed: {type(e).__name__}: {e}", flush=True)
     final_dir = os.path.join(a.out, "final")
     size = export_final(model, a.tokenizer, final_dir, a.save_dtype, info)
     log({"event": "done", "steps": step, "val_loss": round(vl, 4), "final_dir": final_dir,

@@ -61,7 +61,7 @@ def trained(corpus, tokenizer_dir, work):
     args = ["--corpus", corpus[0], "--tokenizer", tokenizer_dir, "--out", out, "--preset", "tiny",
             "--max-steps", "40", "--warmup", "5", "--lr", "3e-3", "--log-every", "5",
             "--eval-every", "20", "--save-every", "20", "--eval-windows", "8", "--threads", "2",
-            "--device", "cpu"]
+            "--device", "cpu", "--sample-tokens", "4"]
     return out, args, train_target.main(args)
 
 

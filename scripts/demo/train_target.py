@@ -303,6 +303,8 @@ def parse_args(argv=None):
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--sample-tokens", type=int, default=48,
+                    help="greedy completion length of the end-of-run samples (0: none)")
     ap.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     a = ap.parse_args(argv)
@@ -481,7 +483,8 @@ def train(a) -> dict:
     except Exception:  # pragma: no cover
         pass
     try:
-        info["samples"] = sample_completions(model, hf_tok)
+        info["samples"] = (sample_completions(model, hf_tok, max_new_tokens=a.sample_tokens)
+                           if a.sample_tokens > 0 else [])
         for t in info["samples"]:
             print("[train_target] sample:\n" + t + "\n" + "-" * 40, flush=True)
     except Exception as e:  # a sanity check only; never fail the run here

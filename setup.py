@@ -129,6 +129,6 @@ setup(
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
-    package_data={"jetspec_ext": ["py.typed"]},
+    package_data={"jetspec_ext": ["py.typed", "demo_models/*/*"]},
     entry_points={"console_scripts": ["jetspec=jetspec_ext.cli:main"]},
 )

@@ -31,20 +31,21 @@ void run_accept(const at::Tensor& logits, const at::Tensor& node_tokens, const a
   const T* x = reinterpret_cast<const T*>(logits.data_ptr());
   auto f32 = logits.options().dtype(at::kFloat);
   at::Tensor part_a = at::empty({rows, num_chunks}, f32);
-  at::Tensor tickets = at::zeros({rows}, f32.dtype(at::kInt));  // one memset node
   at::Tensor choice = at::empty({rows}, f32.dtype(at::kLong));
   dim3 chunk_grid(num_chunks, static_cast<unsigned>(rows));
-  int* tk = tickets.data_ptr<int>();
   int64_t* ch = choice.data_ptr<int64_t>();
 
   if (temperature == 0.0) {
     at::Tensor part_idx = at::empty({rows, num_chunks}, f32.dtype(at::kInt));
     if (vec_ok)
       chunk_argmax_kernel<T, kVec><<<chunk_grid, kThreads, 0, stream>>>(
-          x, V, chunk_len, part_a.data_ptr<float>(), part_idx.data_ptr<int32_t>(), tk, ch);
+          x, V, chunk_len, part_a.data_ptr<float>(), part_idx.data_ptr<int32_t>());
     else
       chunk_argmax_kernel<T, 1><<<chunk_grid, kThreads, 0, stream>>>(
-          x, V, chunk_len, part_a.data_ptr<float>(), part_idx.data_ptr<int32_t>(), tk, ch);
+          x, V, chunk_len, part_a.data_ptr<float>(), part_idx.data_ptr<int32_t>());
+    JETSPEC_CHECK_LAUNCH();
+    merge_argmax_kernel<<<ceil_div(rows, kMergeThreads / 32), kMergeThreads, 0, stream>>>(
+        part_a.data_ptr<float>(), part_idx.data_ptr<int32_t>(), rows, num_chunks, ch);
     JETSPEC_CHECK_LAUNCH();
   } else {
     const float inv_t = static_cast<float>(1.0 / temperature);
@@ -63,6 +64,8 @@ void run_accept(const at::Tensor& logits, const at::Tensor& node_tokens, const a
       thresholds = thresh.data_ptr<float>();
     }
     at::Tensor part_sum = at::empty({rows, num_chunks}, f32);
+    at::Tensor tickets = at::zeros({rows}, f32.dtype(at::kInt));  // one memset node
+    int* tk = tickets.data_ptr<int>();
     const int64_t* rs = rng_state.data_ptr<int64_t>();
     float* pm = part_a.data_ptr<float>();
     float* ps = part_sum.data_ptr<float>();

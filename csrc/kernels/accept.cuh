@@ -1,7 +1,7 @@
 // Kernels of jetspec::tree_accept (torch-free; raw pointers). Semantics:
 // jetspec_ext/reference/accept.py. Launch sequence (csrc/cuda/accept_cuda.cu):
 //
-//   greedy:   chunk_argmax_kernel -> walk_kernel
+//   greedy:   chunk_argmax_kernel -> merge_argmax_kernel -> walk_kernel
 //   sampling: [filter_threshold_kernel, top-k / top-p only] -> chunk_softmax_kernel
 //             -> walk_kernel
 //
@@ -64,6 +64,7 @@ __device__ __forceinline__ float pack_max(const Pack<float, VEC>& p) {
 }
 template <int VEC>
 __device__ __forceinline__ float pack_max(const Pack<__nv_bfloat16, VEC>& p) {
+  if constexpr (VEC == 1) return to_f(p.v[0]);  // a lone element is not 4-byte aligned
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(p.v);
   __nv_bfloat162 m = h[0];
 #pragma unroll
@@ -72,6 +73,7 @@ __device__ __forceinline__ float pack_max(const Pack<__nv_bfloat16, VEC>& p) {
 }
 template <int VEC>
 __device__ __forceinline__ float pack_max(const Pack<__half, VEC>& p) {
+  if constexpr (VEC == 1) return to_f(p.v[0]);  // a lone element is not 4-byte aligned
   const __half2* h = reinterpret_cast<const __half2*>(p.v);
   __half2 m = h[0];
 #pragma unroll
@@ -170,8 +172,7 @@ __device__ __forceinline__ void block_best(float& v, int32_t& i) {
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads)
     chunk_argmax_kernel(const T* __restrict__ logits, int64_t V, int64_t chunk_len,
-                        float* __restrict__ part_val, int32_t* __restrict__ part_idx,
-                        int* __restrict__ tickets, int64_t* __restrict__ choice) {
+                        float* __restrict__ part_val, int32_t* __restrict__ part_idx) {
   const int64_t row = blockIdx.y, chunk = blockIdx.x;
   const int64_t begin = chunk * chunk_len, end = min(V, begin + chunk_len);
   const T* row_ptr = logits + row * V;
@@ -207,30 +208,36 @@ __global__ void __launch_bounds__(kThreads)
     part_val[row * gridDim.x + chunk] = best_v;
     part_idx[row * gridDim.x + chunk] = best_i;  // INT32_MAX: empty (NaN-only) chunk
   }
-  const int num_chunks = gridDim.x;
-  if (!last_block_of_row(tickets, row, num_chunks)) return;
-  if (threadIdx.x < 32) {  // merge the node's chunks: lanes over chunks
-    float bv = -INFINITY;
-    int32_t bi = INT32_MAX;
-    for (int c = threadIdx.x; c < num_chunks; c += 32) {
-      const float v = __ldcg(part_val + row * num_chunks + c);
-      const int32_t i = __ldcg(part_idx + row * num_chunks + c);
-      if (better(v, i, bv, bi)) {
-        bv = v;
-        bi = i;
-      }
+}
+
+// Greedy merge: one warp per node, lanes over the node's chunks. Writes choice[row].
+constexpr int kMergeThreads = 256;
+__global__ void __launch_bounds__(kMergeThreads)
+    merge_argmax_kernel(const float* __restrict__ part_val, const int32_t* __restrict__ part_idx,
+                        int64_t rows, int num_chunks, int64_t* __restrict__ choice) {
+  const int64_t row = int64_t(blockIdx.x) * (kMergeThreads / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  float bv = -INFINITY;
+  int32_t bi = INT32_MAX;
+  for (int c = lane; c < num_chunks; c += 32) {
+    const float v = part_val[row * num_chunks + c];
+    const int32_t i = part_idx[row * num_chunks + c];
+    if (better(v, i, bv, bi)) {
+      bv = v;
+      bi = i;
     }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, bv, off);
-      const int32_t oi = __shfl_xor_sync(0xffffffffu, bi, off);
-      if (better(ov, oi, bv, bi)) {
-        bv = ov;
-        bi = oi;
-      }
-    }
-    if (threadIdx.x == 0) choice[row] = bi == INT32_MAX ? 0 : bi;
   }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, bv, off);
+    const int32_t oi = __shfl_xor_sync(0xffffffffu, bi, off);
+    if (better(ov, oi, bv, bi)) {
+      bv = ov;
+      bi = oi;
+    }
+  }
+  if (lane == 0) choice[row] = bi == INT32_MAX ? 0 : bi;  // INT32_MAX: an all-NaN row
 }
 
 // Sampling. Grid (num_chunks, rows). Scores s = x * (1/T); kept: s >= threshold (FILTERED)

@@ -211,7 +211,7 @@ def ar_step(target: Target, st: DecodeState, sp: SamplingParams):
 # --------------------------------------------------------------------------------------------
 def _one_node_tree(anchor: torch.Tensor) -> Tree:
     B, dev = anchor.shape[0], anchor.device
-    return Tree(anchor.unsqueeze(1), torch.full((B, 1), -1, dtype=torch.int32, device=dev),
+    return Tree(anchor.reshape(B, 1).contiguous(), torch.full((B, 1), -1, dtype=torch.int32, device=dev),
                 torch.zeros(B, 1, dtype=torch.int32, device=dev), torch.ones(B, 1, 1, dtype=torch.int32, device=dev))
 
 

@@ -68,19 +68,20 @@ def tree_attention(q, k_cache, v_cache, prefix_lens, tree_mask, scale=None):
     B, N, Hq, Dh = q.shape
     Hkv = k_cache.shape[1]
     scale = Dh ** -0.5 if scale is None else scale
-    out = torch.empty_like(q)
-    lse = torch.empty(B, Hq, N, dtype=torch.float32, device=q.device)
+    P = prefix_lens.to(torch.int64)
+    S = int(P.max()) + N
     bits = ((tree_mask.to(torch.int64).unsqueeze(-1) >> torch.arange(32, device=q.device)) & 1).flatten(-2)[..., :N].bool()
-    for b in range(B):
-        P = int(prefix_lens[b])
-        k = k_cache[b, :, : P + N].float().repeat_interleave(Hq // Hkv, 0)
-        v = v_cache[b, :, : P + N].float().repeat_interleave(Hq // Hkv, 0)
-        s = torch.einsum("nhd,hsd->hns", q[b].float(), k) * scale
-        allow = torch.ones(N, P + N, dtype=torch.bool, device=q.device)
-        allow[:, P:] = bits[b]
-        s = s.masked_fill(~allow, float("-inf"))
-        lse[b] = torch.logsumexp(s, -1)
-        out[b] = torch.einsum("hns,hsd->nhd", torch.softmax(s, -1), v).to(q.dtype)
+    col = torch.arange(S, device=q.device)
+    rel = col.view(1, 1, S) - P.view(B, 1, 1)                        # slot - prefix
+    in_tree = (rel >= 0) & (rel < N)
+    tree_bit = torch.gather(bits, 2, rel.clamp(0, N - 1).expand(B, N, S))
+    allow = (rel < 0) | (in_tree & tree_bit)                          # (B, N, S)
+    k = k_cache[:, :, :S].float().repeat_interleave(Hq // Hkv, 1)     # (B, Hq, S, Dh)
+    v = v_cache[:, :, :S].float().repeat_interleave(Hq // Hkv, 1)
+    s = torch.einsum("bnhd,bhsd->bhns", q.float(), k) * scale
+    s = s.masked_fill(~allow.unsqueeze(1), float("-inf"))
+    lse = torch.logsumexp(s, -1)
+    out = torch.einsum("bhns,bhsd->bnhd", torch.softmax(s, -1), v).to(q.dtype)
     return out, lse
 
 

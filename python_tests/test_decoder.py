@@ -140,11 +140,11 @@ def _chi2(counts: torch.Tensor, probs: torch.Tensor, n: int):
 
 @pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.8, 6, 0.9)])
 def test_sampling_matches_target_distribution(temperature, top_k, top_p):
-    """3000 independent rows (independent random streams) each sample 3 tokens; the empirical
+    """2000 independent rows (independent random streams) each sample 3 tokens; the empirical
     distributions of t1, t2, t3 and of the pair (t1, t2) are compared with the exact ones by
     chi-square tests at alpha = 1e-4 each: false-failure rate <= 4e-4 per parametrisation
     (the test is deterministic for a fixed seed; the rate is over seeds)."""
-    V, R = 16, 3000
+    V, R = 16, 2000
     torch.manual_seed(0)
     model = tiny_target(tied=False, vocab=V, layers=2, seed=3)
     with torch.no_grad():
@@ -157,7 +157,6 @@ def test_sampling_matches_target_distribution(temperature, top_k, top_p):
                    temperature=temperature, top_k=top_k, top_p=top_p, seed=1234)
     toks = torch.tensor(res.tokens)  # (R, 3)
     assert toks.shape == (R, 3)
-    assert any(r.accept_len[0] > 1 for r in res.rounds) or True
 
     def dist(prefixes):  # exact next-token distributions after prompt + each prefix
         x = torch.tensor([prompt + p for p in prefixes])

@@ -201,7 +201,8 @@ def spec_round(target, drafter, st, width, budget, policy, sp, timer) -> Accepte
 def ar_step(target: Target, st: DecodeState, sp: SamplingParams):
     """Autoregressive baseline step: the anchor as a one-node tree -> one new token."""
     tree = _one_node_tree(st.anchor)
-    logits, _ = verify(target, st, tree)
+    positions = st.prefix_lens.to(torch.int64).unsqueeze(1)
+    logits, _ = target.forward(st.kv, st.prefix_lens, tree.tokens, positions, tree.mask, want_tapped=False)
     acc = accept(logits, tree, 0, st, sp)
     return commit(target, None, st, tree, None, acc), acc.length
 

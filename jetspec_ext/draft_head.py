@@ -189,12 +189,14 @@ class JetSpecDraftHead(nn.Module):
     @classmethod
     def for_target(cls, target_config, num_layers: int = 5, block_size: int = 16,
                    mask_token_id: Optional[int] = None, target_layer_ids: Optional[Sequence[int]] = None,
-                   num_taps: Optional[int] = None, **overrides) -> "JetSpecDraftHead":
+                   num_taps: Optional[int] = None, device=None, **overrides) -> "JetSpecDraftHead":
         """A fresh (randomly initialised) head for a target with config ``target_config``.
 
         Width, heads, head dim, MLP size, norm eps and RoPE follow the target (the head borrows
         its embedding and LM head, so hidden and vocab sizes must match). ``num_taps`` defaults
         to ``num_layers``, as in the public code. ``mask_token_id`` defaults to vocab_size - 1.
+        ``device="meta"`` builds it without memory or initialisation (then ``to_empty`` +
+        :meth:`init_weights` + :meth:`reset_rotary`, e.g. to build a large head fast on a GPU).
         """
         tc = target_config
         L = tc.num_hidden_layers
@@ -225,9 +227,15 @@ class JetSpecDraftHead(nn.Module):
             "mask_token_id": int(mask_token_id if mask_token_id is not None else tc.vocab_size - 1),
             "target_hidden_size": tc.hidden_size,
         }
-        head = cls(config)
-        head.init_weights(getattr(tc, "initializer_range", 0.02))
+        with torch.device(device or "cpu"):
+            head = cls(config)
+        if str(device) != "meta":
+            head.init_weights(getattr(tc, "initializer_range", 0.02))
         return head
+
+    def reset_rotary(self) -> None:
+        """Rebuild the RoPE buffer (non-persistent; lost by ``to_empty`` / meta construction)."""
+        self.rotary_emb = Qwen3RotaryEmbedding(self.config).to(self.fc.weight.device)
 
     def init_weights(self, std: float = 0.02) -> None:
         for name, p in self.named_parameters():
@@ -279,7 +287,7 @@ class JetSpecDraftHead(nn.Module):
             if tuple(t.shape) != tuple(want):
                 raise ValueError(f"draft head: {k} has shape {tuple(t.shape)}, config implies {tuple(want)}")
         head.load_state_dict(state, assign=True)
-        head.rotary_emb = Qwen3RotaryEmbedding(config)  # rebuild the non-persistent buffer
+        head.reset_rotary()
         head = head.to(device=device) if device is not None else head
         return head.to(dtype=dtype) if dtype is not None else head
 

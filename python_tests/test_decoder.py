@@ -182,3 +182,37 @@ def test_sampling_matches_target_distribution(temperature, top_k, top_p):
         assert stat < _chi2_crit(df, alpha), (i, stat, df)
     # speculation did happen: some rounds accepted drafted tokens
     assert max(max(r.accept_len) for r in res.rounds) > 1
+
+
+# ------------------------------------------------------------------------------------------
+# GPU, bf16: token match rate against the AR baseline; divergences must be near-ties.
+# ------------------------------------------------------------------------------------------
+from conftest import requires_cuda  # noqa: E402
+
+
+@requires_cuda
+def test_bf16_gpu_match_rate_and_near_ties(tok):
+    model = tiny_target(tied=False, seed=7, layers=6, hidden=128).cuda().to(torch.bfloat16)
+    ref32 = tiny_target(tied=False, seed=7, layers=6, hidden=128).cuda()  # same init, fp32
+    ref32.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    head = JetSpecDraftHead.for_target(model.config, num_layers=2, block_size=8).cuda().to(torch.bfloat16)
+    target = Target(model, head.target_layer_ids)
+    drafter = HeadDrafter(head, target)
+    total = same = 0
+    report = []
+    for text in load_prompts(4):
+        ids = chat_ids(tok, text)
+        spec = generate(target, drafter, ids, max_new_tokens=64, budget=32, width=4).tokens[0]
+        ar = generate_ar(target, ids, max_new_tokens=64).tokens[0]
+        n = next((i for i, (a, b) in enumerate(zip(spec, ar)) if a != b), len(ar))
+        total += len(ar)
+        same += n
+        if n < len(ar):  # first divergence: the target's top-2 logits there must be a near-tie
+            with torch.no_grad():
+                lg = ref32(torch.tensor([ids + ar[:n]], device="cuda")).logits[0, -1].float()
+            top = torch.topk(lg, 2).values
+            gap = float(top[0] - top[1])
+            report.append((n, gap, float(top[0])))
+            assert gap <= 0.02 * abs(float(top[0])) + 0.05, (n, gap, float(top[0]))
+    print(f"bf16 token match rate vs AR (up to the first divergence): {same / total:.3f}; divergences "
+          f"(index, top-2 gap, top-1 logit): {report}")

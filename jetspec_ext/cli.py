@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
                    help="auto: bfloat16 on CUDA, float32 on the CPU")
+    g.add_argument("--cuda-graph", action="store_true",
+                   help="capture the decoding round in a CUDA graph after the first round (CUDA only)")
     g.add_argument("--no-stream", dest="stream", action="store_false", help="print each answer at the end")
     g.add_argument("--stats", action="store_true", help="print per-depth acceptance and stage times")
     t = sub.add_parser("train", help="train a draft head (not implemented yet)")
@@ -178,7 +180,7 @@ def _generate(args) -> int:
     tok, model, target, drafter = _load(args)
     stops = _stop_ids(tok, model)
     gen_kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                  top_p=args.top_p, seed=args.seed, stop_token_ids=stops)
+                  top_p=args.top_p, seed=args.seed, stop_token_ids=stops, cuda_graph=args.cuda_graph)
     spec_kw = dict(budget=args.budget, width=args.width, policy=args.policy)
     totals = dict(tokens=0, secs=0.0, rounds=0, accepted=0, ar_tokens=0, ar_secs=0.0)
     results = []

@@ -272,7 +272,7 @@ def _as_batch(prompt_ids, device) -> torch.Tensor:
 def generate(target: Target, drafter, prompt_ids, *, max_new_tokens: int = 256, budget: int = 64,
              width: int = 7, policy: str = "accum", temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, seed: int = 0, stop_token_ids: Sequence[int] = (),
-             max_context: Optional[int] = None, profile: Optional[bool] = None,
+             max_context: Optional[int] = None, profile: Optional[bool] = None, cuda_graph: bool = False,
              on_tokens: Optional[Callable[[int, List[int]], None]] = None) -> GenerationResult:
     """Speculative generation. ``drafter=None`` runs the autoregressive baseline instead.
 
@@ -282,6 +282,9 @@ def generate(target: Target, drafter, prompt_ids, *, max_new_tokens: int = 256, 
     ``on_tokens(row, new_ids)`` is called as tokens are committed (for streaming).
     ``profile`` (default: on for the CPU, off for CUDA) times each stage; on CUDA it
     synchronises around each stage, so leave it off when measuring throughput.
+    ``cuda_graph`` (CUDA only): capture the round in a CUDA graph after the first round and replay
+    it (one graph per call = per budget bucket); falls back to eager rounds with a warning if the
+    capture fails (e.g. an op without a CUDA kernel).
     """
     device = target.device
     prompt = _as_batch(prompt_ids, device)
@@ -330,13 +333,19 @@ def generate(target: Target, drafter, prompt_ids, *, max_new_tokens: int = 256, 
     for b in range(B):
         take(b, [first[b]])
     res = GenerationResult(tokens=out, prompt_len=P, prefill_s=t1 - t0, depth=depth)
-    while not all(done):
-        timer = _Timer(device, profile)
+    timer = _Timer(device, profile and not cuda_graph)
+
+    def one_round():  # -> (B, 1 + k) int64: [n, emitted tokens...] per row
         if drafter is not None:
             emitted, length = spec_round(target, drafter, st, width, budget, policy, sp, timer)
         else:
             emitted, length = timer("ar_step", lambda: ar_step(target, st, sp))
-        host = torch.cat([length.to(torch.int64).unsqueeze(1), emitted], dim=1).tolist()  # THE sync
+        return torch.cat([length.to(torch.int64).unsqueeze(1), emitted], dim=1)
+
+    run = GraphedRound(one_round) if cuda_graph and device.type == "cuda" else one_round
+    while not all(done):
+        timer.times = {}
+        host = run().tolist()  # THE host synchronisation of the round
         for b in range(B):
             if not done[b]:
                 take(b, host[b][1: 1 + host[b][0]])
@@ -344,6 +353,40 @@ def generate(target: Target, drafter, prompt_ids, *, max_new_tokens: int = 256, 
     _sync(device)
     res.decode_s = time.perf_counter() - t1  # decode time excludes the prefill
     return res
+
+
+class GraphedRound:
+    """A round function captured in a CUDA graph. The first call runs it eagerly on a side stream
+    (a real round that doubles as the warm-up), then captures it (capture records kernels without
+    running them); later calls replay the graph and return its static output tensor. All state the
+    round touches lives in persistent tensors updated in place (``DecodeState``), which is what
+    makes the replay equivalent to calling the function again."""
+
+    def __init__(self, fn: Callable[[], torch.Tensor]):
+        self.fn, self.graph, self.out, self.error = fn, None, None, None
+
+    def __call__(self) -> torch.Tensor:
+        if self.graph is not None:
+            self.graph.replay()
+            return self.out
+        if self.error is not None:
+            return self.fn()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            out = self.fn()
+        torch.cuda.current_stream().wait_stream(side)
+        try:
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                self.out = self.fn()
+            self.graph = g
+        except Exception as e:  # noqa: BLE001 - report and keep decoding eagerly
+            import warnings
+
+            self.error = e
+            warnings.warn(f"jetspec: CUDA graph capture of the round failed, running eagerly: {e}")
+        return out
 
 
 def generate_ar(target: Target, prompt_ids, **kw) -> GenerationResult:

@@ -53,7 +53,7 @@ def jetspec_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     scatter_slots(k_cache, c.slots, key)
     scatter_slots(v_cache, c.slots, value)
     if c.tree_mask is not None:
-        attn = op("tree_attention", query.device)
+        attn = op("tree_attention", query.device, query.dtype)
         out, _ = attn(query.transpose(1, 2).contiguous(), k_cache, v_cache, c.prefix_lens, c.tree_mask,
                       float(scaling if scaling is not None else query.shape[-1] ** -0.5))
         return out, None

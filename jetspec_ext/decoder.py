@@ -47,7 +47,7 @@ class HeadDrafter:
         self.depth = int(depth) if depth is not None else head.block_size - 1
         if not 1 <= self.depth <= head.block_size - 1:
             raise ValueError(f"depth must be in [1, {head.block_size - 1}] for this head (block_size {head.block_size})")
-        self._mask = {}
+        self._static = {}
 
     def new_context(self, batch: int, max_len: int) -> torch.Tensor:
         return self.head.new_context_cache(batch, max_len, device=self.target.device)
@@ -58,11 +58,12 @@ class HeadDrafter:
     def draft(self, ctx: torch.Tensor, ctx_lens: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
         B, D = anchor.shape[0], self.depth
         key = (B, anchor.device)
-        if key not in self._mask:  # built once per batch size: nothing allocated on the host per round
-            self._mask[key] = chain_mask(D + 1, B, anchor.device)
-            self._fill = torch.full((B, D), self.head.mask_token_id, dtype=torch.int64, device=anchor.device)
-        block = torch.cat([anchor.unsqueeze(1), self._fill], dim=1)  # [anchor, MASK x D]
-        h = self.head.forward_block(ctx, ctx_lens, self.target.embed(block), self._mask[key])
+        if key not in self._static:  # built once per batch size: nothing is built per round
+            self._static[key] = (chain_mask(D + 1, B, anchor.device),
+                                 torch.full((B, D), self.head.mask_token_id, dtype=torch.int64, device=anchor.device))
+        mask, fill = self._static[key]
+        block = torch.cat([anchor.unsqueeze(1), fill], dim=1)  # [anchor, MASK x D]
+        h = self.head.forward_block(ctx, ctx_lens, self.target.embed(block), mask)
         return self.target.lm_head(h[:, 1:].to(self.target.dtype))  # (B, D, V) for depths 1..D
 
 

@@ -46,8 +46,9 @@ def jetspec_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     Returns ``(out (B, N, Hq, Dh), None)`` as HF's attention functions do.
     """
     if jetspec_ctx is None:  # plain HF use of the model (e.g. model.generate): SDPA
-        sdpa = AttentionInterface._global_mapping["sdpa"]
-        return sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     c = jetspec_ctx
     k_cache, v_cache = c.kv[module.layer_idx, 0], c.kv[module.layer_idx, 1]
     scatter_slots(k_cache, c.slots, key)

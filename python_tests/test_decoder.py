@@ -109,6 +109,19 @@ def test_streaming_callback(setup):
     assert got == refs[0][:10]
 
 
+def test_wrapped_model_still_works_with_hf_generate():
+    model = tiny_target(tied=False, vocab=512, layers=2, seed=4)
+    ids = [5, 9, 200, 31, 7]
+    before = hf_greedy(model, ids, 8)
+    target = Target(model)
+    after = hf_greedy(model, ids, 8)  # the "jetspec" attention defers to SDPA without jetspec_ctx
+    assert before == after == generate_ar(target, ids, max_new_tokens=8).tokens[0]
+    with pytest.raises(ValueError, match="unsupported target model type"):
+        from transformers import LlamaConfig, LlamaForCausalLM
+        Target(LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=2, num_key_value_heads=1, vocab_size=64)))
+
+
 def test_context_errors():
     model = tiny_target(tied=True, vocab=256, max_position_embeddings=16)
     with pytest.raises(ValueError, match="does not fit the context"):

@@ -81,6 +81,8 @@ def main(argv=None):
     ap.add_argument("--prefix", type=int, default=1024)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the target's decoder stack (slow to compile: not in the default run)")
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     if not cuda and not args.tiny:
@@ -106,7 +108,7 @@ def main(argv=None):
     print(f"target: hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, vocab {cfg.vocab_size}; "
           f"head: {len(head.layers)} layers, taps {head.target_layer_ids}; {dtype}; prefix {args.prefix}")
     print("op implementations:", op_impls(device))
-    target = Target(model, head.target_layer_ids)
+    target = Target(model, head.target_layer_ids, compile=args.compile)
     drafter = HeadDrafter(head, target, depth=15)
     P, D = args.prefix, drafter.depth
     S = P + max(budgets) + D + 64

@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
                    help="auto: bfloat16 on CUDA, float32 on the CPU")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the target's decoder stack for tree / decode forwards (experimental)")
     g.add_argument("--cuda-graph", action="store_true",
                    help="capture the decoding round in a CUDA graph after the first round (CUDA only)")
     g.add_argument("--no-stream", dest="stream", action="store_false", help="print each answer at the end")
@@ -133,7 +135,7 @@ def _load(args):
         tok = AutoTokenizer.from_pretrained(args.tokenizer or args.target)
     except (OSError, ValueError) as e:
         raise CLIError(f"no tokenizer in {args.tokenizer or args.target!r} (pass --tokenizer DIR): {e}")
-    target = Target(model, head.target_layer_ids if head is not None else ())
+    target = Target(model, head.target_layer_ids if head is not None else (), compile=args.compile)
     drafter = None
     if head is not None:
         head = head.to(device=device, dtype=dtype).eval()

@@ -124,7 +124,7 @@ class DraftAttention(nn.Module):
         scatter_slots(k_cache, slots, k)
         scatter_slots(v_cache, slots, v)
         attn = op("tree_attention", x.device, x.dtype)
-        out, _ = attn(q.transpose(1, 2).contiguous(), k_cache, v_cache, ctx_lens, mask, self.scaling)
+        out, _ = attn(q.transpose(1, 2), k_cache, v_cache, ctx_lens, mask, self.scaling)
         return self.o_proj(out.reshape(B, N, -1))
 
 

@@ -17,7 +17,7 @@ and tree attention plugged in through transformers' AttentionInterface.
 * Logits: only for the rows the caller asks for (``logits_rows``).
 """
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,7 @@ class TargetCall:
     prefix_lens: torch.Tensor   # (B,) int32: committed length per row
     slots: torch.Tensor         # (B, N) int64: cache slot of each new token (prefix_len + i)
     tree_mask: Optional[torch.Tensor] = None  # (B, N, ceil(N/32)) int32; None = causal prefill
+    attn: Optional[Callable] = None           # tree_attention implementation (resolved by the caller)
 
 
 def jetspec_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
@@ -54,8 +55,8 @@ def jetspec_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     scatter_slots(k_cache, c.slots, key)
     scatter_slots(v_cache, c.slots, value)
     if c.tree_mask is not None:
-        attn = op("tree_attention", query.device, query.dtype)
-        out, _ = attn(query.transpose(1, 2).contiguous(), k_cache, v_cache, c.prefix_lens, c.tree_mask,
+        attn = c.attn or op("tree_attention", query.device, query.dtype)
+        out, _ = attn(query.transpose(1, 2), k_cache, v_cache, c.prefix_lens, c.tree_mask,
                       float(scaling if scaling is not None else query.shape[-1] ** -0.5))
         return out, None
     # Causal prefill (host-known lengths; happens once per prompt): SDPA over prefix + new keys.
@@ -83,9 +84,12 @@ class Target:
             selecting the ``"jetspec"`` attention implementation (which defers to SDPA when
             called the normal HF way).
         tapped_layer_ids: target layers whose outputs feed the draft head (may be empty).
+        compile: run the HF decoder stack (``model.model``) through ``torch.compile``
+            (static shapes; the jetspec ops are traced as custom ops through their fake kernels).
+            Prefill stays eager. Experimental: the fast path the issue asks for.
     """
 
-    def __init__(self, model, tapped_layer_ids: Sequence[int] = ()):
+    def __init__(self, model, tapped_layer_ids: Sequence[int] = (), compile: bool = False):
         cfg = model.config
         if getattr(cfg, "model_type", None) not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"unsupported target model type {getattr(cfg, 'model_type', None)!r}: "
@@ -103,6 +107,7 @@ class Target:
         self.vocab_size = cfg.vocab_size
         self.max_positions = getattr(cfg, "max_position_embeddings", None)
         _set_attn_impl(model, ATTN_NAME)
+        self._body = torch.compile(model.model, dynamic=False) if compile else model.model
 
     @property
     def device(self):
@@ -135,9 +140,11 @@ class Target:
         """
         B, N = tokens.shape
         slots = prefix_lens.to(torch.int64).unsqueeze(1) + torch.arange(N, device=tokens.device)
-        call = TargetCall(kv=kv, prefix_lens=prefix_lens, slots=slots, tree_mask=tree_mask)
+        attn = op("tree_attention", kv.device, kv.dtype) if tree_mask is not None else None
+        call = TargetCall(kv=kv, prefix_lens=prefix_lens, slots=slots, tree_mask=tree_mask, attn=attn)
         want_hidden = want_tapped and bool(self.tapped_layer_ids)
-        out = self.model.model(
+        body = self._body if tree_mask is not None else self.model.model  # prefill: eager
+        out = body(
             input_ids=tokens, position_ids=positions,
             attention_mask={"full_attention": None, "sliding_attention": None},
             use_cache=False, output_hidden_states=want_hidden, jetspec_ctx=call)

@@ -190,7 +190,9 @@ def commit(target: Target, drafter, st: DecodeState, tree: Tree, tapped: Optiona
     return emitted
 
 
-def spec_round(target, drafter, st, width, budget, policy, sp, timer) -> Accepted:
+def spec_round(target, drafter, st, width, budget, policy, sp, timer):
+    """draft -> build_tree -> verify -> accept -> commit. Returns (emitted (B, D+1), length (B,)),
+    both on the device; ``timer(name, fn)`` runs (and optionally times) each stage."""
     draft_logits = timer("draft", lambda: draft(drafter, st))
     tree = timer("build_tree", lambda: build_tree(draft_logits, st.anchor, width, budget, policy))
     logits, tapped = timer("verify", lambda: verify(target, st, tree))

@@ -1,0 +1,236 @@
+"""``jetspec`` command line: ``jetspec generate`` (speculative generation with a JetSpec head) and a
+``train`` slot (not implemented yet).
+
+Example::
+
+    jetspec generate --target Qwen/Qwen3-8B-dir --draft jetspec-qwen3-8b-dir \\
+        --prompt "What is 17 * 23?" --max-new-tokens 256 --budget 128 --compare-ar
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from typing import List, Optional
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as ``jetspec: error: ...`` with exit status 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jetspec", description="JetSpec causal parallel tree speculative decoding")
+    sub = p.add_subparsers(dest="command")
+    g = sub.add_parser("generate", help="generate text with a target model and a JetSpec draft head")
+    g.add_argument("--target", required=True, help="Hugging Face Qwen3 model directory (config.json + weights)")
+    g.add_argument("--draft", help="JetSpec draft head directory (config.json with dflash_config + safetensors); "
+                   "without it, plain autoregressive decoding")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="one user prompt")
+    src.add_argument("--prompts", help="jsonl file of prompts (keys: prompt / question / turns[0] / text)")
+    g.add_argument("--num-prompts", type=int, default=None, help="use only the first N prompts of --prompts")
+    g.add_argument("--tokenizer", default=None, help="tokenizer directory (default: --target)")
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--budget", type=int, default=128, help="tree size in nodes, root included")
+    g.add_argument("--width", type=int, default=7, help="top-W candidate tokens per depth")
+    g.add_argument("--depth", type=int, default=None, help="draft depth D (default: block_size - 1)")
+    g.add_argument("--policy", choices=["accum", "topn"], default="accum")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    th = g.add_mutually_exclusive_group()
+    th.add_argument("--thinking", dest="thinking", action="store_true", default=True,
+                    help="Qwen3 chat template with thinking (default)")
+    th.add_argument("--no-thinking", dest="thinking", action="store_false")
+    g.add_argument("--compare-ar", action="store_true", help="also run the autoregressive baseline and report the speedup")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                   help="auto: bfloat16 on CUDA, float32 on the CPU")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the target's decoder stack for tree / decode forwards (experimental)")
+    g.add_argument("--cuda-graph", action="store_true",
+                   help="capture the decoding round in a CUDA graph after the first round (CUDA only)")
+    g.add_argument("--no-stream", dest="stream", action="store_false", help="print each answer at the end")
+    g.add_argument("--stats", action="store_true", help="print per-depth acceptance and stage times")
+    t = sub.add_parser("train", help="train a draft head (not implemented yet)")
+    t.add_argument("rest", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return 2
+    if args.command == "train":
+        print("jetspec train: not implemented yet (tracked in its own issue)", file=sys.stderr)
+        return 2
+    try:
+        return _generate(args)
+    except CLIError as e:
+        print(f"jetspec: error: {e}", file=sys.stderr)
+        return 2
+
+
+# ---------------------------------------------------------------------------------------------
+def _read_prompts(args) -> List[str]:
+    if args.prompt is not None:
+        return [args.prompt]
+    if not os.path.isfile(args.prompts):
+        raise CLIError(f"prompts file {args.prompts!r} not found")
+    out = []
+    with open(args.prompts) as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CLIError(f"{args.prompts}:{i + 1}: not valid JSON ({e})")
+            text = r if isinstance(r, str) else (r.get("prompt") or r.get("question") or r.get("text")
+                                                  or (r.get("turns") or [None])[0])
+            if not text:
+                raise CLIError(f"{args.prompts}:{i + 1}: no prompt / question / turns / text field")
+            out.append(text)
+            if args.num_prompts and len(out) >= args.num_prompts:
+                break
+    if not out:
+        raise CLIError(f"prompts file {args.prompts!r} holds no prompts")
+    return out
+
+
+def _load(args):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .decoder import HeadDrafter
+    from .draft_head import JetSpecDraftHead
+    from .target import SUPPORTED_MODEL_TYPES, Target
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda requested but no CUDA GPU is available")
+    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "bfloat16": torch.bfloat16,
+             "float16": torch.float16, "float32": torch.float32}[args.dtype]
+    if not os.path.isfile(os.path.join(args.target, "config.json")):
+        raise CLIError(f"target {args.target!r}: no config.json (expected a Hugging Face model directory)")
+    cfg = AutoConfig.from_pretrained(args.target)
+    if cfg.model_type not in SUPPORTED_MODEL_TYPES:
+        raise CLIError(f"target model type {cfg.model_type!r} is not supported (supported: "
+                       f"{', '.join(SUPPORTED_MODEL_TYPES)})")
+    head = None
+    if args.draft is not None:
+        try:
+            head = JetSpecDraftHead.from_pretrained(args.draft)
+            head.check_target(cfg)
+        except (FileNotFoundError, ValueError) as e:
+            raise CLIError(str(e))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(args.target, dtype=dtype).to(device).eval()
+    except OSError as e:
+        raise CLIError(f"target {args.target!r}: cannot load weights ({e})")
+    try:
+        tok = AutoTokenizer.from_pretrained(args.tokenizer or args.target)
+    except (OSError, ValueError) as e:
+        raise CLIError(f"no tokenizer in {args.tokenizer or args.target!r} (pass --tokenizer DIR): {e}")
+    target = Target(model, head.target_layer_ids if head is not None else (), compile=args.compile)
+    drafter = None
+    if head is not None:
+        head = head.to(device=device, dtype=dtype).eval()
+        try:
+            drafter = HeadDrafter(head, target, depth=args.depth)
+        except ValueError as e:
+            raise CLIError(str(e))
+    return tok, model, target, drafter
+
+
+def _stop_ids(tok, model) -> List[int]:
+    ids = set()
+    for t in ("<|im_end|>", "<|endoftext|>"):
+        i = tok.convert_tokens_to_ids(t)
+        if isinstance(i, int) and i >= 0 and i != tok.unk_token_id:
+            ids.add(i)
+    if tok.eos_token_id is not None:
+        ids.add(int(tok.eos_token_id))
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    ids.update([eos] if isinstance(eos, int) else list(eos or []))
+    return sorted(ids)
+
+
+class _Streamer:
+    """Prints the decoded text as tokens arrive (decodes the whole answer, prints the new suffix)."""
+
+    def __init__(self, tok, enabled: bool):
+        self.tok, self.enabled, self.ids, self.shown = tok, enabled, [], ""
+
+    def __call__(self, row, new_ids):
+        self.ids.extend(new_ids)
+        if self.enabled:
+            text = self.tok.decode(self.ids, skip_special_tokens=True)
+            if text.startswith(self.shown):
+                sys.stdout.write(text[len(self.shown):])
+                sys.stdout.flush()
+                self.shown = text
+
+
+def _generate(args) -> int:
+    from .decoder import generate, generate_ar
+
+    prompts = _read_prompts(args)
+    tok, model, target, drafter = _load(args)
+    stops = _stop_ids(tok, model)
+    gen_kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                  top_p=args.top_p, seed=args.seed, stop_token_ids=stops, cuda_graph=args.cuda_graph)
+    spec_kw = dict(budget=args.budget, width=args.width, policy=args.policy)
+    totals = dict(tokens=0, secs=0.0, rounds=0, accepted=0, ar_tokens=0, ar_secs=0.0)
+    results = []
+    for i, text in enumerate(prompts):
+        chat = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                       add_generation_prompt=True, enable_thinking=args.thinking)
+        ids = tok(chat, add_special_tokens=False).input_ids
+        if len(prompts) > 1:
+            print(f"\n=== prompt {i + 1}/{len(prompts)} ({len(ids)} tokens) ===")
+        stream = _Streamer(tok, args.stream)
+        try:
+            res = generate(target, drafter, ids, on_tokens=stream, **gen_kw, **spec_kw)
+        except ValueError as e:
+            raise CLIError(str(e))
+        if not args.stream:
+            print(tok.decode(res.tokens[0], skip_special_tokens=True), end="")
+        print()
+        totals["tokens"] += len(res.tokens[0])
+        totals["secs"] += res.decode_s + res.prefill_s
+        totals["rounds"] += len(res.rounds)
+        totals["accepted"] += sum(r.accept_len[0] for r in res.rounds)
+        results.append(res)
+        if args.compare_ar:
+            ar = generate_ar(target, ids, **gen_kw)
+            totals["ar_tokens"] += len(ar.tokens[0])
+            totals["ar_secs"] += ar.decode_s + ar.prefill_s
+            same = ar.tokens[0] == res.tokens[0]
+            if args.temperature == 0.0:
+                print(f"[AR baseline: {'identical output' if same else 'output differs'}]")
+    tps = totals["tokens"] / totals["secs"] if totals["secs"] > 0 else float("nan")
+    mode = "jetspec" if drafter is not None else "autoregressive"
+    print("\n--- summary ---")
+    print(f"mode: {mode}  device: {target.device}  dtype: {str(target.dtype).replace('torch.', '')}")
+    print(f"prompts: {len(prompts)}  tokens: {totals['tokens']}  time: {totals['secs']:.2f} s  tokens/s: {tps:.2f}")
+    if drafter is not None and totals["rounds"]:
+        print(f"rounds: {totals['rounds']}  mean accepted length (tau): {totals['accepted'] / totals['rounds']:.2f}"
+              f"  (budget {args.budget}, width {args.width}, depth {drafter.depth}, policy {args.policy})")
+    if args.stats and results:
+        r0 = results[-1]
+        print("per-depth acceptance (last prompt): " + " ".join(f"{a:.2f}" for a in r0.per_depth_acceptance()))
+        st = r0.stage_times()
+        if st:
+            print("stage time, last prompt: " + "  ".join(f"{k} {v * 1e3:.1f} ms" for k, v in st.items()))
+    if args.compare_ar:
+        ar_tps = totals["ar_tokens"] / totals["ar_secs"] if totals["ar_secs"] > 0 else float("nan")
+        print(f"AR baseline tokens/s: {ar_tps:.2f}  speedup: {tps / ar_tps:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

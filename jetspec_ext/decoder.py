@@ -1,0 +1,404 @@
+"""The speculative decoder loop (DESIGN §1), gpt-fast style: read it top to bottom.
+
+One round, all on the device with static shapes (so it can later be captured in a CUDA graph per
+budget bucket)::
+
+    draft_logits = draft(drafter, st)                        # (B, D, V): one head forward
+    tree         = build_tree(draft_logits, st.anchor, ...)  # (B, N) tree of `budget` nodes
+    logits, tap  = verify(target, st, tree)                  # one target forward over the tree
+    acc          = accept(logits, tree, ...)                 # path, length, next token
+    emitted      = commit(target, drafter, st, tree, tap, acc)  # KV + draft context + anchor
+
+then ONE host synchronisation (the emitted tokens and their count, for streaming and the
+stop / length check). State between rounds (:class:`DecodeState`):
+
+* ``kv``: the target's stacked static cache ``(L, 2, B, Hkv, S, Dh)``; committed tokens
+  ``0 .. prefix_lens-1`` have their keys/values at slots ``0 .. prefix_lens-1``.
+* ``anchor`` ``(B,)``: the last emitted token, at position ``prefix_lens``; it has no KV yet (the
+  next verify computes it as the tree root).
+* ``ctx``: the draft head's context cache; the draft context is exactly the committed tokens,
+  so its length is ``prefix_lens`` too.
+* ``rng`` ``(2,)`` int64 ``[seed, offset]`` for lossless sampling in ``tree_accept``.
+
+:func:`generate` drives rounds; :func:`generate_ar` is the autoregressive baseline over the same
+static cache and the same ops (a one-node "tree" per step), so speedups compare like with like.
+"""
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+
+import torch
+
+from .draft_head import JetSpecDraftHead, chain_mask
+from .op_select import op
+from .target import Target
+
+
+# --------------------------------------------------------------------------------------------
+# Drafters
+# --------------------------------------------------------------------------------------------
+class HeadDrafter:
+    """The JetSpec head plus what it borrows from the target (embedding, LM head)."""
+
+    def __init__(self, head: JetSpecDraftHead, target: Target, depth: Optional[int] = None):
+        head.check_target(target.config)
+        self.head = head
+        self.target = target
+        self.depth = int(depth) if depth is not None else head.block_size - 1
+        if not 1 <= self.depth <= head.block_size - 1:
+            raise ValueError(f"depth must be in [1, {head.block_size - 1}] for this head (block_size {head.block_size})")
+        self._static = {}
+
+    def new_context(self, batch: int, max_len: int) -> torch.Tensor:
+        return self.head.new_context_cache(batch, max_len, device=self.target.device)
+
+    def extend(self, ctx: torch.Tensor, ctx_lens: torch.Tensor, tapped: torch.Tensor) -> None:
+        self.head.extend_context(ctx, ctx_lens, tapped)
+
+    def draft(self, ctx: torch.Tensor, ctx_lens: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        B, D = anchor.shape[0], self.depth
+        key = (B, anchor.device)
+        if key not in self._static:  # built once per batch size: nothing is built per round
+            self._static[key] = (chain_mask(D + 1, B, anchor.device),
+                                 torch.full((B, D), self.head.mask_token_id, dtype=torch.int64, device=anchor.device))
+        mask, fill = self._static[key]
+        block = torch.cat([anchor.unsqueeze(1), fill], dim=1)  # [anchor, MASK x D]
+        h = self.head.forward_block(ctx, ctx_lens, self.target.embed(block), mask)
+        return self.target.lm_head(h[:, 1:].to(self.target.dtype))  # (B, D, V) for depths 1..D
+
+
+# --------------------------------------------------------------------------------------------
+# State and statistics
+# --------------------------------------------------------------------------------------------
+@dataclass
+class DecodeState:
+    kv: torch.Tensor           # (L, 2, B, Hkv, S, Dh)
+    prefix_lens: torch.Tensor  # (B,) int32
+    anchor: torch.Tensor       # (B,) int64
+    rng: torch.Tensor          # (2,) int64 [seed, offset]
+    ctx: Optional[torch.Tensor] = None  # draft context cache
+    cap: int = 0               # prefix_lens is clamped to this (rows that already finished)
+
+
+class Tree(NamedTuple):
+    tokens: torch.Tensor     # (B, N) int64, node 0 = anchor
+    parents: torch.Tensor    # (B, N) int32
+    depths: torch.Tensor     # (B, N) int32
+    mask: torch.Tensor       # (B, N, ceil(N/32)) int32 ancestor bits
+
+
+class Accepted(NamedTuple):
+    nodes: torch.Tensor      # (B, D+1) int32 path, root first, -1 padded
+    length: torch.Tensor     # (B,) int32 tokens produced this round
+    next_token: torch.Tensor  # (B,) int64
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+@dataclass
+class RoundStats:
+    accept_len: List[int]            # per row: tokens produced this round (accepted drafts + 1)
+    times: Dict[str, float]          # seconds per stage (valid when profiling / on the CPU)
+
+
+@dataclass
+class GenerationResult:
+    tokens: List[List[int]]          # new tokens per row (stop token included, as HF does)
+    prompt_len: int
+    rounds: List[RoundStats] = field(default_factory=list)
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    depth: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(t) for t in self.tokens)
+
+    @property
+    def mean_accept_len(self) -> float:
+        """tau: mean tokens per round (accepted drafts + the target's own token), row 0."""
+        n = [r.accept_len[0] for r in self.rounds]
+        return sum(n) / len(n) if n else float("nan")
+
+    def per_depth_acceptance(self) -> List[float]:
+        """Fraction of rounds (row 0) whose accepted path reaches depth d, for d = 1..D."""
+        n = [r.accept_len[0] - 1 for r in self.rounds]
+        return [sum(x >= d for x in n) / len(n) if n else float("nan") for d in range(1, self.depth + 1)]
+
+    def stage_times(self) -> Dict[str, float]:
+        tot: Dict[str, float] = {}
+        for r in self.rounds:
+            for k, v in r.times.items():
+                tot[k] = tot.get(k, 0.0) + v
+        return tot
+
+    @property
+    def tokens_per_s(self) -> float:
+        return len(self.tokens[0]) / self.decode_s if self.decode_s > 0 else float("nan")
+
+
+# --------------------------------------------------------------------------------------------
+# The round, one function per stage
+# --------------------------------------------------------------------------------------------
+def draft(drafter, st: DecodeState) -> torch.Tensor:
+    """One draft-head forward over [anchor, MASK x D] -> per-depth logits (B, D, V)."""
+    return drafter.draft(st.ctx, st.prefix_lens, st.anchor)
+
+
+def build_tree(draft_logits: torch.Tensor, anchor: torch.Tensor, width: int, budget: int, policy: str) -> Tree:
+    """Best-first tree of `budget` nodes (root = anchor) from the top-`width` tokens per depth."""
+    out = op("build_tree", draft_logits.device)(draft_logits, anchor, width, budget, policy, 1.0)
+    tokens, parents, depths, _scores, mask = out[:5]
+    return Tree(tokens, parents, depths, mask)
+
+
+def verify(target: Target, st: DecodeState, tree: Tree):
+    """One target forward over the tree: node i at position prefix+depth(i), KV at slot prefix+i.
+    Returns logits at every node (B, N, V) and the tapped features (B, N, F)."""
+    positions = st.prefix_lens.to(torch.int64).unsqueeze(1) + tree.depths.to(torch.int64)
+    return target.forward(st.kv, st.prefix_lens, tree.tokens, positions, tree.mask)
+
+
+def accept(logits: torch.Tensor, tree: Tree, depth: int, st: DecodeState, sp: SamplingParams) -> Accepted:
+    """Walk the tree with the target's choices (greedy, or lossless sampling)."""
+    f = op("tree_accept", logits.device)
+    nodes, length, nxt = f(logits, tree.tokens, tree.parents, depth, st.rng, sp.temperature, sp.top_k, sp.top_p)
+    return Accepted(nodes, length, nxt)
+
+
+def commit(target: Target, drafter, st: DecodeState, tree: Tree, tapped: Optional[torch.Tensor],
+           acc: Accepted) -> torch.Tensor:
+    """Keep the accepted path: grow the draft context with its tapped features, compact its KV
+    (commit_kv also advances prefix_lens), make the emitted token the next anchor.
+    Returns the emitted tokens (B, D+1): row b's first ``acc.length[b]`` entries are real."""
+    path = acc.nodes.clamp(min=0).to(torch.int64)                    # (B, D+1)
+    if drafter is not None and tapped is not None:
+        feats = tapped.gather(1, path.unsqueeze(-1).expand(-1, -1, tapped.shape[-1]))
+        drafter.extend(st.ctx, st.prefix_lens, feats)               # slots prefix .. prefix+D
+    op("commit_kv", st.kv.device)(st.kv.flatten(0, 1), st.prefix_lens, acc.nodes, acc.length)
+    if st.cap:
+        torch.clamp_(st.prefix_lens, max=st.cap)  # finished rows of a batch stop growing
+    path_tokens = tree.tokens.gather(1, path)                        # token of each path node
+    emitted = torch.cat([path_tokens[:, 1:], path_tokens[:, :1]], dim=1)
+    emitted.scatter_(1, (acc.length.to(torch.int64) - 1).clamp(min=0).unsqueeze(1), acc.next_token.unsqueeze(1))
+    st.anchor.copy_(acc.next_token)
+    return emitted
+
+
+def spec_round(target, drafter, st, width, budget, policy, sp, timer):
+    """draft -> build_tree -> verify -> accept -> commit. Returns (emitted (B, D+1), length (B,)),
+    both on the device; ``timer(name, fn)`` runs (and optionally times) each stage."""
+    draft_logits = timer("draft", lambda: draft(drafter, st))
+    tree = timer("build_tree", lambda: build_tree(draft_logits, st.anchor, width, budget, policy))
+    logits, tapped = timer("verify", lambda: verify(target, st, tree))
+    acc = timer("accept", lambda: accept(logits, tree, drafter.depth, st, sp))
+    emitted = timer("commit", lambda: commit(target, drafter, st, tree, tapped, acc))
+    return emitted, acc.length
+
+
+def ar_step(target: Target, st: DecodeState, sp: SamplingParams):
+    """Autoregressive baseline step: the anchor as a one-node tree -> one new token."""
+    tree = _one_node_tree(st.anchor)
+    positions = st.prefix_lens.to(torch.int64).unsqueeze(1)
+    logits, _ = target.forward(st.kv, st.prefix_lens, tree.tokens, positions, tree.mask, want_tapped=False)
+    acc = accept(logits, tree, 0, st, sp)
+    return commit(target, None, st, tree, None, acc), acc.length
+
+
+# --------------------------------------------------------------------------------------------
+# Prefill and the host loops
+# --------------------------------------------------------------------------------------------
+def _one_node_tree(anchor: torch.Tensor) -> Tree:
+    B, dev = anchor.shape[0], anchor.device
+    return Tree(anchor.reshape(B, 1).contiguous(), torch.full((B, 1), -1, dtype=torch.int32, device=dev),
+                torch.zeros(B, 1, dtype=torch.int32, device=dev), torch.ones(B, 1, 1, dtype=torch.int32, device=dev))
+
+
+def prefill(target: Target, drafter, st: DecodeState, prompt: torch.Tensor, sp: SamplingParams) -> None:
+    """Run the prompt (B, P), fill both caches, choose the first token (the first anchor)."""
+    B, P = prompt.shape
+    pos = torch.arange(P, device=prompt.device).unsqueeze(0).expand(B, P)
+    last = torch.tensor([P - 1], device=prompt.device)
+    logits, tapped = target.forward(st.kv, st.prefix_lens, prompt, pos, None, logits_rows=last,
+                                    want_tapped=drafter is not None)
+    if drafter is not None:
+        drafter.extend(st.ctx, st.prefix_lens, tapped)
+    st.prefix_lens += P
+    # the first token: the target's choice at the last prompt position (a one-node "tree")
+    tree = _one_node_tree(prompt[:, -1])
+    acc = accept(logits, tree, 0, st, sp)
+    st.anchor.copy_(acc.next_token)
+
+
+class _Timer:
+    def __init__(self, device, enabled: bool):
+        self.sync = torch.device(device).type == "cuda" and enabled
+        self.enabled = enabled
+        self.times: Dict[str, float] = {}
+
+    def __call__(self, name, fn):
+        if not self.enabled:
+            return fn()
+        if self.sync:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        r = fn()
+        if self.sync:
+            torch.cuda.synchronize()
+        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t
+        return r
+
+
+def _as_batch(prompt_ids, device) -> torch.Tensor:
+    if isinstance(prompt_ids, torch.Tensor):
+        t = prompt_ids
+    elif prompt_ids and isinstance(prompt_ids[0], (list, tuple)):
+        lens = {len(p) for p in prompt_ids}
+        if len(lens) != 1:
+            raise ValueError("batched prompts must have equal lengths (batch 1 is the supported case)")
+        t = torch.tensor(prompt_ids)
+    else:
+        t = torch.tensor([list(prompt_ids)])
+    if t.dim() == 1:
+        t = t.unsqueeze(0)
+    if t.shape[1] == 0:
+        raise ValueError("empty prompt")
+    return t.to(device=device, dtype=torch.int64)
+
+
+@torch.inference_mode()
+def generate(target: Target, drafter, prompt_ids, *, max_new_tokens: int = 256, budget: int = 64,
+             width: int = 7, policy: str = "accum", temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0, seed: int = 0, stop_token_ids: Sequence[int] = (),
+             max_context: Optional[int] = None, profile: Optional[bool] = None, cuda_graph: bool = False,
+             on_tokens: Optional[Callable[[int, List[int]], None]] = None) -> GenerationResult:
+    """Speculative generation. ``drafter=None`` runs the autoregressive baseline instead.
+
+    prompt_ids: list of ints, list of equal-length lists, or an int64 tensor ``(B, P)``.
+    Returns the new tokens per row; generation of a row stops after ``max_new_tokens`` tokens or
+    right after a stop token (included in the output, as transformers' generate does).
+    ``on_tokens(row, new_ids)`` is called as tokens are committed (for streaming).
+    ``profile`` (default: on for the CPU, off for CUDA) times each stage; on CUDA it
+    synchronises around each stage, so leave it off when measuring throughput.
+    ``cuda_graph`` (CUDA only): capture the round in a CUDA graph after the first round and replay
+    it (one graph per call = per budget bucket); falls back to eager rounds with a warning if the
+    capture fails (e.g. an op without a CUDA kernel).
+    """
+    device = target.device
+    prompt = _as_batch(prompt_ids, device)
+    B, P = prompt.shape
+    sp = SamplingParams(float(temperature), int(top_k), float(top_p))
+    depth = drafter.depth if drafter is not None else 0
+    if drafter is not None and budget < 2:
+        raise ValueError("budget must be >= 2 (the root plus at least one draft node)")
+    max_context = max_context or target.max_positions or (P + max_new_tokens)
+    if P >= max_context:
+        raise ValueError(f"prompt of {P} tokens does not fit the context of {max_context} tokens")
+    max_new_tokens = min(max_new_tokens, max_context - P)
+    slack = (budget if drafter is not None else 1) + depth + 2
+    S = P + max_new_tokens + slack
+    st = DecodeState(
+        kv=target.new_cache(B, S),
+        prefix_lens=torch.zeros(B, dtype=torch.int32, device=device),
+        anchor=torch.zeros(B, dtype=torch.int64, device=device),
+        rng=torch.tensor([int(seed), 0], dtype=torch.int64, device=device),
+        ctx=drafter.new_context(B, S) if drafter is not None else None,
+        cap=P + max_new_tokens)
+    profile = (device.type == "cpu") if profile is None else profile
+    stops = set(int(s) for s in stop_token_ids)
+    out: List[List[int]] = [[] for _ in range(B)]
+    done = [False] * B
+
+    def take(b: int, toks: List[int]) -> None:
+        new = []
+        for t in toks:
+            if len(out[b]) >= max_new_tokens:
+                break
+            out[b].append(t)
+            new.append(t)
+            if t in stops:
+                break
+        if new and on_tokens is not None:
+            on_tokens(b, new)
+        if len(out[b]) >= max_new_tokens or (out[b] and out[b][-1] in stops):
+            done[b] = True
+
+    _sync(device)
+    t0 = time.perf_counter()
+    prefill(target, drafter, st, prompt, sp)
+    first = st.anchor.tolist()  # host sync (once)
+    t1 = time.perf_counter()
+    for b in range(B):
+        take(b, [first[b]])
+    res = GenerationResult(tokens=out, prompt_len=P, prefill_s=t1 - t0, depth=depth)
+    timer = _Timer(device, profile and not cuda_graph)
+
+    def one_round():  # -> (B, 1 + k) int64: [n, emitted tokens...] per row
+        if drafter is not None:
+            emitted, length = spec_round(target, drafter, st, width, budget, policy, sp, timer)
+        else:
+            emitted, length = timer("ar_step", lambda: ar_step(target, st, sp))
+        return torch.cat([length.to(torch.int64).unsqueeze(1), emitted], dim=1)
+
+    run = GraphedRound(one_round) if cuda_graph and device.type == "cuda" else one_round
+    while not all(done):
+        timer.times = {}
+        host = run().tolist()  # THE host synchronisation of the round
+        for b in range(B):
+            if not done[b]:
+                take(b, host[b][1: 1 + host[b][0]])
+        res.rounds.append(RoundStats([h[0] for h in host], timer.times))
+    _sync(device)
+    res.decode_s = time.perf_counter() - t1  # decode time excludes the prefill
+    return res
+
+
+class GraphedRound:
+    """A round function captured in a CUDA graph. The first call runs it eagerly on a side stream
+    (a real round that doubles as the warm-up), then captures it (capture records kernels without
+    running them); later calls replay the graph and return its static output tensor. All state the
+    round touches lives in persistent tensors updated in place (``DecodeState``), which is what
+    makes the replay equivalent to calling the function again."""
+
+    def __init__(self, fn: Callable[[], torch.Tensor]):
+        self.fn, self.graph, self.out, self.error = fn, None, None, None
+
+    def __call__(self) -> torch.Tensor:
+        if self.graph is not None:
+            self.graph.replay()
+            return self.out
+        if self.error is not None:
+            return self.fn()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            out = self.fn()
+        torch.cuda.current_stream().wait_stream(side)
+        try:
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                self.out = self.fn()
+            self.graph = g
+        except Exception as e:  # noqa: BLE001 - report and keep decoding eagerly
+            import warnings
+
+            self.error = e
+            warnings.warn(f"jetspec: CUDA graph capture of the round failed, running eagerly: {e}")
+        return out
+
+
+def generate_ar(target: Target, prompt_ids, **kw) -> GenerationResult:
+    """The autoregressive baseline (same static cache, same ops, one token per step)."""
+    for k in ("budget", "width", "policy"):
+        kw.pop(k, None)
+    return generate(target, None, prompt_ids, **kw)
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()

@@ -6,13 +6,10 @@ import os
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-import standin_ops
-
-standin_ops.install()  # only patches references that are still placeholders
-
-DATA = os.environ.get("JETSPEC_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data"))
-if not os.path.isdir(DATA):
-    DATA = "/work/shared/data"
+# The prompt sets and the Qwen3 tokenizer live in ../shared/data beside the checkout (CI lays a
+# copy there too); JETSPEC_DATA overrides.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.environ.get("JETSPEC_DATA", os.path.join(_HERE, "..", "..", "shared", "data"))
 TOKENIZER_DIR = os.path.join(DATA, "qwen3_tokenizer")
 QWEN3_VOCAB = 151936
 

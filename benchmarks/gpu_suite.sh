@@ -40,14 +40,16 @@ if [ "${SUITE_TESTS:-1}" = "1" ]; then
   echo "pytest exit $rc ($(( $(date +%s) - t0 )) s)"
 fi
 
-for f in benchmarks/bench_*.py; do
+# Benchmarks: all of them, or those named in SUITE_BENCH, in the order named there.
+if [ -n "${SUITE_BENCH:-}" ]; then
+  files=""; for s in $SUITE_BENCH; do files="$files $(ls benchmarks/bench_*"$s"*.py 2>/dev/null)"; done
+else
+  files=$(ls benchmarks/bench_*.py)
+fi
+for f in $files; do
   name=$(basename "$f" .py)
-  if [ -n "${SUITE_BENCH:-}" ]; then
-    keep=0; for s in $SUITE_BENCH; do case "$name" in *"$s"*) keep=1;; esac; done
-    [ "$keep" = 1 ] || continue
-  fi
   echo "== $name"
-  timeout 300 python3 "$f" 2>&1 | tee "$OUTDIR/$name.log" | tail -n 40
+  timeout "${SUITE_BENCH_TIMEOUT:-300}" python3 "$f" 2>&1 | tee "$OUTDIR/$name.log" | tail -n 40
 done
 echo "== summary (median us; floor = roofline at 4.3 TB/s / 790 TFLOP/s)"
 python3 - "$JETSPEC_BENCH_JSON" <<'PY'

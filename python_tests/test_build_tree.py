@@ -184,6 +184,8 @@ CASES = [
     (2, 5, 777, 5, 100, torch.float32, 0.7),     # odd V (unaligned rows), temperature
     (1, 8, 3, 3, 50, torch.float32, 1.0),        # W == V
     (2, 32, 500, 3, 200, torch.bfloat16, 1.5),   # D = 32
+    (1, 3, 20001, 4, 60, torch.float32, 1.0),    # many slices per row, unaligned head and tail
+    (2, 2, 9999, 8, 70, torch.float16, 1.0),     # same in fp16
 ]
 
 

@@ -286,8 +286,7 @@ __device__ __forceinline__ int lists_argmax(const ExpandSmem& sm, int nl, int la
   unsigned long long best = 0ull;
   int bq = -1;
 #pragma unroll
-  for (int j = 0; j < JMAX; ++j) {
-    if (j * 32 >= nl) break;  // warp-uniform
+  for (int j = 0; j < JMAX; ++j) {  // predicated loads, issued back to back
     const int q = lane + 32 * j;
     const unsigned long long k = q < nl ? sm.key[q] : 0ull;
     if (k > best) {

@@ -52,7 +52,8 @@ def lsm_topk(logits, W):
 
 
 def main():
-    cuda = torch.cuda.is_available() and jetspec_ext.cuda_compiled()
+    cuda = torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "jetspec::build_tree", "CUDA")
     dev = "cuda" if cuda else "cpu"
     if cuda:
         shapes = [

@@ -180,16 +180,18 @@ __global__ void __launch_bounds__(kStatsThreads)
   };
 
   const uint4* vp = reinterpret_cast<const uint4*>(rp + head);
+  // U predicated loads in flight per thread before any is consumed (a slice is often only a few
+  // vectors per thread, so the remainder must not be loaded one latency at a time).
   constexpr int U = 4;
-  int v = v0 + tid;
-  for (; v + (U - 1) * kStatsThreads < v1; v += U * kStatsThreads) {
+  for (int v = v0 + tid; v < v1; v += U * kStatsThreads) {
     uint4 raw[U];
 #pragma unroll
-    for (int u = 0; u < U; ++u) raw[u] = __ldg(vp + v + u * kStatsThreads);
+    for (int u = 0; u < U; ++u)
+      if (v + u * kStatsThreads < v1) raw[u] = __ldg(vp + v + u * kStatsThreads);
 #pragma unroll
-    for (int u = 0; u < U; ++u) consume_vec(raw[u], v + u * kStatsThreads);
+    for (int u = 0; u < U; ++u)
+      if (v + u * kStatsThreads < v1) consume_vec(raw[u], v + u * kStatsThreads);
   }
-  for (; v < v1; v += kStatsThreads) consume_vec(__ldg(vp + v), v);
   if (split == 0 && tid < head) consume_scalar(tid);
   if (split == S - 1 && tid < V - tail0) consume_scalar(tail0 + tid);
 
@@ -286,8 +288,7 @@ __device__ __forceinline__ int lists_argmax(const ExpandSmem& sm, int nl, int la
   unsigned long long best = 0ull;
   int bq = -1;
 #pragma unroll
-  for (int j = 0; j < JMAX; ++j) {
-    if (j * 32 >= nl) break;  // warp-uniform
+  for (int j = 0; j < JMAX; ++j) {  // predicated loads, issued back to back
     const int q = lane + 32 * j;
     const unsigned long long k = q < nl ? sm.key[q] : 0ull;
     if (k > best) {

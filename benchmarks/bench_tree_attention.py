@@ -100,7 +100,7 @@ def bench_cell(B, P, N, device, dtype, with_baselines=True):
     row = measure("tree_attention", f"B{B} P{P} N{N}", fn, bytes_moved=bytes_moved, flops=flops,
                   baselines=bl, graph=device == "cuda")
     if device == "cuda":  # both kernel variants (env var read per call, at capture time)
-        for impl in ("mma", "wgmma"):
+        for impl in ("mma", "wgmma", "wgmma8"):
             if impl == "wgmma" and torch.cuda.get_device_capability()[0] != 9:
                 continue
             os.environ["JETSPEC_TREE_ATTN_IMPL"] = impl
@@ -135,6 +135,33 @@ def main():
     if cuda:
         npass = sum(r["pass"] == "PASS" for r in rows)
         print(f"tree_attention: {npass}/{len(rows)} cells within the allowance")
+        if "--no-sweep" not in sys.argv:
+            split_sweep(device, dtype)
+
+
+def split_sweep(device, dtype):
+    """Tuning data: time of each kernel variant for forced split counts (env overrides)."""
+    rows = []
+    variants = ["mma"] + (["wgmma", "wgmma8"] if torch.cuda.get_device_capability()[0] == 9
+                          else [])
+    for B, P, N in [(1, 1024, 64), (1, 4096, 128), (1, 16384, 256), (8, 4096, 64)]:
+        q, k, v, plens, mask = make_inputs(B, P, N, device, dtype)
+        fn = lambda: jetspec_ext.tree_attention(q, k, v, plens, mask)  # noqa: E731
+        for impl in variants:
+            row = {"sweep": impl, "shape": f"B{B} P{P} N{N}"}
+            for splits in ("auto", 1, 2, 4, 8, 16, 32):
+                os.environ["JETSPEC_TREE_ATTN_IMPL"] = impl
+                if splits != "auto":
+                    os.environ["JETSPEC_TREE_ATTN_SPLITS"] = str(splits)
+                try:
+                    row[f"s{splits}_us"] = time_us(fn, warmup=5, iters=30, graph=True)
+                except Exception as e:  # noqa: BLE001
+                    row[f"s{splits}_us"] = f"err:{type(e).__name__}"
+                finally:
+                    os.environ.pop("JETSPEC_TREE_ATTN_IMPL", None)
+                    os.environ.pop("JETSPEC_TREE_ATTN_SPLITS", None)
+            rows.append(row)
+    print_table(rows)
 
 
 if __name__ == "__main__":

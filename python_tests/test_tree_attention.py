@@ -15,9 +15,10 @@ HAS_CUDA_KERNEL = torch.cuda.is_available() and torch._C._dispatch_has_kernel_fo
 requires_cuda_kernel = pytest.mark.skipif(not HAS_CUDA_KERNEL,
                                           reason="needs a GPU and a CUDA build of tree_attention")
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA_KERNEL else [])
-# CUDA kernel variants: mma.sync (any GPU) and wgmma (sm_90 only), chosen per call by an env var.
-IMPLS = ["mma"] + (["wgmma"] if HAS_CUDA_KERNEL and torch.cuda.get_device_capability()[0] == 9
-                   else [])
+# CUDA kernel variants: mma.sync (any GPU), wgmma with 1 or 2 warpgroups per CTA (sm_90 only),
+# chosen per call by an env var.
+IMPLS = ["mma"] + (["wgmma", "wgmma8"]
+                   if HAS_CUDA_KERNEL and torch.cuda.get_device_capability()[0] == 9 else [])
 
 
 _CANARY_CODE = r"""
@@ -42,38 +43,40 @@ print("CANARY OK")
 _canary_result = {}
 
 
-def wgmma_canary():
-    """Run the wgmma variant once in a subprocess first, so that a crash (illegal instruction,
+def wgmma_canary(impl="wgmma"):
+    """Run a wgmma variant once in a subprocess first, so that a crash (illegal instruction,
     misaligned address) cannot leave a sticky CUDA error in this test process."""
-    if "res" not in _canary_result:
+    if impl not in _canary_result:
         import subprocess
         import sys
-        env = dict(os.environ, JETSPEC_TREE_ATTN_IMPL="wgmma")
+        env = dict(os.environ, JETSPEC_TREE_ATTN_IMPL=impl)
         try:
             r = subprocess.run([sys.executable, "-c", _CANARY_CODE], env=env, capture_output=True,
                                text=True, timeout=600)
             ok = r.returncode == 0 and "CANARY OK" in r.stdout
-            _canary_result["res"] = (ok, (r.stdout + r.stderr)[-3000:])
+            _canary_result[impl] = (ok, (r.stdout + r.stderr)[-3000:])
         except subprocess.TimeoutExpired:
-            _canary_result["res"] = (False, "timed out (hang?)")
-        print("wgmma canary:", _canary_result["res"][1])
-    return _canary_result["res"]
+            _canary_result[impl] = (False, "timed out (hang?)")
+        print(f"{impl} canary:", _canary_result[impl][1])
+    return _canary_result[impl]
 
 
 @pytest.fixture(params=IMPLS)
 def impl(request, monkeypatch):
-    if request.param == "wgmma":
-        ok, log = wgmma_canary()
+    if request.param != "mma":
+        ok, log = wgmma_canary(request.param)
         if not ok:
-            pytest.fail(f"wgmma variant crashed in a subprocess; not run in-process:\n{log}")
+            pytest.fail(f"{request.param} variant crashed in a subprocess; not run in-process:\n"
+                        f"{log}")
     monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", request.param)
     return request.param
 
 
 @requires_cuda_kernel
 @pytest.mark.skipif("wgmma" not in IMPLS, reason="wgmma needs sm_90")
-def test_wgmma_canary_subprocess():
-    ok, log = wgmma_canary()
+@pytest.mark.parametrize("variant", ["wgmma", "wgmma8"])
+def test_wgmma_canary_subprocess(variant):
+    ok, log = wgmma_canary(variant)
     assert ok, log
 
 

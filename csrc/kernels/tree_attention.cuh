@@ -32,11 +32,10 @@
 namespace jetspec {
 namespace tree_attn {
 
-constexpr int kBM = 64;        // query rows per CTA
-constexpr int kBN = 64;        // keys per KV tile
-constexpr int kWarps = 4;      // warps per CTA
-constexpr int kThreads = kWarps * 32;
-static_assert(kBM == kWarps * 16, "each warp owns one m16 slab of query rows");
+// CTA shape: NWARPS (4 or 8) warps, each owning one m16 slab of query rows (BM = 16 * NWARPS);
+// with wgmma every 4 warps form a warpgroup computing 64 rows. kBN keys per KV tile.
+constexpr int kBN = 64;
+__host__ __device__ constexpr int bm_of(int nwarps) { return 16 * nwarps; }
 static_assert(kBN % 16 == 0, "KV tile must be a multiple of the MMA k (16)");
 
 struct Params {
@@ -175,22 +174,25 @@ __device__ __forceinline__ void fence_regs(float (&r)[N][4]) {
     for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(r[i][e])::"memory");
 }
 
-template <int D>
+template <int D, int NWARPS>
 constexpr int smem_bytes() {
   // 2 stages of K + 2 stages of V + the Q tile, all (rows x D) 16-bit elements, plus 1 KB of
   // slack to align the K/V stages to 1024 bytes (wgmma swizzle atoms).
-  return (kBM + 4 * kBN) * D * 2 + 1024;
+  return (bm_of(NWARPS) + 4 * kBN) * D * 2 + 1024;
 }
 
 // ---------------------------------------------------------------------------------------------
-// Split kernel. grid = (ceil(rows / BM), num_splits, B * Hkv), block = kThreads.
+// Split kernel. grid = (ceil(rows / BM), num_splits, B * Hkv), block = 32 * NWARPS threads.
 // WG = false: mma.sync m16n8k16 (any sm_80+). WG = true: wgmma (sm_90a only): the CTA's 4 warps
 // form one warpgroup computing 64 rows; A operands (Q, P) from registers, B operands (K, V)
 // straight from swizzled shared memory, so K/V are read from shared memory once per warpgroup
 // instead of once per warp.
 // ---------------------------------------------------------------------------------------------
-template <int D, typename T, bool WG>
-__global__ void __launch_bounds__(kThreads, 2) split_kernel(const Params p) {
+template <int D, typename T, bool WG, int NWARPS>
+__global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel(const Params p) {
+  static_assert(NWARPS == 4 || NWARPS == 8, "4 or 8 warps (1 or 2 warpgroups)");
+  constexpr int kBM = bm_of(NWARPS);     // query rows per CTA
+  constexpr int kThreads = NWARPS * 32;
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
   constexpr int CH = D / 8;             // 16-byte chunks per row
   constexpr int KSTEPS = D / 16;        // MMA k-steps over the head dim (S = Q K^T)
@@ -321,6 +323,50 @@ __global__ void __launch_bounds__(kThreads, 2) split_kernel(const Params p) {
     const uint4* tk = sK + stage * kBN * CH;
     const uint4* tv = sV + stage * kBN * CH;
 
+    // ---- visibility of this tile ----------------------------------------------------------------
+    // Tiles that reach past the prefix (into the tree, or past the last key) consult the mask
+    // bits; prefix tiles are fully visible. Bit (i * 4 + e) of vis_bits = element s[i][e].
+    const int key0 = t * kBN;
+    const bool masked_tile = key0 + kBN > plen;  // uniform over the CTA
+    uint32_t vis_bits = 0xffffffffu;
+    if (masked_tile) {
+      // Tree indices j = key - plen of this tile lie in [jb, jb + kBN): at most 3 mask words.
+      const int jb = key0 - plen;
+      const int wlo = max(jb, 0) >> 5;
+      uint32_t w0[3], w1[3];
+#pragma unroll
+      for (int k = 0; k < 3; ++k) {
+        const bool ok = wlo + k < p.W;
+        w0[k] = ok ? (uint32_t)__ldg(mrow0 + wlo + k) : 0u;
+        w1[k] = ok ? (uint32_t)__ldg(mrow1 + wlo + k) : 0u;
+      }
+      vis_bits = 0u;
+#pragma unroll
+      for (int i = 0; i < NT_S; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = key0 + i * 8 + tig * 2 + (e & 1);
+          bool vis;
+          if (key < plen) {
+            vis = true;
+          } else if (key >= L) {
+            vis = false;
+          } else {
+            const int j = key - plen;
+            const int wi = (j >> 5) - wlo;  // 0, 1 or 2
+            const uint32_t word =
+                (e < 2) ? (wi == 0 ? w0[0] : (wi == 1 ? w0[1] : w0[2]))
+                        : (wi == 0 ? w1[0] : (wi == 1 ? w1[1] : w1[2]));
+            vis = (word >> (j & 31)) & 1u;
+          }
+          vis_bits |= (vis ? 1u : 0u) << (i * 4 + e);
+        }
+      // The threads together cover every (row, key) of the tile: skip the tile when no row of
+      // this CTA sees any of its keys (e.g. tree nodes after all of this CTA's nodes). No thread
+      // reads this stage after the barrier, so the next copy into it needs no further barrier.
+      if (!__syncthreads_or(vis_bits != 0u)) continue;
+    }
+
     // ---- S = Q K^T (16 rows x kBN keys per warp) ----------------------------------------------
     float s[NT_S][4];
 #pragma unroll
@@ -356,44 +402,16 @@ __global__ void __launch_bounds__(kThreads, 2) split_kernel(const Params p) {
     }
 
     // ---- scale, mask ---------------------------------------------------------------------------
-    const int key0 = t * kBN;
 #pragma unroll
     for (int i = 0; i < NT_S; ++i)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[i][e] *= p.scale_log2;
-
-    if (key0 + kBN > plen) {
-      // This tile reaches the tree (or the end of the keys): consult the mask bits.
-      // Tree indices j = key - plen of this tile lie in [jb, jb + kBN), at most 3 mask words.
-      const int jb = key0 - plen;
-      const int wlo = max(jb, 0) >> 5;
-      uint32_t w0[3], w1[3];
-#pragma unroll
-      for (int k = 0; k < 3; ++k) {
-        const bool ok = wlo + k < p.W;
-        w0[k] = ok ? (uint32_t)__ldg(mrow0 + wlo + k) : 0u;
-        w1[k] = ok ? (uint32_t)__ldg(mrow1 + wlo + k) : 0u;
-      }
+    if (masked_tile) {
 #pragma unroll
       for (int i = 0; i < NT_S; ++i)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = key0 + i * 8 + tig * 2 + (e & 1);
-          bool vis;
-          if (key < plen) {
-            vis = true;
-          } else if (key >= L) {
-            vis = false;
-          } else {
-            const int j = key - plen;
-            const int wi = (j >> 5) - wlo;  // 0, 1 or 2
-            const uint32_t word =
-                (e < 2) ? (wi == 0 ? w0[0] : (wi == 1 ? w0[1] : w0[2]))
-                        : (wi == 0 ? w1[0] : (wi == 1 ? w1[1] : w1[2]));
-            vis = (word >> (j & 31)) & 1u;
-          }
-          if (!vis) s[i][e] = -INFINITY;
-        }
+        for (int e = 0; e < 4; ++e)
+          if (!((vis_bits >> (i * 4 + e)) & 1u)) s[i][e] = -INFINITY;
     }
 
     // ---- online softmax (fp32, base 2) ---------------------------------------------------------

@@ -56,7 +56,8 @@ int choose_splits(int64_t base, int64_t S, int sms, int ctas_per_sm) {
 //   mma    : mma.sync, 4 warps, 64 rows per CTA, 2 CTAs per SM (any sm_80+)
 //   wgmma  : wgmma, 1 warpgroup, 64 rows per CTA, 2 CTAs per SM (sm_90a)
 //   wgmma8 : wgmma, 2 warpgroups sharing each K/V tile, 128 rows per CTA, 1 CTA per SM (sm_90a)
-enum class Impl { kMma, kWgmma, kWgmma8 };
+//   wgmma_pipe : as wgmma, softmax of tile t+1 overlapping the P V product of tile t (sm_90a)
+enum class Impl { kMma, kWgmma, kWgmma8, kWgmmaPipe };
 constexpr Impl kDefaultImpl = Impl::kMma;  // switched once the wgmma variants are validated
 
 Impl choose_impl(int device) {
@@ -73,16 +74,19 @@ Impl choose_impl(int device) {
     if (e == "mma") impl = Impl::kMma;
     if (e == "wgmma") impl = Impl::kWgmma;
     if (e == "wgmma8") impl = Impl::kWgmma8;
+    if (e == "wgmma_pipe") impl = Impl::kWgmmaPipe;
   }
   return major[d] == 9 ? impl : Impl::kMma;  // wgmma exists on sm_90 only
 }
 
-template <int D, typename T, bool WG, int NWARPS>
+template <int D, typename T, bool WG, int NWARPS, bool PIPE = false>
 void launch_variant(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream,
                     at::Tensor& o_part, at::Tensor& lse_part, const at::TensorOptions& fopts) {
+  static_assert(!PIPE || (WG && NWARPS == 4), "the pipelined kernel is one warpgroup");
   constexpr int smem = tree_attn::smem_bytes<D, NWARPS>();
   constexpr int ctas_per_sm = NWARPS == 4 ? 2 : 1;
-  auto kernel = tree_attn::split_kernel<D, T, WG, NWARPS>;
+  auto kernel = PIPE ? tree_attn::split_kernel_pipe<D, T>
+                     : tree_attn::split_kernel<D, T, WG, NWARPS>;
   static bool configured[64] = {false};  // per instantiation and device
   if (device < 0 || device >= 64 || !configured[device]) {
     JETSPEC_CUDA_CHECK(
@@ -116,6 +120,9 @@ void launch(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream, at
       break;
     case Impl::kWgmma8:
       launch_variant<D, T, true, 8>(p, S, device, stream, o_part, lse_part, fopts);
+      break;
+    case Impl::kWgmmaPipe:
+      launch_variant<D, T, true, 4, true>(p, S, device, stream, o_part, lse_part, fopts);
       break;
     default:
       launch_variant<D, T, false, 4>(p, S, device, stream, o_part, lse_part, fopts);

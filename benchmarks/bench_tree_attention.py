@@ -106,7 +106,7 @@ def bench_cell(B, P, N, device, dtype, with_baselines=True):
     row = measure("tree_attention", f"B{B} P{P} N{N}", fn, bytes_moved=bytes_moved, flops=flops,
                   baselines=bl, graph=device == "cuda")
     if device == "cuda":  # both kernel variants (env var read per call, at capture time)
-        for impl in ("mma", "wgmma", "wgmma8", "wgmma_pipe"):
+        for impl in ("mma", "wgmma", "wgmma8", "wgmma_pipe", "wgmma_pipe8"):
             if impl == "wgmma" and torch.cuda.get_device_capability()[0] != 9:
                 continue
             os.environ["JETSPEC_TREE_ATTN_IMPL"] = impl
@@ -148,7 +148,7 @@ def main():
 def split_sweep(device, dtype):
     """Tuning data: time of each kernel variant for forced split counts (env overrides)."""
     rows = []
-    variants = ["mma"] + (["wgmma", "wgmma8", "wgmma_pipe"] if torch.cuda.get_device_capability()[0] == 9
+    variants = ["mma"] + (["wgmma", "wgmma8", "wgmma_pipe", "wgmma_pipe8"] if torch.cuda.get_device_capability()[0] == 9
                           else [])
     for B, P, N in [(1, 1024, 64), (1, 4096, 128), (1, 16384, 256), (8, 4096, 64)]:
         q, k, v, plens, mask = make_inputs(B, P, N, device, dtype)

@@ -17,7 +17,7 @@ requires_cuda_kernel = pytest.mark.skipif(not HAS_CUDA_KERNEL,
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA_KERNEL else [])
 # CUDA kernel variants: mma.sync (any GPU), wgmma with 1 or 2 warpgroups per CTA (sm_90 only),
 # chosen per call by an env var.
-IMPLS = ["mma"] + (["wgmma", "wgmma8", "wgmma_pipe"]
+IMPLS = ["mma"] + (["wgmma", "wgmma8", "wgmma_pipe", "wgmma_pipe8"]
                    if HAS_CUDA_KERNEL and torch.cuda.get_device_capability()[0] == 9 else [])
 
 
@@ -76,7 +76,7 @@ def impl(request, monkeypatch):
 
 @requires_cuda_kernel
 @pytest.mark.skipif("wgmma" not in IMPLS, reason="wgmma needs sm_90")
-@pytest.mark.parametrize("variant", ["wgmma", "wgmma8", "wgmma_pipe"])
+@pytest.mark.parametrize("variant", ["wgmma", "wgmma8", "wgmma_pipe", "wgmma_pipe8"])
 def test_wgmma_canary_subprocess(variant):
     ok, log = wgmma_canary(variant)
     assert ok, log

@@ -57,7 +57,8 @@ int choose_splits(int64_t base, int64_t S, int sms, int ctas_per_sm) {
 //   wgmma  : wgmma, 1 warpgroup, 64 rows per CTA, 2 CTAs per SM (sm_90a)
 //   wgmma8 : wgmma, 2 warpgroups sharing each K/V tile, 128 rows per CTA, 1 CTA per SM (sm_90a)
 //   wgmma_pipe : as wgmma, softmax of tile t+1 overlapping the P V product of tile t (sm_90a)
-enum class Impl { kMma, kWgmma, kWgmma8, kWgmmaPipe };
+//   wgmma_pipe8: as wgmma_pipe with 2 warpgroups sharing each K/V tile, 1 CTA per SM (sm_90a)
+enum class Impl { kMma, kWgmma, kWgmma8, kWgmmaPipe, kWgmmaPipe8 };
 constexpr Impl kDefaultImpl = Impl::kMma;  // switched once the wgmma variants are validated
 
 Impl choose_impl(int device) {
@@ -75,6 +76,7 @@ Impl choose_impl(int device) {
     if (e == "wgmma") impl = Impl::kWgmma;
     if (e == "wgmma8") impl = Impl::kWgmma8;
     if (e == "wgmma_pipe") impl = Impl::kWgmmaPipe;
+    if (e == "wgmma_pipe8") impl = Impl::kWgmmaPipe8;
   }
   return major[d] == 9 ? impl : Impl::kMma;  // wgmma exists on sm_90 only
 }
@@ -82,10 +84,10 @@ Impl choose_impl(int device) {
 template <int D, typename T, bool WG, int NWARPS, bool PIPE = false>
 void launch_variant(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream,
                     at::Tensor& o_part, at::Tensor& lse_part, const at::TensorOptions& fopts) {
-  static_assert(!PIPE || (WG && NWARPS == 4), "the pipelined kernel is one warpgroup");
+  static_assert(!PIPE || WG, "the pipelined kernel uses wgmma");
   constexpr int smem = tree_attn::smem_bytes<D, NWARPS>();
   constexpr int ctas_per_sm = NWARPS == 4 ? 2 : 1;
-  auto kernel = PIPE ? tree_attn::split_kernel_pipe<D, T>
+  auto kernel = PIPE ? tree_attn::split_kernel_pipe<D, T, NWARPS>
                      : tree_attn::split_kernel<D, T, WG, NWARPS>;
   static bool configured[64] = {false};  // per instantiation and device
   if (device < 0 || device >= 64 || !configured[device]) {
@@ -123,6 +125,9 @@ void launch(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream, at
       break;
     case Impl::kWgmmaPipe:
       launch_variant<D, T, true, 4, true>(p, S, device, stream, o_part, lse_part, fopts);
+      break;
+    case Impl::kWgmmaPipe8:
+      launch_variant<D, T, true, 8, true>(p, S, device, stream, o_part, lse_part, fopts);
       break;
     default:
       launch_variant<D, T, false, 4>(p, S, device, stream, o_part, lse_part, fopts);

@@ -535,7 +535,8 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
 }
 
 // ---------------------------------------------------------------------------------------------
-// Pipelined wgmma split kernel (sm_90a): one warpgroup, 64 rows per CTA, 2 CTAs per SM.
+// Pipelined wgmma split kernel (sm_90a): NWARPS = 4 (one warpgroup, 64 rows per CTA, 2 CTAs per
+// SM) or 8 (two warpgroups of 64 rows each sharing every K/V tile, 1 CTA per SM).
 // Same maths as split_kernel<D, T, true, 4>, but the softmax of tile t+1 overlaps the P V
 // product of tile t on the tensor cores (FlashAttention-3 style intra-warpgroup pipelining):
 //   issue S(t+1) = Q K(t+1)^T; issue O += P(t) V(t); wait S(t+1); softmax(t+1) -> P(t+1), alpha;
@@ -543,10 +544,13 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
 // K is prefetched one tile ahead of V (separate cp.async groups) so K(t+1) and V(t) are both
 // resident. No tile skipping here (masked tiles are computed and masked).
 // ---------------------------------------------------------------------------------------------
-template <int D, typename T>
-__global__ void __launch_bounds__(128, 2) split_kernel_pipe(const Params p) {
-  constexpr int kBM = 64;
-  constexpr int kThreads = 128;
+template <int D, typename T, int NWARPS>
+__global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel_pipe(const Params p) {
+  static_assert(NWARPS == 4 || NWARPS == 8, "1 or 2 warpgroups (sharing every K/V tile)");
+  constexpr int kBM = bm_of(NWARPS);
+  constexpr int kThreads = NWARPS * 32;
+  static_assert((kBN * (D / 8)) % kThreads == 0 && (kBM * (D / 8)) % kThreads == 0,
+                "tile copies split evenly over the threads");
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
   static_assert(kBN == 64, "S tile is m64n64");
   constexpr int CH = D / 8;

@@ -143,6 +143,27 @@ def main():
         print(f"tree_attention: {npass}/{len(rows)} cells within the allowance")
         if "--no-sweep" not in sys.argv and time.time() - T_START < 200:
             split_sweep(device, dtype)
+        breakdowns(device, dtype)
+
+
+def breakdowns(device, dtype):
+    """Per-kernel device time (split kernel vs merge kernel) of each variant on two cells."""
+    import benchmarks.harness as harness
+    if not hasattr(harness, "kernel_breakdown") or time.time() - T_START > 260:
+        return
+    variants = ["mma"] + (["wgmma", "wgmma8", "wgmma_pipe", "wgmma_pipe8"]
+                          if torch.cuda.get_device_capability()[0] == 9 else [])
+    for B, P, N in [(1, 1024, 64), (1, 4096, 128)]:
+        q, k, v, plens, mask = make_inputs(B, P, N, device, dtype)
+        for impl in variants:
+            os.environ["JETSPEC_TREE_ATTN_IMPL"] = impl
+            try:
+                harness.print_breakdown(f"{impl} B{B} P{P} N{N}", harness.kernel_breakdown(
+                    lambda: jetspec_ext.tree_attention(q, k, v, plens, mask)))
+            except Exception as e:  # noqa: BLE001
+                print(f"breakdown {impl}: {type(e).__name__}: {str(e)[:200]}")
+            finally:
+                os.environ.pop("JETSPEC_TREE_ATTN_IMPL", None)
 
 
 def split_sweep(device, dtype):

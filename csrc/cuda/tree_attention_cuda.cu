@@ -16,8 +16,6 @@
 namespace jetspec {
 namespace {
 
-constexpr bool kDefaultWgmma = false;  // flipped once the wgmma path is validated on the H200
-
 int sm_count(int device) {
   static int cache[64] = {0};
   if (device < 0 || device >= 64) device = 0;
@@ -33,12 +31,12 @@ int sm_count(int device) {
 // splitting; pick the split count that minimises the number of CTA waves per unit of work
 // (ceil(base * s / slots) / s), preferring fewer splits (less merge traffic) within 5%. A split
 // should keep at least 2 KV tiles of the largest possible key range (S).
-int choose_splits(int64_t base, int64_t S, int sms) {
+int choose_splits(int64_t base, int64_t S, int sms, int ctas_per_sm) {
   if (const char* env = std::getenv("JETSPEC_TREE_ATTN_SPLITS")) {  // testing / tuning override
     const int forced = std::atoi(env);
     if (forced >= 1) return forced > 1024 ? 1024 : forced;
   }
-  const int64_t slots = 2 * (int64_t)sms;  // 2 CTAs per SM (launch bounds, ~80 KB smem)
+  const int64_t slots = (int64_t)ctas_per_sm * sms;
   const int64_t max_tiles = (S + tree_attn::kBN - 1) / tree_attn::kBN;
   int64_t max_s = std::min<int64_t>(64, std::max<int64_t>(1, max_tiles / 2));
   if (base >= slots) max_s = 1;
@@ -54,20 +52,59 @@ int choose_splits(int64_t base, int64_t S, int sms) {
   return 1;
 }
 
-template <int D, typename T, bool WG>
-void launch(const tree_attn::Params& p, int row_tiles, cudaStream_t stream) {
-  constexpr int smem = tree_attn::smem_bytes<D>();
-  auto kernel = tree_attn::split_kernel<D, T, WG>;
+// Variants (env JETSPEC_TREE_ATTN_IMPL overrides the default, for tests and tuning):
+//   mma    : mma.sync, 4 warps, 64 rows per CTA, 2 CTAs per SM (any sm_80+)
+//   wgmma  : wgmma, 1 warpgroup, 64 rows per CTA, 2 CTAs per SM (sm_90a)
+//   wgmma8 : wgmma, 2 warpgroups sharing each K/V tile, 128 rows per CTA, 1 CTA per SM (sm_90a)
+//   wgmma_pipe : as wgmma, softmax of tile t+1 overlapping the P V product of tile t (sm_90a)
+//   wgmma_pipe8: as wgmma_pipe with 2 warpgroups sharing each K/V tile, 1 CTA per SM (sm_90a)
+enum class Impl { kMma, kWgmma, kWgmma8, kWgmmaPipe, kWgmmaPipe8 };
+constexpr Impl kDefaultImpl = Impl::kMma;  // switched once the wgmma variants are validated
+
+Impl choose_impl(int device) {
+  static int major[64] = {0};
+  const int d = (device >= 0 && device < 64) ? device : 0;
+  if (major[d] == 0) {
+    int m = 0;
+    JETSPEC_CUDA_CHECK(cudaDeviceGetAttribute(&m, cudaDevAttrComputeCapabilityMajor, device));
+    major[d] = m > 0 ? m : 1;
+  }
+  Impl impl = kDefaultImpl;
+  if (const char* env = std::getenv("JETSPEC_TREE_ATTN_IMPL")) {
+    const std::string e(env);
+    if (e == "mma") impl = Impl::kMma;
+    if (e == "wgmma") impl = Impl::kWgmma;
+    if (e == "wgmma8") impl = Impl::kWgmma8;
+    if (e == "wgmma_pipe") impl = Impl::kWgmmaPipe;
+    if (e == "wgmma_pipe8") impl = Impl::kWgmmaPipe8;
+  }
+  return major[d] == 9 ? impl : Impl::kMma;  // wgmma exists on sm_90 only
+}
+
+template <int D, typename T, bool WG, int NWARPS, bool PIPE = false>
+void launch_variant(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream,
+                    at::Tensor& o_part, at::Tensor& lse_part, const at::TensorOptions& fopts) {
+  static_assert(!PIPE || WG, "the pipelined kernel uses wgmma");
+  constexpr int smem = tree_attn::smem_bytes<D, NWARPS>();
+  constexpr int ctas_per_sm = NWARPS == 4 ? 2 : 1;
+  auto kernel = PIPE ? tree_attn::split_kernel_pipe<D, T, NWARPS>
+                     : tree_attn::split_kernel<D, T, WG, NWARPS>;
   static bool configured[64] = {false};  // per instantiation and device
-  int dev = 0;
-  JETSPEC_CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev < 0 || dev >= 64 || !configured[dev]) {
+  if (device < 0 || device >= 64 || !configured[device]) {
     JETSPEC_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    if (dev >= 0 && dev < 64) configured[dev] = true;
+    if (device >= 0 && device < 64) configured[device] = true;
+  }
+  const int row_tiles = ceil_div(p.rows, tree_attn::bm_of(NWARPS));
+  p.num_splits = choose_splits((int64_t)row_tiles * p.B * p.Hkv, S, sm_count(device), ctas_per_sm);
+  if (p.num_splits > 1) {
+    o_part = at::empty({p.num_splits, (int64_t)p.B * p.Hkv, p.rows, D}, fopts);
+    lse_part = at::empty({p.num_splits, (int64_t)p.B * p.Hkv, p.rows}, fopts);
+    p.o_part = o_part.data_ptr<float>();
+    p.lse_part = lse_part.data_ptr<float>();
   }
   dim3 grid(row_tiles, p.num_splits, p.B * p.Hkv);
-  kernel<<<grid, tree_attn::kThreads, smem, stream>>>(p);
+  kernel<<<grid, NWARPS * 32, smem, stream>>>(p);
   JETSPEC_CHECK_LAUNCH();
   if (p.num_splits > 1) {
     const int64_t warps = (int64_t)p.B * p.Hkv * p.rows;
@@ -77,29 +114,24 @@ void launch(const tree_attn::Params& p, int row_tiles, cudaStream_t stream) {
 }
 
 template <int D, typename T>
-void launch(const tree_attn::Params& p, int row_tiles, cudaStream_t stream, bool wg) {
-  if (wg)
-    launch<D, T, true>(p, row_tiles, stream);
-  else
-    launch<D, T, false>(p, row_tiles, stream);
-}
-
-// Kernel variant: wgmma (sm_90 only, the build must include sm_90a) or mma.sync (any sm_80+).
-// Env JETSPEC_TREE_ATTN_IMPL = "mma" | "wgmma" overrides the default (testing / tuning).
-bool use_wgmma(int device) {
-  static int major[64] = {0};
-  const int d = (device >= 0 && device < 64) ? device : 0;
-  if (major[d] == 0) {
-    int m = 0;
-    JETSPEC_CUDA_CHECK(cudaDeviceGetAttribute(&m, cudaDevAttrComputeCapabilityMajor, device));
-    major[d] = m > 0 ? m : 1;
+void launch(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream, at::Tensor& o_part,
+            at::Tensor& lse_part, const at::TensorOptions& fopts) {
+  switch (choose_impl(device)) {
+    case Impl::kWgmma:
+      launch_variant<D, T, true, 4>(p, S, device, stream, o_part, lse_part, fopts);
+      break;
+    case Impl::kWgmma8:
+      launch_variant<D, T, true, 8>(p, S, device, stream, o_part, lse_part, fopts);
+      break;
+    case Impl::kWgmmaPipe:
+      launch_variant<D, T, true, 4, true>(p, S, device, stream, o_part, lse_part, fopts);
+      break;
+    case Impl::kWgmmaPipe8:
+      launch_variant<D, T, true, 8, true>(p, S, device, stream, o_part, lse_part, fopts);
+      break;
+    default:
+      launch_variant<D, T, false, 4>(p, S, device, stream, o_part, lse_part, fopts);
   }
-  bool want = kDefaultWgmma;
-  if (const char* env = std::getenv("JETSPEC_TREE_ATTN_IMPL")) {
-    if (std::string(env) == "wgmma") want = true;
-    if (std::string(env) == "mma") want = false;
-  }
-  return want && major[d] == 9;
 }
 
 bool aligned16(const at::Tensor& t) {
@@ -164,30 +196,21 @@ std::tuple<at::Tensor, at::Tensor> tree_attention_cuda(const at::Tensor& q_in,
   p.rows = (int)(s.N * s.G);
   p.scale_log2 = (float)(scale * 1.4426950408889634);
 
-  const int row_tiles = ceil_div(p.rows, tree_attn::kBM);
-  p.num_splits = choose_splits((int64_t)row_tiles * s.B * s.Hkv, s.S, sm_count(q.get_device()));
-
-  at::Tensor o_part, lse_part;
-  if (p.num_splits > 1) {
-    o_part = at::empty({p.num_splits, s.B * s.Hkv, p.rows, s.D}, q.options().dtype(at::kFloat));
-    lse_part = at::empty({p.num_splits, s.B * s.Hkv, p.rows}, q.options().dtype(at::kFloat));
-    p.o_part = o_part.data_ptr<float>();
-    p.lse_part = lse_part.data_ptr<float>();
-  }
-
   const cudaStream_t stream = current_stream();
+  const int device = q.get_device();
+  const auto fopts = q.options().dtype(at::kFloat);
+  at::Tensor o_part, lse_part;  // split partials, allocated by the launcher when needed
   const bool bf16 = q.scalar_type() == at::kBFloat16;
-  const bool wg = use_wgmma(q.get_device());
   if (s.D == 128) {
     if (bf16)
-      launch<128, __nv_bfloat16>(p, row_tiles, stream, wg);
+      launch<128, __nv_bfloat16>(p, s.S, device, stream, o_part, lse_part, fopts);
     else
-      launch<128, __half>(p, row_tiles, stream, wg);
+      launch<128, __half>(p, s.S, device, stream, o_part, lse_part, fopts);
   } else {
     if (bf16)
-      launch<64, __nv_bfloat16>(p, row_tiles, stream, wg);
+      launch<64, __nv_bfloat16>(p, s.S, device, stream, o_part, lse_part, fopts);
     else
-      launch<64, __half>(p, row_tiles, stream, wg);
+      launch<64, __half>(p, s.S, device, stream, o_part, lse_part, fopts);
   }
   return {out, lse};
 }

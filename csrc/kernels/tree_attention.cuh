@@ -32,11 +32,10 @@
 namespace jetspec {
 namespace tree_attn {
 
-constexpr int kBM = 64;        // query rows per CTA
-constexpr int kBN = 64;        // keys per KV tile
-constexpr int kWarps = 4;      // warps per CTA
-constexpr int kThreads = kWarps * 32;
-static_assert(kBM == kWarps * 16, "each warp owns one m16 slab of query rows");
+// CTA shape: NWARPS (4 or 8) warps, each owning one m16 slab of query rows (BM = 16 * NWARPS);
+// with wgmma every 4 warps form a warpgroup computing 64 rows. kBN keys per KV tile.
+constexpr int kBN = 64;
+__host__ __device__ constexpr int bm_of(int nwarps) { return 16 * nwarps; }
 static_assert(kBN % 16 == 0, "KV tile must be a multiple of the MMA k (16)");
 
 struct Params {
@@ -175,22 +174,25 @@ __device__ __forceinline__ void fence_regs(float (&r)[N][4]) {
     for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(r[i][e])::"memory");
 }
 
-template <int D>
+template <int D, int NWARPS>
 constexpr int smem_bytes() {
   // 2 stages of K + 2 stages of V + the Q tile, all (rows x D) 16-bit elements, plus 1 KB of
   // slack to align the K/V stages to 1024 bytes (wgmma swizzle atoms).
-  return (kBM + 4 * kBN) * D * 2 + 1024;
+  return (bm_of(NWARPS) + 4 * kBN) * D * 2 + 1024;
 }
 
 // ---------------------------------------------------------------------------------------------
-// Split kernel. grid = (ceil(rows / BM), num_splits, B * Hkv), block = kThreads.
+// Split kernel. grid = (ceil(rows / BM), num_splits, B * Hkv), block = 32 * NWARPS threads.
 // WG = false: mma.sync m16n8k16 (any sm_80+). WG = true: wgmma (sm_90a only): the CTA's 4 warps
 // form one warpgroup computing 64 rows; A operands (Q, P) from registers, B operands (K, V)
 // straight from swizzled shared memory, so K/V are read from shared memory once per warpgroup
 // instead of once per warp.
 // ---------------------------------------------------------------------------------------------
-template <int D, typename T, bool WG>
-__global__ void __launch_bounds__(kThreads, 2) split_kernel(const Params p) {
+template <int D, typename T, bool WG, int NWARPS>
+__global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel(const Params p) {
+  static_assert(NWARPS == 4 || NWARPS == 8, "4 or 8 warps (1 or 2 warpgroups)");
+  constexpr int kBM = bm_of(NWARPS);     // query rows per CTA
+  constexpr int kThreads = NWARPS * 32;
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
   constexpr int CH = D / 8;             // 16-byte chunks per row
   constexpr int KSTEPS = D / 16;        // MMA k-steps over the head dim (S = Q K^T)
@@ -321,6 +323,50 @@ __global__ void __launch_bounds__(kThreads, 2) split_kernel(const Params p) {
     const uint4* tk = sK + stage * kBN * CH;
     const uint4* tv = sV + stage * kBN * CH;
 
+    // ---- visibility of this tile ----------------------------------------------------------------
+    // Tiles that reach past the prefix (into the tree, or past the last key) consult the mask
+    // bits; prefix tiles are fully visible. Bit (i * 4 + e) of vis_bits = element s[i][e].
+    const int key0 = t * kBN;
+    const bool masked_tile = key0 + kBN > plen;  // uniform over the CTA
+    uint32_t vis_bits = 0xffffffffu;
+    if (masked_tile) {
+      // Tree indices j = key - plen of this tile lie in [jb, jb + kBN): at most 3 mask words.
+      const int jb = key0 - plen;
+      const int wlo = max(jb, 0) >> 5;
+      uint32_t w0[3], w1[3];
+#pragma unroll
+      for (int k = 0; k < 3; ++k) {
+        const bool ok = wlo + k < p.W;
+        w0[k] = ok ? (uint32_t)__ldg(mrow0 + wlo + k) : 0u;
+        w1[k] = ok ? (uint32_t)__ldg(mrow1 + wlo + k) : 0u;
+      }
+      vis_bits = 0u;
+#pragma unroll
+      for (int i = 0; i < NT_S; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = key0 + i * 8 + tig * 2 + (e & 1);
+          bool vis;
+          if (key < plen) {
+            vis = true;
+          } else if (key >= L) {
+            vis = false;
+          } else {
+            const int j = key - plen;
+            const int wi = (j >> 5) - wlo;  // 0, 1 or 2
+            const uint32_t word =
+                (e < 2) ? (wi == 0 ? w0[0] : (wi == 1 ? w0[1] : w0[2]))
+                        : (wi == 0 ? w1[0] : (wi == 1 ? w1[1] : w1[2]));
+            vis = (word >> (j & 31)) & 1u;
+          }
+          vis_bits |= (vis ? 1u : 0u) << (i * 4 + e);
+        }
+      // The threads together cover every (row, key) of the tile: skip the tile when no row of
+      // this CTA sees any of its keys (e.g. tree nodes after all of this CTA's nodes). No thread
+      // reads this stage after the barrier, so the next copy into it needs no further barrier.
+      if (!__syncthreads_or(vis_bits != 0u)) continue;
+    }
+
     // ---- S = Q K^T (16 rows x kBN keys per warp) ----------------------------------------------
     float s[NT_S][4];
 #pragma unroll
@@ -356,44 +402,16 @@ __global__ void __launch_bounds__(kThreads, 2) split_kernel(const Params p) {
     }
 
     // ---- scale, mask ---------------------------------------------------------------------------
-    const int key0 = t * kBN;
 #pragma unroll
     for (int i = 0; i < NT_S; ++i)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[i][e] *= p.scale_log2;
-
-    if (key0 + kBN > plen) {
-      // This tile reaches the tree (or the end of the keys): consult the mask bits.
-      // Tree indices j = key - plen of this tile lie in [jb, jb + kBN), at most 3 mask words.
-      const int jb = key0 - plen;
-      const int wlo = max(jb, 0) >> 5;
-      uint32_t w0[3], w1[3];
-#pragma unroll
-      for (int k = 0; k < 3; ++k) {
-        const bool ok = wlo + k < p.W;
-        w0[k] = ok ? (uint32_t)__ldg(mrow0 + wlo + k) : 0u;
-        w1[k] = ok ? (uint32_t)__ldg(mrow1 + wlo + k) : 0u;
-      }
+    if (masked_tile) {
 #pragma unroll
       for (int i = 0; i < NT_S; ++i)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = key0 + i * 8 + tig * 2 + (e & 1);
-          bool vis;
-          if (key < plen) {
-            vis = true;
-          } else if (key >= L) {
-            vis = false;
-          } else {
-            const int j = key - plen;
-            const int wi = (j >> 5) - wlo;  // 0, 1 or 2
-            const uint32_t word =
-                (e < 2) ? (wi == 0 ? w0[0] : (wi == 1 ? w0[1] : w0[2]))
-                        : (wi == 0 ? w1[0] : (wi == 1 ? w1[1] : w1[2]));
-            vis = (word >> (j & 31)) & 1u;
-          }
-          if (!vis) s[i][e] = -INFINITY;
-        }
+        for (int e = 0; e < 4; ++e)
+          if (!((vis_bits >> (i * 4 + e)) & 1u)) s[i][e] = -INFINITY;
     }
 
     // ---- online softmax (fp32, base 2) ---------------------------------------------------------
@@ -481,6 +499,308 @@ __global__ void __launch_bounds__(kThreads, 2) split_kernel(const Params p) {
   }
 
   // ---- epilogue ------------------------------------------------------------------------------
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
+    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
+  }
+  constexpr float kLn2 = 0.6931471805599453f;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int grow = m_base + warp * 16 + gid + h * 8;
+    if (grow >= p.rows) continue;
+    const float l = l_run[h];
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const float lse_v = l > 0.f ? (m_run[h] + __log2f(l)) * kLn2 : -INFINITY;
+    const int n = grow / p.G;
+    const int hq = kvh * p.G + (grow - n * p.G);
+    if (p.num_splits == 1) {
+      T* orow = static_cast<T*>(p.out) + (((int64_t)b * p.N + n) * p.Hq + hq) * D;
+#pragma unroll
+      for (int i = 0; i < NT_O; ++i) {
+        const uint32_t v = TypeTraits<T>::pack(o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
+        *reinterpret_cast<uint32_t*>(orow + i * 8 + tig * 2) = v;
+      }
+      if (tig == 0) p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = lse_v;
+    } else {
+      const int64_t prow = ((int64_t)split * p.B * p.Hkv + bh) * p.rows + grow;
+      float* orow = p.o_part + prow * D;
+#pragma unroll
+      for (int i = 0; i < NT_O; ++i)
+        *reinterpret_cast<float2*>(orow + i * 8 + tig * 2) =
+            make_float2(o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
+      if (tig == 0) p.lse_part[prow] = lse_v;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pipelined wgmma split kernel (sm_90a): NWARPS = 4 (one warpgroup, 64 rows per CTA, 2 CTAs per
+// SM) or 8 (two warpgroups of 64 rows each sharing every K/V tile, 1 CTA per SM).
+// Same maths as split_kernel<D, T, true, 4>, but the softmax of tile t+1 overlaps the P V
+// product of tile t on the tensor cores (FlashAttention-3 style intra-warpgroup pipelining):
+//   issue S(t+1) = Q K(t+1)^T; issue O += P(t) V(t); wait S(t+1); softmax(t+1) -> P(t+1), alpha;
+//   wait P V; O *= alpha.
+// K is prefetched one tile ahead of V (separate cp.async groups) so K(t+1) and V(t) are both
+// resident. No tile skipping here (masked tiles are computed and masked).
+// ---------------------------------------------------------------------------------------------
+template <int D, typename T, int NWARPS>
+__global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel_pipe(const Params p) {
+  static_assert(NWARPS == 4 || NWARPS == 8, "1 or 2 warpgroups (sharing every K/V tile)");
+  constexpr int kBM = bm_of(NWARPS);
+  constexpr int kThreads = NWARPS * 32;
+  static_assert((kBN * (D / 8)) % kThreads == 0 && (kBM * (D / 8)) % kThreads == 0,
+                "tile copies split evenly over the threads");
+  static_assert(D == 64 || D == 128, "head dim 64 or 128");
+  static_assert(kBN == 64, "S tile is m64n64");
+  constexpr int CH = D / 8;
+  constexpr int KSTEPS = D / 16;
+  constexpr int NT_S = kBN / 8;
+  constexpr int NT_O = D / 8;
+  constexpr int PV_KSTEPS = kBN / 16;
+
+  extern __shared__ __align__(1024) uint4 smem_raw[];
+  uint4* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023) / 16;
+  uint4* sK = smem;                 // 2 stages * kBN * CH
+  uint4* sV = sK + 2 * kBN * CH;    // 2 stages * kBN * CH
+  uint4* sQ = sV + 2 * kBN * CH;    // kBM * CH
+  static_assert((kBN * CH * 16) % 1024 == 0, "K/V stages must keep 1 KB alignment");
+
+  const int tid = threadIdx.x;
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  const int gid = lane >> 2;
+  const int tig = lane & 3;
+  const int split = blockIdx.y;
+  const int bh = blockIdx.z;
+  const int b = bh / p.Hkv;
+  const int kvh = bh - b * p.Hkv;
+  const int m_base = blockIdx.x * kBM;
+
+  int plen = p.prefix_lens[b];
+  plen = max(0, min(plen, p.S - p.N));
+  const int L = plen + p.N;
+  const int num_tiles = (L + kBN - 1) / kBN;
+  const int tiles_per_split = (num_tiles + p.num_splits - 1) / p.num_splits;
+  const int t_begin = split * tiles_per_split;
+  const int t_end = min(num_tiles, t_begin + tiles_per_split);
+  if (t_begin >= t_end) {
+    for (int r = tid; r < kBM; r += kThreads) {
+      const int grow = m_base + r;
+      if (grow < p.rows)
+        p.lse_part[((int64_t)split * p.B * p.Hkv + bh) * p.rows + grow] = -INFINITY;
+    }
+    return;
+  }
+  const int n_tiles = t_end - t_begin;
+
+  const T* qg = static_cast<const T*>(p.q);
+  const T* kg = static_cast<const T*>(p.k) + b * p.k_sb + kvh * p.k_sh;
+  const T* vg = static_cast<const T*>(p.v) + b * p.v_sb + kvh * p.v_sh;
+
+#pragma unroll
+  for (int i = 0; i < kBM * CH / kThreads; ++i) {
+    const int idx = tid + i * kThreads;
+    const int r = idx / CH, c = idx % CH;
+    const int grow = m_base + r;
+    const bool ok = grow < p.rows;
+    const int n = ok ? grow / p.G : 0;
+    const int g = ok ? grow - n * p.G : 0;
+    const T* src = qg + b * p.q_sb + n * p.q_sn + (int64_t)(kvh * p.G + g) * p.q_sh + c * 8;
+    cp_async_16(smem_u32(sQ + swz<D>(r, c)), ok ? src : qg, ok ? 16 : 0);
+  }
+  auto load_tile = [&](const T* src_base, int64_t stride, uint4* dst, int tile) {
+    const int key0 = tile * kBN;
+#pragma unroll
+    for (int i = 0; i < kBN * CH / kThreads; ++i) {
+      const int idx = tid + i * kThreads;
+      const int r = idx / CH, c = idx % CH;
+      const int key = key0 + r;
+      const bool ok = key < L;
+      const int64_t kk = ok ? key : 0;
+      cp_async_16(smem_u32(dst + kv_off_sw128<D>(r, c)), src_base + kk * stride + c * 8,
+                  ok ? 16 : 0);
+    }
+  };
+  // cp.async groups: {Q, K0}, {V0}, {K1 or nothing}.
+  load_tile(kg, p.k_ss, sK, t_begin);
+  cp_async_commit();
+  load_tile(vg, p.v_ss, sV, t_begin);
+  cp_async_commit();
+  if (n_tiles > 1) load_tile(kg, p.k_ss, sK + kBN * CH, t_begin + 1);
+  cp_async_commit();
+
+  uint32_t qf[KSTEPS][4];
+  float o[NT_O][4];
+#pragma unroll
+  for (int i = 0; i < NT_O; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m_run[2] = {-INFINITY, -INFINITY};
+  float l_run[2] = {0.f, 0.f};
+  int node[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) node[h] = min((m_base + warp * 16 + gid + h * 8) / p.G, p.N - 1);
+  const int32_t* mrow0 = p.mask + ((int64_t)b * p.N + node[0]) * p.W;
+  const int32_t* mrow1 = p.mask + ((int64_t)b * p.N + node[1]) * p.W;
+
+  // S = Q K^T of the K tile in `stage`, issued asynchronously (caller commits / waits).
+  auto issue_s = [&](float (&s)[NT_S][4], int stage) {
+    const uint32_t kbase = smem_u32(sK + stage * kBN * CH);
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks) {
+      const uint32_t addr = kbase + (ks >> 2) * (kBN * 128) + (ks & 3) * 32;
+      wgmma_m64n64k16_kmajor<T>(&s[0][0], qf[ks], make_desc_sw128(addr, 16, 1024), ks > 0);
+    }
+  };
+  auto issue_pv = [&](const uint32_t (&pa)[PV_KSTEPS][4], int stage) {
+    const uint32_t vbase = smem_u32(sV + stage * kBN * CH);
+#pragma unroll
+    for (int ks = 0; ks < PV_KSTEPS; ++ks) {
+      const uint64_t desc = make_desc_sw128(vbase + ks * 16 * 128, kBN * 128, 1024);
+      if constexpr (D == 128)
+        wgmma_m64n128k16_nmajor<T>(&o[0][0], pa[ks], desc, 1);
+      else
+        wgmma_m64n64k16_nmajor<T>(&o[0][0], pa[ks], desc, 1);
+    }
+  };
+  // Scale, mask (tiles reaching past the prefix), online-softmax update of m/l; returns the
+  // rescale factor of O in alpha and leaves the probabilities in s.
+  auto softmax = [&](float (&s)[NT_S][4], int t, float (&alpha)[2]) {
+    const int key0 = t * kBN;
+#pragma unroll
+    for (int i = 0; i < NT_S; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[i][e] *= p.scale_log2;
+    if (key0 + kBN > plen) {
+      const int jb = key0 - plen;
+      const int wlo = max(jb, 0) >> 5;
+      uint32_t w0[3], w1[3];
+#pragma unroll
+      for (int k = 0; k < 3; ++k) {
+        const bool ok = wlo + k < p.W;
+        w0[k] = ok ? (uint32_t)__ldg(mrow0 + wlo + k) : 0u;
+        w1[k] = ok ? (uint32_t)__ldg(mrow1 + wlo + k) : 0u;
+      }
+#pragma unroll
+      for (int i = 0; i < NT_S; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = key0 + i * 8 + tig * 2 + (e & 1);
+          bool vis;
+          if (key < plen) {
+            vis = true;
+          } else if (key >= L) {
+            vis = false;
+          } else {
+            const int j = key - plen;
+            const int wi = (j >> 5) - wlo;
+            const uint32_t word =
+                (e < 2) ? (wi == 0 ? w0[0] : (wi == 1 ? w0[1] : w0[2]))
+                        : (wi == 0 ? w1[0] : (wi == 1 ? w1[1] : w1[2]));
+            vis = (word >> (j & 31)) & 1u;
+          }
+          if (!vis) s[i][e] = -INFINITY;
+        }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int i = 0; i < NT_S; ++i) mx = fmaxf(mx, fmaxf(s[i][2 * h], s[i][2 * h + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m_run[h], mx);
+      const float base = (m_new == -INFINITY) ? 0.f : m_new;
+      alpha[h] = exp2f(m_run[h] - base);
+      m_run[h] = m_new;
+      float sum = 0.f;
+#pragma unroll
+      for (int i = 0; i < NT_S; ++i) {
+        s[i][2 * h] = exp2f(s[i][2 * h] - base);
+        s[i][2 * h + 1] = exp2f(s[i][2 * h + 1] - base);
+        sum += s[i][2 * h] + s[i][2 * h + 1];
+      }
+      l_run[h] = l_run[h] * alpha[h] + sum;
+    }
+  };
+  auto pack_p = [&](const float (&s)[NT_S][4], uint32_t (&pa)[PV_KSTEPS][4]) {
+#pragma unroll
+    for (int ks = 0; ks < PV_KSTEPS; ++ks) {
+      pa[ks][0] = TypeTraits<T>::pack(s[2 * ks][0], s[2 * ks][1]);
+      pa[ks][1] = TypeTraits<T>::pack(s[2 * ks][2], s[2 * ks][3]);
+      pa[ks][2] = TypeTraits<T>::pack(s[2 * ks + 1][0], s[2 * ks + 1][1]);
+      pa[ks][3] = TypeTraits<T>::pack(s[2 * ks + 1][2], s[2 * ks + 1][3]);
+    }
+  };
+
+  // ---- prologue: S(0), softmax(0) ------------------------------------------------------------
+  cp_async_wait<2>();  // {Q, K0} landed; V0 and K1 may still be in flight
+  fence_proxy_async_smem();
+  __syncthreads();
+#pragma unroll
+  for (int ks = 0; ks < KSTEPS; ++ks) {
+    const int r = warp * 16 + (lane & 15);
+    const int c = ks * 2 + (lane >> 4);
+    ldmatrix_x4(smem_u32(sQ + swz<D>(r, c)), qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3]);
+  }
+  float s[NT_S][4];
+#pragma unroll
+  for (int i = 0; i < NT_S; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+  uint32_t pa[PV_KSTEPS][4];
+  float alpha[2];
+  wgmma_fence();
+  issue_s(s, 0);
+  wgmma_commit_and_wait();
+  fence_regs(s);
+  softmax(s, t_begin, alpha);  // O = 0: alpha not needed
+  pack_p(s, pa);
+
+  // ---- main loop ------------------------------------------------------------------------------
+  // Iterations 0 .. n_tiles-2 always have a next tile (uniform wgmma group structure, which
+  // ptxas needs to keep the two products in flight); the last P V is peeled off below.
+  for (int i = 0; i + 1 < n_tiles; ++i) {
+    const int t = t_begin + i;
+    // Pending copies: V(i), K(i+1). After this barrier: V buffer (i+1)&1 (held V(i-1), read by
+    // the P V product completed last iteration) and K buffer i&1 (held K(i), read by S(i),
+    // completed last iteration) are free.
+    cp_async_wait<0>();
+    fence_proxy_async_smem();
+    __syncthreads();
+    load_tile(vg, p.v_ss, sV + ((i + 1) & 1) * kBN * CH, t + 1);
+    cp_async_commit();
+    if (i + 2 < n_tiles) load_tile(kg, p.k_ss, sK + (i & 1) * kBN * CH, t + 2);
+    cp_async_commit();
+
+    wgmma_fence();
+    issue_s(s, (i + 1) & 1);
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    issue_pv(pa, i & 1);
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // S(i+1) done
+    fence_regs(s);
+    softmax(s, t + 1, alpha);
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");  // P V done
+    fence_regs(o);
+#pragma unroll
+    for (int k = 0; k < NT_O; ++k) {
+      o[k][0] *= alpha[0];
+      o[k][1] *= alpha[0];
+      o[k][2] *= alpha[1];
+      o[k][3] *= alpha[1];
+    }
+    pack_p(s, pa);
+  }
+  {
+    // Last tile: O += P V only.
+    cp_async_wait<0>();
+    fence_proxy_async_smem();
+    __syncthreads();
+    wgmma_fence();
+    issue_pv(pa, (n_tiles - 1) & 1);
+    wgmma_commit_and_wait();
+    fence_regs(o);
+  }
+
+  // ---- epilogue (as split_kernel) -------------------------------------------------------------
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);

@@ -56,6 +56,8 @@ python3 - "$JETSPEC_BENCH_JSON" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])] if __import__("os").path.exists(sys.argv[1]) else []
 for r in rows:
+    if "bench" not in r or "us" not in r:
+        continue  # rows of other shapes (e.g. the decoder's) are printed by their benchmark
     extra = " ".join(f"{k}={v:.1f}" for k, v in r.items() if k.endswith("_us") and k != "floor_us")
     print(f"{r['bench'][:38]:38s} {r['shape'][:34]:34s} {r['us']:9.1f} floor {r['floor_us']:7.1f} {extra}")
 PY

@@ -149,6 +149,16 @@ __device__ __forceinline__ uint64_t make_desc_sw128(uint32_t addr, uint32_t lbo,
 }
 
 __device__ __forceinline__ void wgmma_fence() {
+// wgmma group fences for the pipelined kernel. The wgmma kernels are only launched on sm_90a;
+// on other targets (the sm_80 / PTX build) these compile to nothing so the file still builds.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define JETSPEC_WGMMA_COMMIT() asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory")
+#define JETSPEC_WGMMA_WAIT(n) asm volatile("wgmma.wait_group.sync.aligned " #n ";\n" ::: "memory")
+#else
+#define JETSPEC_WGMMA_COMMIT() ((void)0)
+#define JETSPEC_WGMMA_WAIT(n) ((void)0)
+#endif
+
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #endif
@@ -772,13 +782,13 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
 
     wgmma_fence();
     issue_s(s, (i + 1) & 1);
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    JETSPEC_WGMMA_COMMIT();
     issue_pv(pa, i & 1);
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-    asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // S(i+1) done
+    JETSPEC_WGMMA_COMMIT();
+    JETSPEC_WGMMA_WAIT(1);  // S(i+1) done
     fence_regs(s);
     softmax(s, t + 1, alpha);
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");  // P V done
+    JETSPEC_WGMMA_WAIT(0);  // P V done
     fence_regs(o);
 #pragma unroll
     for (int k = 0; k < NT_O; ++k) {

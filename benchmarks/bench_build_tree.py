@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jetspec_ext  # noqa: E402
-from benchmarks.harness import measure, print_table  # noqa: E402
+from benchmarks.harness import kernel_breakdown, measure, print_breakdown, print_table  # noqa: E402
 from jetspec_ext.reference.build_tree import ancestor_mask, expand_row  # noqa: E402
 
 
@@ -89,6 +89,8 @@ def main():
                 "lsm_topk": lambda: lsm_topk(logits, W),
             })
         rows.append(row)
+        if cuda and D == 20 and N == 256 and dtype == torch.bfloat16 and B in (1, 8):
+            print_breakdown(row["shape"], kernel_breakdown(fn))
     by = {r["shape"]: r["us"] for r in rows}
     for pol in ("accum", "topn"):
         b1 = by.get(f"B1 D20 V151936 W7 N256 {pol} bfloat16")

@@ -34,20 +34,31 @@ void launch(const at::Tensor& logits, const at::Tensor& roots, int W, int N, int
   const int V = static_cast<int>(logits.size(2));
   const int rows = B * D;
   TORCH_CHECK(rows <= 65535, "build_tree: B * D = ", rows, " exceeds the CUDA grid limit 65535");
-  // Slices per row: about 4 blocks per SM in total, at least one 16-byte vector per thread.
-  constexpr int VEC = 16 / sizeof(T);
-  const int target = 4 * sm_count(logits.get_device());
-  int S = std::min(k::kMaxSplits, std::max(1, ceil_div(target, rows)));
-  S = std::max(1, std::min<int>(S, (V / VEC) / k::kStatsThreads));
+  // V <= kTileElems * kMaxSplits (every vocabulary in practice): the tiled kernel, one block per
+  // kTileElems logits. Larger V: the streaming kernel, about 4 blocks per SM in total.
+  const bool tiled = V <= k::kTileElems * k::kMaxSplits;
+  int S;
+  if (tiled) {
+    S = ceil_div(V, k::kTileElems);
+  } else {
+    constexpr int VEC = 16 / sizeof(T);
+    const int target = 4 * sm_count(logits.get_device());
+    S = std::min(k::kMaxSplits, std::max(1, ceil_div(target, rows)));
+    S = std::max(1, std::min<int>(S, (V / VEC) / k::kStatsThreads));
+  }
   at::Tensor ws = at::empty({static_cast<int64_t>(rows) * S * (2 + 2 * K)},
                             logits.options().dtype(at::kInt));
   float2* part_ms = reinterpret_cast<float2*>(ws.data_ptr<int32_t>());
   uint2* part_keys = reinterpret_cast<uint2*>(part_ms + static_cast<int64_t>(rows) * S);
   cudaStream_t stream = current_stream();
   const float inv_t = build_tree_inv_temperature(temperature);
-  k::build_tree_stats_kernel<T, K><<<dim3(S, rows), k::kStatsThreads, 0, stream>>>(
-      reinterpret_cast<const T*>(logits.data_ptr()), V, S, inv_t, temperature != 1.0, part_ms,
-      part_keys);
+  const T* x = reinterpret_cast<const T*>(logits.data_ptr());
+  if (tiled)
+    k::build_tree_stats_tile_kernel<T, K><<<dim3(S, rows), k::kStatsThreads, 0, stream>>>(
+        x, V, S, W, inv_t, temperature != 1.0, part_ms, part_keys);
+  else
+    k::build_tree_stats_kernel<T, K><<<dim3(S, rows), k::kStatsThreads, 0, stream>>>(
+        x, V, S, inv_t, temperature != 1.0, part_ms, part_keys);
   JETSPEC_CHECK_LAUNCH();
   k::build_tree_expand_kernel<K><<<B, k::kExpandThreads, 0, stream>>>(
       part_ms, part_keys, roots.data_ptr<int64_t>(), D, S, W, N, policy,

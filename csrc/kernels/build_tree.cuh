@@ -39,7 +39,7 @@ constexpr int kMaxWidth = 16;
 constexpr int kMaxBudget = 1024;
 constexpr int kMaxSplits = 32;
 constexpr int kStatsThreads = 256;
-constexpr int kExpandThreads = 512;
+constexpr int kExpandThreads = 1024;  // 32 warps: the merge handles every depth row at once
 constexpr unsigned kFull = 0xffffffffu;
 
 __device__ __forceinline__ float to_float(float x) { return x; }
@@ -99,6 +99,88 @@ __device__ __forceinline__ void pop_front(uint32_t (&h)[K], uint32_t (&l)[K]) {
   l[K - 1] = 0u;
 }
 
+// Insert (x, id) into a sorted register top-K list (static indexing only).
+template <int K>
+__device__ __forceinline__ void topk_insert(float (&tv)[K], int (&ti)[K], float x, int id) {
+  if (ranks_before(x, id, tv[K - 1], ti[K - 1])) {
+    tv[K - 1] = x;
+    ti[K - 1] = id;
+#pragma unroll
+    for (int j = K - 1; j > 0; --j) {
+      if (ranks_before(tv[j], ti[j], tv[j - 1], ti[j - 1])) {
+        const float a = tv[j];
+        tv[j] = tv[j - 1];
+        tv[j - 1] = a;
+        const int b = ti[j];
+        ti[j] = ti[j - 1];
+        ti[j - 1] = b;
+      }
+    }
+  }
+}
+
+// Block epilogue shared by the stats kernels: reduce the threads' (max, sum) and merge their sorted
+// top-K lists (tv, ti) into the block's top-K; thread 0 / warp 0 write record `rec`.
+template <int K>
+__device__ __forceinline__ void block_finish(float m, float s, const float (&tv)[K],
+                                             const int (&ti)[K], int64_t rec,
+                                             float2* __restrict__ part_ms,
+                                             uint2* __restrict__ part_keys) {
+  constexpr int NWARP = kStatsThreads / 32;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  // Block reduction of (max, sum).
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const float om = __shfl_xor_sync(kFull, m, off);
+    const float os = __shfl_xor_sync(kFull, s, off);
+    merge_ms(m, s, om, os);
+  }
+  __shared__ float sh_m[NWARP], sh_s[NWARP];
+  __shared__ uint32_t sh_h[NWARP][K], sh_l[NWARP][K];
+  if (lane == 0) {
+    sh_m[warp] = m;
+    sh_s[warp] = s;
+  }
+  // Warp top-K: K rounds of argmax over the lanes' list heads.
+  uint32_t h[K], l[K];
+#pragma unroll
+  for (int j = 0; j < K; ++j) {
+    h[j] = ord_key(tv[j]);
+    l[j] = ~static_cast<uint32_t>(ti[j]);
+  }
+#pragma unroll
+  for (int r = 0; r < K; ++r) {
+    uint32_t mh, ml;
+    const int wl = warp_argmax(h[0], l[0], mh, ml);
+    if (lane == wl) pop_front<K>(h, l);
+    if (lane == 0) {
+      sh_h[warp][r] = mh;
+      sh_l[warp][r] = ml;
+    }
+  }
+  __syncthreads();
+  if (warp == 0) {
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+      h[j] = lane < NWARP ? sh_h[lane][j] : 0u;
+      l[j] = lane < NWARP ? sh_l[lane][j] : 0u;
+    }
+#pragma unroll
+    for (int r = 0; r < K; ++r) {
+      uint32_t mh, ml;
+      const int wl = warp_argmax(h[0], l[0], mh, ml);
+      if (lane == wl) pop_front<K>(h, l);
+      if (lane == 0) part_keys[rec * K + r] = make_uint2(mh, ml);
+    }
+    if (lane == 0) {
+      float bm = sh_m[0], bs = sh_s[0];
+#pragma unroll
+      for (int w = 1; w < NWARP; ++w) merge_ms(bm, bs, sh_m[w], sh_s[w]);
+      part_ms[rec] = make_float2(bm, bs);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Kernel 1: per (row, slice) running max, sum of exp and top-K.
 // part_ms[row*S + split] = (max, sum exp(x - max)); part_keys[(row*S + split)*K + j] =
@@ -109,11 +191,10 @@ __global__ void __launch_bounds__(kStatsThreads)
     build_tree_stats_kernel(const T* __restrict__ logits, int V, int S, float inv_t, bool scale,
                             float2* __restrict__ part_ms, uint2* __restrict__ part_keys) {
   constexpr int VEC = 16 / sizeof(T);
-  constexpr int NWARP = kStatsThreads / 32;
   const int split = blockIdx.x;
   const int64_t row = blockIdx.y;
   const T* rp = logits + row * static_cast<int64_t>(V);
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int tid = threadIdx.x;
 
   // Aligned body of 16-byte vectors, plus a scalar head (split 0) and tail (last split).
   const uintptr_t addr = reinterpret_cast<uintptr_t>(rp);
@@ -132,23 +213,7 @@ __global__ void __launch_bounds__(kStatsThreads)
     tv[j] = -INFINITY;
     ti[j] = 0x7fffffff;
   }
-  auto insert = [&](float x, int id) {
-    if (ranks_before(x, id, tv[K - 1], ti[K - 1])) {
-      tv[K - 1] = x;
-      ti[K - 1] = id;
-#pragma unroll
-      for (int j = K - 1; j > 0; --j) {
-        if (ranks_before(tv[j], ti[j], tv[j - 1], ti[j - 1])) {
-          const float a = tv[j];
-          tv[j] = tv[j - 1];
-          tv[j - 1] = a;
-          const int b = ti[j];
-          ti[j] = ti[j - 1];
-          ti[j - 1] = b;
-        }
-      }
-    }
-  };
+  auto insert = [&](float x, int id) { topk_insert<K>(tv, ti, x, id); };
   auto consume_scalar = [&](int id) {
     const float x = scale_logit(to_float(rp[id]), inv_t, scale);
     if (x > m) {
@@ -195,57 +260,178 @@ __global__ void __launch_bounds__(kStatsThreads)
   if (split == 0 && tid < head) consume_scalar(tid);
   if (split == S - 1 && tid < V - tail0) consume_scalar(tail0 + tid);
 
-  // Block reduction of (max, sum).
+  block_finish<K>(m, s, tv, ti, row * S + split, part_ms, part_keys);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernel 1 (tiled, V <= kTileElems * kMaxSplits): block (split, row) owns the kTileElems logits
+// [split * kTileElems, ...) of one row, 32 per thread, all loaded into registers at once (every
+// load in flight before any use). Per thread: max m_t and sum exp(x - m_t) (one pass, fast exp:
+// the sum only feeds logS; see the header note), then a candidate filter instead of a per-thread
+// top-K insertion sort (that sort made the old kernel compute-bound, ~20 us at batch 1):
+//   tau_w = the W-th largest thread maximum of warp w (bitonic sort over the lanes). W distinct
+//   elements of the tile reach tau_w, so the tile's W-th best is >= tau = max_w tau_w, and every
+//   element of the tile's top-W is >= tau. The elements >= tau (typically a few W) are appended
+//   to shared memory; each candidate's rank is the number of candidates with a larger key
+//   (keys (ord(x), ~id) are unique), and ranks < W are written out in order.
+// More than kCandCap candidates (massive ties, e.g. constant logits) take the exact insertion
+// path of the streaming kernel over the same registers.
+// ---------------------------------------------------------------------------------------------
+constexpr int kTileElems = 8192;
+constexpr int kCandCap = 1024;
+
+template <typename T, int K>
+__global__ void __launch_bounds__(kStatsThreads, 3)  // <= 85 registers: 3 blocks (24 warps) per SM
+    build_tree_stats_tile_kernel(const T* __restrict__ logits, int V, int S, int W, float inv_t,
+                                 bool scale, float2* __restrict__ part_ms,
+                                 uint2* __restrict__ part_keys) {
+  constexpr int VEC = 16 / sizeof(T);
+  constexpr int EPT = kTileElems / kStatsThreads;  // 32 elements per thread
+  constexpr int VPT = EPT / VEC;                   // 16-byte vectors per thread
+  constexpr int NWARP = kStatsThreads / 32;
+  static_assert(EPT % VEC == 0, "tile must be whole vectors per thread");
+  const int split = blockIdx.x;
+  const int64_t row = blockIdx.y;
+  const int64_t rec = row * S + split;
+  const T* rp = logits + row * static_cast<int64_t>(V);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int lo = split * kTileElems;
+  const int hi = min(V, lo + kTileElems);
+  // Element (u, j) of thread tid: id = lo + (u * kStatsThreads + tid) * VEC + j (coalesced).
+  const bool aligned = (reinterpret_cast<uintptr_t>(rp) & 15u) == 0;
+
+  float x[EPT];
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    const float om = __shfl_xor_sync(kFull, m, off);
-    const float os = __shfl_xor_sync(kFull, s, off);
-    merge_ms(m, s, om, os);
-  }
-  __shared__ float sh_m[NWARP], sh_s[NWARP];
-  __shared__ uint32_t sh_h[NWARP][K], sh_l[NWARP][K];
-  if (lane == 0) {
-    sh_m[warp] = m;
-    sh_s[warp] = s;
-  }
-  // Warp top-K: K rounds of argmax over the lanes' list heads.
-  uint32_t h[K], l[K];
+  for (int u = 0; u < VPT; ++u) {
+    const int id0 = lo + (u * kStatsThreads + tid) * VEC;
+    if (aligned && id0 + VEC <= hi) {
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(rp + id0));
+      const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
-  for (int j = 0; j < K; ++j) {
-    h[j] = ord_key(tv[j]);
-    l[j] = ~static_cast<uint32_t>(ti[j]);
-  }
+      for (int j = 0; j < VEC; ++j) x[u * VEC + j] = to_float(e[j]);
+    } else {
 #pragma unroll
-  for (int r = 0; r < K; ++r) {
-    uint32_t mh, ml;
-    const int wl = warp_argmax(h[0], l[0], mh, ml);
-    if (lane == wl) pop_front<K>(h, l);
-    if (lane == 0) {
-      sh_h[warp][r] = mh;
-      sh_l[warp][r] = ml;
+      for (int j = 0; j < VEC; ++j) x[u * VEC + j] = id0 + j < hi ? to_float(rp[id0 + j]) : NAN;
+    }
+  }
+  // Scale, NaN -> -inf; out-of-range elements are marked by `valid` below, never by value.
+  float m = -INFINITY;
+  int nvalid = 0;
+#pragma unroll
+  for (int i = 0; i < EPT; ++i) {
+    const int id = lo + ((i / VEC) * kStatsThreads + tid) * VEC + i % VEC;
+    const bool valid = id < hi;
+    x[i] = scale_logit(x[i], inv_t, scale);
+    if (valid) {
+      m = fmaxf(m, x[i]);
+      ++nvalid;
+    }
+  }
+  float s = 0.0f;
+#pragma unroll
+  for (int i = 0; i < EPT; ++i) {
+    const int id = lo + ((i / VEC) * kStatsThreads + tid) * VEC + i % VEC;
+    if (id < hi) s += x[i] == m ? 1.0f : __expf(__fsub_rn(x[i], m));
+  }
+
+  // tau_w: W-th largest thread maximum of the warp (threads without elements count as 0).
+  uint32_t v = nvalid > 0 ? ord_key(m) : 0u;
+#pragma unroll
+  for (int k = 2; k <= 32; k <<= 1) {
+#pragma unroll
+    for (int j = k >> 1; j > 0; j >>= 1) {
+      const uint32_t o = __shfl_xor_sync(kFull, v, j);
+      const bool asc = (lane & k) == 0, lower = (lane & j) == 0;
+      v = (asc != lower) ? min(v, o) : max(v, o);  // descending overall
+    }
+  }
+  const uint32_t tau_w = __shfl_sync(kFull, v, W - 1);
+  __shared__ uint32_t sh_tau[NWARP];
+  __shared__ int sh_count;
+  __shared__ unsigned long long sh_cand[kCandCap];
+  if (lane == 0) sh_tau[warp] = tau_w;
+  if (tid == 0) sh_count = 0;
+  __syncthreads();
+  uint32_t tau = sh_tau[0];
+#pragma unroll
+  for (int w = 1; w < NWARP; ++w) tau = max(tau, sh_tau[w]);
+
+  // Append the candidates (key >= tau; key 0 never: out-of-range elements).
+  int mine = 0;
+#pragma unroll
+  for (int i = 0; i < EPT; ++i) {
+    const int id = lo + ((i / VEC) * kStatsThreads + tid) * VEC + i % VEC;
+    mine += (id < hi && ord_key(x[i]) >= tau) ? 1 : 0;
+  }
+  int incl = mine;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const int o = __shfl_up_sync(kFull, incl, off);
+    if (lane >= off) incl += o;
+  }
+  int base = 0;
+  if (lane == 31 && incl > 0) base = atomicAdd(&sh_count, incl);
+  base = __shfl_sync(kFull, base, 31) + incl - mine;
+  if (mine > 0) {
+#pragma unroll
+    for (int i = 0; i < EPT; ++i) {
+      const int id = lo + ((i / VEC) * kStatsThreads + tid) * VEC + i % VEC;
+      if (id < hi && ord_key(x[i]) >= tau) {
+        if (base < kCandCap)
+          sh_cand[base] = (static_cast<unsigned long long>(ord_key(x[i])) << 32) |
+                          static_cast<uint32_t>(~static_cast<uint32_t>(id));
+        ++base;
+      }
     }
   }
   __syncthreads();
-  if (warp == 0) {
-#pragma unroll
-    for (int j = 0; j < K; ++j) {
-      h[j] = lane < NWARP ? sh_h[lane][j] : 0u;
-      l[j] = lane < NWARP ? sh_l[lane][j] : 0u;
+  const int c = sh_count;
+  if (c <= kCandCap) {
+    // Rank by counting (unique keys); ranks < W are the tile's top-W in order.
+    for (int t = tid; t < c; t += kStatsThreads) {
+      const unsigned long long key = sh_cand[t];
+      int rank = 0;
+      for (int j = 0; j < c; ++j) rank += sh_cand[j] > key ? 1 : 0;
+      if (rank < W)
+        part_keys[rec * K + rank] = make_uint2(static_cast<uint32_t>(key >> 32),
+                                               static_cast<uint32_t>(key));
     }
-    const int64_t rec = row * S + split;
+    if (tid < K && tid >= min(c, W))
+      part_keys[rec * K + tid] = make_uint2(ord_key(-INFINITY), ~0x7fffffffu);
+    // (max, sum) of the tile.
 #pragma unroll
-    for (int r = 0; r < K; ++r) {
-      uint32_t mh, ml;
-      const int wl = warp_argmax(h[0], l[0], mh, ml);
-      if (lane == wl) pop_front<K>(h, l);
-      if (lane == 0) part_keys[rec * K + r] = make_uint2(mh, ml);
+    for (int off = 16; off > 0; off >>= 1) {
+      const float om = __shfl_xor_sync(kFull, m, off);
+      const float os = __shfl_xor_sync(kFull, s, off);
+      merge_ms(m, s, om, os);
     }
+    __shared__ float sh_m[NWARP], sh_s[NWARP];
     if (lane == 0) {
+      sh_m[warp] = m;
+      sh_s[warp] = s;
+    }
+    __syncthreads();
+    if (tid == 0) {
       float bm = sh_m[0], bs = sh_s[0];
 #pragma unroll
       for (int w = 1; w < NWARP; ++w) merge_ms(bm, bs, sh_m[w], sh_s[w]);
       part_ms[rec] = make_float2(bm, bs);
     }
+  } else {
+    // Too many candidates: exact per-thread top-K insertion over the registers, block merge.
+    float tv[K];
+    int ti[K];
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+      tv[j] = -INFINITY;
+      ti[j] = 0x7fffffff;
+    }
+    // Re-read the tile (L2) rather than keep x[] live: registers stay at the fast path's need.
+    for (int i = 0; i < EPT; ++i) {
+      const int id = lo + ((i / VEC) * kStatsThreads + tid) * VEC + i % VEC;
+      if (id < hi) topk_insert<K>(tv, ti, scale_logit(to_float(rp[id]), inv_t, scale), id);
+    }
+    block_finish<K>(m, s, tv, ti, rec, part_ms, part_keys);
   }
 }
 
@@ -281,60 +467,75 @@ __device__ __forceinline__ unsigned long long make_key(float score, int tiebreak
          static_cast<uint32_t>(~static_cast<uint32_t>(tiebreak));
 }
 
-// Warp-wide argmax over the list keys (all lanes get the result). Returns the winning list, or
-// -1 if every list is empty; `tiebreak` = the winner's node (accum) or parent (topn) index.
-__device__ __forceinline__ int lists_argmax(const ExpandSmem& sm, int nl, int lane, int& tiebreak) {
-  constexpr int JMAX = kMaxDepth * kMaxWidth / 32;
-  unsigned long long best = 0ull;
-  int bq = -1;
-#pragma unroll
-  for (int j = 0; j < JMAX; ++j) {  // predicated loads, issued back to back
-    const int q = lane + 32 * j;
-    const unsigned long long k = q < nl ? sm.key[q] : 0ull;
-    if (k > best) {
-      best = k;
-      bq = q;
+// Lane-local best of the lists a lane owns (q = lane + 32 j): the warp's argmax over the lanes'
+// bests is then one warp_argmax, and after a pop only the lanes whose lists changed refresh theirs.
+struct LaneBest {
+  unsigned long long key = 0ull;
+  int q = -1;
+};
+
+__device__ __forceinline__ void rescan_lane(const ExpandSmem& sm, int nl, int lane, LaneBest& lb) {
+  lb.key = 0ull;
+  lb.q = -1;
+  for (int q = lane; q < nl; q += 32) {
+    const unsigned long long k = sm.key[q];
+    if (k > lb.key) {  // keys are unique (the tiebreak is a node index)
+      lb.key = k;
+      lb.q = q;
     }
   }
-  uint32_t mh, ml;
-  const int wl = warp_argmax(static_cast<uint32_t>(best >> 32), static_cast<uint32_t>(best), mh, ml);
-  const int q = __shfl_sync(kFull, bq, wl);
-  tiebreak = static_cast<int>(~ml);
-  return mh == 0u ? -1 : q;
 }
 
-// The warp runs converged: every lane computes the round's values from broadcast shared-memory
-// reads, then designated lanes store them; __syncwarp() separates reads from writes.
+// accum. The warp runs converged: every lane computes the round's values from broadcast
+// shared-memory reads, then designated lanes store them; __syncwarp() separates reads from writes.
+// Lists (node depth d = 1..D-1, rank r) have index q = (d - 1) * W + r; a list's entries are the
+// rank-r children of the depth-(d-1) expansions in expansion order (ptr = expansion index,
+// link = next expansion with a parent of the same depth); node of (expansion e, rank r) =
+// 1 + e * W + r.
 __device__ __forceinline__ void expand_accum(ExpandSmem& sm, int D, int W, int N, int lane) {
-  const int nl = (D - 1) * W;  // lists of node depth 1..D-1
+  const int nl = (D - 1) * W;
   for (int q = lane; q < nl; q += 32) {
     sm.ptr[q] = -1;
     sm.key[q] = 0ull;
   }
   for (int t = lane; t <= D; t += 32) sm.tail[t] = -1;
   __syncwarp();
+  LaneBest lb;
   int count = 1, nexp = 0;
   while (count < N) {
     int p = 0, pq = -1;
     if (nexp > 0) {
-      pq = lists_argmax(sm, nl, lane, p);
-      if (pq < 0) break;
+      uint32_t mh, ml;
+      const int wl = warp_argmax(static_cast<uint32_t>(lb.key >> 32), static_cast<uint32_t>(lb.key),
+                                 mh, ml);
+      if (mh == 0u) break;  // nothing left to expand
+      pq = __shfl_sync(kFull, lb.q, wl);
+      p = static_cast<int>(~ml);
     }
-    const int pd = sm.dep[p];
+    const int pd = pq >= 0 ? pq / W + 1 : 0;  // depth of p
     const float pA = sm.A[p];
-    const int e_old = pq >= 0 ? sm.ptr[pq] : -1;
-    const int nx = e_old >= 0 ? sm.link[e_old] : -1;  // next expansion of depth pd - 1
-    const int nx_node = 1 + nx * W + (pq >= 0 ? pq % W : 0);
-    const float nx_score = nx >= 0 ? sm.score[nx_node] : 0.0f;
     const int tl = sm.tail[pd];
     const int nch = min(W, N - count);
     const int base = count, e = nexp;
-    float my_score = 0.0f;
-    if (lane < nch) my_score = __fsub_rn(__fadd_rn(pA, sm.e[pd * W + lane]), sm.C[pd + 1]);
-    const float my_a = lane < nch ? __fadd_rn(pA, sm.e[pd * W + lane]) : 0.0f;
+    float my_a = 0.0f, my_score = 0.0f;
+    if (lane < nch) {
+      my_a = __fadd_rn(pA, sm.e[pd * W + lane]);
+      my_score = __fsub_rn(my_a, sm.C[pd + 1]);
+    }
+    const bool new_list = pd + 1 < D && lane < W;  // list (pd + 1, lane) exists
     const int my_q = pd * W + lane;
-    const bool new_list = pd + 1 < D && lane < W;
     const int my_ptr = new_list ? sm.ptr[my_q] : 0;
+    // The popped list's owner (lane pq % 32) finds its next entry (that node already exists).
+    const bool owner = pq >= 0 && lane == (pq & 31);
+    int nx = -1;
+    unsigned long long nx_key = 0ull;
+    if (owner) {
+      nx = sm.link[sm.ptr[pq]];
+      if (nx >= 0) {
+        const int node = 1 + nx * W + pq % W;
+        nx_key = make_key(sm.score[node], node);
+      }
+    }
     __syncwarp();
     if (lane < nch) {
       const int i = base + lane;
@@ -345,14 +546,12 @@ __device__ __forceinline__ void expand_accum(ExpandSmem& sm, int D, int W, int N
       sm.score[i] = my_score;
       sm.fc[i] = -1;
       sm.ns[i] = static_cast<int16_t>(lane + 1 < nch ? i + 1 : -1);
-      // The new child heads its list (node depth pd + 1) if that list ran dry.
-      if (new_list && my_ptr < 0) {
-        sm.ptr[my_q] = static_cast<int16_t>(e);
-        sm.key[my_q] = make_key(my_score, i);
-      }
-    } else if (new_list && my_ptr < 0) {  // partial last expansion: the loop ends anyway
+    }
+    // The new child heads its list if that list ran dry (a partial last expansion leaves the
+    // lists of its missing ranks empty: the loop ends anyway).
+    if (new_list && my_ptr < 0) {
       sm.ptr[my_q] = static_cast<int16_t>(e);
-      sm.key[my_q] = 0ull;
+      sm.key[my_q] = lane < nch ? make_key(my_score, base + lane) : 0ull;
     }
     if (lane == 31) {
       sm.fc[p] = static_cast<int16_t>(base);
@@ -360,13 +559,26 @@ __device__ __forceinline__ void expand_accum(ExpandSmem& sm, int D, int W, int N
       if (tl >= 0) sm.link[tl] = static_cast<int16_t>(e);
       sm.tail[pd] = static_cast<int16_t>(e);
     }
-    if (lane == 30 && pq >= 0) {  // advance the popped list (its next node already exists)
+    if (owner) {
       sm.ptr[pq] = static_cast<int16_t>(nx);
-      sm.key[pq] = nx >= 0 ? make_key(nx_score, nx_node) : 0ull;
+      sm.key[pq] = nx_key;
     }
     count += nch;
     ++nexp;
     __syncwarp();
+    // Refresh: the owner's best went down (rescan); a new head only raises its owner's best.
+    if (owner) {
+      rescan_lane(sm, nl, lane, lb);
+    } else if (pd + 1 < D) {
+      const int rel = (lane - pd * W) & 31;  // the list of [pd * W, pd * W + W) this lane owns
+      if (rel < W) {
+        const unsigned long long k = sm.key[pd * W + rel];
+        if (k > lb.key) {
+          lb.key = k;
+          lb.q = pd * W + rel;
+        }
+      }
+    }
   }
   if (lane == 0) sm.count = count;
 }
@@ -388,11 +600,16 @@ __device__ __forceinline__ void expand_topn(ExpandSmem& sm, int D, int W, int N,
     sm.last[0] = -1;
   }
   __syncwarp();
+  LaneBest lb;
+  rescan_lane(sm, nl, lane, lb);
   int count = 1;
   while (count < N) {
-    int p;
-    const int q = lists_argmax(sm, nl, lane, p);
-    if (q < 0) break;
+    uint32_t mh, ml;
+    const int wl = warp_argmax(static_cast<uint32_t>(lb.key >> 32), static_cast<uint32_t>(lb.key),
+                               mh, ml);
+    if (mh == 0u) break;  // no candidate left
+    const int q = __shfl_sync(kFull, lb.q, wl);
+    const int p = static_cast<int>(~ml);  // topn keys break ties by the parent index
     const int d = q / W + 1, r = q % W;
     const int i = count;
     const float Cd = sm.C[d];
@@ -450,6 +667,24 @@ __device__ __forceinline__ void expand_topn(ExpandSmem& sm, int D, int W, int N,
     if (lane == 29 && sib) sm.key[q + 1] = key_s;
     ++count;
     __syncwarp();
+    // Refresh: list q's key went down (its owner rescans); lists q + 1 (sibling) and d * W (a
+    // new rank-0 head) can only have gone up. Only one parent heads an available candidate of
+    // a list, so keys stay unique.
+    if (lane == (q & 31)) {
+      rescan_lane(sm, nl, lane, lb);
+    } else {
+      if (sib && lane == ((q + 1) & 31) && key_s > lb.key) {
+        lb.key = key_s;
+        lb.q = q + 1;
+      }
+      if (d < D && lane == ((d * W) & 31)) {
+        const unsigned long long k = sm.key[d * W];
+        if (k > lb.key) {
+          lb.key = k;
+          lb.q = d * W;
+        }
+      }
+    }
   }
   if (lane == 0) sm.count = count;
 }

@@ -64,6 +64,16 @@ template <typename T> static inline T emu_shfl_xor(unsigned, T v, int off) { ret
 template <typename T> static inline T emu_shfl(unsigned, T v, int src) { return emu_exchange(v, src, false); }
 #define __shfl_xor_sync emu_shfl_xor
 #define __shfl_sync emu_shfl
+template <typename T> static inline T emu_shfl_up(unsigned, T v, int off) {
+  int lane = emu_tid % 32;
+  T got = emu_exchange(v, lane >= off ? lane - off : lane, false);
+  return got;
+}
+#define __shfl_up_sync emu_shfl_up
+static inline int emu_atomic_add(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+#define atomicAdd emu_atomic_add
+static inline float emu_expf(float x) { return std::exp(x); }
+#define __expf emu_expf
 static inline unsigned emu_reduce_max(unsigned, unsigned v) {
   int w = emu_tid / 32, lane = emu_tid % 32;
   emu_buf[w][lane] = v; emu_syncwarp();
@@ -102,14 +112,19 @@ namespace k = jetspec::build_tree_kernels;
 // Entry point called from Python via ctypes. dtype: 0 f32, 1 f16, 2 bf16.
 template <typename T, int K>
 void run(const void* logits, const int64_t* roots, int B, int D, int V, int W, int N, int policy,
-         float inv_t, int scale, int S, int64_t* tok, int32_t* par, int32_t* dep, float* sc,
+         float inv_t, int scale, int S, int tiled, int64_t* tok, int32_t* par, int32_t* dep, float* sc,
          int32_t* mask, int32_t* num, int32_t* fc, int32_t* ns) {
   const int rows = B * D;
   std::vector<float2> ms(rows * S);
   std::vector<uint2> keys(rows * S * K);
-  emu_launch(dim3(S, rows), k::kStatsThreads, [&] {
-    k::build_tree_stats_kernel<T, K>((const T*)logits, V, S, inv_t, scale != 0, ms.data(), keys.data());
-  });
+  if (tiled)
+    emu_launch(dim3(S, rows), k::kStatsThreads, [&] {
+      k::build_tree_stats_tile_kernel<T, K>((const T*)logits, V, S, W, inv_t, scale != 0, ms.data(), keys.data());
+    });
+  else
+    emu_launch(dim3(S, rows), k::kStatsThreads, [&] {
+      k::build_tree_stats_kernel<T, K>((const T*)logits, V, S, inv_t, scale != 0, ms.data(), keys.data());
+    });
   emu_launch(dim3(B, 1), k::kExpandThreads, [&] {
     k::build_tree_expand_kernel<K>(ms.data(), keys.data(), roots, D, S, W, N, policy, tok, par, dep, sc,
                                    mask, num, fc, ns);
@@ -117,11 +132,11 @@ void run(const void* logits, const int64_t* roots, int B, int D, int V, int W, i
 }
 
 extern "C" void emu_build_tree(int dtype, const void* logits, const int64_t* roots, int B, int D,
-                               int V, int W, int N, int policy, float inv_t, int scale, int S,
+                               int V, int W, int N, int policy, float inv_t, int scale, int S, int tiled,
                                int64_t* tok, int32_t* par, int32_t* dep, float* sc, int32_t* mask,
                                int32_t* num, int32_t* fc, int32_t* ns) {
 #define CALL(T) \
-  if (W <= 8) run<T, 8>(logits, roots, B, D, V, W, N, policy, inv_t, scale, S, tok, par, dep, sc, mask, num, fc, ns); \
-  else run<T, 16>(logits, roots, B, D, V, W, N, policy, inv_t, scale, S, tok, par, dep, sc, mask, num, fc, ns);
+  if (W <= 8) run<T, 8>(logits, roots, B, D, V, W, N, policy, inv_t, scale, S, tiled, tok, par, dep, sc, mask, num, fc, ns); \
+  else run<T, 16>(logits, roots, B, D, V, W, N, policy, inv_t, scale, S, tiled, tok, par, dep, sc, mask, num, fc, ns);
   if (dtype == 0) { CALL(float) } else if (dtype == 1) { CALL(__half) } else { CALL(__nv_bfloat16) }
 }

@@ -30,6 +30,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace jetspec {
 namespace build_tree_kernels {
@@ -38,6 +39,7 @@ constexpr int kMaxDepth = 32;
 constexpr int kMaxWidth = 16;
 constexpr int kMaxBudget = 1024;
 constexpr int kMaxSplits = 32;
+constexpr int kMaxLists = kMaxDepth * kMaxWidth;  // candidate lists of the expansion
 constexpr int kStatsThreads = 256;
 constexpr int kExpandThreads = 1024;  // 32 warps: the merge handles every depth row at once
 constexpr unsigned kFull = 0xffffffffu;
@@ -280,58 +282,56 @@ __global__ void __launch_bounds__(kStatsThreads)
 constexpr int kTileElems = 8192;
 constexpr int kCandCap = 1024;
 
-template <typename T, int K>
-__global__ void __launch_bounds__(kStatsThreads, 3)  // <= 85 registers: 3 blocks (24 warps) per SM
-    build_tree_stats_tile_kernel(const T* __restrict__ logits, int V, int S, int W, float inv_t,
-                                 bool scale, float2* __restrict__ part_ms,
-                                 uint2* __restrict__ part_keys) {
+// One tile; FULL = all kTileElems elements exist (no per-element bounds checks).
+template <typename T, int K, bool FULL>
+__device__ __forceinline__ void stats_tile(const T* __restrict__ rp, int lo, int hi, int W,
+                                           float inv_t, bool scale, int64_t rec,
+                                           float2* __restrict__ part_ms,
+                                           uint2* __restrict__ part_keys) {
   constexpr int VEC = 16 / sizeof(T);
   constexpr int EPT = kTileElems / kStatsThreads;  // 32 elements per thread
   constexpr int VPT = EPT / VEC;                   // 16-byte vectors per thread
   constexpr int NWARP = kStatsThreads / 32;
   static_assert(EPT % VEC == 0, "tile must be whole vectors per thread");
-  const int split = blockIdx.x;
-  const int64_t row = blockIdx.y;
-  const int64_t rec = row * S + split;
-  const T* rp = logits + row * static_cast<int64_t>(V);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int lo = split * kTileElems;
-  const int hi = min(V, lo + kTileElems);
-  // Element (u, j) of thread tid: id = lo + (u * kStatsThreads + tid) * VEC + j (coalesced).
+  // Element i of thread tid: id = lo + ((i / VEC) * kStatsThreads + tid) * VEC + i % VEC.
+  auto id_of = [&](int i) { return lo + ((i / VEC) * kStatsThreads + tid) * VEC + i % VEC; };
+  auto valid = [&](int i) { return FULL || id_of(i) < hi; };
   const bool aligned = (reinterpret_cast<uintptr_t>(rp) & 15u) == 0;
 
   float x[EPT];
 #pragma unroll
   for (int u = 0; u < VPT; ++u) {
     const int id0 = lo + (u * kStatsThreads + tid) * VEC;
-    if (aligned && id0 + VEC <= hi) {
+    if (aligned && (FULL || id0 + VEC <= hi)) {
       const uint4 raw = __ldg(reinterpret_cast<const uint4*>(rp + id0));
       const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
       for (int j = 0; j < VEC; ++j) x[u * VEC + j] = to_float(e[j]);
     } else {
 #pragma unroll
-      for (int j = 0; j < VEC; ++j) x[u * VEC + j] = id0 + j < hi ? to_float(rp[id0 + j]) : NAN;
+      for (int j = 0; j < VEC; ++j) x[u * VEC + j] = (FULL || id0 + j < hi) ? to_float(rp[id0 + j]) : 0.0f;
     }
   }
-  // Scale, NaN -> -inf; out-of-range elements are marked by `valid` below, never by value.
   float m = -INFINITY;
   int nvalid = 0;
 #pragma unroll
   for (int i = 0; i < EPT; ++i) {
-    const int id = lo + ((i / VEC) * kStatsThreads + tid) * VEC + i % VEC;
-    const bool valid = id < hi;
-    x[i] = scale_logit(x[i], inv_t, scale);
-    if (valid) {
+    x[i] = scale_logit(x[i], inv_t, scale);  // NaN -> -inf
+    if (valid(i)) {
       m = fmaxf(m, x[i]);
       ++nvalid;
     }
   }
   float s = 0.0f;
+  if (isfinite(m)) {  // exp(x - m) with x == m -> exactly 1, -inf -> 0
 #pragma unroll
-  for (int i = 0; i < EPT; ++i) {
-    const int id = lo + ((i / VEC) * kStatsThreads + tid) * VEC + i % VEC;
-    if (id < hi) s += x[i] == m ? 1.0f : __expf(__fsub_rn(x[i], m));
+    for (int i = 0; i < EPT; ++i)
+      if (valid(i)) s += __expf(x[i] - m);
+  } else {  // +-inf maximum: the x == m rule of exp_rel
+#pragma unroll
+    for (int i = 0; i < EPT; ++i)
+      if (valid(i)) s += exp_rel(x[i], m);
   }
 
   // tau_w: W-th largest thread maximum of the warp (threads without elements count as 0).
@@ -355,33 +355,17 @@ __global__ void __launch_bounds__(kStatsThreads, 3)  // <= 85 registers: 3 block
   uint32_t tau = sh_tau[0];
 #pragma unroll
   for (int w = 1; w < NWARP; ++w) tau = max(tau, sh_tau[w]);
+  // tau == 0: fewer than W elements reach any warp's bound: every element is a candidate.
+  const float tau_f = tau == 0u ? -INFINITY : ord_val(tau);
 
-  // Append the candidates (key >= tau; key 0 never: out-of-range elements).
-  int mine = 0;
+  // Append the candidates (x >= tau_f; a few per tile, so one shared atomic each is cheap).
 #pragma unroll
   for (int i = 0; i < EPT; ++i) {
-    const int id = lo + ((i / VEC) * kStatsThreads + tid) * VEC + i % VEC;
-    mine += (id < hi && ord_key(x[i]) >= tau) ? 1 : 0;
-  }
-  int incl = mine;
-#pragma unroll
-  for (int off = 1; off < 32; off <<= 1) {
-    const int o = __shfl_up_sync(kFull, incl, off);
-    if (lane >= off) incl += o;
-  }
-  int base = 0;
-  if (lane == 31 && incl > 0) base = atomicAdd(&sh_count, incl);
-  base = __shfl_sync(kFull, base, 31) + incl - mine;
-  if (mine > 0) {
-#pragma unroll
-    for (int i = 0; i < EPT; ++i) {
-      const int id = lo + ((i / VEC) * kStatsThreads + tid) * VEC + i % VEC;
-      if (id < hi && ord_key(x[i]) >= tau) {
-        if (base < kCandCap)
-          sh_cand[base] = (static_cast<unsigned long long>(ord_key(x[i])) << 32) |
-                          static_cast<uint32_t>(~static_cast<uint32_t>(id));
-        ++base;
-      }
+    if (valid(i) && x[i] >= tau_f) {
+      const int pos = atomicAdd(&sh_count, 1);
+      if (pos < kCandCap)
+        sh_cand[pos] = (static_cast<unsigned long long>(ord_key(x[i])) << 32) |
+                       static_cast<uint32_t>(~static_cast<uint32_t>(id_of(i)));
     }
   }
   __syncthreads();
@@ -391,6 +375,7 @@ __global__ void __launch_bounds__(kStatsThreads, 3)  // <= 85 registers: 3 block
     for (int t = tid; t < c; t += kStatsThreads) {
       const unsigned long long key = sh_cand[t];
       int rank = 0;
+#pragma unroll 8
       for (int j = 0; j < c; ++j) rank += sh_cand[j] > key ? 1 : 0;
       if (rank < W)
         part_keys[rec * K + rank] = make_uint2(static_cast<uint32_t>(key >> 32),
@@ -418,7 +403,8 @@ __global__ void __launch_bounds__(kStatsThreads, 3)  // <= 85 registers: 3 block
       part_ms[rec] = make_float2(bm, bs);
     }
   } else {
-    // Too many candidates: exact per-thread top-K insertion over the registers, block merge.
+    // Too many candidates: exact per-thread top-K insertion, block merge. Re-read the tile (L2)
+    // rather than keep x[] live: registers stay at the fast path's need.
     float tv[K];
     int ti[K];
 #pragma unroll
@@ -426,13 +412,28 @@ __global__ void __launch_bounds__(kStatsThreads, 3)  // <= 85 registers: 3 block
       tv[j] = -INFINITY;
       ti[j] = 0x7fffffff;
     }
-    // Re-read the tile (L2) rather than keep x[] live: registers stay at the fast path's need.
     for (int i = 0; i < EPT; ++i) {
-      const int id = lo + ((i / VEC) * kStatsThreads + tid) * VEC + i % VEC;
+      const int id = id_of(i);
       if (id < hi) topk_insert<K>(tv, ti, scale_logit(to_float(rp[id]), inv_t, scale), id);
     }
     block_finish<K>(m, s, tv, ti, rec, part_ms, part_keys);
   }
+}
+
+template <typename T, int K>
+__global__ void __launch_bounds__(kStatsThreads, 3)  // <= 85 registers: 3 blocks (24 warps) per SM
+    build_tree_stats_tile_kernel(const T* __restrict__ logits, int V, int S, int W, float inv_t,
+                                 bool scale, float2* __restrict__ part_ms,
+                                 uint2* __restrict__ part_keys) {
+  const int split = blockIdx.x;
+  const int64_t row = blockIdx.y;
+  const T* rp = logits + row * static_cast<int64_t>(V);
+  const int lo = split * kTileElems;
+  const int hi = min(V, lo + kTileElems);
+  if (hi - lo == kTileElems)
+    stats_tile<T, K, true>(rp, lo, hi, W, inv_t, scale, row * S + split, part_ms, part_keys);
+  else
+    stats_tile<T, K, false>(rp, lo, hi, W, inv_t, scale, row * S + split, part_ms, part_keys);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -475,15 +476,33 @@ struct LaneBest {
 };
 
 __device__ __forceinline__ void rescan_lane(const ExpandSmem& sm, int nl, int lane, LaneBest& lb) {
-  lb.key = 0ull;
-  lb.q = -1;
-  for (int q = lane; q < nl; q += 32) {
-    const unsigned long long k = sm.key[q];
-    if (k > lb.key) {  // keys are unique (the tiebreak is a node index)
-      lb.key = k;
-      lb.q = q;
-    }
+  // All kMaxLists / 32 keys loaded back to back (unused slots hold 0), then a tree argmax: the
+  // rescan sits on every pop's critical path, so no load waits for a compare.
+  constexpr int J = kMaxLists / 32;
+  unsigned long long k[J];
+  int q[J];
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    k[j] = sm.key[lane + 32 * j];
+    q[j] = lane + 32 * j;
   }
+  static_assert(J == 16, "tree levels below assume 16 keys per lane");
+  auto level = [&](auto w) {  // keys are unique (the tiebreak is a node index); 0 = empty
+#pragma unroll
+    for (int j = 0; j < decltype(w)::value; ++j) {
+      if (k[j + decltype(w)::value] > k[j]) {
+        k[j] = k[j + decltype(w)::value];
+        q[j] = q[j + decltype(w)::value];
+      }
+    }
+  };
+  level(std::integral_constant<int, 8>{});
+  level(std::integral_constant<int, 4>{});
+  level(std::integral_constant<int, 2>{});
+  level(std::integral_constant<int, 1>{});
+  lb.key = k[0];
+  lb.q = k[0] ? q[0] : -1;
+  (void)nl;
 }
 
 // accum. The warp runs converged: every lane computes the round's values from broadcast
@@ -494,7 +513,7 @@ __device__ __forceinline__ void rescan_lane(const ExpandSmem& sm, int nl, int la
 // 1 + e * W + r.
 __device__ __forceinline__ void expand_accum(ExpandSmem& sm, int D, int W, int N, int lane) {
   const int nl = (D - 1) * W;
-  for (int q = lane; q < nl; q += 32) {
+  for (int q = lane; q < kMaxLists; q += 32) {  // every slot: rescan_lane reads them all
     sm.ptr[q] = -1;
     sm.key[q] = 0ull;
   }
@@ -589,7 +608,7 @@ __device__ __forceinline__ float topn_score(const ExpandSmem& sm, int p, int d, 
 
 __device__ __forceinline__ void expand_topn(ExpandSmem& sm, int D, int W, int N, int lane) {
   const int nl = D * W;  // lists (d, r), d = 1..D: candidates (p, r) over depth d-1 nodes p
-  for (int q = lane; q < nl; q += 32) {
+  for (int q = lane; q < kMaxLists; q += 32) {  // every slot: rescan_lane reads them all
     sm.ptr[q] = static_cast<int16_t>(q < W ? 0 : -1);
     sm.key[q] = q == 0 ? make_key(topn_score(sm, 0, 1, 0, W), 0) : 0ull;
   }
@@ -742,7 +761,8 @@ __global__ void __launch_bounds__(kExpandThreads)
   __syncthreads();
   if (tid == 0) {
     sm.C[0] = 0.0f;
-    for (int d = 0; d < D; ++d) sm.C[d + 1] = __fadd_rn(sm.C[d], sm.logS[d]);
+    float c = 0.0f;  // running sum in a register (no store-to-load chain through smem)
+    for (int d = 0; d < D; ++d) sm.C[d + 1] = c = __fadd_rn(c, sm.logS[d]);
     sm.A[0] = 0.0f;
     sm.score[0] = 0.0f;
     sm.par[0] = -1;

@@ -88,7 +88,7 @@ static inline unsigned emu_ballot(unsigned, bool p) {
   emu_syncwarp(); return b;
 }
 #define __ballot_sync emu_ballot
-using std::min; using std::max; using std::isnan;
+using std::min; using std::max; using std::isnan; using std::isfinite;
 
 #include "kernels/build_tree.cuh"
 

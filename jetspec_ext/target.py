@@ -33,10 +33,11 @@ SUPPORTED_MODEL_TYPES = ("qwen3", "qwen3_moe")
 class TargetCall:
     """What one jetspec forward of ONE decoder layer needs inside the attention function.
 
-    The layer's own cache ``kv_layer`` ``(2, B, Hkv, S, Dh)`` (a view of the stacked cache) is
+    The layer's own cache views ``k_cache`` / ``v_cache`` (of the stacked cache) are
     carried here, so nothing per layer (like ``module.layer_idx``) is read inside the layer: the
     layers are then structurally identical and one compiled graph serves all of them."""
-    kv_layer: torch.Tensor      # (2, B, Hkv, S, Dh): this layer's keys (0) and values (1)
+    k_cache: torch.Tensor       # (B, Hkv, S, Dh): this layer's keys (a view of the stacked cache)
+    v_cache: torch.Tensor       # (B, Hkv, S, Dh): this layer's values
     prefix_lens: torch.Tensor   # (B,) int32: committed length per row
     rows: torch.Tensor          # (B, 1) int64: arange(B), the batch index of each slot write
     slots: torch.Tensor         # (B, N) int64: cache slot of each new token (prefix_len + i)
@@ -63,7 +64,7 @@ def jetspec_attention(module, query, key, value, attention_mask, dropout=0.0, sc
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     c = jetspec_ctx
-    k_cache, v_cache = c.kv_layer[0], c.kv_layer[1]
+    k_cache, v_cache = c.k_cache, c.v_cache
     write_slots(k_cache, c.rows, c.slots, key)
     write_slots(v_cache, c.rows, c.slots, value)
     scale = float(scaling if scaling is not None else query.shape[-1] ** -0.5)
@@ -103,10 +104,10 @@ def _pre(embed_tokens, rotary_emb, tokens, positions, prefix_lens):
     return h, cos, sin, slots, rows
 
 
-def _layer(layer, h, cos, sin, kv_layer, prefix_lens, rows, slots, tree_mask, attn):
+def _layer(layer, h, cos, sin, k_cache, v_cache, prefix_lens, rows, slots, tree_mask, attn):
     """One HF decoder layer (its ``forward``: bypasses module hooks such as transformers'
     output-capturing ones) with the jetspec attention context of this layer."""
-    call = TargetCall(kv_layer=kv_layer, prefix_lens=prefix_lens, rows=rows, slots=slots,
+    call = TargetCall(k_cache=k_cache, v_cache=v_cache, prefix_lens=prefix_lens, rows=rows, slots=slots,
                       tree_mask=tree_mask, attn=attn)
     out = layer.forward(h, attention_mask=None, position_embeddings=(cos, sin), use_cache=False,
                         jetspec_ctx=call)
@@ -242,7 +243,7 @@ class Target:
         tap_ids = set(self.tapped_layer_ids) if want_tapped else set()
         taps = {}
         for i, layer in enumerate(m.layers[: self.num_layers]):
-            h = layer_fn(layer, h, cos, sin, kv[i], prefix_lens, rows, slots, tree_mask, attn)
+            h = layer_fn(layer, h, cos, sin, kv[i, 0], kv[i, 1], prefix_lens, rows, slots, tree_mask, attn)
             if i in tap_ids:
                 taps[i] = h if i < self.num_layers - 1 else None  # last layer: normed (HF)
         return post(m.norm, self.model.lm_head, h, [taps[k] for k in self.tapped_layer_ids if k in taps],

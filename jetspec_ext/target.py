@@ -198,6 +198,7 @@ class Target:
         self.max_positions = getattr(cfg, "max_position_embeddings", None)
         _set_attn_impl(model, ATTN_NAME)
         self.compiled = bool(compile)
+        self.compile_mode = compile_mode
         if compile:
             if not compile_available():
                 raise RuntimeError("Target(compile=True): torch.compile is not available in this torch build")

@@ -61,8 +61,9 @@ def test_generate_identical_with_and_without_compile(models):
     assert [r.accept_len for r in got.rounds] == [r.accept_len for r in ref.rounds]
     assert generate_ar(comp, PROMPT, max_new_tokens=NEW).tokens == generate_ar(eager, PROMPT, max_new_tokens=NEW).tokens
     after, breaks = _counters()
-    # two shapes (tree N=BUDGET and AR N=1) x three regions; the LAYERS layers share one graph
-    assert after.get("unique_graphs", 0) - before.get("unique_graphs", 0) == 6, after
+    # target: two shapes (tree N=BUDGET and AR N=1) x three regions, the LAYERS layers sharing
+    # one graph; drafter: the block forward and the round's context extension
+    assert after.get("unique_graphs", 0) - before.get("unique_graphs", 0) == 8, after
     assert not breaks, breaks
 
 
@@ -115,6 +116,32 @@ def test_compiled_forward_matches_eager(models, N):
     keep = torch.ones(S, dtype=torch.bool)
     keep[P:P + N] = False
     torch.testing.assert_close(kv_c[..., keep, :], fresh[..., keep, :], rtol=0, atol=0)
+
+
+@torch.inference_mode()
+def test_compiled_drafter_matches_eager(models):
+    """The head's block forward (draft logits, block KV) and context extension (context KV)."""
+    _, head, eager, comp = models
+    de, dc = HeadDrafter(head, eager, depth=DEPTH), HeadDrafter(head, comp, depth=DEPTH)
+    assert dc.compiled and not de.compiled
+    S = len(PROMPT) + NEW + BUDGET + DEPTH + 2  # the generate test's shapes: no new compilation
+    g = torch.Generator().manual_seed(7)
+    ctx = de.new_context(1, S)
+    ctx.copy_(torch.randn(ctx.shape, generator=g))
+    ctx_c = ctx.clone()
+    lens = torch.full((1,), 9, dtype=torch.int32)
+    tapped = torch.randn(1, DEPTH + 1, 2 * model_hidden(eager), generator=g)
+    anchor = torch.tensor([17])
+    before, _ = _counters()
+    de.extend(ctx, lens, tapped)
+    dc.extend(ctx_c, lens, tapped)
+    torch.testing.assert_close(ctx_c, ctx, rtol=1e-5, atol=1e-5)
+    le, lc = de.draft(ctx, lens, anchor), dc.draft(ctx_c, lens, anchor)
+    after, _ = _counters()
+    assert after.get("unique_graphs", 0) == before.get("unique_graphs", 0), "recompiled"
+    assert lc.shape == (1, DEPTH, VOCAB)
+    torch.testing.assert_close(lc, le, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ctx_c, ctx, rtol=1e-5, atol=1e-5)
 
 
 def model_hidden(target):

@@ -325,6 +325,8 @@ def generate(target: Target, drafter, prompt_ids, *, max_new_tokens: int = 256, 
     max_new_tokens = min(max_new_tokens, max_context - P)
     slack = (budget if drafter is not None else 1) + depth + 2
     S = P + max_new_tokens + slack
+    if getattr(target, "compiled", False):  # compiled code is specialised on the cache length:
+        S = -(-S // 1024) * 1024           # buckets of 1024 slots, not one compilation per prompt
     st = DecodeState(
         kv=target.new_cache(B, S),
         prefix_lens=torch.zeros(B, dtype=torch.int32, device=device),

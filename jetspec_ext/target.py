@@ -140,6 +140,8 @@ def _compiler(mode: Optional[str]):
     captures whole rounds itself), and a recompile limit that fits one graph per shape bucket."""
     import torch._dynamo as dynamo
 
+    if hasattr(dynamo.config, "inline_inbuilt_nn_modules"):  # parameters as graph inputs: all
+        dynamo.config.inline_inbuilt_nn_modules = True        # layers share one graph
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(dynamo.config, name):
             setattr(dynamo.config, name, max(getattr(dynamo.config, name), 64))

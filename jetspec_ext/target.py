@@ -9,11 +9,13 @@ and tree attention plugged in through transformers' AttentionInterface.
   ``prefix_len + i`` and attends with ``jetspec_ext.tree_attention`` (tree / single-token
   calls) or SDPA (prefill). Without ``jetspec_ctx`` it defers to HF's SDPA, so the model still
   works with ``model.generate``.
-* Positions: ``prefix_len + depth`` passed as ``position_ids``; HF's rotary embedding does the rest.
-  The causal-mask construction of HF is bypassed by passing an already-prepared (empty) mask
-  mapping.
-* Tapped features: ``output_hidden_states=True``; tapped layer id k is ``hidden_states[k + 1]``
-  (the output of decoder layer k), concatenated along the feature axis.
+* Positions: ``prefix_len + depth``; HF's rotary embedding (called once per forward) gives the
+  cos/sin every layer uses. HF's causal-mask construction is not used (``attention_mask=None``).
+* The forward loops over the HF decoder layers itself (``layer.forward``), giving each layer its
+  own K / V cache views, and optionally runs through ``torch.compile`` regionally (see
+  :class:`Target`, docs/decoder.md).
+* Tapped features: the output of decoder layer k (= HF's ``hidden_states[k + 1]``; for the last
+  layer, as in HF, after the final norm), concatenated along the feature axis.
 * Logits: only for the rows the caller asks for (``logits_rows``).
 """
 from dataclasses import dataclass

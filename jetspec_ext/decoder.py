@@ -236,10 +236,20 @@ def ar_step(target: Target, st: DecodeState, sp: SamplingParams):
 # --------------------------------------------------------------------------------------------
 # Prefill and the host loops
 # --------------------------------------------------------------------------------------------
+_ONE_NODE: Dict[tuple, tuple] = {}
+
+
 def _one_node_tree(anchor: torch.Tensor) -> Tree:
+    """The anchor as a one-node tree. Its constant parts (parents -1, depth 0, mask bit 0) are
+    made once per (batch, device) and reused (read-only), so an AR step launches no fills."""
     B, dev = anchor.shape[0], anchor.device
-    return Tree(anchor.reshape(B, 1).contiguous(), torch.full((B, 1), -1, dtype=torch.int32, device=dev),
-                torch.zeros(B, 1, dtype=torch.int32, device=dev), torch.ones(B, 1, 1, dtype=torch.int32, device=dev))
+    key = (B, str(dev), torch.is_inference_mode_enabled())
+    if key not in _ONE_NODE:
+        _ONE_NODE[key] = (torch.full((B, 1), -1, dtype=torch.int32, device=dev),
+                          torch.zeros(B, 1, dtype=torch.int32, device=dev),
+                          torch.ones(B, 1, 1, dtype=torch.int32, device=dev))
+    parents, depths, mask = _ONE_NODE[key]
+    return Tree(anchor.reshape(B, 1).contiguous(), parents, depths, mask)
 
 
 def prefill(target: Target, drafter, st: DecodeState, prompt: torch.Tensor, sp: SamplingParams) -> None:

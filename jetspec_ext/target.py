@@ -18,6 +18,7 @@ and tree attention plugged in through transformers' AttentionInterface.
   layer, as in HF, after the final norm), concatenated along the feature axis.
 * Logits: only for the rows the caller asks for (``logits_rows``).
 """
+import warnings
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
@@ -142,8 +143,10 @@ def _compiler(mode: Optional[str]):
     captures whole rounds itself), and a recompile limit that fits one graph per shape bucket."""
     import torch._dynamo as dynamo
 
-    if hasattr(dynamo.config, "inline_inbuilt_nn_modules"):  # parameters as graph inputs: all
-        dynamo.config.inline_inbuilt_nn_modules = True        # layers share one graph
+    with warnings.catch_warnings():  # parameters as graph inputs, so all layers share one graph
+        warnings.simplefilter("ignore")  # (always on, and the flag deprecated, in recent torch)
+        if getattr(dynamo.config, "inline_inbuilt_nn_modules", True) is False:
+            dynamo.config.inline_inbuilt_nn_modules = True
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(dynamo.config, name):
             setattr(dynamo.config, name, max(getattr(dynamo.config, name), 64))

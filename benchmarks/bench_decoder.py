@@ -257,6 +257,16 @@ def main(argv=None):
             tot = sum(r.get("compile_s", 0.0) for r in mrows if r.get("compile_s") == r.get("compile_s"))
             print(f"[compile] first calls (compilation) took {tot:.1f} s in all; mode total "
                   f"{time.perf_counter() - t_mode:.1f} s")
+            try:
+                from torch._dynamo.utils import counters
+
+                stats, breaks = dict(counters["stats"]), dict(counters["graph_break"])
+                print(f"[compile] dynamo: {stats.get('unique_graphs', 0)} graphs compiled (expected 3 per target "
+                      f"shape: prologue, ONE layer graph for all layers, epilogue; + 2 for the head), "
+                      f"{sum(breaks.values())} graph breaks" +
+                      ("".join(f"\n    break x{n}: {r[:150]}" for r, n in list(breaks.items())[:8])))
+            except Exception as e:  # pragma: no cover - diagnostics only
+                print(f"[compile] dynamo counters n/a ({e})")
         by_mode[mode] = mrows
         rows += mrows
     # ratios and the projection at the published acceptance lengths

@@ -154,3 +154,38 @@ def print_breakdown(title: str, breakdown: Dict[str, float]) -> None:
         print(f"-- kernels of {title} (us per call)")
         for k, v in breakdown.items():
             print(f"   {v:8.2f}  {k}")
+
+
+def kernel_stats(fn: Callable[[], object], iters: int = 10) -> List[Dict]:
+    """Per CUDA kernel name: device time and launches per call of ``fn`` (torch.profiler), sorted
+    by time. Works for CUDA-graph replays (their kernels are reported one by one)."""
+    if not torch.cuda.is_available():
+        return []
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(2):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    out = []
+    for evt in prof.key_averages():
+        t = getattr(evt, "device_time_total", None)
+        if t is None:
+            t = getattr(evt, "cuda_time_total", 0.0)
+        if t and evt.count:
+            out.append({"kernel": evt.key, "us": t / iters, "launches": evt.count / iters})
+    return sorted(out, key=lambda r: -r["us"])
+
+
+def print_kernel_stats(title: str, stats: List[Dict], top: int = 25) -> None:
+    tot_us = sum(r["us"] for r in stats)
+    tot_n = sum(r["launches"] for r in stats)
+    print(f"-- kernels of {title}: {tot_n:.0f} launches, {tot_us / 1e3:.3f} ms of kernel time per call "
+          f"({len(stats)} distinct); top {min(top, len(stats))}:")
+    print(f"   {'us':>9} {'%':>5} {'launches':>8}  kernel")
+    for r in stats[:top]:
+        print(f"   {r['us']:9.1f} {100 * r['us'] / max(tot_us, 1e-9):5.1f} {r['launches']:8.1f}  {r['kernel'][:110]}")
+    sys.stdout.flush()

@@ -48,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
                    help="auto: bfloat16 on CUDA, float32 on the CPU")
     g.add_argument("--compile", action="store_true",
-                   help="torch.compile the target's decoder stack for tree / decode forwards (experimental)")
+                   help="torch.compile the target's forward (one graph per shape shared by all decoder "
+                        "layers) and the draft head's round computations; compiles on the first round")
     g.add_argument("--cuda-graph", action="store_true",
                    help="capture the decoding round in a CUDA graph after the first round (CUDA only)")
     g.add_argument("--no-stream", dest="stream", action="store_false", help="print each answer at the end")

@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 
-from .draft_head import JetSpecDraftHead, chain_mask
+from .draft_head import JetSpecDraftHead, block_layers, chain_mask, extend_layers, layer_caches
 from .op_select import op
 from .target import Target
 
@@ -37,10 +37,23 @@ from .target import Target
 # --------------------------------------------------------------------------------------------
 # Drafters
 # --------------------------------------------------------------------------------------------
-class HeadDrafter:
-    """The JetSpec head plus what it borrows from the target (embedding, LM head)."""
+def _draft_body(head, embed_tokens, lm_head, caches, ctx_lens, anchor, fill, mask, attn):
+    """[anchor, MASK x D] -> target embeddings -> head block forward -> lm_head on rows 1..D."""
+    block = torch.cat([anchor.unsqueeze(1), fill], dim=1)  # [anchor, MASK x D]
+    h = block_layers(head, caches, ctx_lens, embed_tokens(block), mask, attn)
+    return lm_head(h[:, 1:].to(lm_head.weight.dtype))  # (B, D, V) for depths 1..D
 
-    def __init__(self, head: JetSpecDraftHead, target: Target, depth: Optional[int] = None):
+
+class HeadDrafter:
+    """The JetSpec head plus what it borrows from the target (embedding, LM head).
+
+    compile (default: ``target.compiled``): torch.compile the round's two head computations,
+    the block forward (+ embedding, LM head) and the context extension by the D+1 tokens a round
+    commits (each one graph; the prefill's extension stays eager). Same static-shape /
+    no-inductor-cudagraphs settings as ``Target(compile=True)``."""
+
+    def __init__(self, head: JetSpecDraftHead, target: Target, depth: Optional[int] = None,
+                 compile: Optional[bool] = None):
         head.check_target(target.config)
         self.head = head
         self.target = target
@@ -48,23 +61,33 @@ class HeadDrafter:
         if not 1 <= self.depth <= head.block_size - 1:
             raise ValueError(f"depth must be in [1, {head.block_size - 1}] for this head (block_size {head.block_size})")
         self._static = {}
+        self.compiled = getattr(target, "compiled", False) if compile is None else bool(compile)
+        self._draft, self._extend = _draft_body, extend_layers
+        if self.compiled:
+            from .target import _compiler
+
+            wrap = _compiler(getattr(target, "compile_mode", None))
+            self._draft, self._extend = wrap(_draft_body), wrap(extend_layers)
 
     def new_context(self, batch: int, max_len: int) -> torch.Tensor:
         return self.head.new_context_cache(batch, max_len, device=self.target.device)
 
     def extend(self, ctx: torch.Tensor, ctx_lens: torch.Tensor, tapped: torch.Tensor) -> None:
-        self.head.extend_context(ctx, ctx_lens, tapped)
+        # compiled for the round's fixed D+1 rows only (the prefill's length varies per prompt)
+        fn = self._extend if tapped.shape[1] == self.depth + 1 else extend_layers
+        fn(self.head, layer_caches(ctx), ctx_lens, tapped)
 
     def draft(self, ctx: torch.Tensor, ctx_lens: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
         B, D = anchor.shape[0], self.depth
         key = (B, anchor.device)
         if key not in self._static:  # built once per batch size: nothing is built per round
             self._static[key] = (chain_mask(D + 1, B, anchor.device),
-                                 torch.full((B, D), self.head.mask_token_id, dtype=torch.int64, device=anchor.device))
-        mask, fill = self._static[key]
-        block = torch.cat([anchor.unsqueeze(1), fill], dim=1)  # [anchor, MASK x D]
-        h = self.head.forward_block(ctx, ctx_lens, self.target.embed(block), mask)
-        return self.target.lm_head(h[:, 1:].to(self.target.dtype))  # (B, D, V) for depths 1..D
+                                 torch.full((B, D), self.head.mask_token_id, dtype=torch.int64, device=anchor.device),
+                                 op("tree_attention", anchor.device, self.head.fc.weight.dtype))
+        mask, fill, attn = self._static[key]
+        m = self.target.model
+        return self._draft(self.head, m.model.embed_tokens, m.lm_head, layer_caches(ctx), ctx_lens, anchor,
+                           fill, mask, attn)
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,10 +236,20 @@ def ar_step(target: Target, st: DecodeState, sp: SamplingParams):
 # --------------------------------------------------------------------------------------------
 # Prefill and the host loops
 # --------------------------------------------------------------------------------------------
+_ONE_NODE: Dict[tuple, tuple] = {}
+
+
 def _one_node_tree(anchor: torch.Tensor) -> Tree:
+    """The anchor as a one-node tree. Its constant parts (parents -1, depth 0, mask bit 0) are
+    made once per (batch, device) and reused (read-only), so an AR step launches no fills."""
     B, dev = anchor.shape[0], anchor.device
-    return Tree(anchor.reshape(B, 1).contiguous(), torch.full((B, 1), -1, dtype=torch.int32, device=dev),
-                torch.zeros(B, 1, dtype=torch.int32, device=dev), torch.ones(B, 1, 1, dtype=torch.int32, device=dev))
+    key = (B, str(dev), torch.is_inference_mode_enabled())
+    if key not in _ONE_NODE:
+        _ONE_NODE[key] = (torch.full((B, 1), -1, dtype=torch.int32, device=dev),
+                          torch.zeros(B, 1, dtype=torch.int32, device=dev),
+                          torch.ones(B, 1, 1, dtype=torch.int32, device=dev))
+    parents, depths, mask = _ONE_NODE[key]
+    return Tree(anchor.reshape(B, 1).contiguous(), parents, depths, mask)
 
 
 def prefill(target: Target, drafter, st: DecodeState, prompt: torch.Tensor, sp: SamplingParams) -> None:
@@ -302,6 +335,8 @@ def generate(target: Target, drafter, prompt_ids, *, max_new_tokens: int = 256, 
     max_new_tokens = min(max_new_tokens, max_context - P)
     slack = (budget if drafter is not None else 1) + depth + 2
     S = P + max_new_tokens + slack
+    if getattr(target, "compiled", False):  # compiled code is specialised on the cache length:
+        S = -(-S // 1024) * 1024           # buckets of 1024 slots, not one compilation per prompt
     st = DecodeState(
         kv=target.new_cache(B, S),
         prefix_lens=torch.zeros(B, dtype=torch.int32, device=device),

@@ -79,14 +79,17 @@ def default_target_layer_ids(num_target_layers: int, num_taps: int) -> List[int]
     return [int(round(start + i * (end - start) / (num_taps - 1))) for i in range(num_taps)]
 
 
-def scatter_slots(cache: torch.Tensor, slots: torch.Tensor, values: torch.Tensor) -> None:
-    """cache ``(B, H, S, Dh)`` [slots[b, i]] = values ``(B, H, n, Dh)``; slots ``(B, n)`` int64.
+def scatter_slots(cache: torch.Tensor, slots: torch.Tensor, values: torch.Tensor,
+                  rows: Optional[torch.Tensor] = None) -> None:
+    """cache ``(B, H, S, Dh)`` [b, :, slots[b, i]] = values ``(B, H, n, Dh)``; slots ``(B, n)``
+    int64; rows ``(B, 1)`` int64 = ``arange(B)`` (made here when not given).
 
-    A device-side scatter (no host sync, static shapes), so it can sit in a CUDA graph.
+    A device-side ``index_put_`` (no host sync, static shapes), so it can sit in a CUDA graph;
+    under torch.compile it is re-inplaced into the cache and fused with the producer of values.
     """
-    B, H, n, Dh = values.shape
-    idx = slots.view(B, 1, n, 1).expand(B, H, n, Dh)
-    cache.scatter_(2, idx, values.to(cache.dtype))
+    if rows is None:
+        rows = torch.arange(slots.shape[0], device=slots.device).unsqueeze(1)
+    cache[rows, :, slots] = values.transpose(1, 2).to(cache.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,15 +118,18 @@ class DraftAttention(nn.Module):
         v = self.v_proj(x).view(B, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         return _rope(k, cos, sin), v
 
-    def forward(self, x, cos, sin, k_cache, v_cache, ctx_lens, slots, mask):
-        """Block attention. x ``(B, N, H)`` (normed). Writes the block's k/v at ``slots``."""
+    def forward(self, x, cos, sin, k_cache, v_cache, ctx_lens, slots, mask, attn=None, rows=None):
+        """Block attention. x ``(B, N, H)`` (normed). Writes the block's k/v at ``slots``.
+        attn: the tree_attention implementation (default: resolved here); rows: ``arange(B)``
+        ``(B, 1)`` for the slot writes (default: made here)."""
         B, N, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(B, N, self.num_heads, self.head_dim)).transpose(1, 2)
         k, v = self.keys_values(x, cos, sin)
         q = _rope(q, cos, sin)
-        scatter_slots(k_cache, slots, k)
-        scatter_slots(v_cache, slots, v)
-        attn = op("tree_attention", x.device, x.dtype)
+        scatter_slots(k_cache, slots, k, rows)
+        scatter_slots(v_cache, slots, v, rows)
+        if attn is None:
+            attn = op("tree_attention", x.device, x.dtype)
         out, _ = attn(q.transpose(1, 2), k_cache, v_cache, ctx_lens, mask, self.scaling)
         return self.o_proj(out.reshape(B, N, -1))
 
@@ -142,8 +148,9 @@ class DraftLayer(nn.Module):
         self.input_layernorm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = Qwen3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, k_cache, v_cache, ctx_lens, slots, mask):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, ctx_lens, slots, mask)
+    def forward(self, x, cos, sin, k_cache, v_cache, ctx_lens, slots, mask, attn=None, rows=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, ctx_lens, slots, mask,
+                               attn, rows)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -351,14 +358,7 @@ class JetSpecDraftHead(nn.Module):
         positions ``ctx_lens + j``. Static shapes: rows beyond a row's real count may be
         garbage, they are overwritten before being attended to.
         """
-        B, n, _ = tapped.shape
-        pos = ctx_lens.to(torch.int64).unsqueeze(1) + torch.arange(n, device=tapped.device)
-        x = self.fuse(tapped)
-        cos, sin = self.rotary_emb(x, pos)
-        for i, layer in enumerate(self.layers):
-            k, v = layer.self_attn.keys_values(x, cos, sin)
-            scatter_slots(cache[i, 0], pos, k)
-            scatter_slots(cache[i, 1], pos, v)
+        extend_layers(self, layer_caches(cache), ctx_lens, tapped)
 
     def forward_block(self, cache: torch.Tensor, ctx_lens: torch.Tensor, block_embeds: torch.Tensor,
                       mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -369,11 +369,46 @@ class JetSpecDraftHead(nn.Module):
         The block's keys/values are written at slots ``ctx_lens + i`` of ``cache``.
         """
         B, N, _ = block_embeds.shape
-        pos = ctx_lens.to(torch.int64).unsqueeze(1) + torch.arange(N, device=block_embeds.device)
         if mask is None:
             mask = chain_mask(N, B, block_embeds.device)
-        x = block_embeds.to(self.fc.weight.dtype)
-        cos, sin = self.rotary_emb(x, pos)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, cache[i, 0], cache[i, 1], ctx_lens, pos, mask)
-        return self.norm(x)
+        attn = op("tree_attention", block_embeds.device, self.fc.weight.dtype)
+        return block_layers(self, layer_caches(cache), ctx_lens, block_embeds, mask, attn)
+
+
+# --------------------------------------------------------------------------------------------
+# The head's two computations as plain functions of (head, per-layer cache views, tensors): what
+# the methods above run, and what the decoder compiles (torch.compile) when asked. Each layer's
+# keys and values come as separate views of the stacked cache, so compiled code writes them in
+# place (a mutated view of one stacked input would make the compiled graph copy the cache).
+# --------------------------------------------------------------------------------------------
+def layer_caches(cache: torch.Tensor) -> List[torch.Tensor]:
+    """Stacked cache ``(L, 2, B, Hkv, S, Dh)`` -> ``[k_0, v_0, k_1, v_1, ...]`` views."""
+    return [cache[i, j] for i in range(cache.shape[0]) for j in (0, 1)]
+
+
+def extend_layers(head: "JetSpecDraftHead", caches: List[torch.Tensor], ctx_lens: torch.Tensor,
+                  tapped: torch.Tensor) -> None:
+    """:meth:`JetSpecDraftHead.extend_context` on per-layer views (see :func:`layer_caches`)."""
+    B, n, _ = tapped.shape
+    pos = ctx_lens.to(torch.int64).unsqueeze(1) + torch.arange(n, device=tapped.device)
+    rows = torch.arange(B, device=tapped.device).unsqueeze(1)
+    x = head.fuse(tapped)
+    cos, sin = head.rotary_emb(x, pos)
+    for i, layer in enumerate(head.layers):
+        k, v = layer.self_attn.keys_values(x, cos, sin)
+        scatter_slots(caches[2 * i], pos, k, rows)
+        scatter_slots(caches[2 * i + 1], pos, v, rows)
+
+
+def block_layers(head: "JetSpecDraftHead", caches: List[torch.Tensor], ctx_lens: torch.Tensor,
+                 block_embeds: torch.Tensor, mask: torch.Tensor, attn) -> torch.Tensor:
+    """:meth:`JetSpecDraftHead.forward_block` on per-layer views, with the tree_attention
+    implementation ``attn`` given."""
+    B, N, _ = block_embeds.shape
+    pos = ctx_lens.to(torch.int64).unsqueeze(1) + torch.arange(N, device=block_embeds.device)
+    rows = torch.arange(B, device=block_embeds.device).unsqueeze(1)
+    x = block_embeds.to(head.fc.weight.dtype)
+    cos, sin = head.rotary_emb(x, pos)
+    for i, layer in enumerate(head.layers):
+        x = layer(x, cos, sin, caches[2 * i], caches[2 * i + 1], ctx_lens, pos, mask, attn, rows)
+    return head.norm(x)

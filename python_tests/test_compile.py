@@ -1,0 +1,188 @@
+"""Target(compile=True): the regional torch.compile of the target's forward (prologue, ONE
+decoder-layer graph shared by every layer, epilogue) gives the eager forward's logits, tapped
+features and KV cache contents, compiles each input shape once for all layers with no graph
+break, and greedy generation is token-identical with and without it.
+
+CPU, fp32, a 2-layer tiny Qwen3 (compile time dominates: the module shares one compiled target
+across its tests and reuses the shapes the generate tests compiled). Skipped when torch.compile
+cannot run here (no inductor / no C++ compiler). A CUDA case checks capture in a CUDA graph."""
+import shutil
+
+import pytest
+import torch
+
+from conftest import requires_cuda
+from decoder_support import tiny_target
+from jetspec_ext.decoder import HeadDrafter, generate, generate_ar
+from jetspec_ext.draft_head import JetSpecDraftHead, pack_mask
+from jetspec_ext.target import Target, compile_available
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not compile_available(), reason="torch.compile unavailable"),
+]
+
+VOCAB, LAYERS, NEW, BUDGET, DEPTH, WIDTH = 512, 2, 12, 8, 3, 2
+PROMPT = [5, 9, 200, 31, 7, 77, 300, 12, 3, 99, 41]
+
+
+def _counters():
+    from torch._dynamo.utils import counters
+
+    return dict(counters["stats"]), dict(counters["graph_break"])
+
+
+@pytest.fixture(scope="module")
+def models():
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("inductor's CPU backend needs a C++ compiler")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    from torch import _dynamo
+
+    _dynamo.reset()
+    model = tiny_target(tied=False, vocab=VOCAB, layers=LAYERS, hidden=64, head_dim=64, seed=3)
+    torch.manual_seed(0)
+    head = JetSpecDraftHead.for_target(model.config, num_layers=1, block_size=DEPTH + 1, target_layer_ids=[0, 1])
+    eager = Target(model, head.target_layer_ids)
+    comp = Target(model, head.target_layer_ids, compile=True)
+    yield model, head, eager, comp
+    torch.set_num_threads(n)
+
+
+def test_generate_identical_with_and_without_compile(models):
+    _, head, eager, comp = models
+    before, _ = _counters()
+    ref = generate(eager, HeadDrafter(head, eager, depth=DEPTH), PROMPT, max_new_tokens=NEW,
+                   budget=BUDGET, width=WIDTH)
+    got = generate(comp, HeadDrafter(head, comp, depth=DEPTH), PROMPT, max_new_tokens=NEW,
+                   budget=BUDGET, width=WIDTH)
+    assert got.tokens == ref.tokens
+    assert [r.accept_len for r in got.rounds] == [r.accept_len for r in ref.rounds]
+    assert generate_ar(comp, PROMPT, max_new_tokens=NEW).tokens == generate_ar(eager, PROMPT, max_new_tokens=NEW).tokens
+    after, breaks = _counters()
+    # target: two shapes (tree N=BUDGET and AR N=1) x three regions, the LAYERS layers sharing
+    # one graph; drafter: the block forward and the round's context extension
+    assert after.get("unique_graphs", 0) - before.get("unique_graphs", 0) == 8, after
+    assert not breaks, breaks
+
+
+def _cache_len(N):
+    """The cache length generate() uses with a compiled target (rounded up to 1024 slots)."""
+    S = len(PROMPT) + NEW + (N + DEPTH + 2 if N > 1 else 3)
+    return -(-S // 1024) * 1024
+
+
+def _random_tree(B, N, g):
+    parents = torch.full((B, N), -1, dtype=torch.int64)
+    bits = torch.zeros(B, N, N, dtype=torch.bool)
+    depths = torch.zeros(B, N, dtype=torch.int64)
+    for b in range(B):
+        bits[b, 0, 0] = True
+        for i in range(1, N):
+            p = int(torch.randint(0, i, (1,), generator=g))
+            parents[b, i] = p
+            depths[b, i] = depths[b, p] + 1
+            bits[b, i] = bits[b, p]
+            bits[b, i, i] = True
+    return pack_mask(bits), depths
+
+
+@pytest.mark.parametrize("N", [BUDGET, 1], ids=["tree", "ar"])
+@torch.inference_mode()  # inputs made as generate makes them (guards check inference tensors)
+def test_compiled_forward_matches_eager(models, N):
+    """Logits, tapped features and every layer's KV (the new slots and the untouched rest)."""
+    _, head, eager, comp = models
+    g = torch.Generator().manual_seed(N)
+    # the cache length the generate test used for this N: no new compilation here
+    S = _cache_len(N)
+    P = 6
+    kv = torch.randn(LAYERS, 2, 1, eager.num_kv_heads, S, eager.head_dim, generator=g)
+    kv_c = kv.clone()
+    lens = torch.full((1,), P, dtype=torch.int32)
+    tokens = torch.randint(0, VOCAB, (1, N), generator=g)
+    mask, depths = _random_tree(1, N, g)
+    pos = P + depths
+    before, _ = _counters()
+    le, te = eager.forward(kv, lens, tokens, pos, mask, want_tapped=N > 1)
+    lc, tc = comp.forward(kv_c, lens, tokens, pos, mask, want_tapped=N > 1)
+    after, breaks = _counters()
+    assert after.get("unique_graphs", 0) == before.get("unique_graphs", 0), "recompiled"
+    assert not breaks
+    torch.testing.assert_close(lc, le, rtol=1e-5, atol=1e-5)
+    if N > 1:
+        assert tc.shape == (1, N, 2 * model_hidden(eager))
+        torch.testing.assert_close(tc, te, rtol=1e-5, atol=1e-5)
+    else:
+        assert tc is None and te is None
+    torch.testing.assert_close(kv_c, kv, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(kv_c[:, :, :, :, P:P + N], torch.zeros_like(kv_c[:, :, :, :, P:P + N]))
+    # slots outside [P, P+N) are untouched in both
+    fresh = torch.randn(LAYERS, 2, 1, eager.num_kv_heads, S, eager.head_dim, generator=torch.Generator().manual_seed(N))
+    keep = torch.ones(S, dtype=torch.bool)
+    keep[P:P + N] = False
+    torch.testing.assert_close(kv_c[..., keep, :], fresh[..., keep, :], rtol=0, atol=0)
+
+
+@torch.inference_mode()
+def test_compiled_drafter_matches_eager(models):
+    """The head's block forward (draft logits, block KV) and context extension (context KV)."""
+    _, head, eager, comp = models
+    de, dc = HeadDrafter(head, eager, depth=DEPTH), HeadDrafter(head, comp, depth=DEPTH)
+    assert dc.compiled and not de.compiled
+    S = _cache_len(BUDGET)  # the generate test's shapes: no new compilation
+    g = torch.Generator().manual_seed(7)
+    ctx = de.new_context(1, S)
+    ctx.copy_(torch.randn(ctx.shape, generator=g))
+    ctx_c = ctx.clone()
+    lens = torch.full((1,), 9, dtype=torch.int32)
+    tapped = torch.randn(1, DEPTH + 1, 2 * model_hidden(eager), generator=g)
+    anchor = torch.tensor([17])
+    before, _ = _counters()
+    de.extend(ctx, lens, tapped)
+    dc.extend(ctx_c, lens, tapped)
+    torch.testing.assert_close(ctx_c, ctx, rtol=1e-5, atol=1e-5)
+    le, lc = de.draft(ctx, lens, anchor), dc.draft(ctx_c, lens, anchor)
+    after, _ = _counters()
+    assert after.get("unique_graphs", 0) == before.get("unique_graphs", 0), "recompiled"
+    assert lc.shape == (1, DEPTH, VOCAB)
+    torch.testing.assert_close(lc, le, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ctx_c, ctx, rtol=1e-5, atol=1e-5)
+
+
+def model_hidden(target):
+    return target.config.hidden_size
+
+
+@requires_cuda
+def test_compiled_forward_cuda_graph():
+    """On the GPU (bf16): the compiled forward runs inside a CUDA-graph capture after a warm-up
+    and its replay matches the eager forward."""
+    model = tiny_target(tied=False, vocab=VOCAB, layers=LAYERS, hidden=256, head_dim=128, seed=3)
+    model = model.to("cuda", torch.bfloat16)
+    eager, comp = Target(model, [0, 1]), Target(model, [0, 1], compile=True)
+    N, P, S = 16, 40, 96
+    g = torch.Generator().manual_seed(0)
+    mask, depths = _random_tree(1, N, g)
+    mask, pos = mask.cuda(), (P + depths).cuda()
+    tokens = torch.randint(0, VOCAB, (1, N), generator=g).cuda()
+    kv0 = torch.randn(LAYERS, 2, 1, eager.num_kv_heads, S, eager.head_dim, generator=g).to("cuda", torch.bfloat16)
+    lens = torch.full((1,), P, dtype=torch.int32, device="cuda")
+    kv_e, kv_c = kv0.clone(), kv0.clone()
+    with torch.inference_mode():
+        le, te = eager.forward(kv_e, lens, tokens, pos, mask)
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            comp.forward(kv_c, lens, tokens, pos, mask)  # compiles (warm-up)
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = comp.forward(kv_c, lens, tokens, pos, mask)
+        kv_c.copy_(kv0)
+        graph.replay()
+        torch.cuda.synchronize()
+    lc, tc = out
+    torch.testing.assert_close(lc.float(), le.float(), rtol=6e-2, atol=6e-2)
+    torch.testing.assert_close(tc.float(), te.float(), rtol=6e-2, atol=6e-2)
+    torch.testing.assert_close(kv_c.float(), kv_e.float(), rtol=6e-2, atol=6e-2)

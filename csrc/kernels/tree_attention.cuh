@@ -865,27 +865,45 @@ __global__ void __launch_bounds__(128) merge_kernel(const Params p) {
   const int hq = kvh * p.G + (grow - n * p.G);
   const int64_t split_stride = (int64_t)p.B * p.Hkv * p.rows;
 
+  // Latency-bound (a few KB per warp): no global load may wait on another. Lane l holds the lse
+  // of splits l, l + 32, ...; max and weight sum are warp reductions; the O partials are then
+  // loaded unconditionally, 4 splits in flight, and empty splits (w = 0, o_s possibly never
+  // written) are dropped by a select, never by a multiply (0 * garbage could be NaN).
+  const int ns = p.num_splits;
   float mx = -INFINITY;
-  for (int s = 0; s < p.num_splits; ++s) mx = fmaxf(mx, p.lse_part[s * split_stride + wid]);
+  for (int s = lane; s < ns; s += 32) mx = fmaxf(mx, p.lse_part[s * split_stride + wid]);
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
   float acc[VEC];
 #pragma unroll
   for (int i = 0; i < VEC; ++i) acc[i] = 0.f;
   float wsum = 0.f;
   if (mx != -INFINITY) {
-    for (int s = 0; s < p.num_splits; ++s) {
-      const float ls = p.lse_part[s * split_stride + wid];
-      if (ls == -INFINITY) continue;
-      const float w = __expf(ls - mx);
-      wsum += w;
-      const float* src = p.o_part + (s * split_stride + wid) * D + lane * VEC;
-      if constexpr (VEC == 4) {
-        const float4 v = *reinterpret_cast<const float4*>(src);
-        acc[0] += w * v.x; acc[1] += w * v.y; acc[2] += w * v.z; acc[3] += w * v.w;
-      } else {
-        const float2 v = *reinterpret_cast<const float2*>(src);
-        acc[0] += w * v.x; acc[1] += w * v.y;
+    for (int c = 0; c < ns; c += 32) {
+      const int sl = c + lane;
+      const float ls = sl < ns ? p.lse_part[sl * split_stride + wid] : -INFINITY;
+      const float w_lane = ls == -INFINITY ? 0.f : __expf(ls - mx);
+      wsum += w_lane;
+      const int cnt = min(32, ns - c);
+#pragma unroll 4
+      for (int j = 0; j < cnt; ++j) {
+        const float w = __shfl_sync(0xffffffffu, w_lane, j);
+        const float* src = p.o_part + ((int64_t)(c + j) * split_stride + wid) * D + lane * VEC;
+        if constexpr (VEC == 4) {
+          const float4 v = *reinterpret_cast<const float4*>(src);
+          acc[0] += w > 0.f ? w * v.x : 0.f;
+          acc[1] += w > 0.f ? w * v.y : 0.f;
+          acc[2] += w > 0.f ? w * v.z : 0.f;
+          acc[3] += w > 0.f ? w * v.w : 0.f;
+        } else {
+          const float2 v = *reinterpret_cast<const float2*>(src);
+          acc[0] += w > 0.f ? w * v.x : 0.f;
+          acc[1] += w > 0.f ? w * v.y : 0.f;
+        }
       }
     }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) wsum += __shfl_xor_sync(0xffffffffu, wsum, off);
   }
   const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
   T* dst = static_cast<T*>(p.out) + (((int64_t)b * p.N + n) * p.Hq + hq) * D + lane * VEC;

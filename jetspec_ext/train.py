@@ -543,10 +543,8 @@ def evaluate(model, head: Optional[JetSpecDraftHead], prompts_ids: Sequence[Sequ
     dev = model.lm_head.weight.device
     layer_ids = head.target_layer_ids if head is not None else ()
     target = Target(model, layer_ids)
-    drafter = None
     if head is not None:
         head = head.to(device=dev, dtype=dtype or model.lm_head.weight.dtype).eval()
-        drafter = HeadDrafter(head, target, depth=depth)
     kw = dict(max_new_tokens=max_new_tokens, stop_token_ids=list(stop_token_ids), cuda_graph=cuda_graph)
     res: dict = {"prompts": len(prompts_ids), "max_new_tokens": max_new_tokens, "width": width, "budgets": {}}
     ar_tokens = None
@@ -562,8 +560,11 @@ def evaluate(model, head: Optional[JetSpecDraftHead], prompts_ids: Sequence[Sequ
         res["ar"] = {"tokens": toks, "decode_s": round(secs, 4), "tokens_per_s": toks / secs if secs else None,
                      "tokens_per_s_incl_prefill": toks / tot if tot else None}
     for bud in budgets:
-        if drafter is None:
+        if head is None:
             break
+        # tree_accept needs depth < budget: small budgets draft fewer depths
+        d = min(depth or head.block_size - 1, bud - 1)
+        drafter = HeadDrafter(head, target, depth=d)
         if end_by is not None and time.time() > end_by:
             res["budgets"][str(bud)] = {"skipped": "time cap"}
             continue
@@ -577,7 +578,7 @@ def evaluate(model, head: Optional[JetSpecDraftHead], prompts_ids: Sequence[Sequ
             acc += sum(x.accept_len[0] for x in r.rounds)
             if ar_tokens is not None:
                 same += int(r.tokens[0] == ar_tokens[i])
-        e = {"tau": acc / rounds if rounds else None, "rounds": rounds, "tokens": toks,
+        e = {"tau": acc / rounds if rounds else None, "depth": d, "rounds": rounds, "tokens": toks,
              "decode_s": round(secs, 4), "tokens_per_s": toks / secs if secs else None,
              "tokens_per_s_incl_prefill": toks / tot if tot else None}
         if ar_tokens is not None:

@@ -533,10 +533,11 @@ def evaluate(model, head: Optional[JetSpecDraftHead], prompts_ids: Sequence[Sequ
              budgets: Sequence[int] = (16, 64, 128), width: int = 7, depth: Optional[int] = None,
              max_new_tokens: int = 128, stop_token_ids: Sequence[int] = (), policy: str = "accum",
              cuda_graph: bool = False, measure_ar: bool = False, end_by: Optional[float] = None,
-             dtype: Optional[torch.dtype] = None) -> dict:
+             dtype: Optional[torch.dtype] = None, ar_reference: Optional[List[List[int]]] = None) -> dict:
     """Greedy decoding of each prompt with the head at each budget: mean accepted length (tau,
     totals over all rounds of all prompts), tokens/s (decode only, and with prefill); with
-    ``measure_ar`` the autoregressive baseline's tokens/s too and whether outputs match."""
+    ``measure_ar`` the autoregressive baseline's tokens/s too (its tokens in ``res["ar_tokens"]``)
+    and whether outputs match (also against ``ar_reference``, AR tokens from an earlier call)."""
     from .decoder import HeadDrafter, generate, generate_ar
     from .target import Target
 
@@ -547,7 +548,7 @@ def evaluate(model, head: Optional[JetSpecDraftHead], prompts_ids: Sequence[Sequ
         head = head.to(device=dev, dtype=dtype or model.lm_head.weight.dtype).eval()
     kw = dict(max_new_tokens=max_new_tokens, stop_token_ids=list(stop_token_ids), cuda_graph=cuda_graph)
     res: dict = {"prompts": len(prompts_ids), "max_new_tokens": max_new_tokens, "width": width, "budgets": {}}
-    ar_tokens = None
+    ar_tokens = ar_reference
     if measure_ar:
         toks, secs, tot = 0, 0.0, 0.0
         ar_tokens = []
@@ -559,6 +560,7 @@ def evaluate(model, head: Optional[JetSpecDraftHead], prompts_ids: Sequence[Sequ
             tot += r.decode_s + r.prefill_s
         res["ar"] = {"tokens": toks, "decode_s": round(secs, 4), "tokens_per_s": toks / secs if secs else None,
                      "tokens_per_s_incl_prefill": toks / tot if tot else None}
+        res["ar_tokens"] = ar_tokens
     for bud in budgets:
         if head is None:
             break
@@ -583,7 +585,7 @@ def evaluate(model, head: Optional[JetSpecDraftHead], prompts_ids: Sequence[Sequ
              "tokens_per_s_incl_prefill": toks / tot if tot else None}
         if ar_tokens is not None:
             e["identical_to_ar"] = f"{same}/{len(prompts_ids)}"
-            if res["ar"]["tokens_per_s"]:
+            if (res.get("ar") or {}).get("tokens_per_s"):
                 e["speedup"] = e["tokens_per_s"] / res["ar"]["tokens_per_s"]
         res["budgets"][str(bud)] = e
         log(f"eval budget {bud} width {width}: tau {e['tau']:.3f}, {e['tokens_per_s']:.1f} tok/s"
@@ -633,7 +635,8 @@ def add_arguments(t) -> None:
     t.add_argument("--gen-max-new-tokens", type=int, default=256)
     t.add_argument("--gen-batch-size", type=int, default=64)
     t.add_argument("--gen-temperature", type=float, default=0.0, help="0 = greedy regeneration")
-    t.add_argument("--gen-minutes", type=float, default=None, help="time cap for regeneration")
+    t.add_argument("--gen-minutes", type=float, default=None,
+                   help="time cap for regeneration (0: use only what the cache already holds)")
     t.add_argument("--steps", type=int, default=None, help="optimizer steps (default 1000, or from --minutes)")
     t.add_argument("--minutes", type=float, default=None,
                    help="training time budget: without --steps the step count is calibrated from it; "
@@ -711,7 +714,7 @@ def run(args) -> dict:
         texts += read_prompts(p, args.num_prompts)
     pids = [encode_prompt(tok, t, args.chat, args.thinking)[-(args.max_len // 2):] for t in texts]
     cache = args.cache or os.path.join(args.out, "regen.jsonl")
-    end_gen = time.time() + args.gen_minutes * 60 if args.gen_minutes else None
+    end_gen = time.time() + args.gen_minutes * 60 if args.gen_minutes is not None else None
     samples = regenerate(model, pids, cache, max_new_tokens=args.gen_max_new_tokens,
                          batch_size=args.gen_batch_size, temperature=args.gen_temperature,
                          eos_token_id=stops or None, pad_token_id=tok.pad_token_id or 0, seed=args.seed,

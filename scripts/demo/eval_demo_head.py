@@ -114,9 +114,11 @@ def main(argv=None):
     except Exception:  # noqa: BLE001
         traceback.print_exc()
     # the AR baseline, once
+    ar_tokens = None
     try:
         r = evaluate(model, None, ids, budgets=(), measure_ar=True, **kw)
         res["ar"] = r["ar"]
+        ar_tokens = r["ar_tokens"]
         log(f"AR baseline: {r['ar']['tokens_per_s']:.1f} tokens/s ({r['ar']['tokens']} tokens)")
     except Exception as e:  # noqa: BLE001
         traceback.print_exc()
@@ -144,7 +146,7 @@ def main(argv=None):
             D = head.block_size - 1
             b = budget if budget else D + 1
             evaluate(model, head, ids[:1], budgets=(b,), width=width, **{**kw, "max_new_tokens": 8})  # warm-up
-            r = evaluate(model, head, ids, budgets=(b,), width=width, **kw)
+            r = evaluate(model, head, ids, budgets=(b,), width=width, ar_reference=ar_tokens, **kw)
             e = dict(r["budgets"][str(b)])
             e.update(width=width, budget=b, head=path, causal=head.causal)
             if ar_tps and e.get("tokens_per_s"):

@@ -18,7 +18,7 @@
 #                causal head as a chain, tokens/s vs the AR baseline (CUDA graphs on CUDA)
 #                -> $OUT/demo_head_results.json + demo_head_results.md
 # Budget split of the total (minus ~45 s of interpreter start-ups and packing): regeneration
-# 16 %, causal training 27 %, bidirectional training the same step count (cap 30 %), eval the rest.
+# 16 %, causal training 28 %, bidirectional training the same step count (cap 33 %), eval the rest (23 %).
 # --tiny: seconds-long settings for a CPU smoke test (few prompts, few steps, 2 eval prompts).
 # Data: $JETSPEC_DATA/mbpp_test.jsonl (default ../shared/data relative to the repo root).
 # Needs jetspec_ext importable from the repo root (built in place, or installed) with torch and
@@ -112,7 +112,7 @@ COMMON=(--prompts "$BUILD/train_prompts.jsonl" --cache "$BUILD/regen.jsonl" --de
 
 # ---------------------------------------------------------------- 2. causal head (+ regeneration)
 GEN_END=$(at 0.16)
-CAUSAL_END=$(at 0.45)
+CAUSAL_END=$(at 0.44)
 if [[ "$TINY" == 1 ]]; then CAUSAL_STEPS=(--steps 6); else CAUSAL_STEPS=(--minutes "$("$PY" -c "print(round(($CAUSAL_END - $GEN_END) / 60, 3))")"); fi
 stamp "2/4 regenerate (until $(date -d @$GEN_END +%T)) + causal head (${CAUSAL_STEPS[*]}, hard stop $(date -d @$CAUSAL_END +%T))"
 "$PY" -m jetspec_ext.cli train "${COMMON[@]}" --out "$BUILD/causal" --attention causal \
@@ -128,11 +128,11 @@ fi
 STEPS=$("$PY" -c "import json; print(json.load(open('$BUILD/causal/summary.json'))['train']['steps'])" 2>/dev/null || echo "")
 
 # ---------------------------------------------------------------- 3. bidirectional head
-BIDIR_END=$(at 0.76)
+BIDIR_END=$(at 0.77)
 if [[ -n "$STEPS" && "$STEPS" -gt 0 ]]; then
   stamp "3/4 bidirectional head: $STEPS steps, same data and seed (hard stop $(date -d @$BIDIR_END +%T))"
   "$PY" -m jetspec_ext.cli train "${COMMON[@]}" --out "$BUILD/bidir" --attention bidirectional \
-    --gen-minutes 0.05 --steps "$STEPS" --end-by "$BIDIR_END" ${EXTRA[@]+"${EXTRA[@]}"}
+    --gen-minutes 0 --steps "$STEPS" --end-by "$BIDIR_END" ${EXTRA[@]+"${EXTRA[@]}"}
   stamp "bidirectional training exit $?"
   cp "$BUILD/bidir/train_log.jsonl" "$OUT_DIR/train_log_bidir.jsonl" 2>/dev/null || true
 else

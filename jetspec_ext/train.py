@@ -443,7 +443,8 @@ def train_head(model, head: JetSpecDraftHead, samples: Sequence[Sample], cfg: Tr
         st = torch.load(st_path, map_location=dev, weights_only=False)
         opt.load_state_dict(st["optimizer"])
         step = int(st["step"])
-        total[0] = int(st.get("total_steps", total[0]))
+        if cfg.steps is None:  # a time-calibrated run keeps its step count; explicit --steps wins
+            total[0] = int(st.get("total_steps", total[0]))
         sched.load_state_dict(st["scheduler"])
         elapsed0 = float(st.get("elapsed", 0.0))
         log(f"resumed from {resume} at step {step} (total {total[0]})")

@@ -148,3 +148,45 @@ def test_evaluate_through_decoder():
                  measure_ar=True)
     assert r["budgets"]["4"]["tau"] >= 1.0 and r["budgets"]["8"]["identical_to_ar"] == "2/2"
     assert r["ar"]["tokens"] == 16
+
+
+def _demo_target():
+    from jetspec_ext.demo import demo_dir, has_demo
+    if not has_demo("target"):
+        pytest.skip("the bundled demo target is not installed")
+    return demo_dir("target")
+
+
+def test_cli_train_then_generate_with_demo_pair(tmp_path, capsys, monkeypatch):
+    """`jetspec train` on the demo target (a few steps), then `jetspec generate` with no --target
+    picks up the demo pair (JETSPEC_DEMO_DIR pointed at the bundled target + the new head)."""
+    from jetspec_ext.cli import main
+    target = _demo_target()
+    torch.set_num_threads(2)
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"prompt": "def add(a, b):\\n    \\"\\"\\"Return a + b.\\"\\"\\"\\n"}\n'
+                 '{"prompt": "class Stack:\\n    def push(self, x):\\n"}\n')
+    out = tmp_path / "run"
+    args = ["train", "--target", target, "--prompts", str(p), "--out", str(out), "--steps", "4",
+            "--batch-size", "2", "--anchors", "4", "--num-layers", "1", "--taps", "1,3", "--block-size", "6",
+            "--gen-max-new-tokens", "16", "--warmup", "1", "--device", "cpu", "--save-dtype", "bfloat16",
+            "--eval-prompts", str(p), "--eval-num", "1", "--eval-budgets", "4,8", "--eval-max-new-tokens", "8"]
+    assert main(args) == 0
+    summ = __import__("json").loads((out / "summary.json").read_text())
+    assert summ["train"]["steps"] == 4 and summ["eval"]["budgets"]["8"]["tau"] >= 1.0
+    assert len((out / "regen.jsonl").read_text().splitlines()) == 2
+    head = JetSpecDraftHead.from_pretrained(str(out / "head"))
+    assert head.fc.weight.dtype == torch.bfloat16 and head.target_layer_ids == [1, 3] and head.causal
+    # resume from OUT/checkpoint for 2 more steps; the cache is reused (no new regeneration)
+    assert main(args[:args.index("--steps")] + ["--steps", "6", "--resume"] + args[args.index("--steps") + 2:]) == 0
+    assert __import__("json").loads((out / "summary.json").read_text())["train"]["steps"] == 6
+    assert len((out / "regen.jsonl").read_text().splitlines()) == 2
+    capsys.readouterr()
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    os.symlink(target, demo / "target")
+    os.symlink(out / "head", demo / "head")
+    monkeypatch.setenv("JETSPEC_DEMO_DIR", str(demo))
+    assert main(["generate", "--max-new-tokens", "8", "--device", "cpu", "--budget", "8", "--compare-ar"]) == 0
+    o = capsys.readouterr().out
+    assert "def fibonacci" in o and "mean accepted length" in o and "identical output" in o

@@ -170,10 +170,12 @@ def regenerate(model, prompts_ids: Sequence[Sequence[int]], cache_path: str, *, 
     done = 0
     os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
     with open(cache_path, "a") as f:
+        last_s = 0.0
         for s in range(0, len(todo), batch_size):
-            if end_by is not None and time.time() > end_by:
+            if end_by is not None and time.time() + last_s > end_by:  # a batch would end past the cap
                 log(f"regenerate: time cap reached after {done} prompts; the rest stays unanswered")
                 break
+            tb = time.time()
             idx = todo[s: s + batch_size]
             L = max(len(prompts_ids[i]) for i in idx)
             ids = torch.full((len(idx), L), pad_token_id, dtype=torch.long)
@@ -201,6 +203,7 @@ def regenerate(model, prompts_ids: Sequence[Sequence[int]], cache_path: str, *, 
                 cache[keys[i]] = Sample(rec["prompt_ids"], resp)
             f.flush()
             done += len(idx)
+            last_s = time.time() - tb
             el = time.time() - t0
             log(f"regenerate: {done}/{len(todo)} prompts, {el:.1f} s, {done / max(el, 1e-9):.1f} prompts/s")
     return [cache[k] for k in keys if k in cache]

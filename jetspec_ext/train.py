@@ -336,10 +336,11 @@ def dense_block_forward(head: JetSpecDraftHead, tapped: torch.Tensor, block_embe
 
 def _lr_lambda(cfg: TrainConfig, total: List[int]):
     def f(step: int) -> float:
-        if step < cfg.warmup:
-            return (step + 1) / cfg.warmup
-        n = max(1, total[0] - cfg.warmup)
-        p = min(1.0, (step - cfg.warmup) / n)
+        w = max(1, min(cfg.warmup, total[0] // 10))  # short runs: at most 10 % warm-up
+        if step < w:
+            return (step + 1) / w
+        n = max(1, total[0] - w)
+        p = min(1.0, (step - w) / n)
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
     return f
 
@@ -483,17 +484,20 @@ def train_head(model, head: JetSpecDraftHead, samples: Sequence[Sample], cfg: Tr
         if bar is not None and hasattr(bar, "update"):
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.4f}")
-        # time-budgeted runs: fix the total from the measured speed after a few steps
+        # time-budgeted runs: set the total from the measured speed (steps/s since step 3),
+        # re-estimated at steps 10, 25, 50 and every 100 steps (only the cosine tail moves)
         if cfg.steps is None and budget_s is not None:
             if step == 3:
                 calib_at = (time.time(), step)
-            elif calib_at is not None and step == calib_at[1] + 7:
-                rate = 7 / max(time.time() - calib_at[0], 1e-9)
+            elif calib_at is not None and (step in (10, 25, 50) or step % 100 == 0) and step < total[0]:
+                rate = (step - calib_at[1]) / max(time.time() - calib_at[0], 1e-9)
                 left = budget_s - (time.time() - t0)
                 if cfg.end_by is not None:
                     left = min(left, cfg.end_by - time.time())
-                total[0] = max(step + 1, int(step + 0.97 * rate * left))
-                log(f"calibrated: {rate:.2f} steps/s -> {total[0]} steps in the time budget")
+                new_total = max(step + 1, int(step + 0.97 * rate * left))
+                if new_total != total[0]:
+                    log(f"calibrated at step {step}: {rate:.2f} steps/s -> {new_total} steps in the time budget")
+                total[0] = new_total
         rec = {"step": step, "loss": last_loss, "lr": sched.get_last_lr()[0], "grad_norm": float(gnorm),
                "elapsed": round(time.time() - t0 + elapsed0, 2)}
         history.append(last_loss)

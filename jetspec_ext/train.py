@@ -469,7 +469,7 @@ def train_head(model, head: JetSpecDraftHead, samples: Sequence[Sample], cfg: Tr
         if cfg.end_by is not None and now > cfg.end_by:
             stopped = "end_by"
             break
-        if budget_s is not None and now - t0 + elapsed0 > budget_s and cfg.steps is not None:
+        if budget_s is not None and now - t0 + elapsed0 > budget_s:
             stopped = "minutes"
             break
         batch = batcher.batch(step)

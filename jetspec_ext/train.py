@@ -507,7 +507,7 @@ def train_head(model, head: JetSpecDraftHead, samples: Sequence[Sample], cfg: Tr
             logf.flush()
             if bar is None or not hasattr(bar, "update"):
                 acc = stats["top1_by_depth"]
-                log(f"step {step}/{total[0]} loss {last_loss:.4f} lr {rec['lr']:.2e} gnorm {float(gnorm):.2f} "
+                log(f"step {step}/{total[0] if total[0] < 10 ** 9 else '?'} loss {last_loss:.4f} lr {rec['lr']:.2e} gnorm {float(gnorm):.2f} "
                     f"top1 d1 {acc[0]:.3f} d{len(acc)} {acc[-1]:.3f} ({rec['elapsed']:.0f} s)")
         if cfg.save_every and step % cfg.save_every == 0 and step < total[0]:
             save_checkpoint(head, opt, sched, {"step": step, "total_steps": total[0],
@@ -728,6 +728,10 @@ def run(args) -> dict:
                          eos_token_id=stops or None, pad_token_id=tok.pad_token_id or 0, seed=args.seed,
                          end_by=end_gen)
     log(f"data: {len(samples)} regenerated samples, {sum(len(s.response_ids) for s in samples)} response tokens")
+    if not samples:
+        raise ValueError(f"no regenerated samples in {cache} for these prompts and settings (the cache is keyed "
+                         "by prompt ids + --gen-max-new-tokens / --gen-temperature / stop ids / --seed; "
+                         "--gen-minutes 0 uses only the cache)")
 
     # ---- train
     cfg = TrainConfig(steps=args.steps if args.steps is not None else (None if args.minutes else 1000),

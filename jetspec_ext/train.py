@@ -39,8 +39,8 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F

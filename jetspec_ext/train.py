@@ -470,7 +470,10 @@ def train_head(model, head: JetSpecDraftHead, samples: Sequence[Sample], cfg: Tr
             stopped = "end_by"
             break
         if budget_s is not None and now - t0 + elapsed0 > budget_s:
-            stopped = "minutes"
+            if cfg.steps is None:  # a calibrated run ends here: its total was an estimate
+                total[0] = step
+            else:
+                stopped = "minutes"
             break
         batch = batcher.batch(step)
         loss, stats = loss_on_batch(model, head, batch, cfg.kl_temperature, amp)

@@ -78,6 +78,7 @@ OUT_DIR="$(cd "$OUT_DIR" && pwd)"; BUILD="$(cd "$BUILD" && pwd)"
 LOG="$OUT_DIR/make_demo_head.log"
 exec > >(tee -a "$LOG") 2>&1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 cd "$REPO"
 stamp() { echo "[make_demo_head] $(( $(date +%s) - T_START )) s: $*"; }

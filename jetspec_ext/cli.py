@@ -1,10 +1,12 @@
-"""``jetspec`` command line: ``jetspec generate`` (speculative generation with a JetSpec head) and a
-``train`` slot (not implemented yet).
+"""``jetspec`` command line: ``jetspec generate`` (speculative generation with a JetSpec head) and
+``jetspec train`` (train a draft head for a target: :mod:`jetspec_ext.train`).
 
-Example::
+Examples::
 
+    jetspec generate                     # the bundled demo pair (Python code model + its head)
     jetspec generate --target Qwen/Qwen3-8B-dir --draft jetspec-qwen3-8b-dir \\
         --prompt "What is 17 * 23?" --max-new-tokens 256 --budget 128 --compare-ar
+    jetspec train --target DIR --prompts prompts.jsonl --out run/ --steps 2000
 """
 import argparse
 import json
@@ -22,10 +24,12 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jetspec", description="JetSpec causal parallel tree speculative decoding")
     sub = p.add_subparsers(dest="command")
     g = sub.add_parser("generate", help="generate text with a target model and a JetSpec draft head")
-    g.add_argument("--target", required=True, help="Hugging Face Qwen3 model directory (config.json + weights)")
+    g.add_argument("--target", default=None,
+                   help="Hugging Face Qwen3 model directory (config.json + weights); default: the bundled "
+                        "demo target (a small Python code model) with its demo head")
     g.add_argument("--draft", help="JetSpec draft head directory (config.json with dflash_config + safetensors); "
-                   "without it, plain autoregressive decoding")
-    src = g.add_mutually_exclusive_group(required=True)
+                   "without it, plain autoregressive decoding (with no --target: the demo head)")
+    src = g.add_mutually_exclusive_group(required=False)
     src.add_argument("--prompt", help="one user prompt")
     src.add_argument("--prompts", help="jsonl file of prompts (keys: prompt / question / turns[0] / text)")
     g.add_argument("--num-prompts", type=int, default=None, help="use only the first N prompts of --prompts")
@@ -54,8 +58,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="capture the decoding round in a CUDA graph after the first round (CUDA only)")
     g.add_argument("--no-stream", dest="stream", action="store_false", help="print each answer at the end")
     g.add_argument("--stats", action="store_true", help="print per-depth acceptance and stage times")
-    t = sub.add_parser("train", help="train a draft head (not implemented yet)")
-    t.add_argument("rest", nargs=argparse.REMAINDER)
+    t = sub.add_parser("train", help="train a JetSpec draft head for a target (regenerate, train, evaluate)")
+    from .train import add_arguments
+    add_arguments(t)
     return p
 
 
@@ -65,8 +70,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         _parser().print_help()
         return 2
     if args.command == "train":
-        print("jetspec train: not implemented yet (tracked in its own issue)", file=sys.stderr)
-        return 2
+        from .train import run
+        try:
+            run(args)
+            return 0
+        except (FileNotFoundError, ValueError) as e:
+            print(f"jetspec: error: {e}", file=sys.stderr)
+            return 2
     try:
         return _generate(args)
     except CLIError as e:
@@ -75,7 +85,30 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+DEMO_PROMPT = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'
+
+
+def _use_demo(args) -> None:
+    """No --target: the bundled demo pair (target + head; the head only when no --draft given)."""
+    if args.target is not None:
+        return
+    from .demo import DemoModelMissingError, demo_head_dir, demo_target_dir, has_demo
+
+    try:
+        args.target = demo_target_dir()
+    except DemoModelMissingError as e:
+        raise CLIError(str(e))
+    if args.draft is None and has_demo("head"):
+        args.draft = demo_head_dir()
+    elif args.draft is None:
+        print("jetspec: the demo head is not installed; decoding autoregressively", file=sys.stderr)
+    if args.prompt is None and args.prompts is None:
+        args.prompt = DEMO_PROMPT
+
+
 def _read_prompts(args) -> List[str]:
+    if args.prompt is None and args.prompts is None:
+        raise CLIError("give --prompt or --prompts")
     if args.prompt is not None:
         return [args.prompt]
     if not os.path.isfile(args.prompts):
@@ -179,6 +212,7 @@ class _Streamer:
 def _generate(args) -> int:
     from .decoder import generate, generate_ar
 
+    _use_demo(args)
     prompts = _read_prompts(args)
     tok, model, target, drafter = _load(args)
     stops = _stop_ids(tok, model)
@@ -188,8 +222,13 @@ def _generate(args) -> int:
     totals = dict(tokens=0, secs=0.0, rounds=0, accepted=0, ar_tokens=0, ar_secs=0.0)
     results = []
     for i, text in enumerate(prompts):
-        chat = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                       add_generation_prompt=True, enable_thinking=args.thinking)
+        if getattr(tok, "chat_template", None):
+            chat = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                           add_generation_prompt=True, enable_thinking=args.thinking)
+        else:  # a base model without a chat template (e.g. the demo code model): the raw text
+            chat = text
+            if args.stream:
+                sys.stdout.write(text)
         ids = tok(chat, add_special_tokens=False).input_ids
         if len(prompts) > 1:
             print(f"\n=== prompt {i + 1}/{len(prompts)} ({len(ids)} tokens) ===")

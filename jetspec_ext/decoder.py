@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 
-from .draft_head import JetSpecDraftHead, block_layers, chain_mask, extend_layers, layer_caches
+from .draft_head import JetSpecDraftHead, block_layers, extend_layers, layer_caches
 from .op_select import op
 from .target import Target
 
@@ -81,7 +81,7 @@ class HeadDrafter:
         B, D = anchor.shape[0], self.depth
         key = (B, anchor.device)
         if key not in self._static:  # built once per batch size: nothing is built per round
-            self._static[key] = (chain_mask(D + 1, B, anchor.device),
+            self._static[key] = (self.head.block_mask(D + 1, B, anchor.device),
                                  torch.full((B, D), self.head.mask_token_id, dtype=torch.int64, device=anchor.device),
                                  op("tree_attention", anchor.device, self.head.fc.weight.dtype))
         mask, fill, attn = self._static[key]

@@ -8,7 +8,9 @@ Layout inside the package (``jetspec_ext/demo_models/``)::
     head/    config.json, model.safetensors   (the JetSpec draft head, from ``jetspec train``)
 
 The files are produced by ``scripts/demo/make_demo_target.sh`` (target + tokenizer) and
-``jetspec train`` (head); see ``scripts/demo/README.md``. ``JETSPEC_DEMO_DIR`` overrides the
+``scripts/demo/make_demo_head.sh`` (the head, trained with ``jetspec train``: 3 draft layers,
+taps 1 and 3, block 16, bf16); see ``scripts/demo/README.md``. ``jetspec generate`` with no
+``--target`` runs this pair. ``JETSPEC_DEMO_DIR`` overrides the
 location (a directory holding ``target/`` and ``head/``).
 
 The weights are stored in bf16 to keep the package small; :func:`load_demo_target` loads them in
@@ -68,7 +70,8 @@ def demo_dir(part: str = "target", check: bool = True) -> str:
         if miss:
             how = ("bash scripts/demo/make_demo_target.sh (then unpack demo_target.tar.gz into "
                    "jetspec_ext/demo_models/)" if part == "target" else
-                   "jetspec train on the demo target (writes jetspec_ext/demo_models/head)")
+                   "bash scripts/demo/make_demo_head.sh (then unpack demo_head.tar.gz into "
+                   "jetspec_ext/demo_models/), or jetspec train on the demo target")
             raise DemoModelMissingError(
                 f"jetspec demo: the bundled demo {part} is not installed; missing: "
                 f"{', '.join(miss)}. This jetspec_ext build ships without it; produce it with "
@@ -102,3 +105,10 @@ def load_demo_target(device=None, dtype=None):
     tok = AutoTokenizer.from_pretrained(d)
     model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype).to(device).eval()
     return model, tok
+
+
+def load_demo_head(device=None, dtype=None):
+    """The demo JetSpec head (:class:`jetspec_ext.draft_head.JetSpecDraftHead`), optionally moved."""
+    from .draft_head import JetSpecDraftHead
+
+    return JetSpecDraftHead.from_pretrained(demo_head_dir(), device=device, dtype=dtype)

@@ -12,7 +12,9 @@ committed tokens (:meth:`JetSpecDraftHead.extend_context`).
 
 Each round the head runs one forward over the block ``[anchor, MASK x D]`` at positions
 ``ctx_len .. ctx_len + D`` (:meth:`JetSpecDraftHead.forward_block`). Attention inside the block
-is causal: block position i sees all context plus block positions 0..i. Block position i >= 1
+is causal: block position i sees all context plus block positions 0..i. With
+``dflash_config.causal_head = false`` (a DFlash-style head, e.g. ``jetspec train --attention
+bidirectional``) every block position sees the whole block instead (:meth:`block_mask`). Block position i >= 1
 predicts the token at ``anchor + i``; the target's ``lm_head`` on the normed outputs of
 positions 1..D gives the per-depth logits ``(B, D, V)``.
 
@@ -68,6 +70,12 @@ def pack_mask(bits: torch.Tensor) -> torch.Tensor:
 def chain_mask(n: int, batch: int = 1, device=None) -> torch.Tensor:
     """Packed causal mask of a chain of n tokens: ``(batch, n, ceil(n/32))`` int32."""
     bits = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+    return pack_mask(bits).unsqueeze(0).expand(batch, -1, -1).contiguous()
+
+
+def full_mask(n: int, batch: int = 1, device=None) -> torch.Tensor:
+    """Packed all-visible mask of n tokens (bidirectional block): ``(batch, n, ceil(n/32))`` int32."""
+    bits = torch.ones(n, n, dtype=torch.bool, device=device)
     return pack_mask(bits).unsqueeze(0).expand(batch, -1, -1).contiguous()
 
 
@@ -185,6 +193,16 @@ class JetSpecDraftHead(nn.Module):
         return int(self.config.dflash_config["mask_token_id"])
 
     @property
+    def causal(self) -> bool:
+        """True: causal attention inside the block (JetSpec); False: bidirectional (DFlash)."""
+        return bool(self.config.dflash_config.get("causal_head", True))
+
+    def block_mask(self, n: int, batch: int = 1, device=None) -> torch.Tensor:
+        """Packed in-block mask for a block of n tokens: causal (lower triangle) or, for a
+        ``causal_head = false`` head, all ones."""
+        return (chain_mask if self.causal else full_mask)(n, batch, device)
+
+    @property
     def block_size(self) -> int:
         return int(self.config.block_size)
 
@@ -196,7 +214,8 @@ class JetSpecDraftHead(nn.Module):
     @classmethod
     def for_target(cls, target_config, num_layers: int = 5, block_size: int = 16,
                    mask_token_id: Optional[int] = None, target_layer_ids: Optional[Sequence[int]] = None,
-                   num_taps: Optional[int] = None, device=None, **overrides) -> "JetSpecDraftHead":
+                   num_taps: Optional[int] = None, device=None, causal: bool = True,
+                   **overrides) -> "JetSpecDraftHead":
         """A fresh (randomly initialised) head for a target with config ``target_config``.
 
         Width, heads, head dim, MLP size, norm eps and RoPE follow the target (the head borrows
@@ -204,6 +223,7 @@ class JetSpecDraftHead(nn.Module):
         to ``num_layers``, as in the public code. ``mask_token_id`` defaults to vocab_size - 1.
         ``device="meta"`` builds it without memory or initialisation (then ``to_empty`` +
         :meth:`init_weights` + :meth:`reset_rotary`, e.g. to build a large head fast on a GPU).
+        ``causal=False`` makes a bidirectional (DFlash-style) head (``causal_head: false``).
         """
         tc = target_config
         L = tc.num_hidden_layers
@@ -229,7 +249,7 @@ class JetSpecDraftHead(nn.Module):
         config.block_size = block_size
         config.num_target_layers = L
         config.dflash_config = {
-            "causal_head": True,
+            "causal_head": bool(causal),
             "target_layer_ids": ids,
             "mask_token_id": int(mask_token_id if mask_token_id is not None else tc.vocab_size - 1),
             "target_hidden_size": tc.hidden_size,
@@ -265,9 +285,8 @@ class JetSpecDraftHead(nn.Module):
             raw = json.load(f)
         if "dflash_config" not in raw:
             raise ValueError(f"draft head: {cfg_path} has no 'dflash_config'; not a JetSpec/DFlash draft head")
-        if not raw["dflash_config"].get("causal_head", False):
-            raise ValueError(f"draft head: {cfg_path} is a bidirectional DFlash head (causal_head false); "
-                             "this decoder implements the causal JetSpec head only")
+        # causal_head false (a bidirectional DFlash-style head) is served too: block_mask() then
+        # lets every block position see the whole block, in training and in decoding.
         raw.pop("architectures", None)
         raw.pop("auto_map", None)
         raw.pop("model_type", None)
@@ -366,11 +385,12 @@ class JetSpecDraftHead(nn.Module):
 
         block_embeds ``(B, D+1, H)``: target embeddings of ``[anchor, MASK x D]``. Returns the
         normed hidden states ``(B, D+1, H)``; apply the target's lm_head to rows 1..D.
+        ``mask`` defaults to :meth:`block_mask` (causal, or full for a bidirectional head).
         The block's keys/values are written at slots ``ctx_lens + i`` of ``cache``.
         """
         B, N, _ = block_embeds.shape
         if mask is None:
-            mask = chain_mask(N, B, block_embeds.device)
+            mask = self.block_mask(N, B, block_embeds.device)
         attn = op("tree_attention", block_embeds.device, self.fc.weight.dtype)
         return block_layers(self, layer_caches(cache), ctx_lens, block_embeds, mask, attn)
 

@@ -1,0 +1,192 @@
+"""`jetspec train` (jetspec_ext.train) on the CPU: the dense many-block training forward equals the
+decoder's head forward (causal and bidirectional), the loss falls, checkpoints reload, resuming
+reproduces an uninterrupted run, and the CLI runs end to end on the bundled demo target."""
+import os
+
+import pytest
+import torch
+
+from decoder_support import tiny_config
+from jetspec_ext.draft_head import JetSpecDraftHead
+from jetspec_ext.train import (
+    Batcher,
+    Sample,
+    TrainConfig,
+    block_attention_mask,
+    dense_block_forward,
+    evaluate,
+    read_prompts,
+    train_head,
+)
+from transformers import Qwen3ForCausalLM
+
+
+def tiny_model(vocab=256, seed=0):
+    torch.manual_seed(seed)
+    m = Qwen3ForCausalLM(tiny_config(tied=True, vocab=vocab, layers=4, hidden=64)).eval()
+    with torch.no_grad():
+        m.model.embed_tokens.weight.mul_(4.0)
+    return m
+
+
+def tiny_samples(model, n=6, P=6, R=20, seed=1):
+    """Greedy continuations of random prompts (the target's own data)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        p = torch.randint(2, model.config.vocab_size, (1, P), generator=g)
+        with torch.no_grad():
+            full = model.generate(p, attention_mask=torch.ones_like(p), max_new_tokens=R, do_sample=False,
+                                  pad_token_id=0, eos_token_id=None)
+        out.append(Sample(p[0].tolist(), full[0, P:].tolist()))
+    return out
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@torch.no_grad()
+def test_dense_training_forward_matches_decoder_forward(causal):
+    torch.manual_seed(0)
+    cfg = tiny_config(tied=True, vocab=200, layers=6, hidden=64)
+    head = JetSpecDraftHead.for_target(cfg, num_layers=2, block_size=5, mask_token_id=1, causal=causal)
+    assert head.causal == causal
+    B, T, N = 2, 13, head.block_size
+    F_ = len(head.target_layer_ids) * cfg.hidden_size
+    tapped = torch.randn(B, T, F_)
+    anchors = torch.tensor([[3, 7, 11], [1, 5, 12]])
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    K = anchors.shape[1]
+    embeds = torch.randn(B, K * N, cfg.hidden_size)
+    pos = (anchors.unsqueeze(-1) + torch.arange(N)).view(B, K * N)
+    mask = block_attention_mask(anchors, valid, T, N, causal)
+    dense = dense_block_forward(head, tapped, embeds, pos, mask).view(B, K, N, -1)
+    for b in range(B):
+        for k in range(K):
+            if not valid[b, k]:
+                continue
+            a = int(anchors[b, k])
+            cache = head.new_context_cache(1, T + N + 2)
+            lens = torch.zeros(1, dtype=torch.int32)
+            head.extend_context(cache, lens, tapped[b:b + 1, :a])  # context = positions 0..a-1
+            lens += a
+            want = head.forward_block(cache, lens, embeds[b:b + 1, k * N:(k + 1) * N])[0]
+            torch.testing.assert_close(dense[b, k], want, rtol=1e-4, atol=1e-4)
+
+
+def test_train_loss_falls_checkpoint_reloads_and_resume(tmp_path):
+    torch.set_num_threads(2)
+    model = tiny_model()
+    samples = tiny_samples(model)
+    head0 = JetSpecDraftHead.for_target(model.config, num_layers=1, block_size=4, mask_token_id=1)
+    state0 = {k: v.clone() for k, v in head0.state_dict().items()}
+    cfg = TrainConfig(steps=40, batch_size=4, anchors=6, lr=3e-3, warmup=5, save_every=0, log_every=10)
+    losses = []
+    s = train_head(model, head0, samples, cfg, str(tmp_path / "a"), on_step=lambda st, l: losses.append(l))
+    assert s["steps"] == 40
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
+    # the final head and the checkpoint reload in the published format
+    for d in ("head", "checkpoint"):
+        h = JetSpecDraftHead.from_pretrained(str(tmp_path / "a" / d))
+        for k, v in head0.state_dict().items():
+            torch.testing.assert_close(h.state_dict()[k].float(), v.float(), rtol=0, atol=0)
+    assert os.path.isfile(tmp_path / "a" / "checkpoint" / "trainer_state.pt")
+    assert (tmp_path / "a" / "train_log.jsonl").read_text().strip()
+    # resume: 6 steps straight == 3 steps, then resume for the remaining 3
+    cfg6 = TrainConfig(steps=6, batch_size=4, anchors=6, lr=3e-3, warmup=2, save_every=3, log_every=1)
+    ha = JetSpecDraftHead.for_target(model.config, num_layers=1, block_size=4, mask_token_id=1)
+    ha.load_state_dict(state0)
+    train_head(model, ha, samples, cfg6, str(tmp_path / "b"))
+    # interrupted after step 3 (the checkpoint of step 3 is on disk), then resumed
+    hc = JetSpecDraftHead.for_target(model.config, num_layers=1, block_size=4, mask_token_id=1)
+    hc.load_state_dict(state0)
+    def stopper(st, loss):
+        if st == 3:
+            raise _Stop()
+    with pytest.raises(_Stop):
+        train_head(model, hc, samples, cfg6, str(tmp_path / "c"), on_step=stopper)
+    assert torch.load(tmp_path / "c" / "checkpoint" / "trainer_state.pt", weights_only=False)["step"] == 3
+    hd = JetSpecDraftHead.for_target(model.config, num_layers=1, block_size=4, mask_token_id=1)
+    s2 = train_head(model, hd, samples, cfg6, str(tmp_path / "c"), resume=str(tmp_path / "c" / "checkpoint"))
+    assert s2["steps"] == 6
+    for k, v in ha.state_dict().items():
+        torch.testing.assert_close(hd.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_batcher_anchors_in_response_and_deterministic():
+    samples = [Sample([5, 6, 7], list(range(10, 30))), Sample([5] * 4, [9, 9, 9])]
+    cfg = TrainConfig(batch_size=2, anchors=8, max_len=16)
+    b = Batcher(samples, cfg, 1, 4)
+    ids, att, lens, anchors, valid = b.batch(3)
+    ids2, _, _, anchors2, _ = b.batch(3)
+    assert torch.equal(ids, ids2) and torch.equal(anchors, anchors2)
+    for r in range(2):
+        L = int(lens[r])
+        P = 3 if L == 16 else 4
+        a = anchors[r][valid[r]]
+        assert (a >= P).all() and (a <= L - 2).all() and len(set(a.tolist())) == len(a)
+
+
+def test_read_prompts_formats(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"prompt": "p1"}\n{"question": "q"}\n{"turns": ["t1", "t2"]}\n"s"\n')
+    assert read_prompts(str(tmp_path / "a.jsonl")) == ["p1", "q", "t1", "s"]
+    (tmp_path / "b.txt").write_text("one\ntwo\n")
+    assert read_prompts(str(tmp_path / "b.txt")) == ["one", "two"]
+    (tmp_path / "c.txt").write_text("def f():\n    pass\n\n\ndef g():\n    return 1\n")
+    assert read_prompts(str(tmp_path / "c.txt")) == ["def f():\n    pass", "def g():\n    return 1"]
+    with pytest.raises(ValueError):
+        (tmp_path / "d.jsonl").write_text('{"x": 1}\n')
+        read_prompts(str(tmp_path / "d.jsonl"))
+
+
+def test_evaluate_through_decoder():
+    model = tiny_model()
+    head = JetSpecDraftHead.for_target(model.config, num_layers=1, block_size=4, mask_token_id=1)
+    r = evaluate(model, head, [[3, 4, 5, 6], [7, 8, 9]], budgets=(4, 8), width=2, max_new_tokens=8,
+                 measure_ar=True)
+    assert r["budgets"]["4"]["tau"] >= 1.0 and r["budgets"]["8"]["identical_to_ar"] == "2/2"
+    assert r["ar"]["tokens"] == 16
+
+
+def _demo_target():
+    from jetspec_ext.demo import demo_dir, has_demo
+    if not has_demo("target"):
+        pytest.skip("the bundled demo target is not installed")
+    return demo_dir("target")
+
+
+def test_cli_train_then_generate_with_demo_pair(tmp_path, capsys, monkeypatch):
+    """`jetspec train` on the demo target (a few steps), then `jetspec generate` with no --target
+    picks up the demo pair (JETSPEC_DEMO_DIR pointed at the bundled target + the new head)."""
+    from jetspec_ext.cli import main
+    target = _demo_target()
+    torch.set_num_threads(2)
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"prompt": "def add(a, b):\\n    \\"\\"\\"Return a + b.\\"\\"\\"\\n"}\n'
+                 '{"prompt": "class Stack:\\n    def push(self, x):\\n"}\n')
+    out = tmp_path / "run"
+    args = ["train", "--target", target, "--prompts", str(p), "--out", str(out), "--steps", "4",
+            "--batch-size", "2", "--anchors", "4", "--num-layers", "1", "--taps", "1,3", "--block-size", "6",
+            "--gen-max-new-tokens", "16", "--warmup", "1", "--device", "cpu", "--save-dtype", "bfloat16",
+            "--eval-prompts", str(p), "--eval-num", "1", "--eval-budgets", "4,8", "--eval-max-new-tokens", "8"]
+    assert main(args) == 0
+    summ = __import__("json").loads((out / "summary.json").read_text())
+    assert summ["train"]["steps"] == 4 and summ["eval"]["budgets"]["8"]["tau"] >= 1.0
+    assert len((out / "regen.jsonl").read_text().splitlines()) == 2
+    head = JetSpecDraftHead.from_pretrained(str(out / "head"))
+    assert head.fc.weight.dtype == torch.bfloat16 and head.target_layer_ids == [1, 3] and head.causal
+    # resume from OUT/checkpoint for 2 more steps; the cache is reused (no new regeneration)
+    assert main(args[:args.index("--steps")] + ["--steps", "6", "--resume"] + args[args.index("--steps") + 2:]) == 0
+    assert __import__("json").loads((out / "summary.json").read_text())["train"]["steps"] == 6
+    assert len((out / "regen.jsonl").read_text().splitlines()) == 2
+    capsys.readouterr()
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    os.symlink(target, demo / "target")
+    os.symlink(out / "head", demo / "head")
+    monkeypatch.setenv("JETSPEC_DEMO_DIR", str(demo))
+    assert main(["generate", "--max-new-tokens", "8", "--device", "cpu", "--budget", "8", "--compare-ar"]) == 0
+    o = capsys.readouterr().out
+    assert "def fibonacci" in o and "mean accepted length" in o and "identical output" in o

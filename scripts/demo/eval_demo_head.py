@@ -1,0 +1,165 @@
+#!/usr/bin/env python
+"""Evaluate demo heads through the real decoder (greedy): mean accepted length (tau) at several
+tree budgets for a causal head and a bidirectional head, the causal head as a chain (width 1,
+budget = depth + 1), and wall-clock tokens/s of the speculative decoder versus the decoder's
+autoregressive baseline (``generate_ar``: same static cache, same ops).
+
+Results go to ``--out`` (JSON) after EVERY configuration (partial results survive a crash or the
+time cap), plus a Markdown table (``--table``, default: the JSON path with ``.md``).
+
+    python scripts/demo/eval_demo_head.py --causal build/demo_head/causal/head \\
+        --bidir build/demo_head/bidir/head --prompts build/demo_head/eval_prompts.jsonl \\
+        --num 50 --device cuda --out results.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+
+import torch
+
+
+def log(msg):
+    print(f"[eval_demo_head] {msg}", flush=True)
+
+
+def write(res, out, table):
+    tmp = out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(res, f, indent=1, default=str)
+    os.replace(tmp, out)
+    with open(table, "w") as f:
+        f.write(render_table(res))
+
+
+def _f(x, nd=2):
+    return "-" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
+
+
+def render_table(res) -> str:
+    rows = ["| config | width | budget | depth | tau | tokens/s | speedup vs AR | identical to AR |",
+            "|---|---|---|---|---|---|---|---|"]
+    ar = res.get("ar") or {}
+    if ar:
+        rows.append(f"| autoregressive | - | - | - | 1.00 | {_f(ar.get('tokens_per_s'), 1)} | 1.00 | - |")
+    for name, e in res.get("configs", {}).items():
+        if "error" in e or "skipped" in e:
+            rows.append(f"| {name} | - | - | - | {e.get('error') or e.get('skipped')} | | | |")
+            continue
+        rows.append(f"| {name} | {e['width']} | {e['budget']} | {e['depth']} | {_f(e['tau'])} | "
+                    f"{_f(e.get('tokens_per_s'), 1)} | {_f(e.get('speedup'))} | {e.get('identical_to_ar', '-')} |")
+    head = (f"Demo heads, greedy, {res.get('prompts')} held-out MBPP prompts, max {res.get('max_new_tokens')} "
+            f"new tokens, device {res.get('device')}, dtype {res.get('dtype')}, CUDA graphs "
+            f"{res.get('cuda_graph')}.\n\n")
+    return head + "\n".join(rows) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--target", default=None, help="target directory (default: the bundled demo target)")
+    ap.add_argument("--causal", default=None, help="causal head directory")
+    ap.add_argument("--bidir", default=None, help="bidirectional head directory")
+    ap.add_argument("--prompts", required=True, help="JSONL eval prompts")
+    ap.add_argument("--num", type=int, default=50)
+    ap.add_argument("--budgets", default="16,64,128")
+    ap.add_argument("--width", type=int, default=7)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--cuda-graph", choices=["auto", "on", "off"], default="auto")
+    ap.add_argument("--end-by", type=float, default=None, help="unix time: skip what would start after it")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--table", default=None)
+    ap.add_argument("--extra", default=None, help="JSON file merged into the results (e.g. training summaries)")
+    a = ap.parse_args(argv)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from jetspec_ext.draft_head import JetSpecDraftHead
+    from jetspec_ext.train import encode_prompt, evaluate, read_prompts, stop_ids_for
+
+    table = a.table or os.path.splitext(a.out)[0] + ".md"
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    if a.target is None:
+        from jetspec_ext.demo import demo_target_dir
+        a.target = demo_target_dir()
+    dev = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if a.device == "auto" else a.device))
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    graph = dev.type == "cuda" and a.cuda_graph != "off"
+    if dev.type == "cpu":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    tok = AutoTokenizer.from_pretrained(a.target)
+    model = AutoModelForCausalLM.from_pretrained(a.target, dtype=dtype).to(dev).eval()
+    stops = stop_ids_for(tok, model)
+    texts = read_prompts(a.prompts, a.num)
+    ids = [encode_prompt(tok, t, "off") for t in texts]
+    budgets = [int(x) for x in a.budgets.split(",") if x]
+    res = {"target": a.target, "prompts": len(ids), "max_new_tokens": a.max_new_tokens, "device": str(dev),
+           "dtype": str(dtype).replace("torch.", ""), "cuda_graph": graph, "budgets": budgets,
+           "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None,
+           "configs": {}}
+    if a.extra and os.path.isfile(a.extra):
+        with open(a.extra) as f:
+            res["training"] = json.load(f)
+    write(res, a.out, table)
+    kw = dict(max_new_tokens=a.max_new_tokens, stop_token_ids=stops, cuda_graph=graph)
+
+    # warm-up (CUDA context, kernels, allocator) so the first timed config is not penalised
+    try:
+        evaluate(model, None, ids[:1], budgets=(), measure_ar=True, **{**kw, "max_new_tokens": 8})
+    except Exception:  # noqa: BLE001
+        traceback.print_exc()
+    # the AR baseline, once
+    ar_tokens = None
+    try:
+        r = evaluate(model, None, ids, budgets=(), measure_ar=True, **kw)
+        res["ar"] = r["ar"]
+        ar_tokens = r["ar_tokens"]
+        log(f"AR baseline: {r['ar']['tokens_per_s']:.1f} tokens/s ({r['ar']['tokens']} tokens)")
+    except Exception as e:  # noqa: BLE001
+        traceback.print_exc()
+        res["ar"] = {"error": repr(e)}
+    write(res, a.out, table)
+    ar_tps = (res.get("ar") or {}).get("tokens_per_s")
+
+    plan = []
+    for name, path in (("causal", a.causal), ("bidirectional", a.bidir)):
+        if path:
+            plan += [(f"{name} tree", path, a.width, b, None) for b in budgets]
+    if a.causal:
+        plan.append(("causal chain", a.causal, 1, None, None))
+    heads = {}
+    for name, path, width, budget, depth in plan:
+        key = f"{name} w{width} b{budget if budget else 'D+1'}"
+        if a.end_by is not None and time.time() > a.end_by:
+            res["configs"][key] = {"skipped": "time cap"}
+            write(res, a.out, table)
+            continue
+        try:
+            if path not in heads:
+                heads[path] = JetSpecDraftHead.from_pretrained(path)
+            head = heads[path]
+            D = head.block_size - 1
+            b = budget if budget else D + 1
+            evaluate(model, head, ids[:1], budgets=(b,), width=width, **{**kw, "max_new_tokens": 8})  # warm-up
+            r = evaluate(model, head, ids, budgets=(b,), width=width, ar_reference=ar_tokens, **kw)
+            e = dict(r["budgets"][str(b)])
+            e.update(width=width, budget=b, head=path, causal=head.causal)
+            if ar_tps and e.get("tokens_per_s"):
+                e["speedup"] = e["tokens_per_s"] / ar_tps
+            res["configs"][key] = e
+            log(f"{key}: tau {e['tau']:.3f}, {e['tokens_per_s']:.1f} tokens/s, speedup {e.get('speedup', float('nan')):.2f}x")
+        except Exception as ex:  # noqa: BLE001 - record and go on
+            traceback.print_exc()
+            res["configs"][key] = {"error": repr(ex)[:300]}
+        write(res, a.out, table)
+    log("table:\n" + render_table(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -232,6 +232,8 @@ class TrainConfig:
     log_every: int = 10
     anchor_from_prompt: bool = False     # also draw anchors inside the prompt
     save_dtype: Optional[str] = None     # "bfloat16" / "float32" for the saved weights
+    max_epochs: Optional[float] = None   # cap on passes over the data (steps * batch / sequences):
+    #                                      small regenerated sets overfit long before a time budget ends
 
 
 class Batcher:
@@ -453,6 +455,14 @@ def train_head(model, head: JetSpecDraftHead, samples: Sequence[Sample], cfg: Tr
         elapsed0 = float(st.get("elapsed", 0.0))
         log(f"resumed from {resume} at step {step} (total {total[0]})")
     batcher = Batcher(samples, cfg, head.mask_token_id, head.block_size)
+    epoch_cap = None
+    if cfg.max_epochs is not None:
+        if cfg.max_epochs <= 0:
+            raise ValueError(f"max_epochs must be > 0, got {cfg.max_epochs}")
+        epoch_cap = max(1, math.ceil(cfg.max_epochs * batcher.n / cfg.batch_size))
+        if epoch_cap < total[0]:
+            log(f"max_epochs {cfg.max_epochs}: at most {epoch_cap} steps over {batcher.n} sequences")
+            total[0] = max(step, epoch_cap)
     log(f"train: {batcher.n} sequences, batch {cfg.batch_size} x {cfg.anchors} anchors x block {head.block_size}, "
         f"{sum(p.numel() for p in head.parameters()) / 1e6:.2f} M head params, device {dev}, "
         f"{'causal' if head.causal else 'bidirectional'} in-block attention, steps "
@@ -498,6 +508,8 @@ def train_head(model, head: JetSpecDraftHead, samples: Sequence[Sample], cfg: Tr
                 if cfg.end_by is not None:
                     left = min(left, cfg.end_by - time.time())
                 new_total = max(step + 1, int(step + 0.97 * rate * left))
+                if epoch_cap is not None:
+                    new_total = max(step + 1, min(new_total, epoch_cap))
                 if new_total != total[0]:
                     log(f"calibrated at step {step}: {rate:.2f} steps/s -> {new_total} steps in the time budget")
                 total[0] = new_total
@@ -649,6 +661,9 @@ def add_arguments(t) -> None:
     t.add_argument("--gen-minutes", type=float, default=None,
                    help="time cap for regeneration (0: use only what the cache already holds)")
     t.add_argument("--steps", type=int, default=None, help="optimizer steps (default 1000, or from --minutes)")
+    t.add_argument("--max-epochs", type=float, default=None,
+                   help="cap on passes over the regenerated data (steps x batch / sequences); the run ends "
+                        "early rather than overfit a small set")
     t.add_argument("--minutes", type=float, default=None,
                    help="training time budget: without --steps the step count is calibrated from it; "
                         "with --steps it is a cap")
@@ -742,7 +757,7 @@ def run(args) -> dict:
                       anchors=args.anchors, max_len=args.max_len, lr=args.lr, warmup=args.warmup,
                       weight_decay=args.weight_decay, clip=args.clip, kl_temperature=args.kl_temperature,
                       seed=args.seed, save_every=args.save_every, log_every=args.log_every,
-                      save_dtype=args.save_dtype)
+                      save_dtype=args.save_dtype, max_epochs=args.max_epochs)
     summary = {"target": os.path.abspath(args.target), "train": train_head(model, head, samples, cfg, args.out,
                                                                            resume=args.resume)}
     summary["attention"] = "causal" if head.causal else "bidirectional"

@@ -1,6 +1,7 @@
 """`jetspec train` (jetspec_ext.train) on the CPU: the dense many-block training forward equals the
 decoder's head forward (causal and bidirectional), the loss falls, checkpoints reload, resuming
 reproduces an uninterrupted run, and the CLI runs end to end on the bundled demo target."""
+import math
 import os
 
 import pytest
@@ -113,6 +114,19 @@ def test_train_loss_falls_checkpoint_reloads_and_resume(tmp_path):
 
 class _Stop(Exception):
     pass
+
+
+def test_max_epochs_caps_steps(tmp_path):
+    torch.set_num_threads(2)
+    model = tiny_model()
+    samples = tiny_samples(model)
+    head = JetSpecDraftHead.for_target(model.config, num_layers=1, block_size=4, mask_token_id=1)
+    cfg = TrainConfig(steps=1000, batch_size=4, anchors=2, save_every=0, max_epochs=2.0)
+    n = Batcher(samples, cfg, head.mask_token_id, head.block_size).n
+    s = train_head(model, head, samples, cfg, str(tmp_path / "e"))
+    assert s["steps"] == math.ceil(2.0 * n / 4) < 1000
+    with pytest.raises(ValueError, match="max_epochs"):
+        train_head(model, head, samples, TrainConfig(steps=5, batch_size=4, max_epochs=0.0), str(tmp_path / "f"))
 
 
 def test_batcher_anchors_in_response_and_deterministic():

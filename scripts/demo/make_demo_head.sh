@@ -4,7 +4,7 @@
 #   bash scripts/demo/make_demo_head.sh [--total-minutes 9.5] [--device auto|cuda|cpu] [--out DIR]
 #        [--build DIR] [--eval-num 50] [--eval-max-new-tokens 128] [--max-prompts 0]
 #        [--batch-size 64] [--anchors 32] [--max-len 384] [--gen-max-new-tokens 256]
-#        [--gen-batch-size 512] [--lr 1e-3] [--tiny] [-- extra jetspec-train args]
+#        [--gen-batch-size 512] [--lr 1e-3] [--max-epochs 4] [--tiny] [-- extra jetspec-train args]
 #
 # Stages (each logs, each has a deadline derived from --total-minutes; results are written as they
 # complete, so a late failure loses nothing that is done):
@@ -47,6 +47,7 @@ MAX_LEN=384
 GEN_MAX_NEW=256
 GEN_BATCH=512
 LR=1e-3
+MAX_EPOCHS=4
 TINY=0
 EXTRA=()
 while [[ $# -gt 0 ]]; do
@@ -64,6 +65,7 @@ while [[ $# -gt 0 ]]; do
     --gen-max-new-tokens) GEN_MAX_NEW="$2"; shift 2 ;;
     --gen-batch-size) GEN_BATCH="$2"; shift 2 ;;
     --lr) LR="$2"; shift 2 ;;
+    --max-epochs) MAX_EPOCHS="$2"; shift 2 ;;
     --tiny) TINY=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
     *) echo "make_demo_head.sh: unknown argument $1" >&2; exit 2 ;;
@@ -115,7 +117,8 @@ MBPP="$DATA/mbpp_test.jsonl"
 COMMON=(--prompts "$BUILD/train_prompts.jsonl" --cache "$BUILD/regen.jsonl" --device "$DEVICE"
         --num-layers 3 --taps 1,3 --block-size 16 --batch-size "$BATCH" --anchors "$ANCHORS"
         --max-len "$MAX_LEN" --lr "$LR" --warmup 50 --gen-max-new-tokens "$GEN_MAX_NEW"
-        --gen-batch-size "$GEN_BATCH" --save-every 200 --log-every 50 --save-dtype bfloat16 --seed 0)
+        --gen-batch-size "$GEN_BATCH" --save-every 200 --log-every 50 --save-dtype bfloat16 --seed 0
+        --max-epochs "$MAX_EPOCHS")
 [[ "$TINY" == 1 ]] && COMMON+=(--warmup 2 --log-every 1)
 
 # ---------------------------------------------------------------- 2. causal head (+ regeneration)

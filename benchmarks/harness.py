@@ -126,27 +126,10 @@ def print_table(rows: List[Dict], json_path: Optional[str] = None) -> None:
 
 
 def kernel_breakdown(fn: Callable[[], object], iters: int = 20) -> Dict[str, float]:
-    """Mean device time per call of each CUDA kernel ``fn`` launches (torch.profiler), in us.
-    Use it to see which launch of a multi-kernel op dominates."""
-    if not torch.cuda.is_available():
-        return {}
-    from torch.profiler import ProfilerActivity, profile
-
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            fn()
-        torch.cuda.synchronize()
-    out: Dict[str, float] = {}
-    for evt in prof.key_averages():
-        t = getattr(evt, "device_time_total", None)
-        if t is None:
-            t = getattr(evt, "cuda_time_total", 0.0)
-        if t and evt.count:
-            out[evt.key[:60]] = t / iters
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+    """Mean device time per call of each CUDA kernel ``fn`` launches (torch.profiler), in us,
+    keyed by the kernel name cut to 60 characters. Use it to see which launch of a multi-kernel
+    op dominates (:func:`kernel_stats` also gives launch counts)."""
+    return {r["kernel"][:60]: r["us"] for r in kernel_stats(fn, iters)}
 
 
 def print_breakdown(title: str, breakdown: Dict[str, float]) -> None:

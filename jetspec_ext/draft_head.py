@@ -126,14 +126,19 @@ class DraftAttention(nn.Module):
         v = self.v_proj(x).view(B, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         return _rope(k, cos, sin), v
 
+    def queries(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x ``(B, n, H)`` -> q ``(B, Hq, n, Dh)`` (normed and rotated)."""
+        B, n, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(B, n, self.num_heads, self.head_dim)).transpose(1, 2)
+        return _rope(q, cos, sin)
+
     def forward(self, x, cos, sin, k_cache, v_cache, ctx_lens, slots, mask, attn=None, rows=None):
         """Block attention. x ``(B, N, H)`` (normed). Writes the block's k/v at ``slots``.
         attn: the tree_attention implementation (default: resolved here); rows: ``arange(B)``
         ``(B, 1)`` for the slot writes (default: made here)."""
         B, N, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(B, N, self.num_heads, self.head_dim)).transpose(1, 2)
+        q = self.queries(x, cos, sin)
         k, v = self.keys_values(x, cos, sin)
-        q = _rope(q, cos, sin)
         scatter_slots(k_cache, slots, k, rows)
         scatter_slots(v_cache, slots, v, rows)
         if attn is None:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
+from .draft_head import scatter_slots
 from .op_select import op
 
 ATTN_NAME = "jetspec"
@@ -48,14 +49,6 @@ class TargetCall:
     attn: Optional[Callable] = None           # tree_attention implementation (resolved by the caller)
 
 
-def write_slots(cache: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor, values: torch.Tensor) -> None:
-    """cache ``(B, H, S, Dh)`` [b, :, slots[b, i]] = values ``(B, H, n, Dh)``; rows ``(B, 1)``.
-
-    An ``index_put_`` (one kernel eagerly; torch.compile re-inplaces it and fuses the producer
-    (k-norm, RoPE, cast) into the store). Same result as ``draft_head.scatter_slots``."""
-    cache[rows, :, slots] = values.transpose(1, 2).to(cache.dtype)
-
-
 def jetspec_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                       jetspec_ctx: Optional[TargetCall] = None, **kwargs):
     """AttentionInterface function. query ``(B, Hq, N, Dh)``, key/value ``(B, Hkv, N, Dh)``.
@@ -68,8 +61,8 @@ def jetspec_attention(module, query, key, value, attention_mask, dropout=0.0, sc
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     c = jetspec_ctx
     k_cache, v_cache = c.k_cache, c.v_cache
-    write_slots(k_cache, c.rows, c.slots, key)
-    write_slots(v_cache, c.rows, c.slots, value)
+    scatter_slots(k_cache, c.slots, key, c.rows)
+    scatter_slots(v_cache, c.slots, value, c.rows)
     scale = float(scaling if scaling is not None else query.shape[-1] ** -0.5)
     if c.tree_mask is not None:
         out, _ = c.attn(query.transpose(1, 2), k_cache, v_cache, c.prefix_lens, c.tree_mask, scale)

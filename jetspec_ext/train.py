@@ -45,7 +45,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .draft_head import JetSpecDraftHead, _rope
+from .draft_head import JetSpecDraftHead
 
 TRAINER_STATE = "trainer_state.pt"
 
@@ -319,9 +319,8 @@ def dense_block_forward(head: JetSpecDraftHead, tapped: torch.Tensor, block_embe
     for layer in head.layers:
         a = layer.self_attn
         h = layer.input_layernorm(x)
-        Bq, Q, _ = h.shape
-        q = a.q_norm(a.q_proj(h).view(B, Q, a.num_heads, a.head_dim)).transpose(1, 2)
-        q = _rope(q, bcos, bsin)
+        Q = h.shape[1]
+        q = a.queries(h, bcos, bsin)
         kb, vb = a.keys_values(h, bcos, bsin)
         kc, vc = a.keys_values(ctx, ccos, csin)
         k = torch.cat([kc, kb], dim=2)

@@ -13,11 +13,16 @@ same call captured in a CUDA graph and replayed). Anything that fails prints n/a
 
     python benchmarks/bench_decoder.py            # GPU: Qwen3-8B shapes, eager HF modules
     python benchmarks/bench_decoder.py --compile  # + the regionally compiled target, side by side
+    python benchmarks/bench_decoder.py --modes compile,compile_unfused --budgets 128 --profile
+                                                  # fused vs HF-layer projections, compiled
     python benchmarks/bench_decoder.py --compile --profile   # + top kernels of graphed AR / round 128
     python benchmarks/bench_decoder.py --tiny     # CPU/GPU smoke run with a tiny model
 
 Mode ``compile`` (Target(compile=True)) prints compile_s, the first call of each shape (its
 compilation: prologue, one decoder-layer graph for all layers, epilogue), then times as above.
+Modes ``eager`` / ``compile`` use the target's fused projections (Target's default: one q|k|v and
+one gate|up GEMM per layer); ``eager_unfused`` / ``compile_unfused`` (or ``--unfused``, which adds
+the unfused twin of every mode) run HF's own ``layer.forward`` (fuse_projections=False).
 """
 import argparse
 import os
@@ -112,8 +117,10 @@ def main(argv=None):
     ap.add_argument("--compile", action="store_true",
                     help="also time the regionally compiled target forward (same as --modes eager,compile)")
     ap.add_argument("--modes", default=None,
-                    help="comma list of target modes to time: eager, compile (default: eager; "
-                         "eager,compile with --compile)")
+                    help="comma list of target modes to time: eager, compile, eager_unfused, compile_unfused "
+                         "(default: eager; eager,compile with --compile)")
+    ap.add_argument("--unfused", action="store_true",
+                    help="also time each mode with HF's unfused layer forward (adds <mode>_unfused)")
     ap.add_argument("--compile-mode", default="default",
                     help="torch.compile mode: default or max-autotune-no-cudagraphs")
     ap.add_argument("--profile", action="store_true",
@@ -125,9 +132,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     modes = [m.strip() for m in (args.modes or ("eager,compile" if args.compile else "eager")).split(",") if m.strip()]
-    bad = [m for m in modes if m not in ("eager", "compile")]
+    if args.unfused:
+        modes += [m + "_unfused" for m in modes if not m.endswith("_unfused") and m + "_unfused" not in modes]
+    known = ("eager", "compile", "eager_unfused", "compile_unfused")
+    bad = [m for m in modes if m not in known]
     if bad:
-        print(f"bench_decoder: unknown mode(s) {bad} (eager, compile)")
+        print(f"bench_decoder: unknown mode(s) {bad} ({', '.join(known)})")
         return 2
     cuda = torch.cuda.is_available()
     if not cuda and not args.tiny:
@@ -158,8 +168,11 @@ def main(argv=None):
     targets = {}
     for mode in modes:
         try:
-            targets[mode] = Target(model, head.target_layer_ids, compile=(mode == "compile"),
-                                   compile_mode=args.compile_mode)
+            targets[mode] = Target(model, head.target_layer_ids, compile=mode.startswith("compile"),
+                                   compile_mode=args.compile_mode, fuse_projections=not mode.endswith("_unfused"))
+            t = targets[mode]
+            print(f"[{mode}] projections: " + ("fused (q|k|v, gate|up: 4 GEMMs per layer)" if t.fused
+                                               else f"HF layer.forward, 7 GEMMs per layer ({t.fuse_note})"))
         except Exception as e:
             print(f"bench_decoder: mode {mode} n/a ({type(e).__name__}: {e})")
     if not targets:
@@ -228,7 +241,7 @@ def main(argv=None):
         t_mode = time.perf_counter()
         for (what, B), fn in fns(mode).items():
             row = {"mode": mode, "what": what, "budget": B}
-            if mode == "compile":
+            if mode.startswith("compile"):
                 row["compile_s"], err = first_call(fn)
                 if err:
                     row["error"] = err
@@ -253,15 +266,15 @@ def main(argv=None):
                                                          if isinstance(v, float)))
             sys.stdout.flush()
             mrows.append(row)
-        if mode == "compile":
+        if mode.startswith("compile"):
             tot = sum(r.get("compile_s", 0.0) for r in mrows if r.get("compile_s") == r.get("compile_s"))
-            print(f"[compile] first calls (compilation) took {tot:.1f} s in all; mode total "
+            print(f"[{mode}] first calls (compilation) took {tot:.1f} s in all; mode total "
                   f"{time.perf_counter() - t_mode:.1f} s")
             try:
                 from torch._dynamo.utils import counters
 
                 stats, breaks = dict(counters["stats"]), dict(counters["graph_break"])
-                print(f"[compile] dynamo: {stats.get('unique_graphs', 0)} graphs compiled (expected 3 per target "
+                print(f"[{mode}] dynamo (cumulative over modes): {stats.get('unique_graphs', 0)} graphs compiled (expected 3 per target "
                       f"shape: prologue, ONE layer graph for all layers, epilogue; + 2 for the head), "
                       f"{sum(breaks.values())} graph breaks" +
                       ("".join(f"\n    break x{n}: {r[:150]}" for r, n in list(breaks.items())[:8])))

@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the target's forward (one graph per shape shared by all decoder "
                         "layers) and the draft head's round computations; compiles on the first round")
+    g.add_argument("--no-fuse", dest="fuse", action="store_false",
+                   help="run the target's decode / verify forwards through HF's layer.forward instead of the "
+                        "fused q|k|v and gate|up projections (default: fused, Qwen3 dense targets)")
     g.add_argument("--cuda-graph", action="store_true",
                    help="capture the decoding round in a CUDA graph after the first round (CUDA only)")
     g.add_argument("--no-stream", dest="stream", action="store_false", help="print each answer at the end")
@@ -169,7 +172,8 @@ def _load(args):
         tok = AutoTokenizer.from_pretrained(args.tokenizer or args.target)
     except (OSError, ValueError) as e:
         raise CLIError(f"no tokenizer in {args.tokenizer or args.target!r} (pass --tokenizer DIR): {e}")
-    target = Target(model, head.target_layer_ids if head is not None else (), compile=args.compile)
+    target = Target(model, head.target_layer_ids if head is not None else (), compile=args.compile,
+                    fuse_projections=args.fuse)
     drafter = None
     if head is not None:
         head = head.to(device=device, dtype=dtype).eval()

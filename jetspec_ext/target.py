@@ -13,7 +13,9 @@ and tree attention plugged in through transformers' AttentionInterface.
   cos/sin every layer uses. HF's causal-mask construction is not used (``attention_mask=None``).
 * The forward loops over the HF decoder layers itself (``layer.forward``), giving each layer its
   own K / V cache views, and optionally runs through ``torch.compile`` regionally (see
-  :class:`Target`, docs/decoder.md).
+  :class:`Target`, docs/decoder.md). Tree / decode forwards of dense Qwen3 targets use
+  :func:`_layer_fused` instead (the same maths with one q|k|v GEMM and one gate|up GEMM per
+  layer; ``fuse_projections``).
 * Tapped features: the output of decoder layer k (= HF's ``hidden_states[k + 1]``; for the last
   layer, as in HF, after the final norm), concatenated along the feature axis.
 * Logits: only for the rows the caller asks for (``logits_rows``).
@@ -25,6 +27,7 @@ from typing import Callable, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
+from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb
 
 from .draft_head import scatter_slots
 from .op_select import op
@@ -60,17 +63,25 @@ def jetspec_attention(module, query, key, value, attention_mask, dropout=0.0, sc
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     c = jetspec_ctx
-    k_cache, v_cache = c.k_cache, c.v_cache
-    scatter_slots(k_cache, c.slots, key, c.rows)
-    scatter_slots(v_cache, c.slots, value, c.rows)
     scale = float(scaling if scaling is not None else query.shape[-1] ** -0.5)
-    if c.tree_mask is not None:
-        out, _ = c.attn(query.transpose(1, 2), k_cache, v_cache, c.prefix_lens, c.tree_mask, scale)
-        return out, None
+    return _attend(query, key, value, scale, c.k_cache, c.v_cache, c.prefix_lens, c.rows, c.slots,
+                   c.tree_mask, c.attn), None
+
+
+def _attend(query, key, value, scale: float, k_cache, v_cache, prefix_lens, rows, slots, tree_mask, attn):
+    """The jetspec attention of one layer, shared by :func:`jetspec_attention` (HF's layer forward)
+    and :func:`_layer_fused`: write the new keys/values (normed, rotated) at ``slots`` of the
+    layer's cache views, then attend. query ``(B, Hq, N, Dh)``, key/value ``(B, Hkv, N, Dh)``;
+    returns ``(B, N, Hq, Dh)``."""
+    scatter_slots(k_cache, slots, key, rows)
+    scatter_slots(v_cache, slots, value, rows)
+    if tree_mask is not None:
+        out, _ = attn(query.transpose(1, 2), k_cache, v_cache, prefix_lens, tree_mask, scale)
+        return out
     # Causal prefill (host-known lengths; happens once per prompt, never compiled): SDPA over
     # prefix + new keys.
     B, Hq, N, Dh = query.shape
-    P = int(c.slots[0, 0])
+    P = int(slots[0, 0])
     k = k_cache[:, :, : P + N]
     v = v_cache[:, :, : P + N]
     rep = Hq // k.shape[1]
@@ -79,7 +90,7 @@ def jetspec_attention(module, query, key, value, attention_mask, dropout=0.0, sc
         v = v.repeat_interleave(rep, dim=1)
     allow = torch.ones(N, P + N, dtype=torch.bool, device=query.device).tril(diagonal=P)
     out = F.scaled_dot_product_attention(query, k.to(query.dtype), v.to(query.dtype), attn_mask=allow, scale=scale)
-    return out.transpose(1, 2), None
+    return out.transpose(1, 2)
 
 
 AttentionInterface.register(ATTN_NAME, jetspec_attention)
@@ -108,6 +119,95 @@ def _layer(layer, h, cos, sin, k_cache, v_cache, prefix_lens, rows, slots, tree_
     out = layer.forward(h, attention_mask=None, position_embeddings=(cos, sin), use_cache=False,
                         jetspec_ctx=call)
     return out[0] if isinstance(out, tuple) else out  # older transformers return a tuple
+
+
+# Why a functional layer at all: HF's Qwen3 layer runs 7 separate projections (q, k, v, o, gate,
+# up, down). On the H200 the graphed, compiled AR step of Qwen3-8B spent 4.77 of 5.87 ms in GEMMs
+# (0.30 ms of it split-K reductions of the small k/v/q GEMMs). One GEMM for q|k|v and one for
+# gate|up (weights fused once, see _fuse_group) make it 4 GEMMs per layer. Everything else is
+# the layer's own modules (norms, o_proj, down_proj, act_fn) and transformers' own RoPE
+# function; the maths is Qwen3DecoderLayer.forward's. Used for tree / decode forwards only (the
+# prefill keeps HF's layer.forward); any other layer structure keeps _layer.
+def _layer_fused(layer, w_qkv, w_gate_up, h, cos, sin, k_cache, v_cache, prefix_lens, rows, slots,
+                 tree_mask, attn):
+    """One Qwen3 decoder layer with fused q|k|v and gate|up projections. ``w_qkv``
+    ``(Hq*Dh + 2*Hkv*Dh, H)``, ``w_gate_up`` ``(2*I, H)``: tensor arguments (not read from the
+    module), so all layers still share one compiled graph. Other args as :func:`_layer`."""
+    a, mlp = layer.self_attn, layer.mlp
+    B, N, _ = h.shape
+    Dh = a.head_dim
+    nkv = k_cache.shape[1] * Dh
+    x = layer.input_layernorm(h)
+    q, k, v = F.linear(x, w_qkv).split([w_qkv.shape[0] - 2 * nkv, nkv, nkv], dim=-1)
+    q = a.q_norm(q.view(B, N, -1, Dh)).transpose(1, 2)
+    k = a.k_norm(k.view(B, N, -1, Dh)).transpose(1, 2)
+    v = v.view(B, N, -1, Dh).transpose(1, 2)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    o = _attend(q, k, v, float(a.scaling), k_cache, v_cache, prefix_lens, rows, slots, tree_mask, attn)
+    h = h + a.o_proj(o.reshape(B, N, -1).contiguous())
+    x = layer.post_attention_layernorm(h)
+    gate, up = F.linear(x, w_gate_up).chunk(2, dim=-1)
+    return h + mlp.down_proj(mlp.act_fn(gate) * up)
+
+
+_FUSED_LAYER_CLASSES = ("Qwen3DecoderLayer", "Qwen3Attention", "Qwen3MLP")
+
+
+def _fusable(cfg, layers) -> Optional[str]:
+    """None if every layer can take :func:`_layer_fused`, else why not (then HF's forward is used)."""
+    if getattr(cfg, "model_type", None) != "qwen3":
+        return f"model type {getattr(cfg, 'model_type', None)!r} (fused path: dense qwen3 only)"
+    if getattr(cfg, "attention_bias", False):
+        return "attention_bias=True"
+    for i, layer in enumerate(layers):
+        a, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        names = (type(layer).__name__, type(a).__name__, type(mlp).__name__)
+        if names != _FUSED_LAYER_CLASSES:
+            return f"layer {i}: unexpected modules {names}"
+        groups = _groups(layer)
+        for lin in [m for g in groups for m in g] + [a.o_proj, mlp.down_proj]:
+            # plain bias-free nn.Linear without hooks or a patched forward (offloading, adapters)
+            if (type(lin) is not torch.nn.Linear or lin.bias is not None or lin._forward_hooks
+                    or lin._forward_pre_hooks or "forward" in lin.__dict__):
+                return f"layer {i}: projection {type(lin).__name__} is not a plain bias-free nn.Linear"
+        for g in groups:
+            w0 = g[0].weight
+            if any(m.weight.dtype != w0.dtype or m.weight.device != w0.device or m.weight.dim() != 2
+                   or m.weight.shape[1] != w0.shape[1] or not m.weight.dtype.is_floating_point for m in g):
+                return f"layer {i}: projection weights differ in dtype / device / input size"
+    return None
+
+
+def _groups(layer):
+    a, mlp = layer.self_attn, layer.mlp
+    return (a.q_proj, a.k_proj, a.v_proj), (mlp.gate_proj, mlp.up_proj)
+
+
+def _fuse_group(linears) -> torch.Tensor:
+    """The row-concatenation of the linears' weights as ONE tensor whose row blocks ARE the
+    modules' weights: the fused ``(sum out, in)`` tensor is allocated once and each Parameter's
+    ``.data`` becomes a view (``narrow``) of it, so memory is not doubled and HF's own forward,
+    ``generate`` and ``save_pretrained`` (which clones disjoint shared tensors) see the same
+    values. The Parameter objects stay the same (``model.parameters()``, references, hooks keep
+    working). Already fused weights (adjacent row blocks of one storage, e.g. by another Target
+    on the same model) are reused as they are."""
+    ws = [m.weight for m in linears]
+    rows_total, cols = sum(w.shape[0] for w in ws), ws[0].shape[1]
+    adjacent = all(w.is_contiguous() for w in ws) and all(
+        w.untyped_storage().data_ptr() == ws[0].untyped_storage().data_ptr() for w in ws)
+    off = ws[0].storage_offset() if adjacent else 0
+    for w in ws:
+        adjacent = adjacent and w.storage_offset() == off
+        off += w.numel()
+    with torch.no_grad(), torch.inference_mode(False):
+        if adjacent:
+            return ws[0].detach().as_strided((rows_total, cols), (cols, 1), ws[0].storage_offset())
+        fused = torch.cat([w.detach() for w in ws], dim=0)
+        r = 0
+        for w in ws:
+            w.data = fused.narrow(0, r, w.shape[0])
+            r += w.shape[0]
+    return fused
 
 
 def _post(norm, lm_head, h, taps: List[Optional[torch.Tensor]], logits_rows: Optional[torch.Tensor]):
@@ -172,6 +272,15 @@ class Target:
             Inductor runs without its own CUDA graphs, so the calls can sit inside the decoder's
             captured rounds (after one warm-up call per shape).
         compile_mode: ``None``/``"default"`` or ``"max-autotune-no-cudagraphs"``.
+        fuse_projections: tree / decode forwards (compiled or eager) run :func:`_layer_fused`
+            (ONE GEMM for q|k|v and one for gate|up per layer) instead of HF's ``layer.forward``,
+            for dense ``qwen3`` targets without attention bias whose layers are the stock HF
+            modules; anything else keeps HF's forward (``self.fused`` says which,
+            ``self.fuse_note`` why not). Fusing rewrites, once, each layer's q/k/v and gate/up
+            ``Parameter.data`` as views of one fused tensor (same values, same memory, same
+            Parameter objects; ``generate`` and ``save_pretrained`` are unaffected). Moving or
+            casting the model (``model.to``) after construction is not expected: it would give
+            the parameters separate storage again; the forward notices and re-fuses.
 
     The forward loops over the HF decoder layers itself (instead of calling ``model.model``):
     that is what lets each layer get its own cache view, and it collects the tapped features
@@ -179,7 +288,7 @@ class Target:
     """
 
     def __init__(self, model, tapped_layer_ids: Sequence[int] = (), compile: bool = False,
-                 compile_mode: Optional[str] = None):
+                 compile_mode: Optional[str] = None, fuse_projections: bool = True):
         cfg = model.config
         if getattr(cfg, "model_type", None) not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"unsupported target model type {getattr(cfg, 'model_type', None)!r}: "
@@ -197,6 +306,13 @@ class Target:
         self.vocab_size = cfg.vocab_size
         self.max_positions = getattr(cfg, "max_position_embeddings", None)
         _set_attn_impl(model, ATTN_NAME)
+        layers = list(model.model.layers[:L])
+        self.fuse_note = _fusable(cfg, layers) if fuse_projections else "fuse_projections=False"
+        self.fused = self.fuse_note is None
+        self._fused_w: List = []
+        self._fused_ptrs: List = []
+        if self.fused:
+            self._fuse()
         self.compiled = bool(compile)
         self.compile_mode = compile_mode
         if compile:
@@ -204,8 +320,22 @@ class Target:
                 raise RuntimeError("Target(compile=True): torch.compile is not available in this torch build")
             wrap = _compiler(compile_mode)
             self._pre, self._layer, self._post = wrap(_pre), wrap(_layer), wrap(_post)
+            self._layer_fused = wrap(_layer_fused)
         else:
             self._pre, self._layer, self._post = _pre, _layer, _post
+            self._layer_fused = _layer_fused
+
+    def _fuse(self) -> None:
+        """(Re)build the per-layer fused weights ``(w_qkv, w_gate_up)`` (see :func:`_fuse_group`)."""
+        self._fused_w, self._fused_ptrs = [], []
+        for layer in self.model.model.layers[: self.num_layers]:
+            self._fused_w.append(tuple(_fuse_group(g) for g in _groups(layer)))
+            self._fused_ptrs += [(m, m.weight.data_ptr()) for g in _groups(layer) for m in g]
+
+    def _check_fused(self) -> None:
+        """Re-fuse if a fused parameter no longer lives in the fused storage (e.g. ``model.to``)."""
+        if any(m.weight.data_ptr() != p for m, p in self._fused_ptrs):
+            self._fuse()
 
     @property
     def device(self):
@@ -240,11 +370,19 @@ class Target:
         compiled = tree_mask is not None  # prefill (host-known lengths, once per prompt): eager
         pre, layer_fn, post = (self._pre, self._layer, self._post) if compiled else (_pre, _layer, _post)
         attn = op("tree_attention", kv.device, kv.dtype) if tree_mask is not None else None
+        fused = self.fused and tree_mask is not None  # the prefill keeps HF's layer.forward
+        if fused:
+            self._check_fused()
         h, cos, sin, slots, rows = pre(m.embed_tokens, m.rotary_emb, tokens, positions, prefix_lens)
         tap_ids = set(self.tapped_layer_ids) if want_tapped else set()
         taps = {}
         for i, layer in enumerate(m.layers[: self.num_layers]):
-            h = layer_fn(layer, h, cos, sin, kv[i, 0], kv[i, 1], prefix_lens, rows, slots, tree_mask, attn)
+            if fused:
+                w_qkv, w_gate_up = self._fused_w[i]
+                h = self._layer_fused(layer, w_qkv, w_gate_up, h, cos, sin, kv[i, 0], kv[i, 1], prefix_lens,
+                                      rows, slots, tree_mask, attn)
+            else:
+                h = layer_fn(layer, h, cos, sin, kv[i, 0], kv[i, 1], prefix_lens, rows, slots, tree_mask, attn)
             if i in tap_ids:
                 taps[i] = h if i < self.num_layers - 1 else None  # last layer: normed (HF)
         return post(m.norm, self.model.lm_head, h, [taps[k] for k in self.tapped_layer_ids if k in taps],

@@ -1,7 +1,10 @@
 """Target(compile=True): the regional torch.compile of the target's forward (prologue, ONE
 decoder-layer graph shared by every layer, epilogue) gives the eager forward's logits, tapped
 features and KV cache contents, compiles each input shape once for all layers with no graph
-break, and greedy generation is token-identical with and without it.
+break, and greedy generation is token-identical with and without it. The compiled target uses
+the fused q|k|v / gate|up layer (the default) and the eager reference HF's own layer.forward
+(fuse_projections=False), so these also check the fused path against HF's; one case compiles
+the unfused layer too.
 
 CPU, fp32, a 2-layer tiny Qwen3 (compile time dominates: the module shares one compiled target
 across its tests and reuses the shapes the generate tests compiled). Skipped when torch.compile
@@ -44,8 +47,9 @@ def models():
     model = tiny_target(tied=False, vocab=VOCAB, layers=LAYERS, hidden=64, head_dim=64, seed=3)
     torch.manual_seed(0)
     head = JetSpecDraftHead.for_target(model.config, num_layers=1, block_size=DEPTH + 1, target_layer_ids=[0, 1])
-    eager = Target(model, head.target_layer_ids)
-    comp = Target(model, head.target_layer_ids, compile=True)
+    eager = Target(model, head.target_layer_ids, fuse_projections=False)  # HF's layer.forward
+    comp = Target(model, head.target_layer_ids, compile=True)  # fused projections (default)
+    assert comp.fused and not eager.fused
     yield model, head, eager, comp
     torch.set_num_threads(n)
 
@@ -150,17 +154,42 @@ def test_compiled_drafter_matches_eager(models):
     torch.testing.assert_close(ctx_c, ctx, rtol=1e-5, atol=1e-5)
 
 
+@torch.inference_mode()
+def test_compiled_unfused_forward_matches_eager(models):
+    """Target(compile=True, fuse_projections=False): HF's layer.forward compiled (one new layer
+    graph for the AR shape; the prologue / epilogue graphs are the fused target's)."""
+    model, head, eager, _ = models
+    comp = Target(model, head.target_layer_ids, compile=True, fuse_projections=False)
+    N, P = 1, 6
+    S = _cache_len(N)
+    g = torch.Generator().manual_seed(11)
+    kv = torch.randn(LAYERS, 2, 1, eager.num_kv_heads, S, eager.head_dim, generator=g)
+    kv_c = kv.clone()
+    lens = torch.full((1,), P, dtype=torch.int32)
+    tokens = torch.randint(0, VOCAB, (1, N), generator=g)
+    mask, depths = _random_tree(1, N, g)
+    le, _ = eager.forward(kv, lens, tokens, P + depths, mask, want_tapped=False)
+    lc, _ = comp.forward(kv_c, lens, tokens, P + depths, mask, want_tapped=False)
+    _, breaks = _counters()
+    assert not breaks, breaks
+    torch.testing.assert_close(lc, le, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kv_c, kv, rtol=1e-5, atol=1e-5)
+
+
 def model_hidden(target):
     return target.config.hidden_size
 
 
 @requires_cuda
-def test_compiled_forward_cuda_graph():
-    """On the GPU (bf16): the compiled forward runs inside a CUDA-graph capture after a warm-up
-    and its replay matches the eager forward."""
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
+def test_compiled_forward_cuda_graph(fuse):
+    """On the GPU (bf16): the compiled forward (fused projections or HF's layer.forward) runs
+    inside a CUDA-graph capture after a warm-up and its replay matches the eager HF forward."""
     model = tiny_target(tied=False, vocab=VOCAB, layers=LAYERS, hidden=256, head_dim=128, seed=3)
     model = model.to("cuda", torch.bfloat16)
-    eager, comp = Target(model, [0, 1]), Target(model, [0, 1], compile=True)
+    eager = Target(model, [0, 1], fuse_projections=False)
+    comp = Target(model, [0, 1], compile=True, fuse_projections=fuse)
+    assert comp.fused == fuse
     N, P, S = 16, 40, 96
     g = torch.Generator().manual_seed(0)
     mask, depths = _random_tree(1, N, g)

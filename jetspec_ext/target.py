@@ -164,6 +164,8 @@ def _fusable(cfg, layers) -> Optional[str]:
         names = (type(layer).__name__, type(a).__name__, type(mlp).__name__)
         if names != _FUSED_LAYER_CLASSES:
             return f"layer {i}: unexpected modules {names}"
+        if any("forward" in m.__dict__ for m in (layer, a, mlp)):  # e.g. accelerate's offload hooks
+            return f"layer {i}: patched forward"
         groups = _groups(layer)
         for lin in [m for g in groups for m in g] + [a.o_proj, mlp.down_proj]:
             # plain bias-free nn.Linear without hooks or a patched forward (offloading, adapters)

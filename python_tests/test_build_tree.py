@@ -494,6 +494,7 @@ def test_cuda_kernels_emulated(emu_lib, case, policy, stats):
     x = _logits(B, D, V, dtype, "cpu", seed=21)
     x[0, 0, ::11] = float("nan")
     x[-1, -1, [2, 5]] = float("inf")
+    x[0, 1] = float("-inf")  # an all -inf row: uniform (the x == m rule)
     roots = torch.arange(B) + 1
     out = _emu_build_tree(emu_lib, x, roots, W, N, policy, T, tiled=stats == "tiled")
     check_invariants(out, x, roots, W, N, policy, approx=True)

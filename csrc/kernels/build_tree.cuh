@@ -267,75 +267,156 @@ __global__ void __launch_bounds__(kStatsThreads)
 
 // ---------------------------------------------------------------------------------------------
 // Kernel 1 (tiled, V <= kTileElems * kMaxSplits): block (split, row) owns the kTileElems logits
-// [split * kTileElems, ...) of one row, 32 per thread, all loaded into registers at once (every
-// load in flight before any use). Per thread: max m_t and sum exp(x - m_t) (one pass, fast exp:
-// the sum only feeds logS; see the header note), then a candidate filter instead of a per-thread
-// top-K insertion sort (that sort made the old kernel compute-bound, ~20 us at batch 1):
-//   tau_w = the W-th largest thread maximum of warp w (bitonic sort over the lanes). W distinct
-//   elements of the tile reach tau_w, so the tile's W-th best is >= tau = max_w tau_w, and every
-//   element of the tile's top-W is >= tau. The elements >= tau (typically a few W) are appended
-//   to shared memory; each candidate's rank is the number of candidates with a larger key
-//   (keys (ord(x), ~id) are unique), and ranks < W are written out in order.
-// More than kCandCap candidates (massive ties, e.g. constant logits) take the exact insertion
-// path of the streaming kernel over the same registers.
+// [split * kTileElems, ...) of one row, 32 per thread, all loaded at once (every load in flight
+// before any use) and kept as raw 16-byte vectors (16 registers for 16-bit logits, so 4 blocks
+// fit per SM). Missing elements of a partial tile read as -inf. The fast path costs about six
+// instructions per logit (the old per-thread top-K insertion sort cost ~33 and made the kernel
+// issue-bound):
+//   pass 1: thread maximum m_t of the raw logits (the temperature scaling is monotone, so the
+//           scaled maximum is the scaled raw maximum, exactly);
+//   pass 2: sum of exp(x - m_t) with ex2.approx (the sum only feeds logS; see the header note);
+//   filter: tau_w = the W-th largest thread maximum of warp w (bitonic sort over the lanes). W
+//           distinct elements of the tile reach tau_w, so the tile's W-th best is >= tau =
+//           max_w tau_w and every element of the tile's top-W is >= tau. Only threads whose
+//           maximum reaches tau look at their elements; those >= tau (typically a few W per
+//           tile) are appended to shared memory and ranked by counting larger keys (keys
+//           (ord(x), ~id) are unique); ranks < W are written out in order.
+// Exact path (the streaming kernel's per-element rules: NaN -> -inf, exp_rel, top-K insertion),
+// taken by the whole block when a thread sees a NaN logit (the fast sum turns NaN) or a +inf
+// maximum, or when more than kCandCap elements reach tau (massive ties, e.g. constant logits).
 // ---------------------------------------------------------------------------------------------
+// The exact path is rare: keep it out of line so the fast path's registers are not sized for it.
+#if defined(__CUDACC__)
+#define JETSPEC_BT_NOINLINE __noinline__
+#else
+#define JETSPEC_BT_NOINLINE
+#endif
 constexpr int kTileElems = 8192;
 constexpr int kCandCap = 1024;
+constexpr int kTileEPT = kTileElems / kStatsThreads;  // 32 logits per thread
 
-// One tile; FULL = all kTileElems elements exist (no per-element bounds checks).
-template <typename T, int K, bool FULL>
-__device__ __forceinline__ void stats_tile(const T* __restrict__ rp, int lo, int hi, int W,
-                                           float inv_t, bool scale, int64_t rec,
-                                           float2* __restrict__ part_ms,
-                                           uint2* __restrict__ part_keys) {
+__device__ __forceinline__ float fast_exp2(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return exp2f(x);
+#endif
+}
+
+template <typename T>
+__device__ __forceinline__ T from_float(float x) {
+  if constexpr (std::is_same_v<T, float>) return x;
+  else if constexpr (std::is_same_v<T, __half>) return __float2half(x);
+  else return __float2bfloat16(x);
+}
+
+template <typename T>
+__device__ __forceinline__ float vec_elem(const uint4& raw, int j) {
+  return to_float(reinterpret_cast<const T*>(&raw)[j]);
+}
+
+// Logit i (0..kTileEPT) of thread tid in a tile starting at lo (16-byte vectors strided by the
+// block, so each load instruction of the block reads one contiguous 4 KB run).
+template <typename T>
+__device__ __forceinline__ int tile_id(int lo, int tid, int i) {
   constexpr int VEC = 16 / sizeof(T);
-  constexpr int EPT = kTileElems / kStatsThreads;  // 32 elements per thread
-  constexpr int VPT = EPT / VEC;                   // 16-byte vectors per thread
+  return lo + ((i / VEC) * kStatsThreads + tid) * VEC + i % VEC;
+}
+
+// The exact path over the thread's logits of the tile (re-read from L2), then the block merge.
+template <typename T, int K>
+__device__ JETSPEC_BT_NOINLINE void stats_tile_exact(const T* __restrict__ rp, int lo, int hi, float inv_t,
+                                              bool scale, int64_t rec, float2* __restrict__ part_ms,
+                                              uint2* __restrict__ part_keys) {
+  float m = -INFINITY, s = 0.0f;
+  float tv[K];
+  int ti[K];
+#pragma unroll
+  for (int j = 0; j < K; ++j) {
+    tv[j] = -INFINITY;
+    ti[j] = 0x7fffffff;
+  }
+  for (int i = 0; i < kTileEPT; ++i) {
+    const int id = tile_id<T>(lo, threadIdx.x, i);
+    if (id >= hi) continue;
+    const float x = scale_logit(to_float(rp[id]), inv_t, scale);
+    if (x > m) {
+      s = s * exp_rel(m, x);
+      m = x;
+    }
+    s += exp_rel(x, m);
+    topk_insert<K>(tv, ti, x, id);
+  }
+  block_finish<K>(m, s, tv, ti, rec, part_ms, part_keys);
+}
+
+template <typename T, int K>
+__global__ void __launch_bounds__(kStatsThreads, 4)  // <= 64 registers: 4 blocks (32 warps) per SM
+    build_tree_stats_tile_kernel(const T* __restrict__ logits, int V, int S, int W, float inv_t,
+                                 bool scale, float2* __restrict__ part_ms,
+                                 uint2* __restrict__ part_keys) {
+  constexpr int VEC = 16 / sizeof(T);
+  constexpr int VPT = kTileEPT / VEC;  // 16-byte vectors per thread
   constexpr int NWARP = kStatsThreads / 32;
-  static_assert(EPT % VEC == 0, "tile must be whole vectors per thread");
+  static_assert(kTileEPT % VEC == 0, "tile must be whole vectors per thread");
+  const int split = blockIdx.x;
+  const int64_t row = blockIdx.y;
+  const int64_t rec = row * S + split;
+  const T* rp = logits + row * static_cast<int64_t>(V);
+  const int lo = split * kTileElems;
+  const int hi = min(V, lo + kTileElems);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  // Element i of thread tid: id = lo + ((i / VEC) * kStatsThreads + tid) * VEC + i % VEC.
-  auto id_of = [&](int i) { return lo + ((i / VEC) * kStatsThreads + tid) * VEC + i % VEC; };
-  auto valid = [&](int i) { return FULL || id_of(i) < hi; };
   const bool aligned = (reinterpret_cast<uintptr_t>(rp) & 15u) == 0;
 
-  float x[EPT];
+  uint4 raw[VPT];
 #pragma unroll
   for (int u = 0; u < VPT; ++u) {
     const int id0 = lo + (u * kStatsThreads + tid) * VEC;
-    if (aligned && (FULL || id0 + VEC <= hi)) {
-      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(rp + id0));
-      const T* e = reinterpret_cast<const T*>(&raw);
+    if (aligned && id0 + VEC <= hi) {
+      raw[u] = __ldg(reinterpret_cast<const uint4*>(rp + id0));
+    } else {  // unaligned row or the end of the row: scalar loads, -inf beyond it
+      T* e = reinterpret_cast<T*>(&raw[u]);
 #pragma unroll
-      for (int j = 0; j < VEC; ++j) x[u * VEC + j] = to_float(e[j]);
-    } else {
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) x[u * VEC + j] = (FULL || id0 + j < hi) ? to_float(rp[id0 + j]) : 0.0f;
+      for (int j = 0; j < VEC; ++j) e[j] = id0 + j < hi ? rp[id0 + j] : from_float<T>(-INFINITY);
     }
   }
-  float m = -INFINITY;
-  int nvalid = 0;
+  // Pass 1: thread maximum (fmaxf skips NaN).
+  float mraw = -INFINITY;
 #pragma unroll
-  for (int i = 0; i < EPT; ++i) {
-    x[i] = scale_logit(x[i], inv_t, scale);  // NaN -> -inf
-    if (valid(i)) {
-      m = fmaxf(m, x[i]);
-      ++nvalid;
-    }
-  }
+  for (int u = 0; u < VPT; ++u)
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) mraw = fmaxf(mraw, vec_elem<T>(raw[u], j));
+  const float m = scale ? __fmul_rn(mraw, inv_t) : mraw;
+  // Pass 2: sum of exp(x - m) = 2^(x * c - m * log2 e), c = log2 e (times 1/T when scaling).
   float s = 0.0f;
-  if (isfinite(m)) {  // exp(x - m) with x == m -> exactly 1, -inf -> 0
+  bool need_exact = false;
+  if (isfinite(m)) {
+    constexpr float kLog2e = 1.4426950408889634f;
+    const float c = scale ? inv_t * kLog2e : kLog2e;
+    const float mb = -m * kLog2e;
 #pragma unroll
-    for (int i = 0; i < EPT; ++i)
-      if (valid(i)) s += __expf(x[i] - m);
-  } else {  // +-inf maximum: the x == m rule of exp_rel
+    for (int u = 0; u < VPT; ++u)
 #pragma unroll
-    for (int i = 0; i < EPT; ++i)
-      if (valid(i)) s += exp_rel(x[i], m);
+      for (int j = 0; j < VEC; ++j) s += fast_exp2(fmaf(vec_elem<T>(raw[u], j), c, mb));
+    need_exact = isnan(s);  // a NaN logit
+  } else if (m > 0.0f) {
+    need_exact = true;  // +inf maximum
+  } else {  // every logit -inf (or missing) or NaN: exp_rel's x == m rule, 1 per -inf logit
+#pragma unroll
+    for (int u = 0; u < VPT; ++u) {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        need_exact |= isnan(vec_elem<T>(raw[u], j));
+        s += lo + (u * kStatsThreads + tid) * VEC + j < hi ? 1.0f : 0.0f;
+      }
+    }
   }
 
-  // tau_w: W-th largest thread maximum of the warp (threads without elements count as 0).
-  uint32_t v = nvalid > 0 ? ord_key(m) : 0u;
+  // tau_w: W-th largest thread maximum of the warp (a thread whose logits are all -inf counts
+  // as a -inf element: tau is then -inf and every logit is a candidate, still exact).
+  uint32_t v = ord_key(m);
 #pragma unroll
   for (int k = 2; k <= 32; k <<= 1) {
 #pragma unroll
@@ -346,99 +427,107 @@ __device__ __forceinline__ void stats_tile(const T* __restrict__ rp, int lo, int
     }
   }
   const uint32_t tau_w = __shfl_sync(kFull, v, W - 1);
+  const bool warp_exact = __ballot_sync(kFull, need_exact) != 0u;
   __shared__ uint32_t sh_tau[NWARP];
+  __shared__ int sh_exact[NWARP];
   __shared__ int sh_count;
   __shared__ unsigned long long sh_cand[kCandCap];
-  if (lane == 0) sh_tau[warp] = tau_w;
+  if (lane == 0) {
+    sh_tau[warp] = tau_w;
+    sh_exact[warp] = warp_exact;
+  }
   if (tid == 0) sh_count = 0;
   __syncthreads();
   uint32_t tau = sh_tau[0];
+  int exact = sh_exact[0];
 #pragma unroll
-  for (int w = 1; w < NWARP; ++w) tau = max(tau, sh_tau[w]);
-  // tau == 0: fewer than W elements reach any warp's bound: every element is a candidate.
-  const float tau_f = tau == 0u ? -INFINITY : ord_val(tau);
+  for (int w = 1; w < NWARP; ++w) {
+    tau = max(tau, sh_tau[w]);
+    exact |= sh_exact[w];
+  }
+  if (exact) {  // uniform over the block
+    stats_tile_exact<T, K>(rp, lo, hi, inv_t, scale, rec, part_ms, part_keys);
+    return;
+  }
+  const float tau_f = ord_val(tau);
 
-  // Append the candidates (x >= tau_f; a few per tile, so one shared atomic each is cheap).
+  // Append the candidates (x >= tau_f): only threads whose maximum reaches tau have any.
+  if (m >= tau_f) {
 #pragma unroll
-  for (int i = 0; i < EPT; ++i) {
-    if (valid(i) && x[i] >= tau_f) {
-      const int pos = atomicAdd(&sh_count, 1);
-      if (pos < kCandCap)
-        sh_cand[pos] = (static_cast<unsigned long long>(ord_key(x[i])) << 32) |
-                       static_cast<uint32_t>(~static_cast<uint32_t>(id_of(i)));
+    for (int u = 0; u < VPT; ++u) {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        float x = vec_elem<T>(raw[u], j);
+        if (scale) x = __fmul_rn(x, inv_t);
+        const int id = lo + (u * kStatsThreads + tid) * VEC + j;
+        if (x >= tau_f && id < hi) {
+          const int pos = atomicAdd(&sh_count, 1);
+          if (pos < kCandCap)
+            sh_cand[pos] = (static_cast<unsigned long long>(ord_key(x)) << 32) |
+                           static_cast<uint32_t>(~static_cast<uint32_t>(id));
+        }
+      }
     }
   }
   __syncthreads();
   const int c = sh_count;
-  if (c <= kCandCap) {
-    // Rank by counting (unique keys); ranks < W are the tile's top-W in order.
-    for (int t = tid; t < c; t += kStatsThreads) {
-      const unsigned long long key = sh_cand[t];
-      int rank = 0;
-#pragma unroll 8
-      for (int j = 0; j < c; ++j) rank += sh_cand[j] > key ? 1 : 0;
-      if (rank < W)
-        part_keys[rec * K + rank] = make_uint2(static_cast<uint32_t>(key >> 32),
-                                               static_cast<uint32_t>(key));
-    }
-    if (tid < K && tid >= min(c, W))
-      part_keys[rec * K + tid] = make_uint2(ord_key(-INFINITY), ~0x7fffffffu);
-    // (max, sum) of the tile.
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-      const float om = __shfl_xor_sync(kFull, m, off);
-      const float os = __shfl_xor_sync(kFull, s, off);
-      merge_ms(m, s, om, os);
-    }
-    __shared__ float sh_m[NWARP], sh_s[NWARP];
-    if (lane == 0) {
-      sh_m[warp] = m;
-      sh_s[warp] = s;
-    }
-    __syncthreads();
-    if (tid == 0) {
-      float bm = sh_m[0], bs = sh_s[0];
-#pragma unroll
-      for (int w = 1; w < NWARP; ++w) merge_ms(bm, bs, sh_m[w], sh_s[w]);
-      part_ms[rec] = make_float2(bm, bs);
-    }
-  } else {
-    // Too many candidates: exact per-thread top-K insertion, block merge. Re-read the tile (L2)
-    // rather than keep x[] live: registers stay at the fast path's need.
-    float tv[K];
-    int ti[K];
-#pragma unroll
-    for (int j = 0; j < K; ++j) {
-      tv[j] = -INFINITY;
-      ti[j] = 0x7fffffff;
-    }
-    for (int i = 0; i < EPT; ++i) {
-      const int id = id_of(i);
-      if (id < hi) topk_insert<K>(tv, ti, scale_logit(to_float(rp[id]), inv_t, scale), id);
-    }
-    block_finish<K>(m, s, tv, ti, rec, part_ms, part_keys);
+  if (c > kCandCap) {  // uniform
+    stats_tile_exact<T, K>(rp, lo, hi, inv_t, scale, rec, part_ms, part_keys);
+    return;
   }
-}
-
-template <typename T, int K>
-__global__ void __launch_bounds__(kStatsThreads, 3)  // <= 85 registers: 3 blocks (24 warps) per SM
-    build_tree_stats_tile_kernel(const T* __restrict__ logits, int V, int S, int W, float inv_t,
-                                 bool scale, float2* __restrict__ part_ms,
-                                 uint2* __restrict__ part_keys) {
-  const int split = blockIdx.x;
-  const int64_t row = blockIdx.y;
-  const T* rp = logits + row * static_cast<int64_t>(V);
-  const int lo = split * kTileElems;
-  const int hi = min(V, lo + kTileElems);
-  if (hi - lo == kTileElems)
-    stats_tile<T, K, true>(rp, lo, hi, W, inv_t, scale, row * S + split, part_ms, part_keys);
-  else
-    stats_tile<T, K, false>(rp, lo, hi, W, inv_t, scale, row * S + split, part_ms, part_keys);
+  // Rank by counting (unique keys); ranks < W are the tile's top-W in order.
+  for (int t = tid; t < c; t += kStatsThreads) {
+    const unsigned long long key = sh_cand[t];
+    int rank = 0;
+#pragma unroll 8
+    for (int j = 0; j < c; ++j) rank += sh_cand[j] > key ? 1 : 0;
+    if (rank < W)
+      part_keys[rec * K + rank] =
+          make_uint2(static_cast<uint32_t>(key >> 32), static_cast<uint32_t>(key));
+  }
+  if (tid < K && tid >= min(c, W))
+    part_keys[rec * K + tid] = make_uint2(ord_key(-INFINITY), ~0x7fffffffu);
+  // (max, sum) of the tile.
+  float bm = m, bs = s;
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const float om = __shfl_xor_sync(kFull, bm, off);
+    const float os = __shfl_xor_sync(kFull, bs, off);
+    merge_ms(bm, bs, om, os);
+  }
+  __shared__ float sh_m[NWARP], sh_s[NWARP];
+  if (lane == 0) {
+    sh_m[warp] = bm;
+    sh_s[warp] = bs;
+  }
+  __syncthreads();
+  if (tid == 0) {
+    float tm = sh_m[0], ts = sh_s[0];
+#pragma unroll
+    for (int w = 1; w < NWARP; ++w) merge_ms(tm, ts, sh_m[w], sh_s[w]);
+    part_ms[rec] = make_float2(tm, ts);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Kernel 2: merge + expansion + outputs; one block per batch row.
 // ---------------------------------------------------------------------------------------------
+// accum: the parent that follows an expansion at its depth, with its cumulative A (one 8-byte
+// load advances a rank pointer).
+struct alignas(8) NextParent {
+  int e;
+  float a;
+};
+
+// Phase timestamps for benchmarks/probe_build_tree.cu only (never defined in the extension).
+#ifdef JETSPEC_BT_PROBE
+__device__ long long g_bt_probe[8];
+#define JETSPEC_BT_STAMP(i) \
+  if (threadIdx.x == 0 && blockIdx.x == 0) g_bt_probe[i] = clock64()
+#else
+#define JETSPEC_BT_STAMP(i)
+#endif
+
 struct ExpandSmem {
   // per-depth tables (row j = depth j + 1)
   int32_t tok[kMaxDepth * kMaxWidth];
@@ -460,6 +549,10 @@ struct ExpandSmem {
   unsigned long long key[kMaxDepth * kMaxWidth];
   int16_t ptr[kMaxDepth * kMaxWidth];
   int16_t tail[kMaxDepth + 1];
+  // accum: per-lane rank pointers [rank * 32 + lane] and parent links (see expand_accum)
+  int16_t aptr[kMaxWidth * 32];
+  float apa[kMaxWidth * 32];
+  NextParent nxt[kMaxBudget];
   int count;
 };
 
@@ -505,98 +598,138 @@ __device__ __forceinline__ void rescan_lane(const ExpandSmem& sm, int nl, int la
   (void)nl;
 }
 
-// accum. The warp runs converged: every lane computes the round's values from broadcast
-// shared-memory reads, then designated lanes store them; __syncwarp() separates reads from writes.
-// Lists (node depth d = 1..D-1, rank r) have index q = (d - 1) * W + r; a list's entries are the
-// rank-r children of the depth-(d-1) expansions in expansion order (ptr = expansion index,
-// link = next expansion with a parent of the same depth); node of (expansion e, rank r) =
-// 1 + e * W + r.
-__device__ __forceinline__ void expand_accum(ExpandSmem& sm, int D, int W, int N, int lane) {
-  const int nl = (D - 1) * W;
-  for (int q = lane; q < kMaxLists; q += 32) {  // every slot: rescan_lane reads them all
-    sm.ptr[q] = -1;
-    sm.key[q] = 0ull;
+// accum, one lane per candidate depth. Lane d (1 <= d <= D-1) owns the depth-d candidates: the
+// children of the depth-(d-1) expansions. For rank r, aptr[r] is the next parent (expansion
+// index, in expansion order) whose rank-r child is unexpanded (kEndPtr: none) and apa[r] its
+// cumulative A; parents come in expansion order through the nxt links. A parent's rank r-1 child
+// is always expanded before its rank r child (never a lower key), so the pointers form a
+// staircase (aptr[r-1] >= aptr[r]) and only its corners (aptr[r] < aptr[r-1]) can be the depth's
+// best: their keys sit in the lane's registers k[r] (0 = not a corner). A pop changes at most
+// three keys: the winner lane's ranks r and r+1 and the child lane's rank 0 (the new parent is
+// the worst of its depth, so only an exhausted rank 0 gains a candidate). Each round is then
+// one warp argmax, a few shared loads and one register argmax per lane, with no rescan of
+// shared-memory lists and no division on the critical path. Lanes touch only their own rows of
+// aptr / apa / nxt, so no __syncwarp is needed between rounds. Node of (expansion e, rank r) =
+// 1 + e * W + r (its creation index: the tie-break).
+constexpr int kEndPtr = 0x7fff;
+
+template <int WK>
+__device__ __forceinline__ void lane_argmax(const unsigned long long (&k)[WK], unsigned long long& bk,
+                                            int& br) {
+  unsigned long long kk[WK];
+  int ii[WK];
+#pragma unroll
+  for (int j = 0; j < WK; ++j) {
+    kk[j] = k[j];
+    ii[j] = j;
   }
-  for (int t = lane; t <= D; t += 32) sm.tail[t] = -1;
-  __syncwarp();
-  LaneBest lb;
-  int count = 1, nexp = 0;
-  while (count < N) {
-    int p = 0, pq = -1;
-    if (nexp > 0) {
-      uint32_t mh, ml;
-      const int wl = warp_argmax(static_cast<uint32_t>(lb.key >> 32), static_cast<uint32_t>(lb.key),
-                                 mh, ml);
-      if (mh == 0u) break;  // nothing left to expand
-      pq = __shfl_sync(kFull, lb.q, wl);
-      p = static_cast<int>(~ml);
-    }
-    const int pd = pq >= 0 ? pq / W + 1 : 0;  // depth of p
-    const float pA = sm.A[p];
-    const int tl = sm.tail[pd];
-    const int nch = min(W, N - count);
-    const int base = count, e = nexp;
-    float my_a = 0.0f, my_score = 0.0f;
-    if (lane < nch) {
-      my_a = __fadd_rn(pA, sm.e[pd * W + lane]);
-      my_score = __fsub_rn(my_a, sm.C[pd + 1]);
-    }
-    const bool new_list = pd + 1 < D && lane < W;  // list (pd + 1, lane) exists
-    const int my_q = pd * W + lane;
-    const int my_ptr = new_list ? sm.ptr[my_q] : 0;
-    // The popped list's owner (lane pq % 32) finds its next entry (that node already exists).
-    const bool owner = pq >= 0 && lane == (pq & 31);
-    int nx = -1;
-    unsigned long long nx_key = 0ull;
-    if (owner) {
-      nx = sm.link[sm.ptr[pq]];
-      if (nx >= 0) {
-        const int node = 1 + nx * W + pq % W;
-        nx_key = make_key(sm.score[node], node);
+#pragma unroll
+  for (int w = WK / 2; w > 0; w /= 2) {
+#pragma unroll
+    for (int j = 0; j < w; ++j) {
+      if (kk[j + w] > kk[j]) {  // keys are unique unless 0
+        kk[j] = kk[j + w];
+        ii[j] = ii[j + w];
       }
     }
-    __syncwarp();
+  }
+  bk = kk[0];
+  br = ii[0];
+}
+
+template <int WK>
+__device__ __forceinline__ void expand_accum(ExpandSmem& sm, int D, int W, int N, int lane) {
+  static_assert(WK == 8 || WK == 16, "rank registers");
+  const bool has_depth = lane >= 1 && lane < D;
+  const float Cd = has_depth ? sm.C[lane] : 0.0f;
+  const int erow = has_depth ? (lane - 1) * W : 0;  // sm.e row of depth `lane`
+#pragma unroll
+  for (int j = 0; j < WK; ++j) sm.aptr[j * 32 + lane] = static_cast<int16_t>(kEndPtr);
+  unsigned long long k[WK];
+#pragma unroll
+  for (int j = 0; j < WK; ++j) k[j] = 0ull;
+  unsigned long long bkey = 0ull;  // this lane's best key, its rank and its A
+  int br = 0;
+  float ba = 0.0f;
+  int tail = -1;  // last parent (expansion) of this lane's depth
+  int count = 1, nexp = 0;
+  while (count < N) {
+    // 1. The node to expand: the root first, then the best key of the warp.
+    int p = 0, dp = 0;
+    float Ap = 0.0f;
+    if (nexp > 0) {
+      uint32_t mh, ml;
+      const int wl = warp_argmax(static_cast<uint32_t>(bkey >> 32), static_cast<uint32_t>(bkey),
+                                 mh, ml);
+      if (mh == 0u) break;  // nothing left to expand
+      p = static_cast<int>(~ml);
+      dp = wl;  // the winning lane is the popped node's depth
+      Ap = __shfl_sync(kFull, ba, wl);
+    }
+    const int nch = min(W, N - count), base = count, e = nexp;
+    int ra = -1, rb = -1;  // ranks whose key changes in this lane, and their new keys
+    unsigned long long va = 0ull, vb = 0ull;
+    // 2. Winner: rank br's pointer moves past e1 (p's parent) to the next parent of the depth.
+    if (nexp > 0 && lane == dp) {
+      const int r = br;
+      const int e1 = sm.aptr[r * 32 + lane];
+      const float a1 = sm.apa[r * 32 + lane];
+      const int prev = r > 0 ? static_cast<int>(sm.aptr[(r - 1) * 32 + lane]) : kEndPtr + 1;
+      const int nextr = r + 1 < W ? static_cast<int>(sm.aptr[(r + 1) * 32 + lane]) : -1;
+      const NextParent L = sm.nxt[e1];
+      const int e2 = L.e;
+      const float a2 = L.a;
+      sm.aptr[r * 32 + lane] = static_cast<int16_t>(e2);
+      sm.apa[r * 32 + lane] = a2;
+      ra = r;
+      if (e2 != kEndPtr && prev > e2)
+        va = make_key(__fsub_rn(__fadd_rn(a2, sm.e[erow + r]), Cd), 1 + e2 * W + r);
+      if (nextr == e1) {  // (e1, r + 1) was blocked by (e1, r): now a corner
+        rb = r + 1;
+        vb = make_key(__fsub_rn(__fadd_rn(a1, sm.e[erow + r + 1]), Cd), 1 + e1 * W + r + 1);
+      }
+    }
+    // 3. Child lane (depth dp + 1, if its nodes can still be expanded): p joins its parents.
+    if (lane == dp + 1 && lane < D) {
+      sm.nxt[e] = NextParent{kEndPtr, 0.0f};
+      if (tail >= 0) sm.nxt[tail] = NextParent{e, Ap};
+      tail = e;
+      // The exhausted ranks (a prefix of the staircase) now point at p; rank 0 is a corner.
+      const bool r0_exhausted = sm.aptr[lane] == kEndPtr;
+#pragma unroll
+      for (int j = 0; j < WK; ++j) {
+        if (j < W && sm.aptr[j * 32 + lane] == kEndPtr) {
+          sm.aptr[j * 32 + lane] = static_cast<int16_t>(e);
+          sm.apa[j * 32 + lane] = Ap;
+        }
+      }
+      if (r0_exhausted) {
+        ra = 0;
+        va = make_key(__fsub_rn(__fadd_rn(Ap, sm.e[erow]), Cd), 1 + e * W);
+      }
+    }
+    // 4. The new nodes (read back by the output phase after __syncthreads).
     if (lane < nch) {
       const int i = base + lane;
       sm.par[i] = static_cast<int16_t>(p);
-      sm.dep[i] = static_cast<uint8_t>(pd + 1);
+      sm.dep[i] = static_cast<uint8_t>(dp + 1);
       sm.rank[i] = static_cast<uint8_t>(lane);
-      sm.A[i] = my_a;
-      sm.score[i] = my_score;
+      sm.score[i] = __fsub_rn(__fadd_rn(Ap, sm.e[dp * W + lane]), sm.C[dp + 1]);
       sm.fc[i] = -1;
       sm.ns[i] = static_cast<int16_t>(lane + 1 < nch ? i + 1 : -1);
     }
-    // The new child heads its list if that list ran dry (a partial last expansion leaves the
-    // lists of its missing ranks empty: the loop ends anyway).
-    if (new_list && my_ptr < 0) {
-      sm.ptr[my_q] = static_cast<int16_t>(e);
-      sm.key[my_q] = lane < nch ? make_key(my_score, base + lane) : 0ull;
-    }
-    if (lane == 31) {
-      sm.fc[p] = static_cast<int16_t>(base);
-      sm.link[e] = -1;
-      if (tl >= 0) sm.link[tl] = static_cast<int16_t>(e);
-      sm.tail[pd] = static_cast<int16_t>(e);
-    }
-    if (owner) {
-      sm.ptr[pq] = static_cast<int16_t>(nx);
-      sm.key[pq] = nx_key;
-    }
+    if (lane == 31) sm.fc[p] = static_cast<int16_t>(base);
     count += nch;
     ++nexp;
-    __syncwarp();
-    // Refresh: the owner's best went down (rescan); a new head only raises its owner's best.
-    if (owner) {
-      rescan_lane(sm, nl, lane, lb);
-    } else if (pd + 1 < D) {
-      const int rel = (lane - pd * W) & 31;  // the list of [pd * W, pd * W + W) this lane owns
-      if (rel < W) {
-        const unsigned long long k = sm.key[pd * W + rel];
-        if (k > lb.key) {
-          lb.key = k;
-          lb.q = pd * W + rel;
-        }
+    // 5. Refresh this lane's best (and the A of its best, broadcast if it wins).
+    if (ra >= 0) {
+#pragma unroll
+      for (int j = 0; j < WK; ++j) {
+        if (j == ra) k[j] = va;
+        if (j == rb) k[j] = vb;
       }
+      lane_argmax<WK>(k, bkey, br);
+      ba = bkey ? __fadd_rn(sm.apa[br * 32 + lane], sm.e[erow + br]) : 0.0f;
     }
   }
   if (lane == 0) sm.count = count;
@@ -721,6 +854,7 @@ __global__ void __launch_bounds__(kExpandThreads)
   const int b = blockIdx.x;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   constexpr int NWARP = kExpandThreads / 32;
+  JETSPEC_BT_STAMP(0);
 
   // 1. Merge the S slices of each depth row.
   for (int d = warp; d < D; d += NWARP) {
@@ -759,6 +893,7 @@ __global__ void __launch_bounds__(kExpandThreads)
     if (lane == 0) sm.logS[d] = static_cast<float>(log(ds));
   }
   __syncthreads();
+  JETSPEC_BT_STAMP(1);
   if (tid == 0) {
     sm.C[0] = 0.0f;
     float c = 0.0f;  // running sum in a register (no store-to-load chain through smem)
@@ -773,14 +908,16 @@ __global__ void __launch_bounds__(kExpandThreads)
     sm.count = 1;
   }
   __syncthreads();
+  JETSPEC_BT_STAMP(2);
   // 2. Best-first expansion (warp 0).
   if (warp == 0 && N > 1) {
     if (policy == 0)
-      expand_accum(sm, D, W, N, lane);
+      expand_accum<K>(sm, D, W, N, lane);
     else
       expand_topn(sm, D, W, N, lane);
   }
   __syncthreads();
+  JETSPEC_BT_STAMP(3);
   // 3. Outputs.
   const int n = sm.count;
   const int NW = (N + 31) / 32;
@@ -820,6 +957,10 @@ __global__ void __launch_bounds__(kExpandThreads)
       for (int w = 0; w < NW; ++w) mrow[w] = w == (i >> 5) ? (1u << (i & 31)) : 0u;
     }
   }
+#ifdef JETSPEC_BT_PROBE
+  __syncthreads();
+  JETSPEC_BT_STAMP(4);
+#endif
 }
 
 }  // namespace build_tree_kernels

@@ -19,6 +19,11 @@ DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA_KERNEL else [])
 # chosen per call by an env var.
 IMPLS = ["mma"] + (["wgmma", "wgmma8", "wgmma_pipe", "wgmma_pipe8"]
                    if HAS_CUDA_KERNEL and torch.cuda.get_device_capability()[0] == 9 else [])
+# "decode": the few-rows kernel (N * G <= 16 query rows per KV head; csrc/kernels/
+# tree_attention_decode.cuh), which the op picks by default for such shapes. Cases with more rows
+# skip it (they would only repeat the default tensor-core variant).
+IMPLS = IMPLS + ["decode"]
+DECODE_MAX_ROWS = 16
 
 
 _CANARY_CODE = r"""
@@ -293,6 +298,9 @@ GPU_CASES = [
     # B, N, Hq, Hkv, D, plens, kind
     (1, 1, 32, 8, 128, [4096], "random"),       # decode, GQA 4
     (1, 1, 8, 8, 64, [0], "random"),            # decode with an empty prefix
+    (3, 2, 32, 4, 128, [1, 1023, 70000], "random"),  # 16 rows per KV head (GQA 8), N = 2
+    (2, 4, 16, 4, 64, [0, 129], "chain"),       # 16 rows, head dim 64, a chain
+    (2, 3, 4, 4, 128, [65, 5], "deep"),         # GQA 1, a tree of 3
     (1, 64, 32, 8, 128, [1024], "random"),
     (1, 128, 32, 8, 128, [4096], "random"),
     (1, 256, 32, 8, 128, [1000], "deep"),
@@ -316,8 +324,10 @@ _GPU_CASE_CACHE = {}
 @pytest.mark.parametrize("case", GPU_CASES,
                          ids=lambda c: f"B{c[0]}N{c[1]}Hq{c[2]}Hkv{c[3]}D{c[4]}P{c[5][0]}{c[6]}")
 def test_cuda_matches_reference(case, dtype, splits, impl, monkeypatch):
-    if splits == "1" and impl != "mma":
+    if splits == "1" and impl not in ("mma", "decode"):
         pytest.skip("single-split path: covered by mma and by 'auto' on the larger cases")
+    if impl == "decode" and case[1] * (case[2] // case[3]) > DECODE_MAX_ROWS:
+        pytest.skip("more than 16 query rows per KV head: not a decode shape")
     if splits != "auto":
         monkeypatch.setenv("JETSPEC_TREE_ATTN_SPLITS", splits)
     else:
@@ -352,6 +362,35 @@ def test_cuda_matches_cpu_op(impl):
     out_g, lse_g = jetspec_ext.tree_attention(*(a.cuda() for a in args))
     torch.testing.assert_close(out_g.cpu().float(), out_c.float(), atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(lse_g.cpu(), lse_c, atol=2e-3, rtol=1e-3)
+
+
+@requires_cuda_kernel
+@pytest.mark.parametrize("N", [1, 4])
+def test_cuda_decode_graph_replay(N, monkeypatch):
+    """The decode kernel's in-kernel split merge (a global counter per (batch row, KV head),
+    reset by the merging CTA) under CUDA-graph capture and repeated replays."""
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_SPLITS", "7")
+    B, Hq, Hkv, D, S = 2, 16, 4, 128, 5000
+    q, k, v, pl, mask = make_case(B, N, Hq, Hkv, D, [1000, 3000], S=S, device="cuda",
+                                  poison_tail=False)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            jetspec_ext.tree_attention(q, k, v, pl, mask)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out, lse = jetspec_ext.tree_attention(q, k, v, pl, mask)
+    for plens, seed in (([1000, 3000], 1), ([0, 4990], 2), ([4500, 17], 3), ([7, 7], 4)):
+        q2, k2, v2, pl2, mask2 = make_case(B, N, Hq, Hkv, D, plens, S=S, device="cuda",
+                                           seed=seed, poison_tail=False)
+        q.copy_(q2), k.copy_(k2), v.copy_(v2), pl.copy_(pl2), mask.copy_(mask2)
+        out.fill_(float("nan"))
+        for _ in range(3):  # counters must be back at zero after every replay
+            g.replay()
+        torch.cuda.synchronize()
+        check_against_reference(out, lse, q, k, v, pl, mask)
 
 
 @requires_cuda_kernel

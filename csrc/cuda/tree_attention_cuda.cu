@@ -4,6 +4,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -11,6 +12,7 @@
 
 #include "cuda_utils.cuh"
 #include "kernels/tree_attention.cuh"
+#include "kernels/tree_attention_decode.cuh"
 #include "tree_attention_common.h"
 
 namespace jetspec {
@@ -115,9 +117,70 @@ void launch_variant(tree_attn::Params& p, int64_t S, int device, cudaStream_t st
   }
 }
 
+// Split counters of decode_kernel's in-kernel merge: one int per (batch row, KV head), zero at
+// rest (each merging CTA resets its own). One buffer per device, grown outside graph capture;
+// during a capture with too small a buffer, the partials go to merge_kernel instead.
+int* decode_counters(int device, int64_t need, cudaStream_t stream) {
+  static at::Tensor bufs[64];
+  if (device < 0 || device >= 64) return nullptr;
+  at::Tensor& buf = bufs[device];
+  if (buf.defined() && buf.numel() >= need) return buf.data_ptr<int32_t>();
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  JETSPEC_CUDA_CHECK(cudaStreamIsCapturing(stream, &st));
+  if (st != cudaStreamCaptureStatusNone) return nullptr;
+  buf = at::zeros({std::max<int64_t>(need, 1024)},
+                  at::TensorOptions().dtype(at::kInt).device(at::kCUDA, device));
+  return buf.data_ptr<int32_t>();
+}
+
+// Few query rows per KV head (rows <= kDecMaxRows): decode_kernel, one launch. Splits: about 4
+// CTAs per SM in all, each split at least 2 key tiles of the cache's capacity S, at most 32
+// (the merging CTA reads every split's partial).
+template <int D, typename T>
+void launch_decode(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream,
+                   at::Tensor& o_part, at::Tensor& lse_part, const at::TensorOptions& fopts) {
+  const int64_t bh = (int64_t)p.B * p.Hkv;
+  int64_t splits = ceil_div(4 * (int64_t)sm_count(device), bh);
+  splits = std::min<int64_t>({splits, 32, std::max<int64_t>(1, S / (2 * tree_attn::kDecTK))});
+  if (const char* env = std::getenv("JETSPEC_TREE_ATTN_SPLITS")) {  // testing / tuning override
+    const int forced = std::atoi(env);
+    if (forced >= 1) splits = std::min(forced, 1024);
+  }
+  p.num_splits = (int)std::max<int64_t>(1, splits);
+  int* counters = nullptr;
+  if (p.num_splits > 1) {
+    o_part = at::empty({p.num_splits, bh, p.rows, D}, fopts);
+    lse_part = at::empty({p.num_splits, bh, p.rows}, fopts);
+    p.o_part = o_part.data_ptr<float>();
+    p.lse_part = lse_part.data_ptr<float>();
+    counters = decode_counters(device, bh, stream);
+  }
+  tree_attn::decode_kernel<D, T><<<dim3(p.num_splits, (unsigned)bh), tree_attn::kDecThreads, 0,
+                                   stream>>>(p, counters);
+  JETSPEC_CHECK_LAUNCH();
+  if (p.num_splits > 1 && counters == nullptr) {
+    const int64_t warps = bh * p.rows;
+    tree_attn::merge_kernel<D, T><<<(unsigned)((warps + 3) / 4), 128, 0, stream>>>(p);
+    JETSPEC_CHECK_LAUNCH();
+  }
+}
+
+bool use_decode_kernel(const tree_attn::Params& p) {
+  if (const char* env = std::getenv("JETSPEC_TREE_ATTN_IMPL")) {
+    const std::string e(env);
+    if (e == "decode") return p.rows <= tree_attn::kDecMaxRows;
+    if (e != "auto") return false;  // a tensor-core variant was asked for
+  }
+  return p.rows <= tree_attn::kDecMaxRows;
+}
+
 template <int D, typename T>
 void launch(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream, at::Tensor& o_part,
             at::Tensor& lse_part, const at::TensorOptions& fopts) {
+  if (use_decode_kernel(p)) {
+    launch_decode<D, T>(p, S, device, stream, o_part, lse_part, fopts);
+    return;
+  }
   Impl impl = choose_impl(device);
   // The non-pipelined wgmma variants gave wrong results at head dim 64 on the H200
   // (2026-11-28, 24 of 90 GPU cases); never run them there.

@@ -1,0 +1,263 @@
+// Torch-free decode-shaped kernel of jetspec::tree_attention: few query rows per KV head
+// (rows = N * G <= kDecMaxRows, e.g. autoregressive decoding N = 1, or a small draft block).
+//
+// Why a separate kernel: the tensor-core kernels tile 64-128 query rows; with 4 rows per KV head
+// (N = 1, GQA 4) they spend their time on fixed costs (pipeline fill, a 128-row epilogue, a
+// second merge launch): 11 us per layer at prefix 1024 on the H200, against ~1 us to read the
+// KV once. Here every CTA owns one (batch row, KV head, key range) split:
+//   QK: thread t takes key t % 64 of a 64-key tile and rows t / 64, t / 64 + 2, ... (its key row
+//       read once with 16-byte loads, q from shared memory in fp32, pre-scaled by scale*log2 e);
+//   softmax: one warp per row (online max / sum in shared memory, exp2);
+//   PV: thread t owns dim t % D of rows t / D, t / D + 128 / D, ... (V rows read coalesced).
+// Splits (a static count from the host, key ranges from prefix_lens on the device) fill the SMs
+// at batch 1; the LAST CTA of each (batch row, KV head) to finish merges the partials (global
+// counter, reset by that CTA: graph-replay safe), so the op is a single launch. When no counter
+// buffer is given, the partials are merged by merge_kernel instead.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+namespace jetspec {
+namespace tree_attn {
+
+constexpr int kDecThreads = 128;
+constexpr int kDecTK = 64;       // keys per tile
+constexpr int kDecMaxRows = 16;  // query rows per (batch row, KV head)
+
+template <int D>
+struct DecodeSmem {
+  float q[kDecMaxRows][D];           // q * scale * log2(e)
+  float s[kDecMaxRows][kDecTK + 1];  // scores, then probabilities, of the current tile
+  float m[kDecMaxRows];              // running max (log2 units)
+  float l[kDecMaxRows];              // running sum
+  float alpha[kDecMaxRows];          // rescale of the accumulators for the current tile
+  int last;                          // this CTA merges the splits
+};
+
+__device__ __forceinline__ void unpack8(const uint4& raw, float (&f)[8], __nv_bfloat16) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 v = __bfloat1622float2(h[i]);
+    f[2 * i] = v.x;
+    f[2 * i + 1] = v.y;
+  }
+}
+__device__ __forceinline__ void unpack8(const uint4& raw, float (&f)[8], __half) {
+  const __half2* h = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 v = __half22float2(h[i]);
+    f[2 * i] = v.x;
+    f[2 * i + 1] = v.y;
+  }
+}
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+template <typename T>
+__device__ __forceinline__ T from_f(float x);
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
+  return __float2bfloat16(x);
+}
+template <>
+__device__ __forceinline__ __half from_f<__half>(float x) {
+  return __float2half(x);
+}
+
+// grid (num_splits, B * Hkv), kDecThreads threads. counters: (B * Hkv,) int32, zero at rest, or
+// nullptr (then num_splits > 1 leaves the partials to merge_kernel).
+template <int D, typename T>
+__global__ void __launch_bounds__(kDecThreads)
+    decode_kernel(const Params p, int* __restrict__ counters) {
+  constexpr int RG = kDecThreads / D;           // row groups of the PV phase (1 or 2)
+  constexpr int PV_ROWS = kDecMaxRows / RG;     // accumulators per thread
+  constexpr int QK_ROWS = kDecMaxRows / 2;      // dot products per thread per key
+  static_assert(kDecThreads == 2 * kDecTK, "QK mapping: two row groups of 64 keys");
+  static_assert(D % 8 == 0 && kDecThreads % D == 0, "head dim 64 or 128");
+  __shared__ DecodeSmem<D> sm;
+  const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+  const int split = blockIdx.x, bh = blockIdx.y;
+  const int b = bh / p.Hkv, h = bh - b * p.Hkv;
+  const int rows = p.rows, G = p.G;
+  const int P = p.prefix_lens[b];
+  const int L = P + p.N;  // keys [0, L): the prefix, then the tree
+  const int per = (L + p.num_splits - 1) / p.num_splits;
+  const int k0 = min(L, split * per), k1 = min(L, k0 + per);
+
+  // q rows (row r = n * G + g: query token n, head h * G + g), fp32, pre-scaled.
+  for (int i = t; i < rows * (D / 8); i += kDecThreads) {
+    const int r = i / (D / 8), c = i - r * (D / 8);
+    const int n = r / G, hq = h * G + (r - n * G);
+    const T* src = static_cast<const T*>(p.q) + b * p.q_sb + n * p.q_sn + hq * p.q_sh + c * 8;
+    float f[8];
+    unpack8(*reinterpret_cast<const uint4*>(src), f, T{});
+#pragma unroll
+    for (int e = 0; e < 8; ++e) sm.q[r][c * 8 + e] = f[e] * p.scale_log2;
+  }
+  if (t < kDecMaxRows) {
+    sm.m[t] = -INFINITY;
+    sm.l[t] = 0.f;
+  }
+  float acc[PV_ROWS];
+#pragma unroll
+  for (int i = 0; i < PV_ROWS; ++i) acc[i] = 0.f;
+  const int d = t % D, rg = t / D;
+  const T* kbase = static_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
+  const T* vbase = static_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
+  const int32_t* mrow = p.mask + (int64_t)b * p.N * p.W;
+  __syncthreads();
+
+  for (int kt = k0; kt < k1; kt += kDecTK) {
+    // QK of key kt + (t % 64) with rows t / 64 + 2 i.
+    {
+      const int j = t % kDecTK, r0 = t / kDecTK;
+      const int key = kt + j;
+      float dot[QK_ROWS];
+#pragma unroll
+      for (int i = 0; i < QK_ROWS; ++i) dot[i] = 0.f;
+      if (key < k1) {
+        const T* kp = kbase + (int64_t)key * p.k_ss;
+        uint4 raw[D / 8];
+#pragma unroll
+        for (int c = 0; c < D / 8; ++c) raw[c] = __ldg(reinterpret_cast<const uint4*>(kp + c * 8));
+#pragma unroll
+        for (int c = 0; c < D / 8; ++c) {
+          float f[8];
+          unpack8(raw[c], f, T{});
+#pragma unroll
+          for (int i = 0; i < QK_ROWS; ++i) {
+            const int r = r0 + 2 * i;
+            if (r < rows) {
+#pragma unroll
+              for (int e = 0; e < 8; ++e) dot[i] = fmaf(f[e], sm.q[r][c * 8 + e], dot[i]);
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < QK_ROWS; ++i) {
+        const int r = r0 + 2 * i;
+        if (r < rows) {
+          bool vis = key < k1;
+          if (vis && key >= P) {  // a tree key: bit (key - P) of query node n's mask row
+            const int ti = key - P, n = r / G;
+            vis = (mrow[(int64_t)n * p.W + (ti >> 5)] >> (ti & 31)) & 1;
+          }
+          sm.s[r][j] = vis ? dot[i] : -INFINITY;
+        }
+      }
+    }
+    __syncthreads();
+    // Online softmax, one warp per row.
+    for (int r = warp; r < rows; r += kDecThreads / 32) {
+      const float s0 = sm.s[r][lane], s1 = sm.s[r][lane + 32];
+      float mx = fmaxf(s0, s1);
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      const float m_old = sm.m[r];
+      const float m_new = fmaxf(m_old, mx);
+      const float p0 = m_new == -INFINITY ? 0.f : exp2f(s0 - m_new);
+      const float p1 = m_new == -INFINITY ? 0.f : exp2f(s1 - m_new);
+      sm.s[r][lane] = p0;
+      sm.s[r][lane + 32] = p1;
+      float sum = p0 + p1;
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+      if (lane == 0) {
+        const float a = m_old == -INFINITY ? 0.f : exp2f(m_old - m_new);
+        sm.alpha[r] = a;
+        sm.l[r] = sm.l[r] * a + sum;
+        sm.m[r] = m_new;
+      }
+    }
+    __syncthreads();
+    // PV: dim d of rows rg + RG i.
+    const int nk = min(kDecTK, k1 - kt);
+#pragma unroll
+    for (int i = 0; i < PV_ROWS; ++i) {
+      const int r = rg + RG * i;
+      if (r < rows) acc[i] *= sm.alpha[r];
+    }
+    const T* vp = vbase + (int64_t)kt * p.v_ss + d;
+#pragma unroll 8
+    for (int j = 0; j < nk; ++j) {
+      const float v = to_f(vp[(int64_t)j * p.v_ss]);
+#pragma unroll
+      for (int i = 0; i < PV_ROWS; ++i) {
+        const int r = rg + RG * i;
+        if (r < rows) acc[i] = fmaf(sm.s[r][j], v, acc[i]);
+      }
+    }
+    __syncthreads();  // the next tile overwrites sm.s
+  }
+
+  // This split's result: O normalised by its own sum, natural-log lse (-inf: no visible key).
+  const int64_t bh_rows = (int64_t)bh * rows;
+  constexpr float kLn2 = 0.6931471805599453f;
+  if (p.num_splits == 1) {
+#pragma unroll
+    for (int i = 0; i < PV_ROWS; ++i) {
+      const int r = rg + RG * i;
+      if (r < rows) {
+        const int n = r / G, hq = h * G + (r - n * G);
+        const float l = sm.l[r];
+        static_cast<T*>(p.out)[(((int64_t)b * p.N + n) * p.Hq + hq) * D + d] =
+            from_f<T>(l > 0.f ? acc[i] / l : 0.f);
+        if (d == 0)
+          p.lse[((int64_t)b * p.Hq + hq) * p.N + n] =
+              l > 0.f ? (sm.m[r] + log2f(l)) * kLn2 : -INFINITY;
+      }
+    }
+    return;
+  }
+  const int64_t split_stride = (int64_t)p.B * p.Hkv * rows;
+#pragma unroll
+  for (int i = 0; i < PV_ROWS; ++i) {
+    const int r = rg + RG * i;
+    if (r < rows) {
+      const float l = sm.l[r];
+      p.o_part[((int64_t)split * split_stride + bh_rows + r) * D + d] = l > 0.f ? acc[i] / l : 0.f;
+      if (d == 0)
+        p.lse_part[split * split_stride + bh_rows + r] =
+            l > 0.f ? (sm.m[r] + log2f(l)) * kLn2 : -INFINITY;
+    }
+  }
+  if (counters == nullptr) return;
+  // The last CTA of this (batch row, KV head) merges (threadFenceReduction pattern).
+  __threadfence();
+  __syncthreads();
+  if (t == 0) sm.last = atomicAdd(&counters[bh], 1) == p.num_splits - 1;
+  __syncthreads();
+  if (!sm.last) return;
+  __threadfence();
+  const int ns = p.num_splits;
+#pragma unroll
+  for (int i = 0; i < PV_ROWS; ++i) {
+    const int r = rg + RG * i;
+    if (r >= rows) continue;
+    float mx = -INFINITY;
+    for (int s = 0; s < ns; ++s) mx = fmaxf(mx, __ldcg(p.lse_part + s * split_stride + bh_rows + r));
+    float o = 0.f, wsum = 0.f;
+    if (mx != -INFINITY) {
+      for (int s = 0; s < ns; ++s) {
+        const float ls = __ldcg(p.lse_part + s * split_stride + bh_rows + r);
+        const float w = ls == -INFINITY ? 0.f : __expf(ls - mx);
+        const float v = __ldcg(p.o_part + ((int64_t)s * split_stride + bh_rows + r) * D + d);
+        o += w > 0.f ? w * v : 0.f;  // a select, not 0 * v: an empty split's o is 0 anyway
+        wsum += w;
+      }
+    }
+    const int n = r / G, hq = h * G + (r - n * G);
+    static_cast<T*>(p.out)[(((int64_t)b * p.N + n) * p.Hq + hq) * D + d] =
+        from_f<T>(wsum > 0.f ? o / wsum : 0.f);
+    if (d == 0)
+      p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = wsum > 0.f ? mx + __logf(wsum) : -INFINITY;
+  }
+  if (t == 0) counters[bh] = 0;  // ready for the next call (and graph replay)
+}
+
+}  // namespace tree_attn
+}  // namespace jetspec

@@ -134,17 +134,17 @@ int* decode_counters(int device, int64_t need, cudaStream_t stream) {
 }
 
 // Few query rows per KV head (rows <= kDecMaxRows): decode_kernel, one launch. Splits: about 4
-// CTAs per SM in all, each split at least 2 key tiles of the cache's capacity S, at most 32
-// (the merging CTA reads every split's partial).
+// CTAs per SM in all, each split at least 2 key tiles of the cache's capacity S, at most 16
+// (the merging CTA reads every split's partial; forced counts are capped at kDecMaxSplits).
 template <int D, typename T>
 void launch_decode(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream,
                    at::Tensor& o_part, at::Tensor& lse_part, const at::TensorOptions& fopts) {
   const int64_t bh = (int64_t)p.B * p.Hkv;
   int64_t splits = ceil_div(4 * (int64_t)sm_count(device), bh);
-  splits = std::min<int64_t>({splits, 32, std::max<int64_t>(1, S / (2 * tree_attn::kDecTK))});
+  splits = std::min<int64_t>({splits, 16, std::max<int64_t>(1, S / (2 * tree_attn::kDecTK))});
   if (const char* env = std::getenv("JETSPEC_TREE_ATTN_SPLITS")) {  // testing / tuning override
     const int forced = std::atoi(env);
-    if (forced >= 1) splits = std::min(forced, 1024);
+    if (forced >= 1) splits = std::min(forced, tree_attn::kDecMaxSplits);
   }
   p.num_splits = (int)std::max<int64_t>(1, splits);
   int* counters = nullptr;

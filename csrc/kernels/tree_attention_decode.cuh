@@ -25,14 +25,16 @@ namespace tree_attn {
 constexpr int kDecThreads = 128;
 constexpr int kDecTK = 64;       // keys per tile
 constexpr int kDecMaxRows = 16;  // query rows per (batch row, KV head)
+constexpr int kDecMaxSplits = 32;  // the in-kernel merge keeps one weight per split and row
 
 template <int D>
 struct DecodeSmem {
-  float q[kDecMaxRows][D];           // q * scale * log2(e)
+  alignas(16) float q[kDecMaxRows][D];  // q * scale * log2(e)
   float s[kDecMaxRows][kDecTK + 1];  // scores, then probabilities, of the current tile
   float m[kDecMaxRows];              // running max (log2 units)
   float l[kDecMaxRows];              // running sum
   float alpha[kDecMaxRows];          // rescale of the accumulators for the current tile
+  float w[kDecMaxSplits][kDecMaxRows];  // merge: weight of each split's partial
   int last;                          // this CTA merges the splits
 };
 
@@ -130,9 +132,17 @@ __global__ void __launch_bounds__(kDecThreads)
 #pragma unroll
           for (int i = 0; i < QK_ROWS; ++i) {
             const int r = r0 + 2 * i;
-            if (r < rows) {
-#pragma unroll
-              for (int e = 0; e < 8; ++e) dot[i] = fmaf(f[e], sm.q[r][c * 8 + e], dot[i]);
+            if (r < rows) {  // q as two 16-byte shared loads (broadcast: one row per warp)
+              const float4 qa = *reinterpret_cast<const float4*>(&sm.q[r][c * 8]);
+              const float4 qb = *reinterpret_cast<const float4*>(&sm.q[r][c * 8 + 4]);
+              dot[i] = fmaf(f[0], qa.x, dot[i]);
+              dot[i] = fmaf(f[1], qa.y, dot[i]);
+              dot[i] = fmaf(f[2], qa.z, dot[i]);
+              dot[i] = fmaf(f[3], qa.w, dot[i]);
+              dot[i] = fmaf(f[4], qb.x, dot[i]);
+              dot[i] = fmaf(f[5], qb.y, dot[i]);
+              dot[i] = fmaf(f[6], qb.z, dot[i]);
+              dot[i] = fmaf(f[7], qb.w, dot[i]);
             }
           }
         }
@@ -233,28 +243,46 @@ __global__ void __launch_bounds__(kDecThreads)
   __syncthreads();
   if (!sm.last) return;
   __threadfence();
+  // Merge. Every load is issued before any is used (the partials sit in L2; a load-use chain
+  // per split would cost one L2 latency each): the lse values first, one per thread, then the
+  // weights per row, then the O partials with all splits of a row in flight.
   const int ns = p.num_splits;
+  for (int i = t; i < ns * rows; i += kDecThreads) {
+    const int sp = i / rows, r = i - sp * rows;
+    sm.w[sp][r] = __ldcg(p.lse_part + sp * split_stride + bh_rows + r);
+  }
+  __syncthreads();
+  if (t < rows) {
+    float mx = -INFINITY;
+    for (int sp = 0; sp < ns; ++sp) mx = fmaxf(mx, sm.w[sp][t]);
+    float wsum = 0.f;
+    for (int sp = 0; sp < ns; ++sp) {
+      const float w = (mx == -INFINITY || sm.w[sp][t] == -INFINITY) ? 0.f : __expf(sm.w[sp][t] - mx);
+      sm.w[sp][t] = w;
+      wsum += w;
+    }
+    const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
+    for (int sp = 0; sp < ns; ++sp) sm.w[sp][t] *= inv;
+    const int n = t / G, hq = h * G + (t - n * G);
+    p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = wsum > 0.f ? mx + __logf(wsum) : -INFINITY;
+  }
+  __syncthreads();
 #pragma unroll
   for (int i = 0; i < PV_ROWS; ++i) {
     const int r = rg + RG * i;
     if (r >= rows) continue;
-    float mx = -INFINITY;
-    for (int s = 0; s < ns; ++s) mx = fmaxf(mx, __ldcg(p.lse_part + s * split_stride + bh_rows + r));
-    float o = 0.f, wsum = 0.f;
-    if (mx != -INFINITY) {
-      for (int s = 0; s < ns; ++s) {
-        const float ls = __ldcg(p.lse_part + s * split_stride + bh_rows + r);
-        const float w = ls == -INFINITY ? 0.f : __expf(ls - mx);
-        const float v = __ldcg(p.o_part + ((int64_t)s * split_stride + bh_rows + r) * D + d);
-        o += w > 0.f ? w * v : 0.f;  // a select, not 0 * v: an empty split's o is 0 anyway
-        wsum += w;
-      }
+    float part[kDecMaxSplits];
+#pragma unroll
+    for (int sp = 0; sp < kDecMaxSplits; ++sp)
+      part[sp] = sp < ns ? __ldcg(p.o_part + ((int64_t)sp * split_stride + bh_rows + r) * D + d) : 0.f;
+    float o = 0.f;
+#pragma unroll
+    for (int sp = 0; sp < kDecMaxSplits; ++sp) {
+      const float w = sp < ns ? sm.w[sp][r] : 0.f;
+      o += w > 0.f ? w * part[sp] : 0.f;  // a select, not 0 * v
     }
     const int n = r / G, hq = h * G + (r - n * G);
-    static_cast<T*>(p.out)[(((int64_t)b * p.N + n) * p.Hq + hq) * D + d] =
-        from_f<T>(wsum > 0.f ? o / wsum : 0.f);
-    if (d == 0)
-      p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = wsum > 0.f ? mx + __logf(wsum) : -INFINITY;
+    static_cast<T*>(p.out)[(((int64_t)b * p.N + n) * p.Hq + hq) * D + d] = from_f<T>(o);
   }
   if (t == 0) counters[bh] = 0;  // ready for the next call (and graph replay)
 }

@@ -155,8 +155,13 @@ void launch_decode(tree_attn::Params& p, int64_t S, int device, cudaStream_t str
     p.lse_part = lse_part.data_ptr<float>();
     counters = decode_counters(device, bh, stream);
   }
-  tree_attn::decode_kernel<D, T><<<dim3(p.num_splits, (unsigned)bh), tree_attn::kDecThreads, 0,
-                                   stream>>>(p, counters);
+  const dim3 grid(p.num_splits, (unsigned)bh);
+  if (p.rows <= 4)
+    tree_attn::decode_kernel<D, T, 4><<<grid, tree_attn::kDecThreads, 0, stream>>>(p, counters);
+  else if (p.rows <= 8)
+    tree_attn::decode_kernel<D, T, 8><<<grid, tree_attn::kDecThreads, 0, stream>>>(p, counters);
+  else
+    tree_attn::decode_kernel<D, T, 16><<<grid, tree_attn::kDecThreads, 0, stream>>>(p, counters);
   JETSPEC_CHECK_LAUNCH();
   if (p.num_splits > 1 && counters == nullptr) {
     const int64_t warps = bh * p.rows;

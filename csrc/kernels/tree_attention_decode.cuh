@@ -27,14 +27,26 @@ constexpr int kDecTK = 64;       // keys per tile
 constexpr int kDecMaxRows = 16;  // query rows per (batch row, KV head)
 constexpr int kDecMaxSplits = 32;  // the in-kernel merge keeps one weight per split and row
 
-template <int D>
+// RP = rows rounded up to 4, 8 or 16 (a template parameter: loops over rows are exact).
+// PV layout: thread t owns VD consecutive dims (one 16- or 8-byte V load per key) of all RP rows
+// for the keys t / (D / VD) + KG i of each tile; the KG key groups are summed once at the end.
+template <int D, int RP>
+struct DecodeShape {
+  static constexpr int VD = RP <= 8 ? 8 : 4;   // dims per thread in PV (accumulators RP * VD)
+  static constexpr int DC = D / VD;            // dim chunks
+  static constexpr int KG = kDecThreads / DC;  // key groups
+  static_assert(kDecThreads % DC == 0, "dim chunks must divide the CTA");
+};
+
+template <int D, int RP>
 struct DecodeSmem {
-  alignas(16) float q[kDecMaxRows][D];  // q * scale * log2(e)
-  float s[kDecMaxRows][kDecTK + 1];  // scores, then probabilities, of the current tile
-  float m[kDecMaxRows];              // running max (log2 units)
-  float l[kDecMaxRows];              // running sum
-  float alpha[kDecMaxRows];          // rescale of the accumulators for the current tile
-  float w[kDecMaxSplits][kDecMaxRows];  // merge: weight of each split's partial
+  alignas(16) float q[RP][D];        // q * scale * log2(e)
+  float s[RP][kDecTK + 1];           // scores, then probabilities, of the current tile
+  float m[RP];                       // running max (log2 units)
+  float l[RP];                       // running sum
+  float alpha[RP];                   // rescale of the accumulators for the current tile
+  float w[kDecMaxSplits][RP];        // merge: weight of each split's partial
+  alignas(16) float red[DecodeShape<D, RP>::KG][RP][D];  // PV key-group partial sums
   int last;                          // this CTA merges the splits
 };
 
@@ -69,17 +81,17 @@ __device__ __forceinline__ __half from_f<__half>(float x) {
   return __float2half(x);
 }
 
-// grid (num_splits, B * Hkv), kDecThreads threads. counters: (B * Hkv,) int32, zero at rest, or
-// nullptr (then num_splits > 1 leaves the partials to merge_kernel).
-template <int D, typename T>
+// grid (num_splits, B * Hkv), kDecThreads threads; p.rows <= RP. counters: (B * Hkv,) int32,
+// zero at rest, or nullptr (then num_splits > 1 leaves the partials to merge_kernel).
+template <int D, typename T, int RP>
 __global__ void __launch_bounds__(kDecThreads)
     decode_kernel(const Params p, int* __restrict__ counters) {
-  constexpr int RG = kDecThreads / D;           // row groups of the PV phase (1 or 2)
-  constexpr int PV_ROWS = kDecMaxRows / RG;     // accumulators per thread
-  constexpr int QK_ROWS = kDecMaxRows / 2;      // dot products per thread per key
+  using Sh = DecodeShape<D, RP>;
+  constexpr int VD = Sh::VD, DC = Sh::DC, KG = Sh::KG;
+  constexpr int QK_ROWS = RP / 2;  // dot products per thread per key (two row groups)
   static_assert(kDecThreads == 2 * kDecTK, "QK mapping: two row groups of 64 keys");
-  static_assert(D % 8 == 0 && kDecThreads % D == 0, "head dim 64 or 128");
-  __shared__ DecodeSmem<D> sm;
+  static_assert(D % 8 == 0, "head dim 64 or 128");
+  __shared__ DecodeSmem<D, RP> sm;
   const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
   const int split = blockIdx.x, bh = blockIdx.y;
   const int b = bh / p.Hkv, h = bh - b * p.Hkv;
@@ -89,26 +101,31 @@ __global__ void __launch_bounds__(kDecThreads)
   const int per = (L + p.num_splits - 1) / p.num_splits;
   const int k0 = min(L, split * per), k1 = min(L, k0 + per);
 
-  // q rows (row r = n * G + g: query token n, head h * G + g), fp32, pre-scaled.
-  for (int i = t; i < rows * (D / 8); i += kDecThreads) {
+  // q rows (row r = n * G + g: query token n, head h * G + g), fp32, pre-scaled; rows >= p.rows
+  // are zero (their scores are never used).
+  for (int i = t; i < RP * (D / 8); i += kDecThreads) {
     const int r = i / (D / 8), c = i - r * (D / 8);
-    const int n = r / G, hq = h * G + (r - n * G);
-    const T* src = static_cast<const T*>(p.q) + b * p.q_sb + n * p.q_sn + hq * p.q_sh + c * 8;
-    float f[8];
-    unpack8(*reinterpret_cast<const uint4*>(src), f, T{});
+    float f[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    if (r < rows) {
+      const int n = r / G, hq = h * G + (r - n * G);
+      const T* src = static_cast<const T*>(p.q) + b * p.q_sb + n * p.q_sn + hq * p.q_sh + c * 8;
+      unpack8(*reinterpret_cast<const uint4*>(src), f, T{});
+    }
 #pragma unroll
     for (int e = 0; e < 8; ++e) sm.q[r][c * 8 + e] = f[e] * p.scale_log2;
   }
-  if (t < kDecMaxRows) {
+  if (t < RP) {
     sm.m[t] = -INFINITY;
     sm.l[t] = 0.f;
   }
-  float acc[PV_ROWS];
+  float acc[RP][VD];
 #pragma unroll
-  for (int i = 0; i < PV_ROWS; ++i) acc[i] = 0.f;
-  const int d = t % D, rg = t / D;
+  for (int r = 0; r < RP; ++r)
+#pragma unroll
+    for (int e = 0; e < VD; ++e) acc[r][e] = 0.f;
+  const int dc = t % DC, kg = t / DC;
   const T* kbase = static_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
-  const T* vbase = static_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
+  const T* vbase = static_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh + dc * VD;
   const int32_t* mrow = p.mask + (int64_t)b * p.N * p.W;
   __syncthreads();
 
@@ -130,34 +147,29 @@ __global__ void __launch_bounds__(kDecThreads)
           float f[8];
           unpack8(raw[c], f, T{});
 #pragma unroll
-          for (int i = 0; i < QK_ROWS; ++i) {
-            const int r = r0 + 2 * i;
-            if (r < rows) {  // q as two 16-byte shared loads (broadcast: one row per warp)
-              const float4 qa = *reinterpret_cast<const float4*>(&sm.q[r][c * 8]);
-              const float4 qb = *reinterpret_cast<const float4*>(&sm.q[r][c * 8 + 4]);
-              dot[i] = fmaf(f[0], qa.x, dot[i]);
-              dot[i] = fmaf(f[1], qa.y, dot[i]);
-              dot[i] = fmaf(f[2], qa.z, dot[i]);
-              dot[i] = fmaf(f[3], qa.w, dot[i]);
-              dot[i] = fmaf(f[4], qb.x, dot[i]);
-              dot[i] = fmaf(f[5], qb.y, dot[i]);
-              dot[i] = fmaf(f[6], qb.z, dot[i]);
-              dot[i] = fmaf(f[7], qb.w, dot[i]);
-            }
+          for (int i = 0; i < QK_ROWS; ++i) {  // q as two 16-byte broadcast shared loads
+            const float4 qa = *reinterpret_cast<const float4*>(&sm.q[r0 + 2 * i][c * 8]);
+            const float4 qb = *reinterpret_cast<const float4*>(&sm.q[r0 + 2 * i][c * 8 + 4]);
+            dot[i] = fmaf(f[0], qa.x, dot[i]);
+            dot[i] = fmaf(f[1], qa.y, dot[i]);
+            dot[i] = fmaf(f[2], qa.z, dot[i]);
+            dot[i] = fmaf(f[3], qa.w, dot[i]);
+            dot[i] = fmaf(f[4], qb.x, dot[i]);
+            dot[i] = fmaf(f[5], qb.y, dot[i]);
+            dot[i] = fmaf(f[6], qb.z, dot[i]);
+            dot[i] = fmaf(f[7], qb.w, dot[i]);
           }
         }
       }
 #pragma unroll
       for (int i = 0; i < QK_ROWS; ++i) {
         const int r = r0 + 2 * i;
-        if (r < rows) {
-          bool vis = key < k1;
-          if (vis && key >= P) {  // a tree key: bit (key - P) of query node n's mask row
-            const int ti = key - P, n = r / G;
-            vis = (mrow[(int64_t)n * p.W + (ti >> 5)] >> (ti & 31)) & 1;
-          }
-          sm.s[r][j] = vis ? dot[i] : -INFINITY;
+        bool vis = key < k1 && r < rows;
+        if (vis && key >= P) {  // a tree key: bit (key - P) of query node n's mask row
+          const int ti = key - P, n = r / G;
+          vis = (mrow[(int64_t)n * p.W + (ti >> 5)] >> (ti & 31)) & 1;
         }
+        sm.s[r][j] = vis ? dot[i] : (r < rows ? -INFINITY : 0.f);  // padding rows: p = 0
       }
     }
     __syncthreads();
@@ -184,58 +196,69 @@ __global__ void __launch_bounds__(kDecThreads)
       }
     }
     __syncthreads();
-    // PV: dim d of rows rg + RG i.
-    const int nk = min(kDecTK, k1 - kt);
+    // PV: dims [dc * VD, +VD) of every row, keys kg, kg + KG, ... of the tile.
 #pragma unroll
-    for (int i = 0; i < PV_ROWS; ++i) {
-      const int r = rg + RG * i;
-      if (r < rows) acc[i] *= sm.alpha[r];
+    for (int r = 0; r < RP; ++r) {
+      const float a = r < rows ? sm.alpha[r] : 0.f;
+#pragma unroll
+      for (int e = 0; e < VD; ++e) acc[r][e] *= a;
     }
-    const T* vp = vbase + (int64_t)kt * p.v_ss + d;
-#pragma unroll 8
-    for (int j = 0; j < nk; ++j) {
-      const float v = to_f(vp[(int64_t)j * p.v_ss]);
+    const int nk = min(kDecTK, k1 - kt);
+#pragma unroll 4
+    for (int j = kg; j < nk; j += KG) {
+      float v[VD];
+      const T* vp = vbase + (int64_t)(kt + j) * p.v_ss;
+      if constexpr (VD == 8) {
+        float f[8];
+        unpack8(__ldg(reinterpret_cast<const uint4*>(vp)), f, T{});
 #pragma unroll
-      for (int i = 0; i < PV_ROWS; ++i) {
-        const int r = rg + RG * i;
-        if (r < rows) acc[i] = fmaf(sm.s[r][j], v, acc[i]);
+        for (int e = 0; e < 8; ++e) v[e] = f[e];
+      } else {
+        const uint2 raw = __ldg(reinterpret_cast<const uint2*>(vp));
+        const uint4 raw4 = make_uint4(raw.x, raw.y, 0u, 0u);
+        float f[8];
+        unpack8(raw4, f, T{});
+#pragma unroll
+        for (int e = 0; e < VD; ++e) v[e] = f[e];
+      }
+#pragma unroll
+      for (int r = 0; r < RP; ++r) {
+        const float pr = sm.s[r][j];  // padding rows (>= p.rows) hold 0
+#pragma unroll
+        for (int e = 0; e < VD; ++e) acc[r][e] = fmaf(pr, v[e], acc[r][e]);
       }
     }
     __syncthreads();  // the next tile overwrites sm.s
   }
+  // Sum the key groups: sm.red[kg][r][d], then thread i owns (row, dim) pairs.
+#pragma unroll
+  for (int r = 0; r < RP; ++r)
+#pragma unroll
+    for (int e = 0; e < VD; ++e) sm.red[kg][r][dc * VD + e] = acc[r][e];
+  __syncthreads();
 
   // This split's result: O normalised by its own sum, natural-log lse (-inf: no visible key).
   const int64_t bh_rows = (int64_t)bh * rows;
-  constexpr float kLn2 = 0.6931471805599453f;
-  if (p.num_splits == 1) {
-#pragma unroll
-    for (int i = 0; i < PV_ROWS; ++i) {
-      const int r = rg + RG * i;
-      if (r < rows) {
-        const int n = r / G, hq = h * G + (r - n * G);
-        const float l = sm.l[r];
-        static_cast<T*>(p.out)[(((int64_t)b * p.N + n) * p.Hq + hq) * D + d] =
-            from_f<T>(l > 0.f ? acc[i] / l : 0.f);
-        if (d == 0)
-          p.lse[((int64_t)b * p.Hq + hq) * p.N + n] =
-              l > 0.f ? (sm.m[r] + log2f(l)) * kLn2 : -INFINITY;
-      }
-    }
-    return;
-  }
   const int64_t split_stride = (int64_t)p.B * p.Hkv * rows;
+  constexpr float kLn2 = 0.6931471805599453f;
+  for (int i = t; i < rows * D; i += kDecThreads) {
+    const int r = i / D, d = i - r * D;
+    float o = 0.f;
 #pragma unroll
-  for (int i = 0; i < PV_ROWS; ++i) {
-    const int r = rg + RG * i;
-    if (r < rows) {
-      const float l = sm.l[r];
-      p.o_part[((int64_t)split * split_stride + bh_rows + r) * D + d] = l > 0.f ? acc[i] / l : 0.f;
-      if (d == 0)
-        p.lse_part[split * split_stride + bh_rows + r] =
-            l > 0.f ? (sm.m[r] + log2f(l)) * kLn2 : -INFINITY;
+    for (int g = 0; g < KG; ++g) o += sm.red[g][r][d];
+    const float l = sm.l[r];
+    o = l > 0.f ? o / l : 0.f;
+    const float lse = l > 0.f ? (sm.m[r] + log2f(l)) * kLn2 : -INFINITY;
+    if (p.num_splits == 1) {
+      const int n = r / G, hq = h * G + (r - n * G);
+      static_cast<T*>(p.out)[(((int64_t)b * p.N + n) * p.Hq + hq) * D + d] = from_f<T>(o);
+      if (d == 0) p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = lse;
+    } else {
+      p.o_part[((int64_t)split * split_stride + bh_rows + r) * D + d] = o;
+      if (d == 0) p.lse_part[split * split_stride + bh_rows + r] = lse;
     }
   }
-  if (counters == nullptr) return;
+  if (p.num_splits == 1 || counters == nullptr) return;
   // The last CTA of this (batch row, KV head) merges (threadFenceReduction pattern).
   __threadfence();
   __syncthreads();
@@ -245,7 +268,7 @@ __global__ void __launch_bounds__(kDecThreads)
   __threadfence();
   // Merge. Every load is issued before any is used (the partials sit in L2; a load-use chain
   // per split would cost one L2 latency each): the lse values first, one per thread, then the
-  // weights per row, then the O partials with all splits of a row in flight.
+  // weights per row, then the O partials with all splits of an output in flight.
   const int ns = p.num_splits;
   for (int i = t; i < ns * rows; i += kDecThreads) {
     const int sp = i / rows, r = i - sp * rows;
@@ -267,10 +290,8 @@ __global__ void __launch_bounds__(kDecThreads)
     p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = wsum > 0.f ? mx + __logf(wsum) : -INFINITY;
   }
   __syncthreads();
-#pragma unroll
-  for (int i = 0; i < PV_ROWS; ++i) {
-    const int r = rg + RG * i;
-    if (r >= rows) continue;
+  for (int i = t; i < rows * D; i += kDecThreads) {
+    const int r = i / D, d = i - r * D;
     float part[kDecMaxSplits];
 #pragma unroll
     for (int sp = 0; sp < kDecMaxSplits; ++sp)

@@ -19,9 +19,9 @@ DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA_KERNEL else [])
 # chosen per call by an env var.
 IMPLS = ["mma"] + (["wgmma", "wgmma8", "wgmma_pipe", "wgmma_pipe8"]
                    if HAS_CUDA_KERNEL and torch.cuda.get_device_capability()[0] == 9 else [])
-# "decode": the few-rows kernel (N * G <= 16 query rows per KV head; csrc/kernels/
-# tree_attention_decode.cuh), which the op picks by default for such shapes. Cases with more rows
-# skip it (they would only repeat the default tensor-core variant).
+# "decode": the opt-in few-rows kernel (N * G <= 16 query rows per KV head; csrc/kernels/
+# tree_attention_decode.cuh). Cases with more rows skip it (they would only repeat the default
+# tensor-core variant).
 IMPLS = IMPLS + ["decode"]
 DECODE_MAX_ROWS = 16
 
@@ -370,6 +370,7 @@ def test_cuda_decode_graph_replay(N, monkeypatch):
     """The decode kernel's in-kernel split merge (a global counter per (batch row, KV head),
     reset by the merging CTA) under CUDA-graph capture and repeated replays."""
     monkeypatch.setenv("JETSPEC_TREE_ATTN_SPLITS", "7")
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", "decode")
     B, Hq, Hkv, D, S = 2, 16, 4, 128, 5000
     q, k, v, pl, mask = make_case(B, N, Hq, Hkv, D, [1000, 3000], S=S, device="cuda",
                                   poison_tail=False)

@@ -1,14 +1,18 @@
 // Torch-free decode-shaped kernel of jetspec::tree_attention: few query rows per KV head
 // (rows = N * G <= kDecMaxRows, e.g. autoregressive decoding N = 1, or a small draft block).
 //
-// Why a separate kernel: the tensor-core kernels tile 64-128 query rows; with 4 rows per KV head
-// (N = 1, GQA 4) they spend their time on fixed costs (pipeline fill, a 128-row epilogue, a
-// second merge launch): 11 us per layer at prefix 1024 on the H200, against ~1 us to read the
-// KV once. Here every CTA owns one (batch row, KV head, key range) split:
+// Why: the tensor-core kernels tile 64-128 query rows; with 4 rows per KV head (N = 1, GQA 4)
+// they spend their time on fixed costs (9.4 us at prefix 1024 on the H200, split + merge
+// launches, against ~1 us to read the KV once). STATUS: opt-in (JETSPEC_TREE_ATTN_IMPL=decode);
+// measured slower than the tensor-core path so far (15.6 us at prefix 1024): each 64-key tile
+// runs QK, softmax and PV as latency-bound phases (~3 us a tile with one split). Next steps: more
+// keys in flight per CTA (several tiles' loads before use), warp-level softmax without the two
+// block barriers per tile. Every CTA owns one (batch row, KV head, key range) split:
 //   QK: thread t takes key t % 64 of a 64-key tile and rows t / 64, t / 64 + 2, ... (its key row
 //       read once with 16-byte loads, q from shared memory in fp32, pre-scaled by scale*log2 e);
 //   softmax: one warp per row (online max / sum in shared memory, exp2);
-//   PV: thread t owns dim t % D of rows t / D, t / D + 128 / D, ... (V rows read coalesced).
+//   PV: thread t owns VD consecutive dims of every row for one key group (16- or 8-byte V loads);
+//       the key groups are summed once at the end.
 // Splits (a static count from the host, key ranges from prefix_lens on the device) fill the SMs
 // at batch 1; the LAST CTA of each (batch row, KV head) to finish merges the partials (global
 // counter, reset by that CTA: graph-replay safe), so the op is a single launch. When no counter

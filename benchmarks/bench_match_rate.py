@@ -98,6 +98,17 @@ def divergence_info(ref_lo, ref_hi, ids, ar_tok, spec_tok, ulps):
             "ar" if u1 == ar_tok else "spec" if u1 == spec_tok else "neither"}
 
 
+def show(rows):
+    """JSON lines (numbers) to $JETSPEC_BENCH_JSON as the harness does, then the harness table with
+    floats to 4 significant digits (the harness prints 2 decimals: too coarse for logit gaps)."""
+    path = os.environ.get("JETSPEC_BENCH_JSON")
+    if path:
+        with open(path, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    print_table([{k: f"{v:.4g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows],
+                json_path=os.devnull)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--target", default=None, help="target model directory (default: the bundled demo target)")
@@ -179,7 +190,7 @@ def main(argv=None):
     bad = [d for d in divs if not d["near_tie"]]
     if divs:
         print("\n-- divergences (logits after prompt + common prefix; lo = run dtype, fp32 = same weights upcast)")
-        print_table(divs)
+        show(divs)
     if bad:
         print("\n" + "!" * 100)
         print(f"!!! {len(bad)} DIVERGENCE(S) ARE NOT NEAR-TIES (pair gap > {a.tie_ulps:g} * 2^-7 * |logit|): "
@@ -194,7 +205,7 @@ def main(argv=None):
                "seconds": time.perf_counter() - t0}
     print(f"\n-- summary (match rate = identical-prefix tokens / compared tokens; near-tie: bf16 logits of the two "
           f"diverging tokens within {a.tie_ulps:g} * 2^-7 * |logit|)")
-    print_table([summary])
+    show([summary])
     return 0
 
 

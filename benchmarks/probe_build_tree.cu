@@ -64,8 +64,11 @@ int main() {
     float evms; cudaEventElapsedTime(&evms, e0, e1);
     long long t[8]; CK(cudaMemcpyFromSymbol(t, k::g_bt_probe, sizeof(t)));
     int n; CK(cudaMemcpy(&n, num, 4, cudaMemcpyDeviceToHost));
-    printf("expand %s: event %.2f us; cycles merge %lld, C %lld, expansion %lld, outputs %lld, total %lld; nodes %d\n",
-           policy ? "topn" : "accum", evms * 1e3, t[1] - t[0], t[2] - t[1], t[3] - t[2], t[4] - t[3], t[4] - t[0], n);
+    // pops: accum expands (n - 1) / W nodes after the root (W children each), topn n - 1
+    const int pops = policy ? n - 1 : (n - 1 + W - 1) / W - 1;
+    printf("expand %s: event %.2f us; cycles merge %lld, C %lld, expansion %lld (%d pops, %lld per pop), outputs %lld, total %lld; nodes %d\n",
+           policy ? "topn" : "accum", evms * 1e3, t[1] - t[0], t[2] - t[1], t[3] - t[2], pops,
+           pops > 0 ? (t[3] - t[2]) / pops : 0ll, t[4] - t[3], t[4] - t[0], n);
   }
   long long* dout; uint32_t* dseed; CK(cudaMalloc(&dout, 64)); CK(cudaMalloc(&dseed, 128)); CK(cudaMemset(dseed, 0, 128));
   chain_kernel<<<1, 32>>>(dout, 2000, dseed); CK(cudaDeviceSynchronize());

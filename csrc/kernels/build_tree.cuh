@@ -22,8 +22,11 @@
 //          (d = 1..D-1). Its head is the only unexpanded node of the list that can be the best.
 //   topn:  list (d, r) = the candidates (p, r) over the depth-(d-1) nodes p in creation order
 //          (d = 1..D); (p, r) is available once (p, r-1) is popped (childCount[p] == r).
-// Each list's head key (orderable score << 32 | ~tiebreak) sits in shared memory; one round =
-// warp-wide argmax over <= D*W keys (redux.sync), then O(W) shared-memory updates.
+// topn keeps each list's head key (orderable score << 32 | ~tiebreak) in shared memory; one
+// round = warp-wide argmax over <= D*W keys (redux.sync), then O(W) shared-memory updates.
+// accum keeps one lane per depth with the heads of its W lists in registers (only the corners of
+// the per-depth staircase are live keys); one round = two redux.sync, a few broadcast loads and
+// two 64-bit max per lane, fully converged (see expand_accum).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -51,7 +54,8 @@ __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162f
 // Order-preserving map float -> uint32 (larger float -> larger uint; -inf -> 0x007fffff > 0).
 __device__ __forceinline__ uint32_t ord_key(float f) {
   const uint32_t u = __float_as_uint(f);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  // negative: ~u; otherwise u | 0x80000000 (two instructions: SHF + LOP3)
+  return u ^ (static_cast<uint32_t>(static_cast<int32_t>(u) >> 31) | 0x80000000u);
 }
 __device__ __forceinline__ float ord_val(uint32_t o) {
   return __uint_as_float((o & 0x80000000u) ? (o & 0x7fffffffu) : ~o);
@@ -512,8 +516,8 @@ __global__ void __launch_bounds__(kStatsThreads, 4)  // <= 64 registers: 4 block
 // ---------------------------------------------------------------------------------------------
 // Kernel 2: merge + expansion + outputs; one block per batch row.
 // ---------------------------------------------------------------------------------------------
-// accum: the parent that follows an expansion at its depth, with its cumulative A (one 8-byte
-// load advances a rank pointer).
+// accum: the parent (slot) that follows a parent in its depth's list, with its cumulative A (one
+// 8-byte load advances a rank).
 struct alignas(8) NextParent {
   int e;
   float a;
@@ -529,30 +533,29 @@ __device__ long long g_bt_probe[8];
 #endif
 
 struct ExpandSmem {
-  // per-depth tables (row j = depth j + 1)
+  // per-depth tables (row j = depth j + 1, stride kMaxWidth: [(d - 1) * kMaxWidth + r])
   int32_t tok[kMaxDepth * kMaxWidth];
   float e[kMaxDepth * kMaxWidth];
   float logS[kMaxDepth];
   float C[kMaxDepth + 1];
   // nodes
-  float A[kMaxBudget];
+  float A[kMaxBudget];  // topn: per node; accum: per expansion (A of the expanded node)
   float score[kMaxBudget];
   int16_t par[kMaxBudget];
   int16_t fc[kMaxBudget];
   int16_t ns[kMaxBudget];
-  int16_t link[kMaxBudget];  // accum: next expansion at the same depth; topn: next node, same depth
+  int16_t link[kMaxBudget];  // accum: node expanded as expansion e; topn: next node, same depth
   int16_t last[kMaxBudget];  // topn: last created child
   uint8_t dep[kMaxBudget];
   uint8_t rank[kMaxBudget];
-  uint8_t cnt[kMaxBudget];  // topn: children created
+  uint8_t cnt[kMaxBudget];  // accum: depth of the node expanded as expansion e; topn: children
   // candidate lists
   unsigned long long key[kMaxDepth * kMaxWidth];
   int16_t ptr[kMaxDepth * kMaxWidth];
   int16_t tail[kMaxDepth + 1];
-  // accum: per-lane rank pointers [rank * 32 + lane] and parent links (see expand_accum)
-  int16_t aptr[kMaxWidth * 32];
-  float apa[kMaxWidth * 32];
-  NextParent nxt[kMaxBudget];
+  // accum: staircase [depth * kMaxWidth + rank] and per-depth parent lists (see expand_accum)
+  int32_t aprev[(kMaxDepth + 1) * kMaxWidth];
+  NextParent nxt[kMaxBudget + kMaxDepth];
   int count;
 };
 
@@ -599,144 +602,245 @@ __device__ __forceinline__ void rescan_lane(const ExpandSmem& sm, int nl, int la
 }
 
 // accum, one lane per candidate depth. Lane d (1 <= d <= D-1) owns the depth-d candidates: the
-// children of the depth-(d-1) expansions. For rank r, aptr[r] is the next parent (expansion
-// index, in expansion order) whose rank-r child is unexpanded (kEndPtr: none) and apa[r] its
-// cumulative A; parents come in expansion order through the nxt links. A parent's rank r-1 child
-// is always expanded before its rank r child (never a lower key), so the pointers form a
-// staircase (aptr[r-1] >= aptr[r]) and only its corners (aptr[r] < aptr[r-1]) can be the depth's
-// best: their keys sit in the lane's registers k[r] (0 = not a corner). A pop changes at most
-// three keys: the winner lane's ranks r and r+1 and the child lane's rank 0 (the new parent is
-// the worst of its depth, so only an exhausted rank 0 gains a candidate). Each round is then
-// one warp argmax, a few shared loads and one register argmax per lane, with no rescan of
-// shared-memory lists and no division on the critical path. Lanes touch only their own rows of
-// aptr / apa / nxt, so no __syncwarp is needed between rounds. Node of (expansion e, rank r) =
-// 1 + e * W + r (its creation index: the tie-break).
-constexpr int kEndPtr = 0x7fff;
+// rank-r children (r < W) of the depth-(d-1) expansions. Parents of a depth join a linked list in
+// expansion order (sm.nxt, by slot: expansion e sits at slot kMaxDepth + e, the head sentinel of
+// depth d at slot d, so slots order like expansions with the sentinel first). A parent's rank r-1
+// child never has a lower key than its rank r child, so each rank consumes the list front to
+// back: prev[d][r] (sm.aprev[d * kMaxWidth + r]) is the slot of the last parent whose rank-r
+// child has been popped (initially the sentinel) and the rank-r candidate is nxt[prev[d][r]]
+// (none at the end of the list). Exhausted ranks are lazy: a new parent only links itself behind
+// the tail and every rank that had run dry sees it as its candidate. The pointers form a
+// staircase (prev[r-1] >= prev[r]) and only its corners can be the depth's best: rank r's
+// candidate c with r == 0 or prev[r-1] >= c. Corner keys sit in the lane's registers (0 = not a
+// corner); a pop changes at most three keys: the winner lane's ranks r (advances) and r+1
+// (unblocked when it waited for the popped node's parent) and the child lane's rank 0 (the new
+// parent is the worst of its depth, so only an exhausted rank 0 gains a candidate).
+// Keys: hi = ord(score), lo = ~f with f = (e << 9) | (d << 4) | r for the rank-r child of
+// expansion e at depth d. All children of an expansion share d and node index 1 + e * W + r
+// orders like (e, r) (r < W), so this is the order of the ~node tie-break. After the warp argmax
+// every lane decodes the popped candidate from f, and u = f & 511 = d * 16 + r indexes both the
+// e table (row stride kMaxWidth: e(d, r) = sm.e[u - 16]) and the staircase (sm.aprev[u]), so all
+// loads of a round are broadcasts from one base address. The whole warp runs every step (no
+// divergent sections): uniform loads, predicated stores and register selects. Only the winner
+// lane writes aprev (its own depth's row) and only the child lane its depth's nxt entries.
+constexpr int kEndSlot = 0x7fffffff;
+
+// Scheduling hints (no instructions): PIN keeps a value's computation before this point (the
+// compiler would sink it past the next branch), LAUNDER stops the compiler from re-reading a
+// special register (lane id) inside the loop.
+#if defined(__CUDA_ARCH__)
+#define JETSPEC_BT_PIN(x) asm volatile("" ::"l"(x))
+#define JETSPEC_BT_LAUNDER(x) asm volatile("" : "+r"(x))
+#else
+#define JETSPEC_BT_PIN(x) (void)(x)
+#define JETSPEC_BT_LAUNDER(x) (void)(x)
+#endif
+
+__device__ __forceinline__ unsigned long long max_u64(unsigned long long a, unsigned long long b) {
+  return a > b ? a : b;
+}
+
+__device__ __forceinline__ unsigned long long accum_key(float score, uint32_t f) {
+  return (static_cast<unsigned long long>(ord_key(score)) << 32) | static_cast<uint32_t>(~f);
+}
 
 template <int WK>
-__device__ __forceinline__ void lane_argmax(const unsigned long long (&k)[WK], unsigned long long& bk,
-                                            int& br) {
-  unsigned long long kk[WK];
-  int ii[WK];
-#pragma unroll
-  for (int j = 0; j < WK; ++j) {
-    kk[j] = k[j];
-    ii[j] = j;
-  }
+__device__ __forceinline__ unsigned long long lane_best(unsigned long long (&kk)[WK]) {  // clobbers
 #pragma unroll
   for (int w = WK / 2; w > 0; w /= 2) {
 #pragma unroll
-    for (int j = 0; j < w; ++j) {
-      if (kk[j + w] > kk[j]) {  // keys are unique unless 0
-        kk[j] = kk[j + w];
-        ii[j] = ii[j + w];
-      }
-    }
+    for (int j = 0; j < w; ++j) kk[j] = kk[j + w] > kk[j] ? kk[j + w] : kk[j];
   }
-  bk = kk[0];
-  br = ii[0];
+  return kk[0];
 }
 
+// Per-block state of expand_accum that does not depend on the expansion (set by all threads before
+// the warp starts): the staircase at its sentinels, empty parent lists, fc = -1 (no children).
+__device__ __forceinline__ void expand_accum_init(ExpandSmem& sm, int W, int N, int tid, int nthr) {
+  for (int q = tid; q < (kMaxDepth + 1) * kMaxWidth; q += nthr)
+    sm.aprev[q] = (q & (kMaxWidth - 1)) < W ? q / kMaxWidth : -1;
+  for (int q = tid; q < kMaxBudget + kMaxDepth; q += nthr) sm.nxt[q] = NextParent{kEndSlot, 0.0f};
+  for (int i = tid; i < N; i += nthr) sm.fc[i] = -1;
+}
+
+template <int WK, int R>
+__device__ __forceinline__ void set_ranks(unsigned long long (&k)[WK], bool wa,
+                                          unsigned long long va, bool wb,
+                                          unsigned long long vb) {
+  if constexpr (R < WK) k[R] = wa ? va : k[R];
+  if constexpr (R + 1 < WK) k[R + 1] = wb ? vb : k[R + 1];
+}
+
+// k[r] = va where wa, k[r + 1] = vb where wb, for the warp-uniform rank r: a uniform branch to
+// one of WK short select blocks instead of 2 * WK predicated selects.
 template <int WK>
-__device__ __forceinline__ void expand_accum(ExpandSmem& sm, int D, int W, int N, int lane) {
+__device__ __forceinline__ void update_ranks(unsigned long long (&k)[WK], int r, bool wa,
+                                             unsigned long long va, bool wb,
+                                             unsigned long long vb) {
+  switch (r) {
+    case 0: set_ranks<WK, 0>(k, wa, va, wb, vb); break;
+    case 1: set_ranks<WK, 1>(k, wa, va, wb, vb); break;
+    case 2: set_ranks<WK, 2>(k, wa, va, wb, vb); break;
+    case 3: set_ranks<WK, 3>(k, wa, va, wb, vb); break;
+    case 4: set_ranks<WK, 4>(k, wa, va, wb, vb); break;
+    case 5: set_ranks<WK, 5>(k, wa, va, wb, vb); break;
+    case 6: set_ranks<WK, 6>(k, wa, va, wb, vb); break;
+    case 7: set_ranks<WK, 7>(k, wa, va, wb, vb); break;
+    case 8: set_ranks<WK, 8>(k, wa, va, wb, vb); break;
+    case 9: set_ranks<WK, 9>(k, wa, va, wb, vb); break;
+    case 10: set_ranks<WK, 10>(k, wa, va, wb, vb); break;
+    case 11: set_ranks<WK, 11>(k, wa, va, wb, vb); break;
+    case 12: set_ranks<WK, 12>(k, wa, va, wb, vb); break;
+    case 13: set_ranks<WK, 13>(k, wa, va, wb, vb); break;
+    case 14: set_ranks<WK, 14>(k, wa, va, wb, vb); break;
+    default: set_ranks<WK, 15>(k, wa, va, wb, vb); break;
+  }
+}
+
+// Round structure (one pop): two redux.sync (hi word, then lo word among the lanes at the
+// maximum) -> decode -> broadcast loads -> the <= 3 new keys -> this lane's new best -> next
+// round. Register work that does not depend on the pop runs in the shadow of the two reduxes:
+// the previous pop's key writes into k[] (a uniform switch on its rank) and t0, this lane's best
+// over k[] without its current best leaf (what remains if this lane wins). After the pop the new
+// best is then max(t0 or bk, new keys): two 64-bit max instead of a select chain and a full tree.
+template <int WK>
+__device__ __forceinline__ void expand_accum(ExpandSmem& sm_in, int D, int W, int N, int lane) {
   static_assert(WK == 8 || WK == 16, "rank registers");
+  JETSPEC_BT_LAUNDER(lane);
+#if defined(__CUDA_ARCH__)
+  // The shared-window base in a register (otherwise re-derived from SR_CgaCtaId every round).
+  uint32_t sbase = static_cast<uint32_t>(__cvta_generic_to_shared(&sm_in));
+  JETSPEC_BT_LAUNDER(sbase);
+  ExpandSmem& sm = *static_cast<ExpandSmem*>(__cvta_shared_to_generic(sbase));
+#else
+  ExpandSmem& sm = sm_in;
+#endif
   const bool has_depth = lane >= 1 && lane < D;
   const float Cd = has_depth ? sm.C[lane] : 0.0f;
-  const int erow = has_depth ? (lane - 1) * W : 0;  // sm.e row of depth `lane`
-#pragma unroll
-  for (int j = 0; j < WK; ++j) sm.aptr[j * 32 + lane] = static_cast<int16_t>(kEndPtr);
   unsigned long long k[WK];
 #pragma unroll
   for (int j = 0; j < WK; ++j) k[j] = 0ull;
-  unsigned long long bkey = 0ull;  // this lane's best key, its rank and its A
-  int br = 0;
-  float ba = 0.0f;
-  int tail = -1;  // last parent (expansion) of this lane's depth
-  int count = 1, nexp = 0;
-  while (count < N) {
-    // 1. The node to expand: the root first, then the best key of the warp.
-    int p = 0, dp = 0;
-    float Ap = 0.0f;
-    if (nexp > 0) {
-      uint32_t mh, ml;
-      const int wl = warp_argmax(static_cast<uint32_t>(bkey >> 32), static_cast<uint32_t>(bkey),
-                                 mh, ml);
-      if (mh == 0u) break;  // nothing left to expand
-      p = static_cast<int>(~ml);
-      dp = wl;  // the winning lane is the popped node's depth
-      Ap = __shfl_sync(kFull, ba, wl);
-    }
-    const int nch = min(W, N - count), base = count, e = nexp;
-    int ra = -1, rb = -1;  // ranks whose key changes in this lane, and their new keys
-    unsigned long long va = 0ull, vb = 0ull;
-    // 2. Winner: rank br's pointer moves past e1 (p's parent) to the next parent of the depth.
-    if (nexp > 0 && lane == dp) {
-      const int r = br;
-      const int e1 = sm.aptr[r * 32 + lane];
-      const float a1 = sm.apa[r * 32 + lane];
-      const int prev = r > 0 ? static_cast<int>(sm.aptr[(r - 1) * 32 + lane]) : kEndPtr + 1;
-      const int nextr = r + 1 < W ? static_cast<int>(sm.aptr[(r + 1) * 32 + lane]) : -1;
-      const NextParent L = sm.nxt[e1];
-      const int e2 = L.e;
-      const float a2 = L.a;
-      sm.aptr[r * 32 + lane] = static_cast<int16_t>(e2);
-      sm.apa[r * 32 + lane] = a2;
-      ra = r;
-      if (e2 != kEndPtr && prev > e2)
-        va = make_key(__fsub_rn(__fadd_rn(a2, sm.e[erow + r]), Cd), 1 + e2 * W + r);
-      if (nextr == e1) {  // (e1, r + 1) was blocked by (e1, r): now a corner
-        rb = r + 1;
-        vb = make_key(__fsub_rn(__fadd_rn(a1, sm.e[erow + r + 1]), Cd), 1 + e1 * W + r + 1);
-      }
-    }
-    // 3. Child lane (depth dp + 1, if its nodes can still be expanded): p joins its parents.
-    if (lane == dp + 1 && lane < D) {
-      sm.nxt[e] = NextParent{kEndPtr, 0.0f};
-      if (tail >= 0) sm.nxt[tail] = NextParent{e, Ap};
-      tail = e;
-      // The exhausted ranks (a prefix of the staircase) now point at p; rank 0 is a corner.
-      const bool r0_exhausted = sm.aptr[lane] == kEndPtr;
-#pragma unroll
-      for (int j = 0; j < WK; ++j) {
-        if (j < W && sm.aptr[j * 32 + lane] == kEndPtr) {
-          sm.aptr[j * 32 + lane] = static_cast<int16_t>(e);
-          sm.apa[j * 32 + lane] = Ap;
-        }
-      }
-      if (r0_exhausted) {
-        ra = 0;
-        va = make_key(__fsub_rn(__fadd_rn(Ap, sm.e[erow]), Cd), 1 + e * W);
-      }
-    }
-    // 4. The new nodes (read back by the output phase after __syncthreads).
-    if (lane < nch) {
-      const int i = base + lane;
-      sm.par[i] = static_cast<int16_t>(p);
-      sm.dep[i] = static_cast<uint8_t>(dp + 1);
-      sm.rank[i] = static_cast<uint8_t>(lane);
-      sm.score[i] = __fsub_rn(__fadd_rn(Ap, sm.e[dp * W + lane]), sm.C[dp + 1]);
-      sm.fc[i] = -1;
-      sm.ns[i] = static_cast<int16_t>(lane + 1 < nch ? i + 1 : -1);
-    }
-    if (lane == 31) sm.fc[p] = static_cast<int16_t>(base);
-    count += nch;
-    ++nexp;
-    // 5. Refresh this lane's best (and the A of its best, broadcast if it wins).
-    if (ra >= 0) {
-#pragma unroll
-      for (int j = 0; j < WK; ++j) {
-        if (j == ra) k[j] = va;
-        if (j == rb) k[j] = vb;
-      }
-      lane_argmax<WK>(k, bkey, br);
-      ba = bkey ? __fadd_rn(sm.apa[br * 32 + lane], sm.e[erow + br]) : 0.0f;
-    }
+  int tail = lane;       // slot of the last parent of this lane's depth (the sentinel: none)
+  bool r0x = has_depth;  // rank 0 has no candidate (prev[0] == tail)
+
+  // Expansion 0: the root (depth 0, A = 0); its children are nodes 1..W, parents of lane 1.
+  if (lane == 0) {
+    sm.A[0] = 0.0f;
+    sm.link[0] = 0;
+    sm.cnt[0] = 0;
   }
-  if (lane == 0) sm.count = count;
+  if (lane == 1 && has_depth) {
+    sm.nxt[1] = NextParent{kMaxDepth, 0.0f};
+    tail = kMaxDepth;
+    r0x = false;
+    k[0] = accum_key(__fsub_rn(__fadd_rn(0.0f, sm.e[0]), Cd), 1u << 4);
+  }
+  unsigned long long bk = k[0];
+  // The previous pop's key writes, applied in the next round (see above).
+  int ur = 0;
+  bool uwa = false, uwb = false, uwc = false;
+  unsigned long long uva = 0ull, uvb = 0ull, uvc = 0ull;
+  // Every expansion but the last creates W nodes: 1 + (nexp - 1) * W + min(W, ...) nodes.
+  const int max_exp = (N - 1 + W - 1) / W;
+  int nexp = 1;
+  while (nexp < max_exp) {
+    // 1. The node to expand: the warp's best key; (e1, dp, r) decoded from its tie-break.
+    const uint32_t bh = static_cast<uint32_t>(bk >> 32), bl = static_cast<uint32_t>(bk);
+    const uint32_t mh = __reduce_max_sync(kFull, bh);
+    update_ranks<WK>(k, ur, uwa, uva, uwb, uvb);
+    k[0] = uwc ? uvc : k[0];
+    const uint32_t ml = __reduce_max_sync(kFull, bh == mh ? bl : 0u);
+    // t0: clear the hi word of the best leaf (its rank is in the tie-break). If nothing else is
+    // left, t0 = (0, lo): below every real key (hi >= ord(-inf) > 0), so it never wins a round
+    // that has a candidate, and a round whose maximum hi is 0 ends the expansion.
+    unsigned long long t0;
+    {
+      // bit j of zm: leaf j is this lane's best (its rank is in the tie-break); a mask test, not
+      // a dynamic index (which the compiler may turn into a local-memory array)
+      const uint32_t zm = 1u << (~bl & 15u);
+      auto leaf = [&](int j) { return (zm >> j) & 1u ? (k[j] & 0xffffffffull) : k[j]; };
+      unsigned long long kk[WK / 2];  // first tree level fused with the masking (registers)
+#pragma unroll
+      for (int j = 0; j < WK / 2; ++j) kk[j] = max_u64(leaf(j), leaf(j + WK / 2));
+      t0 = lane_best<WK / 2>(kk);
+    }
+    JETSPEC_BT_PIN(t0);   // computed here, in the shadow of the second redux
+    if (mh == 0u) break;  // nothing left to expand
+    const uint32_t f = ~ml;
+    const int u = static_cast<int>(f & 511u);  // dp * 16 + r
+    const int r = u & (kMaxWidth - 1), dp = u >> 4;
+    const int e1 = static_cast<int>(f >> 9);
+    const int e = nexp;
+    // 2. Broadcast loads (every lane computes every value; only the owners' are used).
+    const NextParent nx = sm.nxt[kMaxDepth + e1];  // the parent after e1 at depth dp - 1
+    const float pa = sm.A[e1];
+    const float er = sm.e[u - kMaxWidth], er1 = sm.e[u - kMaxWidth + 1];  // e(dp, r), e(dp, r+1)
+    const float ec0 = sm.e[u & ~(kMaxWidth - 1)];                           // e(dp + 1, 0)
+    const int pvm = sm.aprev[u - 1], pvr = sm.aprev[u], pvp = sm.aprev[u + 1];
+    const float Ap = __fadd_rn(pa, er);  // A of the popped node
+    const bool winner = lane == dp;
+    const bool child = lane == dp + 1 && has_depth;
+    // Winner: rank r advances to nx (a corner if rank r - 1 has consumed it); rank r + 1 becomes
+    // a corner if its candidate is e1 too (it waited for (e1, r); its key was 0). Keys are
+    // computed unconditionally and masked (selects, no divergent branch).
+    const bool ca = nx.e != kEndSlot && (r == 0 || pvm >= nx.e);
+    const unsigned long long va =
+        (0ull - static_cast<unsigned long long>(ca)) &
+        accum_key(__fsub_rn(__fadd_rn(nx.a, er), Cd),
+                  (static_cast<uint32_t>(nx.e - kMaxDepth) << 9) | static_cast<uint32_t>(u));
+    const bool cb = winner && r + 1 < W && pvp == pvr;
+    const unsigned long long vb =
+        (0ull - static_cast<unsigned long long>(cb)) &
+        accum_key(__fsub_rn(__fadd_rn(pa, er1), Cd), f + 1u);
+    // Child: p joins the parents of depth dp + 1; an exhausted rank 0 (key 0) gets it.
+    const bool cc = child && r0x;
+    const unsigned long long vc =
+        accum_key(__fsub_rn(__fadd_rn(Ap, ec0), Cd),
+                  (static_cast<uint32_t>(e) << 9) | static_cast<uint32_t>((u & ~15) + 16));
+    // 3. Stores (predicated). Node records are derived from (link, cnt, A) after the loop.
+    if (winner) sm.aprev[u] = kMaxDepth + e1;
+    if (child) sm.nxt[tail] = NextParent{kMaxDepth + e, Ap};
+    if (lane == 0) {
+      sm.A[e] = Ap;
+      sm.link[e] = static_cast<int16_t>(1 + e1 * W + r);
+      sm.cnt[e] = static_cast<uint8_t>(dp);
+    }
+    // 4. This lane's new best; the key writes into k[] wait for the next round.
+    const unsigned long long vn = winner ? max_u64(va, vb) : (cc ? vc : 0ull);
+    bk = max_u64(winner ? t0 : bk, vn);
+    ur = r;
+    uwa = winner;
+    uva = va;
+    uwb = cb;
+    uvb = vb;
+    uwc = cc;
+    uvc = vc;
+    if (child) tail = kMaxDepth + e;
+    if (winner && r == 0) r0x = nx.e == kEndSlot;
+    if (child) r0x = false;
+    ++nexp;
+  }
+  if (lane == 0) sm.count = min(N, 1 + nexp * W);
+}
+
+// accum node records from the expansions: node i > 0 is the rank (i-1) % W child of expansion
+// (i-1) / W; same formulas as the per-node writes of topn / the CPU op.
+__device__ __forceinline__ void accum_records(ExpandSmem& sm, int W, int n, int tid, int nthr) {
+  const int nexp = (n - 1 + W - 1) / W;
+  for (int e = tid; e < nexp; e += nthr) sm.fc[sm.link[e]] = static_cast<int16_t>(1 + e * W);
+  for (int i = 1 + tid; i < n; i += nthr) {
+    const int e = (i - 1) / W, rk = (i - 1) - e * W;
+    const int dp = sm.cnt[e];
+    sm.par[i] = sm.link[e];
+    sm.dep[i] = static_cast<uint8_t>(dp + 1);
+    sm.rank[i] = static_cast<uint8_t>(rk);
+    sm.score[i] = __fsub_rn(__fadd_rn(sm.A[e], sm.e[dp * kMaxWidth + rk]), sm.C[dp + 1]);
+    sm.ns[i] = static_cast<int16_t>(rk + 1 < W && i + 1 < n ? i + 1 : -1);
+  }
 }
 
 __device__ __forceinline__ float topn_score(const ExpandSmem& sm, int p, int d, int r, int W) {
-  return __fsub_rn(__fadd_rn(sm.A[p], sm.e[(d - 1) * W + r]), sm.C[d]);
+  return __fsub_rn(__fadd_rn(sm.A[p], sm.e[(d - 1) * kMaxWidth + r]), sm.C[d]);
 }
 
 __device__ __forceinline__ void expand_topn(ExpandSmem& sm, int D, int W, int N, int lane) {
@@ -766,7 +870,7 @@ __device__ __forceinline__ void expand_topn(ExpandSmem& sm, int D, int W, int N,
     const int i = count;
     const float Cd = sm.C[d];
     const float pA = sm.A[p];
-    const float a = __fadd_rn(pA, sm.e[(d - 1) * W + r]);
+    const float a = __fadd_rn(pA, sm.e[(d - 1) * kMaxWidth + r]);
     const float sc = __fsub_rn(a, Cd);
     const int nx = sm.link[p];  // next depth-(d-1) node
     const int lastp = sm.last[p];
@@ -774,18 +878,18 @@ __device__ __forceinline__ void expand_topn(ExpandSmem& sm, int D, int W, int N,
     // List (d, r) advances to nx, available once nx's rank r-1 child exists.
     const unsigned long long key_q =
         (nx >= 0 && sm.cnt[nx] == r)
-            ? make_key(__fsub_rn(__fadd_rn(sm.A[nx], sm.e[(d - 1) * W + r]), Cd), nx)
+            ? make_key(__fsub_rn(__fadd_rn(sm.A[nx], sm.e[(d - 1) * kMaxWidth + r]), Cd), nx)
             : 0ull;
     // (p, r + 1) becomes available.
     const bool sib = r + 1 < W && sm.ptr[q + 1] == p;
     const unsigned long long key_s =
-        sib ? make_key(__fsub_rn(__fadd_rn(pA, sm.e[(d - 1) * W + r + 1]), Cd), p) : 0ull;
+        sib ? make_key(__fsub_rn(__fadd_rn(pA, sm.e[(d - 1) * kMaxWidth + r + 1]), Cd), p) : 0ull;
     // The new node heads the depth-(d+1) lists that ran dry (only rank 0 is available).
     const bool new_list = d < D && lane < W;
     const int my_q = d * W + lane;
     const int my_ptr = new_list ? sm.ptr[my_q] : 0;
     const unsigned long long key_c =
-        (new_list && lane == 0) ? make_key(__fsub_rn(__fadd_rn(a, sm.e[d * W]), sm.C[d + 1]), i)
+        (new_list && lane == 0) ? make_key(__fsub_rn(__fadd_rn(a, sm.e[d * kMaxWidth]), sm.C[d + 1]), i)
                                 : 0ull;
     __syncwarp();
     if (new_list && my_ptr < 0) {
@@ -886,8 +990,8 @@ __global__ void __launch_bounds__(kExpandThreads)
       const int wl = warp_argmax(h[0], l[0], mh, ml);
       if (lane == wl) pop_front<K>(h, l);
       if (lane == 0) {
-        sm.tok[d * W + r] = static_cast<int32_t>(~ml);
-        sm.e[d * W + r] = e_rel(ord_val(mh), M);
+        sm.tok[d * kMaxWidth + r] = static_cast<int32_t>(~ml);
+        sm.e[d * kMaxWidth + r] = e_rel(ord_val(mh), M);
       }
     }
     if (lane == 0) sm.logS[d] = static_cast<float>(log(ds));
@@ -907,6 +1011,7 @@ __global__ void __launch_bounds__(kExpandThreads)
     sm.ns[0] = -1;
     sm.count = 1;
   }
+  if (policy == 0) expand_accum_init(sm, W, N, tid, kExpandThreads);
   __syncthreads();
   JETSPEC_BT_STAMP(2);
   // 2. Best-first expansion (warp 0).
@@ -918,8 +1023,12 @@ __global__ void __launch_bounds__(kExpandThreads)
   }
   __syncthreads();
   JETSPEC_BT_STAMP(3);
-  // 3. Outputs.
   const int n = sm.count;
+  if (policy == 0 && n > 1) {  // accum: node records from the expansions
+    accum_records(sm, W, n, tid, kExpandThreads);
+    __syncthreads();
+  }
+  // 3. Outputs.
   const int NW = (N + 31) / 32;
   const int64_t root = roots[b];
   const int64_t o = static_cast<int64_t>(b) * N;
@@ -928,7 +1037,7 @@ __global__ void __launch_bounds__(kExpandThreads)
     uint32_t* mrow = reinterpret_cast<uint32_t*>(out_mask + (o + i) * NW);
     if (i < n) {
       const int dd = sm.dep[i];
-      out_tok[o + i] = i == 0 ? root : static_cast<int64_t>(sm.tok[(dd - 1) * W + sm.rank[i]]);
+      out_tok[o + i] = i == 0 ? root : static_cast<int64_t>(sm.tok[(dd - 1) * kMaxWidth + sm.rank[i]]);
       out_par[o + i] = sm.par[i];
       out_dep[o + i] = dd;
       out_score[o + i] = sm.score[i];

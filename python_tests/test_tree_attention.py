@@ -364,15 +364,10 @@ def test_cuda_matches_cpu_op(impl):
     torch.testing.assert_close(lse_g.cpu(), lse_c, atol=2e-3, rtol=1e-3)
 
 
-@requires_cuda_kernel
-@pytest.mark.parametrize("N", [1, 4])
-def test_cuda_decode_graph_replay(N, monkeypatch):
-    """The decode kernel's in-kernel split merge (a global counter per (batch row, KV head),
-    reset by the merging CTA) under CUDA-graph capture and repeated replays."""
-    monkeypatch.setenv("JETSPEC_TREE_ATTN_SPLITS", "7")
-    monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", "decode")
-    B, Hq, Hkv, D, S = 2, 16, 4, 128, 5000
-    q, k, v, pl, mask = make_case(B, N, Hq, Hkv, D, [1000, 3000], S=S, device="cuda",
+def check_graph_replays(B, N, Hq, Hkv, D, S, plens_list, replays=1):
+    """Capture the op once (after a warm-up on a side stream), then for each prefix-length set:
+    new inputs copied in place, output poisoned, `replays` replays, checked against the reference."""
+    q, k, v, pl, mask = make_case(B, N, Hq, Hkv, D, plens_list[0], S=S, device="cuda",
                                   poison_tail=False)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
@@ -383,35 +378,29 @@ def test_cuda_decode_graph_replay(N, monkeypatch):
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         out, lse = jetspec_ext.tree_attention(q, k, v, pl, mask)
-    for plens, seed in (([1000, 3000], 1), ([0, 4990], 2), ([4500, 17], 3), ([7, 7], 4)):
+    for seed, plens in enumerate(plens_list, start=1):
         q2, k2, v2, pl2, mask2 = make_case(B, N, Hq, Hkv, D, plens, S=S, device="cuda",
                                            seed=seed, poison_tail=False)
         q.copy_(q2), k.copy_(k2), v.copy_(v2), pl.copy_(pl2), mask.copy_(mask2)
         out.fill_(float("nan"))
-        for _ in range(3):  # counters must be back at zero after every replay
+        for _ in range(replays):
             g.replay()
         torch.cuda.synchronize()
         check_against_reference(out, lse, q, k, v, pl, mask)
 
 
 @requires_cuda_kernel
+@pytest.mark.parametrize("N", [1, 4])
+def test_cuda_decode_graph_replay(N, monkeypatch):
+    """The decode kernel's in-kernel split merge (a global counter per (batch row, KV head),
+    reset by the merging CTA) under CUDA-graph capture; 3 replays per input (the counters must
+    be back at zero after every replay)."""
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_SPLITS", "7")
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", "decode")
+    check_graph_replays(2, N, 16, 4, 128, 5000, [[1000, 3000], [0, 4990], [4500, 17], [7, 7]],
+                        replays=3)
+
+
+@requires_cuda_kernel
 def test_cuda_graph_capture_and_replay(impl):
-    B, N, Hq, Hkv, D, S = 2, 64, 32, 8, 128, 6000
-    q, k, v, pl, mask = make_case(B, N, Hq, Hkv, D, [1000, 3000], S=S, device="cuda",
-                                  poison_tail=False)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            jetspec_ext.tree_attention(q, k, v, pl, mask)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out, lse = jetspec_ext.tree_attention(q, k, v, pl, mask)
-    for plens, seed in (([1000, 3000], 1), ([0, 5936], 2), ([4500, 17], 3)):
-        q2, k2, v2, pl2, mask2 = make_case(B, N, Hq, Hkv, D, plens, S=S, device="cuda",
-                                           seed=seed, poison_tail=False)
-        q.copy_(q2), k.copy_(k2), v.copy_(v2), pl.copy_(pl2), mask.copy_(mask2)
-        g.replay()
-        torch.cuda.synchronize()
-        check_against_reference(out, lse, q, k, v, pl, mask)
+    check_graph_replays(2, 64, 32, 8, 128, 6000, [[1000, 3000], [0, 5936], [4500, 17]])

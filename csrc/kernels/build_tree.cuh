@@ -125,6 +125,27 @@ __device__ __forceinline__ void topk_insert(float (&tv)[K], int (&ti)[K], float 
   }
 }
 
+// The exact per-logit rules shared by the streaming kernel and the tiled kernel's exact path:
+// running (max, sum exp) with exp_rel, and the sorted top-K insertion.
+template <int K>
+__device__ __forceinline__ void topk_init(float (&tv)[K], int (&ti)[K]) {
+#pragma unroll
+  for (int j = 0; j < K; ++j) {
+    tv[j] = -INFINITY;
+    ti[j] = 0x7fffffff;
+  }
+}
+template <int K>
+__device__ __forceinline__ void consume_exact(float x, int id, float& m, float& s, float (&tv)[K],
+                                              int (&ti)[K]) {
+  if (x > m) {
+    s = s * exp_rel(m, x);
+    m = x;
+  }
+  s += exp_rel(x, m);
+  topk_insert<K>(tv, ti, x, id);
+}
+
 // Block epilogue shared by the stats kernels: reduce the threads' (max, sum) and merge their sorted
 // top-K lists (tv, ti) into the block's top-K; thread 0 / warp 0 write record `rec`.
 template <int K>
@@ -214,20 +235,10 @@ __global__ void __launch_bounds__(kStatsThreads)
   float m = -INFINITY, s = 0.0f;
   float tv[K];
   int ti[K];
-#pragma unroll
-  for (int j = 0; j < K; ++j) {
-    tv[j] = -INFINITY;
-    ti[j] = 0x7fffffff;
-  }
+  topk_init<K>(tv, ti);
   auto insert = [&](float x, int id) { topk_insert<K>(tv, ti, x, id); };
   auto consume_scalar = [&](int id) {
-    const float x = scale_logit(to_float(rp[id]), inv_t, scale);
-    if (x > m) {
-      s = s * exp_rel(m, x);
-      m = x;
-    }
-    s += exp_rel(x, m);
-    insert(x, id);
+    consume_exact<K>(scale_logit(to_float(rp[id]), inv_t, scale), id, m, s, tv, ti);
   };
   auto consume_vec = [&](const uint4& raw, int vidx) {
     const T* e = reinterpret_cast<const T*>(&raw);
@@ -337,21 +348,10 @@ __device__ JETSPEC_BT_NOINLINE void stats_tile_exact(const T* __restrict__ rp, i
   float m = -INFINITY, s = 0.0f;
   float tv[K];
   int ti[K];
-#pragma unroll
-  for (int j = 0; j < K; ++j) {
-    tv[j] = -INFINITY;
-    ti[j] = 0x7fffffff;
-  }
+  topk_init<K>(tv, ti);
   for (int i = 0; i < kTileEPT; ++i) {
     const int id = tile_id<T>(lo, threadIdx.x, i);
-    if (id >= hi) continue;
-    const float x = scale_logit(to_float(rp[id]), inv_t, scale);
-    if (x > m) {
-      s = s * exp_rel(m, x);
-      m = x;
-    }
-    s += exp_rel(x, m);
-    topk_insert<K>(tv, ti, x, id);
+    if (id < hi) consume_exact<K>(scale_logit(to_float(rp[id]), inv_t, scale), id, m, s, tv, ti);
   }
   block_finish<K>(m, s, tv, ti, rec, part_ms, part_keys);
 }

@@ -404,3 +404,76 @@ def test_cuda_decode_graph_replay(N, monkeypatch):
 @requires_cuda_kernel
 def test_cuda_graph_capture_and_replay(impl):
     check_graph_replays(2, 64, 32, 8, 128, 6000, [[1000, 3000], [0, 5936], [4500, 17]])
+
+
+# ---- split_kernel_pipe's in-launch split merge (merge_tile_if_last) ---------------------------
+PIPE_IMPLS = [i for i in IMPLS if i.startswith("wgmma_pipe")]
+
+
+def _merge_kernel_launches(fn):
+    """Number of merge_kernel launches while fn() runs (CUDA profiler activity)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if "merge_kernel" in e.name)
+
+
+@requires_cuda_kernel
+@pytest.mark.skipif(not PIPE_IMPLS, reason="wgmma_pipe needs sm_90")
+@pytest.mark.parametrize("pipe", PIPE_IMPLS)
+@pytest.mark.parametrize("splits", ["auto", "2", "16", "64"])
+@pytest.mark.parametrize("case", [c for c in GPU_CASES if c[1] * (c[2] // c[3]) <= 256],
+                         ids=lambda c: f"B{c[0]}N{c[1]}Hq{c[2]}Hkv{c[3]}D{c[4]}P{c[5][0]}{c[6]}")
+def test_cuda_inline_merge_matches_reference(case, splits, pipe, monkeypatch):
+    """Forced in-launch merge (the last CTA of each row tile merges the splits) against the fp32
+    reference, for every case whose weights fit the kernel's shared memory."""
+    ok, log = wgmma_canary(pipe)
+    if not ok:
+        pytest.fail(f"{pipe} variant crashed in a subprocess:\n{log}")
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", pipe)
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_MERGE", "inline")
+    if splits != "auto":
+        monkeypatch.setenv("JETSPEC_TREE_ATTN_SPLITS", splits)
+    B, N, Hq, Hkv, D, plens, kind = case
+    q, k, v, pl, mask = make_case(B, N, Hq, Hkv, D, plens, dtype=torch.bfloat16, device="cuda",
+                                  kind=kind, seed=N + B + 1)
+    out, lse = run_op(q, k, v, pl, mask)
+    torch.cuda.synchronize()
+    check_against_reference(out, lse, q, k, v, pl, mask)
+
+
+@requires_cuda_kernel
+@pytest.mark.skipif(not PIPE_IMPLS, reason="wgmma_pipe needs sm_90")
+def test_cuda_inline_merge_is_taken(monkeypatch):
+    """Decoding shapes (N = 1) merge in the launch by default (no merge_kernel launch); with
+    JETSPEC_TREE_ATTN_MERGE=kernel, or for a large tree, merge_kernel runs; all agree."""
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", "wgmma_pipe8")
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_SPLITS", "8")
+    args = make_case(1, 1, 32, 8, 128, [3000], device="cuda")
+    res = {}
+    for mode in ("auto", "kernel"):
+        if mode == "auto":
+            monkeypatch.delenv("JETSPEC_TREE_ATTN_MERGE", raising=False)
+        else:
+            monkeypatch.setenv("JETSPEC_TREE_ATTN_MERGE", mode)
+        run_op(*args)  # warm-up (allocates the counters outside the profiler)
+        n = _merge_kernel_launches(lambda: res.__setitem__(mode, run_op(*args)))
+        assert n == (0 if mode == "auto" else 1), (mode, n)
+        check_against_reference(*res[mode], *args)
+    monkeypatch.delenv("JETSPEC_TREE_ATTN_MERGE", raising=False)
+    big = make_case(1, 128, 32, 8, 128, [3000], device="cuda")
+    assert _merge_kernel_launches(lambda: run_op(*big)) == 1
+
+
+@requires_cuda_kernel
+@pytest.mark.skipif(not PIPE_IMPLS, reason="wgmma_pipe needs sm_90")
+@pytest.mark.parametrize("N", [1, 4])
+def test_cuda_inline_merge_graph_replay(N, monkeypatch):
+    """The in-launch merge's counters (one per row tile, reset by the merging CTA) under CUDA-graph
+    capture: 3 replays per input, so a counter left non-zero would corrupt the next replay."""
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", "wgmma_pipe8")
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_SPLITS", "7")
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_MERGE", "inline")
+    check_graph_replays(2, N, 16, 4, 128, 5000, [[1000, 3000], [0, 4990], [4500, 17], [7, 7]],
+                        replays=3)

@@ -85,6 +85,42 @@ Impl choose_impl(int device) {
   return major[d] == 9 ? impl : Impl::kMma;  // wgmma exists on sm_90 only
 }
 
+// Split counters of the in-launch merges (decode_kernel, split_kernel_pipe): one int per merge
+// group ((batch row, KV head) or (batch row, KV head, row tile)), zero at rest (each merging CTA
+// resets its own). One buffer per device, shared by the launches of one stream order (launches
+// that run concurrently on different streams must not both merge in-launch: documented in
+// docs/tree_attention.md), grown outside graph capture; during a capture with too small a
+// buffer, the partials go to merge_kernel instead.
+int* split_counters(int device, int64_t need, cudaStream_t stream) {
+  static at::Tensor bufs[64];
+  if (device < 0 || device >= 64) return nullptr;
+  at::Tensor& buf = bufs[device];
+  if (buf.defined() && buf.numel() >= need) return buf.data_ptr<int32_t>();
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  JETSPEC_CUDA_CHECK(cudaStreamIsCapturing(stream, &st));
+  if (st != cudaStreamCaptureStatusNone) return nullptr;
+  buf = at::zeros({std::max<int64_t>(need, 1024)},
+                  at::TensorOptions().dtype(at::kInt).device(at::kCUDA, device));
+  return buf.data_ptr<int32_t>();
+}
+
+// split_kernel_pipe merges its splits in the launch (merge_tile_if_last) when a row tile's
+// partials are small: rows x splits x D fp32 <= 64 KB (decoding: N * G query rows per KV head
+// of a few; the merging CTA reads them all from L2), and its weights fit the kernel's shared
+// memory. Larger partials go to merge_kernel, which spreads them over every SM.
+// JETSPEC_TREE_ATTN_MERGE=kernel|inline forces either (tests, tuning; inline still needs the
+// weights to fit).
+bool merge_in_launch(const tree_attn::Params& p, int bm, int D, int smem_bytes) {
+  const int64_t R = std::min(p.rows, bm);
+  const bool fits = (p.num_splits + 1) * R * 4 <= smem_bytes - 1024;
+  if (const char* env = std::getenv("JETSPEC_TREE_ATTN_MERGE")) {
+    const std::string e(env);
+    if (e == "kernel") return false;
+    if (e == "inline") return fits;
+  }
+  return fits && R * p.num_splits * D * 4 <= 64 * 1024;
+}
+
 template <int D, typename T, bool WG, int NWARPS, bool PIPE = false>
 void launch_variant(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream,
                     at::Tensor& o_part, at::Tensor& lse_part, const at::TensorOptions& fopts) {
@@ -108,30 +144,18 @@ void launch_variant(tree_attn::Params& p, int64_t S, int device, cudaStream_t st
     p.lse_part = lse_part.data_ptr<float>();
   }
   dim3 grid(row_tiles, p.num_splits, p.B * p.Hkv);
+  p.split_counters = nullptr;
+  if (PIPE && p.num_splits > 1 && merge_in_launch(p, tree_attn::bm_of(NWARPS), D, smem))
+    p.split_counters = split_counters(device, (int64_t)row_tiles * p.B * p.Hkv, stream);
   kernel<<<grid, NWARPS * 32, smem, stream>>>(p);
   JETSPEC_CHECK_LAUNCH();
-  if (p.num_splits > 1) {
+  if (p.num_splits > 1 && p.split_counters == nullptr) {
     const int64_t warps = (int64_t)p.B * p.Hkv * p.rows;
     tree_attn::merge_kernel<D, T><<<(unsigned)((warps + 3) / 4), 128, 0, stream>>>(p);
     JETSPEC_CHECK_LAUNCH();
   }
 }
 
-// Split counters of decode_kernel's in-kernel merge: one int per (batch row, KV head), zero at
-// rest (each merging CTA resets its own). One buffer per device, grown outside graph capture;
-// during a capture with too small a buffer, the partials go to merge_kernel instead.
-int* decode_counters(int device, int64_t need, cudaStream_t stream) {
-  static at::Tensor bufs[64];
-  if (device < 0 || device >= 64) return nullptr;
-  at::Tensor& buf = bufs[device];
-  if (buf.defined() && buf.numel() >= need) return buf.data_ptr<int32_t>();
-  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
-  JETSPEC_CUDA_CHECK(cudaStreamIsCapturing(stream, &st));
-  if (st != cudaStreamCaptureStatusNone) return nullptr;
-  buf = at::zeros({std::max<int64_t>(need, 1024)},
-                  at::TensorOptions().dtype(at::kInt).device(at::kCUDA, device));
-  return buf.data_ptr<int32_t>();
-}
 
 // Few query rows per KV head (rows <= kDecMaxRows): decode_kernel, one launch. Splits: about 4
 // CTAs per SM in all, each split at least 2 key tiles of the cache's capacity S, at most 16
@@ -153,7 +177,7 @@ void launch_decode(tree_attn::Params& p, int64_t S, int device, cudaStream_t str
     lse_part = at::empty({p.num_splits, bh, p.rows}, fopts);
     p.o_part = o_part.data_ptr<float>();
     p.lse_part = lse_part.data_ptr<float>();
-    counters = decode_counters(device, bh, stream);
+    counters = split_counters(device, bh, stream);
   }
   const dim3 grid(p.num_splits, (unsigned)bh);
   if (p.rows <= 4)

@@ -20,7 +20,9 @@
 //     ldmatrix (.trans for V). Online softmax in fp32 registers, exp2 with scale * log2(e).
 //   * Mask bits are read only for tiles that reach past the prefix (key tile end > P).
 //   * num_splits == 1: the split kernel writes out/lse directly. Otherwise it writes fp32
-//     partials (normalised O and natural-log lse per split) and merge_kernel combines them.
+//     partials (normalised O and natural-log lse per split) and merge_kernel combines them, or,
+//     for split_kernel_pipe with few query rows per tile (decoding), the last CTA of each tile
+//     merges them in the same launch (merge_tile_if_last).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -48,6 +50,10 @@ struct Params {
   float* lse;            // (B, Hq, N) contiguous
   float* o_part;         // (splits, B * Hkv, rows, D) fp32 (only when num_splits > 1)
   float* lse_part;       // (splits, B * Hkv, rows) fp32 (only when num_splits > 1)
+  // split_kernel_pipe only: one int per (batch row, KV head, row tile), zero at rest. Non-null:
+  // the last CTA of a tile merges its splits in the same launch (merge_tile_if_last); null: the
+  // partials are left for merge_kernel.
+  int* split_counters;
   int64_t q_sb, q_sn, q_sh;
   int64_t k_sb, k_sh, k_ss;
   int64_t v_sb, v_sh, v_ss;
@@ -554,6 +560,90 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
 // K is prefetched one tile ahead of V (separate cp.async groups) so K(t+1) and V(t) are both
 // resident. No tile skipping here (masked tiles are computed and masked).
 // ---------------------------------------------------------------------------------------------
+// In-launch split merge (p.split_counters non-null, num_splits > 1). Every CTA of a row tile of
+// one (batch row, KV head) has written its partials; each counts itself done on the tile's
+// global counter (threadFenceReduction pattern) and the last one merges the tile's rows from
+// every split's partials, which sit in L2, then resets the counter for the next launch (and
+// CUDA-graph replays). Why: at decoding shapes (a few query rows) the separate merge launch
+// cost ~4 us of a ~11 us attention call per layer, far more than the merge's work. The launcher
+// enables it only when the partials of a tile are small (rows x splits x D fp32 <= 64 KB), and
+// `scratch` (the kernel's shared memory, free once the main loop is done) holds the
+// (num_splits + 1) x rows weights. The result does not depend on which CTA arrives last: the
+// splits are combined in index order. Empty splits (lse = -inf) are dropped by a select, never
+// by a multiply (their O partial is never written).
+template <int D, typename T, int kThreads>
+__device__ __forceinline__ void merge_tile_if_last(const Params& p, int bh, int m_base, int bm,
+                                                   float* scratch) {
+  __shared__ int s_last;
+  __threadfence();  // this CTA's partials are visible device-wide before it counts itself done
+  __syncthreads();
+  const int tile = bh * gridDim.x + blockIdx.x;
+  if (threadIdx.x == 0) s_last = atomicAdd(&p.split_counters[tile], 1) == p.num_splits - 1;
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  const int R = min(bm, p.rows - m_base);
+  const int ns = p.num_splits;
+  const int64_t split_stride = (int64_t)p.B * p.Hkv * p.rows;
+  const int64_t row0 = (int64_t)bh * p.rows + m_base;
+  const int b = bh / p.Hkv, kvh = bh - b * p.Hkv;
+  float* inv_row = scratch + ns * R;
+  // Every lse load in flight at once (one per thread), then the per-row weights.
+  for (int i = threadIdx.x; i < ns * R; i += kThreads) {
+    const int sp = i / R, r = i - sp * R;
+    scratch[i] = __ldcg(p.lse_part + sp * split_stride + row0 + r);
+  }
+  __syncthreads();
+  for (int r = threadIdx.x; r < R; r += kThreads) {
+    float mx = -INFINITY;
+    for (int sp = 0; sp < ns; ++sp) mx = fmaxf(mx, scratch[sp * R + r]);
+    float wsum = 0.f;
+    for (int sp = 0; sp < ns; ++sp) {
+      const float l = scratch[sp * R + r];
+      const float w = (mx == -INFINITY || l == -INFINITY) ? 0.f : __expf(l - mx);
+      scratch[sp * R + r] = w;
+      wsum += w;
+    }
+    inv_row[r] = wsum > 0.f ? 1.f / wsum : 0.f;
+    const int grow = m_base + r;
+    const int n = grow / p.G, hq = kvh * p.G + (grow - n * p.G);
+    p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = wsum > 0.f ? mx + __logf(wsum) : -INFINITY;
+  }
+  __syncthreads();
+  // O: one float4 of one row per work item, 8 splits' loads in flight before any is used.
+  constexpr int C4 = D / 4;
+  for (int i = threadIdx.x; i < R * C4; i += kThreads) {
+    const int r = i / C4, c = i - r * C4;
+    const float* src = p.o_part + (row0 + r) * D + c * 4;
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int s0 = 0; s0 < ns; s0 += 8) {
+      float4 v[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        if (s0 + j < ns)
+          v[j] = __ldcg(reinterpret_cast<const float4*>(src + (int64_t)(s0 + j) * split_stride * D));
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        if (s0 + j >= ns) break;
+        const float w = scratch[(s0 + j) * R + r];
+        acc[0] += w > 0.f ? w * v[j].x : 0.f;
+        acc[1] += w > 0.f ? w * v[j].y : 0.f;
+        acc[2] += w > 0.f ? w * v[j].z : 0.f;
+        acc[3] += w > 0.f ? w * v[j].w : 0.f;
+      }
+    }
+    const float inv = inv_row[r];
+    const int grow = m_base + r;
+    const int n = grow / p.G, hq = kvh * p.G + (grow - n * p.G);
+    T* dst = static_cast<T*>(p.out) + (((int64_t)b * p.N + n) * p.Hq + hq) * D + c * 4;
+    uint2 packed;
+    packed.x = TypeTraits<T>::pack(acc[0] * inv, acc[1] * inv);
+    packed.y = TypeTraits<T>::pack(acc[2] * inv, acc[3] * inv);
+    *reinterpret_cast<uint2*>(dst) = packed;
+  }
+  if (threadIdx.x == 0) p.split_counters[tile] = 0;
+}
+
 template <int D, typename T, int NWARPS>
 __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel_pipe(const Params p) {
   static_assert(NWARPS == 4 || NWARPS == 8, "1 or 2 warpgroups (sharing every K/V tile)");
@@ -600,6 +690,8 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
       if (grow < p.rows)
         p.lse_part[((int64_t)split * p.B * p.Hkv + bh) * p.rows + grow] = -INFINITY;
     }
+    if (p.split_counters != nullptr)
+      merge_tile_if_last<D, T, kThreads>(p, bh, m_base, kBM, reinterpret_cast<float*>(smem));
     return;
   }
   const int n_tiles = t_end - t_begin;
@@ -844,6 +936,8 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
       if (tig == 0) p.lse_part[prow] = lse_v;
     }
   }
+  if (p.num_splits > 1 && p.split_counters != nullptr)
+    merge_tile_if_last<D, T, kThreads>(p, bh, m_base, kBM, reinterpret_cast<float*>(smem));
 }
 
 // ---------------------------------------------------------------------------------------------

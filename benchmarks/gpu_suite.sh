@@ -3,7 +3,8 @@
 # short table last. Run on the H200 machine from the repo root:
 #   bash benchmarks/gpu_suite.sh            (writes logs and JSON to ${OUT:-benchmarks/out})
 # Env: SUITE_TESTS=0 skips pytest; SUITE_BENCH="accept attention" limits the benchmarks
-# (substrings of benchmarks/bench_*.py); PYTEST_ARGS adds pytest arguments.
+# (substrings of benchmarks/bench_*.py); PYTEST_ARGS adds pytest arguments (split on spaces);
+# PYTEST_K is passed as one -k expression (may contain spaces).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR="$(realpath -m "${OUT:-benchmarks/out}")"
@@ -33,7 +34,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 if [ "${SUITE_TESTS:-1}" = "1" ]; then
   t0=$(date +%s)
-  (cd python_tests && python3 -m pytest -v --no-header -p no:cacheprovider ${PYTEST_ARGS:-.} \
+  (cd python_tests && python3 -m pytest -v --no-header -p no:cacheprovider ${PYTEST_ARGS:-.} ${PYTEST_K:+-k "$PYTEST_K"} \
      > "$OUTDIR/pytest.log" 2>&1)
   rc=$?
   grep -E "FAILED|ERROR|Fatal|passed|failed" "$OUTDIR/pytest.log" | tail -n 30

@@ -19,6 +19,29 @@ def case(P, N=1, Hq=32, Hkv=8, D=128, S=None):
     return q, k, v, pl, mask
 
 
+def timed(args, impl, splits="", merge=""):
+    for name, val in (("JETSPEC_TREE_ATTN_IMPL", impl), ("JETSPEC_TREE_ATTN_SPLITS", splits),
+                      ("JETSPEC_TREE_ATTN_MERGE", merge)):
+        if val:
+            os.environ[name] = val
+        else:
+            os.environ.pop(name, None)
+    return time_us(lambda: jetspec_ext.tree_attention(*args), graph=True)
+
+
+if "--merge" in sys.argv:
+    # split_kernel_pipe's in-launch merge against merge_kernel, and split sweeps of the round's
+    # target cell (N 128, prefix 1024).
+    for P, N in ((1024, 1), (4096, 1), (16384, 1), (1024, 4), (1024, 17), (1024, 128)):
+        args = case(P, N=N)
+        row = [f"P{P} N{N}"]
+        for impl in ("wgmma_pipe8", "wgmma_pipe"):
+            for splits in ("", "2", "4", "8", "16"):
+                for merge in ("kernel", "inline"):
+                    row.append(f"{impl}/{splits or 'auto'}/{merge}={timed(args, impl, splits, merge):.1f}")
+        print("  ".join(row), flush=True)
+    sys.exit(0)
+
 for P, S in ((1024, None), (1024, 8192), (4096, None), (16384, None)):
     args = case(P, S=S)
     row = [f"P{P} S{args[1].shape[2]}"]

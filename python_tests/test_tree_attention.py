@@ -446,14 +446,15 @@ def test_cuda_inline_merge_matches_reference(case, splits, pipe, monkeypatch):
 @requires_cuda_kernel
 @pytest.mark.skipif(not PIPE_IMPLS, reason="wgmma_pipe needs sm_90")
 def test_cuda_inline_merge_is_taken(monkeypatch):
-    """Decoding shapes (N = 1) merge in the launch by default (no merge_kernel launch); with
-    JETSPEC_TREE_ATTN_MERGE=kernel, or for a large tree, merge_kernel runs; all agree."""
+    """With JETSPEC_TREE_ATTN_MERGE=auto, decoding shapes (N = 1) merge in the launch (no
+    merge_kernel launch) and a large tree still uses merge_kernel; with `kernel` (the default)
+    merge_kernel runs; all agree with the reference."""
     monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", "wgmma_pipe8")
     monkeypatch.setenv("JETSPEC_TREE_ATTN_SPLITS", "8")
     args = make_case(1, 1, 32, 8, 128, [3000], device="cuda")
     res = {}
-    for mode in ("auto", "kernel"):
-        if mode == "auto":
+    for mode in ("auto", "kernel", None):
+        if mode is None:
             monkeypatch.delenv("JETSPEC_TREE_ATTN_MERGE", raising=False)
         else:
             monkeypatch.setenv("JETSPEC_TREE_ATTN_MERGE", mode)
@@ -461,7 +462,7 @@ def test_cuda_inline_merge_is_taken(monkeypatch):
         n = _merge_kernel_launches(lambda: res.__setitem__(mode, run_op(*args)))
         assert n == (0 if mode == "auto" else 1), (mode, n)
         check_against_reference(*res[mode], *args)
-    monkeypatch.delenv("JETSPEC_TREE_ATTN_MERGE", raising=False)
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_MERGE", "auto")
     big = make_case(1, 128, 32, 8, 128, [3000], device="cuda")
     assert _merge_kernel_launches(lambda: run_op(*big)) == 1
 

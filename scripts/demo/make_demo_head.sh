@@ -4,12 +4,16 @@
 #   bash scripts/demo/make_demo_head.sh [--total-minutes 9.5] [--device auto|cuda|cpu] [--out DIR]
 #        [--build DIR] [--eval-num 50] [--eval-max-new-tokens 128] [--max-prompts 0]
 #        [--batch-size 64] [--anchors 32] [--max-len 384] [--gen-max-new-tokens 256]
-#        [--gen-batch-size 512] [--lr 1e-3] [--max-epochs 4] [--tiny] [-- extra jetspec-train args]
+#        [--gen-batch-size 512] [--lr 1e-3] [--max-epochs 4] [--prompt-roots stdlib,site] [--tiny]
+#        [-- extra jetspec-train args]
 #
 # Stages (each logs, each has a deadline derived from --total-minutes; results are written as they
 # complete, so a late failure loses nothing that is done):
-#   1. prompts   scripts/demo/extract_prompts.py: stdlib function signature + docstring prompts
-#                (MBPP-like ones excluded); held-out MBPP eval prompts in the same form
+#   1. prompts   scripts/demo/extract_prompts.py: function signature + docstring prompts from the
+#                interpreter's standard library and (default) site-packages (--prompt-roots stdlib
+#                for the stdlib only; MBPP-like ones excluded); held-out MBPP eval prompts in the
+#                same form. Why site-packages: the first demo head (stdlib only, 4864 prompts)
+#                overfit: 0.70 top-1 at depth 15 on its training batches, tau 1.86 on MBPP.
 #   2. causal    jetspec train: regenerate responses with the demo target (cached in
 #                BUILD/regen.jsonl, time-capped), then train the causal head for a time budget
 #                (the step count is calibrated from the measured speed) -> $OUT/demo_head.tar.gz
@@ -48,6 +52,7 @@ GEN_MAX_NEW=256
 GEN_BATCH=512
 LR=1e-3
 MAX_EPOCHS=4
+PROMPT_ROOTS=stdlib,site
 TINY=0
 EXTRA=()
 while [[ $# -gt 0 ]]; do
@@ -66,6 +71,7 @@ while [[ $# -gt 0 ]]; do
     --gen-batch-size) GEN_BATCH="$2"; shift 2 ;;
     --lr) LR="$2"; shift 2 ;;
     --max-epochs) MAX_EPOCHS="$2"; shift 2 ;;
+    --prompt-roots) PROMPT_ROOTS="$2"; shift 2 ;;
     --tiny) TINY=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
     *) echo "make_demo_head.sh: unknown argument $1" >&2; exit 2 ;;
@@ -108,9 +114,17 @@ EOF
 stamp "1/4 prompts"
 MP=(); [[ "$MAX_PROMPTS" != 0 ]] && MP=(--max-prompts "$MAX_PROMPTS")
 MF=(); [[ "$TINY" == 1 ]] && MF=(--max-files 40)
+[[ "$TINY" == 1 ]] && PROMPT_ROOTS=stdlib
+# stdlib -> sysconfig's stdlib path, site -> purelib (site-packages); a walk of the stdlib skips
+# its own site-packages, so no file is read twice
+mapfile -t ROOTS < <("$PY" -c "
+import sysconfig, sys
+p = sysconfig.get_paths()
+for r in sys.argv[1].split(','):
+    print({'stdlib': p['stdlib'], 'site': p['purelib']}.get(r, r))" "$PROMPT_ROOTS")
 MBPP="$DATA/mbpp_test.jsonl"
 [[ -f "$MBPP" ]] || echo "[make_demo_head] WARNING: $MBPP not found: no eval prompts, no MBPP exclusion"
-"$PY" "$HERE/extract_prompts.py" --mbpp "$MBPP" --train-out "$BUILD/train_prompts.jsonl" \
+"$PY" "$HERE/extract_prompts.py" --roots "${ROOTS[@]}" --mbpp "$MBPP" --train-out "$BUILD/train_prompts.jsonl" \
   --eval-out "$BUILD/eval_prompts.jsonl" ${MP[@]+"${MP[@]}"} ${MF[@]+"${MF[@]}"} | tee "$OUT_DIR/prompts_info.txt" \
   || { echo "[make_demo_head] prompt extraction failed"; exit 1; }
 

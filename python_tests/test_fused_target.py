@@ -168,3 +168,19 @@ def test_refuse_after_weights_replaced():
     torch.testing.assert_close(kv_f, kv, **TOL)
     a = model.model.layers[0].self_attn
     assert a.q_proj.weight.untyped_storage().data_ptr() == a.k_proj.weight.untyped_storage().data_ptr()
+
+
+def test_fused_model_built_in_inference_mode():
+    """Parameters created under torch.inference_mode are inference tensors: the fused tensor is
+    made one too (a Parameter's .data switching kind breaks every later call of the module)."""
+    with torch.inference_mode():
+        model = _model()
+        assert model.model.layers[0].self_attn.q_proj.weight.is_inference()
+    ref = Target(model, [0], fuse_projections=False)
+    fus = Target(model, [0])
+    assert fus.fused
+    (lr, _), (lf, _), kv, kv_f = _forward_both(ref, fus, 8)
+    torch.testing.assert_close(lf, lr, **TOL)
+    torch.testing.assert_close(kv_f, kv, **TOL)
+    with torch.inference_mode():
+        model(torch.tensor([PROMPT]))  # HF's own forward on the view weights still works

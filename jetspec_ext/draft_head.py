@@ -355,7 +355,8 @@ class JetSpecDraftHead(nn.Module):
         with open(os.path.join(path, CONFIG_NAME), "w") as f:
             json.dump(d, f, indent=2, sort_keys=True, default=str)
         # a copy per tensor: a drafter's fused projections make q/k/v (gate/up) views of one
-        # storage, which safetensors refuses to save as they are (on the CPU .cpu() copies nothing)
+        # storage, which older safetensors releases refuse to save as they are (newer ones accept
+        # disjoint views); on the CPU .cpu() alone copies nothing
         state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.state_dict().items()}
         save_file(state, os.path.join(path, WEIGHTS_NAME), metadata={"format": "pt"})
 

@@ -61,10 +61,11 @@ class HeadDrafter:
     ``target._fuse_group``: each layer's q/k/v and gate/up ``Parameter.data`` become views of
     one fused tensor, same values, same memory, same Parameter objects, so the head's own
     forward, training and ``save_pretrained`` are unaffected). Heads whose layers are not the
-    stock modules with plain bias-free ``nn.Linear`` projections keep the unfused path
-    (``self.fused`` says which, ``self.fuse_note`` why not). Moving / casting the head after
-    construction gives the parameters separate storage again: the next draft / extend notices
-    (data pointers) and fuses again."""
+    stock modules with plain bias-free ``nn.Linear`` projections and no forward hooks keep the
+    unfused path (``self.fused`` says which, ``self.fuse_note`` why not; checked at construction,
+    so hooks added later are not seen). Moving / casting the head after construction gives the
+    parameters separate storage again: the next draft / extend notices (data pointers) and fuses
+    again."""
 
     def __init__(self, head: JetSpecDraftHead, target: Target, depth: Optional[int] = None,
                  compile: Optional[bool] = None, fuse_projections: bool = True):

@@ -168,6 +168,10 @@ def _fusable(cfg, layers, classes=_FUSED_LAYER_CLASSES) -> Optional[str]:
             return f"layer {i}: unexpected modules {names}"
         if any("forward" in m.__dict__ for m in (layer, a, mlp)):  # e.g. accelerate's offload hooks
             return f"layer {i}: patched forward"
+        # the fused path calls no attention / MLP module (nor, on the draft head, the layer), so
+        # their hooks would be skipped silently
+        if any(m._forward_hooks or m._forward_pre_hooks for m in (layer, a, mlp)):
+            return f"layer {i}: forward hooks on the layer / attention / MLP module"
         groups = _groups(layer)
         for lin in [m for g in groups for m in g] + [a.o_proj, mlp.down_proj]:
             # plain bias-free nn.Linear without hooks or a patched forward (offloading, adapters)

@@ -206,6 +206,17 @@ def test_fallbacks():
     ctx_f, lf = _extend_and_draft(d)
     ctx_r, lr = _extend_and_draft(HeadDrafter(head, target, depth=DEPTH, fuse_projections=False))
     torch.testing.assert_close(lf, lr, rtol=0, atol=0)
+    # a hook on a layer / attention / MLP module (the fused path would skip it silently)
+    for where in ("layer", "self_attn", "mlp"):
+        _, head, target = _setup()
+        calls = []
+        layer = head.layers[1]
+        mod = layer if where == "layer" else getattr(layer, where)
+        mod.register_forward_pre_hook(lambda m, i: calls.append(1))
+        d = HeadDrafter(head, target, depth=DEPTH)
+        assert not d.fused and "hooks" in d.fuse_note, where
+        _extend_and_draft(d)
+        assert calls, where  # the unfused path ran the hook
     # a subclassed layer (its forward could differ)
     _, head, target = _setup()
     from jetspec_ext.draft_head import DraftLayer

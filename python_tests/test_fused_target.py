@@ -151,6 +151,12 @@ def test_fallback_unexpected_module():
     model.model.layers[1].mlp.up_proj.register_forward_hook(lambda m, i, o: o)
     t = Target(model, [0])
     assert not t.fused and "layer 1" in t.fuse_note
+    # a hook on the attention / MLP module: HF's layer.forward calls it, the fused layer would not
+    for where in ("self_attn", "mlp"):
+        model = _model()
+        getattr(model.model.layers[0], where).register_forward_pre_hook(lambda m, a: None)
+        t = Target(model, [0])
+        assert not t.fused and "hooks" in t.fuse_note, where
 
 
 def test_refuse_after_weights_replaced():

@@ -188,6 +188,15 @@ def test_refuse_after_head_moved():
     ctx_r, lr = _extend_and_draft(ref)
     ctx_f, lf = _extend_and_draft(fus)
     torch.testing.assert_close(lf, lr, **TOL)
+    # Parameters replaced by new objects (load_state_dict(assign=True))
+    sd = {k: v.detach().clone() * (0.5 if "q_proj" in k else 1.0) for k, v in head.state_dict().items()}
+    head.load_state_dict(sd, assign=True)
+    assert a.q_proj.weight.data_ptr() == sd["layers.0.self_attn.q_proj.weight"].data_ptr()
+    ctx_r, lr = _extend_and_draft(ref)
+    ctx_f, lf = _extend_and_draft(fus)
+    torch.testing.assert_close(lf, lr, **TOL)
+    torch.testing.assert_close(ctx_f, ctx_r, **TOL)
+    assert a.q_proj.weight.untyped_storage().data_ptr() == a.k_proj.weight.untyped_storage().data_ptr()
 
 
 def test_fallbacks():

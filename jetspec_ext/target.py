@@ -153,6 +153,13 @@ def _layer_fused(layer, w_qkv, w_gate_up, h, cos, sin, k_cache, v_cache, prefix_
 _FUSED_LAYER_CLASSES = ("Qwen3DecoderLayer", "Qwen3Attention", "Qwen3MLP")
 
 
+def _user_hooks(module) -> list:
+    """The module's forward (pre-)hooks other than those transformers itself installs (its
+    output-capturing hooks live in ``transformers.utils.output_capturing`` in 5.x)."""
+    hooks = list(module._forward_hooks.values()) + list(module._forward_pre_hooks.values())
+    return [h for h in hooks if not (getattr(h, "__module__", None) or "").startswith("transformers.")]
+
+
 def _fusable(cfg, layers, classes=_FUSED_LAYER_CLASSES) -> Optional[str]:
     """None if every layer can take :func:`_layer_fused`, else why not (then HF's forward is used).
     ``classes``: the expected (layer, attention, MLP) class names (the draft head passes its own,
@@ -169,8 +176,10 @@ def _fusable(cfg, layers, classes=_FUSED_LAYER_CLASSES) -> Optional[str]:
         if any("forward" in m.__dict__ for m in (layer, a, mlp)):  # e.g. accelerate's offload hooks
             return f"layer {i}: patched forward"
         # the fused path calls no attention / MLP module (nor, on the draft head, the layer), so
-        # their hooks would be skipped silently
-        if any(m._forward_hooks or m._forward_pre_hooks for m in (layer, a, mlp)):
+        # their hooks would be skipped silently. transformers' own output-capturing hooks (added
+        # to every layer and attention module by any forward with output_hidden_states=True,
+        # and kept) are not user hooks: they only record outputs nobody asks for here.
+        if any(_user_hooks(m) for m in (layer, a, mlp)):
             return f"layer {i}: forward hooks on the layer / attention / MLP module"
         groups = _groups(layer)
         for lin in [m for g in groups for m in g] + [a.o_proj, mlp.down_proj]:

@@ -157,6 +157,13 @@ def test_fallback_unexpected_module():
         getattr(model.model.layers[0], where).register_forward_pre_hook(lambda m, a: None)
         t = Target(model, [0])
         assert not t.fused and "hooks" in t.fuse_note, where
+    # transformers' own output-capturing hooks (installed by a forward with
+    # output_hidden_states=True and kept) do not make the target fall back
+    model = _model()
+    model(torch.tensor([[1, 2, 3]]), output_hidden_states=True)
+    hooked = [n for n, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks]
+    t = Target(model, [0])
+    assert t.fused, (t.fuse_note, hooked)
 
 
 def test_refuse_after_weights_replaced():

@@ -15,14 +15,20 @@ same call captured in a CUDA graph and replayed). Anything that fails prints n/a
     python benchmarks/bench_decoder.py --compile  # + the regionally compiled target, side by side
     python benchmarks/bench_decoder.py --modes compile,compile_unfused --budgets 128 --profile
                                                   # fused vs HF-layer projections, compiled
+    python benchmarks/bench_decoder.py --modes compile,compile_draft_unfused --budgets 128,256 --profile
+                                                  # the draft head's fusion alone, compiled
     python benchmarks/bench_decoder.py --compile --profile   # + top kernels of graphed AR / round 128
     python benchmarks/bench_decoder.py --tiny     # CPU/GPU smoke run with a tiny model
 
 Mode ``compile`` (Target(compile=True)) prints compile_s, the first call of each shape (its
 compilation: prologue, one decoder-layer graph for all layers, epilogue), then times as above.
 Modes ``eager`` / ``compile`` use the target's fused projections (Target's default: one q|k|v and
-one gate|up GEMM per layer); ``eager_unfused`` / ``compile_unfused`` (or ``--unfused``, which adds
-the unfused twin of every mode) run HF's own ``layer.forward`` (fuse_projections=False).
+one gate|up GEMM per layer) and the draft head's (HeadDrafter's default: one q|k|v and one gate|up
+GEMM per head layer in the block forward, one k|v GEMM per layer in the context extension);
+``eager_unfused`` / ``compile_unfused`` (or ``--unfused``, which adds the unfused twin of every
+mode) run HF's own ``layer.forward`` and the head layers' own forward (fuse_projections=False on
+both); ``eager_draft_unfused`` / ``compile_draft_unfused`` keep the target fused and unfuse only the
+head (a separate Target, so a compiled one compiles its own graphs).
 """
 import argparse
 import os
@@ -117,7 +123,8 @@ def main(argv=None):
     ap.add_argument("--compile", action="store_true",
                     help="also time the regionally compiled target forward (same as --modes eager,compile)")
     ap.add_argument("--modes", default=None,
-                    help="comma list of target modes to time: eager, compile, eager_unfused, compile_unfused "
+                    help="comma list of modes to time: eager, compile, eager_unfused, compile_unfused, "
+                         "eager_draft_unfused, compile_draft_unfused "
                          "(default: eager; eager,compile with --compile)")
     ap.add_argument("--unfused", action="store_true",
                     help="also time each mode with HF's unfused layer forward (adds <mode>_unfused)")
@@ -134,7 +141,7 @@ def main(argv=None):
     modes = [m.strip() for m in (args.modes or ("eager,compile" if args.compile else "eager")).split(",") if m.strip()]
     if args.unfused:
         modes += [m + "_unfused" for m in modes if not m.endswith("_unfused") and m + "_unfused" not in modes]
-    known = ("eager", "compile", "eager_unfused", "compile_unfused")
+    known = ("eager", "compile", "eager_unfused", "compile_unfused", "eager_draft_unfused", "compile_draft_unfused")
     bad = [m for m in modes if m not in known]
     if bad:
         print(f"bench_decoder: unknown mode(s) {bad} ({', '.join(known)})")
@@ -168,8 +175,9 @@ def main(argv=None):
     targets = {}
     for mode in modes:
         try:
+            t_unfused = mode.endswith("_unfused") and not mode.endswith("_draft_unfused")
             targets[mode] = Target(model, head.target_layer_ids, compile=mode.startswith("compile"),
-                                   compile_mode=args.compile_mode, fuse_projections=not mode.endswith("_unfused"))
+                                   compile_mode=args.compile_mode, fuse_projections=not t_unfused)
             t = targets[mode]
             print(f"[{mode}] projections: " + ("fused (q|k|v, gate|up: 4 GEMMs per layer)" if t.fused
                                                else f"HF layer.forward, 7 GEMMs per layer ({t.fuse_note})"))
@@ -177,7 +185,11 @@ def main(argv=None):
             print(f"bench_decoder: mode {mode} n/a ({type(e).__name__}: {e})")
     if not targets:
         return 0
-    drafters = {m: HeadDrafter(head, t, depth=15) for m, t in targets.items()}
+    drafters = {m: HeadDrafter(head, t, depth=15, fuse_projections=not m.endswith("_unfused"))
+                for m, t in targets.items()}
+    for m, d in drafters.items():
+        print(f"[{m}] draft head projections: " + ("fused (q|k|v, gate|up: 4 GEMMs per layer; context k|v: 1)"
+                                                   if d.fused else f"the head layers' forward ({d.fuse_note})"))
     any_t = next(iter(targets.values()))
     P, D = args.prefix, drafters[next(iter(drafters))].depth
     S = P + max(budgets) + D + 64

@@ -55,8 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="torch.compile the target's forward (one graph per shape shared by all decoder "
                         "layers) and the draft head's round computations; compiles on the first round")
     g.add_argument("--no-fuse", dest="fuse", action="store_false",
-                   help="run the target's decode / verify forwards through HF's layer.forward instead of the "
-                        "fused q|k|v and gate|up projections (default: fused, Qwen3 dense targets)")
+                   help="run the target's decode / verify forwards through HF's layer.forward and the draft "
+                        "head through its layers' own forward instead of the fused q|k|v and gate|up "
+                        "projections (default: fused, Qwen3 dense targets and stock heads)")
     g.add_argument("--cuda-graph", action="store_true",
                    help="capture the decoding round in a CUDA graph after the first round (CUDA only)")
     g.add_argument("--no-stream", dest="stream", action="store_false", help="print each answer at the end")
@@ -178,7 +179,7 @@ def _load(args):
     if head is not None:
         head = head.to(device=device, dtype=dtype).eval()
         try:
-            drafter = HeadDrafter(head, target, depth=args.depth)
+            drafter = HeadDrafter(head, target, depth=args.depth, fuse_projections=args.fuse)
         except ValueError as e:
             raise CLIError(str(e))
     return tok, model, target, drafter

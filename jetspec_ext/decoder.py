@@ -31,16 +31,20 @@ import torch
 
 from .draft_head import JetSpecDraftHead, block_layers, extend_layers, layer_caches
 from .op_select import op
-from .target import Target
+from .target import Target, _fusable, _fuse_layers, _fused_stale
+
+# what _draft_layer_fused expects of every head layer (else the drafter keeps the layers' forward)
+_DRAFT_LAYER_CLASSES = ("DraftLayer", "DraftAttention", "Qwen3MLP")
 
 
 # --------------------------------------------------------------------------------------------
 # Drafters
 # --------------------------------------------------------------------------------------------
-def _draft_body(head, embed_tokens, lm_head, caches, ctx_lens, anchor, fill, mask, attn):
-    """[anchor, MASK x D] -> target embeddings -> head block forward -> lm_head on rows 1..D."""
+def _draft_body(head, embed_tokens, lm_head, caches, ctx_lens, anchor, fill, mask, attn, fused=None):
+    """[anchor, MASK x D] -> target embeddings -> head block forward -> lm_head on rows 1..D.
+    fused: per-layer ``(w_qkv, w_gate_up)`` of the head (see :class:`HeadDrafter`) or None."""
     block = torch.cat([anchor.unsqueeze(1), fill], dim=1)  # [anchor, MASK x D]
-    h = block_layers(head, caches, ctx_lens, embed_tokens(block), mask, attn)
+    h = block_layers(head, caches, ctx_lens, embed_tokens(block), mask, attn, fused)
     return lm_head(h[:, 1:].to(lm_head.weight.dtype))  # (B, D, V) for depths 1..D
 
 
@@ -50,16 +54,33 @@ class HeadDrafter:
     compile (default: ``target.compiled``): torch.compile the round's two head computations,
     the block forward (+ embedding, LM head) and the context extension by the D+1 tokens a round
     commits (each one graph; the prefill's extension stays eager). Same static-shape /
-    no-inductor-cudagraphs settings as ``Target(compile=True)``."""
+    no-inductor-cudagraphs settings as ``Target(compile=True)``.
+
+    fuse_projections (default True): the block forward runs one q|k|v GEMM and one gate|up GEMM
+    per head layer, and the context extension one k|v GEMM per layer (the target side's fusion,
+    ``target._fuse_group``: each layer's q/k/v and gate/up ``Parameter.data`` become views of
+    one fused tensor, same values, same memory, same Parameter objects, so the head's own
+    forward, training and ``save_pretrained`` are unaffected). Heads whose layers are not the
+    stock modules with plain bias-free ``nn.Linear`` projections and no forward hooks keep the
+    unfused path (``self.fused`` says which, ``self.fuse_note`` why not; checked at construction,
+    so hooks added later are not seen). Moving / casting the head after construction gives the
+    parameters separate storage again: the next draft / extend notices (data pointers) and fuses
+    again."""
 
     def __init__(self, head: JetSpecDraftHead, target: Target, depth: Optional[int] = None,
-                 compile: Optional[bool] = None):
+                 compile: Optional[bool] = None, fuse_projections: bool = True):
         head.check_target(target.config)
         self.head = head
         self.target = target
         self.depth = int(depth) if depth is not None else head.block_size - 1
         if not 1 <= self.depth <= head.block_size - 1:
             raise ValueError(f"depth must be in [1, {head.block_size - 1}] for this head (block_size {head.block_size})")
+        self.fuse_note = _fusable(head.config, head.layers, _DRAFT_LAYER_CLASSES) if fuse_projections \
+            else "fuse_projections=False"
+        self.fused = self.fuse_note is None
+        self._fused_w, self._fused_ptrs = [], []
+        if self.fused:
+            self._fused_w, self._fused_ptrs = _fuse_layers(head.layers)
         self._static = {}
         self.compiled = getattr(target, "compiled", False) if compile is None else bool(compile)
         self._draft, self._extend = _draft_body, extend_layers
@@ -69,13 +90,22 @@ class HeadDrafter:
             wrap = _compiler(getattr(target, "compile_mode", None))
             self._draft, self._extend = wrap(_draft_body), wrap(extend_layers)
 
+    def _weights(self):
+        """The fused per-layer ``(w_qkv, w_gate_up)`` (re-fused if the head's weights moved to
+        new storage, e.g. ``head.to``), or None for the unfused path."""
+        if not self.fused:
+            return None
+        if _fused_stale(self._fused_ptrs):
+            self._fused_w, self._fused_ptrs = _fuse_layers(self.head.layers)
+        return self._fused_w
+
     def new_context(self, batch: int, max_len: int) -> torch.Tensor:
         return self.head.new_context_cache(batch, max_len, device=self.target.device)
 
     def extend(self, ctx: torch.Tensor, ctx_lens: torch.Tensor, tapped: torch.Tensor) -> None:
         # compiled for the round's fixed D+1 rows only (the prefill's length varies per prompt)
         fn = self._extend if tapped.shape[1] == self.depth + 1 else extend_layers
-        fn(self.head, layer_caches(ctx), ctx_lens, tapped)
+        fn(self.head, layer_caches(ctx), ctx_lens, tapped, self._weights())
 
     def draft(self, ctx: torch.Tensor, ctx_lens: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
         B, D = anchor.shape[0], self.depth
@@ -87,7 +117,7 @@ class HeadDrafter:
         mask, fill, attn = self._static[key]
         m = self.target.model
         return self._draft(self.head, m.model.embed_tokens, m.lm_head, layer_caches(ctx), ctx_lens, anchor,
-                           fill, mask, attn)
+                           fill, mask, attn, self._weights())
 
 
 # --------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ import os
 from typing import List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import Qwen3Config
 from transformers.models.qwen3.modeling_qwen3 import (
@@ -121,30 +122,45 @@ class DraftAttention(nn.Module):
 
     def keys_values(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """x ``(B, n, H)`` -> k, v ``(B, Hkv, n, Dh)`` (k normed and rotated)."""
-        B, n, _ = x.shape
-        k = self.k_norm(self.k_proj(x).view(B, n, self.num_kv_heads, self.head_dim)).transpose(1, 2)
-        v = self.v_proj(x).view(B, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        return _rope(k, cos, sin), v
+        return self.kv_heads(self.k_proj(x), self.v_proj(x), cos, sin)
 
     def queries(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x ``(B, n, H)`` -> q ``(B, Hq, n, Dh)`` (normed and rotated)."""
-        B, n, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(B, n, self.num_heads, self.head_dim)).transpose(1, 2)
+        return self.q_heads(self.q_proj(x), cos, sin)
+
+    # The steps after the projections, shared with the fused-projection decoding path
+    # (:func:`_draft_layer_fused`, :func:`extend_layers`), which projects q|k|v in one GEMM.
+    def kv_heads(self, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Projected k, v ``(B, n, Hkv * Dh)`` -> ``(B, Hkv, n, Dh)`` each (k normed and rotated)."""
+        B, n, _ = k.shape
+        k = self.k_norm(k.view(B, n, self.num_kv_heads, self.head_dim)).transpose(1, 2)
+        v = v.view(B, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        return _rope(k, cos, sin), v
+
+    def q_heads(self, q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Projected q ``(B, n, Hq * Dh)`` -> ``(B, Hq, n, Dh)`` (normed and rotated)."""
+        B, n, _ = q.shape
+        q = self.q_norm(q.view(B, n, self.num_heads, self.head_dim)).transpose(1, 2)
         return _rope(q, cos, sin)
+
+    def attend(self, q, k, v, k_cache, v_cache, ctx_lens, slots, mask, attn=None, rows=None):
+        """q ``(B, Hq, N, Dh)``, k, v ``(B, Hkv, N, Dh)`` of the block: write k/v at ``slots``,
+        attend (tree_attention), project out -> ``(B, N, H)``."""
+        B, _, N, _ = q.shape
+        scatter_slots(k_cache, slots, k, rows)
+        scatter_slots(v_cache, slots, v, rows)
+        if attn is None:
+            attn = op("tree_attention", q.device, q.dtype)
+        out, _ = attn(q.transpose(1, 2), k_cache, v_cache, ctx_lens, mask, self.scaling)
+        return self.o_proj(out.reshape(B, N, -1))
 
     def forward(self, x, cos, sin, k_cache, v_cache, ctx_lens, slots, mask, attn=None, rows=None):
         """Block attention. x ``(B, N, H)`` (normed). Writes the block's k/v at ``slots``.
         attn: the tree_attention implementation (default: resolved here); rows: ``arange(B)``
         ``(B, 1)`` for the slot writes (default: made here)."""
-        B, N, _ = x.shape
         q = self.queries(x, cos, sin)
         k, v = self.keys_values(x, cos, sin)
-        scatter_slots(k_cache, slots, k, rows)
-        scatter_slots(v_cache, slots, v, rows)
-        if attn is None:
-            attn = op("tree_attention", x.device, x.dtype)
-        out, _ = attn(q.transpose(1, 2), k_cache, v_cache, ctx_lens, mask, self.scaling)
-        return self.o_proj(out.reshape(B, N, -1))
+        return self.attend(q, k, v, k_cache, v_cache, ctx_lens, slots, mask, attn, rows)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -338,7 +354,10 @@ class JetSpecDraftHead(nn.Module):
         d["dflash_config"] = dict(self.config.dflash_config)
         with open(os.path.join(path, CONFIG_NAME), "w") as f:
             json.dump(d, f, indent=2, sort_keys=True, default=str)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        # a copy per tensor: a drafter's fused projections make q/k/v (gate/up) views of one
+        # storage, which older safetensors releases refuse to save as they are (newer ones accept
+        # disjoint views); on the CPU .cpu() alone copies nothing
+        state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.state_dict().items()}
         save_file(state, os.path.join(path, WEIGHTS_NAME), metadata={"format": "pt"})
 
     def check_target(self, target_config) -> None:
@@ -412,28 +431,61 @@ def layer_caches(cache: torch.Tensor) -> List[torch.Tensor]:
 
 
 def extend_layers(head: "JetSpecDraftHead", caches: List[torch.Tensor], ctx_lens: torch.Tensor,
-                  tapped: torch.Tensor) -> None:
-    """:meth:`JetSpecDraftHead.extend_context` on per-layer views (see :func:`layer_caches`)."""
+                  tapped: torch.Tensor, fused: Optional[Sequence] = None) -> None:
+    """:meth:`JetSpecDraftHead.extend_context` on per-layer views (see :func:`layer_caches`).
+    ``fused``: per layer ``(w_qkv, w_gate_up)`` (see :func:`_draft_layer_fused`): each layer's
+    context k|v is then ONE GEMM with the k|v rows of ``w_qkv``."""
     B, n, _ = tapped.shape
     pos = ctx_lens.to(torch.int64).unsqueeze(1) + torch.arange(n, device=tapped.device)
     rows = torch.arange(B, device=tapped.device).unsqueeze(1)
     x = head.fuse(tapped)
     cos, sin = head.rotary_emb(x, pos)
     for i, layer in enumerate(head.layers):
-        k, v = layer.self_attn.keys_values(x, cos, sin)
+        a = layer.self_attn
+        if fused is None:
+            k, v = a.keys_values(x, cos, sin)
+        else:
+            w_qkv = fused[i][0]
+            nq, nkv = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
+            k, v = F.linear(x, w_qkv.narrow(0, nq, 2 * nkv)).split([nkv, nkv], dim=-1)
+            k, v = a.kv_heads(k, v, cos, sin)
         scatter_slots(caches[2 * i], pos, k, rows)
         scatter_slots(caches[2 * i + 1], pos, v, rows)
 
 
+# Why: decoding runs the head on a block of only D+1 tokens, where each of a layer's 7 small GEMMs
+# (plus split-K reductions) costs about the same; one q|k|v GEMM and one gate|up GEMM per layer
+# make it 4. The weights are fused once by the drafter (target._fuse_group: the modules'
+# Parameters become views of the fused tensors, so nothing is copied and training, save and
+# load see the same modules) and come in as tensor arguments. Maths: DraftLayer.forward's.
+def _draft_layer_fused(layer: DraftLayer, w_qkv: torch.Tensor, w_gate_up: torch.Tensor, x, cos, sin,
+                       k_cache, v_cache, ctx_lens, slots, mask, attn, rows):
+    """:class:`DraftLayer` forward with ``w_qkv`` ``(Hq*Dh + 2*Hkv*Dh, H)`` (rows q | k | v)
+    and ``w_gate_up`` ``(2*I, H)`` (rows gate | up) instead of the five separate projections."""
+    a, mlp = layer.self_attn, layer.mlp
+    nq, nkv = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
+    q, k, v = F.linear(layer.input_layernorm(x), w_qkv).split([nq, nkv, nkv], dim=-1)
+    k, v = a.kv_heads(k, v, cos, sin)
+    x = x + a.attend(a.q_heads(q, cos, sin), k, v, k_cache, v_cache, ctx_lens, slots, mask, attn, rows)
+    gate, up = F.linear(layer.post_attention_layernorm(x), w_gate_up).chunk(2, dim=-1)
+    return x + mlp.down_proj(mlp.act_fn(gate) * up)
+
+
 def block_layers(head: "JetSpecDraftHead", caches: List[torch.Tensor], ctx_lens: torch.Tensor,
-                 block_embeds: torch.Tensor, mask: torch.Tensor, attn) -> torch.Tensor:
+                 block_embeds: torch.Tensor, mask: torch.Tensor, attn,
+                 fused: Optional[Sequence] = None) -> torch.Tensor:
     """:meth:`JetSpecDraftHead.forward_block` on per-layer views, with the tree_attention
-    implementation ``attn`` given."""
+    implementation ``attn`` given. ``fused``: per layer ``(w_qkv, w_gate_up)`` to run
+    :func:`_draft_layer_fused` instead of the layer's forward."""
     B, N, _ = block_embeds.shape
     pos = ctx_lens.to(torch.int64).unsqueeze(1) + torch.arange(N, device=block_embeds.device)
     rows = torch.arange(B, device=block_embeds.device).unsqueeze(1)
     x = block_embeds.to(head.fc.weight.dtype)
     cos, sin = head.rotary_emb(x, pos)
     for i, layer in enumerate(head.layers):
-        x = layer(x, cos, sin, caches[2 * i], caches[2 * i + 1], ctx_lens, pos, mask, attn, rows)
+        if fused is None:
+            x = layer(x, cos, sin, caches[2 * i], caches[2 * i + 1], ctx_lens, pos, mask, attn, rows)
+        else:
+            x = _draft_layer_fused(layer, fused[i][0], fused[i][1], x, cos, sin, caches[2 * i],
+                                   caches[2 * i + 1], ctx_lens, pos, mask, attn, rows)
     return head.norm(x)

@@ -153,8 +153,17 @@ def _layer_fused(layer, w_qkv, w_gate_up, h, cos, sin, k_cache, v_cache, prefix_
 _FUSED_LAYER_CLASSES = ("Qwen3DecoderLayer", "Qwen3Attention", "Qwen3MLP")
 
 
-def _fusable(cfg, layers) -> Optional[str]:
-    """None if every layer can take :func:`_layer_fused`, else why not (then HF's forward is used)."""
+def _user_hooks(module) -> list:
+    """The module's forward (pre-)hooks other than those transformers itself installs (its
+    output-capturing hooks live in ``transformers.utils.output_capturing`` in 5.x)."""
+    hooks = list(module._forward_hooks.values()) + list(module._forward_pre_hooks.values())
+    return [h for h in hooks if not (getattr(h, "__module__", None) or "").startswith("transformers.")]
+
+
+def _fusable(cfg, layers, classes=_FUSED_LAYER_CLASSES) -> Optional[str]:
+    """None if every layer can take :func:`_layer_fused`, else why not (then HF's forward is used).
+    ``classes``: the expected (layer, attention, MLP) class names (the draft head passes its own,
+    for ``draft_head._draft_layer_fused``)."""
     if getattr(cfg, "model_type", None) != "qwen3":
         return f"model type {getattr(cfg, 'model_type', None)!r} (fused path: dense qwen3 only)"
     if getattr(cfg, "attention_bias", False):
@@ -162,10 +171,16 @@ def _fusable(cfg, layers) -> Optional[str]:
     for i, layer in enumerate(layers):
         a, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
         names = (type(layer).__name__, type(a).__name__, type(mlp).__name__)
-        if names != _FUSED_LAYER_CLASSES:
+        if names != tuple(classes):
             return f"layer {i}: unexpected modules {names}"
         if any("forward" in m.__dict__ for m in (layer, a, mlp)):  # e.g. accelerate's offload hooks
             return f"layer {i}: patched forward"
+        # the fused path calls no attention / MLP module (nor, on the draft head, the layer), so
+        # their hooks would be skipped silently. transformers' own output-capturing hooks (added
+        # to every layer and attention module by any forward with output_hidden_states=True,
+        # and kept) are not user hooks: they only record outputs nobody asks for here.
+        if any(_user_hooks(m) for m in (layer, a, mlp)):
+            return f"layer {i}: forward hooks on the layer / attention / MLP module"
         groups = _groups(layer)
         for lin in [m for g in groups for m in g] + [a.o_proj, mlp.down_proj]:
             # plain bias-free nn.Linear without hooks or a patched forward (offloading, adapters)
@@ -175,8 +190,9 @@ def _fusable(cfg, layers) -> Optional[str]:
         for g in groups:
             w0 = g[0].weight
             if any(m.weight.dtype != w0.dtype or m.weight.device != w0.device or m.weight.dim() != 2
+                   or m.weight.is_inference() != w0.is_inference()
                    or m.weight.shape[1] != w0.shape[1] or not m.weight.dtype.is_floating_point for m in g):
-                return f"layer {i}: projection weights differ in dtype / device / input size"
+                return f"layer {i}: projection weights differ in dtype / device / input size / inference mode"
     return None
 
 
@@ -201,7 +217,9 @@ def _fuse_group(linears) -> torch.Tensor:
     for w in ws:
         adjacent = adjacent and w.storage_offset() == off
         off += w.numel()
-    with torch.no_grad(), torch.inference_mode(False):
+    # the fused tensor is an inference tensor iff the weights are (modules built under
+    # torch.inference_mode): a Parameter's .data must not switch between the two kinds
+    with torch.no_grad(), torch.inference_mode(ws[0].is_inference()):
         if adjacent:
             return ws[0].detach().as_strided((rows_total, cols), (cols, 1), ws[0].storage_offset())
         fused = torch.cat([w.detach() for w in ws], dim=0)
@@ -210,6 +228,25 @@ def _fuse_group(linears) -> torch.Tensor:
             w.data = fused.narrow(0, r, w.shape[0])
             r += w.shape[0]
     return fused
+
+
+def _fuse_layers(layers):
+    """:func:`_fuse_group` on every layer: ``([(w_qkv, w_gate_up) per layer], ptrs)``, where
+    ``ptrs`` lists ``(module._parameters, weight data_ptr)`` for :func:`_fused_stale`."""
+    weights, ptrs = [], []
+    for layer in layers:
+        weights.append(tuple(_fuse_group(g) for g in _groups(layer)))
+        ptrs += [(m._parameters, m.weight.data_ptr()) for g in _groups(layer) for m in g]
+    return weights, ptrs
+
+
+def _fused_stale(ptrs) -> bool:
+    """True if a fused parameter no longer lives in the fused storage (e.g. after ``.to``, or a
+    Parameter replaced by ``load_state_dict(assign=True)``). Runs before every eager / compiled
+    forward (not on CUDA-graph replays), so it reads the modules' parameter dicts directly:
+    ``module.weight`` (nn.Module.__getattr__) made it about 7x slower (~180 lookups per call
+    for a 36-layer target)."""
+    return any(d["weight"].data_ptr() != p for d, p in ptrs)
 
 
 def _post(norm, lm_head, h, taps: List[Optional[torch.Tensor]], logits_rows: Optional[torch.Tensor]):
@@ -329,14 +366,11 @@ class Target:
 
     def _fuse(self) -> None:
         """(Re)build the per-layer fused weights ``(w_qkv, w_gate_up)`` (see :func:`_fuse_group`)."""
-        self._fused_w, self._fused_ptrs = [], []
-        for layer in self.model.model.layers[: self.num_layers]:
-            self._fused_w.append(tuple(_fuse_group(g) for g in _groups(layer)))
-            self._fused_ptrs += [(m, m.weight.data_ptr()) for g in _groups(layer) for m in g]
+        self._fused_w, self._fused_ptrs = _fuse_layers(self.model.model.layers[: self.num_layers])
 
     def _check_fused(self) -> None:
         """Re-fuse if a fused parameter no longer lives in the fused storage (e.g. ``model.to``)."""
-        if any(m.weight.data_ptr() != p for m, p in self._fused_ptrs):
+        if _fused_stale(self._fused_ptrs):
             self._fuse()
 
     @property

@@ -4,7 +4,8 @@ features and KV cache contents, compiles each input shape once for all layers wi
 break, and greedy generation is token-identical with and without it. The compiled target uses
 the fused q|k|v / gate|up layer (the default) and the eager reference HF's own layer.forward
 (fuse_projections=False), so these also check the fused path against HF's; one case compiles
-the unfused layer too.
+the unfused layer too. Likewise the compiled drafter runs the head's fused projections and the
+eager reference drafter the head layers' own forward.
 
 CPU, fp32, a 2-layer tiny Qwen3 (compile time dominates: the module shares one compiled target
 across its tests and reuses the shapes the generate tests compiled). Skipped when torch.compile
@@ -57,7 +58,7 @@ def models():
 def test_generate_identical_with_and_without_compile(models):
     _, head, eager, comp = models
     before, _ = _counters()
-    ref = generate(eager, HeadDrafter(head, eager, depth=DEPTH), PROMPT, max_new_tokens=NEW,
+    ref = generate(eager, HeadDrafter(head, eager, depth=DEPTH, fuse_projections=False), PROMPT, max_new_tokens=NEW,
                    budget=BUDGET, width=WIDTH)
     got = generate(comp, HeadDrafter(head, comp, depth=DEPTH), PROMPT, max_new_tokens=NEW,
                    budget=BUDGET, width=WIDTH)
@@ -132,8 +133,9 @@ def test_compiled_forward_matches_eager(models, N):
 def test_compiled_drafter_matches_eager(models):
     """The head's block forward (draft logits, block KV) and context extension (context KV)."""
     _, head, eager, comp = models
-    de, dc = HeadDrafter(head, eager, depth=DEPTH), HeadDrafter(head, comp, depth=DEPTH)
-    assert dc.compiled and not de.compiled
+    de = HeadDrafter(head, eager, depth=DEPTH, fuse_projections=False)  # the layers' own forward
+    dc = HeadDrafter(head, comp, depth=DEPTH)  # fused q|k|v, gate|up, context k|v (the default)
+    assert dc.compiled and not de.compiled and dc.fused and not de.fused
     S = _cache_len(BUDGET)  # the generate test's shapes: no new compilation
     g = torch.Generator().manual_seed(7)
     ctx = de.new_context(1, S)

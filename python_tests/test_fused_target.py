@@ -151,6 +151,19 @@ def test_fallback_unexpected_module():
     model.model.layers[1].mlp.up_proj.register_forward_hook(lambda m, i, o: o)
     t = Target(model, [0])
     assert not t.fused and "layer 1" in t.fuse_note
+    # a hook on the attention / MLP module: HF's layer.forward calls it, the fused layer would not
+    for where in ("self_attn", "mlp"):
+        model = _model()
+        getattr(model.model.layers[0], where).register_forward_pre_hook(lambda m, a: None)
+        t = Target(model, [0])
+        assert not t.fused and "hooks" in t.fuse_note, where
+    # transformers' own output-capturing hooks (installed by a forward with
+    # output_hidden_states=True and kept) do not make the target fall back
+    model = _model()
+    model(torch.tensor([[1, 2, 3]]), output_hidden_states=True)
+    hooked = [n for n, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks]
+    t = Target(model, [0])
+    assert t.fused, (t.fuse_note, hooked)
 
 
 def test_refuse_after_weights_replaced():
@@ -168,3 +181,19 @@ def test_refuse_after_weights_replaced():
     torch.testing.assert_close(kv_f, kv, **TOL)
     a = model.model.layers[0].self_attn
     assert a.q_proj.weight.untyped_storage().data_ptr() == a.k_proj.weight.untyped_storage().data_ptr()
+
+
+def test_fused_model_built_in_inference_mode():
+    """Parameters created under torch.inference_mode are inference tensors: the fused tensor is
+    made one too (a Parameter's .data switching kind breaks every later call of the module)."""
+    with torch.inference_mode():
+        model = _model()
+        assert model.model.layers[0].self_attn.q_proj.weight.is_inference()
+    ref = Target(model, [0], fuse_projections=False)
+    fus = Target(model, [0])
+    assert fus.fused
+    (lr, _), (lf, _), kv, kv_f = _forward_both(ref, fus, 8)
+    torch.testing.assert_close(lf, lr, **TOL)
+    torch.testing.assert_close(kv_f, kv, **TOL)
+    with torch.inference_mode():
+        model(torch.tensor([PROMPT]))  # HF's own forward on the view weights still works

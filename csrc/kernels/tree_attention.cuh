@@ -571,14 +571,15 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
 // (num_splits + 1) x rows weights. The result does not depend on which CTA arrives last: the
 // splits are combined in index order. Empty splits (lse = -inf) are dropped by a select, never
 // by a multiply (their O partial is never written).
+// `counters[tile]` counts the finished CTAs of this row tile (the decode kernel, one tile per
+// (batch row, KV head), passes its own buffer and tile = bh).
 template <int D, typename T, int kThreads>
-__device__ __forceinline__ void merge_tile_if_last(const Params& p, int bh, int m_base, int bm,
-                                                   float* scratch) {
+__device__ __forceinline__ void merge_tile_if_last(const Params& p, int* counters, int tile, int bh,
+                                                   int m_base, int bm, float* scratch) {
   __shared__ int s_last;
   __threadfence();  // this CTA's partials are visible device-wide before it counts itself done
   __syncthreads();
-  const int tile = bh * gridDim.x + blockIdx.x;
-  if (threadIdx.x == 0) s_last = atomicAdd(&p.split_counters[tile], 1) == p.num_splits - 1;
+  if (threadIdx.x == 0) s_last = atomicAdd(&counters[tile], 1) == p.num_splits - 1;
   __syncthreads();
   if (!s_last) return;
   __threadfence();
@@ -641,7 +642,7 @@ __device__ __forceinline__ void merge_tile_if_last(const Params& p, int bh, int 
     packed.y = TypeTraits<T>::pack(acc[2] * inv, acc[3] * inv);
     *reinterpret_cast<uint2*>(dst) = packed;
   }
-  if (threadIdx.x == 0) p.split_counters[tile] = 0;
+  if (threadIdx.x == 0) counters[tile] = 0;  // ready for the next launch (and graph replay)
 }
 
 template <int D, typename T, int NWARPS>
@@ -691,7 +692,8 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
         p.lse_part[((int64_t)split * p.B * p.Hkv + bh) * p.rows + grow] = -INFINITY;
     }
     if (p.split_counters != nullptr)
-      merge_tile_if_last<D, T, kThreads>(p, bh, m_base, kBM, reinterpret_cast<float*>(smem));
+      merge_tile_if_last<D, T, kThreads>(p, p.split_counters, bh * gridDim.x + blockIdx.x, bh, m_base, kBM,
+                                         reinterpret_cast<float*>(smem));
     return;
   }
   const int n_tiles = t_end - t_begin;
@@ -937,7 +939,8 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
     }
   }
   if (p.num_splits > 1 && p.split_counters != nullptr)
-    merge_tile_if_last<D, T, kThreads>(p, bh, m_base, kBM, reinterpret_cast<float*>(smem));
+    merge_tile_if_last<D, T, kThreads>(p, p.split_counters, bh * gridDim.x + blockIdx.x, bh, m_base, kBM,
+                                         reinterpret_cast<float*>(smem));
 }
 
 // ---------------------------------------------------------------------------------------------

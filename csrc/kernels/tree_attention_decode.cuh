@@ -49,9 +49,7 @@ struct DecodeSmem {
   float m[RP];                       // running max (log2 units)
   float l[RP];                       // running sum
   float alpha[RP];                   // rescale of the accumulators for the current tile
-  float w[kDecMaxSplits][RP];        // merge: weight of each split's partial
   alignas(16) float red[DecodeShape<D, RP>::KG][RP][D];  // PV key-group partial sums
-  int last;                          // this CTA merges the splits
 };
 
 __device__ __forceinline__ void unpack8(const uint4& raw, float (&f)[8], __nv_bfloat16) {
@@ -263,53 +261,11 @@ __global__ void __launch_bounds__(kDecThreads)
     }
   }
   if (p.num_splits == 1 || counters == nullptr) return;
-  // The last CTA of this (batch row, KV head) merges (threadFenceReduction pattern).
-  __threadfence();
-  __syncthreads();
-  if (t == 0) sm.last = atomicAdd(&counters[bh], 1) == p.num_splits - 1;
-  __syncthreads();
-  if (!sm.last) return;
-  __threadfence();
-  // Merge. Every load is issued before any is used (the partials sit in L2; a load-use chain
-  // per split would cost one L2 latency each): the lse values first, one per thread, then the
-  // weights per row, then the O partials with all splits of an output in flight.
-  const int ns = p.num_splits;
-  for (int i = t; i < ns * rows; i += kDecThreads) {
-    const int sp = i / rows, r = i - sp * rows;
-    sm.w[sp][r] = __ldcg(p.lse_part + sp * split_stride + bh_rows + r);
-  }
-  __syncthreads();
-  if (t < rows) {
-    float mx = -INFINITY;
-    for (int sp = 0; sp < ns; ++sp) mx = fmaxf(mx, sm.w[sp][t]);
-    float wsum = 0.f;
-    for (int sp = 0; sp < ns; ++sp) {
-      const float w = (mx == -INFINITY || sm.w[sp][t] == -INFINITY) ? 0.f : __expf(sm.w[sp][t] - mx);
-      sm.w[sp][t] = w;
-      wsum += w;
-    }
-    const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
-    for (int sp = 0; sp < ns; ++sp) sm.w[sp][t] *= inv;
-    const int n = t / G, hq = h * G + (t - n * G);
-    p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = wsum > 0.f ? mx + __logf(wsum) : -INFINITY;
-  }
-  __syncthreads();
-  for (int i = t; i < rows * D; i += kDecThreads) {
-    const int r = i / D, d = i - r * D;
-    float part[kDecMaxSplits];
-#pragma unroll
-    for (int sp = 0; sp < kDecMaxSplits; ++sp)
-      part[sp] = sp < ns ? __ldcg(p.o_part + ((int64_t)sp * split_stride + bh_rows + r) * D + d) : 0.f;
-    float o = 0.f;
-#pragma unroll
-    for (int sp = 0; sp < kDecMaxSplits; ++sp) {
-      const float w = sp < ns ? sm.w[sp][r] : 0.f;
-      o += w > 0.f ? w * part[sp] : 0.f;  // a select, not 0 * v
-    }
-    const int n = r / G, hq = h * G + (r - n * G);
-    static_cast<T*>(p.out)[(((int64_t)b * p.N + n) * p.Hq + hq) * D + d] = from_f<T>(o);
-  }
-  if (t == 0) counters[bh] = 0;  // ready for the next call (and graph replay)
+  // The last CTA of this (batch row, KV head) merges, with the tensor-core kernels' in-launch
+  // merge (one row tile per (batch row, KV head)); the PV partial sums are dead by now, their
+  // shared memory holds the merge weights.
+  static_assert(sizeof(sm.red) >= (kDecMaxSplits + 1) * RP * sizeof(float), "merge scratch");
+  merge_tile_if_last<D, T, kDecThreads>(p, counters, bh, bh, 0, rows, &sm.red[0][0][0]);
 }
 
 }  // namespace tree_attn

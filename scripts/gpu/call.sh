@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One device call: build for sm_90a, then the steps named in STEPS (space separated), each with
+# its own timeout, logs under $OUT. Usage on the H200: STEPS="tests probe bt dec" bash scripts/gpu/call.sh
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+export CC=/usr/bin/gcc CXX=/usr/bin/g++ CUDA_HOME=/usr/local/cuda JETSPEC_CUDA_ARCHS=90a MAX_JOBS=16
+export PATH=$CUDA_HOME/bin:$PATH JETSPEC_DATA=$PWD/.carry/data PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+T0=$(date +%s)
+el() { echo "[$(( $(date +%s) - T0 )) s]"; }
+if [ ! -f jetspec_ext/_C.abi3.so ] || [ "${REBUILD:-1}" = 1 ]; then
+  python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; echo BUILD FAILED; exit 1; }
+fi
+echo "build done $(el)"; grep -E "spill" "$OUT/build.log" | grep -v " 0 bytes spill" | sort | uniq -c | head
+for s in ${STEPS:-}; do
+  case $s in
+    tests) # TEST1..TEST4: one pytest argument string each, e.g. TEST1='test_x.py -k "a or b"'
+           for v in TEST1 TEST2 TEST3 TEST4; do
+             [ -n "${!v:-}" ] || continue
+             (cd python_tests && eval timeout ${T_TESTS:-200} python3 -m pytest -q -p no:cacheprovider ${!v} > "$OUT/pytest_$v.log" 2>&1; echo "pytest $v rc $?")
+             grep -E "FAILED|ERROR|passed|failed" "$OUT/pytest_$v.log" | tail -15
+           done ;;
+    probe) timeout ${T_PROBE:-90} python3 benchmarks/probe_decode_attention.py --merge > "$OUT/probe.log" 2>&1; echo "probe rc $?"; tail -40 "$OUT/probe.log" ;;
+    bt) JETSPEC_BENCH_JSON=$OUT/bt.jsonl timeout ${T_BT:-90} python3 benchmarks/bench_build_tree.py > "$OUT/bt.log" 2>&1; echo "bt rc $?"; tail -30 "$OUT/bt.log" ;;
+    dec) timeout ${T_DEC:-240} python3 benchmarks/bench_decoder.py ${DEC_ARGS} > "$OUT/dec.log" 2>&1; echo "dec rc $?"; tail -60 "$OUT/dec.log" ;;
+    dec2) timeout ${T_DEC2:-240} python3 benchmarks/bench_decoder.py ${DEC2_ARGS} > "$OUT/dec2.log" 2>&1; echo "dec2 rc $?"; tail -60 "$OUT/dec2.log" ;;
+    *) echo "unknown step $s" ;;
+  esac
+  echo "step $s done $(el)"
+done

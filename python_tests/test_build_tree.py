@@ -505,6 +505,7 @@ EMU_CASES = [
     (1, 5, 777, 5, 100, torch.float32, 0.7),
     (2, 2, 9999, 8, 70, torch.bfloat16, 1.0),
     (1, 4, 300, 16, 300, torch.bfloat16, 1.0),
+    (1, 3, 8192 + 300, 7, 60, torch.bfloat16, 0.6),  # two tiles, a temperature on 16-bit logits
 ]
 
 

@@ -513,18 +513,58 @@ __global__ void __launch_bounds__(kStatsThreads, 4)  // <= 64 registers: 4 block
   }
 }
 
+// Maximum of a thread's logits (NaN skipped, like fmaxf): 16-bit types as packed pairs (one
+// max.bf16x2 / max.f16x2 per two logits instead of two conversions and two fmaxf).
+template <typename T, int VPT>
+__device__ __forceinline__ float thread_max(const uint4 (&raw)[VPT]) {
+  if constexpr (std::is_same_v<T, float>) {
+    float m = -INFINITY;
+#pragma unroll
+    for (int u = 0; u < VPT; ++u)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) m = fmaxf(m, vec_elem<T>(raw[u], j));
+    return m;
+  } else {
+    using T2 = std::conditional_t<std::is_same_v<T, __half>, __half2, __nv_bfloat162>;
+    const T ninf = from_float<T>(-INFINITY);
+    T2 acc;
+    acc.x = ninf;
+    acc.y = ninf;
+#pragma unroll
+    for (int u = 0; u < VPT; ++u) {
+      const T2* p = reinterpret_cast<const T2*>(&raw[u]);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc = __hmax2(acc, p[j]);
+    }
+    return fmaxf(to_float(acc.x), to_float(acc.y));
+  }
+}
+
+// A raw threshold r with: round(x * inv_t) >= tau  implies  x >= r (inv_t > 0). The margins
+// (1e-6 relative, far above the rounding of one product and one quotient) only let a few more
+// logits reach the exact test. -inf when tau is -inf or the bound is not a finite number.
+__device__ __forceinline__ float raw_threshold_below(float tau, float inv_t) {
+  const float t = tau - (fabsf(tau) * 1e-6f + 1e-30f);
+  float r = t / inv_t;
+  r -= fabsf(r) * 1e-6f;
+  return isfinite(r) ? r : -INFINITY;
+}
+
 // Variant 2 of the tiled stats kernel (the default; JETSPEC_BUILD_TREE_STATS=v1 selects the one
-// above). Same loads, same candidate filter and ranking, same record; what changes is the sum:
-// the block maximum M is agreed first (it falls out of the per-warp sort that gives tau: lane 0
-// holds the warp's largest thread maximum) and every thread sums exp(x - M) directly, so the
-// (max, sum) merge chain (two accurate expf per shuffle level and per warp) disappears, and the
-// block needs two barriers instead of three. Why: at batch 8 the tiled kernel ran at 1.28 TB/s,
-// 5.8 waves of blocks whose lifetime is their own serial latency (one wave at batch 1 takes about
-// as long as the whole batch-1 kernel); shortening a block's critical path is what raises the
-// throughput. Numerics: the sum is the same series in a different order and relative to the
-// block maximum instead of the thread maximum (terms below 2^-126 of the maximum flush to zero,
-// as they did relative to a thread maximum); non-finite maxima and NaN logits take the exact path
-// as before.
+// above). Same loads, candidate threshold, ranking and record; a shorter critical path per block.
+// Why: at batch 8 v1 ran at 1.28 TB/s, 5.8 waves of blocks whose lifetime is their own serial
+// latency (one wave at batch 1 takes about as long as the whole batch-1 kernel), and Nsight
+// Compute put the largest stall at the barrier after the candidate loop. Changes:
+//   - the block maximum M is agreed at the first barrier (lane 0 of the per-warp sort that gives
+//     tau holds the warp maximum) and every thread sums exp(x - M) directly: no (max, sum) merge
+//     chain (two accurate expf per shuffle level and per warp); two barriers instead of three;
+//   - 16-bit logits: the thread maximum on packed pairs (max.bf16x2);
+//   - the candidate test rides in the exp pass as one compare and one bit per logit against a raw
+//     threshold at or below tau (so a temperature costs no multiply there); only the few set bits
+//     are re-read (L1) and tested exactly, instead of a branchy 32-step loop in every warp.
+// Numerics: the sum is the same series in a different order and relative to the block maximum
+// instead of the thread maximum (terms below 2^-126 of the maximum flush to zero, as they did
+// relative to a thread maximum); non-finite maxima and NaN logits take the exact path as before.
 template <typename T, int K>
 __global__ void __launch_bounds__(kStatsThreads, 4)  // <= 64 registers: 4 blocks (32 warps) per SM
     build_tree_stats_tile_v2_kernel(const T* __restrict__ logits, int V, int S, int W, float inv_t,
@@ -544,10 +584,11 @@ __global__ void __launch_bounds__(kStatsThreads, 4)  // <= 64 registers: 4 block
   const bool aligned = (reinterpret_cast<uintptr_t>(rp) & 15u) == 0;
 
   uint4 raw[VPT];
+  const bool whole = aligned && hi - lo == kTileElems;  // uniform: no per-vector bounds checks
 #pragma unroll
   for (int u = 0; u < VPT; ++u) {
     const int id0 = lo + (u * kStatsThreads + tid) * VEC;
-    if (aligned && id0 + VEC <= hi) {
+    if (whole || (aligned && id0 + VEC <= hi)) {
       raw[u] = __ldg(reinterpret_cast<const uint4*>(rp + id0));
     } else {  // unaligned row or the end of the row: scalar loads, -inf beyond it
       T* e = reinterpret_cast<T*>(&raw[u]);
@@ -555,12 +596,8 @@ __global__ void __launch_bounds__(kStatsThreads, 4)  // <= 64 registers: 4 block
       for (int j = 0; j < VEC; ++j) e[j] = id0 + j < hi ? rp[id0 + j] : from_float<T>(-INFINITY);
     }
   }
-  // Thread maximum (fmaxf skips NaN), scaled like every logit (x * inv_t is monotone).
-  float mraw = -INFINITY;
-#pragma unroll
-  for (int u = 0; u < VPT; ++u)
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) mraw = fmaxf(mraw, vec_elem<T>(raw[u], j));
+  // Thread maximum (NaN skipped), scaled like every logit (x * inv_t is monotone).
+  const float mraw = thread_max<T, VPT>(raw);
   const float m = scale ? __fmul_rn(mraw, inv_t) : mraw;
 
   // Warp: sort the thread maxima (descending): lane W-1 holds tau_w (the W-th largest), lane 0
@@ -602,32 +639,36 @@ __global__ void __launch_bounds__(kStatsThreads, 4)  // <= 64 registers: 4 block
   }
   const float tau_f = ord_val(tau);
 
-  // Sum of exp(x - M) = 2^(x * c - M * log2 e), c = log2 e (times 1/T when scaling).
+  // One pass: the sum of exp(x - M) = 2^(x * c - M * log2 e), c = log2 e (times 1/T when
+  // scaling), and a bit per logit that may be a candidate (raw x >= r_lo, a threshold at or below
+  // every raw logit whose scaled value reaches tau; the exact test is made when appending).
   constexpr float kLog2e = 1.4426950408889634f;
   const float c = scale ? inv_t * kLog2e : kLog2e;
   const float mb = -M * kLog2e;
+  const float r_lo = scale ? raw_threshold_below(tau_f, inv_t) : tau_f;
   float s = 0.0f;
+  uint32_t cmask = 0u;
 #pragma unroll
   for (int u = 0; u < VPT; ++u)
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) s += fast_exp2(fmaf(vec_elem<T>(raw[u], j), c, mb));
-
-  // Append the candidates (x >= tau_f): only threads whose maximum reaches tau have any.
-  if (m >= tau_f) {
-#pragma unroll
-    for (int u = 0; u < VPT; ++u) {
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        float x = vec_elem<T>(raw[u], j);
-        if (scale) x = __fmul_rn(x, inv_t);
-        const int id = lo + (u * kStatsThreads + tid) * VEC + j;
-        if (x >= tau_f && id < hi) {
-          const int pos = atomicAdd(&sh_count, 1);
-          if (pos < kCandCap)
-            sh_cand[pos] = (static_cast<unsigned long long>(ord_key(x)) << 32) |
-                           static_cast<uint32_t>(~static_cast<uint32_t>(id));
-        }
-      }
+    for (int j = 0; j < VEC; ++j) {
+      const float x = vec_elem<T>(raw[u], j);
+      s += fast_exp2(fmaf(x, c, mb));
+      cmask |= x >= r_lo ? 1u << (u * VEC + j) : 0u;
+    }
+  // Append the candidates (scaled x >= tau_f), re-read from L1 by the few threads that have any.
+  while (cmask != 0u) {
+    const int b = __ffs(cmask) - 1;
+    cmask &= cmask - 1u;
+    const int id = lo + ((b / VEC) * kStatsThreads + tid) * VEC + b % VEC;
+    if (id >= hi) continue;
+    float x = to_float(rp[id]);
+    if (scale) x = __fmul_rn(x, inv_t);
+    if (x >= tau_f) {
+      const int pos = atomicAdd(&sh_count, 1);
+      if (pos < kCandCap)
+        sh_cand[pos] = (static_cast<unsigned long long>(ord_key(x)) << 32) |
+                       static_cast<uint32_t>(~static_cast<uint32_t>(id));
     }
   }
   // Warp sum; a NaN logit turns it NaN (then the whole block takes the exact path).

@@ -566,7 +566,7 @@ __device__ __forceinline__ float raw_threshold_below(float tau, float inv_t) {
 // instead of the thread maximum (terms below 2^-126 of the maximum flush to zero, as they did
 // relative to a thread maximum); non-finite maxima and NaN logits take the exact path as before.
 template <typename T, int K>
-__global__ void __launch_bounds__(kStatsThreads, 4)  // <= 64 registers: 4 blocks (32 warps) per SM
+__global__ void __launch_bounds__(kStatsThreads, 5)  // <= 48 registers: 5 blocks (40 warps) per SM
     build_tree_stats_tile_v2_kernel(const T* __restrict__ logits, int V, int S, int W, float inv_t,
                                     bool scale, float2* __restrict__ part_ms,
                                     uint2* __restrict__ part_keys) {
@@ -671,7 +671,9 @@ __global__ void __launch_bounds__(kStatsThreads, 4)  // <= 64 registers: 4 block
                        static_cast<uint32_t>(~static_cast<uint32_t>(id));
     }
   }
-  // Warp sum; a NaN logit turns it NaN (then the whole block takes the exact path).
+  // Warp sum; a NaN logit turns it NaN (then the whole block takes the exact path). The append
+  // loop above diverges: reconverge first, or the shuffles compile to a collective loop.
+  __syncwarp();
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(kFull, s, off);
   if (lane == 0) {

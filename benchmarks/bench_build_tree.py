@@ -3,8 +3,7 @@
 Columns: ``us`` = our op, CUDA-graph replay (as in the decoder's graphed round); ``eager_us`` =
 our op launched eagerly; ``host_heap_us`` = the public JetSpec path (PyTorch log_softmax + topk
 on the GPU, copy to the host, Python heap, NumPy ancestor mask, copy back); ``lsm_topk_us`` =
-PyTorch log_softmax + topk alone; ``stats_v1_us`` = our op with the earlier tiled stats kernel
-(JETSPEC_BUILD_TREE_STATS=v1; A/B in the same run). ``floor_us`` = one read of the logits at 4.3 TB/s.
+PyTorch log_softmax + topk alone. ``floor_us`` = one read of the logits at 4.3 TB/s.
 Targets (H200, D=20, V=151936 bf16, W=7, N=256): <= 25 us at batch 1, batch 8 <= 2x batch 1.
 
 Run from the repo root: ``python benchmarks/bench_build_tree.py`` (on the CPU it runs a small
@@ -19,7 +18,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jetspec_ext  # noqa: E402
-from benchmarks.harness import kernel_breakdown, measure, print_breakdown, print_table, time_us  # noqa: E402
+from benchmarks.harness import kernel_breakdown, measure, print_breakdown, print_table  # noqa: E402
 from jetspec_ext.reference.build_tree import ancestor_mask, expand_row  # noqa: E402
 
 
@@ -89,26 +88,16 @@ def main():
                 "host_heap": lambda: host_heap_path(logits, roots, W, N, policy),
                 "lsm_topk": lambda: lsm_topk(logits, W),
             })
-        if cuda and V <= 32 * 8192:
-            # A/B in the same run: the earlier tiled stats kernel (JETSPEC_BUILD_TREE_STATS=v1)
-            os.environ["JETSPEC_BUILD_TREE_STATS"] = "v1"
-            try:
-                row["stats_v1_us"] = time_us(fn, warmup, iters, None, True)
-                if D == 20 and N == 256 and dtype == torch.bfloat16 and B in (1, 8):
-                    print_breakdown(row["shape"] + " [stats v1]", kernel_breakdown(fn))
-            finally:
-                os.environ.pop("JETSPEC_BUILD_TREE_STATS", None)
         rows.append(row)
         if cuda and D == 20 and N == 256 and dtype == torch.bfloat16 and B in (1, 8):
             print_breakdown(row["shape"], kernel_breakdown(fn))
-    for col, what in (("us", "default stats kernel (v2)"), ("stats_v1_us", "stats kernel v1")):
-        by = {r["shape"]: r[col] for r in rows if col in r}
-        for pol in ("accum", "topn"):
-            b1 = by.get(f"B1 D20 V151936 W7 N256 {pol} bfloat16")
-            b8 = by.get(f"B8 D20 V151936 W7 N256 {pol} bfloat16")
-            if b1 and b8:
-                print(f"# {pol}, {what}: batch 8 / batch 1 = {b8 / b1:.2f} (target <= 2); batch 1 = "
-                      f"{b1:.1f} us (target <= 25 us)")
+    by = {r["shape"]: r["us"] for r in rows}
+    for pol in ("accum", "topn"):
+        b1 = by.get(f"B1 D20 V151936 W7 N256 {pol} bfloat16")
+        b8 = by.get(f"B8 D20 V151936 W7 N256 {pol} bfloat16")
+        if b1 and b8:
+            print(f"# {pol}: batch 8 / batch 1 = {b8 / b1:.2f} (target <= 2); batch 1 = {b1:.1f} us"
+                  f" (target <= 25 us)")
     print_table(rows)
 
 

@@ -401,12 +401,9 @@ def test_cuda_graph_capture(policy):
 
 
 @requires_cuda
-@pytest.mark.parametrize("stats", ["v2", "v1"])
-def test_cuda_matches_cpu_op_jetspec_shape(stats, monkeypatch):
-    """The benchmark shape: CUDA vs the CPU op (both against the reference rules), with each
-    tiled stats kernel (JETSPEC_BUILD_TREE_STATS; v2 is the default), including a temperature,
-    NaN and +-inf logits and an all -inf depth row (the exact fallback inside the kernel)."""
-    monkeypatch.setenv("JETSPEC_BUILD_TREE_STATS", stats)
+def test_cuda_matches_cpu_op_jetspec_shape():
+    """The benchmark shape: CUDA vs the CPU op (both against the reference rules), then with a
+    temperature, NaN and +-inf logits and an all -inf depth row (the stats kernel's exact path)."""
     x = _logits(8, 20, 151936, torch.bfloat16, "cuda", seed=11)
     roots = torch.arange(8, device="cuda")
     for policy in ("accum", "topn"):
@@ -422,13 +419,6 @@ def test_cuda_matches_cpu_op_jetspec_shape(stats, monkeypatch):
         check_invariants(out, x.cpu(), roots.cpu(), 7, 256, "accum")
         assert_matches_reference(out, x, roots, 7, 256, "accum", T)
 
-
-@requires_cuda
-def test_cuda_bad_stats_env(monkeypatch):
-    monkeypatch.setenv("JETSPEC_BUILD_TREE_STATS", "fast")
-    x = _logits(1, 2, 1000, torch.bfloat16, "cuda", seed=1)
-    with pytest.raises(RuntimeError, match="JETSPEC_BUILD_TREE_STATS"):
-        op(x, torch.tensor([0], device="cuda"), 2, 8, "accum")
 
 
 # ---- The CUDA kernel source, emulated on the host (one std::thread per CUDA thread) ----------
@@ -473,12 +463,10 @@ TILE_ELEMS = 8192  # kTileElems of csrc/kernels/build_tree.cuh
 
 def _emu_build_tree(lib, x, roots, W, N, policy, T=1.0, sms=132, tiled=None):
     """Runs the two CUDA kernels on the host with the launcher's slice count and choice of stats
-    kernel (tiled v2 for V <= 32 * TILE_ELEMS; `tiled=False` forces the streaming kernel,
-    `tiled=1` the tiled v1 kernel)."""
+    kernel (tiled for V <= 32 * TILE_ELEMS; `tiled=False` forces the streaming kernel)."""
     B, D, V = x.shape
     if tiled is None:
-        tiled = 2 if V <= 32 * TILE_ELEMS else 0
-    tiled = 2 if tiled is True else int(tiled)
+        tiled = V <= 32 * TILE_ELEMS
     if tiled:
         S = -(-V // TILE_ELEMS)
     else:
@@ -509,7 +497,7 @@ EMU_CASES = [
 ]
 
 
-@pytest.mark.parametrize("stats", ["tiled", "tiled_v1", "streaming"])
+@pytest.mark.parametrize("stats", ["tiled", "streaming"])
 @pytest.mark.parametrize("policy", ["accum", "topn"])
 @pytest.mark.parametrize("case", EMU_CASES, ids=lambda c: "B{}D{}V{}W{}N{}".format(*c[:5]))
 def test_cuda_kernels_emulated(emu_lib, case, policy, stats):
@@ -519,15 +507,13 @@ def test_cuda_kernels_emulated(emu_lib, case, policy, stats):
     x[-1, -1, [2, 5]] = float("inf")
     x[0, 1] = float("-inf")  # an all -inf row: uniform (the x == m rule)
     roots = torch.arange(B) + 1
-    out = _emu_build_tree(emu_lib, x, roots, W, N, policy, T,
-                          tiled={"tiled": 2, "tiled_v1": 1, "streaming": 0}[stats])
+    out = _emu_build_tree(emu_lib, x, roots, W, N, policy, T, tiled=stats == "tiled")
     check_invariants(out, x, roots, W, N, policy, approx=True)
     assert_matches_reference(out, x, roots, W, N, policy, T, exact=False)
 
 
-@pytest.mark.parametrize("variant", [2, 1])
 @pytest.mark.parametrize("W", [1, 7, 16])
-def test_cuda_tiled_stats_emulated_ties(emu_lib, W, variant):
+def test_cuda_tiled_stats_emulated_ties(emu_lib, W):
     """The tiled stats kernel's candidate filter under heavy ties (constant rows overflow the
     candidate buffer and take the exact fallback; quantised rows tie at the threshold), with
     odd V (unaligned rows: scalar loads) and V spanning several tiles."""
@@ -537,7 +523,7 @@ def test_cuda_tiled_stats_emulated_ties(emu_lib, W, variant):
     x[0, 1] = 0.0  # constant row: every element ties
     roots = torch.tensor([3])
     for policy in ("accum", "topn"):
-        out = _emu_build_tree(emu_lib, x, roots, W, N, policy, tiled=variant)
+        out = _emu_build_tree(emu_lib, x, roots, W, N, policy)
         check_invariants(out, x, roots, W, N, policy, approx=True)
         assert_matches_reference(out, x, roots, W, N, policy, exact=False)
 

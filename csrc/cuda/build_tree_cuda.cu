@@ -5,9 +5,6 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <string>
-
 #include <algorithm>
 
 #include "build_tree_common.h"
@@ -28,16 +25,6 @@ int sm_count(int device) {
     counts[device] = n > 0 ? n : 132;
   }
   return counts[device];
-}
-
-// Which tiled stats kernel: 2 (build_tree_stats_tile_v2_kernel, the default) or 1 (the earlier
-// build_tree_stats_tile_kernel), from JETSPEC_BUILD_TREE_STATS=v1|v2 (A/B timing and tests).
-int tiled_stats_variant() {
-  const char* env = std::getenv("JETSPEC_BUILD_TREE_STATS");
-  if (env == nullptr || *env == '\0') return 2;
-  const std::string v(env);
-  TORCH_CHECK(v == "v1" || v == "v2", "JETSPEC_BUILD_TREE_STATS must be v1 or v2, got '", v, "'");
-  return v == "v1" ? 1 : 2;
 }
 
 template <typename T, int K>
@@ -66,11 +53,8 @@ void launch(const at::Tensor& logits, const at::Tensor& roots, int W, int N, int
   cudaStream_t stream = current_stream();
   const float inv_t = build_tree_inv_temperature(temperature);
   const T* x = reinterpret_cast<const T*>(logits.data_ptr());
-  if (tiled && tiled_stats_variant() == 1)
+  if (tiled)
     k::build_tree_stats_tile_kernel<T, K><<<dim3(S, rows), k::kStatsThreads, 0, stream>>>(
-        x, V, S, W, inv_t, temperature != 1.0, part_ms, part_keys);
-  else if (tiled)
-    k::build_tree_stats_tile_v2_kernel<T, K><<<dim3(S, rows), k::kStatsThreads, 0, stream>>>(
         x, V, S, W, inv_t, temperature != 1.0, part_ms, part_keys);
   else
     k::build_tree_stats_kernel<T, K><<<dim3(S, rows), k::kStatsThreads, 0, stream>>>(

@@ -283,22 +283,27 @@ __global__ void __launch_bounds__(kStatsThreads)
 // ---------------------------------------------------------------------------------------------
 // Kernel 1 (tiled, V <= kTileElems * kMaxSplits): block (split, row) owns the kTileElems logits
 // [split * kTileElems, ...) of one row, 32 per thread, all loaded at once (every load in flight
-// before any use) and kept as raw 16-byte vectors (16 registers for 16-bit logits, so 4 blocks
-// fit per SM). Missing elements of a partial tile read as -inf. The fast path costs about six
-// instructions per logit (the old per-thread top-K insertion sort cost ~33 and made the kernel
-// issue-bound):
-//   pass 1: thread maximum m_t of the raw logits (the temperature scaling is monotone, so the
-//           scaled maximum is the scaled raw maximum, exactly);
-//   pass 2: sum of exp(x - m_t) with ex2.approx (the sum only feeds logS; see the header note);
-//   filter: tau_w = the W-th largest thread maximum of warp w (bitonic sort over the lanes). W
-//           distinct elements of the tile reach tau_w, so the tile's W-th best is >= tau =
-//           max_w tau_w and every element of the tile's top-W is >= tau. Only threads whose
-//           maximum reaches tau look at their elements; those >= tau (typically a few W per
-//           tile) are appended to shared memory and ranked by counting larger keys (keys
-//           (ord(x), ~id) are unique); ranks < W are written out in order.
+// before any use) and kept as raw 16-byte vectors (16 registers for 16-bit logits; <= 48
+// registers in all, so 5 blocks fit per SM). Missing elements of a partial tile read as -inf.
+//   max:    thread maximum m_t of the raw logits (16-bit: packed max.bf16x2 / max.f16x2; the
+//           temperature scaling is monotone, so the scaled maximum is the scaled raw maximum);
+//   filter: tau_w = the W-th largest thread maximum of warp w (bitonic sort over the lanes; lane
+//           0 then holds the warp maximum). W distinct elements of the tile reach tau_w, so the
+//           tile's W-th best is >= tau = max_w tau_w and every element of the tile's top-W is
+//           >= tau. Barrier 1 agrees tau and the block maximum M;
+//   sum:    one pass: sum of exp(x - M) with ex2.approx (the sum only feeds logS; see the header
+//           note) and one bit per logit that may reach tau (raw x >= a raw threshold at or below
+//           every raw logit whose scaled value reaches tau, so a temperature costs no multiply
+//           here); the few set bits are re-read (L1), tested exactly, appended to shared memory
+//           (typically a few W per tile) and, after barrier 2, ranked by counting larger keys
+//           (keys (ord(x), ~id) are unique); ranks < W are written out in order, with (M, sum).
+// Why this shape: the kernel is bound by each block's serial latency, not by DRAM (5.8 waves of
+// blocks at batch 8); Nsight Compute and A/B timings on the H200 drove the earlier version's
+// (max, sum) merge chain, third barrier and branchy candidate loop out (batch-8 kernel 37.9 ->
+// 23.7 us, benchmarks/RESULTS.md).
 // Exact path (the streaming kernel's per-element rules: NaN -> -inf, exp_rel, top-K insertion),
-// taken by the whole block when a thread sees a NaN logit (the fast sum turns NaN) or a +inf
-// maximum, or when more than kCandCap elements reach tau (massive ties, e.g. constant logits).
+// taken by the whole block when the block maximum is not finite, a thread's sum is NaN (a NaN
+// logit), or more than kCandCap elements reach tau (massive ties, e.g. constant logits).
 // ---------------------------------------------------------------------------------------------
 // The exact path is rare: keep it out of line so the fast path's registers are not sized for it.
 #if defined(__CUDACC__)
@@ -356,163 +361,6 @@ __device__ JETSPEC_BT_NOINLINE void stats_tile_exact(const T* __restrict__ rp, i
   block_finish<K>(m, s, tv, ti, rec, part_ms, part_keys);
 }
 
-template <typename T, int K>
-__global__ void __launch_bounds__(kStatsThreads, 4)  // <= 64 registers: 4 blocks (32 warps) per SM
-    build_tree_stats_tile_kernel(const T* __restrict__ logits, int V, int S, int W, float inv_t,
-                                 bool scale, float2* __restrict__ part_ms,
-                                 uint2* __restrict__ part_keys) {
-  constexpr int VEC = 16 / sizeof(T);
-  constexpr int VPT = kTileEPT / VEC;  // 16-byte vectors per thread
-  constexpr int NWARP = kStatsThreads / 32;
-  static_assert(kTileEPT % VEC == 0, "tile must be whole vectors per thread");
-  const int split = blockIdx.x;
-  const int64_t row = blockIdx.y;
-  const int64_t rec = row * S + split;
-  const T* rp = logits + row * static_cast<int64_t>(V);
-  const int lo = split * kTileElems;
-  const int hi = min(V, lo + kTileElems);
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const bool aligned = (reinterpret_cast<uintptr_t>(rp) & 15u) == 0;
-
-  uint4 raw[VPT];
-#pragma unroll
-  for (int u = 0; u < VPT; ++u) {
-    const int id0 = lo + (u * kStatsThreads + tid) * VEC;
-    if (aligned && id0 + VEC <= hi) {
-      raw[u] = __ldg(reinterpret_cast<const uint4*>(rp + id0));
-    } else {  // unaligned row or the end of the row: scalar loads, -inf beyond it
-      T* e = reinterpret_cast<T*>(&raw[u]);
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) e[j] = id0 + j < hi ? rp[id0 + j] : from_float<T>(-INFINITY);
-    }
-  }
-  // Pass 1: thread maximum (fmaxf skips NaN).
-  float mraw = -INFINITY;
-#pragma unroll
-  for (int u = 0; u < VPT; ++u)
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) mraw = fmaxf(mraw, vec_elem<T>(raw[u], j));
-  const float m = scale ? __fmul_rn(mraw, inv_t) : mraw;
-  // Pass 2: sum of exp(x - m) = 2^(x * c - m * log2 e), c = log2 e (times 1/T when scaling).
-  float s = 0.0f;
-  bool need_exact = false;
-  if (isfinite(m)) {
-    constexpr float kLog2e = 1.4426950408889634f;
-    const float c = scale ? inv_t * kLog2e : kLog2e;
-    const float mb = -m * kLog2e;
-#pragma unroll
-    for (int u = 0; u < VPT; ++u)
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) s += fast_exp2(fmaf(vec_elem<T>(raw[u], j), c, mb));
-    need_exact = isnan(s);  // a NaN logit
-  } else if (m > 0.0f) {
-    need_exact = true;  // +inf maximum
-  } else {  // every logit -inf (or missing) or NaN: exp_rel's x == m rule, 1 per -inf logit
-#pragma unroll
-    for (int u = 0; u < VPT; ++u) {
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        need_exact |= isnan(vec_elem<T>(raw[u], j));
-        s += lo + (u * kStatsThreads + tid) * VEC + j < hi ? 1.0f : 0.0f;
-      }
-    }
-  }
-
-  // tau_w: W-th largest thread maximum of the warp (a thread whose logits are all -inf counts
-  // as a -inf element: tau is then -inf and every logit is a candidate, still exact).
-  uint32_t v = ord_key(m);
-#pragma unroll
-  for (int k = 2; k <= 32; k <<= 1) {
-#pragma unroll
-    for (int j = k >> 1; j > 0; j >>= 1) {
-      const uint32_t o = __shfl_xor_sync(kFull, v, j);
-      const bool asc = (lane & k) == 0, lower = (lane & j) == 0;
-      v = (asc != lower) ? min(v, o) : max(v, o);  // descending overall
-    }
-  }
-  const uint32_t tau_w = __shfl_sync(kFull, v, W - 1);
-  const bool warp_exact = __ballot_sync(kFull, need_exact) != 0u;
-  __shared__ uint32_t sh_tau[NWARP];
-  __shared__ int sh_exact[NWARP];
-  __shared__ int sh_count;
-  __shared__ unsigned long long sh_cand[kCandCap];
-  if (lane == 0) {
-    sh_tau[warp] = tau_w;
-    sh_exact[warp] = warp_exact;
-  }
-  if (tid == 0) sh_count = 0;
-  __syncthreads();
-  uint32_t tau = sh_tau[0];
-  int exact = sh_exact[0];
-#pragma unroll
-  for (int w = 1; w < NWARP; ++w) {
-    tau = max(tau, sh_tau[w]);
-    exact |= sh_exact[w];
-  }
-  if (exact) {  // uniform over the block
-    stats_tile_exact<T, K>(rp, lo, hi, inv_t, scale, rec, part_ms, part_keys);
-    return;
-  }
-  const float tau_f = ord_val(tau);
-
-  // Append the candidates (x >= tau_f): only threads whose maximum reaches tau have any.
-  if (m >= tau_f) {
-#pragma unroll
-    for (int u = 0; u < VPT; ++u) {
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        float x = vec_elem<T>(raw[u], j);
-        if (scale) x = __fmul_rn(x, inv_t);
-        const int id = lo + (u * kStatsThreads + tid) * VEC + j;
-        if (x >= tau_f && id < hi) {
-          const int pos = atomicAdd(&sh_count, 1);
-          if (pos < kCandCap)
-            sh_cand[pos] = (static_cast<unsigned long long>(ord_key(x)) << 32) |
-                           static_cast<uint32_t>(~static_cast<uint32_t>(id));
-        }
-      }
-    }
-  }
-  __syncthreads();
-  const int c = sh_count;
-  if (c > kCandCap) {  // uniform
-    stats_tile_exact<T, K>(rp, lo, hi, inv_t, scale, rec, part_ms, part_keys);
-    return;
-  }
-  // Rank by counting (unique keys); ranks < W are the tile's top-W in order.
-  for (int t = tid; t < c; t += kStatsThreads) {
-    const unsigned long long key = sh_cand[t];
-    int rank = 0;
-#pragma unroll 8
-    for (int j = 0; j < c; ++j) rank += sh_cand[j] > key ? 1 : 0;
-    if (rank < W)
-      part_keys[rec * K + rank] =
-          make_uint2(static_cast<uint32_t>(key >> 32), static_cast<uint32_t>(key));
-  }
-  if (tid < K && tid >= min(c, W))
-    part_keys[rec * K + tid] = make_uint2(ord_key(-INFINITY), ~0x7fffffffu);
-  // (max, sum) of the tile.
-  float bm = m, bs = s;
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    const float om = __shfl_xor_sync(kFull, bm, off);
-    const float os = __shfl_xor_sync(kFull, bs, off);
-    merge_ms(bm, bs, om, os);
-  }
-  __shared__ float sh_m[NWARP], sh_s[NWARP];
-  if (lane == 0) {
-    sh_m[warp] = bm;
-    sh_s[warp] = bs;
-  }
-  __syncthreads();
-  if (tid == 0) {
-    float tm = sh_m[0], ts = sh_s[0];
-#pragma unroll
-    for (int w = 1; w < NWARP; ++w) merge_ms(tm, ts, sh_m[w], sh_s[w]);
-    part_ms[rec] = make_float2(tm, ts);
-  }
-}
-
 // Maximum of a thread's logits (NaN skipped, like fmaxf): 16-bit types as packed pairs (one
 // max.bf16x2 / max.f16x2 per two logits instead of two conversions and two fmaxf).
 template <typename T, int VPT>
@@ -550,26 +398,13 @@ __device__ __forceinline__ float raw_threshold_below(float tau, float inv_t) {
   return isfinite(r) ? r : -INFINITY;
 }
 
-// Variant 2 of the tiled stats kernel (the default; JETSPEC_BUILD_TREE_STATS=v1 selects the one
-// above). Same loads, candidate threshold, ranking and record; a shorter critical path per block.
-// Why: at batch 8 v1 ran at 1.28 TB/s, 5.8 waves of blocks whose lifetime is their own serial
-// latency (one wave at batch 1 takes about as long as the whole batch-1 kernel), and Nsight
-// Compute put the largest stall at the barrier after the candidate loop. Changes:
-//   - the block maximum M is agreed at the first barrier (lane 0 of the per-warp sort that gives
-//     tau holds the warp maximum) and every thread sums exp(x - M) directly: no (max, sum) merge
-//     chain (two accurate expf per shuffle level and per warp); two barriers instead of three;
-//   - 16-bit logits: the thread maximum on packed pairs (max.bf16x2);
-//   - the candidate test rides in the exp pass as one compare and one bit per logit against a raw
-//     threshold at or below tau (so a temperature costs no multiply there); only the few set bits
-//     are re-read (L1) and tested exactly, instead of a branchy 32-step loop in every warp.
-// Numerics: the sum is the same series in a different order and relative to the block maximum
-// instead of the thread maximum (terms below 2^-126 of the maximum flush to zero, as they did
-// relative to a thread maximum); non-finite maxima and NaN logits take the exact path as before.
+// The tiled stats kernel (kernel 1 above). Numerics: the sum runs relative to the block maximum
+// (terms below 2^-126 of it flush to zero); non-finite maxima and NaN logits take the exact path.
 template <typename T, int K>
 __global__ void __launch_bounds__(kStatsThreads, 5)  // <= 48 registers: 5 blocks (40 warps) per SM
-    build_tree_stats_tile_v2_kernel(const T* __restrict__ logits, int V, int S, int W, float inv_t,
-                                    bool scale, float2* __restrict__ part_ms,
-                                    uint2* __restrict__ part_keys) {
+    build_tree_stats_tile_kernel(const T* __restrict__ logits, int V, int S, int W, float inv_t,
+                                 bool scale, float2* __restrict__ part_ms,
+                                 uint2* __restrict__ part_keys) {
   constexpr int VEC = 16 / sizeof(T);
   constexpr int VPT = kTileEPT / VEC;  // 16-byte vectors per thread
   constexpr int NWARP = kStatsThreads / 32;

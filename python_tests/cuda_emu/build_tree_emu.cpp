@@ -109,8 +109,7 @@ void emu_launch(dim3 grid, int threads, F kernel) {
 
 namespace k = jetspec::build_tree_kernels;
 
-// Entry point called from Python via ctypes. dtype: 0 f32, 1 f16, 2 bf16. tiled: 0 the streaming
-// stats kernel, 1 the tiled one, 2 the tiled v2 (the launcher's default).
+// Entry point called from Python via ctypes. dtype: 0 f32, 1 f16, 2 bf16.
 template <typename T, int K>
 void run(const void* logits, const int64_t* roots, int B, int D, int V, int W, int N, int policy,
          float inv_t, int scale, int S, int tiled, int64_t* tok, int32_t* par, int32_t* dep, float* sc,
@@ -118,13 +117,9 @@ void run(const void* logits, const int64_t* roots, int B, int D, int V, int W, i
   const int rows = B * D;
   std::vector<float2> ms(rows * S);
   std::vector<uint2> keys(rows * S * K);
-  if (tiled == 1)
+  if (tiled)
     emu_launch(dim3(S, rows), k::kStatsThreads, [&] {
       k::build_tree_stats_tile_kernel<T, K>((const T*)logits, V, S, W, inv_t, scale != 0, ms.data(), keys.data());
-    });
-  else if (tiled == 2)
-    emu_launch(dim3(S, rows), k::kStatsThreads, [&] {
-      k::build_tree_stats_tile_v2_kernel<T, K>((const T*)logits, V, S, W, inv_t, scale != 0, ms.data(), keys.data());
     });
   else
     emu_launch(dim3(S, rows), k::kStatsThreads, [&] {

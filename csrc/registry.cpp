@@ -37,4 +37,7 @@ TORCH_LIBRARY(jetspec, m) {
   m.def(
       "commit_kv(Tensor(a!) kv_cache, Tensor(b!) prefix_lens, Tensor accepted_nodes, "
       "Tensor accept_len) -> ()");
+  // Decoding-shaped linear layer: x (M,K) bf16/fp16 with M <= 16, weight (N,K) same dtype
+  // (nn.Linear layout, no bias). Returns x @ weight^T (M,N), fp32 accumulation.
+  m.def("skinny_linear(Tensor x, Tensor weight) -> Tensor");
 }

@@ -21,6 +21,7 @@ from . import reference  # noqa: E402,F401
 from .ops import (  # noqa: E402,F401
     build_tree,
     commit_kv,
+    skinny_linear,
     tree_accept,
     tree_attention,
 )
@@ -36,6 +37,7 @@ def cuda_compiled() -> bool:
 __all__ = [
     "build_tree",
     "commit_kv",
+    "skinny_linear",
     "tree_accept",
     "tree_attention",
     "cuda_compiled",

@@ -39,7 +39,6 @@ import os
 from typing import List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import Qwen3Config
 from transformers.models.qwen3.modeling_qwen3 import (
@@ -49,7 +48,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
     rotate_half,
 )
 
-from .op_select import op
+from .op_select import linear, op
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -447,7 +446,7 @@ def extend_layers(head: "JetSpecDraftHead", caches: List[torch.Tensor], ctx_lens
         else:
             w_qkv = fused[i][0]
             nq, nkv = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
-            k, v = F.linear(x, w_qkv.narrow(0, nq, 2 * nkv)).split([nkv, nkv], dim=-1)
+            k, v = linear(x, w_qkv.narrow(0, nq, 2 * nkv)).split([nkv, nkv], dim=-1)
             k, v = a.kv_heads(k, v, cos, sin)
         scatter_slots(caches[2 * i], pos, k, rows)
         scatter_slots(caches[2 * i + 1], pos, v, rows)
@@ -464,11 +463,11 @@ def _draft_layer_fused(layer: DraftLayer, w_qkv: torch.Tensor, w_gate_up: torch.
     and ``w_gate_up`` ``(2*I, H)`` (rows gate | up) instead of the five separate projections."""
     a, mlp = layer.self_attn, layer.mlp
     nq, nkv = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
-    q, k, v = F.linear(layer.input_layernorm(x), w_qkv).split([nq, nkv, nkv], dim=-1)
+    q, k, v = linear(layer.input_layernorm(x), w_qkv).split([nq, nkv, nkv], dim=-1)
     k, v = a.kv_heads(k, v, cos, sin)
     x = x + a.attend(a.q_heads(q, cos, sin), k, v, k_cache, v_cache, ctx_lens, slots, mask, attn, rows)
-    gate, up = F.linear(layer.post_attention_layernorm(x), w_gate_up).chunk(2, dim=-1)
-    return x + mlp.down_proj(mlp.act_fn(gate) * up)
+    gate, up = linear(layer.post_attention_layernorm(x), w_gate_up).chunk(2, dim=-1)
+    return x + linear(mlp.act_fn(gate) * up, mlp.down_proj.weight)  # plain bias-free Linear (_fusable)
 
 
 def block_layers(head: "JetSpecDraftHead", caches: List[torch.Tensor], ctx_lens: torch.Tensor,

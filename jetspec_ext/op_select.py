@@ -6,7 +6,10 @@ when the extension has a kernel for that device, and the pure-PyTorch
 yet). Both take the same arguments. The lookup is done at call time, so it is cheap and always
 reflects what is registered.
 """
+import os
+
 import torch
+import torch.nn.functional as F
 
 import jetspec_ext
 
@@ -31,3 +34,22 @@ def op(name: str, device, dtype=None):
     if has_kernel(name, device, dtype):
         return getattr(jetspec_ext, name)
     return getattr(jetspec_ext.reference, name)
+
+
+# Decoding-shaped linear layers go through jetspec::skinny_linear on CUDA (see :func:`linear`).
+# Resolved once at import so torch.compile traces the choice from static facts only (this flag,
+# shapes, dtypes); JETSPEC_SKINNY_LINEAR=0 keeps F.linear (A/B timing).
+SKINNY_LINEAR_CUDA = (os.environ.get("JETSPEC_SKINNY_LINEAR", "1") != "0"
+                      and torch._C._dispatch_has_kernel_for_dispatch_key("jetspec::skinny_linear", "CUDA"))
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, weight)`` (no bias), through ``jetspec_ext.skinny_linear`` when it applies:
+    CUDA build and tensors, bf16 / fp16, at most 16 rows in ``x`` (decoding step, draft block),
+    ``in_features`` a multiple of 32 and a contiguous weight. Everything else: ``F.linear``."""
+    K = weight.shape[-1]
+    if (SKINNY_LINEAR_CUDA and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
+            and weight.dtype == x.dtype and weight.dim() == 2 and x.numel() <= 16 * K
+            and K % 32 == 0 and weight.is_contiguous()):
+        return jetspec_ext.skinny_linear(x, weight)
+    return F.linear(x, weight)

@@ -4,7 +4,7 @@ import torch
 
 import jetspec_ext
 
-OPS = ["build_tree", "tree_attention", "tree_accept", "commit_kv"]
+OPS = ["build_tree", "tree_attention", "tree_accept", "commit_kv", "skinny_linear"]
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -14,7 +14,7 @@ def test_schema_registered(op):
     assert schema.startswith(f"jetspec::{op}(")
 
 
-@pytest.mark.parametrize("op", ["tree_accept", "commit_kv"])
+@pytest.mark.parametrize("op", ["tree_accept", "commit_kv", "skinny_linear"])
 def test_cpu_kernel_registered(op):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"jetspec::{op}", "CPU")
 

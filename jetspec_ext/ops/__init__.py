@@ -8,5 +8,6 @@ from .accept import tree_accept
 from .attention import tree_attention
 from .build_tree import build_tree
 from .commit import commit_kv
+from .linear import skinny_linear
 
-__all__ = ["build_tree", "commit_kv", "tree_accept", "tree_attention"]
+__all__ = ["build_tree", "commit_kv", "skinny_linear", "tree_accept", "tree_attention"]

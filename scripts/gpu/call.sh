@@ -23,7 +23,8 @@ for s in ${STEPS:-}; do
     probe) timeout ${T_PROBE:-90} python3 benchmarks/probe_decode_attention.py --merge > "$OUT/probe.log" 2>&1; echo "probe rc $?"; tail -40 "$OUT/probe.log" ;;
     bt) JETSPEC_BENCH_JSON=$OUT/bt.jsonl timeout ${T_BT:-90} python3 benchmarks/bench_build_tree.py > "$OUT/bt.log" 2>&1; echo "bt rc $?"; tail -30 "$OUT/bt.log" ;;
     dec) timeout ${T_DEC:-240} python3 benchmarks/bench_decoder.py ${DEC_ARGS} > "$OUT/dec.log" 2>&1; echo "dec rc $?"; tail -60 "$OUT/dec.log" ;;
-    dec2) timeout ${T_DEC2:-240} python3 benchmarks/bench_decoder.py ${DEC2_ARGS} > "$OUT/dec2.log" 2>&1; echo "dec2 rc $?"; tail -60 "$OUT/dec2.log" ;;
+    dec2) env ${DEC2_ENV:-} timeout ${T_DEC2:-240} python3 benchmarks/bench_decoder.py ${DEC2_ARGS} > "$OUT/dec2.log" 2>&1; echo "dec2 rc $?"; tail -60 "$OUT/dec2.log" ;;
+    sk) timeout ${T_SK:-90} python3 benchmarks/bench_skinny_linear.py > "$OUT/sk.log" 2>&1; echo "sk rc $?"; tail -20 "$OUT/sk.log" ;;
     ncu) OUT=$OUT/ncu timeout ${T_NCU:-120} bash benchmarks/ncu_build_tree.sh ${NCU_B:-8} accum > "$OUT/ncu.log" 2>&1; echo "ncu rc $?"; tail -45 "$OUT/ncu.log" ;;
     *) echo "unknown step $s" ;;
   esac

@@ -1,0 +1,57 @@
+"""Benchmark of jetspec::skinny_linear (decoding-shaped linear layers, issue 5), side by side with
+PyTorch's F.linear (cuBLAS) on the same inputs.
+
+Shapes: Qwen3-8B's projections (q|k|v fused 6144x4096, o 4096x4096, gate|up fused 24576x4096,
+down 4096x12288, the draft head's context k|v 2048x4096, the LM head 151936x4096) at M = 1 (the
+autoregressive step) and M = 16 (the draft head's block), bf16. Both are timed as 10 calls in one
+CUDA graph ([graph], median of CUDA events), cycling through enough copies of the weight that the
+10 calls read well over the 50 MB L2 (each call streams its weight from HBM, as in a decoding
+step). ``floor_us`` = weight bytes / 4.3 TB/s.
+
+    python benchmarks/bench_skinny_linear.py
+"""
+import itertools
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jetspec_ext  # noqa: E402
+from benchmarks.harness import floor_us, print_table, time_us  # noqa: E402
+
+SHAPES = [  # name, N, K
+    ("qkv", 6144, 4096), ("o_proj", 4096, 4096), ("gate_up", 24576, 4096), ("down", 4096, 12288),
+    ("head_kv", 2048, 4096), ("lm_head", 151936, 4096),
+]
+
+
+def main():
+    if not (torch.cuda.is_available() and jetspec_ext.cuda_compiled()):
+        print("bench_skinny_linear: needs a CUDA build and a GPU; skipped")
+        return
+    rows = []
+    for name, N, K in SHAPES:
+        wbytes = N * K * 2
+        copies = max(1, min(8, -(-160 * 2**20 // wbytes)))
+        ws = [torch.randn(N, K, device="cuda").mul_(K ** -0.5).to(torch.bfloat16) for _ in range(copies)]
+        for M in (1, 16):
+            if name == "lm_head" and M == 16:
+                continue
+            x = torch.randn(M, K, device="cuda").to(torch.bfloat16)
+            it_a, it_b = itertools.cycle(ws), itertools.cycle(ws)
+            ours = time_us(lambda: jetspec_ext.skinny_linear(x, next(it_a)), 20, 200, None, True)
+            cublas = time_us(lambda: F.linear(x, next(it_b)), 20, 200, None, True)
+            fl = floor_us(wbytes)
+            rows.append({"bench": "skinny_linear", "shape": f"{name} M{M} N{N} K{K} bf16", "us": ours,
+                         "floor_us": fl, "TB/s": wbytes / (ours * 1e-6) / 1e12, "cublas_us": cublas,
+                         "cublas_TB/s": wbytes / (cublas * 1e-6) / 1e12,
+                         "device": torch.cuda.get_device_name()})
+        del ws
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()

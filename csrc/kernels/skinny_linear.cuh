@@ -1,0 +1,153 @@
+// Torch-free CUDA kernel of jetspec::skinny_linear: out (M, N) = x (M, K) @ w (N, K)^T for few
+// rows (M <= 16: the autoregressive step, the draft head's block), bf16 or fp16 in, fp32
+// accumulation, same dtype out.
+//
+// Why: at M = 1..16 a linear layer is a pure weight stream (each weight read once, used M
+// times), and on the H200 cuBLAS ran the Qwen3-8B projections of a decoding step at 3.0-3.7 TB/s
+// (q|k|v 15.8 us, o_proj 11.0 us + split-K reduce, down_proj 27.4 us + reduce; profile in
+// benchmarks/RESULTS.md). This kernel only has to keep enough weight bytes in flight.
+//
+// Layout: one CTA per 32 weight rows (4 n8 tiles), 8 warps splitting K (warp w takes the 32-wide
+// k blocks w, w + 8, ...: the CTA reads 512 contiguous bytes of each of its rows per step). Per
+// k block a thread loads 16 bytes of each of its 4 weight rows (row g = lane / 4 of each tile,
+// k in [8t, 8t + 8), t = lane % 4) and 16 bytes of x rows g and g + 8, and issues two
+// mma.sync.m16n8k16 per tile. The k order inside a block is permuted so both operands are those
+// contiguous 16 bytes: mma k-step s takes the physical k 8t + 4s + {0, 1} as logical k 2t + {0, 1}
+// and 8t + 4s + {2, 3} as logical 2t + 8 + {0, 1}, for A (x) and B (w) alike, so the dot
+// products are unchanged. Rows of x past M are zero (their loads are skipped). The 8 warps'
+// partial sums meet in shared memory; 256 threads add them in warp order and store (coalesced
+// along N).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+namespace jetspec {
+namespace skinny {
+
+constexpr int kMaxRows = 16;                // M limit (one m16 tile)
+constexpr int kWarps = 8;                   // K splits per CTA
+constexpr int kThreads = kWarps * 32;
+constexpr int kTilesN = 4;                  // n8 tiles per warp
+constexpr int kRowsPerCta = 8 * kTilesN;    // weight rows (outputs) per CTA
+constexpr int kUnroll = 2;                  // k blocks per warp in flight
+constexpr int kKBlock = 32;                 // K must be a multiple of this
+
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+
+template <>
+__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                        uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                 uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint4 ld_stream(const void* p) {  // read-once weights: no L1 allocation
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ uint32_t word(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+template <typename T>
+__device__ __forceinline__ T from_f32(float x);
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+template <>
+__device__ __forceinline__ __half from_f32<__half>(float x) {
+  return __float2half_rn(x);
+}
+
+// grid (ceil(N / kRowsPerCta)), kThreads threads. x (M, K) and w (N, K) row-major, 16-byte
+// aligned rows; K % kKBlock == 0; 1 <= M <= kMaxRows. out (M, N) row-major.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) skinny_linear_kernel(const T* __restrict__ x,
+                                                                 const T* __restrict__ w,
+                                                                 T* __restrict__ out, int M, int N,
+                                                                 int K) {
+  __shared__ float red[kWarps][kMaxRows][kRowsPerCta + 1];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int n_base = blockIdx.x * kRowsPerCta;
+  const int kblocks = K / kKBlock;
+
+  // This thread's weight rows (clamped: rows past N read row N-1, their sums are never stored).
+  const T* wrow[kTilesN];
+#pragma unroll
+  for (int j = 0; j < kTilesN; ++j)
+    wrow[j] = w + static_cast<int64_t>(min(n_base + j * 8 + g, N - 1)) * K + 8 * t;
+  const bool has_x0 = g < M, has_x1 = g + 8 < M;
+  const T* x0 = x + static_cast<int64_t>(has_x0 ? g : 0) * K + 8 * t;
+  const T* x1 = x + static_cast<int64_t>(has_x1 ? g + 8 : 0) * K + 8 * t;
+
+  float acc[kTilesN][4];
+#pragma unroll
+  for (int j = 0; j < kTilesN; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+
+  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+  for (int kb0 = warp; kb0 < kblocks; kb0 += kWarps * kUnroll) {
+    uint4 wv[kUnroll][kTilesN], xv0[kUnroll], xv1[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int kb = kb0 + u * kWarps;
+      const bool in = kb < kblocks;  // uniform over the warp
+      const int64_t off = static_cast<int64_t>(kb) * kKBlock;
+#pragma unroll
+      for (int j = 0; j < kTilesN; ++j) wv[u][j] = in ? ld_stream(wrow[j] + off) : zero;
+      xv0[u] = in && has_x0 ? __ldg(reinterpret_cast<const uint4*>(x0 + off)) : zero;
+      xv1[u] = in && has_x1 ? __ldg(reinterpret_cast<const uint4*>(x1 + off)) : zero;
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+      for (int s = 0; s < 2; ++s) {
+        const uint32_t a[4] = {word(xv0[u], 2 * s), word(xv1[u], 2 * s), word(xv0[u], 2 * s + 1),
+                               word(xv1[u], 2 * s + 1)};
+#pragma unroll
+        for (int j = 0; j < kTilesN; ++j)
+          mma16816<T>(acc[j], a, word(wv[u][j], 2 * s), word(wv[u][j], 2 * s + 1));
+      }
+    }
+  }
+  // acc[j]: c0, c1 at (row g, cols 2t, 2t + 1) of tile j; c2, c3 at row g + 8.
+#pragma unroll
+  for (int j = 0; j < kTilesN; ++j) {
+    const int n = j * 8 + 2 * t;
+    red[warp][g][n] = acc[j][0];
+    red[warp][g][n + 1] = acc[j][1];
+    red[warp][g + 8][n] = acc[j][2];
+    red[warp][g + 8][n + 1] = acc[j][3];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < kMaxRows * kRowsPerCta; i += kThreads) {
+    const int m = i / kRowsPerCta, n = i - m * kRowsPerCta;
+    if (m >= M || n_base + n >= N) continue;
+    float sum = 0.f;
+#pragma unroll
+    for (int ww = 0; ww < kWarps; ++ww) sum += red[ww][m][n];
+    out[static_cast<int64_t>(m) * N + n_base + n] = from_f32<T>(sum);
+  }
+}
+
+}  // namespace skinny
+}  // namespace jetspec

@@ -1,0 +1,125 @@
+"""jetspec::skinny_linear: x (M <= 16, K) @ weight (N, K)^T, against the fp32 reference.
+
+Accuracy rule (as for attention, FlashAttention's): the kernel's error against an fp32 reference
+of the same inputs is at most twice that of PyTorch's own bf16 / fp16 F.linear (cuBLAS on the
+GPU), plus a tiny absolute slack for outputs that round exactly."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import jetspec_ext
+from conftest import requires_cuda
+
+op = jetspec_ext.skinny_linear
+ref = jetspec_ext.reference.skinny_linear
+
+
+def _inputs(M, N, K, dtype, device, seed=0, lead=None):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*(lead or (M,)), K, generator=g).to(dtype).to(device)
+    w = (torch.randn(N, K, generator=g) * K ** -0.5).to(dtype).to(device)
+    return x, w
+
+
+def _poison(device):
+    if device == "cuda":  # freed cached memory full of NaN: an output element left unwritten shows
+        junk = torch.full((32 << 20,), float("nan"), dtype=torch.float32, device=device)
+        del junk
+
+
+def _check_accuracy(out, x, w):
+    exact = x.float() @ w.float().t()
+    torch_err = (F.linear(x, w).float() - exact).abs().max().item()
+    err = (out.float() - exact).abs().max().item()
+    assert torch.isfinite(out).all()
+    assert err <= 2 * torch_err + 1e-6, (err, torch_err)
+
+
+def test_cpu_matches_reference():
+    for M, N, K in ((1, 40, 64), (16, 96, 128), (5, 33, 32)):
+        x, w = _inputs(M, N, K, torch.bfloat16, "cpu", seed=M)
+        torch.testing.assert_close(op(x, w), ref(x, w), rtol=0, atol=0)
+
+
+def test_leading_dims_and_noncontiguous_x(device):
+    x, w = _inputs(0, 64, 96, torch.bfloat16, device, seed=3, lead=(2, 3))
+    out = op(x, w)
+    assert out.shape == (2, 3, 64) and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref(x, w), rtol=2e-2, atol=2e-2)
+    xt = torch.randn(96, 4, device=device).to(torch.bfloat16).t()  # (4, 96), not contiguous
+    torch.testing.assert_close(op(xt, w), ref(xt, w), rtol=2e-2, atol=2e-2)
+
+
+def test_bad_inputs(device):
+    x, w = _inputs(4, 64, 64, torch.bfloat16, device)
+    with pytest.raises(RuntimeError, match="1..16 rows"):
+        op(torch.zeros(17, 64, dtype=torch.bfloat16, device=device), w)
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        op(x[:, :48].contiguous(), w[:, :48].contiguous())
+    with pytest.raises(RuntimeError, match="in_features"):
+        op(x, w[:, :32].contiguous())
+    with pytest.raises(RuntimeError, match="dtype"):
+        op(x, w.half())
+    with pytest.raises(RuntimeError, match="must be one of"):
+        op(x.float(), w.float())
+    with pytest.raises(RuntimeError, match="contiguous"):
+        op(x, torch.zeros(64, 128, dtype=torch.bfloat16, device=device)[:, ::2])
+    with pytest.raises(RuntimeError, match="2 dimensions"):
+        torch.ops.jetspec.skinny_linear(x, w.unsqueeze(0))
+
+
+def test_opcheck(device):
+    x, w = _inputs(3, 40, 64, torch.bfloat16, device, seed=5)
+    torch.library.opcheck(torch.ops.jetspec.skinny_linear.default, (x, w))
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M", [1, 2, 7, 16])
+@pytest.mark.parametrize("N,K", [(6144, 4096), (4096, 12288), (24576, 4096), (4096, 4096), (40, 32),
+                                 (1000, 96)])
+def test_cuda_matches_reference(M, N, K, dtype):
+    x, w = _inputs(M, N, K, dtype, "cuda", seed=M * 7 + N % 97)
+    _poison("cuda")
+    out = op(x, w)
+    assert out.shape == (M, N)
+    _check_accuracy(out, x, w)
+
+
+@requires_cuda
+def test_cuda_large_values_and_rows_beyond_m():
+    """Rows of the m16 tile past M must not leak into the output (their x loads are skipped);
+    large magnitudes keep fp32 accumulation honest."""
+    x, w = _inputs(3, 296, 256, torch.bfloat16, "cuda", seed=11)
+    x = x * 50
+    out = op(x, w)
+    _check_accuracy(out, x, w)
+    full = torch.cat([x, torch.full((13, 256), 1e4, dtype=x.dtype, device="cuda")])
+    torch.testing.assert_close(op(full, w)[:3], out, rtol=0, atol=0)
+
+
+@requires_cuda
+def test_cuda_graph_capture():
+    x, w = _inputs(4, 512, 256, torch.bfloat16, "cuda", seed=2)
+    expect = op(x, w)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        op(x, w)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = op(x, w)
+    x2, _ = _inputs(4, 512, 256, torch.bfloat16, "cuda", seed=3)
+    g.replay()
+    torch.testing.assert_close(out, expect, rtol=0, atol=0)
+    x.copy_(x2)
+    g.replay()
+    torch.testing.assert_close(out, op(x2, w), rtol=0, atol=0)
+
+
+def test_compile_sees_the_op(device):
+    x, w = _inputs(2, 64, 64, torch.bfloat16, device, seed=9)
+    f = torch.compile(lambda a, b: op(a, b) * 2, fullgraph=True, backend="eager")
+    torch.testing.assert_close(f(x, w), op(x, w) * 2, rtol=0, atol=0)
+

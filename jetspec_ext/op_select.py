@@ -36,10 +36,11 @@ def op(name: str, device, dtype=None):
     return getattr(jetspec_ext.reference, name)
 
 
-# Decoding-shaped linear layers go through jetspec::skinny_linear on CUDA (see :func:`linear`).
-# Resolved once at import so torch.compile traces the choice from static facts only (this flag,
-# shapes, dtypes); JETSPEC_SKINNY_LINEAR=0 keeps F.linear (A/B timing).
-SKINNY_LINEAR_CUDA = (os.environ.get("JETSPEC_SKINNY_LINEAR", "1") != "0"
+# Decoding-shaped linear layers can go through jetspec::skinny_linear on CUDA (see :func:`linear`).
+# OPT-IN (JETSPEC_SKINNY_LINEAR=1): on the H200 the kernel is still slower than cuBLAS at the
+# Qwen3-8B shapes (benchmarks/RESULTS.md), so F.linear stays the default. Resolved once at import
+# so torch.compile traces the choice from static facts only (this flag, shapes, dtypes).
+SKINNY_LINEAR_CUDA = (os.environ.get("JETSPEC_SKINNY_LINEAR", "0") == "1"
                       and torch._C._dispatch_has_kernel_for_dispatch_key("jetspec::skinny_linear", "CUDA"))
 
 

@@ -123,3 +123,22 @@ def test_compile_sees_the_op(device):
     f = torch.compile(lambda a, b: op(a, b) * 2, fullgraph=True, backend="eager")
     torch.testing.assert_close(f(x, w), op(x, w) * 2, rtol=0, atol=0)
 
+
+
+def test_decoder_routing_is_opt_in(monkeypatch):
+    """op_select.linear (the target's and draft head's fused layers) keeps F.linear unless
+    JETSPEC_SKINNY_LINEAR=1 (the kernel is still slower than cuBLAS on the H200); with the flag
+    on, CUDA bf16 inputs of at most 16 rows go through the op."""
+    import os
+
+    import jetspec_ext.op_select as sel
+    if os.environ.get("JETSPEC_SKINNY_LINEAR") != "1":
+        assert sel.SKINNY_LINEAR_CUDA is False
+    x, w = _inputs(2, 64, 64, torch.bfloat16, "cpu", seed=4)
+    torch.testing.assert_close(sel.linear(x, w), F.linear(x, w), rtol=0, atol=0)
+    if torch.cuda.is_available() and jetspec_ext.cuda_compiled():
+        monkeypatch.setattr(sel, "SKINNY_LINEAR_CUDA", True)
+        xc, wc = x.cuda(), w.cuda()
+        torch.testing.assert_close(sel.linear(xc, wc), op(xc, wc), rtol=0, atol=0)
+        x17 = torch.randn(17, 64, device="cuda").to(torch.bfloat16)  # too many rows: F.linear
+        torch.testing.assert_close(sel.linear(x17, wc), F.linear(x17, wc), rtol=0, atol=0)

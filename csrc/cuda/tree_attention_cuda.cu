@@ -108,10 +108,11 @@ int* split_counters(int device, int64_t need, cudaStream_t stream) {
 // partials are small: rows x splits x D fp32 <= 64 KB (decoding: N * G query rows per KV head
 // of a few; the merging CTA reads them all from L2), and its weights fit the kernel's shared
 // memory. Larger partials go to merge_kernel, which spreads them over every SM.
-// Opt-in for now (JETSPEC_TREE_ATTN_MERGE=auto): written and compiled for sm_90a on 2026-11-28
-// when no GPU time was left, so neither its GPU tests nor its timing have run yet; the default
-// stays merge_kernel until they have. JETSPEC_TREE_ATTN_MERGE=auto|inline|kernel: the size rule
-// above, in-launch whenever the weights fit (tests), or always merge_kernel.
+// Opt-in (JETSPEC_TREE_ATTN_MERGE=auto): its GPU tests pass, but on the H200 it was slower than
+// merge_kernel at every decoding shape (9.7 vs 9.2 us at prefix 1024, N = 1; the one merging CTA
+// serialises what merge_kernel spreads over many; benchmarks/RESULTS.md), so the default stays
+// merge_kernel. JETSPEC_TREE_ATTN_MERGE=auto|inline|kernel: the size rule above, in-launch
+// whenever the weights fit (tests), or always merge_kernel.
 bool merge_in_launch(const tree_attn::Params& p, int bm, int D, int smem_bytes) {
   const int64_t R = std::min(p.rows, bm);
   const bool fits = (p.num_splits + 1) * R * 4 <= smem_bytes - 1024;

@@ -6,6 +6,10 @@
 // times), and on the H200 cuBLAS ran the Qwen3-8B projections of a decoding step at 3.0-3.7 TB/s
 // (q|k|v 15.8 us, o_proj 11.0 us + split-K reduce, down_proj 27.4 us + reduce; profile in
 // benchmarks/RESULTS.md). This kernel only has to keep enough weight bytes in flight.
+// STATUS (H200, 2026-11-29): correct, but slower than cuBLAS at every Qwen3-8B shape (e.g.
+// down_proj 41.4 vs 30.3 us: at N = 4096 one CTA of 32 rows per SM keeps too few bytes in
+// flight), so the decoder uses it only with JETSPEC_SKINNY_LINEAR=1. Branch skinny-tune splits K
+// across CTAs as well.
 //
 // Layout: one CTA per 32 weight rows (4 n8 tiles), 8 warps splitting K (warp w takes the 32-wide
 // k blocks w, w + 8, ...: the CTA reads 512 contiguous bytes of each of its rows per step). Per

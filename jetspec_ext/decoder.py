@@ -31,7 +31,7 @@ import torch
 
 from .draft_head import JetSpecDraftHead, block_layers, extend_layers, layer_caches
 from .op_select import op
-from .target import Target, _fusable, _fuse_layers, _fused_stale
+from .target import FusedProjections, Target
 
 # what _draft_layer_fused expects of every head layer (else the drafter keeps the layers' forward)
 _DRAFT_LAYER_CLASSES = ("DraftLayer", "DraftAttention", "Qwen3MLP")
@@ -75,12 +75,7 @@ class HeadDrafter:
         self.depth = int(depth) if depth is not None else head.block_size - 1
         if not 1 <= self.depth <= head.block_size - 1:
             raise ValueError(f"depth must be in [1, {head.block_size - 1}] for this head (block_size {head.block_size})")
-        self.fuse_note = _fusable(head.config, head.layers, _DRAFT_LAYER_CLASSES) if fuse_projections \
-            else "fuse_projections=False"
-        self.fused = self.fuse_note is None
-        self._fused_w, self._fused_ptrs = [], []
-        if self.fused:
-            self._fused_w, self._fused_ptrs = _fuse_layers(head.layers)
+        self._proj = FusedProjections(head.config, head.layers, fuse_projections, _DRAFT_LAYER_CLASSES)
         self._static = {}
         self.compiled = getattr(target, "compiled", False) if compile is None else bool(compile)
         self._draft, self._extend = _draft_body, extend_layers
@@ -90,14 +85,13 @@ class HeadDrafter:
             wrap = _compiler(getattr(target, "compile_mode", None))
             self._draft, self._extend = wrap(_draft_body), wrap(extend_layers)
 
-    def _weights(self):
-        """The fused per-layer ``(w_qkv, w_gate_up)`` (re-fused if the head's weights moved to
-        new storage, e.g. ``head.to``), or None for the unfused path."""
-        if not self.fused:
-            return None
-        if _fused_stale(self._fused_ptrs):
-            self._fused_w, self._fused_ptrs = _fuse_layers(self.head.layers)
-        return self._fused_w
+    @property
+    def fused(self) -> bool:
+        return self._proj.fused
+
+    @property
+    def fuse_note(self):
+        return self._proj.note
 
     def new_context(self, batch: int, max_len: int) -> torch.Tensor:
         return self.head.new_context_cache(batch, max_len, device=self.target.device)
@@ -105,7 +99,7 @@ class HeadDrafter:
     def extend(self, ctx: torch.Tensor, ctx_lens: torch.Tensor, tapped: torch.Tensor) -> None:
         # compiled for the round's fixed D+1 rows only (the prefill's length varies per prompt)
         fn = self._extend if tapped.shape[1] == self.depth + 1 else extend_layers
-        fn(self.head, layer_caches(ctx), ctx_lens, tapped, self._weights())
+        fn(self.head, layer_caches(ctx), ctx_lens, tapped, self._proj.weights())
 
     def draft(self, ctx: torch.Tensor, ctx_lens: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
         B, D = anchor.shape[0], self.depth
@@ -117,7 +111,7 @@ class HeadDrafter:
         mask, fill, attn = self._static[key]
         m = self.target.model
         return self._draft(self.head, m.model.embed_tokens, m.lm_head, layer_caches(ctx), ctx_lens, anchor,
-                           fill, mask, attn, self._weights())
+                           fill, mask, attn, self._proj.weights())
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import jetspec_ext
+from jetspec_ext.ops import linear as skinny
 
 _DISPATCH_KEY = {"cpu": "CPU", "cuda": "CUDA"}
 # dtypes a kernel is limited to on a device (absent = all the op's dtypes)
@@ -50,7 +51,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     ``in_features`` a multiple of 32 and a contiguous weight. Everything else: ``F.linear``."""
     K = weight.shape[-1]
     if (SKINNY_LINEAR_CUDA and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
-            and weight.dtype == x.dtype and weight.dim() == 2 and x.numel() <= 16 * K
-            and K % 32 == 0 and weight.is_contiguous()):
+            and weight.dtype == x.dtype and weight.dim() == 2 and x.numel() <= skinny.MAX_ROWS * K
+            and K % skinny.K_MULTIPLE == 0 and weight.is_contiguous()):
         return jetspec_ext.skinny_linear(x, weight)
     return F.linear(x, weight)

@@ -249,6 +249,32 @@ def _fused_stale(ptrs) -> bool:
     return any(d["weight"].data_ptr() != p for d, p in ptrs)
 
 
+class FusedProjections:
+    """The per-layer fused ``(w_qkv, w_gate_up)`` of a stack of decoder layers (one
+    :func:`_fuse_group` per group), kept in step with the modules. Used by :class:`Target` and
+    ``decoder.HeadDrafter``. ``note``: None when the layers are fused, else why not (see
+    :func:`_fusable`; ``classes`` names the expected layer / attention / MLP modules).
+    :meth:`weights` re-fuses first if a parameter moved to new storage (``.to``,
+    ``load_state_dict(assign=True)``)."""
+
+    def __init__(self, cfg, layers, enabled: bool = True, classes=_FUSED_LAYER_CLASSES):
+        self.layers = list(layers)
+        self.note = _fusable(cfg, self.layers, classes) if enabled else "fuse_projections=False"
+        self.per_layer, self._ptrs = _fuse_layers(self.layers) if self.note is None else ([], [])
+
+    @property
+    def fused(self) -> bool:
+        return self.note is None
+
+    def weights(self) -> Optional[List]:
+        """``[(w_qkv, w_gate_up) per layer]``, or None when the layers are not fused."""
+        if self.note is not None:
+            return None
+        if _fused_stale(self._ptrs):
+            self.per_layer, self._ptrs = _fuse_layers(self.layers)
+        return self.per_layer
+
+
 def _post(norm, lm_head, h, taps: List[Optional[torch.Tensor]], logits_rows: Optional[torch.Tensor]):
     """Final norm, LM head on the selected rows, concat of the tapped features (a ``None`` tap
     is the last layer, which Hugging Face's ``hidden_states[-1]`` gives after the final norm)."""
@@ -345,13 +371,7 @@ class Target:
         self.vocab_size = cfg.vocab_size
         self.max_positions = getattr(cfg, "max_position_embeddings", None)
         _set_attn_impl(model, ATTN_NAME)
-        layers = list(model.model.layers[:L])
-        self.fuse_note = _fusable(cfg, layers) if fuse_projections else "fuse_projections=False"
-        self.fused = self.fuse_note is None
-        self._fused_w: List = []
-        self._fused_ptrs: List = []
-        if self.fused:
-            self._fuse()
+        self._proj = FusedProjections(cfg, model.model.layers[:L], fuse_projections)
         self.compiled = bool(compile)
         self.compile_mode = compile_mode
         if compile:
@@ -364,14 +384,15 @@ class Target:
             self._pre, self._layer, self._post = _pre, _layer, _post
             self._layer_fused = _layer_fused
 
-    def _fuse(self) -> None:
-        """(Re)build the per-layer fused weights ``(w_qkv, w_gate_up)`` (see :func:`_fuse_group`)."""
-        self._fused_w, self._fused_ptrs = _fuse_layers(self.model.model.layers[: self.num_layers])
+    @property
+    def fused(self) -> bool:
+        """True when tree / decode forwards run :func:`_layer_fused` (see ``fuse_note``)."""
+        return self._proj.fused
 
-    def _check_fused(self) -> None:
-        """Re-fuse if a fused parameter no longer lives in the fused storage (e.g. ``model.to``)."""
-        if _fused_stale(self._fused_ptrs):
-            self._fuse()
+    @property
+    def fuse_note(self) -> Optional[str]:
+        """None when the projections are fused, else why not."""
+        return self._proj.note
 
     @property
     def device(self):
@@ -406,15 +427,13 @@ class Target:
         compiled = tree_mask is not None  # prefill (host-known lengths, once per prompt): eager
         pre, layer_fn, post = (self._pre, self._layer, self._post) if compiled else (_pre, _layer, _post)
         attn = op("tree_attention", kv.device, kv.dtype) if tree_mask is not None else None
-        fused = self.fused and tree_mask is not None  # the prefill keeps HF's layer.forward
-        if fused:
-            self._check_fused()
+        fused_w = self._proj.weights() if tree_mask is not None else None  # prefill: HF's layer.forward
         h, cos, sin, slots, rows = pre(m.embed_tokens, m.rotary_emb, tokens, positions, prefix_lens)
         tap_ids = set(self.tapped_layer_ids) if want_tapped else set()
         taps = {}
         for i, layer in enumerate(m.layers[: self.num_layers]):
-            if fused:
-                w_qkv, w_gate_up = self._fused_w[i]
+            if fused_w is not None:
+                w_qkv, w_gate_up = fused_w[i]
                 h = self._layer_fused(layer, w_qkv, w_gate_up, h, cos, sin, kv[i, 0], kv[i, 1], prefix_lens,
                                       rows, slots, tree_mask, attn)
             else:

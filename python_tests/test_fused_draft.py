@@ -24,12 +24,7 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 PROMPT = [5, 9, 200, 31, 7, 77, 300, 12, 3, 99, 41]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _setup(head_layers=2, seed=0, **head_kw):
@@ -92,7 +87,7 @@ def test_block_and_extend_functions_match_unfused():
     built under inference_mode here (inference-tensor Parameters: fused as inference tensors)."""
     for causal in (True, False):
         _, head, target = _setup(causal=causal, seed=1)
-        fused = HeadDrafter(head, target, depth=DEPTH)._fused_w
+        fused = HeadDrafter(head, target, depth=DEPTH)._proj.per_layer
         g = torch.Generator().manual_seed(3)
         B, S, N, H = 2, 32, DEPTH + 1, head.config.hidden_size
         cache = torch.randn(head.new_context_cache(B, S).shape, generator=g)
@@ -136,7 +131,7 @@ def test_fused_head_shares_storage(tmp_path):
     for n, p in head.named_parameters():
         assert isinstance(p, torch.nn.Parameter)
         torch.testing.assert_close(p, before[n], rtol=0, atol=0)
-    for layer, (w_qkv, w_gu) in zip(head.layers, d._fused_w):
+    for layer, (w_qkv, w_gu) in zip(head.layers, d._proj.per_layer):
         a, mlp = layer.self_attn, layer.mlp
         row = w_qkv.shape[1] * w_qkv.element_size()
         assert a.q_proj.weight.data_ptr() == w_qkv.data_ptr()
@@ -152,7 +147,7 @@ def test_fused_head_shares_storage(tmp_path):
     assert sum(storages.values()) == sum(p.numel() * p.element_size() for p in head.parameters())
     # a second drafter (e.g. another depth / budget) reuses the fused storage
     d2 = HeadDrafter(head, target, depth=3)
-    assert [w.data_ptr() for pair in d2._fused_w for w in pair] == [w.data_ptr() for pair in d._fused_w for w in pair]
+    assert [w.data_ptr() for pair in d2._proj.per_layer for w in pair] == [w.data_ptr() for pair in d._proj.per_layer for w in pair]
     # save_pretrained after fusing writes the same tensors, the published names only
     head.save_pretrained(tmp_path)
     from safetensors.torch import load_file
@@ -204,7 +199,7 @@ def test_fallbacks():
     _, head, target = _setup(attention_bias=True)
     ptr = head.layers[0].self_attn.q_proj.weight.data_ptr()
     d = HeadDrafter(head, target, depth=DEPTH)
-    assert not d.fused and "attention_bias" in d.fuse_note and d._weights() is None
+    assert not d.fused and "attention_bias" in d.fuse_note and d._proj.weights() is None
     assert head.layers[0].self_attn.q_proj.weight.data_ptr() == ptr
     _extend_and_draft(d)
     # a hooked projection (adapters, offloading): not a plain nn.Linear call

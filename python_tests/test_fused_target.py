@@ -20,12 +20,7 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 PROMPT = [5, 9, 200, 31, 7, 77, 300, 12, 3, 99, 41]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(tied=False, **kw):
@@ -92,7 +87,7 @@ def test_fused_weights_share_storage(tmp_path):
     for n, p in model.named_parameters():
         torch.testing.assert_close(p, before[n], rtol=0, atol=0)
     assert model.lm_head.weight is embed and model.model.embed_tokens.weight is embed  # tied: untouched
-    for layer, (w_qkv, w_gu) in zip(model.model.layers, t._fused_w):
+    for layer, (w_qkv, w_gu) in zip(model.model.layers, t._proj.per_layer):
         a, mlp = layer.self_attn, layer.mlp
         row = w_qkv.shape[1] * w_qkv.element_size()
         assert a.q_proj.weight.data_ptr() == w_qkv.data_ptr()
@@ -108,7 +103,7 @@ def test_fused_weights_share_storage(tmp_path):
     assert sum(storages.values()) == sum(p.numel() * p.element_size() for p in model.parameters())
     # a second Target on the same model reuses the fused storage
     t2 = Target(model, [0])
-    assert [w.data_ptr() for pair in t2._fused_w for w in pair] == [w.data_ptr() for pair in t._fused_w for w in pair]
+    assert [w.data_ptr() for pair in t2._proj.per_layer for w in pair] == [w.data_ptr() for pair in t._proj.per_layer for w in pair]
     # save_pretrained / from_pretrained round-trip with the same values
     model.save_pretrained(tmp_path)
     back = type(model).from_pretrained(tmp_path)

@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu_suite.sh            (writes logs and JSON to ${OUT:-benchmarks/out})
 # Env: SUITE_TESTS=0 skips pytest; SUITE_BENCH="accept attention" limits the benchmarks
 # (substrings of benchmarks/bench_*.py); PYTEST_ARGS adds pytest arguments (split on spaces);
-# PYTEST_K is passed as one -k expression (may contain spaces).
+# PYTEST_K is passed as one -k expression (may contain spaces). SUITE_BUILD_ONLY=1 stops after
+# the build (scripts/gpu/call.sh uses it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR="$(realpath -m "${OUT:-benchmarks/out}")"
@@ -30,6 +31,7 @@ if ! python3 setup.py build_ext --inplace > "$OUTDIR/build.log" 2>&1; then
 fi
 echo "build: $(( $(date +%s) - t0 )) s"
 grep -E "spill|stack frame" "$OUTDIR/build.log" | grep -v " 0 bytes spill" | sort | uniq | head -20 || true
+[ "${SUITE_BUILD_ONLY:-0}" = "1" ] && exit 0
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 if [ "${SUITE_TESTS:-1}" = "1" ]; then

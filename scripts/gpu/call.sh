@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# One device call: build for sm_90a, then the steps named in STEPS (space separated), each with
-# its own timeout, logs under $OUT. Usage on the H200: STEPS="tests probe bt dec" bash scripts/gpu/call.sh
+# One device call with chosen parts of the GPU suite: build (benchmarks/gpu_suite.sh, the one
+# place the H200 build is set up), then the steps named in STEPS (space separated), each with its
+# own timeout, logs under $OUT. Usage on the H200: STEPS="tests probe bt dec" bash scripts/gpu/call.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
-export CC=/usr/bin/gcc CXX=/usr/bin/g++ CUDA_HOME=/usr/local/cuda JETSPEC_CUDA_ARCHS=90a MAX_JOBS=16
-export PATH=$CUDA_HOME/bin:$PATH JETSPEC_DATA=$PWD/.carry/data PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+export OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+export JETSPEC_DATA=$PWD/.carry/data PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 T0=$(date +%s)
 el() { echo "[$(( $(date +%s) - T0 )) s]"; }
 if [ ! -f jetspec_ext/_C.abi3.so ] || [ "${REBUILD:-1}" = 1 ]; then
-  python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; echo BUILD FAILED; exit 1; }
+  SUITE_BUILD_ONLY=1 bash benchmarks/gpu_suite.sh || exit 1
 fi
-echo "build done $(el)"; grep -E "spill" "$OUT/build.log" | grep -v " 0 bytes spill" | sort | uniq -c | head
+echo "build done $(el)"
 for s in ${STEPS:-}; do
   case $s in
     tests) # TEST1..TEST4: one pytest argument string each, e.g. TEST1='test_x.py -k "a or b"'

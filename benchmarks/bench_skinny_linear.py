@@ -41,14 +41,19 @@ def main():
             if name == "lm_head" and M == 16:
                 continue
             x = torch.randn(M, K, device="cuda").to(torch.bfloat16)
-            it_a, it_b = itertools.cycle(ws), itertools.cycle(ws)
-            ours = time_us(lambda: jetspec_ext.skinny_linear(x, next(it_a)), 20, 200, None, True)
+            it_b = itertools.cycle(ws)
             cublas = time_us(lambda: F.linear(x, next(it_b)), 20, 200, None, True)
-            fl = floor_us(wbytes)
-            rows.append({"bench": "skinny_linear", "shape": f"{name} M{M} N{N} K{K} bf16", "us": ours,
-                         "floor_us": fl, "TB/s": wbytes / (ours * 1e-6) / 1e12, "cublas_us": cublas,
-                         "cublas_TB/s": wbytes / (cublas * 1e-6) / 1e12,
-                         "device": torch.cuda.get_device_name()})
+            row = {"bench": "skinny_linear", "shape": f"{name} M{M} N{N} K{K} bf16",
+                   "floor_us": floor_us(wbytes), "cublas_us": cublas,
+                   "cublas_TB/s": wbytes / (cublas * 1e-6) / 1e12, "device": torch.cuda.get_device_name()}
+            for cfg in ("4x2", "2x4", "1x8"):  # tilings of the kernel (JETSPEC_SKINNY_CFG)
+                os.environ["JETSPEC_SKINNY_CFG"] = cfg
+                it_a = itertools.cycle(ws)
+                row[f"cfg{cfg}_us"] = time_us(lambda: jetspec_ext.skinny_linear(x, next(it_a)), 20, 200, None, True)
+            os.environ.pop("JETSPEC_SKINNY_CFG", None)
+            row["us"] = row["cfg4x2_us"]
+            row["TB/s"] = wbytes / (row["us"] * 1e-6) / 1e12
+            rows.append(row)
         del ws
     print_table(rows)
 

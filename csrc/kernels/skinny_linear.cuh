@@ -32,10 +32,9 @@ namespace skinny {
 constexpr int kMaxRows = 16;                // M limit (one m16 tile)
 constexpr int kWarps = 8;                   // K splits per CTA
 constexpr int kThreads = kWarps * 32;
-constexpr int kTilesN = 4;                  // n8 tiles per warp
-constexpr int kRowsPerCta = 8 * kTilesN;    // weight rows (outputs) per CTA
-constexpr int kUnroll = 2;                  // k blocks per warp in flight
 constexpr int kKBlock = 32;                 // K must be a multiple of this
+// Tiling configurations (n8 tiles per warp x k blocks per warp in flight); the launcher picks one.
+// kTilesN * 8 weight rows (outputs) per CTA.
 
 template <typename T>
 __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
@@ -43,7 +42,7 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], 
 template <>
 __device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                                         uint32_t b1) {
-  asm volatile(
+  asm(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
@@ -52,7 +51,7 @@ __device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const uin
 template <>
 __device__ __forceinline__ void mma16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                                  uint32_t b1) {
-  asm volatile(
+  asm(
       "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
@@ -61,7 +60,7 @@ __device__ __forceinline__ void mma16816<__half>(float (&d)[4], const uint32_t (
 
 __device__ __forceinline__ uint4 ld_stream(const void* p) {  // read-once weights: no L1 allocation
   uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "l"(p));
   return v;
@@ -82,13 +81,14 @@ __device__ __forceinline__ __half from_f32<__half>(float x) {
   return __float2half_rn(x);
 }
 
-// grid (ceil(N / kRowsPerCta)), kThreads threads. x (M, K) and w (N, K) row-major, 16-byte
+// grid (ceil(N / (8 * kTilesN))), kThreads threads. x (M, K) and w (N, K) row-major, 16-byte
 // aligned rows; K % kKBlock == 0; 1 <= M <= kMaxRows. out (M, N) row-major.
-template <typename T>
+template <typename T, int kTilesN, int kUnroll>
 __global__ void __launch_bounds__(kThreads) skinny_linear_kernel(const T* __restrict__ x,
                                                                  const T* __restrict__ w,
                                                                  T* __restrict__ out, int M, int N,
                                                                  int K) {
+  constexpr int kRowsPerCta = 8 * kTilesN;
   __shared__ float red[kWarps][kMaxRows][kRowsPerCta + 1];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -111,15 +111,23 @@ __global__ void __launch_bounds__(kThreads) skinny_linear_kernel(const T* __rest
   const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
   for (int kb0 = warp; kb0 < kblocks; kb0 += kWarps * kUnroll) {
     uint4 wv[kUnroll][kTilesN], xv0[kUnroll], xv1[kUnroll];
+    // Every load issued unconditionally (a block past K reads the last block again, a row of x
+    // past M reads row 0) and zeroed by a select afterwards: no branches between the loads, so
+    // all kUnroll x (kTilesN + 2) of them are in flight together.
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int kb = kb0 + u * kWarps;
-      const bool in = kb < kblocks;  // uniform over the warp
-      const int64_t off = static_cast<int64_t>(kb) * kKBlock;
+      const int64_t off = static_cast<int64_t>(min(kb, kblocks - 1)) * kKBlock;
 #pragma unroll
-      for (int j = 0; j < kTilesN; ++j) wv[u][j] = in ? ld_stream(wrow[j] + off) : zero;
-      xv0[u] = in && has_x0 ? __ldg(reinterpret_cast<const uint4*>(x0 + off)) : zero;
-      xv1[u] = in && has_x1 ? __ldg(reinterpret_cast<const uint4*>(x1 + off)) : zero;
+      for (int j = 0; j < kTilesN; ++j) wv[u][j] = ld_stream(wrow[j] + off);
+      xv0[u] = __ldg(reinterpret_cast<const uint4*>(x0 + off));
+      xv1[u] = __ldg(reinterpret_cast<const uint4*>(x1 + off));
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const bool in = kb0 + u * kWarps < kblocks;  // uniform over the warp
+      if (!in || !has_x0) xv0[u] = zero;
+      if (!in || !has_x1) xv1[u] = zero;
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {

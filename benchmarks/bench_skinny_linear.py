@@ -46,11 +46,15 @@ def main():
             row = {"bench": "skinny_linear", "shape": f"{name} M{M} N{N} K{K} bf16",
                    "floor_us": floor_us(wbytes), "cublas_us": cublas,
                    "cublas_TB/s": wbytes / (cublas * 1e-6) / 1e12, "device": torch.cuda.get_device_name()}
-            for cfg in ("4x2", "2x4", "1x8"):  # tilings of the kernel (JETSPEC_SKINNY_CFG)
-                os.environ["JETSPEC_SKINNY_CFG"] = cfg
+            # tilings of the kernel (JETSPEC_SKINNY_CFG) with the automatic K split, and the
+            # default tiling without one (JETSPEC_SKINNY_KSPLIT=1)
+            for cfg, ks in (("4x2", "0"), ("2x4", "0"), ("1x8", "0"), ("4x2", "1")):
+                os.environ["JETSPEC_SKINNY_CFG"], os.environ["JETSPEC_SKINNY_KSPLIT"] = cfg, ks
                 it_a = itertools.cycle(ws)
-                row[f"cfg{cfg}_us"] = time_us(lambda: jetspec_ext.skinny_linear(x, next(it_a)), 20, 200, None, True)
+                row[f"cfg{cfg}{'_ks1' if ks == '1' else ''}_us"] = time_us(
+                    lambda: jetspec_ext.skinny_linear(x, next(it_a)), 20, 200, None, True)
             os.environ.pop("JETSPEC_SKINNY_CFG", None)
+            os.environ.pop("JETSPEC_SKINNY_KSPLIT", None)
             row["us"] = row["cfg4x2_us"]
             row["TB/s"] = wbytes / (row["us"] * 1e-6) / 1e12
             rows.append(row)

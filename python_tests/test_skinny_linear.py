@@ -87,6 +87,54 @@ def test_cuda_matches_reference(M, N, K, dtype):
 
 
 @requires_cuda
+@pytest.mark.parametrize("cfg", ["4x2", "2x4", "1x8"])
+@pytest.mark.parametrize("ksplit", ["0", "1", "3", "5"])
+def test_cuda_tilings_and_k_splits(cfg, ksplit, monkeypatch):
+    """Every tiling (JETSPEC_SKINNY_CFG) with the automatic, no, and forced K splits across CTAs
+    (JETSPEC_SKINNY_KSPLIT; 5 does not divide the 128 k blocks), twice in a row (the split-K
+    arrival counters must be back at zero after each launch)."""
+    monkeypatch.setenv("JETSPEC_SKINNY_CFG", cfg)
+    monkeypatch.setenv("JETSPEC_SKINNY_KSPLIT", ksplit)
+    for M in (1, 16):
+        x, w = _inputs(M, 4096 + 40, 4096, torch.bfloat16, "cuda", seed=M + int(ksplit))
+        _poison("cuda")
+        a = op(x, w)
+        _check_accuracy(a, x, w)
+        torch.testing.assert_close(op(x, w), a, rtol=0, atol=0)  # deterministic split order
+
+
+@requires_cuda
+def test_cuda_split_k_graph_replay(monkeypatch):
+    monkeypatch.setenv("JETSPEC_SKINNY_KSPLIT", "4")
+    x, w = _inputs(3, 1024, 4096, torch.bfloat16, "cuda", seed=8)
+    expect = op(x, w)  # grows the counter buffer outside the capture
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        op(x, w)
+    torch.cuda.current_stream().wait_stream(s)
+    with torch.cuda.graph(g):
+        out = op(x, w)
+    for _ in range(3):
+        g.replay()
+        torch.testing.assert_close(out, expect, rtol=0, atol=0)
+
+
+def test_bad_tuning_env(monkeypatch):
+    if not (torch.cuda.is_available() and jetspec_ext.cuda_compiled()):
+        pytest.skip("the tuning variables are read by the CUDA launcher")
+    x, w = _inputs(2, 64, 64, torch.bfloat16, "cuda")
+    monkeypatch.setenv("JETSPEC_SKINNY_CFG", "8x8")
+    with pytest.raises(RuntimeError, match="JETSPEC_SKINNY_CFG"):
+        op(x, w)
+    monkeypatch.setenv("JETSPEC_SKINNY_CFG", "4x2")
+    monkeypatch.setenv("JETSPEC_SKINNY_KSPLIT", "-1")
+    with pytest.raises(RuntimeError, match="JETSPEC_SKINNY_KSPLIT"):
+        op(x, w)
+
+
+@requires_cuda
 def test_cuda_large_values_and_rows_beyond_m():
     """Rows of the m16 tile past M must not leak into the output (their x loads are skipped);
     large magnitudes keep fp32 accumulation honest."""

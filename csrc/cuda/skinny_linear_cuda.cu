@@ -2,6 +2,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 #include <type_traits>
@@ -12,6 +13,30 @@
 
 namespace jetspec {
 namespace {
+
+// Per-device arrival counters of the split-K reduction (zero at rest; each row tile's last CTA
+// resets its own). Grown outside graph capture only; during a capture with too small a buffer
+// the launch runs without a K split. Shared by every skinny_linear launch on the device: two
+// launches with a K split must not run concurrently on different streams.
+int* split_k_counters(int device, int64_t need, cudaStream_t stream) {
+  static at::Tensor bufs[64];
+  if (device < 0 || device >= 64) return nullptr;
+  at::Tensor& buf = bufs[device];
+  if (buf.defined() && buf.numel() >= need) return buf.data_ptr<int32_t>();
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  JETSPEC_CUDA_CHECK(cudaStreamIsCapturing(stream, &st));
+  if (st != cudaStreamCaptureStatusNone) return nullptr;
+  buf = at::zeros({std::max<int64_t>(need, 4096)}, at::TensorOptions().dtype(at::kInt).device(at::kCUDA, device));
+  return buf.data_ptr<int32_t>();
+}
+
+int sm_count(int device) {
+  static int counts[64] = {0};
+  if (device < 0 || device >= 64) return 132;
+  if (counts[device] == 0)
+    JETSPEC_CUDA_CHECK(cudaDeviceGetAttribute(&counts[device], cudaDevAttrMultiProcessorCount, device));
+  return counts[device];
+}
 
 at::Tensor skinny_linear_cuda(const at::Tensor& x, const at::Tensor& weight) {
   check_skinny_linear_args(x, weight);
@@ -33,14 +58,35 @@ at::Tensor skinny_linear_cuda(const at::Tensor& x, const at::Tensor& weight) {
                 "JETSPEC_SKINNY_CFG must be 4x2, 2x4 or 1x8, got '", v, "'");
     cfg = v == "2x4" ? 1 : v == "1x8" ? 2 : 0;
   }
+  // K split over CTAs (gridDim.y): about 3 CTAs per SM in all, each warp at least one 32-wide k
+  // block, at most 8 splits; JETSPEC_SKINNY_KSPLIT=n forces n (tuning; 1 = none).
+  int forced_ks = 0;
+  if (const char* env = std::getenv("JETSPEC_SKINNY_KSPLIT")) {
+    forced_ks = std::atoi(env);
+    TORCH_CHECK(forced_ks >= 0 && forced_ks <= 64, "JETSPEC_SKINNY_KSPLIT must be 0 (auto) .. 64, got '",
+                env, "'");
+  }
+  const int device = x.get_device();
   cudaStream_t stream = current_stream();
   auto run = [&](auto tag, auto tiles, auto unroll) {
     using T = decltype(tag);
     constexpr int kTiles = decltype(tiles)::value, kUnroll = decltype(unroll)::value;
-    const dim3 grid(static_cast<unsigned>(ceil_div(N, 8 * kTiles)));
+    const int tiles_n = ceil_div(N, 8 * kTiles);
+    const int kblocks = K / skinny::kKBlock;
+    int ks = forced_ks > 0 ? forced_ks : ceil_div(3 * sm_count(device), tiles_n);
+    ks = std::max(1, std::min({ks, forced_ks > 0 ? 64 : 8, kblocks / skinny::kWarps, kblocks}));
+    int* counters = nullptr;
+    at::Tensor part;
+    if (ks > 1) {
+      counters = split_k_counters(device, tiles_n, stream);
+      if (counters == nullptr) ks = 1;  // capturing with too small a counter buffer
+    }
+    if (ks > 1) part = at::empty({ks, M, N}, x.options().dtype(at::kFloat));
+    const dim3 grid(static_cast<unsigned>(tiles_n), static_cast<unsigned>(ks));
     skinny::skinny_linear_kernel<T, kTiles, kUnroll><<<grid, skinny::kThreads, 0, stream>>>(
         reinterpret_cast<const T*>(x.data_ptr()), reinterpret_cast<const T*>(weight.data_ptr()),
-        reinterpret_cast<T*>(out.data_ptr()), M, N, K);
+        reinterpret_cast<T*>(out.data_ptr()), M, N, K, ks > 1 ? part.data_ptr<float>() : nullptr,
+        counters);
   };
   auto by_cfg = [&](auto tag) {
     if (cfg == 1)

@@ -81,19 +81,26 @@ __device__ __forceinline__ __half from_f32<__half>(float x) {
   return __float2half_rn(x);
 }
 
-// grid (ceil(N / (8 * kTilesN))), kThreads threads. x (M, K) and w (N, K) row-major, 16-byte
-// aligned rows; K % kKBlock == 0; 1 <= M <= kMaxRows. out (M, N) row-major.
+// grid (ceil(N / (8 * kTilesN)), KS), kThreads threads. x (M, K) and w (N, K) row-major,
+// 16-byte aligned rows; K % kKBlock == 0; 1 <= M <= kMaxRows; 1 <= KS <= K / kKBlock. out (M, N)
+// row-major. KS > 1 splits K over the CTAs of blockIdx.y as well (more bytes in flight when N is
+// small): each writes its fp32 partial to part (KS, M, N); the last CTA of a row tile to finish
+// (counters[blockIdx.x], zero at rest, reset by that CTA: graph-replay safe) adds the KS partials
+// in split order (deterministic) and stores the output.
 template <typename T, int kTilesN, int kUnroll>
 __global__ void __launch_bounds__(kThreads) skinny_linear_kernel(const T* __restrict__ x,
                                                                  const T* __restrict__ w,
                                                                  T* __restrict__ out, int M, int N,
-                                                                 int K) {
+                                                                 int K, float* __restrict__ part,
+                                                                 int* __restrict__ counters) {
   constexpr int kRowsPerCta = 8 * kTilesN;
   __shared__ float red[kWarps][kMaxRows][kRowsPerCta + 1];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int n_base = blockIdx.x * kRowsPerCta;
-  const int kblocks = K / kKBlock;
+  const int KS = gridDim.y, ks = blockIdx.y;
+  const int kb_lo = static_cast<int>(static_cast<int64_t>(K / kKBlock) * ks / KS);
+  const int kblocks = static_cast<int>(static_cast<int64_t>(K / kKBlock) * (ks + 1) / KS);  // end
 
   // This thread's weight rows (clamped: rows past N read row N-1, their sums are never stored).
   const T* wrow[kTilesN];
@@ -109,7 +116,7 @@ __global__ void __launch_bounds__(kThreads) skinny_linear_kernel(const T* __rest
   for (int j = 0; j < kTilesN; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
 
   const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-  for (int kb0 = warp; kb0 < kblocks; kb0 += kWarps * kUnroll) {
+  for (int kb0 = kb_lo + warp; kb0 < kblocks; kb0 += kWarps * kUnroll) {
     uint4 wv[kUnroll][kTilesN], xv0[kUnroll], xv1[kUnroll];
     // Every load issued unconditionally (a block past K reads the last block again, a row of x
     // past M reads row 0) and zeroed by a select afterwards: no branches between the loads, so
@@ -157,8 +164,27 @@ __global__ void __launch_bounds__(kThreads) skinny_linear_kernel(const T* __rest
     float sum = 0.f;
 #pragma unroll
     for (int ww = 0; ww < kWarps; ++ww) sum += red[ww][m][n];
+    if (KS == 1)
+      out[static_cast<int64_t>(m) * N + n_base + n] = from_f32<T>(sum);
+    else
+      part[(static_cast<int64_t>(ks) * M + m) * N + n_base + n] = sum;
+  }
+  if (KS == 1) return;
+  __shared__ int s_last;
+  __threadfence();  // this CTA's partial is visible device-wide before it counts itself done
+  __syncthreads();
+  if (threadIdx.x == 0) s_last = atomicAdd(&counters[blockIdx.x], 1) == KS - 1;
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  for (int i = threadIdx.x; i < M * kRowsPerCta; i += kThreads) {
+    const int m = i / kRowsPerCta, n = i - m * kRowsPerCta;
+    if (n_base + n >= N) continue;
+    float sum = 0.f;
+    for (int s2 = 0; s2 < KS; ++s2) sum += __ldcg(part + (static_cast<int64_t>(s2) * M + m) * N + n_base + n);
     out[static_cast<int64_t>(m) * N + n_base + n] = from_f32<T>(sum);
   }
+  if (threadIdx.x == 0) counters[blockIdx.x] = 0;
 }
 
 }  // namespace skinny

@@ -46,16 +46,15 @@ def main():
             row = {"bench": "skinny_linear", "shape": f"{name} M{M} N{N} K{K} bf16",
                    "floor_us": floor_us(wbytes), "cublas_us": cublas,
                    "cublas_TB/s": wbytes / (cublas * 1e-6) / 1e12, "device": torch.cuda.get_device_name()}
-            # tilings of the kernel (JETSPEC_SKINNY_CFG) with the automatic K split, and the
-            # default tiling without one (JETSPEC_SKINNY_KSPLIT=1)
-            for cfg, ks in (("4x2", "0"), ("2x4", "0"), ("1x8", "0"), ("4x2", "1")):
+            # the automatic shape (us), then each tiling (JETSPEC_SKINNY_CFG = n8 tiles per CTA)
+            # with the automatic K split, and 4 tiles with a forced split of 2
+            for cfg, ks in (("", "0"), ("2", "0"), ("4", "0"), ("6", "0"), ("8", "0"), ("4", "2")):
                 os.environ["JETSPEC_SKINNY_CFG"], os.environ["JETSPEC_SKINNY_KSPLIT"] = cfg, ks
                 it_a = itertools.cycle(ws)
-                row[f"cfg{cfg}{'_ks1' if ks == '1' else ''}_us"] = time_us(
-                    lambda: jetspec_ext.skinny_linear(x, next(it_a)), 20, 200, None, True)
+                name_c = "us" if not cfg else f"t{cfg}{'_ks2' if ks == '2' else ''}_us"
+                row[name_c] = time_us(lambda: jetspec_ext.skinny_linear(x, next(it_a)), 20, 200, None, True)
             os.environ.pop("JETSPEC_SKINNY_CFG", None)
             os.environ.pop("JETSPEC_SKINNY_KSPLIT", None)
-            row["us"] = row["cfg4x2_us"]
             row["TB/s"] = wbytes / (row["us"] * 1e-6) / 1e12
             rows.append(row)
         del ws

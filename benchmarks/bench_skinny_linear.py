@@ -37,7 +37,7 @@ def main():
         wbytes = N * K * 2
         copies = max(1, min(8, -(-160 * 2**20 // wbytes)))
         ws = [torch.randn(N, K, device="cuda").mul_(K ** -0.5).to(torch.bfloat16) for _ in range(copies)]
-        for M in (1, 16):
+        for M in (1, 4, 16):
             if name == "lm_head" and M == 16:
                 continue
             x = torch.randn(M, K, device="cuda").to(torch.bfloat16)
@@ -46,15 +46,19 @@ def main():
             row = {"bench": "skinny_linear", "shape": f"{name} M{M} N{N} K{K} bf16",
                    "floor_us": floor_us(wbytes), "cublas_us": cublas,
                    "cublas_TB/s": wbytes / (cublas * 1e-6) / 1e12, "device": torch.cuda.get_device_name()}
-            # the automatic shape (us), then each tiling (JETSPEC_SKINNY_CFG = n8 tiles per CTA)
-            # with the automatic K split, and 4 tiles with a forced split of 2
-            for cfg, ks in (("", "0"), ("2", "0"), ("4", "0"), ("6", "0"), ("8", "0"), ("4", "2")):
+            # tilings of the kernel (JETSPEC_SKINNY_CFG) with the automatic K split, and the
+            # default tiling without one (JETSPEC_SKINNY_KSPLIT=1)
+            os.environ["JETSPEC_SKINNY_GEMV"] = "0"
+            for cfg, ks in (("4x2", "0"), ("2x4", "0"), ("4x2", "1")):
                 os.environ["JETSPEC_SKINNY_CFG"], os.environ["JETSPEC_SKINNY_KSPLIT"] = cfg, ks
                 it_a = itertools.cycle(ws)
-                name_c = "us" if not cfg else f"t{cfg}{'_ks2' if ks == '2' else ''}_us"
-                row[name_c] = time_us(lambda: jetspec_ext.skinny_linear(x, next(it_a)), 20, 200, None, True)
-            os.environ.pop("JETSPEC_SKINNY_CFG", None)
-            os.environ.pop("JETSPEC_SKINNY_KSPLIT", None)
+                row[f"cfg{cfg}{'_ks1' if ks == '1' else ''}_us"] = time_us(
+                    lambda: jetspec_ext.skinny_linear(x, next(it_a)), 20, 200, None, True)
+            for var in ("JETSPEC_SKINNY_CFG", "JETSPEC_SKINNY_KSPLIT", "JETSPEC_SKINNY_GEMV"):
+                os.environ.pop(var, None)
+            # the default path: M <= 4 the CUDA-core kernel (skinny_gemv.cuh), else 4x2 auto split
+            it_a = itertools.cycle(ws)
+            row["us"] = time_us(lambda: jetspec_ext.skinny_linear(x, next(it_a)), 20, 200, None, True)
             row["TB/s"] = wbytes / (row["us"] * 1e-6) / 1e12
             rows.append(row)
         del ws

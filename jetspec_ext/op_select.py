@@ -51,7 +51,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     ``in_features`` a multiple of 32 and a contiguous weight. Everything else: ``F.linear``."""
     K = weight.shape[-1]
     if (SKINNY_LINEAR_CUDA and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
-            and weight.dtype == x.dtype and weight.dim() == 2 and x.numel() <= skinny.MAX_ROWS * K
+            and weight.dtype == x.dtype and weight.dim() == 2 and x.numel() <= skinny.GEMV_MAX_ROWS * K
             and K % skinny.K_MULTIPLE == 0 and weight.is_contiguous()):
         return jetspec_ext.skinny_linear(x, weight)
     return F.linear(x, weight)

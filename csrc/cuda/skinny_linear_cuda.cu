@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "cuda_utils.cuh"
+#include "kernels/skinny_gemv.cuh"
 #include "kernels/skinny_linear.cuh"
 #include "skinny_linear_common.h"
 
@@ -49,94 +50,84 @@ at::Tensor skinny_linear_cuda(const at::Tensor& x, const at::Tensor& weight) {
   const int M = static_cast<int>(x.size(0)), K = static_cast<int>(x.size(1));
   const int N = static_cast<int>(weight.size(0));
   at::Tensor out = at::empty({M, N}, x.options());
-  const int device = x.get_device();
-  const int sms = sm_count(device);
-  const int kblocks = K / skinny::kKBlock;
-  // Tuning overrides: JETSPEC_SKINNY_CFG = n8 tiles per CTA (2, 4, 6 or 8),
-  // JETSPEC_SKINNY_KSPLIT = K splits across CTAs (0 = automatic, 1 = none).
-  int forced_tiles = 0;
+  // 1..4 rows: the CUDA-core kernel reading whole 512-byte runs of each weight row
+  // (skinny_gemv.cuh). JETSPEC_SKINNY_GEMV=0 sends them to the tensor-core kernel (tests, tuning).
+  const char* gemv_env = std::getenv("JETSPEC_SKINNY_GEMV");
+  if (M <= skinny::kGemvMaxRows && !(gemv_env != nullptr && std::string(gemv_env) == "0")) {
+    const dim3 grid(static_cast<unsigned>(ceil_div(N, skinny::kGemvRowsPerCta)));
+    cudaStream_t stream = current_stream();
+    auto gemv = [&](auto tag, auto m_c) {
+      using T = decltype(tag);
+      skinny::skinny_gemv_kernel<T, decltype(m_c)::value><<<grid, skinny::kGemvThreads, 0, stream>>>(
+          reinterpret_cast<const T*>(x.data_ptr()), reinterpret_cast<const T*>(weight.data_ptr()),
+          reinterpret_cast<T*>(out.data_ptr()), N, K);
+    };
+    auto by_m = [&](auto tag) {
+      switch (M) {
+        case 1: gemv(tag, std::integral_constant<int, 1>{}); break;
+        case 2: gemv(tag, std::integral_constant<int, 2>{}); break;
+        case 3: gemv(tag, std::integral_constant<int, 3>{}); break;
+        default: gemv(tag, std::integral_constant<int, 4>{});
+      }
+    };
+    if (x.scalar_type() == at::kBFloat16)
+      by_m(__nv_bfloat16{});
+    else
+      by_m(__half{});
+    JETSPEC_CHECK_LAUNCH();
+    return out;
+  }
+  // Tiling: JETSPEC_SKINNY_CFG = "4x2" (default: 4 n8 tiles per warp, 2 k blocks in flight),
+  // "2x4" or "1x8" (tuning).
+  int cfg = 0;
   if (const char* env = std::getenv("JETSPEC_SKINNY_CFG")) {
     const std::string v(env);
-    TORCH_CHECK(v.empty() || v == "2" || v == "4" || v == "6" || v == "8",
-                "JETSPEC_SKINNY_CFG must be 2, 4, 6 or 8 (n8 tiles per CTA), got '", v, "'");
-    if (!v.empty()) forced_tiles = std::atoi(env);
+    TORCH_CHECK(v.empty() || v == "4x2" || v == "2x4" || v == "1x8",
+                "JETSPEC_SKINNY_CFG must be 4x2, 2x4 or 1x8, got '", v, "'");
+    cfg = v == "2x4" ? 1 : v == "1x8" ? 2 : 0;
   }
+  // K split over CTAs (gridDim.y): about 3 CTAs per SM in all, each warp at least one 32-wide k
+  // block, at most 8 splits; JETSPEC_SKINNY_KSPLIT=n forces n (tuning; 1 = none).
   int forced_ks = 0;
   if (const char* env = std::getenv("JETSPEC_SKINNY_KSPLIT")) {
     forced_ks = std::atoi(env);
     TORCH_CHECK(forced_ks >= 0 && forced_ks <= 64, "JETSPEC_SKINNY_KSPLIT must be 0 (auto) .. 64, got '",
                 env, "'");
   }
-  // Automatic shape: the CTAs (row tiles x K splits) should fill whole waves of one CTA per SM
-  // (each SM's share of the HBM stream is what one CTA's ring keeps in flight). Prefer no K split
-  // (no partials, no second pass), then more rows per CTA (fewer CTAs), within 3% of the best.
-  int tiles = 8, ks = 1;
-  {
-    double best = -1.0;
-    struct Cand { int tiles, ks; double eff; };
-    Cand cands[32];
-    int nc = 0;
-    for (int k = 1; k <= 8; ++k) {
-      if (forced_ks > 0 && k != forced_ks) continue;
-      if (forced_ks == 0 && k > 1 && k > kblocks / skinny::kWarps) break;
-      for (int t : {8, 6, 4, 2}) {
-        if (forced_tiles > 0 && t != forced_tiles) continue;
-        const int64_t units = static_cast<int64_t>(ceil_div(N, 8 * t)) * k;
-        const int64_t waves = (units + sms - 1) / sms;
-        const double eff = static_cast<double>(units) / static_cast<double>(waves * sms);
-        cands[nc++] = {t, k, eff};
-        best = std::max(best, eff);
-      }
-    }
-    for (int i = 0; i < nc; ++i)  // candidates are ordered by (ks, -tiles)
-      if (cands[i].eff >= best - 0.03) { tiles = cands[i].tiles; ks = cands[i].ks; break; }
-    if (forced_ks > 0) ks = forced_ks;
-  }
-  ks = std::max(1, std::min(ks, kblocks));
+  const int device = x.get_device();
   cudaStream_t stream = current_stream();
-  int* counters = nullptr;
-  at::Tensor part;
-  const int tiles_n = ceil_div(N, 8 * tiles);
-  if (ks > 1) {
-    counters = split_k_counters(device, tiles_n, stream);
-    if (counters == nullptr) ks = 1;  // capturing with too small a counter buffer
-  }
-  if (ks > 1) part = at::empty({ks, M, N}, x.options().dtype(at::kFloat));
-  const dim3 grid(static_cast<unsigned>(tiles_n), static_cast<unsigned>(ks));
-  auto run = [&](auto tag, auto tiles_c, auto two_x_c) {
+  auto run = [&](auto tag, auto tiles, auto unroll) {
     using T = decltype(tag);
-    constexpr int kTiles = decltype(tiles_c)::value;
-    constexpr bool kTwoX = decltype(two_x_c)::value;
-    constexpr int kSmem = skinny::smem_bytes(kTiles, kTwoX);
-    auto kernel = skinny::skinny_linear_kernel<T, kTiles, kTwoX>;
-    static bool configured = false;  // per instantiation; the attribute is per function
-    if (!configured) {
-      JETSPEC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-      configured = true;
+    constexpr int kTiles = decltype(tiles)::value, kUnroll = decltype(unroll)::value;
+    const int tiles_n = ceil_div(N, 8 * kTiles);
+    const int kblocks = K / skinny::kKBlock;
+    int ks = forced_ks > 0 ? forced_ks : ceil_div(3 * sm_count(device), tiles_n);
+    ks = std::max(1, std::min({ks, forced_ks > 0 ? 64 : 8, kblocks / skinny::kWarps, kblocks}));
+    int* counters = nullptr;
+    at::Tensor part;
+    if (ks > 1) {
+      counters = split_k_counters(device, tiles_n, stream);
+      if (counters == nullptr) ks = 1;  // capturing with too small a counter buffer
     }
-    kernel<<<grid, skinny::kThreads, kSmem, stream>>>(
+    if (ks > 1) part = at::empty({ks, M, N}, x.options().dtype(at::kFloat));
+    const dim3 grid(static_cast<unsigned>(tiles_n), static_cast<unsigned>(ks));
+    skinny::skinny_linear_kernel<T, kTiles, kUnroll><<<grid, skinny::kThreads, 0, stream>>>(
         reinterpret_cast<const T*>(x.data_ptr()), reinterpret_cast<const T*>(weight.data_ptr()),
         reinterpret_cast<T*>(out.data_ptr()), M, N, K, ks > 1 ? part.data_ptr<float>() : nullptr,
         counters);
   };
-  auto by_x = [&](auto tag, auto tiles_c) {
-    if (M > 8)
-      run(tag, tiles_c, std::true_type{});
+  auto by_cfg = [&](auto tag) {
+    if (cfg == 1)
+      run(tag, std::integral_constant<int, 2>{}, std::integral_constant<int, 4>{});
+    else if (cfg == 2)
+      run(tag, std::integral_constant<int, 1>{}, std::integral_constant<int, 8>{});
     else
-      run(tag, tiles_c, std::false_type{});
-  };
-  auto by_tiles = [&](auto tag) {
-    switch (tiles) {
-      case 2: by_x(tag, std::integral_constant<int, 2>{}); break;
-      case 4: by_x(tag, std::integral_constant<int, 4>{}); break;
-      case 6: by_x(tag, std::integral_constant<int, 6>{}); break;
-      default: by_x(tag, std::integral_constant<int, 8>{});
-    }
+      run(tag, std::integral_constant<int, 4>{}, std::integral_constant<int, 2>{});
   };
   if (x.scalar_type() == at::kBFloat16)
-    by_tiles(__nv_bfloat16{});
+    by_cfg(__nv_bfloat16{});
   else
-    by_tiles(__half{});
+    by_cfg(__half{});
   JETSPEC_CHECK_LAUNCH();
   return out;
 }

@@ -4,6 +4,7 @@ import torch
 Tensor = torch.Tensor
 
 MAX_ROWS = 16  # kSkinnyMaxRows in csrc/skinny_linear_common.h
+GEMV_MAX_ROWS = 4  # skinny::kGemvMaxRows: up to this many rows run the CUDA-core kernel
 K_MULTIPLE = 32  # in_features must be a multiple of this
 
 

@@ -186,20 +186,26 @@ def test_compile_sees_the_op(device):
 
 
 
-def test_decoder_routing_is_opt_in(monkeypatch):
-    """op_select.linear (the target's and draft head's fused layers) keeps F.linear unless
-    JETSPEC_SKINNY_LINEAR=1 (the kernel is still slower than cuBLAS on the H200); with the flag
-    on, CUDA bf16 inputs of at most 16 rows go through the op."""
+def test_decoder_routing(monkeypatch):
+    """op_select.linear (the target's and draft head's fused layers) sends CUDA bf16 inputs of ONE
+    row through the op (faster than cuBLAS there on the H200), unless JETSPEC_SKINNY_LINEAR=0;
+    more rows, and CPU tensors, keep F.linear."""
     import os
 
     import jetspec_ext.op_select as sel
-    if os.environ.get("JETSPEC_SKINNY_LINEAR") != "1":
+    has_cuda_kernel = torch._C._dispatch_has_kernel_for_dispatch_key("jetspec::skinny_linear", "CUDA")
+    if os.environ.get("JETSPEC_SKINNY_LINEAR", "1") == "0":
         assert sel.SKINNY_LINEAR_CUDA is False
-    x, w = _inputs(2, 64, 64, torch.bfloat16, "cpu", seed=4)
+    else:
+        assert sel.SKINNY_LINEAR_CUDA is has_cuda_kernel
+    assert sel.ROUTED_MAX_ROWS == 1
+    x, w = _inputs(1, 64, 64, torch.bfloat16, "cpu", seed=4)
     torch.testing.assert_close(sel.linear(x, w), F.linear(x, w), rtol=0, atol=0)
     if torch.cuda.is_available() and jetspec_ext.cuda_compiled():
         monkeypatch.setattr(sel, "SKINNY_LINEAR_CUDA", True)
         xc, wc = x.cuda(), w.cuda()
         torch.testing.assert_close(sel.linear(xc, wc), op(xc, wc), rtol=0, atol=0)
-        x5 = torch.randn(5, 64, device="cuda").to(torch.bfloat16)  # more than 4 rows: F.linear
-        torch.testing.assert_close(sel.linear(x5, wc), F.linear(x5, wc), rtol=0, atol=0)
+        x2 = torch.randn(2, 64, device="cuda").to(torch.bfloat16)  # more than one row: F.linear
+        torch.testing.assert_close(sel.linear(x2, wc), F.linear(x2, wc), rtol=0, atol=0)
+        monkeypatch.setattr(sel, "SKINNY_LINEAR_CUDA", False)
+        torch.testing.assert_close(sel.linear(xc, wc), F.linear(xc, wc), rtol=0, atol=0)

@@ -3,13 +3,14 @@
 // accumulation, same dtype out.
 //
 // Why: at M = 1..16 a linear layer is a pure weight stream (each weight read once, used M
-// times), and on the H200 cuBLAS ran the Qwen3-8B projections of a decoding step at 3.0-3.7 TB/s
-// (q|k|v 15.8 us, o_proj 11.0 us + split-K reduce, down_proj 27.4 us + reduce; profile in
-// benchmarks/RESULTS.md). This kernel only has to keep enough weight bytes in flight.
-// STATUS (H200, 2026-11-29): correct, but slower than cuBLAS at every Qwen3-8B shape (e.g.
-// down_proj 41.4 vs 30.3 us: at N = 4096 one CTA of 32 rows per SM keeps too few bytes in
-// flight), so the decoder uses it only with JETSPEC_SKINNY_LINEAR=1. Branch skinny-tune splits K
-// across CTAs as well.
+// times), and on the H200 cuBLAS ran the Qwen3-8B projections of a decoding step at 2.5-3.5 TB/s.
+// STATUS (H200, 2026-11-29): this tensor-core kernel runs 5..16 rows (1..4 go to
+// skinny_gemv.cuh). It is correct, but about as fast as cuBLAS at best (with the K split:
+// o_proj M16 15.1 vs 13.6 us, down_proj M16 32.5 vs 29.1 us), so the decoder does not route
+// through it. Each warp-wide load touches 8 weight rows x 64 bytes (the mma fragment layout);
+// a cp.async ring keeping 64-112 KB in flight per SM with the same pattern was slower still
+// (branch skinny-tune, commit aff686f), while skinny_gemv's 512-byte runs of one row reach
+// 4.1-4.6 TB/s. A next version would stage whole-row runs through shared memory and ldmatrix.
 //
 // Layout: one CTA per 32 weight rows (4 n8 tiles), 8 warps splitting K (warp w takes the 32-wide
 // k blocks w, w + 8, ...: the CTA reads 512 contiguous bytes of each of its rows per step). Per

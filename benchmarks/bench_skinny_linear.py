@@ -37,18 +37,30 @@ def main():
         wbytes = N * K * 2
         copies = max(1, min(8, -(-160 * 2**20 // wbytes)))
         ws = [torch.randn(N, K, device="cuda").mul_(K ** -0.5).to(torch.bfloat16) for _ in range(copies)]
-        for M in (1, 16):
+        for M in (1, 4, 16):
             if name == "lm_head" and M == 16:
                 continue
             x = torch.randn(M, K, device="cuda").to(torch.bfloat16)
-            it_a, it_b = itertools.cycle(ws), itertools.cycle(ws)
-            ours = time_us(lambda: jetspec_ext.skinny_linear(x, next(it_a)), 20, 200, None, True)
+            it_b = itertools.cycle(ws)
             cublas = time_us(lambda: F.linear(x, next(it_b)), 20, 200, None, True)
-            fl = floor_us(wbytes)
-            rows.append({"bench": "skinny_linear", "shape": f"{name} M{M} N{N} K{K} bf16", "us": ours,
-                         "floor_us": fl, "TB/s": wbytes / (ours * 1e-6) / 1e12, "cublas_us": cublas,
-                         "cublas_TB/s": wbytes / (cublas * 1e-6) / 1e12,
-                         "device": torch.cuda.get_device_name()})
+            row = {"bench": "skinny_linear", "shape": f"{name} M{M} N{N} K{K} bf16",
+                   "floor_us": floor_us(wbytes), "cublas_us": cublas,
+                   "cublas_TB/s": wbytes / (cublas * 1e-6) / 1e12, "device": torch.cuda.get_device_name()}
+            # tilings of the kernel (JETSPEC_SKINNY_CFG) with the automatic K split, and the
+            # default tiling without one (JETSPEC_SKINNY_KSPLIT=1)
+            os.environ["JETSPEC_SKINNY_GEMV"] = "0"
+            for cfg, ks in (("4x2", "0"), ("2x4", "0"), ("4x2", "1")):
+                os.environ["JETSPEC_SKINNY_CFG"], os.environ["JETSPEC_SKINNY_KSPLIT"] = cfg, ks
+                it_a = itertools.cycle(ws)
+                row[f"cfg{cfg}{'_ks1' if ks == '1' else ''}_us"] = time_us(
+                    lambda: jetspec_ext.skinny_linear(x, next(it_a)), 20, 200, None, True)
+            for var in ("JETSPEC_SKINNY_CFG", "JETSPEC_SKINNY_KSPLIT", "JETSPEC_SKINNY_GEMV"):
+                os.environ.pop(var, None)
+            # the default path: M <= 4 the CUDA-core kernel (skinny_gemv.cuh), else 4x2 auto split
+            it_a = itertools.cycle(ws)
+            row["us"] = time_us(lambda: jetspec_ext.skinny_linear(x, next(it_a)), 20, 200, None, True)
+            row["TB/s"] = wbytes / (row["us"] * 1e-6) / 1e12
+            rows.append(row)
         del ws
     print_table(rows)
 

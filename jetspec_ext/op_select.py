@@ -37,21 +37,26 @@ def op(name: str, device, dtype=None):
     return getattr(jetspec_ext.reference, name)
 
 
-# Decoding-shaped linear layers can go through jetspec::skinny_linear on CUDA (see :func:`linear`).
-# OPT-IN (JETSPEC_SKINNY_LINEAR=1): on the H200 the kernel is still slower than cuBLAS at the
-# Qwen3-8B shapes (benchmarks/RESULTS.md), so F.linear stays the default. Resolved once at import
-# so torch.compile traces the choice from static facts only (this flag, shapes, dtypes).
-SKINNY_LINEAR_CUDA = (os.environ.get("JETSPEC_SKINNY_LINEAR", "0") == "1"
+# Decoding-shaped linear layers go through jetspec::skinny_linear on CUDA (see :func:`linear`)
+# when x has ONE row (the autoregressive step): there its CUDA-core kernel (skinny_gemv.cuh) beat
+# cuBLAS at every Qwen3-8B shape on the H200 (o_proj 9.7 vs 13.3 us, down_proj 24.6 vs 30.7 us,
+# LM head 272 vs 297 us; graphed AR step 4.51 vs 5.18 ms; benchmarks/RESULTS.md, 2026-11-29). With
+# 4 rows it lost at some shapes and with 5..16 rows (tensor-core kernel) it is not faster than
+# cuBLAS, so those keep F.linear. JETSPEC_SKINNY_LINEAR=0 turns the routing off. Resolved once at
+# import so torch.compile traces the choice from static facts only (this flag, shapes, dtypes).
+SKINNY_LINEAR_CUDA = (os.environ.get("JETSPEC_SKINNY_LINEAR", "1") != "0"
                       and torch._C._dispatch_has_kernel_for_dispatch_key("jetspec::skinny_linear", "CUDA"))
+ROUTED_MAX_ROWS = 1  # rows of x that op_select.linear sends to skinny_linear (measured: see above)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.linear(x, weight)`` (no bias), through ``jetspec_ext.skinny_linear`` when it applies:
-    CUDA build and tensors, bf16 / fp16, at most 16 rows in ``x`` (decoding step, draft block),
-    ``in_features`` a multiple of 32 and a contiguous weight. Everything else: ``F.linear``."""
+    CUDA build and tensors, bf16 / fp16, ONE row in ``x`` (the autoregressive step; see
+    ``ROUTED_MAX_ROWS``), ``in_features`` a multiple of 32 and a contiguous weight. Everything
+    else: ``F.linear``."""
     K = weight.shape[-1]
     if (SKINNY_LINEAR_CUDA and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
-            and weight.dtype == x.dtype and weight.dim() == 2 and x.numel() <= skinny.MAX_ROWS * K
+            and weight.dtype == x.dtype and weight.dim() == 2 and x.numel() <= ROUTED_MAX_ROWS * K
             and K % skinny.K_MULTIPLE == 0 and weight.is_contiguous()):
         return jetspec_ext.skinny_linear(x, weight)
     return F.linear(x, weight)

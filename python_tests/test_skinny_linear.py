@@ -75,15 +75,76 @@ def test_opcheck(device):
 
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("M", [1, 2, 7, 16])
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 7, 16])
 @pytest.mark.parametrize("N,K", [(6144, 4096), (4096, 12288), (24576, 4096), (4096, 4096), (40, 32),
-                                 (1000, 96)])
+                                 (1001, 96), (37, 544)])
 def test_cuda_matches_reference(M, N, K, dtype):
+    """M <= 4 runs the CUDA-core kernel (skinny_gemv.cuh), more rows the tensor-core one; N not
+    a multiple of the rows per CTA, K not a multiple of the 256-element chunk."""
     x, w = _inputs(M, N, K, dtype, "cuda", seed=M * 7 + N % 97)
     _poison("cuda")
     out = op(x, w)
     assert out.shape == (M, N)
     _check_accuracy(out, x, w)
+
+
+@requires_cuda
+@pytest.mark.parametrize("M", [1, 4])
+def test_cuda_tensor_core_path_for_few_rows(M, monkeypatch):
+    """JETSPEC_SKINNY_GEMV=0 sends 1..4 rows to the tensor-core kernel: it must agree too."""
+    monkeypatch.setenv("JETSPEC_SKINNY_GEMV", "0")
+    for N, K in ((4096, 4096), (1001, 96)):
+        x, w = _inputs(M, N, K, torch.bfloat16, "cuda", seed=M + N)
+        _poison("cuda")
+        _check_accuracy(op(x, w), x, w)
+
+
+@requires_cuda
+@pytest.mark.parametrize("cfg", ["4x2", "2x4", "1x8"])
+@pytest.mark.parametrize("ksplit", ["0", "1", "3", "5"])
+def test_cuda_tilings_and_k_splits(cfg, ksplit, monkeypatch):
+    """Every tiling (JETSPEC_SKINNY_CFG) with the automatic, no, and forced K splits across CTAs
+    (JETSPEC_SKINNY_KSPLIT; 5 does not divide the 128 k blocks), twice in a row (the split-K
+    arrival counters must be back at zero after each launch)."""
+    monkeypatch.setenv("JETSPEC_SKINNY_CFG", cfg)
+    monkeypatch.setenv("JETSPEC_SKINNY_KSPLIT", ksplit)
+    for M in (1, 16):
+        x, w = _inputs(M, 4096 + 40, 4096, torch.bfloat16, "cuda", seed=M + int(ksplit))
+        _poison("cuda")
+        a = op(x, w)
+        _check_accuracy(a, x, w)
+        torch.testing.assert_close(op(x, w), a, rtol=0, atol=0)  # deterministic split order
+
+
+@requires_cuda
+def test_cuda_split_k_graph_replay(monkeypatch):
+    monkeypatch.setenv("JETSPEC_SKINNY_KSPLIT", "4")
+    x, w = _inputs(3, 1024, 4096, torch.bfloat16, "cuda", seed=8)
+    expect = op(x, w)  # grows the counter buffer outside the capture
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        op(x, w)
+    torch.cuda.current_stream().wait_stream(s)
+    with torch.cuda.graph(g):
+        out = op(x, w)
+    for _ in range(3):
+        g.replay()
+        torch.testing.assert_close(out, expect, rtol=0, atol=0)
+
+
+def test_bad_tuning_env(monkeypatch):
+    if not (torch.cuda.is_available() and jetspec_ext.cuda_compiled()):
+        pytest.skip("the tuning variables are read by the CUDA launcher")
+    x, w = _inputs(2, 64, 64, torch.bfloat16, "cuda")
+    monkeypatch.setenv("JETSPEC_SKINNY_CFG", "8x8")
+    with pytest.raises(RuntimeError, match="JETSPEC_SKINNY_CFG"):
+        op(x, w)
+    monkeypatch.setenv("JETSPEC_SKINNY_CFG", "4x2")
+    monkeypatch.setenv("JETSPEC_SKINNY_KSPLIT", "-1")
+    with pytest.raises(RuntimeError, match="JETSPEC_SKINNY_KSPLIT"):
+        op(x, w)
 
 
 @requires_cuda
@@ -125,20 +186,26 @@ def test_compile_sees_the_op(device):
 
 
 
-def test_decoder_routing_is_opt_in(monkeypatch):
-    """op_select.linear (the target's and draft head's fused layers) keeps F.linear unless
-    JETSPEC_SKINNY_LINEAR=1 (the kernel is still slower than cuBLAS on the H200); with the flag
-    on, CUDA bf16 inputs of at most 16 rows go through the op."""
+def test_decoder_routing(monkeypatch):
+    """op_select.linear (the target's and draft head's fused layers) sends CUDA bf16 inputs of ONE
+    row through the op (faster than cuBLAS there on the H200), unless JETSPEC_SKINNY_LINEAR=0;
+    more rows, and CPU tensors, keep F.linear."""
     import os
 
     import jetspec_ext.op_select as sel
-    if os.environ.get("JETSPEC_SKINNY_LINEAR") != "1":
+    has_cuda_kernel = torch._C._dispatch_has_kernel_for_dispatch_key("jetspec::skinny_linear", "CUDA")
+    if os.environ.get("JETSPEC_SKINNY_LINEAR", "1") == "0":
         assert sel.SKINNY_LINEAR_CUDA is False
-    x, w = _inputs(2, 64, 64, torch.bfloat16, "cpu", seed=4)
+    else:
+        assert sel.SKINNY_LINEAR_CUDA is has_cuda_kernel
+    assert sel.ROUTED_MAX_ROWS == 1
+    x, w = _inputs(1, 64, 64, torch.bfloat16, "cpu", seed=4)
     torch.testing.assert_close(sel.linear(x, w), F.linear(x, w), rtol=0, atol=0)
     if torch.cuda.is_available() and jetspec_ext.cuda_compiled():
         monkeypatch.setattr(sel, "SKINNY_LINEAR_CUDA", True)
         xc, wc = x.cuda(), w.cuda()
         torch.testing.assert_close(sel.linear(xc, wc), op(xc, wc), rtol=0, atol=0)
-        x17 = torch.randn(17, 64, device="cuda").to(torch.bfloat16)  # too many rows: F.linear
-        torch.testing.assert_close(sel.linear(x17, wc), F.linear(x17, wc), rtol=0, atol=0)
+        x2 = torch.randn(2, 64, device="cuda").to(torch.bfloat16)  # more than one row: F.linear
+        torch.testing.assert_close(sel.linear(x2, wc), F.linear(x2, wc), rtol=0, atol=0)
+        monkeypatch.setattr(sel, "SKINNY_LINEAR_CUDA", False)
+        torch.testing.assert_close(sel.linear(xc, wc), F.linear(xc, wc), rtol=0, atol=0)

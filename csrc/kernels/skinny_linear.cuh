@@ -3,13 +3,14 @@
 // accumulation, same dtype out.
 //
 // Why: at M = 1..16 a linear layer is a pure weight stream (each weight read once, used M
-// times), and on the H200 cuBLAS ran the Qwen3-8B projections of a decoding step at 3.0-3.7 TB/s
-// (q|k|v 15.8 us, o_proj 11.0 us + split-K reduce, down_proj 27.4 us + reduce; profile in
-// benchmarks/RESULTS.md). This kernel only has to keep enough weight bytes in flight.
-// STATUS (H200, 2026-11-29): correct, but slower than cuBLAS at every Qwen3-8B shape (e.g.
-// down_proj 41.4 vs 30.3 us: at N = 4096 one CTA of 32 rows per SM keeps too few bytes in
-// flight), so the decoder uses it only with JETSPEC_SKINNY_LINEAR=1. Branch skinny-tune splits K
-// across CTAs as well.
+// times), and on the H200 cuBLAS ran the Qwen3-8B projections of a decoding step at 2.5-3.5 TB/s.
+// STATUS (H200, 2026-11-29): this tensor-core kernel runs 5..16 rows (1..4 go to
+// skinny_gemv.cuh). It is correct, but about as fast as cuBLAS at best (with the K split:
+// o_proj M16 15.1 vs 13.6 us, down_proj M16 32.5 vs 29.1 us), so the decoder does not route
+// through it. Each warp-wide load touches 8 weight rows x 64 bytes (the mma fragment layout);
+// a cp.async ring keeping 64-112 KB in flight per SM with the same pattern was slower still
+// (branch skinny-tune, commit aff686f), while skinny_gemv's 512-byte runs of one row reach
+// 4.1-4.6 TB/s. A next version would stage whole-row runs through shared memory and ldmatrix.
 //
 // Layout: one CTA per 32 weight rows (4 n8 tiles), 8 warps splitting K (warp w takes the 32-wide
 // k blocks w, w + 8, ...: the CTA reads 512 contiguous bytes of each of its rows per step). Per
@@ -32,10 +33,9 @@ namespace skinny {
 constexpr int kMaxRows = 16;                // M limit (one m16 tile)
 constexpr int kWarps = 8;                   // K splits per CTA
 constexpr int kThreads = kWarps * 32;
-constexpr int kTilesN = 4;                  // n8 tiles per warp
-constexpr int kRowsPerCta = 8 * kTilesN;    // weight rows (outputs) per CTA
-constexpr int kUnroll = 2;                  // k blocks per warp in flight
 constexpr int kKBlock = 32;                 // K must be a multiple of this
+// Tiling configurations (n8 tiles per warp x k blocks per warp in flight); the launcher picks one.
+// kTilesN * 8 weight rows (outputs) per CTA.
 
 template <typename T>
 __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
@@ -43,7 +43,7 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], 
 template <>
 __device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                                         uint32_t b1) {
-  asm volatile(
+  asm(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
@@ -52,7 +52,7 @@ __device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const uin
 template <>
 __device__ __forceinline__ void mma16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                                  uint32_t b1) {
-  asm volatile(
+  asm(
       "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
@@ -61,7 +61,7 @@ __device__ __forceinline__ void mma16816<__half>(float (&d)[4], const uint32_t (
 
 __device__ __forceinline__ uint4 ld_stream(const void* p) {  // read-once weights: no L1 allocation
   uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "l"(p));
   return v;
@@ -82,18 +82,26 @@ __device__ __forceinline__ __half from_f32<__half>(float x) {
   return __float2half_rn(x);
 }
 
-// grid (ceil(N / kRowsPerCta)), kThreads threads. x (M, K) and w (N, K) row-major, 16-byte
-// aligned rows; K % kKBlock == 0; 1 <= M <= kMaxRows. out (M, N) row-major.
-template <typename T>
+// grid (ceil(N / (8 * kTilesN)), KS), kThreads threads. x (M, K) and w (N, K) row-major,
+// 16-byte aligned rows; K % kKBlock == 0; 1 <= M <= kMaxRows; 1 <= KS <= K / kKBlock. out (M, N)
+// row-major. KS > 1 splits K over the CTAs of blockIdx.y as well (more bytes in flight when N is
+// small): each writes its fp32 partial to part (KS, M, N); the last CTA of a row tile to finish
+// (counters[blockIdx.x], zero at rest, reset by that CTA: graph-replay safe) adds the KS partials
+// in split order (deterministic) and stores the output.
+template <typename T, int kTilesN, int kUnroll>
 __global__ void __launch_bounds__(kThreads) skinny_linear_kernel(const T* __restrict__ x,
                                                                  const T* __restrict__ w,
                                                                  T* __restrict__ out, int M, int N,
-                                                                 int K) {
+                                                                 int K, float* __restrict__ part,
+                                                                 int* __restrict__ counters) {
+  constexpr int kRowsPerCta = 8 * kTilesN;
   __shared__ float red[kWarps][kMaxRows][kRowsPerCta + 1];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int n_base = blockIdx.x * kRowsPerCta;
-  const int kblocks = K / kKBlock;
+  const int KS = gridDim.y, ks = blockIdx.y;
+  const int kb_lo = static_cast<int>(static_cast<int64_t>(K / kKBlock) * ks / KS);
+  const int kblocks = static_cast<int>(static_cast<int64_t>(K / kKBlock) * (ks + 1) / KS);  // end
 
   // This thread's weight rows (clamped: rows past N read row N-1, their sums are never stored).
   const T* wrow[kTilesN];
@@ -109,17 +117,25 @@ __global__ void __launch_bounds__(kThreads) skinny_linear_kernel(const T* __rest
   for (int j = 0; j < kTilesN; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
 
   const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-  for (int kb0 = warp; kb0 < kblocks; kb0 += kWarps * kUnroll) {
+  for (int kb0 = kb_lo + warp; kb0 < kblocks; kb0 += kWarps * kUnroll) {
     uint4 wv[kUnroll][kTilesN], xv0[kUnroll], xv1[kUnroll];
+    // Every load issued unconditionally (a block past K reads the last block again, a row of x
+    // past M reads row 0) and zeroed by a select afterwards: no branches between the loads, so
+    // all kUnroll x (kTilesN + 2) of them are in flight together.
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int kb = kb0 + u * kWarps;
-      const bool in = kb < kblocks;  // uniform over the warp
-      const int64_t off = static_cast<int64_t>(kb) * kKBlock;
+      const int64_t off = static_cast<int64_t>(min(kb, kblocks - 1)) * kKBlock;
 #pragma unroll
-      for (int j = 0; j < kTilesN; ++j) wv[u][j] = in ? ld_stream(wrow[j] + off) : zero;
-      xv0[u] = in && has_x0 ? __ldg(reinterpret_cast<const uint4*>(x0 + off)) : zero;
-      xv1[u] = in && has_x1 ? __ldg(reinterpret_cast<const uint4*>(x1 + off)) : zero;
+      for (int j = 0; j < kTilesN; ++j) wv[u][j] = ld_stream(wrow[j] + off);
+      xv0[u] = __ldg(reinterpret_cast<const uint4*>(x0 + off));
+      xv1[u] = __ldg(reinterpret_cast<const uint4*>(x1 + off));
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const bool in = kb0 + u * kWarps < kblocks;  // uniform over the warp
+      if (!in || !has_x0) xv0[u] = zero;
+      if (!in || !has_x1) xv1[u] = zero;
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -149,8 +165,27 @@ __global__ void __launch_bounds__(kThreads) skinny_linear_kernel(const T* __rest
     float sum = 0.f;
 #pragma unroll
     for (int ww = 0; ww < kWarps; ++ww) sum += red[ww][m][n];
+    if (KS == 1)
+      out[static_cast<int64_t>(m) * N + n_base + n] = from_f32<T>(sum);
+    else
+      part[(static_cast<int64_t>(ks) * M + m) * N + n_base + n] = sum;
+  }
+  if (KS == 1) return;
+  __shared__ int s_last;
+  __threadfence();  // this CTA's partial is visible device-wide before it counts itself done
+  __syncthreads();
+  if (threadIdx.x == 0) s_last = atomicAdd(&counters[blockIdx.x], 1) == KS - 1;
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  for (int i = threadIdx.x; i < M * kRowsPerCta; i += kThreads) {
+    const int m = i / kRowsPerCta, n = i - m * kRowsPerCta;
+    if (n_base + n >= N) continue;
+    float sum = 0.f;
+    for (int s2 = 0; s2 < KS; ++s2) sum += __ldcg(part + (static_cast<int64_t>(s2) * M + m) * N + n_base + n);
     out[static_cast<int64_t>(m) * N + n_base + n] = from_f32<T>(sum);
   }
+  if (threadIdx.x == 0) counters[blockIdx.x] = 0;
 }
 
 }  // namespace skinny

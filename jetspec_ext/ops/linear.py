@@ -25,10 +25,11 @@ def skinny_linear(x: Tensor, weight: Tensor) -> Tensor:
             ``K`` a multiple of 32. A non-contiguous weight is an error, never copied.
 
     Returns:
-        ``(..., N)`` in ``x.dtype``: fp32 products and sums, one rounding (CUDA: tensor-core
-        kernel streaming the weight once, ``csrc/kernels/skinny_linear.cuh``; CPU: the same maths
-        with ATen). Where it pays (few rows, large weight) it reads the weight faster than cuBLAS
-        on the H200; measurements in benchmarks/RESULTS.md.
+        ``(..., N)`` in ``x.dtype``: fp32 products and sums, one rounding (CUDA: kernels
+        streaming the weight once: 1..4 rows ``csrc/kernels/skinny_gemv.cuh`` (CUDA
+        cores), 5..16 rows ``csrc/kernels/skinny_linear.cuh`` (tensor cores); CPU: the same maths
+        with ATen). With one row it reads the weight faster than cuBLAS on the H200 (4.1-4.6 TB/s
+        at Qwen3-8B shapes); measurements in benchmarks/RESULTS.md.
     """
     lead = x.shape[:-1]
     out = torch.ops.jetspec.skinny_linear.default(x.reshape(-1, x.shape[-1]).contiguous(), weight)

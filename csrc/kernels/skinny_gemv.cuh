@@ -19,6 +19,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "kernels/mma_sync.cuh"
+
 namespace jetspec {
 namespace skinny {
 
@@ -28,14 +30,6 @@ constexpr int kGemvThreads = kGemvWarps * 32;
 constexpr int kGemvRowsPerCta = 4;    // weight rows (outputs) per CTA
 constexpr int kGemvChunk = 256;       // elements per warp-wide 512-byte read of one row
 constexpr int kGemvU = 2;             // chunks per warp in flight per iteration
-
-__device__ __forceinline__ uint4 gemv_ld_stream(const void* p) {  // read-once: no L1 allocation
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
 
 template <typename T>
 __device__ __forceinline__ float2 pair_to_f2(uint32_t v);
@@ -48,17 +42,6 @@ __device__ __forceinline__ float2 pair_to_f2<__half>(uint32_t v) {
   __half2 h;
   memcpy(&h, &v, 4);
   return __half22float2(h);
-}
-
-template <typename T>
-__device__ __forceinline__ T gemv_from_f32(float x);
-template <>
-__device__ __forceinline__ __nv_bfloat16 gemv_from_f32<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
-template <>
-__device__ __forceinline__ __half gemv_from_f32<__half>(float x) {
-  return __float2half_rn(x);
 }
 
 // grid ceil(N / kGemvRowsPerCta), kGemvThreads threads. x (kM, K), w (N, K), out (kM, N), all
@@ -93,7 +76,7 @@ __global__ void __launch_bounds__(kGemvThreads, 2) skinny_gemv_kernel(const T* _
       ok[u] = k < K;  // also false for chunks past the last one
       const int kk = ok[u] ? k : 0;
 #pragma unroll
-      for (int r = 0; r < R; ++r) wv[u][r] = gemv_ld_stream(wrow[r] + kk);
+      for (int r = 0; r < R; ++r) wv[u][r] = ld_stream(wrow[r] + kk);
 #pragma unroll
       for (int m = 0; m < kM; ++m) xv[u][m] = __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(m) * K + kk));
     }
@@ -136,7 +119,7 @@ __global__ void __launch_bounds__(kGemvThreads, 2) skinny_gemv_kernel(const T* _
       float s = 0.f;
 #pragma unroll
       for (int ww = 0; ww < kGemvWarps; ++ww) s += red[ww][threadIdx.x];
-      out[static_cast<int64_t>(m) * N + n0 + r] = gemv_from_f32<T>(s);
+      out[static_cast<int64_t>(m) * N + n0 + r] = from_f32<T>(s);
     }
   }
 }

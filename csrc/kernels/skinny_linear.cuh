@@ -27,6 +27,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "kernels/mma_sync.cuh"
+
 namespace jetspec {
 namespace skinny {
 
@@ -37,49 +39,8 @@ constexpr int kKBlock = 32;                 // K must be a multiple of this
 // Tiling configurations (n8 tiles per warp x k blocks per warp in flight); the launcher picks one.
 // kTilesN * 8 weight rows (outputs) per CTA.
 
-template <typename T>
-__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
-
-template <>
-__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                                        uint32_t b1) {
-  asm(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <>
-__device__ __forceinline__ void mma16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                                 uint32_t b1) {
-  asm(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint4 ld_stream(const void* p) {  // read-once weights: no L1 allocation
-  uint4 v;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
 __device__ __forceinline__ uint32_t word(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-}
-
-template <typename T>
-__device__ __forceinline__ T from_f32(float x);
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
-template <>
-__device__ __forceinline__ __half from_f32<__half>(float x) {
-  return __float2half_rn(x);
 }
 
 // grid (ceil(N / (8 * kTilesN)), KS), kThreads threads. x (M, K) and w (N, K) row-major,
@@ -145,7 +106,7 @@ __global__ void __launch_bounds__(kThreads) skinny_linear_kernel(const T* __rest
                                word(xv1[u], 2 * s + 1)};
 #pragma unroll
         for (int j = 0; j < kTilesN; ++j)
-          mma16816<T>(acc[j], a, word(wv[u][j], 2 * s), word(wv[u][j], 2 * s + 1));
+          mma_m16n8k16<T>(acc[j], a, word(wv[u][j], 2 * s), word(wv[u][j], 2 * s + 1));
       }
     }
   }

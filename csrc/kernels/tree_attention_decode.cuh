@@ -23,6 +23,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "kernels/mma_sync.cuh"
+
 namespace jetspec {
 namespace tree_attn {
 
@@ -72,17 +74,6 @@ __device__ __forceinline__ void unpack8(const uint4& raw, float (&f)[8], __half)
 }
 __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-template <typename T>
-__device__ __forceinline__ T from_f(float x);
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
-template <>
-__device__ __forceinline__ __half from_f<__half>(float x) {
-  return __float2half(x);
-}
-
 // grid (num_splits, B * Hkv), kDecThreads threads; p.rows <= RP. counters: (B * Hkv,) int32,
 // zero at rest, or nullptr (then num_splits > 1 leaves the partials to merge_kernel).
 template <int D, typename T, int RP>
@@ -253,7 +244,7 @@ __global__ void __launch_bounds__(kDecThreads)
     const float lse = l > 0.f ? (sm.m[r] + log2f(l)) * kLn2 : -INFINITY;
     if (p.num_splits == 1) {
       const int n = r / G, hq = h * G + (r - n * G);
-      static_cast<T*>(p.out)[(((int64_t)b * p.N + n) * p.Hq + hq) * D + d] = from_f<T>(o);
+      static_cast<T*>(p.out)[(((int64_t)b * p.N + n) * p.Hq + hq) * D + d] = from_f32<T>(o);
       if (d == 0) p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = lse;
     } else {
       p.o_part[((int64_t)split * split_stride + bh_rows + r) * D + d] = o;

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Nsight Compute profile of tree_attention's split + merge kernels on one cell (default: the
+# budget-128 round's cell, batch 1, prefix 1024, 128 tree nodes, Qwen3-8B heads): headline
+# metrics and warp stall reasons, for planning kernel work (issue 4). Needs the extension built.
+#   OUT=/tmp/x bash benchmarks/ncu_tree_attention.sh [prefix] [nodes]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+P=${1:-1024}; N=${2:-128}
+OUTDIR="$(realpath -m "${OUT:-benchmarks/out}")"; mkdir -p "$OUTDIR"
+REP="$OUTDIR/ta_P${P}_N${N}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+cat > "$OUTDIR/ta_driver.py" <<PY
+import torch, jetspec_ext
+torch.manual_seed(0)
+P, N, Hq, Hkv, D = $P, $N, 32, 8, 128
+S = P + N + 64
+q = torch.randn(1, N, Hq, D, device="cuda", dtype=torch.bfloat16)
+k = torch.randn(1, Hkv, S, D, device="cuda", dtype=torch.bfloat16)
+v = torch.randn(1, Hkv, S, D, device="cuda", dtype=torch.bfloat16)
+pl = torch.tensor([P], dtype=torch.int32, device="cuda")
+mask = torch.full((1, N, (N + 31) // 32), -1, dtype=torch.int32, device="cuda")
+for _ in range(6):
+    jetspec_ext.tree_attention(q, k, v, pl, mask)
+torch.cuda.synchronize()
+PY
+ncu --set full -k regex:"split_kernel|merge_kernel" --launch-skip 8 --launch-count 2 \
+    -f -o "$REP" python3 "$OUTDIR/ta_driver.py" > "$REP.ncu.log" 2>&1 || { tail -20 "$REP.ncu.log"; exit 1; }
+ncu -i "$REP.ncu-rep" --page details --csv > "$REP.details.csv" 2>&1
+python3 - "$REP.details.csv" <<'PY'
+import csv, sys
+keep = ("Duration", "Elapsed Cycles", "SM Frequency", "Memory Throughput", "DRAM Throughput",
+        "L2 Cache Throughput", "Registers Per Thread", "Achieved Occupancy", "Theoretical Occupancy",
+        "Issue Slots Busy", "Issued Warp Per Scheduler", "No Eligible", "Warp Cycles Per Issued Instruction",
+        "Executed Instructions", "Compute (SM) Throughput", "Grid Size", "Block Size",
+        "Dynamic Shared Memory Per Block", "Waves Per SM")
+for r in csv.DictReader(open(sys.argv[1])):
+    if r.get("Metric Name") in keep:
+        print(f"{r['Kernel Name'][:40]:40s} {r['Metric Name']:38s} {r['Metric Value']:>12s} {r['Metric Unit']}")
+PY
+# warp stall reasons (raw metrics) of both kernels
+ncu -i "$REP.ncu-rep" --page raw --csv > "$REP.raw.csv" 2>&1
+python3 - "$REP.raw.csv" <<'PY'
+import csv, sys
+rows = list(csv.reader(open(sys.argv[1])))
+hdr = rows[0]
+for r in rows[2:]:
+    name = r[hdr.index("Kernel Name")][:40] if "Kernel Name" in hdr else "?"
+    stalls = []
+    for i, h in enumerate(hdr):
+        if h.startswith("smsp__average_warp_latency_issue_stalled_") or h.startswith("smsp__pcsamp_warps_issue_stalled_"):
+            try:
+                stalls.append((float(r[i].replace(",", "")), h))
+            except ValueError:
+                pass
+    stalls.sort(reverse=True)
+    print(f"-- {name}: top stall counters")
+    for val, h in stalls[:10]:
+        print(f"   {val:14.1f}  {h}")
+PY

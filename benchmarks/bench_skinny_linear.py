@@ -20,7 +20,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jetspec_ext  # noqa: E402
-from benchmarks.harness import floor_us, print_table, time_us  # noqa: E402
+from benchmarks.harness import cold_weight_copies, floor_us, print_table, time_us  # noqa: E402
 
 SHAPES = [  # name, N, K
     ("qkv", 6144, 4096), ("o_proj", 4096, 4096), ("gate_up", 24576, 4096), ("down", 4096, 12288),
@@ -35,8 +35,7 @@ def main():
     rows = []
     for name, N, K in SHAPES:
         wbytes = N * K * 2
-        copies = max(1, min(8, -(-160 * 2**20 // wbytes)))
-        ws = [torch.randn(N, K, device="cuda").mul_(K ** -0.5).to(torch.bfloat16) for _ in range(copies)]
+        ws = cold_weight_copies(N, K)
         for M in (1, 4, 16):
             if name == "lm_head" and M == 16:
                 continue

@@ -20,6 +20,14 @@ HBM_BYTES_PER_S = 4.3e12
 BF16_FLOPS_PER_S = 790e12
 
 
+def cold_weight_copies(N: int, K: int, min_bytes: int = 160 * 2**20) -> List[torch.Tensor]:
+    """Copies of a random bf16 (N, K) weight (scaled 1/sqrt(K)) holding at least ``min_bytes`` in
+    all (at most 8): cycling through them in a timed loop streams each call's weight from HBM,
+    as in a decoding step, instead of finding it in the 50 MB L2."""
+    copies = max(1, min(8, -(-min_bytes // (N * K * 2))))
+    return [torch.randn(N, K, device="cuda").mul_(K ** -0.5).to(torch.bfloat16) for _ in range(copies)]
+
+
 def floor_us(bytes_moved: float = 0.0, flops: float = 0.0) -> float:
     """Roofline floor in microseconds: max(bytes / 4.3 TB/s, FLOPs / 790 TFLOP/s)."""
     return max(bytes_moved / HBM_BYTES_PER_S, flops / BF16_FLOPS_PER_S) * 1e6

@@ -1,5 +1,7 @@
-// CUDA launcher helpers: error checks after every launch, current-stream lookup.
+// CUDA launcher helpers: error checks after every launch, current-stream lookup, SM count,
+// per-device arrival counters for kernels whose last CTA finishes a reduction.
 #pragma once
+#include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -12,4 +14,38 @@
 namespace jetspec {
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 inline int ceil_div(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
+
+// Number of SMs of `device` (cached; launch-shape heuristics only).
+inline int sm_count(int device) {
+  static int cache[64] = {0};
+  if (device < 0 || device >= 64) device = 0;
+  if (cache[device] == 0) {
+    int n = 0;
+    JETSPEC_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+    cache[device] = n > 0 ? n : 1;
+  }
+  return cache[device];
+}
+
+// Per-device int32 arrival counters, zero at rest: a kernel's CTAs count themselves done and the
+// last one of a group finishes the work and resets its counter (graph-replay safe). Each user
+// keeps its own `static ArrivalCounters`; launches sharing one must run in one stream order. The
+// buffer grows only outside graph capture: get() returns nullptr while capturing with too small
+// a buffer, and the caller falls back to a path without counters.
+struct ArrivalCounters {
+  at::Tensor bufs[64];
+  int64_t min_size;
+  explicit ArrivalCounters(int64_t min_size_) : min_size(min_size_) {}
+  int* get(int device, int64_t need, cudaStream_t stream) {
+    if (device < 0 || device >= 64) return nullptr;
+    at::Tensor& buf = bufs[device];
+    if (buf.defined() && buf.numel() >= need) return buf.data_ptr<int32_t>();
+    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    JETSPEC_CUDA_CHECK(cudaStreamIsCapturing(stream, &st));
+    if (st != cudaStreamCaptureStatusNone) return nullptr;
+    buf = at::zeros({need > min_size ? need : min_size},
+                    at::TensorOptions().dtype(at::kInt).device(at::kCUDA, device));
+    return buf.data_ptr<int32_t>();
+  }
+};
 }  // namespace jetspec

@@ -16,17 +16,6 @@ namespace {
 
 namespace k = build_tree_kernels;
 
-int sm_count(int device) {
-  static int counts[64] = {0};
-  if (device < 0 || device >= 64) return 132;
-  if (counts[device] == 0) {
-    int n = 0;
-    JETSPEC_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-    counts[device] = n > 0 ? n : 132;
-  }
-  return counts[device];
-}
-
 template <typename T, int K>
 void launch(const at::Tensor& logits, const at::Tensor& roots, int W, int N, int policy,
             double temperature, BuildTreeOutputs& out) {

@@ -15,29 +15,9 @@
 namespace jetspec {
 namespace {
 
-// Per-device arrival counters of the split-K reduction (zero at rest; each row tile's last CTA
-// resets its own). Grown outside graph capture only; during a capture with too small a buffer
-// the launch runs without a K split. Shared by every skinny_linear launch on the device: two
-// launches with a K split must not run concurrently on different streams.
-int* split_k_counters(int device, int64_t need, cudaStream_t stream) {
-  static at::Tensor bufs[64];
-  if (device < 0 || device >= 64) return nullptr;
-  at::Tensor& buf = bufs[device];
-  if (buf.defined() && buf.numel() >= need) return buf.data_ptr<int32_t>();
-  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
-  JETSPEC_CUDA_CHECK(cudaStreamIsCapturing(stream, &st));
-  if (st != cudaStreamCaptureStatusNone) return nullptr;
-  buf = at::zeros({std::max<int64_t>(need, 4096)}, at::TensorOptions().dtype(at::kInt).device(at::kCUDA, device));
-  return buf.data_ptr<int32_t>();
-}
-
-int sm_count(int device) {
-  static int counts[64] = {0};
-  if (device < 0 || device >= 64) return 132;
-  if (counts[device] == 0)
-    JETSPEC_CUDA_CHECK(cudaDeviceGetAttribute(&counts[device], cudaDevAttrMultiProcessorCount, device));
-  return counts[device];
-}
+// Arrival counters of the split-K reduction (one per row tile). Shared by every skinny_linear
+// launch on the device: two launches with a K split must not run concurrently on different streams.
+ArrivalCounters split_k_counters(4096);
 
 at::Tensor skinny_linear_cuda(const at::Tensor& x, const at::Tensor& weight) {
   check_skinny_linear_args(x, weight);
@@ -106,7 +86,7 @@ at::Tensor skinny_linear_cuda(const at::Tensor& x, const at::Tensor& weight) {
     int* counters = nullptr;
     at::Tensor part;
     if (ks > 1) {
-      counters = split_k_counters(device, tiles_n, stream);
+      counters = split_k_counters.get(device, tiles_n, stream);
       if (counters == nullptr) ks = 1;  // capturing with too small a counter buffer
     }
     if (ks > 1) part = at::empty({ks, M, N}, x.options().dtype(at::kFloat));

@@ -18,17 +18,6 @@
 namespace jetspec {
 namespace {
 
-int sm_count(int device) {
-  static int cache[64] = {0};
-  if (device < 0 || device >= 64) device = 0;
-  if (cache[device] == 0) {
-    int n = 0;
-    JETSPEC_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-    cache[device] = n > 0 ? n : 1;
-  }
-  return cache[device];
-}
-
 // Number of KV splits, from static shapes only (CUDA-graph safe). `base` CTAs exist without
 // splitting; pick the split count that minimises the number of CTA waves per unit of work
 // (ceil(base * s / slots) / s), preferring fewer splits (less merge traffic) within 5%. A split
@@ -91,18 +80,7 @@ Impl choose_impl(int device) {
 // that run concurrently on different streams must not both merge in-launch: documented in
 // docs/tree_attention.md), grown outside graph capture; during a capture with too small a
 // buffer, the partials go to merge_kernel instead.
-int* split_counters(int device, int64_t need, cudaStream_t stream) {
-  static at::Tensor bufs[64];
-  if (device < 0 || device >= 64) return nullptr;
-  at::Tensor& buf = bufs[device];
-  if (buf.defined() && buf.numel() >= need) return buf.data_ptr<int32_t>();
-  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
-  JETSPEC_CUDA_CHECK(cudaStreamIsCapturing(stream, &st));
-  if (st != cudaStreamCaptureStatusNone) return nullptr;
-  buf = at::zeros({std::max<int64_t>(need, 1024)},
-                  at::TensorOptions().dtype(at::kInt).device(at::kCUDA, device));
-  return buf.data_ptr<int32_t>();
-}
+ArrivalCounters split_counters(1024);
 
 // split_kernel_pipe can merge its splits in the launch (merge_tile_if_last) when a row tile's
 // partials are small: rows x splits x D fp32 <= 64 KB (decoding: N * G query rows per KV head
@@ -148,7 +126,7 @@ void launch_variant(tree_attn::Params& p, int64_t S, int device, cudaStream_t st
   dim3 grid(row_tiles, p.num_splits, p.B * p.Hkv);
   p.split_counters = nullptr;
   if (PIPE && p.num_splits > 1 && merge_in_launch(p, tree_attn::bm_of(NWARPS), D, smem))
-    p.split_counters = split_counters(device, (int64_t)row_tiles * p.B * p.Hkv, stream);
+    p.split_counters = split_counters.get(device, (int64_t)row_tiles * p.B * p.Hkv, stream);
   kernel<<<grid, NWARPS * 32, smem, stream>>>(p);
   JETSPEC_CHECK_LAUNCH();
   if (p.num_splits > 1 && p.split_counters == nullptr) {
@@ -179,7 +157,7 @@ void launch_decode(tree_attn::Params& p, int64_t S, int device, cudaStream_t str
     lse_part = at::empty({p.num_splits, bh, p.rows}, fopts);
     p.o_part = o_part.data_ptr<float>();
     p.lse_part = lse_part.data_ptr<float>();
-    counters = split_counters(device, bh, stream);
+    counters = split_counters.get(device, bh, stream);
   }
   const dim3 grid(p.num_splits, (unsigned)bh);
   if (p.rows <= 4)

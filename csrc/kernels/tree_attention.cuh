@@ -583,7 +583,25 @@ __device__ __forceinline__ void merge_tile_if_last(const Params& p, int* counter
   const int64_t row0 = (int64_t)bh * p.rows + m_base;
   const int b = bh / p.Hkv, kvh = bh - b * p.Hkv;
   float* inv_row = scratch + ns * R;
-  // Every lse load in flight at once (one per thread), then the per-row weights.
+  // One round trip to L2 before the weights: each thread issues the O loads of its first work
+  // item (one float4 of one row, the first min(ns, 8) splits) and its lse loads together; the
+  // O values wait in registers across the barriers. Loaded unconditionally: an empty split's O
+  // partial may be garbage, dropped below by a select on w > 0.
+  constexpr int C4 = D / 4;
+  constexpr int kGroup = 8;
+  const int items = R * C4;
+  float4 v[kGroup];
+  auto load_group = [&](int r, int c, int s0) {
+    const float* src = p.o_part + (row0 + r) * D + c * 4;
+#pragma unroll
+    for (int j = 0; j < kGroup; ++j)
+      if (s0 + j < ns)
+        v[j] = __ldcg(reinterpret_cast<const float4*>(src + (int64_t)(s0 + j) * split_stride * D));
+  };
+  if ((int)threadIdx.x < items) {
+    const int r = threadIdx.x / C4;
+    load_group(r, threadIdx.x - r * C4, 0);
+  }
   for (int i = threadIdx.x; i < ns * R; i += kThreads) {
     const int sp = i / R, r = i - sp * R;
     scratch[i] = __ldcg(p.lse_part + sp * split_stride + row0 + r);
@@ -605,20 +623,15 @@ __device__ __forceinline__ void merge_tile_if_last(const Params& p, int* counter
     p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = wsum > 0.f ? mx + __logf(wsum) : -INFINITY;
   }
   __syncthreads();
-  // O: one float4 of one row per work item, 8 splits' loads in flight before any is used.
-  constexpr int C4 = D / 4;
-  for (int i = threadIdx.x; i < R * C4; i += kThreads) {
+  // O: one float4 of one row per work item, 8 splits' loads in flight before any is used (the
+  // first group of the first item was loaded above).
+  for (int i = threadIdx.x; i < items; i += kThreads) {
     const int r = i / C4, c = i - r * C4;
-    const float* src = p.o_part + (row0 + r) * D + c * 4;
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int s0 = 0; s0 < ns; s0 += 8) {
-      float4 v[8];
+    for (int s0 = 0; s0 < ns; s0 += kGroup) {
+      if (s0 > 0 || i != (int)threadIdx.x) load_group(r, c, s0);
 #pragma unroll
-      for (int j = 0; j < 8; ++j)
-        if (s0 + j < ns)
-          v[j] = __ldcg(reinterpret_cast<const float4*>(src + (int64_t)(s0 + j) * split_stride * D));
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
+      for (int j = 0; j < kGroup; ++j) {
         if (s0 + j >= ns) break;
         const float w = scratch[(s0 + j) * R + r];
         acc[0] += w > 0.f ? w * v[j].x : 0.f;
@@ -940,11 +953,27 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
 // ---------------------------------------------------------------------------------------------
 // Merge kernel: one warp per (batch row, KV head, query row); grid = ceil(B*Hkv*rows / 4) x 128.
 // out = sum_s w_s o_s / sum_s w_s with w_s = exp(lse_s - max lse); lse = max + log(sum w).
-// Splits with lse_s = -inf (empty, or nothing visible) are skipped, so their o_s is never read.
+// Splits with lse_s = -inf (empty, or nothing visible) get w_s = 0 and are dropped.
 // ---------------------------------------------------------------------------------------------
+template <int VEC>
+__device__ __forceinline__ void load_f32_vec(float (&d)[VEC], const float* src) {
+  if constexpr (VEC == 4) {
+    const float4 v = *reinterpret_cast<const float4*>(src);
+    d[0] = v.x, d[1] = v.y, d[2] = v.z, d[3] = v.w;
+  } else {
+    static_assert(VEC == 2, "2 or 4 floats per lane");
+    const float2 v = *reinterpret_cast<const float2*>(src);
+    d[0] = v.x, d[1] = v.y;
+  }
+}
+
+// Register cap (ptxas, sm_90a, no spills): D = 128 at 64 registers (8 CTAs per SM: the 1024 CTAs
+// of Hkv 8 x N 128 x G 4 fit one wave on 132 SMs; uncapped it took 70, 7 CTAs per SM), D = 64 at
+// 48 (10 CTAs per SM; 12 spilled).
 template <int D, typename T>
-__global__ void __launch_bounds__(128) merge_kernel(const Params p) {
+__global__ void __launch_bounds__(128, D == 64 ? 10 : 8) merge_kernel(const Params p) {
   constexpr int VEC = D / 32;  // elements per lane (2 or 4)
+  constexpr int kGroup = 8;    // O partials (splits) loaded per round trip
   const int64_t total = (int64_t)p.B * p.Hkv * p.rows;
   const int64_t wid = (int64_t)blockIdx.x * 4 + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
@@ -955,42 +984,54 @@ __global__ void __launch_bounds__(128) merge_kernel(const Params p) {
   const int n = grow / p.G;
   const int hq = kvh * p.G + (grow - n * p.G);
   const int64_t split_stride = (int64_t)p.B * p.Hkv * p.rows;
-
-  // Latency-bound (a few KB per warp): no global load may wait on another. Lane l holds the lse
-  // of splits l, l + 32, ...; max and weight sum are warp reductions; the O partials are then
-  // loaded unconditionally, 4 splits in flight, and empty splits (w = 0, o_s possibly never
-  // written) are dropped by a select, never by a multiply (0 * garbage could be NaN).
   const int ns = p.num_splits;
-  float mx = -INFINITY;
-  for (int s = lane; s < ns; s += 32) mx = fmaxf(mx, p.lse_part[s * split_stride + wid]);
+  const float* lse_src = p.lse_part + wid;
+  const float* o_src = p.o_part + wid * D + lane * VEC;
+  const int64_t o_stride = split_stride * D;
+
+  // Latency-bound (a few KB per warp), so the common case (ns <= 32) makes ONE round trip to L2:
+  // lane l loads the lse of split l and, before any lse is used, every lane loads its VEC floats
+  // of the first min(ns, 8) O partials. They are loaded unconditionally: an empty split's
+  // (lse = -inf) o_s may never have been written, so its garbage is dropped by a select on
+  // w > 0, never by a multiply (0 * NaN = NaN). Splits 8.. follow in groups of 8 loads in flight;
+  // ns > 32 reloads the lse of splits 32.. (max first, then the weights of each 32-split chunk).
+  const float ls = lane < ns ? lse_src[lane * split_stride] : -INFINITY;
+  float v[kGroup][VEC];
+#pragma unroll
+  for (int j = 0; j < kGroup; ++j) {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) v[j][i] = 0.f;
+    if (j < ns) load_f32_vec<VEC>(v[j], o_src + j * o_stride);
+  }
+  float mx = ls;
+  for (int s = lane + 32; s < ns; s += 32) mx = fmaxf(mx, lse_src[s * split_stride]);
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+
   float acc[VEC];
 #pragma unroll
   for (int i = 0; i < VEC; ++i) acc[i] = 0.f;
   float wsum = 0.f;
-  if (mx != -INFINITY) {
-    for (int c = 0; c < ns; c += 32) {
-      const int sl = c + lane;
-      const float ls = sl < ns ? p.lse_part[sl * split_stride + wid] : -INFINITY;
-      const float w_lane = ls == -INFINITY ? 0.f : __expf(ls - mx);
-      wsum += w_lane;
-      const int cnt = min(32, ns - c);
-#pragma unroll 4
-      for (int j = 0; j < cnt; ++j) {
-        const float w = __shfl_sync(0xffffffffu, w_lane, j);
-        const float* src = p.o_part + ((int64_t)(c + j) * split_stride + wid) * D + lane * VEC;
-        if constexpr (VEC == 4) {
-          const float4 v = *reinterpret_cast<const float4*>(src);
-          acc[0] += w > 0.f ? w * v.x : 0.f;
-          acc[1] += w > 0.f ? w * v.y : 0.f;
-          acc[2] += w > 0.f ? w * v.z : 0.f;
-          acc[3] += w > 0.f ? w * v.w : 0.f;
-        } else {
-          const float2 v = *reinterpret_cast<const float2*>(src);
-          acc[0] += w > 0.f ? w * v.x : 0.f;
-          acc[1] += w > 0.f ? w * v.y : 0.f;
-        }
+  if (mx != -INFINITY) {  // warp-uniform
+    // w of split c + lane for the current 32-split chunk c (lanes past ns: -inf -> 0).
+    float w_chunk = ls == -INFINITY ? 0.f : __expf(ls - mx);
+    wsum = w_chunk;
+    for (int s0 = 0;;) {
+#pragma unroll
+      for (int j = 0; j < kGroup; ++j) {
+        const float w = __shfl_sync(0xffffffffu, w_chunk, (s0 + j) & 31);  // 0 past ns
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) acc[i] += w > 0.f ? w * v[j][i] : 0.f;
+      }
+      s0 += kGroup;
+      if (s0 >= ns) break;
+#pragma unroll
+      for (int j = 0; j < kGroup; ++j)
+        if (s0 + j < ns) load_f32_vec<VEC>(v[j], o_src + (s0 + j) * o_stride);
+      if ((s0 & 31) == 0) {  // next 32-split chunk (ns > 32 only): its weights
+        const float l = s0 + lane < ns ? lse_src[(s0 + lane) * split_stride] : -INFINITY;
+        w_chunk = l == -INFINITY ? 0.f : __expf(l - mx);
+        wsum += w_chunk;
       }
     }
 #pragma unroll
@@ -999,10 +1040,10 @@ __global__ void __launch_bounds__(128) merge_kernel(const Params p) {
   const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
   T* dst = static_cast<T*>(p.out) + (((int64_t)b * p.N + n) * p.Hq + hq) * D + lane * VEC;
   if constexpr (VEC == 4) {
-    uint2 v;
-    v.x = TypeTraits<T>::pack(acc[0] * inv, acc[1] * inv);
-    v.y = TypeTraits<T>::pack(acc[2] * inv, acc[3] * inv);
-    *reinterpret_cast<uint2*>(dst) = v;
+    uint2 o;
+    o.x = TypeTraits<T>::pack(acc[0] * inv, acc[1] * inv);
+    o.y = TypeTraits<T>::pack(acc[2] * inv, acc[3] * inv);
+    *reinterpret_cast<uint2*>(dst) = o;
   } else {
     *reinterpret_cast<uint32_t*>(dst) = TypeTraits<T>::pack(acc[0] * inv, acc[1] * inv);
   }

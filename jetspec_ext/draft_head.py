@@ -48,7 +48,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
     rotate_half,
 )
 
-from .op_select import linear, linear_add, op
+from .op_select import linear, op
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -467,7 +467,7 @@ def _draft_layer_fused(layer: DraftLayer, w_qkv: torch.Tensor, w_gate_up: torch.
     k, v = a.kv_heads(k, v, cos, sin)
     x = x + a.attend(a.q_heads(q, cos, sin), k, v, k_cache, v_cache, ctx_lens, slots, mask, attn, rows)
     gate, up = linear(layer.post_attention_layernorm(x), w_gate_up).chunk(2, dim=-1)
-    return linear_add(x, mlp.act_fn(gate) * up, mlp.down_proj.weight)  # plain bias-free Linear (_fusable)
+    return x + linear(mlp.act_fn(gate) * up, mlp.down_proj.weight)  # plain bias-free Linear (_fusable)
 
 
 def block_layers(head: "JetSpecDraftHead", caches: List[torch.Tensor], ctx_lens: torch.Tensor,

@@ -60,21 +60,3 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
             and K % skinny.K_MULTIPLE == 0 and weight.is_contiguous()):
         return jetspec_ext.skinny_linear(x, weight)
     return F.linear(x, weight)
-
-
-def linear_add(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``residual + F.linear(x, weight)`` (a residual connection around a bias-free projection).
-
-    On CUDA with more than ``ROUTED_MAX_ROWS`` rows (tree verification, the draft block) it is ONE
-    cuBLAS ``addmm``: the add happens in the GEMM's epilogue (or its split-K reduction) instead
-    of in an elementwise kernel of its own, and the product is rounded once, after the add. Every
-    other case: ``residual + linear(x, weight)`` (the one-row skinny_linear route included).
-    ``residual`` has the output's shape ``(..., N)``; ``x`` ``(..., K)``; ``weight`` ``(N, K)``.
-    """
-    K = weight.shape[-1]
-    if (x.is_cuda and x.numel() > ROUTED_MAX_ROWS * K and weight.dim() == 2
-            and residual.dtype == x.dtype == weight.dtype and residual.shape[-1] == weight.shape[0]
-            and residual.numel() // weight.shape[0] == x.numel() // K):
-        N = weight.shape[0]
-        return torch.addmm(residual.reshape(-1, N), x.reshape(-1, K), weight.t()).view(residual.shape)
-    return residual + linear(x, weight)

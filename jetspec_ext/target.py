@@ -30,7 +30,7 @@ from transformers import AttentionInterface
 from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb
 
 from .draft_head import scatter_slots
-from .op_select import linear, linear_add, op
+from .op_select import linear, op
 
 ATTN_NAME = "jetspec"
 SUPPORTED_MODEL_TYPES = ("qwen3", "qwen3_moe")
@@ -147,7 +147,7 @@ def _layer_fused(layer, w_qkv, w_gate_up, h, cos, sin, k_cache, v_cache, prefix_
     h = h + linear(o.reshape(B, N, -1).contiguous(), a.o_proj.weight)  # plain bias-free Linear (_fusable)
     x = layer.post_attention_layernorm(h)
     gate, up = linear(x, w_gate_up).chunk(2, dim=-1)
-    return linear_add(h, mlp.act_fn(gate) * up, mlp.down_proj.weight)  # residual add in the GEMM (CUDA)
+    return h + linear(mlp.act_fn(gate) * up, mlp.down_proj.weight)
 
 
 _FUSED_LAYER_CLASSES = ("Qwen3DecoderLayer", "Qwen3Attention", "Qwen3MLP")

@@ -26,10 +26,11 @@ std::string env_str(const char* name) {
 // Tile configuration: JETSPEC_VERIFY_CFG = t128 | t256 | t128c2 (tuning, tests); default t128.
 Config pick_config() {
   const std::string v = env_str("JETSPEC_VERIFY_CFG");
-  TORCH_CHECK(v.empty() || v == "t128" || v == "t256" || v == "t128c2",
-              "JETSPEC_VERIFY_CFG must be t128, t256 or t128c2, got '", v, "'");
+  TORCH_CHECK(v.empty() || v == "t128" || v == "t256" || v == "t128c2" || v == "p64c2",
+              "JETSPEC_VERIFY_CFG must be t128, t256, t128c2 or p64c2, got '", v, "'");
   if (v == "t256") return verify_gemm::config_t256();
   if (v == "t128c2") return verify_gemm::config_t128c2();
+  if (v == "p64c2") return verify_gemm::config_p64c2();
   return verify_gemm::config_t128();
 }
 

@@ -44,6 +44,7 @@ struct Config {
 Config config_t128();   // tile 128 x 128 x 64, no cluster
 Config config_t256();   // tile 128 x 256 x 64, no cluster
 Config config_t128c2(); // tile 128 x 128 x 64, cluster of 2 along N sharing the x tile (TMA multicast)
+Config config_p64c2();  // ping-pong, tile 64 x 64 x 64, cluster of 2 along M sharing the W tile, data-parallel
 
 }  // namespace verify_gemm
 }  // namespace jetspec
@@ -53,6 +54,8 @@ Config config_t128c2(); // tile 128 x 128 x 64, cluster of 2 along N sharing the
 // The CUTLASS instantiation, included by exactly one .cu per configuration (they compile in
 // parallel: each takes minutes).
 // ---------------------------------------------------------------------------------------------
+#include <type_traits>
+
 #include <cute/tensor.hpp>
 #include <cutlass/cutlass.h>
 #include <cutlass/epilogue/collective/collective_builder.hpp>
@@ -64,11 +67,19 @@ Config config_t128c2(); // tile 128 x 128 x 64, cluster of 2 along N sharing the
 namespace jetspec {
 namespace verify_gemm {
 
-template <int kTileM, int kTileN, int kTileK, int kClusterN>
+// kPingpong: two consumer warpgroups on alternate tiles (tile M 64), persistent data-parallel
+// schedule (CUTLASS's ping-pong kernel has no stream-K); else cooperative (tile M >= 128) with the
+// stream-K / split-K scheduler.
+template <int kTileM, int kTileN, int kTileK, int kClusterN, bool kPingpong = false, int kClusterM = 1>
 struct CutlassGemm {
   using T = cutlass::bfloat16_t;
   using TileShape = cute::Shape<cute::Int<kTileM>, cute::Int<kTileN>, cute::Int<kTileK>>;
-  using ClusterShape = cute::Shape<cute::_1, cute::Int<kClusterN>, cute::_1>;
+  using ClusterShape = cute::Shape<cute::Int<kClusterM>, cute::Int<kClusterN>, cute::_1>;
+  using EpiSchedule = std::conditional_t<kPingpong, cutlass::epilogue::TmaWarpSpecialized,
+                                         cutlass::epilogue::TmaWarpSpecializedCooperative>;
+  using MainSchedule = std::conditional_t<kPingpong, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
+                                          cutlass::gemm::KernelTmaWarpSpecializedCooperative>;
+  using Scheduler = std::conditional_t<kPingpong, cutlass::gemm::PersistentScheduler, cutlass::gemm::StreamKScheduler>;
   static constexpr int kAlign = 8;  // 16 bytes of bf16
 
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
@@ -76,7 +87,7 @@ struct CutlassGemm {
       cutlass::epilogue::collective::EpilogueTileAuto, float, float,
       void, cutlass::layout::RowMajor, kAlign,  // no C operand
       T, cutlass::layout::RowMajor, kAlign,
-      cutlass::epilogue::TmaWarpSpecializedCooperative>::CollectiveOp;
+      EpiSchedule>::CollectiveOp;
 
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp,
@@ -84,10 +95,9 @@ struct CutlassGemm {
       T, cutlass::layout::ColumnMajor, kAlign,  // W^T: (K, N) column-major = W (N, K) row-major
       float, TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
-      cutlass::gemm::KernelTmaWarpSpecializedCooperative>::CollectiveOp;
+      MainSchedule>::CollectiveOp;
 
-  using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop, Epilogue,
-                                                      cutlass::gemm::StreamKScheduler>;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop, Epilogue, Scheduler>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 
   static typename Gemm::Arguments arguments(const Problem& p) {
@@ -111,6 +121,12 @@ struct CutlassGemm {
         hw};
     args.epilogue.thread.alpha = 1.f;
     args.epilogue.thread.beta = 0.f;
+    if constexpr (!kPingpong) set_schedule(args, p);
+    return args;
+  }
+
+  template <class Args>
+  static void set_schedule(Args& args, const Problem& p) {
     using Mode = cutlass::gemm::kernel::detail::DecompositionMode;
     switch (p.schedule) {
       case Schedule::kDataParallel: args.scheduler.decomposition_mode = Mode::DataParallel; break;
@@ -124,7 +140,6 @@ struct CutlassGemm {
     // Deterministic fixup: the same inputs give the same bits on every call (a decoder that must
     // be reproducible cannot have run-to-run rounding differences).
     args.scheduler.reduction_mode = cutlass::gemm::kernel::detail::ReductionMode::Deterministic;
-    return args;
   }
 
   static size_t workspace_size(const Problem& p) { return Gemm::get_workspace_size(arguments(p)); }

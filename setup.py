@@ -10,6 +10,8 @@ Environment variables (all optional):
                            "+PTX" also embeds PTX for that target so newer GPUs can JIT it.
   JETSPEC_DEBUG=1          -O0 -g (host) and -lineinfo (device).
   CUDA_HOME                toolkit root; otherwise found from nvcc on PATH or /usr/local/cuda.
+  JETSPEC_CUTLASS_INCLUDE  CUTLASS 3 include folder (default: the nvidia-cutlass wheel's, if installed)
+                           for the sm_90a verify_linear GEMM; without it that op is not built.
   MAX_JOBS                 parallel compile jobs (ninja).
 
 CMakeLists.txt builds the same sources; keep ``SOURCES`` logic in the two files in sync
@@ -85,6 +87,24 @@ def _arch_flags():
     return flags
 
 
+def _cutlass_include():
+    """CUTLASS 3 headers for the sm_90a verify GEMM (csrc/kernels/verify_gemm_sm90.cuh):
+    JETSPEC_CUTLASS_INCLUDE, else the nvidia-cutlass wheel's copy. None: that op is not built
+    (the decoder then keeps F.linear for tree-verification shapes)."""
+    d = os.environ.get("JETSPEC_CUTLASS_INCLUDE")
+    if d:
+        if not os.path.isfile(os.path.join(d, "cutlass", "cutlass.h")):
+            sys.exit(f"JETSPEC_CUTLASS_INCLUDE={d} has no cutlass/cutlass.h")
+        return d
+    try:
+        import cutlass_library
+
+        d = os.path.join(os.path.dirname(cutlass_library.__file__), "source", "include")
+        return d if os.path.isfile(os.path.join(d, "cutlass", "cutlass.h")) else None
+    except ImportError:
+        return None
+
+
 def _sources():
     srcs = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     if WITH_CUDA:
@@ -113,6 +133,12 @@ def _extension():
     ] + _arch_flags()
     if DEBUG:
         nvcc.append("-lineinfo")
+    cutlass = _cutlass_include() if "90a" in os.environ.get("JETSPEC_CUDA_ARCHS", "90a;80+PTX") else None
+    if cutlass:
+        include_dirs.append(cutlass)
+        nvcc.append("-DJETSPEC_WITH_CUTLASS")
+        cxx.append("-DJETSPEC_WITH_CUTLASS")
+    print(f"jetspec_ext: CUTLASS headers {'at ' + cutlass if cutlass else 'not found: verify_linear not built'}")
     return CUDAExtension(
         "jetspec_ext._C",
         _sources(),

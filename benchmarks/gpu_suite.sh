@@ -15,6 +15,11 @@ export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 export PATH="$CUDA_HOME/bin:$PATH"
 export JETSPEC_CUDA_ARCHS="${JETSPEC_CUDA_ARCHS:-90a}"
 export MAX_JOBS="${MAX_JOBS:-16}"
+# CUTLASS headers for verify_linear: the nvidia-cutlass wheel's include folder, copied to
+# .carry/cutlass/include by the caller (the H200 image has no CUTLASS).
+if [ -z "${JETSPEC_CUTLASS_INCLUDE:-}" ] && [ -f .carry/cutlass/include/cutlass/cutlass.h ]; then
+  export JETSPEC_CUTLASS_INCLUDE="$PWD/.carry/cutlass/include"
+fi
 # The H200 image sets CC/CXX to /opt/gcc, a wrapper that links libstdc++ statically: the
 # extension then carries a second libstdc++ and crashes (SIGSEGV in std::ostream) whenever a
 # TORCH_CHECK message is formatted. The system compiler links the shared libstdc++ torch uses.
@@ -30,6 +35,7 @@ if ! python3 setup.py build_ext --inplace > "$OUTDIR/build.log" 2>&1; then
   echo "BUILD FAILED"; exit 1
 fi
 echo "build: $(( $(date +%s) - t0 )) s"
+grep -h "jetspec_ext: CUTLASS" "$OUTDIR/build.log" || true
 grep -E "spill|stack frame" "$OUTDIR/build.log" | grep -v " 0 bytes spill" | sort | uniq | head -20 || true
 [ "${SUITE_BUILD_ONLY:-0}" = "1" ] && exit 0
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"

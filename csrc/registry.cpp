@@ -40,4 +40,8 @@ TORCH_LIBRARY(jetspec, m) {
   // Decoding-shaped linear layer: x (M,K) bf16/fp16 with M <= 16, weight (N,K) same dtype
   // (nn.Linear layout, no bias). Returns x @ weight^T (M,N), fp32 accumulation.
   m.def("skinny_linear(Tensor x, Tensor weight) -> Tensor");
+  // Verification-shaped linear layer: x (M,K) bf16 with M about 16..256 (tree tokens), weight (N,K)
+  // bf16 (nn.Linear layout, no bias), K and N multiples of 8. Returns x @ weight^T (M,N), fp32
+  // accumulation; the weight is streamed once (every CTA holds all M rows).
+  m.def("verify_linear(Tensor x, Tensor weight) -> Tensor");
 }

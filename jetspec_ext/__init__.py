@@ -24,6 +24,7 @@ from .ops import (  # noqa: E402,F401
     skinny_linear,
     tree_accept,
     tree_attention,
+    verify_linear,
 )
 
 __version__ = "0.1.0"
@@ -40,6 +41,7 @@ __all__ = [
     "skinny_linear",
     "tree_accept",
     "tree_attention",
+    "verify_linear",
     "cuda_compiled",
     "reference",
 ]

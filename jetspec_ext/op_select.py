@@ -49,6 +49,16 @@ SKINNY_LINEAR_CUDA = (os.environ.get("JETSPEC_SKINNY_LINEAR", "1") != "0"
 ROUTED_MAX_ROWS = 1  # rows of x that op_select.linear sends to skinny_linear (measured: see above)
 
 
+# Tree-verification-shaped linear layers (VERIFY_MIN_ROWS..VERIFY_MAX_ROWS rows) go through
+# jetspec::verify_linear (CUTLASS-built TMA + wgmma GEMM, sm_90 only) when
+# JETSPEC_VERIFY_LINEAR=1. Resolved once at import, like the skinny routing.
+VERIFY_LINEAR_CUDA = (os.environ.get("JETSPEC_VERIFY_LINEAR", "0") == "1"
+                      and torch._C._dispatch_has_kernel_for_dispatch_key("jetspec::verify_linear", "CUDA")
+                      and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9)
+VERIFY_MIN_ROWS = int(os.environ.get("JETSPEC_VERIFY_MIN_ROWS", "17"))
+VERIFY_MAX_ROWS = 256
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.linear(x, weight)`` (no bias), through ``jetspec_ext.skinny_linear`` when it applies:
     CUDA build and tensors, bf16 / fp16, ONE row in ``x`` (the autoregressive step; see
@@ -59,4 +69,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
             and weight.dtype == x.dtype and weight.dim() == 2 and x.numel() <= ROUTED_MAX_ROWS * K
             and K % skinny.K_MULTIPLE == 0 and weight.is_contiguous()):
         return jetspec_ext.skinny_linear(x, weight)
+    if (VERIFY_LINEAR_CUDA and x.is_cuda and x.dtype == torch.bfloat16 and weight.dtype == x.dtype
+            and weight.dim() == 2 and VERIFY_MIN_ROWS * K <= x.numel() <= VERIFY_MAX_ROWS * K
+            and K % skinny.VERIFY_ALIGN == 0 and weight.shape[0] % skinny.VERIFY_ALIGN == 0
+            and weight.is_contiguous()):
+        return jetspec_ext.verify_linear(x, weight)
     return F.linear(x, weight)

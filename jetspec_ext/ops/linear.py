@@ -1,4 +1,5 @@
-"""``skinny_linear``: a linear layer for decoding shapes (at most 16 rows), bias-free."""
+"""Bias-free linear layers for speculative-decoding shapes: ``skinny_linear`` (at most 16 rows: the
+autoregressive step, the draft block) and ``verify_linear`` (the tree's rows in the verify forward)."""
 import torch
 
 Tensor = torch.Tensor
@@ -33,4 +34,36 @@ def skinny_linear(x: Tensor, weight: Tensor) -> Tensor:
     """
     lead = x.shape[:-1]
     out = torch.ops.jetspec.skinny_linear.default(x.reshape(-1, x.shape[-1]).contiguous(), weight)
+    return out.view(*lead, weight.shape[0])
+
+
+VERIFY_ALIGN = 8  # kVerifyAlign in csrc/verify_linear_common.h: in_ and out_features multiple of this
+
+
+@torch.library.register_fake("jetspec::verify_linear")
+def _verify_linear_fake(x, weight):
+    torch._check(x.dim() == 2 and weight.dim() == 2, lambda: "verify_linear: x and weight must be 2-D")
+    torch._check(x.shape[1] == weight.shape[1], lambda: "verify_linear: in_features differ")
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+def verify_linear(x: Tensor, weight: Tensor) -> Tensor:
+    """``x @ weight.T`` for the tree's rows of a verify forward, as ``F.linear(x, weight)`` without
+    bias.
+
+    Args:
+        x: ``(..., K)`` bf16; the leading dimensions hold the rows (e.g. ``(1, 128, K)`` for a
+            128-node tree). Made contiguous if it is not (activations are small).
+        weight: ``(N, K)`` bf16, same device, contiguous (``nn.Linear.weight`` layout); ``K`` and
+            ``N`` multiples of 8. A non-contiguous weight is an error, never copied.
+
+    Returns:
+        ``(..., N)`` bf16: fp32 products and sums, one rounding. CUDA (sm_90 only, built with
+        CUTLASS headers): a persistent TMA + wgmma GEMM whose CTAs each hold all rows (up to 128
+        per tile), so the weight is read once, with a stream-K schedule over the SMs
+        (``csrc/kernels/verify_gemm_sm90.cuh``); the same inputs give the same bits every call.
+        CPU: the same maths with ATen.
+    """
+    lead = x.shape[:-1]
+    out = torch.ops.jetspec.verify_linear.default(x.reshape(-1, x.shape[-1]).contiguous(), weight)
     return out.view(*lead, weight.shape[0])

@@ -1,0 +1,95 @@
+// CUDA launcher of jetspec::verify_linear (kernel: csrc/kernels/verify_gemm_sm90.cuh, CUTLASS 3
+// collectives on sm_90a). Registered only when the extension was built with CUTLASS headers
+// (JETSPEC_WITH_CUTLASS); otherwise the decoder keeps F.linear for these shapes.
+#ifdef JETSPEC_WITH_CUTLASS
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "cuda_utils.cuh"
+#include "kernels/verify_gemm_sm90.cuh"
+#include "verify_linear_common.h"
+
+namespace jetspec {
+namespace {
+
+using verify_gemm::Config;
+using verify_gemm::Schedule;
+
+std::string env_str(const char* name) {
+  const char* v = std::getenv(name);
+  return v == nullptr ? std::string() : std::string(v);
+}
+
+// Tile configuration: JETSPEC_VERIFY_CFG = t128 | t256 | t128c2 (tuning, tests); default t128.
+Config pick_config() {
+  const std::string v = env_str("JETSPEC_VERIFY_CFG");
+  TORCH_CHECK(v.empty() || v == "t128" || v == "t256" || v == "t128c2" || v == "p64c2",
+              "JETSPEC_VERIFY_CFG must be t128, t256, t128c2 or p64c2, got '", v, "'");
+  if (v == "t256") return verify_gemm::config_t256();
+  if (v == "t128c2") return verify_gemm::config_t128c2();
+  if (v == "p64c2") return verify_gemm::config_p64c2();
+  return verify_gemm::config_t128();
+}
+
+// Schedule: JETSPEC_VERIFY_SCHED = streamk (default) | splitk | dp | heuristic;
+// JETSPEC_VERIFY_SPLITS = K splits for splitk (default 4).
+Schedule pick_schedule(int* splits) {
+  const std::string v = env_str("JETSPEC_VERIFY_SCHED");
+  TORCH_CHECK(v.empty() || v == "streamk" || v == "splitk" || v == "dp" || v == "heuristic",
+              "JETSPEC_VERIFY_SCHED must be streamk, splitk, dp or heuristic, got '", v, "'");
+  *splits = 1;
+  if (v == "splitk") {
+    const std::string s = env_str("JETSPEC_VERIFY_SPLITS");
+    *splits = s.empty() ? 4 : std::atoi(s.c_str());
+    TORCH_CHECK(*splits >= 1 && *splits <= 64, "JETSPEC_VERIFY_SPLITS must be 1..64, got '", s, "'");
+    return Schedule::kSplitK;
+  }
+  if (v == "dp") return Schedule::kDataParallel;
+  if (v == "heuristic") return Schedule::kHeuristic;
+  return Schedule::kStreamK;
+}
+
+at::Tensor verify_linear_cuda(const at::Tensor& x, const at::Tensor& weight) {
+  check_verify_linear_args(x, weight);
+  c10::cuda::CUDAGuard guard(x.device());
+  const int device = x.get_device();
+  int major = 0;
+  JETSPEC_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  TORCH_CHECK(major == 9, "verify_linear: needs an sm_90 (Hopper) GPU, got compute capability ", major, ".x");
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
+                  reinterpret_cast<uintptr_t>(weight.data_ptr()) % 16 == 0,
+              "verify_linear: `x` and `weight` must be 16-byte aligned");
+  const int M = static_cast<int>(x.size(0)), K = static_cast<int>(x.size(1));
+  const int N = static_cast<int>(weight.size(0));
+  at::Tensor out = at::empty({M, N}, x.options());
+  const Config cfg = pick_config();
+  verify_gemm::Problem p{};
+  p.x = x.data_ptr();
+  p.weight = weight.data_ptr();
+  p.out = out.data_ptr();
+  p.M = M;
+  p.N = N;
+  p.K = K;
+  p.schedule = pick_schedule(&p.splits);
+  p.sm_count = sm_count(device);
+  p.device = device;
+  const size_t ws_bytes = cfg.workspace_size(p);
+  // The stream-K fixup workspace comes from the caching allocator (the graph's pool while
+  // capturing); CUTLASS zeroes the part it needs with a memset node on `stream`.
+  at::Tensor ws = at::empty({static_cast<int64_t>(ws_bytes > 0 ? ws_bytes : 1)}, x.options().dtype(at::kByte));
+  const cudaError_t e = cfg.run(p, ws.data_ptr(), ws_bytes, current_stream());
+  TORCH_CHECK(e == cudaSuccess, "verify_linear: the ", cfg.name, " GEMM failed for M=", M, " N=", N, " K=", K,
+              ": ", cudaGetErrorString(e));
+  JETSPEC_CHECK_LAUNCH();
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(jetspec, CUDA, m) { m.impl("verify_linear", &verify_linear_cuda); }
+
+}  // namespace jetspec
+#endif  // JETSPEC_WITH_CUTLASS

@@ -1,0 +1,165 @@
+// Weight-streaming GEMM for tree-verification shapes on sm_90a: y = x @ W^T with x (M, K) row-major
+// bf16, M about 16..256 (the tree's tokens), W (N, K) row-major bf16 (nn.Linear layout, i.e. a
+// K-major B operand), y (M, N) bf16, fp32 accumulation.
+//
+// Why not cuBLAS: at M = 128 the Qwen3-8B projections are bound by reading W once (4.3 TB/s), and
+// cuBLAS's choices sit 15-75% above that floor on the H200 (o_proj 13.7 vs 7.8 us, down_proj with
+// separate split-K reduce kernels; benchmarks/RESULTS.md). Here every CTA holds ALL M rows (one
+// 128-row tile, two consumer warpgroups), so W is read exactly once, and the CTAs are persistent
+// with a stream-K / split-K schedule so all 132 SMs stream W even when N / tile_n is small.
+// Built from CUTLASS 3 collectives (TMA loads into 128-byte-swizzled shared memory, wgmma, mbarrier
+// pipeline, in-kernel deterministic fixup of K partials), configured here.
+//
+// Torch-free: raw pointers, a stream, a caller-provided workspace.
+#pragma once
+#include <cuda_runtime.h>
+#include <stddef.h>
+
+namespace jetspec {
+namespace verify_gemm {
+
+// How the (M / tile_m) x (N / tile_n) output tiles and their K loops are spread over the CTAs.
+enum class Schedule : int { kHeuristic = 0, kDataParallel = 1, kSplitK = 2, kStreamK = 3 };
+
+struct Problem {
+  const void* x;       // (M, K) bf16, row-major, 16-byte aligned, K % 8 == 0
+  const void* weight;  // (N, K) bf16, row-major, 16-byte aligned
+  void* out;           // (M, N) bf16, row-major, N % 8 == 0
+  int M, N, K;
+  Schedule schedule;
+  int splits;    // K splits when schedule == kSplitK (>= 1)
+  int sm_count;  // CTAs of the persistent grid
+  int device;
+};
+
+// One compiled tile configuration. workspace_size() may be 0; run() returns cudaSuccess or the
+// error (cudaErrorNotSupported when CUTLASS refuses the problem: the caller falls back).
+struct Config {
+  const char* name;
+  size_t (*workspace_size)(const Problem&);
+  cudaError_t (*run)(const Problem&, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+};
+
+// The configurations (csrc/cuda/verify_gemm_<name>.cu); null when built without CUTLASS.
+Config config_t128();   // tile 128 x 128 x 64, no cluster
+Config config_t256();   // tile 128 x 256 x 64, no cluster
+Config config_t128c2(); // tile 128 x 128 x 64, cluster of 2 along N sharing the x tile (TMA multicast)
+Config config_p64c2();  // ping-pong, tile 64 x 64 x 64, cluster of 2 along M sharing the W tile, data-parallel
+
+}  // namespace verify_gemm
+}  // namespace jetspec
+
+#ifdef JETSPEC_VERIFY_GEMM_DEFINE
+// ---------------------------------------------------------------------------------------------
+// The CUTLASS instantiation, included by exactly one .cu per configuration (they compile in
+// parallel: each takes minutes).
+// ---------------------------------------------------------------------------------------------
+#include <type_traits>
+
+#include <cute/tensor.hpp>
+#include <cutlass/cutlass.h>
+#include <cutlass/epilogue/collective/collective_builder.hpp>
+#include <cutlass/gemm/collective/collective_builder.hpp>
+#include <cutlass/gemm/device/gemm_universal_adapter.h>
+#include <cutlass/gemm/kernel/gemm_universal.hpp>
+#include <cutlass/gemm/kernel/tile_scheduler.hpp>
+
+namespace jetspec {
+namespace verify_gemm {
+
+// kPingpong: two consumer warpgroups on alternate tiles (tile M 64), persistent data-parallel
+// schedule (CUTLASS's ping-pong kernel has no stream-K); else cooperative (tile M >= 128) with the
+// stream-K / split-K scheduler.
+template <int kTileM, int kTileN, int kTileK, int kClusterN, bool kPingpong = false, int kClusterM = 1>
+struct CutlassGemm {
+  using T = cutlass::bfloat16_t;
+  using TileShape = cute::Shape<cute::Int<kTileM>, cute::Int<kTileN>, cute::Int<kTileK>>;
+  using ClusterShape = cute::Shape<cute::Int<kClusterM>, cute::Int<kClusterN>, cute::_1>;
+  using EpiSchedule = std::conditional_t<kPingpong, cutlass::epilogue::TmaWarpSpecialized,
+                                         cutlass::epilogue::TmaWarpSpecializedCooperative>;
+  using MainSchedule = std::conditional_t<kPingpong, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
+                                          cutlass::gemm::KernelTmaWarpSpecializedCooperative>;
+  using Scheduler = std::conditional_t<kPingpong, cutlass::gemm::PersistentScheduler, cutlass::gemm::StreamKScheduler>;
+  static constexpr int kAlign = 8;  // 16 bytes of bf16
+
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float,
+      void, cutlass::layout::RowMajor, kAlign,  // no C operand
+      T, cutlass::layout::RowMajor, kAlign,
+      EpiSchedule>::CollectiveOp;
+
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp,
+      T, cutlass::layout::RowMajor, kAlign,     // x: (M, K), K contiguous
+      T, cutlass::layout::ColumnMajor, kAlign,  // W^T: (K, N) column-major = W (N, K) row-major
+      float, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      MainSchedule>::CollectiveOp;
+
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop, Epilogue, Scheduler>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+
+  static typename Gemm::Arguments arguments(const Problem& p) {
+    using StrideA = typename Kernel::StrideA;
+    using StrideB = typename Kernel::StrideB;
+    using StrideC = typename Kernel::StrideC;
+    using StrideD = typename Kernel::StrideD;
+    const int64_t M = p.M, N = p.N, K = p.K;
+    StrideA sa = cute::make_stride(K, cute::Int<1>{}, M * K);
+    StrideB sb = cute::make_stride(K, cute::Int<1>{}, N * K);
+    StrideC sc = cute::make_stride(N, cute::Int<1>{}, M * N);
+    StrideD sd = cute::make_stride(N, cute::Int<1>{}, M * N);
+    cutlass::KernelHardwareInfo hw;
+    hw.device_id = p.device;
+    hw.sm_count = p.sm_count;
+    typename Gemm::Arguments args{
+        cutlass::gemm::GemmUniversalMode::kGemm,
+        {p.M, p.N, p.K, 1},
+        {static_cast<const T*>(p.x), sa, static_cast<const T*>(p.weight), sb},
+        {{}, nullptr, sc, static_cast<T*>(p.out), sd},
+        hw};
+    args.epilogue.thread.alpha = 1.f;
+    args.epilogue.thread.beta = 0.f;
+    if constexpr (!kPingpong) set_schedule(args, p);
+    return args;
+  }
+
+  template <class Args>
+  static void set_schedule(Args& args, const Problem& p) {
+    using Mode = cutlass::gemm::kernel::detail::DecompositionMode;
+    switch (p.schedule) {
+      case Schedule::kDataParallel: args.scheduler.decomposition_mode = Mode::DataParallel; break;
+      case Schedule::kSplitK:
+        args.scheduler.decomposition_mode = Mode::SplitK;
+        args.scheduler.splits = p.splits;
+        break;
+      case Schedule::kStreamK: args.scheduler.decomposition_mode = Mode::StreamK; break;
+      default: args.scheduler.decomposition_mode = Mode::Heuristic;
+    }
+    // Deterministic fixup: the same inputs give the same bits on every call (a decoder that must
+    // be reproducible cannot have run-to-run rounding differences).
+    args.scheduler.reduction_mode = cutlass::gemm::kernel::detail::ReductionMode::Deterministic;
+  }
+
+  static size_t workspace_size(const Problem& p) { return Gemm::get_workspace_size(arguments(p)); }
+
+  static cudaError_t run(const Problem& p, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+    const auto args = arguments(p);
+    if (Gemm::get_workspace_size(args) > workspace_bytes) return cudaErrorInvalidValue;
+    Gemm gemm;
+    if (gemm.can_implement(args) != cutlass::Status::kSuccess) return cudaErrorNotSupported;
+    if (gemm.initialize(args, workspace, stream) != cutlass::Status::kSuccess) return cudaErrorUnknown;
+    if (gemm.run(stream) != cutlass::Status::kSuccess) {
+      const cudaError_t e = cudaGetLastError();
+      return e != cudaSuccess ? e : cudaErrorLaunchFailure;
+    }
+    return cudaSuccess;
+  }
+
+  static Config config(const char* name) { return Config{name, &workspace_size, &run}; }
+};
+
+}  // namespace verify_gemm
+}  // namespace jetspec
+#endif  // JETSPEC_VERIFY_GEMM_DEFINE

@@ -1,0 +1,158 @@
+"""jetspec::verify_linear: x (M, K) @ weight (N, K)^T for tree-verification row counts, against
+the fp32 reference.
+
+Accuracy rule (as for attention, FlashAttention's): the kernel's error against an fp32 reference
+of the same inputs is at most twice that of PyTorch's own bf16 F.linear (cuBLAS on the GPU), plus
+a tiny absolute slack for outputs that round exactly."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import jetspec_ext
+from conftest import requires_cuda
+
+op = jetspec_ext.verify_linear
+ref = jetspec_ext.reference.verify_linear
+
+
+def _has_cuda_kernel():
+    return (torch.cuda.is_available()
+            and torch._C._dispatch_has_kernel_for_dispatch_key("jetspec::verify_linear", "CUDA")
+            and torch.cuda.get_device_capability()[0] == 9)
+
+
+requires_kernel = pytest.mark.skipif(not _has_cuda_kernel(),
+                                     reason="needs the CUTLASS-built verify_linear and an sm_90 GPU")
+
+
+def _inputs(M, N, K, device, seed=0, lead=None):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*(lead or (M,)), K, generator=g).to(torch.bfloat16).to(device)
+    w = (torch.randn(N, K, generator=g) * K ** -0.5).to(torch.bfloat16).to(device)
+    return x, w
+
+
+def _poison():
+    # freed cached memory full of NaN: an output element left unwritten shows
+    junk = torch.full((64 << 20,), float("nan"), dtype=torch.float32, device="cuda")
+    del junk
+
+
+def _check_accuracy(out, x, w):
+    exact = x.float() @ w.float().t()
+    torch_err = (F.linear(x, w).float() - exact).abs().max().item()
+    err = (out.float() - exact).abs().max().item()
+    assert torch.isfinite(out).all()
+    assert err <= 2 * torch_err + 1e-6, (err, torch_err)
+
+
+def test_cpu_matches_reference():
+    for M, N, K in ((1, 40, 64), (128, 96, 128), (37, 8, 8)):
+        x, w = _inputs(M, N, K, "cpu", seed=M)
+        torch.testing.assert_close(op(x, w), ref(x, w), rtol=0, atol=0)
+
+
+def _devices():
+    return ["cpu"] + (["cuda"] if _has_cuda_kernel() else [])
+
+
+@pytest.mark.parametrize("device", _devices())
+def test_leading_dims_and_noncontiguous_x(device):
+    x, w = _inputs(0, 64, 96, device, seed=3, lead=(2, 3))
+    out = op(x, w)
+    assert out.shape == (2, 3, 64) and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref(x, w), rtol=2e-2, atol=2e-2)
+    xt = torch.randn(96, 20, device=device).to(torch.bfloat16).t()  # (20, 96), not contiguous
+    torch.testing.assert_close(op(xt, w), ref(xt, w), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("device", _devices())
+def test_bad_inputs(device):
+    x, w = _inputs(4, 64, 64, device)
+    with pytest.raises(RuntimeError, match="multiple of 8"):
+        op(x[:, :60].contiguous(), w[:, :60].contiguous())
+    with pytest.raises(RuntimeError, match="out_features must be a positive multiple of 8"):
+        op(x, w[:60].contiguous())
+    with pytest.raises(RuntimeError, match="in_features"):
+        op(x, w[:, :32].contiguous())
+    with pytest.raises(RuntimeError, match="dtype"):
+        op(x, w.half())
+    with pytest.raises(RuntimeError, match="must be one of"):
+        op(x.half(), w.half())
+    with pytest.raises(RuntimeError, match="contiguous"):
+        op(x, torch.zeros(64, 128, dtype=torch.bfloat16, device=device)[:, ::2])
+    with pytest.raises(RuntimeError, match="2 dimensions"):
+        torch.ops.jetspec.verify_linear(x, w.unsqueeze(0))
+
+
+@pytest.mark.parametrize("device", _devices())
+def test_opcheck(device):
+    x, w = _inputs(24, 40, 64, device, seed=5)
+    torch.library.opcheck(torch.ops.jetspec.verify_linear.default, (x, w))
+
+
+@requires_kernel
+@pytest.mark.parametrize("M", [1, 16, 33, 100, 128, 129, 256])
+@pytest.mark.parametrize("N,K", [(6144, 4096), (4096, 12288), (4096, 4096), (1000, 72), (40, 4104)])
+def test_cuda_matches_reference(M, N, K):
+    """Default configuration; M not a multiple of the 128-row tile, N not a multiple of the tile's
+    columns, K not a multiple of the 64-wide k block (the TMA boxes' out-of-bounds fill)."""
+    x, w = _inputs(M, N, K, "cuda", seed=M * 7 + N % 97)
+    _poison()
+    out = op(x, w)
+    assert out.shape == (M, N)
+    _check_accuracy(out, x, w)
+
+
+@requires_kernel
+@pytest.mark.parametrize("cfg", ["t128", "t256", "t128c2"])
+@pytest.mark.parametrize("sched,splits", [("streamk", None), ("dp", None), ("heuristic", None),
+                                          ("splitk", "3"), ("splitk", "8")])
+def test_cuda_configs_and_schedules(cfg, sched, splits, monkeypatch):
+    """Every tile configuration with every schedule (3 K splits do not divide the 64 k blocks),
+    twice in a row: deterministic, and the stream-K fixup workspace is reset each time."""
+    monkeypatch.setenv("JETSPEC_VERIFY_CFG", cfg)
+    monkeypatch.setenv("JETSPEC_VERIFY_SCHED", sched)
+    if splits:
+        monkeypatch.setenv("JETSPEC_VERIFY_SPLITS", splits)
+    for M, N, K in ((128, 4096 + 40, 4096), (77, 2048, 12288), (256, 1000, 520)):
+        x, w = _inputs(M, N, K, "cuda", seed=M + N)
+        _poison()
+        a = op(x, w)
+        _check_accuracy(a, x, w)
+        torch.testing.assert_close(op(x, w), a, rtol=0, atol=0)
+
+
+@requires_kernel
+def test_cuda_graph_replay():
+    x, w = _inputs(128, 4096, 4096, "cuda", seed=8)
+    expect = op(x, w)
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        op(x, w)
+    torch.cuda.current_stream().wait_stream(s)
+    with torch.cuda.graph(g):
+        out = op(x, w)
+    x2, w2 = _inputs(128, 4096, 4096, "cuda", seed=9)
+    for _ in range(3):
+        g.replay()
+        torch.testing.assert_close(out, expect, rtol=0, atol=0)
+    x.copy_(x2)
+    w.copy_(w2)
+    g.replay()  # new inputs at the captured addresses
+    torch.testing.assert_close(out, op(x2, w2), rtol=0, atol=0)
+
+
+@requires_kernel
+def test_bad_tuning_env(monkeypatch):
+    x, w = _inputs(2, 64, 64, "cuda")
+    monkeypatch.setenv("JETSPEC_VERIFY_CFG", "t999")
+    with pytest.raises(RuntimeError, match="JETSPEC_VERIFY_CFG"):
+        op(x, w)
+    monkeypatch.setenv("JETSPEC_VERIFY_CFG", "t128")
+    monkeypatch.setenv("JETSPEC_VERIFY_SCHED", "splitk")
+    monkeypatch.setenv("JETSPEC_VERIFY_SPLITS", "0")
+    with pytest.raises(RuntimeError, match="JETSPEC_VERIFY_SPLITS"):
+        op(x, w)

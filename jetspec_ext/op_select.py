@@ -49,28 +49,33 @@ SKINNY_LINEAR_CUDA = (os.environ.get("JETSPEC_SKINNY_LINEAR", "1") != "0"
 ROUTED_MAX_ROWS = 1  # rows of x that op_select.linear sends to skinny_linear (measured: see above)
 
 
-# Tree-verification-shaped linear layers (VERIFY_MIN_ROWS..VERIFY_MAX_ROWS rows) go through
-# jetspec::verify_linear (CUTLASS-built TMA + wgmma GEMM, sm_90 only) when
-# JETSPEC_VERIFY_LINEAR=1. Resolved once at import, like the skinny routing.
-VERIFY_LINEAR_CUDA = (os.environ.get("JETSPEC_VERIFY_LINEAR", "0") == "1"
+# Tree-verification-shaped linear layers go through jetspec::verify_linear (CUTLASS-built TMA +
+# wgmma GEMM, sm_90 only) where it was measured faster than cuBLAS on the H200: 65..128 rows and at
+# most 4096 output features, i.e. Qwen3-8B's o_proj (12.99 vs 14.37 us) and down_proj (30.95 vs
+# 34.27 us) at M = 128 (benchmarks/RESULTS.md, 2026-11-29, seventh session). q|k|v, gate|up, the
+# LM head and 256 rows were slower there, so they keep F.linear. JETSPEC_VERIFY_LINEAR=0 turns the
+# routing off. Resolved once at import, like the skinny routing.
+VERIFY_LINEAR_CUDA = (os.environ.get("JETSPEC_VERIFY_LINEAR", "1") != "0"
                       and torch._C._dispatch_has_kernel_for_dispatch_key("jetspec::verify_linear", "CUDA")
                       and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9)
-VERIFY_MIN_ROWS = int(os.environ.get("JETSPEC_VERIFY_MIN_ROWS", "17"))
-VERIFY_MAX_ROWS = 256
+VERIFY_ROWS = (65, 128)  # rows of x routed to verify_linear (inclusive)
+VERIFY_MAX_N = 4096  # out_features routed to verify_linear (at most)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.linear(x, weight)`` (no bias), through ``jetspec_ext.skinny_linear`` when it applies:
     CUDA build and tensors, bf16 / fp16, ONE row in ``x`` (the autoregressive step; see
-    ``ROUTED_MAX_ROWS``), ``in_features`` a multiple of 32 and a contiguous weight. Everything
-    else: ``F.linear``."""
+    ``ROUTED_MAX_ROWS``), ``in_features`` a multiple of 32 and a contiguous weight; through
+    ``jetspec_ext.verify_linear`` for bf16 tree-verification shapes where it wins (see
+    ``VERIFY_ROWS`` / ``VERIFY_MAX_N``). Everything else: ``F.linear``."""
     K = weight.shape[-1]
     if (SKINNY_LINEAR_CUDA and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
             and weight.dtype == x.dtype and weight.dim() == 2 and x.numel() <= ROUTED_MAX_ROWS * K
             and K % skinny.K_MULTIPLE == 0 and weight.is_contiguous()):
         return jetspec_ext.skinny_linear(x, weight)
     if (VERIFY_LINEAR_CUDA and x.is_cuda and x.dtype == torch.bfloat16 and weight.dtype == x.dtype
-            and weight.dim() == 2 and VERIFY_MIN_ROWS * K <= x.numel() <= VERIFY_MAX_ROWS * K
+            and weight.dim() == 2 and VERIFY_ROWS[0] * K <= x.numel() <= VERIFY_ROWS[1] * K
+            and weight.shape[0] <= VERIFY_MAX_N
             and K % skinny.VERIFY_ALIGN == 0 and weight.shape[0] % skinny.VERIFY_ALIGN == 0
             and weight.is_contiguous()):
         return jetspec_ext.verify_linear(x, weight)

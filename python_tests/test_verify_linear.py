@@ -105,7 +105,7 @@ def test_cuda_matches_reference(M, N, K):
 
 
 @requires_kernel
-@pytest.mark.parametrize("cfg", ["t128", "t256", "t128c2"])
+@pytest.mark.parametrize("cfg", ["t128", "t256", "t128c2", "p64c2"])
 @pytest.mark.parametrize("sched,splits", [("streamk", None), ("dp", None), ("heuristic", None),
                                           ("splitk", "3"), ("splitk", "8")])
 def test_cuda_configs_and_schedules(cfg, sched, splits, monkeypatch):

@@ -9,40 +9,21 @@ import torch.nn.functional as F
 
 import jetspec_ext
 from conftest import requires_cuda
+from linear_support import check_accuracy as _check_accuracy
+from linear_support import inputs, poison
 
 op = jetspec_ext.skinny_linear
 ref = jetspec_ext.reference.skinny_linear
 
 
-def _inputs(M, N, K, dtype, device, seed=0, lead=None):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(*(lead or (M,)), K, generator=g).to(dtype).to(device)
-    w = (torch.randn(N, K, generator=g) * K ** -0.5).to(dtype).to(device)
-    return x, w
-
-
-def _poison(device):
-    if device == "cuda":  # freed cached memory full of NaN: an output element left unwritten shows
-        junk = torch.full((32 << 20,), float("nan"), dtype=torch.float32, device=device)
-        del junk
-
-
-def _check_accuracy(out, x, w):
-    exact = x.float() @ w.float().t()
-    torch_err = (F.linear(x, w).float() - exact).abs().max().item()
-    err = (out.float() - exact).abs().max().item()
-    assert torch.isfinite(out).all()
-    assert err <= 2 * torch_err + 1e-6, (err, torch_err)
-
-
 def test_cpu_matches_reference():
     for M, N, K in ((1, 40, 64), (16, 96, 128), (5, 33, 32)):
-        x, w = _inputs(M, N, K, torch.bfloat16, "cpu", seed=M)
+        x, w = inputs(M, N, K, torch.bfloat16, "cpu", seed=M)
         torch.testing.assert_close(op(x, w), ref(x, w), rtol=0, atol=0)
 
 
 def test_leading_dims_and_noncontiguous_x(device):
-    x, w = _inputs(0, 64, 96, torch.bfloat16, device, seed=3, lead=(2, 3))
+    x, w = inputs(0, 64, 96, torch.bfloat16, device, seed=3, lead=(2, 3))
     out = op(x, w)
     assert out.shape == (2, 3, 64) and out.dtype == torch.bfloat16
     torch.testing.assert_close(out, ref(x, w), rtol=2e-2, atol=2e-2)
@@ -51,7 +32,7 @@ def test_leading_dims_and_noncontiguous_x(device):
 
 
 def test_bad_inputs(device):
-    x, w = _inputs(4, 64, 64, torch.bfloat16, device)
+    x, w = inputs(4, 64, 64, torch.bfloat16, device)
     with pytest.raises(RuntimeError, match="1..16 rows"):
         op(torch.zeros(17, 64, dtype=torch.bfloat16, device=device), w)
     with pytest.raises(RuntimeError, match="multiple of 32"):
@@ -69,7 +50,7 @@ def test_bad_inputs(device):
 
 
 def test_opcheck(device):
-    x, w = _inputs(3, 40, 64, torch.bfloat16, device, seed=5)
+    x, w = inputs(3, 40, 64, torch.bfloat16, device, seed=5)
     torch.library.opcheck(torch.ops.jetspec.skinny_linear.default, (x, w))
 
 
@@ -81,8 +62,8 @@ def test_opcheck(device):
 def test_cuda_matches_reference(M, N, K, dtype):
     """M <= 4 runs the CUDA-core kernel (skinny_gemv.cuh), more rows the tensor-core one; N not
     a multiple of the rows per CTA, K not a multiple of the 256-element chunk."""
-    x, w = _inputs(M, N, K, dtype, "cuda", seed=M * 7 + N % 97)
-    _poison("cuda")
+    x, w = inputs(M, N, K, dtype, "cuda", seed=M * 7 + N % 97)
+    poison("cuda")
     out = op(x, w)
     assert out.shape == (M, N)
     _check_accuracy(out, x, w)
@@ -94,8 +75,8 @@ def test_cuda_tensor_core_path_for_few_rows(M, monkeypatch):
     """JETSPEC_SKINNY_GEMV=0 sends 1..4 rows to the tensor-core kernel: it must agree too."""
     monkeypatch.setenv("JETSPEC_SKINNY_GEMV", "0")
     for N, K in ((4096, 4096), (1001, 96)):
-        x, w = _inputs(M, N, K, torch.bfloat16, "cuda", seed=M + N)
-        _poison("cuda")
+        x, w = inputs(M, N, K, torch.bfloat16, "cuda", seed=M + N)
+        poison("cuda")
         _check_accuracy(op(x, w), x, w)
 
 
@@ -109,8 +90,8 @@ def test_cuda_tilings_and_k_splits(cfg, ksplit, monkeypatch):
     monkeypatch.setenv("JETSPEC_SKINNY_CFG", cfg)
     monkeypatch.setenv("JETSPEC_SKINNY_KSPLIT", ksplit)
     for M in (1, 16):
-        x, w = _inputs(M, 4096 + 40, 4096, torch.bfloat16, "cuda", seed=M + int(ksplit))
-        _poison("cuda")
+        x, w = inputs(M, 4096 + 40, 4096, torch.bfloat16, "cuda", seed=M + int(ksplit))
+        poison("cuda")
         a = op(x, w)
         _check_accuracy(a, x, w)
         torch.testing.assert_close(op(x, w), a, rtol=0, atol=0)  # deterministic split order
@@ -119,7 +100,7 @@ def test_cuda_tilings_and_k_splits(cfg, ksplit, monkeypatch):
 @requires_cuda
 def test_cuda_split_k_graph_replay(monkeypatch):
     monkeypatch.setenv("JETSPEC_SKINNY_KSPLIT", "4")
-    x, w = _inputs(3, 1024, 4096, torch.bfloat16, "cuda", seed=8)
+    x, w = inputs(3, 1024, 4096, torch.bfloat16, "cuda", seed=8)
     expect = op(x, w)  # grows the counter buffer outside the capture
     g = torch.cuda.CUDAGraph()
     s = torch.cuda.Stream()
@@ -137,7 +118,7 @@ def test_cuda_split_k_graph_replay(monkeypatch):
 def test_bad_tuning_env(monkeypatch):
     if not (torch.cuda.is_available() and jetspec_ext.cuda_compiled()):
         pytest.skip("the tuning variables are read by the CUDA launcher")
-    x, w = _inputs(2, 64, 64, torch.bfloat16, "cuda")
+    x, w = inputs(2, 64, 64, torch.bfloat16, "cuda")
     monkeypatch.setenv("JETSPEC_SKINNY_CFG", "8x8")
     with pytest.raises(RuntimeError, match="JETSPEC_SKINNY_CFG"):
         op(x, w)
@@ -151,7 +132,7 @@ def test_bad_tuning_env(monkeypatch):
 def test_cuda_large_values_and_rows_beyond_m():
     """Rows of the m16 tile past M must not leak into the output (their x loads are skipped);
     large magnitudes keep fp32 accumulation honest."""
-    x, w = _inputs(3, 296, 256, torch.bfloat16, "cuda", seed=11)
+    x, w = inputs(3, 296, 256, torch.bfloat16, "cuda", seed=11)
     x = x * 50
     out = op(x, w)
     _check_accuracy(out, x, w)
@@ -161,7 +142,7 @@ def test_cuda_large_values_and_rows_beyond_m():
 
 @requires_cuda
 def test_cuda_graph_capture():
-    x, w = _inputs(4, 512, 256, torch.bfloat16, "cuda", seed=2)
+    x, w = inputs(4, 512, 256, torch.bfloat16, "cuda", seed=2)
     expect = op(x, w)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
@@ -171,7 +152,7 @@ def test_cuda_graph_capture():
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         out = op(x, w)
-    x2, _ = _inputs(4, 512, 256, torch.bfloat16, "cuda", seed=3)
+    x2, _ = inputs(4, 512, 256, torch.bfloat16, "cuda", seed=3)
     g.replay()
     torch.testing.assert_close(out, expect, rtol=0, atol=0)
     x.copy_(x2)
@@ -180,7 +161,7 @@ def test_cuda_graph_capture():
 
 
 def test_compile_sees_the_op(device):
-    x, w = _inputs(2, 64, 64, torch.bfloat16, device, seed=9)
+    x, w = inputs(2, 64, 64, torch.bfloat16, device, seed=9)
     f = torch.compile(lambda a, b: op(a, b) * 2, fullgraph=True, backend="eager")
     torch.testing.assert_close(f(x, w), op(x, w) * 2, rtol=0, atol=0)
 
@@ -199,7 +180,7 @@ def test_decoder_routing(monkeypatch):
     else:
         assert sel.SKINNY_LINEAR_CUDA is has_cuda_kernel
     assert sel.ROUTED_MAX_ROWS == 1
-    x, w = _inputs(1, 64, 64, torch.bfloat16, "cpu", seed=4)
+    x, w = inputs(1, 64, 64, torch.bfloat16, "cpu", seed=4)
     torch.testing.assert_close(sel.linear(x, w), F.linear(x, w), rtol=0, atol=0)
     if torch.cuda.is_available() and jetspec_ext.cuda_compiled():
         monkeypatch.setattr(sel, "SKINNY_LINEAR_CUDA", True)

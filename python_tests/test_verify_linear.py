@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 import jetspec_ext
 from conftest import requires_cuda
+from linear_support import check_accuracy as _check_accuracy
+from linear_support import inputs, poison
 
 op = jetspec_ext.verify_linear
 ref = jetspec_ext.reference.verify_linear
@@ -21,34 +23,17 @@ def _has_cuda_kernel():
             and torch.cuda.get_device_capability()[0] == 9)
 
 
+def _bf16_inputs(M, N, K, device, seed=0, lead=None):
+    return inputs(M, N, K, torch.bfloat16, device, seed, lead)
+
+
 requires_kernel = pytest.mark.skipif(not _has_cuda_kernel(),
                                      reason="needs the CUTLASS-built verify_linear and an sm_90 GPU")
 
 
-def _inputs(M, N, K, device, seed=0, lead=None):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(*(lead or (M,)), K, generator=g).to(torch.bfloat16).to(device)
-    w = (torch.randn(N, K, generator=g) * K ** -0.5).to(torch.bfloat16).to(device)
-    return x, w
-
-
-def _poison():
-    # freed cached memory full of NaN: an output element left unwritten shows
-    junk = torch.full((64 << 20,), float("nan"), dtype=torch.float32, device="cuda")
-    del junk
-
-
-def _check_accuracy(out, x, w):
-    exact = x.float() @ w.float().t()
-    torch_err = (F.linear(x, w).float() - exact).abs().max().item()
-    err = (out.float() - exact).abs().max().item()
-    assert torch.isfinite(out).all()
-    assert err <= 2 * torch_err + 1e-6, (err, torch_err)
-
-
 def test_cpu_matches_reference():
     for M, N, K in ((1, 40, 64), (128, 96, 128), (37, 8, 8)):
-        x, w = _inputs(M, N, K, "cpu", seed=M)
+        x, w = _bf16_inputs(M, N, K, "cpu", seed=M)
         torch.testing.assert_close(op(x, w), ref(x, w), rtol=0, atol=0)
 
 
@@ -58,7 +43,7 @@ def _devices():
 
 @pytest.mark.parametrize("device", _devices())
 def test_leading_dims_and_noncontiguous_x(device):
-    x, w = _inputs(0, 64, 96, device, seed=3, lead=(2, 3))
+    x, w = _bf16_inputs(0, 64, 96, device, seed=3, lead=(2, 3))
     out = op(x, w)
     assert out.shape == (2, 3, 64) and out.dtype == torch.bfloat16
     torch.testing.assert_close(out, ref(x, w), rtol=2e-2, atol=2e-2)
@@ -68,7 +53,7 @@ def test_leading_dims_and_noncontiguous_x(device):
 
 @pytest.mark.parametrize("device", _devices())
 def test_bad_inputs(device):
-    x, w = _inputs(4, 64, 64, device)
+    x, w = _bf16_inputs(4, 64, 64, device)
     with pytest.raises(RuntimeError, match="multiple of 8"):
         op(x[:, :60].contiguous(), w[:, :60].contiguous())
     with pytest.raises(RuntimeError, match="out_features must be a positive multiple of 8"):
@@ -87,7 +72,7 @@ def test_bad_inputs(device):
 
 @pytest.mark.parametrize("device", _devices())
 def test_opcheck(device):
-    x, w = _inputs(24, 40, 64, device, seed=5)
+    x, w = _bf16_inputs(24, 40, 64, device, seed=5)
     torch.library.opcheck(torch.ops.jetspec.verify_linear.default, (x, w))
 
 
@@ -97,8 +82,8 @@ def test_opcheck(device):
 def test_cuda_matches_reference(M, N, K):
     """Default configuration; M not a multiple of the 128-row tile, N not a multiple of the tile's
     columns, K not a multiple of the 64-wide k block (the TMA boxes' out-of-bounds fill)."""
-    x, w = _inputs(M, N, K, "cuda", seed=M * 7 + N % 97)
-    _poison()
+    x, w = _bf16_inputs(M, N, K, "cuda", seed=M * 7 + N % 97)
+    poison("cuda", 256)
     out = op(x, w)
     assert out.shape == (M, N)
     _check_accuracy(out, x, w)
@@ -116,8 +101,8 @@ def test_cuda_configs_and_schedules(cfg, sched, splits, monkeypatch):
     if splits:
         monkeypatch.setenv("JETSPEC_VERIFY_SPLITS", splits)
     for M, N, K in ((128, 4096 + 40, 4096), (77, 2048, 12288), (256, 1000, 520)):
-        x, w = _inputs(M, N, K, "cuda", seed=M + N)
-        _poison()
+        x, w = _bf16_inputs(M, N, K, "cuda", seed=M + N)
+        poison("cuda", 256)
         a = op(x, w)
         _check_accuracy(a, x, w)
         torch.testing.assert_close(op(x, w), a, rtol=0, atol=0)
@@ -125,7 +110,7 @@ def test_cuda_configs_and_schedules(cfg, sched, splits, monkeypatch):
 
 @requires_kernel
 def test_cuda_graph_replay():
-    x, w = _inputs(128, 4096, 4096, "cuda", seed=8)
+    x, w = _bf16_inputs(128, 4096, 4096, "cuda", seed=8)
     expect = op(x, w)
     g = torch.cuda.CUDAGraph()
     s = torch.cuda.Stream()
@@ -135,7 +120,7 @@ def test_cuda_graph_replay():
     torch.cuda.current_stream().wait_stream(s)
     with torch.cuda.graph(g):
         out = op(x, w)
-    x2, w2 = _inputs(128, 4096, 4096, "cuda", seed=9)
+    x2, w2 = _bf16_inputs(128, 4096, 4096, "cuda", seed=9)
     for _ in range(3):
         g.replay()
         torch.testing.assert_close(out, expect, rtol=0, atol=0)
@@ -147,7 +132,7 @@ def test_cuda_graph_replay():
 
 @requires_kernel
 def test_bad_tuning_env(monkeypatch):
-    x, w = _inputs(2, 64, 64, "cuda")
+    x, w = _bf16_inputs(2, 64, 64, "cuda")
     monkeypatch.setenv("JETSPEC_VERIFY_CFG", "t999")
     with pytest.raises(RuntimeError, match="JETSPEC_VERIFY_CFG"):
         op(x, w)
@@ -156,3 +141,29 @@ def test_bad_tuning_env(monkeypatch):
     monkeypatch.setenv("JETSPEC_VERIFY_SPLITS", "0")
     with pytest.raises(RuntimeError, match="JETSPEC_VERIFY_SPLITS"):
         op(x, w)
+
+
+def test_decoder_routing(monkeypatch):
+    """op_select.linear sends CUDA bf16 inputs of 65..128 rows with at most 4096 outputs through
+    verify_linear (faster than cuBLAS there on the H200: o_proj, down_proj at M = 128), unless
+    JETSPEC_VERIFY_LINEAR=0; other shapes, and CPU tensors, keep F.linear."""
+    import os
+
+    import jetspec_ext.op_select as sel
+    if os.environ.get("JETSPEC_VERIFY_LINEAR", "1") == "0":
+        assert sel.VERIFY_LINEAR_CUDA is False
+    else:
+        assert sel.VERIFY_LINEAR_CUDA is _has_cuda_kernel()
+    assert sel.VERIFY_ROWS == (65, 128) and sel.VERIFY_MAX_N == 4096
+    x, w = _bf16_inputs(128, 64, 64, "cpu", seed=4)
+    torch.testing.assert_close(sel.linear(x, w), F.linear(x, w), rtol=0, atol=0)
+    if _has_cuda_kernel():
+        monkeypatch.setattr(sel, "VERIFY_LINEAR_CUDA", True)
+        for M, N, routed in ((128, 4096, True), (65, 64, True), (64, 64, False), (129, 64, False),
+                             (128, 4104, False)):
+            xc, wc = _bf16_inputs(M, N, 256, "cuda", seed=M + N)
+            expect = op(xc, wc) if routed else F.linear(xc, wc)
+            torch.testing.assert_close(sel.linear(xc.unsqueeze(0), wc), expect.unsqueeze(0), rtol=0, atol=0)
+        monkeypatch.setattr(sel, "VERIFY_LINEAR_CUDA", False)
+        xc, wc = _bf16_inputs(128, 4096, 256, "cuda", seed=1)
+        torch.testing.assert_close(sel.linear(xc, wc), F.linear(xc, wc), rtol=0, atol=0)

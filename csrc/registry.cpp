@@ -41,7 +41,7 @@ TORCH_LIBRARY(jetspec, m) {
   // (nn.Linear layout, no bias). Returns x @ weight^T (M,N), fp32 accumulation.
   m.def("skinny_linear(Tensor x, Tensor weight) -> Tensor");
   // Verification-shaped linear layer: x (M,K) bf16 with M about 16..256 (tree tokens), weight (N,K)
-  // bf16 (nn.Linear layout, no bias), K and N multiples of 8. Returns x @ weight^T (M,N), fp32
-  // accumulation; the weight is streamed once (every CTA holds all M rows).
-  m.def("verify_linear(Tensor x, Tensor weight) -> Tensor");
+  // bf16 (nn.Linear layout, no bias), K and N multiples of 8, optional residual (M,N) bf16.
+  // Returns x @ weight^T (+ residual) (M,N), fp32 accumulation, one rounding.
+  m.def("verify_linear(Tensor x, Tensor weight, Tensor? residual=None) -> Tensor");
 }

@@ -8,9 +8,12 @@
 namespace jetspec {
 namespace {
 
-at::Tensor verify_linear_cpu(const at::Tensor& x, const at::Tensor& weight) {
-  check_verify_linear_args(x, weight);
-  return at::matmul(x.to(at::kFloat), weight.to(at::kFloat).t()).to(x.scalar_type());
+at::Tensor verify_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& residual) {
+  check_verify_linear_args(x, weight, residual);
+  at::Tensor acc = at::matmul(x.to(at::kFloat), weight.to(at::kFloat).t());
+  if (residual.has_value()) acc.add_(residual->to(at::kFloat));
+  return acc.to(x.scalar_type());
 }
 
 }  // namespace

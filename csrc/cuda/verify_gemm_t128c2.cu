@@ -1,22 +1,6 @@
-// One CUTLASS configuration of the verify GEMM (csrc/kernels/verify_gemm_sm90.cuh): tile 128 x 128 x 64,
-// cluster 1 x 2. A translation unit of its own because each instantiation compiles for minutes.
-// NDEBUG: CUTLASS's device asserts are calls that serialize the wgmma pipeline (ptxas C7510).
-#ifndef NDEBUG
-#define NDEBUG
-#endif
-#ifdef JETSPEC_WITH_CUTLASS
+// verify_linear configuration t128c2: tile 128 x 128 x 64, cooperative, cluster 1 x 2 (x tile multicast).
+// See csrc/kernels/verify_gemm_sm90.cuh.
 #define JETSPEC_VERIFY_GEMM_DEFINE
-#endif
 #include "kernels/verify_gemm_sm90.cuh"
 
-namespace jetspec {
-namespace verify_gemm {
-Config config_t128c2() {
-#ifdef JETSPEC_WITH_CUTLASS
-  return CutlassGemm<128, 128, 64, 2>::config("t128c2");
-#else
-  return Config{"t128c2", nullptr, nullptr};
-#endif
-}
-}  // namespace verify_gemm
-}  // namespace jetspec
+JETSPEC_VERIFY_GEMM_CONFIG(t128c2, 128, 128, 64, 2)

@@ -55,8 +55,9 @@ Schedule pick_schedule(int* splits) {
   return Schedule::kStreamK;
 }
 
-at::Tensor verify_linear_cuda(const at::Tensor& x, const at::Tensor& weight) {
-  check_verify_linear_args(x, weight);
+at::Tensor verify_linear_cuda(const at::Tensor& x, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& residual) {
+  check_verify_linear_args(x, weight, residual);
   c10::cuda::CUDAGuard guard(x.device());
   const int device = x.get_device();
   int major = 0;
@@ -65,14 +66,20 @@ at::Tensor verify_linear_cuda(const at::Tensor& x, const at::Tensor& weight) {
   TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
                   reinterpret_cast<uintptr_t>(weight.data_ptr()) % 16 == 0,
               "verify_linear: `x` and `weight` must be 16-byte aligned");
+  TORCH_CHECK(!residual.has_value() || reinterpret_cast<uintptr_t>(residual->data_ptr()) % 16 == 0,
+              "verify_linear: `residual` must be 16-byte aligned");
   const int M = static_cast<int>(x.size(0)), K = static_cast<int>(x.size(1));
   const int N = static_cast<int>(weight.size(0));
   at::Tensor out = at::empty({M, N}, x.options());
-  const Config cfg = pick_config(M);
+  Config cfg = pick_config(M);
+  // With a residual: p64c2 has a variant adding it in the epilogue (one rounding); any other
+  // configuration adds it afterwards (a kernel of its own, same maths up to that rounding).
+  if (residual.has_value() && std::string(cfg.name) == "p64c2") cfg = verify_gemm::config_p64c2r();
   verify_gemm::Problem p{};
   p.x = x.data_ptr();
   p.weight = weight.data_ptr();
   p.out = out.data_ptr();
+  p.residual = residual.has_value() && cfg.has_residual ? residual->data_ptr() : nullptr;
   p.M = M;
   p.N = N;
   p.K = K;
@@ -87,6 +94,7 @@ at::Tensor verify_linear_cuda(const at::Tensor& x, const at::Tensor& weight) {
   TORCH_CHECK(e == cudaSuccess, "verify_linear: the ", cfg.name, " GEMM failed for M=", M, " N=", N, " K=", K,
               ": ", cudaGetErrorString(e));
   JETSPEC_CHECK_LAUNCH();
+  if (residual.has_value() && !cfg.has_residual) out.add_(*residual);
   return out;
 }
 

@@ -12,6 +12,11 @@
 //
 // Torch-free: raw pointers, a stream, a caller-provided workspace.
 #pragma once
+// NDEBUG in the configuration TUs: CUTLASS's device asserts are calls that serialize the wgmma
+// pipeline (ptxas C7510). This header must be their first include.
+#if defined(JETSPEC_VERIFY_GEMM_DEFINE) && !defined(NDEBUG)
+#define NDEBUG
+#endif
 #include <cuda_runtime.h>
 #include <stddef.h>
 
@@ -25,6 +30,8 @@ struct Problem {
   const void* x;       // (M, K) bf16, row-major, 16-byte aligned, K % 8 == 0
   const void* weight;  // (N, K) bf16, row-major, 16-byte aligned
   void* out;           // (M, N) bf16, row-major, N % 8 == 0
+  const void* residual;  // (M, N) bf16, row-major, added in the epilogue (configs with a C
+                         // operand only: Config::has_residual), or null
   int M, N, K;
   Schedule schedule;
   int splits;    // K splits when schedule == kSplitK (>= 1)
@@ -36,6 +43,7 @@ struct Problem {
 // error (cudaErrorNotSupported when CUTLASS refuses the problem: the caller falls back).
 struct Config {
   const char* name;
+  bool has_residual;  // the epilogue adds Problem::residual (D = acc + C, one rounding)
   size_t (*workspace_size)(const Problem&);
   cudaError_t (*run)(const Problem&, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 };
@@ -45,15 +53,34 @@ Config config_t128();   // tile 128 x 128 x 64, no cluster
 Config config_t256();   // tile 128 x 256 x 64, no cluster
 Config config_t128c2(); // tile 128 x 128 x 64, cluster of 2 along N sharing the x tile (TMA multicast)
 Config config_p64c2();  // ping-pong, tile 64 x 64 x 64, cluster of 2 along M sharing the W tile, data-parallel
+Config config_p64c2r(); // p64c2 with the residual as the epilogue's C operand
 
 }  // namespace verify_gemm
 }  // namespace jetspec
 
-#ifdef JETSPEC_VERIFY_GEMM_DEFINE
 // ---------------------------------------------------------------------------------------------
-// The CUTLASS instantiation, included by exactly one .cu per configuration (they compile in
-// parallel: each takes minutes).
+// The CUTLASS instantiations: one .cu per configuration (they compile in parallel: each takes
+// about a minute), each defining JETSPEC_VERIFY_GEMM_DEFINE, including this header first, then
+// JETSPEC_VERIFY_GEMM_CONFIG(name, template arguments of CutlassGemm). Without CUTLASS headers
+// the configuration is a stub (null functions; the op is then not registered).
 // ---------------------------------------------------------------------------------------------
+#if defined(JETSPEC_VERIFY_GEMM_DEFINE) && defined(JETSPEC_WITH_CUTLASS)
+#define JETSPEC_VERIFY_GEMM_CONFIG(NAME, ...)                                           \
+  namespace jetspec {                                                                   \
+  namespace verify_gemm {                                                               \
+  Config config_##NAME() { return CutlassGemm<__VA_ARGS__>::config(#NAME); }            \
+  }                                                                                     \
+  }
+#else
+#define JETSPEC_VERIFY_GEMM_CONFIG(NAME, ...)                                           \
+  namespace jetspec {                                                                   \
+  namespace verify_gemm {                                                               \
+  Config config_##NAME() { return Config{#NAME, false, nullptr, nullptr}; }             \
+  }                                                                                     \
+  }
+#endif
+
+#if defined(JETSPEC_VERIFY_GEMM_DEFINE) && defined(JETSPEC_WITH_CUTLASS)
 #include <type_traits>
 
 #include <cute/tensor.hpp>
@@ -70,9 +97,12 @@ namespace verify_gemm {
 // kPingpong: two consumer warpgroups on alternate tiles (tile M 64), persistent data-parallel
 // schedule (CUTLASS's ping-pong kernel has no stream-K); else cooperative (tile M >= 128) with the
 // stream-K / split-K scheduler.
-template <int kTileM, int kTileN, int kTileK, int kClusterN, bool kPingpong = false, int kClusterM = 1>
+// kResidual: D = acc + C with C = Problem::residual (beta 1), else D = acc (no C operand).
+template <int kTileM, int kTileN, int kTileK, int kClusterN, bool kPingpong = false, int kClusterM = 1,
+          bool kResidual = false>
 struct CutlassGemm {
   using T = cutlass::bfloat16_t;
+  using ElementC = std::conditional_t<kResidual, T, void>;
   using TileShape = cute::Shape<cute::Int<kTileM>, cute::Int<kTileN>, cute::Int<kTileK>>;
   using ClusterShape = cute::Shape<cute::Int<kClusterM>, cute::Int<kClusterN>, cute::_1>;
   using EpiSchedule = std::conditional_t<kPingpong, cutlass::epilogue::TmaWarpSpecialized,
@@ -85,7 +115,7 @@ struct CutlassGemm {
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
       cutlass::epilogue::collective::EpilogueTileAuto, float, float,
-      void, cutlass::layout::RowMajor, kAlign,  // no C operand
+      ElementC, cutlass::layout::RowMajor, kAlign,  // C: the residual, or none (void)
       T, cutlass::layout::RowMajor, kAlign,
       EpiSchedule>::CollectiveOp;
 
@@ -117,10 +147,10 @@ struct CutlassGemm {
         cutlass::gemm::GemmUniversalMode::kGemm,
         {p.M, p.N, p.K, 1},
         {static_cast<const T*>(p.x), sa, static_cast<const T*>(p.weight), sb},
-        {{}, nullptr, sc, static_cast<T*>(p.out), sd},
+        {{}, kResidual ? static_cast<const ElementC*>(p.residual) : nullptr, sc, static_cast<T*>(p.out), sd},
         hw};
     args.epilogue.thread.alpha = 1.f;
-    args.epilogue.thread.beta = 0.f;
+    args.epilogue.thread.beta = kResidual ? 1.f : 0.f;
     if constexpr (!kPingpong) set_schedule(args, p);
     return args;
   }
@@ -157,7 +187,7 @@ struct CutlassGemm {
     return cudaSuccess;
   }
 
-  static Config config(const char* name) { return Config{name, &workspace_size, &run}; }
+  static Config config(const char* name) { return Config{name, kResidual, &workspace_size, &run}; }
 };
 
 }  // namespace verify_gemm

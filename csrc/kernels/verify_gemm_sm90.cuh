@@ -2,13 +2,17 @@
 // bf16, M about 16..256 (the tree's tokens), W (N, K) row-major bf16 (nn.Linear layout, i.e. a
 // K-major B operand), y (M, N) bf16, fp32 accumulation.
 //
-// Why not cuBLAS: at M = 128 the Qwen3-8B projections are bound by reading W once (4.3 TB/s), and
-// cuBLAS's choices sit 15-75% above that floor on the H200 (o_proj 13.7 vs 7.8 us, down_proj with
-// separate split-K reduce kernels; benchmarks/RESULTS.md). Here every CTA holds ALL M rows (one
-// 128-row tile, two consumer warpgroups), so W is read exactly once, and the CTAs are persistent
-// with a stream-K / split-K schedule so all 132 SMs stream W even when N / tile_n is small.
-// Built from CUTLASS 3 collectives (TMA loads into 128-byte-swizzled shared memory, wgmma, mbarrier
-// pipeline, in-kernel deterministic fixup of K partials), configured here.
+// Why: at M = 128 the Qwen3-8B projections are bound by reading W once (4.3 TB/s), and cuBLAS sits
+// 15-75% above that floor on the H200 (o_proj 13.7 vs 7.8 us). Built from CUTLASS 3 collectives
+// (TMA loads into 128-byte-swizzled shared memory, wgmma, mbarrier pipeline), configured here.
+// What the H200 measured (benchmarks/RESULTS.md, seventh session):
+//  - p64c2 (ping-pong 64x64 tiles, clusters of 2 along M sharing each W tile by TMA multicast,
+//    so W is read once and every SM streams 1/128 of it): faster than cuBLAS for o_proj and
+//    down_proj at M = 128, slower for q|k|v, gate|up, the LM head and M = 256. The default up to
+//    128 rows.
+//  - cooperative 128-row tiles (t128, t256, t128c2) with a stream-K / split-K / data-parallel
+//    schedule: slower than cuBLAS everywhere (each CTA streams 4x more W; issue slots 5-10% busy).
+//    The default beyond 128 rows; kept for tuning.
 //
 // Torch-free: raw pointers, a stream, a caller-provided workspace.
 #pragma once

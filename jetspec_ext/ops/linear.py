@@ -59,10 +59,10 @@ def verify_linear(x: Tensor, weight: Tensor) -> Tensor:
 
     Returns:
         ``(..., N)`` bf16: fp32 products and sums, one rounding. CUDA (sm_90 only, built with
-        CUTLASS headers): a persistent TMA + wgmma GEMM whose CTAs each hold all rows (up to 128
-        per tile), so the weight is read once, with a stream-K schedule over the SMs
-        (``csrc/kernels/verify_gemm_sm90.cuh``); the same inputs give the same bits every call.
-        CPU: the same maths with ATen.
+        CUTLASS headers): a TMA + wgmma GEMM from CUTLASS 3 collectives
+        (``csrc/kernels/verify_gemm_sm90.cuh``); up to 128 rows 64x64 tiles in clusters of two
+        that share each weight tile by multicast, so the weight is read once; the same inputs
+        give the same bits every call. CPU: the same maths with ATen.
     """
     lead = x.shape[:-1]
     out = torch.ops.jetspec.verify_linear.default(x.reshape(-1, x.shape[-1]).contiguous(), weight)

@@ -62,6 +62,15 @@ VERIFY_ROWS = (65, 128)  # rows of x routed to verify_linear (inclusive)
 VERIFY_MAX_N = 4096  # out_features routed to verify_linear (at most)
 
 
+def _verify_routed(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    K = weight.shape[-1]
+    return (VERIFY_LINEAR_CUDA and x.is_cuda and x.dtype == torch.bfloat16 and weight.dtype == x.dtype
+            and weight.dim() == 2 and VERIFY_ROWS[0] * K <= x.numel() <= VERIFY_ROWS[1] * K
+            and weight.shape[0] <= VERIFY_MAX_N
+            and K % skinny.VERIFY_ALIGN == 0 and weight.shape[0] % skinny.VERIFY_ALIGN == 0
+            and weight.is_contiguous())
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.linear(x, weight)`` (no bias), through ``jetspec_ext.skinny_linear`` when it applies:
     CUDA build and tensors, bf16 / fp16, ONE row in ``x`` (the autoregressive step; see
@@ -73,10 +82,16 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
             and weight.dtype == x.dtype and weight.dim() == 2 and x.numel() <= ROUTED_MAX_ROWS * K
             and K % skinny.K_MULTIPLE == 0 and weight.is_contiguous()):
         return jetspec_ext.skinny_linear(x, weight)
-    if (VERIFY_LINEAR_CUDA and x.is_cuda and x.dtype == torch.bfloat16 and weight.dtype == x.dtype
-            and weight.dim() == 2 and VERIFY_ROWS[0] * K <= x.numel() <= VERIFY_ROWS[1] * K
-            and weight.shape[0] <= VERIFY_MAX_N
-            and K % skinny.VERIFY_ALIGN == 0 and weight.shape[0] % skinny.VERIFY_ALIGN == 0
-            and weight.is_contiguous()):
+    if _verify_routed(x, weight):
         return jetspec_ext.verify_linear(x, weight)
     return F.linear(x, weight)
+
+
+def linear_add(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``residual + linear(x, weight)`` (a residual connection around a bias-free projection):
+    where :func:`linear` routes to ``verify_linear``, the residual is added in that GEMM's
+    epilogue (no elementwise kernel of its own, one rounding); otherwise exactly
+    ``residual + linear(x, weight)``. ``residual`` has the output's shape."""
+    if _verify_routed(x, weight) and residual.dtype == x.dtype and residual.shape[-1] == weight.shape[0]:
+        return jetspec_ext.verify_linear(x, weight, residual)
+    return residual + linear(x, weight)

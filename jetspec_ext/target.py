@@ -30,7 +30,7 @@ from transformers import AttentionInterface
 from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb
 
 from .draft_head import scatter_slots
-from .op_select import linear, op
+from .op_select import linear, linear_add, op
 
 ATTN_NAME = "jetspec"
 SUPPORTED_MODEL_TYPES = ("qwen3", "qwen3_moe")
@@ -144,10 +144,10 @@ def _layer_fused(layer, w_qkv, w_gate_up, h, cos, sin, k_cache, v_cache, prefix_
     v = v.view(B, N, -1, Dh).transpose(1, 2)
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
     o = _attend(q, k, v, float(a.scaling), k_cache, v_cache, prefix_lens, rows, slots, tree_mask, attn)
-    h = h + linear(o.reshape(B, N, -1).contiguous(), a.o_proj.weight)  # plain bias-free Linear (_fusable)
+    h = linear_add(h, o.reshape(B, N, -1).contiguous(), a.o_proj.weight)  # plain bias-free Linear (_fusable)
     x = layer.post_attention_layernorm(h)
     gate, up = linear(x, w_gate_up).chunk(2, dim=-1)
-    return h + linear(mlp.act_fn(gate) * up, mlp.down_proj.weight)
+    return linear_add(h, mlp.act_fn(gate) * up, mlp.down_proj.weight)
 
 
 _FUSED_LAYER_CLASSES = ("Qwen3DecoderLayer", "Qwen3Attention", "Qwen3MLP")

@@ -167,3 +167,75 @@ def test_decoder_routing(monkeypatch):
         monkeypatch.setattr(sel, "VERIFY_LINEAR_CUDA", False)
         xc, wc = _bf16_inputs(128, 4096, 256, "cuda", seed=1)
         torch.testing.assert_close(sel.linear(xc, wc), F.linear(xc, wc), rtol=0, atol=0)
+
+
+def _residual_case(M, N, K, device, seed):
+    x, w = _bf16_inputs(M, N, K, device, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    r = torch.randn(M, N, generator=g).to(torch.bfloat16).to(device)
+    return x, w, r
+
+
+def _check_residual_accuracy(out, x, w, r):
+    """Against the fp32 reference: at most twice the error of the unfused bf16 maths (product
+    rounded, then the sum rounded), plus slack for outputs that round exactly."""
+    exact = r.float() + x.float() @ w.float().t()
+    unfused_err = ((r + F.linear(x, w)).float() - exact).abs().max().item()
+    err = (out.float() - exact).abs().max().item()
+    assert torch.isfinite(out).all()
+    assert err <= 2 * unfused_err + 1e-6, (err, unfused_err)
+
+
+def test_cpu_residual_matches_reference():
+    x, w, r = _residual_case(37, 40, 64, "cpu", seed=2)
+    out = op(x, w, r)
+    torch.testing.assert_close(out, ref(x, w, r), rtol=0, atol=0)
+    lead = op(x.view(1, 37, 64), w, r.view(1, 37, 40))  # leading dimensions
+    assert lead.shape == (1, 37, 40)
+    torch.testing.assert_close(lead.view(37, 40), out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", _devices())
+def test_bad_residual(device):
+    x, w, r = _residual_case(4, 64, 64, device, seed=3)
+    with pytest.raises(RuntimeError, match="residual"):
+        torch.ops.jetspec.verify_linear(x, w, r[:, :32].contiguous())
+    with pytest.raises(RuntimeError, match="residual"):
+        torch.ops.jetspec.verify_linear(x, w, r.half())
+    with pytest.raises(RuntimeError, match="residual"):
+        torch.ops.jetspec.verify_linear(x, w, torch.zeros(64, 4, dtype=torch.bfloat16, device=device).t())
+
+
+@pytest.mark.parametrize("device", _devices())
+def test_opcheck_residual(device):
+    x, w, r = _residual_case(24, 40, 64, device, seed=6)
+    torch.library.opcheck(torch.ops.jetspec.verify_linear.default, (x, w, r))
+
+
+@requires_kernel
+@pytest.mark.parametrize("cfg", ["", "t128", "p64c2"])
+@pytest.mark.parametrize("M,N,K", [(128, 4096, 4096), (100, 4096, 12288), (65, 1000, 72), (256, 2048, 520)])
+def test_cuda_residual(cfg, M, N, K, monkeypatch):
+    """The residual in the epilogue (p64c2 and the default up to 128 rows use the p64c2r
+    variant; t128 and the default beyond 128 rows add it after the GEMM), deterministic."""
+    if cfg:
+        monkeypatch.setenv("JETSPEC_VERIFY_CFG", cfg)
+    x, w, r = _residual_case(M, N, K, "cuda", seed=M + K)
+    poison("cuda", 256)
+    out = op(x, w, r)
+    _check_residual_accuracy(out, x, w, r)
+    torch.testing.assert_close(op(x, w, r), out, rtol=0, atol=0)
+
+
+@requires_kernel
+def test_linear_add_routing(monkeypatch):
+    """op_select.linear_add: through verify_linear with the residual where op_select.linear
+    would route to it, else residual + linear(x, weight) exactly."""
+    import jetspec_ext.op_select as sel
+
+    monkeypatch.setattr(sel, "VERIFY_LINEAR_CUDA", True)
+    for M, N, routed in ((128, 4096, True), (64, 64, False), (128, 4104, False)):
+        x, w, r = _residual_case(M, N, 256, "cuda", seed=M + N)
+        expect = op(x, w, r) if routed else r + F.linear(x, w)
+        torch.testing.assert_close(sel.linear_add(r.unsqueeze(0), x.unsqueeze(0), w), expect.unsqueeze(0),
+                                   rtol=0, atol=0)

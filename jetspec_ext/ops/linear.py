@@ -1,5 +1,7 @@
 """Bias-free linear layers for speculative-decoding shapes: ``skinny_linear`` (at most 16 rows: the
 autoregressive step, the draft block) and ``verify_linear`` (the tree's rows in the verify forward)."""
+from typing import Optional
+
 import torch
 
 Tensor = torch.Tensor
@@ -41,21 +43,24 @@ VERIFY_ALIGN = 8  # kVerifyAlign in csrc/verify_linear_common.h: in_ and out_fea
 
 
 @torch.library.register_fake("jetspec::verify_linear")
-def _verify_linear_fake(x, weight):
+def _verify_linear_fake(x, weight, residual=None):
     torch._check(x.dim() == 2 and weight.dim() == 2, lambda: "verify_linear: x and weight must be 2-D")
     torch._check(x.shape[1] == weight.shape[1], lambda: "verify_linear: in_features differ")
     return x.new_empty((x.shape[0], weight.shape[0]))
 
 
-def verify_linear(x: Tensor, weight: Tensor) -> Tensor:
-    """``x @ weight.T`` for the tree's rows of a verify forward, as ``F.linear(x, weight)`` without
-    bias.
+def verify_linear(x: Tensor, weight: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+    """``x @ weight.T`` (``+ residual``) for the tree's rows of a verify forward, as
+    ``F.linear(x, weight)`` without bias (``residual + F.linear(x, weight)``).
 
     Args:
         x: ``(..., K)`` bf16; the leading dimensions hold the rows (e.g. ``(1, 128, K)`` for a
             128-node tree). Made contiguous if it is not (activations are small).
         weight: ``(N, K)`` bf16, same device, contiguous (``nn.Linear.weight`` layout); ``K`` and
             ``N`` multiples of 8. A non-contiguous weight is an error, never copied.
+        residual: optional ``(..., N)`` bf16 with the output's shape (a residual connection):
+            added to the fp32 product before the one rounding; on CUDA in the GEMM's epilogue
+            (config p64c2), so it costs no kernel of its own.
 
     Returns:
         ``(..., N)`` bf16: fp32 products and sums, one rounding. CUDA (sm_90 only, built with
@@ -65,5 +70,6 @@ def verify_linear(x: Tensor, weight: Tensor) -> Tensor:
         give the same bits every call. CPU: the same maths with ATen.
     """
     lead = x.shape[:-1]
-    out = torch.ops.jetspec.verify_linear.default(x.reshape(-1, x.shape[-1]).contiguous(), weight)
+    res = None if residual is None else residual.reshape(-1, weight.shape[0]).contiguous()
+    out = torch.ops.jetspec.verify_linear.default(x.reshape(-1, x.shape[-1]).contiguous(), weight, res)
     return out.view(*lead, weight.shape[0])

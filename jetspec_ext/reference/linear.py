@@ -1,5 +1,7 @@
 """Reference of ``skinny_linear`` and ``verify_linear``: ``x @ weight.T`` with fp32 products and sums, rounded once to
 the input dtype (what a tensor-core GEMM with fp32 accumulation computes, up to summation order)."""
+from typing import Optional
+
 import torch
 
 Tensor = torch.Tensor
@@ -10,7 +12,11 @@ def skinny_linear(x: Tensor, weight: Tensor) -> Tensor:
     return (x.float() @ weight.float().t()).to(x.dtype)
 
 
-def verify_linear(x: Tensor, weight: Tensor) -> Tensor:
-    """``x`` ``(..., K)`` bf16, ``weight`` ``(N, K)`` bf16 -> ``(..., N)`` bf16: the same maths as
-    :func:`skinny_linear` (the two ops differ only in the row counts their kernels are built for)."""
-    return skinny_linear(x, weight)
+def verify_linear(x: Tensor, weight: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+    """``x`` ``(..., K)`` bf16, ``weight`` ``(N, K)`` bf16, optional ``residual`` ``(..., N)`` bf16
+    -> ``(..., N)`` bf16: ``x @ weight.T (+ residual)`` with fp32 products and sums, rounded once
+    (without a residual, the maths of :func:`skinny_linear`)."""
+    acc = x.float() @ weight.float().t()
+    if residual is not None:
+        acc = acc + residual.float()
+    return acc.to(x.dtype)

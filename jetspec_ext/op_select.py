@@ -58,6 +58,7 @@ ROUTED_MAX_ROWS = 1  # rows of x that op_select.linear sends to skinny_linear (m
 VERIFY_LINEAR_CUDA = (os.environ.get("JETSPEC_VERIFY_LINEAR", "1") != "0"
                       and torch._C._dispatch_has_kernel_for_dispatch_key("jetspec::verify_linear", "CUDA")
                       and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9)
+VERIFY_RESIDUAL = os.environ.get("JETSPEC_VERIFY_RESIDUAL", "1") != "0"  # linear_add: add in the epilogue
 VERIFY_ROWS = (65, 128)  # rows of x routed to verify_linear (inclusive)
 VERIFY_MAX_N = 4096  # out_features routed to verify_linear (at most)
 
@@ -91,7 +92,9 @@ def linear_add(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) ->
     """``residual + linear(x, weight)`` (a residual connection around a bias-free projection):
     where :func:`linear` routes to ``verify_linear``, the residual is added in that GEMM's
     epilogue (no elementwise kernel of its own, one rounding); otherwise exactly
-    ``residual + linear(x, weight)``. ``residual`` has the output's shape."""
-    if _verify_routed(x, weight) and residual.dtype == x.dtype and residual.shape[-1] == weight.shape[0]:
+    ``residual + linear(x, weight)``. ``residual`` has the output's shape.
+    JETSPEC_VERIFY_RESIDUAL=0 keeps the add separate (side-by-side timing)."""
+    if (VERIFY_RESIDUAL and _verify_routed(x, weight) and residual.dtype == x.dtype
+            and residual.shape[-1] == weight.shape[0]):
         return jetspec_ext.verify_linear(x, weight, residual)
     return residual + linear(x, weight)

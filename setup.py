@@ -72,8 +72,11 @@ def _site_include_dirs():
     return dirs
 
 
+CUDA_ARCHS = os.environ.get("JETSPEC_CUDA_ARCHS", "90a;80+PTX")
+
+
 def _arch_flags():
-    spec = os.environ.get("JETSPEC_CUDA_ARCHS", "90a;80+PTX")
+    spec = CUDA_ARCHS
     flags = []
     for item in filter(None, (s.strip() for s in spec.split(";"))):
         ptx = item.endswith("+PTX")
@@ -133,7 +136,7 @@ def _extension():
     ] + _arch_flags()
     if DEBUG:
         nvcc.append("-lineinfo")
-    cutlass = _cutlass_include() if "90a" in os.environ.get("JETSPEC_CUDA_ARCHS", "90a;80+PTX") else None
+    cutlass = _cutlass_include() if "90a" in CUDA_ARCHS else None
     if cutlass:
         include_dirs.append(cutlass)
         nvcc.append("-DJETSPEC_WITH_CUTLASS")

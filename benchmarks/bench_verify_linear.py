@@ -38,6 +38,20 @@ VARIANTS = [  # column, JETSPEC_VERIFY_CFG, JETSPEC_VERIFY_SCHED, JETSPEC_VERIFY
 ENV = ("JETSPEC_VERIFY_CFG", "JETSPEC_VERIFY_SCHED", "JETSPEC_VERIFY_SPLITS")
 
 
+def set_variant(cfg, sched, splits):
+    """Select a kernel variant for the next verify_linear calls (the launcher reads these)."""
+    os.environ["JETSPEC_VERIFY_CFG"], os.environ["JETSPEC_VERIFY_SCHED"] = cfg, sched
+    if splits:
+        os.environ["JETSPEC_VERIFY_SPLITS"] = splits
+    else:
+        os.environ.pop("JETSPEC_VERIFY_SPLITS", None)
+
+
+def clear_variant():
+    for var in ENV:
+        os.environ.pop(var, None)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", default="16,32,64,128,256")
@@ -65,11 +79,7 @@ def main():
                    "floor_us": floor_us(wbytes + 2 * M * (N + K), 2 * M * N * K), "cublas_us": cublas}
             best = None
             for col, cfg, sched, splits in variants:
-                os.environ["JETSPEC_VERIFY_CFG"], os.environ["JETSPEC_VERIFY_SCHED"] = cfg, sched
-                if splits:
-                    os.environ["JETSPEC_VERIFY_SPLITS"] = splits
-                else:
-                    os.environ.pop("JETSPEC_VERIFY_SPLITS", None)
+                set_variant(cfg, sched, splits)
                 try:
                     err = (jetspec_ext.verify_linear(x, ws[0]).float() - exact).abs().max().item()
                     it_a = itertools.cycle(ws)
@@ -81,8 +91,7 @@ def main():
                 row[f"{col}_err"] = err / max(torch_err, 1e-6)
                 if best is None or t < best[1]:
                     best = (col, t)
-            for var in ENV:
-                os.environ.pop(var, None)
+            clear_variant()
             if best:
                 row["best"], row["us"] = best
                 row["best_vs_cublas"] = cublas / best[1]

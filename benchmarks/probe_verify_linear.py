@@ -17,16 +17,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jetspec_ext  # noqa: E402
-from benchmarks.bench_verify_linear import SHAPES, VARIANTS  # noqa: E402
+from benchmarks.bench_verify_linear import SHAPES, VARIANTS, clear_variant, set_variant  # noqa: E402
 from benchmarks.harness import cold_weight_copies, time_us  # noqa: E402
-
-
-def set_variant(cfg, sched, splits):
-    os.environ["JETSPEC_VERIFY_CFG"], os.environ["JETSPEC_VERIFY_SCHED"] = cfg, sched
-    if splits:
-        os.environ["JETSPEC_VERIFY_SPLITS"] = splits
-    else:
-        os.environ.pop("JETSPEC_VERIFY_SPLITS", None)
 
 
 def main():
@@ -41,6 +33,8 @@ def main():
     for col, var in fns:
         if var:
             set_variant(*var)
+        else:
+            clear_variant()
         it = itertools.cycle(ws)
         fn = (lambda: F.linear(x, next(it))) if var is None else (lambda: jetspec_ext.verify_linear(x, next(it)))
         graph_us = time_us(fn, 20, 100, None, True)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import jetspec_ext
-from jetspec_ext.ops import linear as skinny
+from jetspec_ext.ops import linear as linear_ops
 
 _DISPATCH_KEY = {"cpu": "CPU", "cuda": "CUDA"}
 # dtypes a kernel is limited to on a device (absent = all the op's dtypes)
@@ -54,10 +54,11 @@ ROUTED_MAX_ROWS = 1  # rows of x that op_select.linear sends to skinny_linear (m
 # most 4096 output features, i.e. Qwen3-8B's o_proj (12.99 vs 14.37 us) and down_proj (30.95 vs
 # 34.27 us) at M = 128 (benchmarks/RESULTS.md, 2026-11-29, seventh session). q|k|v, gate|up, the
 # LM head and 256 rows were slower there, so they keep F.linear. JETSPEC_VERIFY_LINEAR=0 turns the
-# routing off. Resolved once at import, like the skinny routing.
+# routing off. The flag and the kernel's presence are resolved once at import, like the skinny
+# routing; the GPU generation (the kernel needs sm_90) per call from x's device, so importing
+# this module never initialises CUDA (torch.compile folds the property lookup to a constant).
 VERIFY_LINEAR_CUDA = (os.environ.get("JETSPEC_VERIFY_LINEAR", "1") != "0"
-                      and torch._C._dispatch_has_kernel_for_dispatch_key("jetspec::verify_linear", "CUDA")
-                      and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9)
+                      and torch._C._dispatch_has_kernel_for_dispatch_key("jetspec::verify_linear", "CUDA"))
 VERIFY_RESIDUAL = os.environ.get("JETSPEC_VERIFY_RESIDUAL", "1") != "0"  # linear_add: add in the epilogue
 VERIFY_ROWS = (65, 128)  # rows of x routed to verify_linear (inclusive)
 VERIFY_MAX_N = 4096  # out_features routed to verify_linear (at most)
@@ -68,8 +69,8 @@ def _verify_routed(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (VERIFY_LINEAR_CUDA and x.is_cuda and x.dtype == torch.bfloat16 and weight.dtype == x.dtype
             and weight.dim() == 2 and VERIFY_ROWS[0] * K <= x.numel() <= VERIFY_ROWS[1] * K
             and weight.shape[0] <= VERIFY_MAX_N
-            and K % skinny.VERIFY_ALIGN == 0 and weight.shape[0] % skinny.VERIFY_ALIGN == 0
-            and weight.is_contiguous())
+            and K % linear_ops.VERIFY_ALIGN == 0 and weight.shape[0] % linear_ops.VERIFY_ALIGN == 0
+            and weight.is_contiguous() and torch.cuda.get_device_properties(x.device).major == 9)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -81,7 +82,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     K = weight.shape[-1]
     if (SKINNY_LINEAR_CUDA and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
             and weight.dtype == x.dtype and weight.dim() == 2 and x.numel() <= ROUTED_MAX_ROWS * K
-            and K % skinny.K_MULTIPLE == 0 and weight.is_contiguous()):
+            and K % linear_ops.K_MULTIPLE == 0 and weight.is_contiguous()):
         return jetspec_ext.skinny_linear(x, weight)
     if _verify_routed(x, weight):
         return jetspec_ext.verify_linear(x, weight)

@@ -144,16 +144,17 @@ def test_bad_tuning_env(monkeypatch):
 
 
 def test_decoder_routing(monkeypatch):
-    """op_select.linear sends CUDA bf16 inputs of 65..128 rows with at most 4096 outputs through
-    verify_linear (faster than cuBLAS there on the H200: o_proj, down_proj at M = 128), unless
-    JETSPEC_VERIFY_LINEAR=0; other shapes, and CPU tensors, keep F.linear."""
+    """op_select.linear sends CUDA bf16 inputs of 65..128 rows with at most 4096 outputs on an
+    sm_90 GPU through verify_linear (faster than cuBLAS there on the H200: o_proj, down_proj at
+    M = 128), unless JETSPEC_VERIFY_LINEAR=0; other shapes, and CPU tensors, keep F.linear."""
     import os
 
     import jetspec_ext.op_select as sel
     if os.environ.get("JETSPEC_VERIFY_LINEAR", "1") == "0":
         assert sel.VERIFY_LINEAR_CUDA is False
     else:
-        assert sel.VERIFY_LINEAR_CUDA is _has_cuda_kernel()
+        assert sel.VERIFY_LINEAR_CUDA is torch._C._dispatch_has_kernel_for_dispatch_key(
+            "jetspec::verify_linear", "CUDA")
     assert sel.VERIFY_ROWS == (65, 128) and sel.VERIFY_MAX_N == 4096
     x, w = _bf16_inputs(128, 64, 64, "cpu", seed=4)
     torch.testing.assert_close(sel.linear(x, w), F.linear(x, w), rtol=0, atol=0)

@@ -24,11 +24,13 @@ for s in ${STEPS:-}; do
     bt) JETSPEC_BENCH_JSON=$OUT/bt.jsonl timeout ${T_BT:-90} python3 benchmarks/bench_build_tree.py > "$OUT/bt.log" 2>&1; echo "bt rc $?"; tail -30 "$OUT/bt.log" ;;
     dec) timeout ${T_DEC:-240} python3 benchmarks/bench_decoder.py ${DEC_ARGS} > "$OUT/dec.log" 2>&1; echo "dec rc $?"; tail -60 "$OUT/dec.log" ;;
     dec2) env ${DEC2_ENV:-} timeout ${T_DEC2:-240} python3 benchmarks/bench_decoder.py ${DEC2_ARGS} > "$OUT/dec2.log" 2>&1; echo "dec2 rc $?"; tail -60 "$OUT/dec2.log" ;;
+    dec3) env ${DEC3_ENV:-} timeout ${T_DEC3:-240} python3 benchmarks/bench_decoder.py ${DEC3_ARGS} > "$OUT/dec3.log" 2>&1; echo "dec3 rc $?"; tail -60 "$OUT/dec3.log" ;;
     gemm) timeout ${T_GEMM:-120} python3 benchmarks/probe_verify_gemm.py > "$OUT/gemm.log" 2>&1; echo "gemm rc $?"; tail -25 "$OUT/gemm.log" ;;
     ta) timeout ${T_TA:-200} python3 benchmarks/bench_tree_attention.py ${TA_ARGS:---no-sweep} > "$OUT/ta.log" 2>&1; echo "ta rc $?"; tail -40 "$OUT/ta.log" ;;
     vl) timeout ${T_VL:-240} python3 benchmarks/bench_verify_linear.py ${VL_ARGS:-} > "$OUT/vl.log" 2>&1; echo "vl rc $?"; tail -45 "$OUT/vl.log" ;;
     vlp) timeout ${T_VLP:-120} python3 benchmarks/probe_verify_linear.py ${VLP_ARGS:-} > "$OUT/vlp.log" 2>&1; echo "vlp rc $?"; cat "$OUT/vlp.log" | head -120 ;;
     ncuvl) OUT=$OUT/ncuvl timeout ${T_NCU:-200} bash benchmarks/ncu_verify_linear.sh ${NCUVL_ARGS:-} > "$OUT/ncuvl.log" 2>&1; echo "ncuvl rc $?"; tail -40 "$OUT/ncuvl.log" ;;
+    demo) timeout ${T_DEMO:-480} bash scripts/demo/make_demo_head.sh --device cuda --out "$OUT/demo" ${DEMO_ARGS:-} > "$OUT/demo.log" 2>&1; echo "demo rc $?"; tail -40 "$OUT/demo.log" ;;
     sk) timeout ${T_SK:-90} python3 benchmarks/bench_skinny_linear.py > "$OUT/sk.log" 2>&1; echo "sk rc $?"; tail -20 "$OUT/sk.log" ;;
     ncuta) OUT=$OUT/ncuta timeout ${T_NCU:-150} bash benchmarks/ncu_tree_attention.sh ${NCU_P:-1024} ${NCU_N:-128} > "$OUT/ncuta.log" 2>&1; echo "ncuta rc $?"; tail -60 "$OUT/ncuta.log" ;;
     ncu) OUT=$OUT/ncu timeout ${T_NCU:-120} bash benchmarks/ncu_build_tree.sh ${NCU_B:-8} accum > "$OUT/ncu.log" 2>&1; echo "ncu rc $?"; tail -45 "$OUT/ncu.log" ;;

@@ -197,7 +197,8 @@ def main(argv=None):
     st = DecodeState(kv=any_t.new_cache(1, S), prefix_lens=torch.zeros(1, dtype=torch.int32, device=device),
                      anchor=torch.zeros(1, dtype=torch.int64, device=device),
                      rng=torch.zeros(2, dtype=torch.int64, device=device),
-                     ctx=drafters[next(iter(drafters))].new_context(1, S), cap=P)
+                     ctx=drafters[next(iter(drafters))].new_context(1, S),
+                     cap=torch.full((1,), P, dtype=torch.int32, device=device))
     prompt = torch.randint(0, cfg.vocab_size, (1, P), device=device)
     with torch.inference_mode():
         prefill(any_t, drafters[next(iter(drafters))], st, prompt, sp)  # prefill is eager in every mode

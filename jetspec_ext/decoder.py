@@ -124,7 +124,7 @@ class DecodeState:
     anchor: torch.Tensor       # (B,) int64
     rng: torch.Tensor          # (2,) int64 [seed, offset]
     ctx: Optional[torch.Tensor] = None  # draft context cache
-    cap: int = 0               # prefix_lens is clamped to this (rows that already finished)
+    cap: Optional[torch.Tensor] = None  # (B,) int32: prefix_lens is clamped to it (finished rows)
 
 
 class Tree(NamedTuple):
@@ -228,8 +228,8 @@ def commit(target: Target, drafter, st: DecodeState, tree: Tree, tapped: Optiona
         feats = tapped.gather(1, path.unsqueeze(-1).expand(-1, -1, tapped.shape[-1]))
         drafter.extend(st.ctx, st.prefix_lens, feats)               # slots prefix .. prefix+D
     op("commit_kv", st.kv.device)(st.kv.flatten(0, 1), st.prefix_lens, acc.nodes, acc.length)
-    if st.cap:
-        torch.clamp_(st.prefix_lens, max=st.cap)  # finished rows of a batch stop growing
+    if st.cap is not None:
+        st.prefix_lens.clamp_(max=st.cap)  # finished rows of a batch stop growing
     path_tokens = tree.tokens.gather(1, path)                        # token of each path node
     emitted = torch.cat([path_tokens[:, 1:], path_tokens[:, :1]], dim=1)
     emitted.scatter_(1, (acc.length.to(torch.int64) - 1).clamp(min=0).unsqueeze(1), acc.next_token.unsqueeze(1))
@@ -343,8 +343,10 @@ def generate(target: Target, drafter, prompt_ids, *, max_new_tokens: int = 256, 
     ``profile`` (default: on for the CPU, off for CUDA) times each stage; on CUDA it
     synchronises around each stage, so leave it off when measuring throughput.
     ``cuda_graph`` (CUDA only): capture the round in a CUDA graph after the first round and replay
-    it (one graph per call = per budget bucket); falls back to eager rounds with a warning if the
-    capture fails (e.g. an op without a CUDA kernel).
+    it; falls back to eager rounds with a warning if the capture fails (e.g. an op without a CUDA
+    kernel). The captured round and its state (caches) are kept on the drafter (the target for
+    AR), one per (batch, cache bucket of 256 slots, budget, width, policy, sampling settings), the
+    last 4 of them, so later calls with prompts in the same bucket replay it without capturing.
     """
     device = target.device
     prompt = _as_batch(prompt_ids, device)
@@ -359,16 +361,38 @@ def generate(target: Target, drafter, prompt_ids, *, max_new_tokens: int = 256, 
     max_new_tokens = min(max_new_tokens, max_context - P)
     slack = (budget if drafter is not None else 1) + depth + 2
     S = P + max_new_tokens + slack
+    graphed = cuda_graph and device.type == "cuda"
     if getattr(target, "compiled", False):  # compiled code is specialised on the cache length:
         S = -(-S // 1024) * 1024           # buckets of 1024 slots, not one compilation per prompt
-    st = DecodeState(
-        kv=target.new_cache(B, S),
-        prefix_lens=torch.zeros(B, dtype=torch.int32, device=device),
-        anchor=torch.zeros(B, dtype=torch.int64, device=device),
-        rng=torch.tensor([int(seed), 0], dtype=torch.int64, device=device),
-        ctx=drafter.new_context(B, S) if drafter is not None else None,
-        cap=P + max_new_tokens)
+    elif graphed:                          # a captured round is reused by later calls whose
+        S = -(-S // 256) * 256             # prompts land in the same bucket of 256 slots
     profile = (device.type == "cpu") if profile is None else profile
+    timer = _Timer(device, profile and not graphed)
+    # Graphed rounds are captured once per (shapes, settings) and kept on the drafter (or the
+    # target, for AR) with their state, so later calls replay them: the state is reset in place.
+    key = (B, S, width, budget, policy, sp.temperature, sp.top_k, sp.top_p, depth, str(device))
+    graphs = _graph_store(drafter if drafter is not None else target) if graphed else {}
+    if key in graphs:
+        st, run = graphs.pop(key)
+        st.prefix_lens.zero_()
+        st.anchor.zero_()
+        st.rng.copy_(torch.tensor([int(seed), 0], dtype=torch.int64))
+        st.cap.fill_(P + max_new_tokens)
+    else:
+        st = DecodeState(
+            kv=target.new_cache(B, S),
+            prefix_lens=torch.zeros(B, dtype=torch.int32, device=device),
+            anchor=torch.zeros(B, dtype=torch.int64, device=device),
+            rng=torch.tensor([int(seed), 0], dtype=torch.int64, device=device),
+            ctx=drafter.new_context(B, S) if drafter is not None else None,
+            cap=torch.full((B,), P + max_new_tokens, dtype=torch.int32, device=device))
+        run = _round_fn(target, drafter, st, width, budget, policy, sp, timer)
+        if graphed:
+            run = GraphedRound(run)
+    if graphed:
+        graphs[key] = (st, run)  # most recently used last
+        while len(graphs) > _GRAPHS_KEPT:
+            graphs.pop(next(iter(graphs)))
     stops = set(int(s) for s in stop_token_ids)
     out: List[List[int]] = [[] for _ in range(B)]
     done = [False] * B
@@ -395,16 +419,6 @@ def generate(target: Target, drafter, prompt_ids, *, max_new_tokens: int = 256, 
     for b in range(B):
         take(b, [first[b]])
     res = GenerationResult(tokens=out, prompt_len=P, prefill_s=t1 - t0, depth=depth)
-    timer = _Timer(device, profile and not cuda_graph)
-
-    def one_round():  # -> (B, 1 + k) int64: [n, emitted tokens...] per row
-        if drafter is not None:
-            emitted, length = spec_round(target, drafter, st, width, budget, policy, sp, timer)
-        else:
-            emitted, length = timer("ar_step", lambda: ar_step(target, st, sp))
-        return torch.cat([length.to(torch.int64).unsqueeze(1), emitted], dim=1)
-
-    run = GraphedRound(one_round) if cuda_graph and device.type == "cuda" else one_round
     while not all(done):
         timer.times = {}
         host = run().tolist()  # THE host synchronisation of the round
@@ -415,6 +429,31 @@ def generate(target: Target, drafter, prompt_ids, *, max_new_tokens: int = 256, 
     _sync(device)
     res.decode_s = time.perf_counter() - t1  # decode time excludes the prefill
     return res
+
+
+def _round_fn(target, drafter, st, width, budget, policy, sp, timer) -> Callable[[], torch.Tensor]:
+    """One round (speculative, or an AR step when ``drafter`` is None) as a function of nothing:
+    returns ``(B, 1 + k)`` int64 rows ``[n, emitted tokens...]``."""
+    def one_round():
+        if drafter is not None:
+            emitted, length = spec_round(target, drafter, st, width, budget, policy, sp, timer)
+        else:
+            emitted, length = timer("ar_step", lambda: ar_step(target, st, sp))
+        return torch.cat([length.to(torch.int64).unsqueeze(1), emitted], dim=1)
+    return one_round
+
+
+_GRAPHS_KEPT = 4  # captured rounds kept per drafter / target (each holds its KV cache)
+
+
+def _graph_store(owner) -> dict:
+    """The captured rounds of ``owner`` (a drafter, or the target for AR), keyed by shapes and
+    settings; they live and die with it."""
+    store = getattr(owner, "_jetspec_graphs", None)
+    if store is None:
+        store = {}
+        owner._jetspec_graphs = store
+    return store
 
 
 class GraphedRound:

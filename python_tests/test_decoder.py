@@ -245,3 +245,42 @@ def test_cuda_graph_round_matches_eager(tok):
         ar = generate_ar(target, ids, max_new_tokens=40, cuda_graph=True).tokens[0]
     assert graphed == eager
     assert len(ar) == 40
+
+
+@requires_cuda
+def test_cuda_graph_reused_across_calls(tok):
+    """Later generate() calls with prompts in the same cache bucket replay the round captured by
+    the first call (no new capture) with their state reset in place, and give the tokens of eager
+    decoding; a different budget or seed is a different / reset entry."""
+    import warnings
+
+    import jetspec_ext.decoder as dec
+
+    model = tiny_target(tied=False, seed=4).cuda().to(torch.bfloat16)
+    head = JetSpecDraftHead.for_target(model.config, num_layers=2, block_size=8).cuda().to(torch.bfloat16)
+    target = Target(model, head.target_layer_ids)
+    drafter = HeadDrafter(head, target)
+    prompts = [chat_ids(tok, p) for p in load_prompts(3)]
+    captures = []
+    real_init = dec.GraphedRound.__init__
+
+    def counting_init(self, fn):
+        captures.append(fn)
+        real_init(self, fn)
+
+    dec.GraphedRound.__init__ = counting_init
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for ids in prompts + prompts[:1]:
+                graphed = generate(target, drafter, ids, max_new_tokens=24, budget=16, width=4, cuda_graph=True)
+                eager = generate(target, drafter, ids, max_new_tokens=24, budget=16, width=4)
+                assert graphed.tokens == eager.tokens
+                ar_g = generate_ar(target, ids, max_new_tokens=24, cuda_graph=True).tokens
+                assert ar_g == generate_ar(target, ids, max_new_tokens=24).tokens
+    finally:
+        dec.GraphedRound.__init__ = real_init
+    buckets = {-(-(len(ids) + 24 + 16 + drafter.depth + 2) // 256) for ids in prompts}
+    ar_buckets = {-(-(len(ids) + 24 + 1 + 2) // 256) for ids in prompts}
+    assert len(captures) == len(buckets) + len(ar_buckets), (len(captures), buckets, ar_buckets)
+    assert len(drafter._jetspec_graphs) == len(buckets) and len(target._jetspec_graphs) == len(ar_buckets)

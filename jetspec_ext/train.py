@@ -277,13 +277,16 @@ class Batcher:
             raise ValueError("no usable training sequence (responses empty or prompts longer than max_len)")
         self.cfg, self.block = cfg, block
         self.n = len(self.seqs)
+        self._perm = (None, None)  # (epoch, permutation): computed once per epoch
 
     def batch(self, step: int):
         cfg = self.cfg
         per_epoch = max(1, self.n // cfg.batch_size) if self.n >= cfg.batch_size else 1
         epoch, j = divmod(step, per_epoch)
-        g = torch.Generator().manual_seed(cfg.seed * 1000003 + epoch)
-        perm = torch.randperm(self.n, generator=g).tolist()
+        if self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(cfg.seed * 1000003 + epoch)
+            self._perm = (epoch, torch.randperm(self.n, generator=g).tolist())
+        perm = self._perm[1]
         if self.n >= cfg.batch_size:
             idx = perm[j * cfg.batch_size: (j + 1) * cfg.batch_size]
         else:

@@ -253,6 +253,9 @@ def main(argv=None):
                     help="longest snippet (characters; ~3.5 characters per demo-tokenizer token)")
     ap.add_argument("--max-files", type=int, default=0, help="read at most N files (0: all; for tests)")
     ap.add_argument("--workers", type=int, default=0, help="parsing processes (0: the CPU count, at most 32)")
+    ap.add_argument("--max-seconds", type=float, default=0,
+                    help="stop reading files after this long (0: no cap): the files read so far, in sorted "
+                         "order, are used (a safety for a huge site-packages; the output then depends on speed)")
     a = ap.parse_args(argv)
     t0 = time.time()
     roots = a.roots or [sysconfig.get_paths()["stdlib"]]
@@ -273,9 +276,14 @@ def main(argv=None):
         _init_worker(opts)
         results = map(process_file, paths)
     seen_files, seen, prompts, kinds = set(), set(), [], []
-    n_files = n_dup_files = n_excl = 0
+    n_files = n_dup_files = n_excl = n_seen = 0
+    capped = False
     try:
         for r in results:
+            n_seen += 1
+            if a.max_seconds and time.time() - t0 > a.max_seconds:
+                capped = True
+                break
             if r is None:
                 continue
             h, items, ex = r
@@ -292,8 +300,13 @@ def main(argv=None):
                 prompts.append((order_key(text), kind, text))
     finally:
         if pool is not None:
-            pool.close()
+            if capped:
+                pool.terminate()
+            else:
+                pool.close()
             pool.join()
+    if capped:
+        print(f"[extract_prompts] time cap: {n_seen} of {len(paths)} files read", flush=True)
     prompts.sort()
     if a.max_prompts:
         prompts = prompts[: a.max_prompts]
@@ -311,7 +324,7 @@ def main(argv=None):
                 if p:
                     f.write(json.dumps({"prompt": p, "task_id": r.get("task_id")}) + "\n")
                     n_eval += 1
-    info = {"files": n_files, "duplicate_files": n_dup_files, "train_prompts": len(prompts),
+    info = {"files": n_files, "files_listed": len(paths), "time_capped": capped, "duplicate_files": n_dup_files, "train_prompts": len(prompts),
             "kinds": {k: per_kind.get(k, 0) for k in ("def", "snippet")},
             "excluded_as_mbpp_like": n_excl, "eval_prompts": n_eval, "workers": workers,
             "seconds": round(time.time() - t0, 1), "roots": roots}

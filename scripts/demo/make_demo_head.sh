@@ -11,7 +11,7 @@
 #
 # Stages (each logs, each has a deadline; nothing new starts after its deadline, and results are
 # written as they complete, so a late failure or the time cap loses nothing that is done):
-#   1. prompts   scripts/demo/extract_prompts.py (in the background while torch is imported): from
+#   1. prompts   scripts/demo/extract_prompts.py (background while torch is imported; 45 s cap): from
 #                the interpreter's standard library and site-packages (--prompt-roots), two kinds:
 #                "def" (function/method header + docstring, <= 700 characters) and "snippet"
 #                (file-prefix snippets: --snippets-per-file cut points per file, after a def/class
@@ -37,7 +37,7 @@
 #                tokens/s vs the AR baseline (CUDA graphs on CUDA)
 #                -> $OUT/demo_head_results.json + demo_head_results.md
 # Default time line for --total-minutes 7 (H200; regeneration ~190 prompts/s at batch 512 x 256
-# tokens was measured, so >= 380/s at 128 tokens): start-up + prompts ~15 s, regeneration ~10 s of
+# tokens was measured, so >= 380/s at 128 tokens; batch 1024 now): start-up + prompts ~15 s, regeneration ~10 s of
 # loading + 150 s, heads from ~175 s to at most total - 10 - eval-seconds (= 325 s: ~10 s of loading
 # each, then 2000 steps, which needs ~14.5 steps/s per process with the two sharing the GPU; one
 # alone ran ~20 steps/s), eval 85 s (50 prompts: AR + 2 x 3 budgets + chain took 70 s), 10 s reserve.
@@ -110,7 +110,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 if [[ "$TINY" == 1 ]]; then
-  MAX_PROMPTS=8; EVAL_NUM=2; EVAL_MAX_NEW=16; BATCH=3; ANCHORS=4; MAX_LEN=96; GEN_MAX_NEW=24; GEN_BATCH=4
+  MAX_PROMPTS=12; EVAL_NUM=2; EVAL_MAX_NEW=16; BATCH=3; ANCHORS=4; MAX_LEN=96; GEN_MAX_NEW=24; GEN_BATCH=4
   STEPS=6; GEN_SECONDS=40; EVAL_SECONDS=60
 fi
 DATA="${JETSPEC_DATA:-$REPO/../shared/data}"
@@ -148,7 +148,7 @@ MBPP="$DATA/mbpp_test.jsonl"
 stamp "1/4 prompts from ${ROOTS[*]} (background)"
 "$PY" "$HERE/extract_prompts.py" --roots "${ROOTS[@]}" --mbpp "$MBPP" --train-out "$BUILD/train_prompts.jsonl" \
   --eval-out "$BUILD/eval_prompts.jsonl" --max-chars 700 --snippets-per-file "$SNIPPETS" --snippet-max-chars 600 \
-  ${MP[@]+"${MP[@]}"} ${MF[@]+"${MF[@]}"} > "$OUT_DIR/prompts_info.txt" 2>&1 &
+  --max-seconds 45 ${MP[@]+"${MP[@]}"} ${MF[@]+"${MF[@]}"} > "$OUT_DIR/prompts_info.txt" 2>&1 &
 P_PROMPTS=$!
 
 if ! "$PY" -c "import jetspec_ext" 2>/dev/null; then

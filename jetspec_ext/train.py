@@ -11,6 +11,10 @@ Pipeline (each stage usable on its own from Python):
    batched with left padding, greedy by default; on the GPU when available). Results are appended
    to a JSONL cache (``{"key", "prompt_ids", "response_ids"}``, key = sha1 of the prompt ids and the
    generation settings) as each batch completes, so an interrupted run resumes where it stopped.
+   Prompts are answered in file order, chunk by chunk (longest first only within a chunk of 8
+   batches), so a time cap (``--gen-minutes`` / ``--gen-end-by``) on randomly ordered prompts leaves
+   a uniform subset. ``--regenerate-only`` stops here (one process fills the cache; others then
+   train on it with ``--gen-minutes 0``).
    Why HF generate and not the project's decoder: the decoder batches only equal-length prompts,
    while ``generate`` pads; greedy because the decoder is evaluated greedily and the acceptance of
    a greedy target is what the head should learn (sampling: ``--gen-temperature``).
@@ -121,6 +125,19 @@ def encode_prompt(tok, text: str, chat: str = "auto", thinking: bool = False) ->
     return tok(text, add_special_tokens=False).input_ids
 
 
+def encode_prompts(tok, texts: Sequence[str], chat: str = "auto", thinking: bool = False,
+                   chunk: int = 4096) -> List[List[int]]:
+    """``[encode_prompt(tok, t, chat, thinking) for t in texts]``; raw text (no chat template) is
+    tokenized in batches (much faster for tens of thousands of prompts; same ids)."""
+    use = (chat == "on") or (chat == "auto" and getattr(tok, "chat_template", None))
+    if use or not texts:
+        return [encode_prompt(tok, t, chat, thinking) for t in texts]
+    out: List[List[int]] = []
+    for s in range(0, len(texts), chunk):
+        out += [list(x) for x in tok(list(texts[s: s + chunk]), add_special_tokens=False).input_ids]
+    return out
+
+
 # ============================================================================================
 # 2. Regeneration (cached, resumable)
 # ============================================================================================
@@ -149,19 +166,28 @@ def load_cache(path: str) -> Dict[str, Sample]:
     return out
 
 
+REGEN_CHUNK_BATCHES = 8
+
+
 @torch.no_grad()
 def regenerate(model, prompts_ids: Sequence[Sequence[int]], cache_path: str, *, max_new_tokens: int = 256,
                batch_size: int = 64, temperature: float = 0.0, top_p: float = 1.0, eos_token_id=None,
                pad_token_id: int = 0, seed: int = 0, end_by: Optional[float] = None) -> List[Sample]:
     """The target's own responses to ``prompts_ids``, cached in ``cache_path`` (JSONL, appended per
     batch). Returns the samples in prompt order (those done before ``end_by``, a time.time()
-    deadline; the rest can be produced by a later call)."""
+    deadline; the rest can be produced by a later call). Prompts are answered in their order, in
+    chunks of ``REGEN_CHUNK_BATCHES * batch_size`` sorted longest first within the chunk, so a
+    time-capped call on randomly ordered prompts answers a uniform subset of them."""
     settings = f"max_new={max_new_tokens};T={temperature};top_p={top_p};eos={eos_token_id};seed={seed}"
     keys = [_key(p, settings) for p in prompts_ids]
     cache = load_cache(cache_path)
     todo = [i for i, k in enumerate(keys) if k not in cache]
-    # longest first in each batch keeps padding low; order is deterministic
-    todo.sort(key=lambda i: -len(prompts_ids[i]))
+    # Prompt order, chunk by chunk (REGEN_CHUNK_BATCHES batches), longest first WITHIN a chunk to keep
+    # padding low. A time cap therefore answers whole chunks of the prompt order (plus part of one):
+    # a uniform subset when the prompts are in random order (scripts/demo/extract_prompts.py orders
+    # them by a hash), not the longest prompts. Deterministic.
+    G = max(1, batch_size) * REGEN_CHUNK_BATCHES
+    todo = [i for c in range(0, len(todo), G) for i in sorted(todo[c: c + G], key=lambda i: -len(prompts_ids[i]))]
     dev = next(model.parameters()).device
     if todo:
         log(f"regenerate: {len(todo)} of {len(keys)} prompts to answer ({len(keys) - len(todo)} cached), "
@@ -251,13 +277,16 @@ class Batcher:
             raise ValueError("no usable training sequence (responses empty or prompts longer than max_len)")
         self.cfg, self.block = cfg, block
         self.n = len(self.seqs)
+        self._perm = (None, None)  # (epoch, permutation): computed once per epoch
 
     def batch(self, step: int):
         cfg = self.cfg
         per_epoch = max(1, self.n // cfg.batch_size) if self.n >= cfg.batch_size else 1
         epoch, j = divmod(step, per_epoch)
-        g = torch.Generator().manual_seed(cfg.seed * 1000003 + epoch)
-        perm = torch.randperm(self.n, generator=g).tolist()
+        if self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(cfg.seed * 1000003 + epoch)
+            self._perm = (epoch, torch.randperm(self.n, generator=g).tolist())
+        perm = self._perm[1]
         if self.n >= cfg.batch_size:
             idx = perm[j * cfg.batch_size: (j + 1) * cfg.batch_size]
         else:
@@ -544,6 +573,7 @@ def train_head(model, head: JetSpecDraftHead, samples: Sequence[Sample], cfg: Tr
                "loss_first_mean": sum(history[:k]) / k if history else None,
                "loss_last_mean": sum(history[-k:]) / k if history else None,
                "sequences": batcher.n, "head": os.path.join(out_dir, "head")}
+    summary["passes"] = round(step * cfg.batch_size / batcher.n, 3)  # passes over the sequences
     log(f"train done: {json.dumps(summary)}")
     return summary
 
@@ -659,6 +689,12 @@ def add_arguments(t) -> None:
     t.add_argument("--gen-temperature", type=float, default=0.0, help="0 = greedy regeneration")
     t.add_argument("--gen-minutes", type=float, default=None,
                    help="time cap for regeneration (0: use only what the cache already holds)")
+    t.add_argument("--gen-end-by", type=float, default=None,
+                   help="absolute unix time: no regeneration batch ends after it (with --gen-minutes: "
+                        "whichever comes first)")
+    t.add_argument("--regenerate-only", action="store_true",
+                   help="stop after the regeneration (fill the --cache; no head, no training): e.g. one "
+                        "process regenerates, then several train on the cache with --gen-minutes 0")
     t.add_argument("--steps", type=int, default=None, help="optimizer steps (default 1000, or from --minutes)")
     t.add_argument("--max-epochs", type=float, default=None,
                    help="cap on passes over the regenerated data (steps x batch / sequences); the run ends "
@@ -711,12 +747,17 @@ def run(args) -> dict:
     stops = stop_ids_for(tok, model)
 
     # ---- head
-    if args.resume == "auto":
+    head = None
+    if args.regenerate_only:
+        pass
+    elif args.resume == "auto":
         args.resume = os.path.join(args.out, "checkpoint")
         if not os.path.isfile(os.path.join(args.resume, TRAINER_STATE)):
             log(f"--resume: no checkpoint in {args.resume}; starting fresh")
             args.resume = None
-    if args.resume:
+    if args.regenerate_only:
+        pass
+    elif args.resume:
         head = JetSpecDraftHead.from_pretrained(args.resume)
     elif args.init_head:
         head = JetSpecDraftHead.from_pretrained(args.init_head)
@@ -729,22 +770,37 @@ def run(args) -> dict:
         head = JetSpecDraftHead.for_target(tcfg, num_layers=args.num_layers, block_size=args.block_size,
                                            mask_token_id=mask_id, target_layer_ids=taps,
                                            causal=args.attention == "causal")
-    head.check_target(tcfg)
-    log(f"head: {len(head.layers)} layers, taps {head.target_layer_ids}, block {head.block_size}, "
-        f"mask id {head.mask_token_id}, {'causal' if head.causal else 'bidirectional'}")
+    if head is not None:
+        head.check_target(tcfg)
+        log(f"head: {len(head.layers)} layers, taps {head.target_layer_ids}, block {head.block_size}, "
+            f"mask id {head.mask_token_id}, {'causal' if head.causal else 'bidirectional'}")
 
     # ---- data
     texts: List[str] = []
     for p in args.prompts:
         texts += read_prompts(p, args.num_prompts)
-    pids = [encode_prompt(tok, t, args.chat, args.thinking)[-(args.max_len // 2):] for t in texts]
+    pids = [x[-(args.max_len // 2):] for x in encode_prompts(tok, texts, args.chat, args.thinking)]
     cache = args.cache or os.path.join(args.out, "regen.jsonl")
     end_gen = time.time() + args.gen_minutes * 60 if args.gen_minutes is not None else None
+    if args.gen_end_by is not None:
+        end_gen = args.gen_end_by if end_gen is None else min(end_gen, args.gen_end_by)
+    t_gen = time.time()
     samples = regenerate(model, pids, cache, max_new_tokens=args.gen_max_new_tokens,
                          batch_size=args.gen_batch_size, temperature=args.gen_temperature,
                          eos_token_id=stops or None, pad_token_id=tok.pad_token_id or 0, seed=args.seed,
                          end_by=end_gen)
-    log(f"data: {len(samples)} regenerated samples, {sum(len(s.response_ids) for s in samples)} response tokens")
+    n_resp = sum(len(s.response_ids) for s in samples)
+    log(f"data: {len(samples)} regenerated samples of {len(pids)} prompts, {n_resp} response tokens")
+    if args.regenerate_only:
+        summary = {"target": os.path.abspath(args.target), "cache": os.path.abspath(cache),
+                   "regenerate": {"prompts": len(pids), "samples": len(samples), "response_tokens": n_resp,
+                                  "empty_or_one_token": sum(len(s.response_ids) <= 1 for s in samples),
+                                  "seconds": round(time.time() - t_gen, 1),
+                                  "max_new_tokens": args.gen_max_new_tokens},
+                   "wall_s": round(time.time() - t_start, 1)}
+        _write_json(os.path.join(args.out, "summary.json"), summary)
+        log(f"regenerate-only: done in {summary['wall_s']} s ({cache})")
+        return summary
     if not samples:
         raise ValueError(f"no regenerated samples in {cache} for these prompts and settings (the cache is keyed "
                          "by prompt ids + --gen-max-new-tokens / --gen-temperature / stop ids / --seed; "

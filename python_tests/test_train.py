@@ -15,8 +15,11 @@ from jetspec_ext.train import (
     TrainConfig,
     block_attention_mask,
     dense_block_forward,
+    encode_prompts,
     evaluate,
+    load_cache,
     read_prompts,
+    regenerate,
     train_head,
 )
 from transformers import Qwen3ForCausalLM
@@ -143,6 +146,64 @@ def test_batcher_anchors_in_response_and_deterministic():
         assert (a >= P).all() and (a <= L - 2).all() and len(set(a.tolist())) == len(a)
 
 
+class _EchoModel(torch.nn.Module):
+    """A stand-in for an HF model in regenerate(): answers [first prompt token, 0 (eos)] and
+    records the order in which prompts (by their first token) were answered."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.seen = []
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, **kw):
+        first = [int(r[m.bool()][0]) for r, m in zip(input_ids, attention_mask)]
+        self.seen.append(first)
+        new = torch.tensor([[f, 0] + [0] * (max_new_tokens - 2) for f in first])
+        return torch.cat([input_ids, new], dim=1)
+
+
+def test_regenerate_order_is_chunked_not_global_longest_first(tmp_path, monkeypatch):
+    import jetspec_ext.train as tr
+    monkeypatch.setattr(tr, "REGEN_CHUNK_BATCHES", 2)
+    lens = [1, 5, 2, 9, 3, 3, 8, 1, 7, 2]          # prompt i = [100 + i] + filler, length lens[i]
+    prompts = [[100 + i] + [7] * (n - 1) for i, n in enumerate(lens)]
+    m = _EchoModel()
+    cache = str(tmp_path / "c.jsonl")
+    out = regenerate(m, prompts, cache, max_new_tokens=4, batch_size=2, eos_token_id=0)
+    # chunks of 2 batches x 2 prompts = 4 prompts, in prompt order; longest first within a chunk
+    order = [x - 100 for b in m.seen for x in b]
+    assert order == [3, 1, 2, 0, 6, 4, 5, 7, 8, 9]
+    assert [s.response_ids for s in out] == [[100 + i, 0] for i in range(10)]  # prompt order, cut at eos
+    # a time cap answers whole leading chunks of the prompt order, then resumes from the cache
+    m2 = _EchoModel()
+    calls = []
+    monkeypatch.setattr(tr.time, "time", lambda: 100.0)
+    cache2 = str(tmp_path / "c2.jsonl")
+    real_gen = m2.generate
+
+    def gen(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            monkeypatch.setattr(tr.time, "time", lambda: 1e9)  # the cap passes during batch 2
+        return real_gen(*a, **k)
+    m2.generate = gen
+    part = regenerate(m2, prompts, cache2, max_new_tokens=4, batch_size=2, eos_token_id=0, end_by=1000.0)
+    assert sorted(p.prompt_ids[0] - 100 for p in part) == [0, 1, 2, 3]   # the first chunk exactly
+    assert len(load_cache(cache2)) == 4
+    monkeypatch.setattr(tr.time, "time", lambda: 100.0)
+    rest = regenerate(_EchoModel(), prompts, cache2, max_new_tokens=4, batch_size=2, eos_token_id=0)
+    assert [s.response_ids for s in rest] == [s.response_ids for s in out]
+
+
+def test_encode_prompts_matches_encode_prompt():
+    from transformers import AutoTokenizer
+    from jetspec_ext.train import encode_prompt
+    tok = AutoTokenizer.from_pretrained(_demo_target())
+    texts = ["def f(x):\n    return x\n", "", "class A:\n    pass\n\n", "x = 'ü' * 3"] * 3
+    assert encode_prompts(tok, texts, "off", chunk=5) == [encode_prompt(tok, t, "off") for t in texts]
+    assert encode_prompts(tok, [], "off") == []
+
+
 def test_read_prompts_formats(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"prompt": "p1"}\n{"question": "q"}\n{"turns": ["t1", "t2"]}\n"s"\n')
     assert read_prompts(str(tmp_path / "a.jsonl")) == ["p1", "q", "t1", "s"]
@@ -195,6 +256,16 @@ def test_cli_train_then_generate_with_demo_pair(tmp_path, capsys, monkeypatch):
     assert main(args[:args.index("--steps")] + ["--steps", "6", "--resume"] + args[args.index("--steps") + 2:]) == 0
     assert __import__("json").loads((out / "summary.json").read_text())["train"]["steps"] == 6
     assert len((out / "regen.jsonl").read_text().splitlines()) == 2
+    # --regenerate-only: fills the cache (2 more prompts), no head, a summary with the counts
+    p2 = tmp_path / "p2.jsonl"
+    p2.write_text(p.read_text() + '{"prompt": "import os\\n"}\n{"prompt": "x = 1\\n\\n"}\n')
+    ro = tmp_path / "regen_only"
+    assert main(["train", "--target", target, "--prompts", str(p2), "--out", str(ro), "--cache",
+                 str(out / "regen.jsonl"), "--gen-max-new-tokens", "16", "--device", "cpu",
+                 "--regenerate-only"]) == 0
+    rs = __import__("json").loads((ro / "summary.json").read_text())["regenerate"]
+    assert rs["prompts"] == 4 and rs["samples"] == 4 and not (ro / "head").exists()
+    assert len((out / "regen.jsonl").read_text().splitlines()) == 4
     capsys.readouterr()
     demo = tmp_path / "demo"
     demo.mkdir()

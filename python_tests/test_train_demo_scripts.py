@@ -26,6 +26,11 @@ def test_mbpp_prompt_is_signature_plus_docstring():
     assert extract_prompts.mbpp_prompt({"prompt": "x", "code": "x = 1"}) is None
 
 
+def test_mbpp_sets_skip_dunder_names():
+    names, docs = extract_prompts.mbpp_sets([MBPP_REC, {"prompt": "Pair class.", "code": "class P:\r\n  def __init__(self):"}])
+    assert names == {"add_nums"} and docs == {"write a function to add two numbers.", "pair class."}
+
+
 def test_extract_prompts(tmp_path):
     src = tmp_path / "src"
     (src / "pkg" / "tests").mkdir(parents=True)
@@ -41,23 +46,117 @@ def test_extract_prompts(tmp_path):
     mbpp.write_text(json.dumps(MBPP_REC) + "\n")
     out, ev = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
     info = extract_prompts.main(["--roots", str(src), "--mbpp", str(mbpp), "--train-out", str(out),
-                                 "--eval-out", str(ev)])
+                                 "--eval-out", str(ev), "--snippets-per-file", "0"])
     got = sorted(json.loads(x)["prompt"] for x in out.read_text().splitlines())
+    assert info["kinds"] == {"def": 2, "snippet": 0}
     assert got == ['def keep(x, y=2):\n    """Return x plus y."""\n', 'def method(self):\n    """A method."""\n']
     assert info["excluded_as_mbpp_like"] == 1 and info["eval_prompts"] == 1
     assert json.loads(ev.read_text())["prompt"].startswith("def add_nums(a, b):\n")
     # deterministic
     out2 = tmp_path / "train2.jsonl"
-    extract_prompts.main(["--roots", str(src), "--mbpp", str(mbpp), "--train-out", str(out2)])
+    extract_prompts.main(["--roots", str(src), "--mbpp", str(mbpp), "--train-out", str(out2),
+                          "--snippets-per-file", "0"])
     assert out2.read_text() == out.read_text()
 
 
 def test_extract_prompts_stdlib_smoke(tmp_path):
     out = tmp_path / "t.jsonl"
     info = extract_prompts.main(["--roots", os.path.join(sysconfig.get_paths()["stdlib"], "json"),
-                                 "--train-out", str(out)])
-    assert info["train_prompts"] > 3
-    assert all(json.loads(x)["prompt"].startswith(("def ", "async def ")) for x in out.read_text().splitlines())
+                                 "--train-out", str(out), "--workers", "2"])
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert info["kinds"]["def"] > 3 and info["kinds"]["snippet"] > 3
+    assert all(r["prompt"].startswith(("def ", "async def ")) for r in recs if r["kind"] == "def")
+    # hash order, not length order
+    assert [r["prompt"] for r in recs] == sorted((r["prompt"] for r in recs), key=extract_prompts.order_key)
+    # the number of worker processes does not change the output
+    out1 = tmp_path / "t1.jsonl"
+    extract_prompts.main(["--roots", os.path.join(sysconfig.get_paths()["stdlib"], "json"),
+                          "--train-out", str(out1), "--workers", "1"])
+    assert out1.read_text() == out.read_text()
+
+
+SNIPPET_SRC = (
+    'import os\n'
+    'import sys\n'
+    '\n'
+    'CONSTANT = 3  # a module constant\n'
+    '\n'
+    'def helper(a, b):\n'
+    '    """Helper."""\n'
+    '    s = """a string\n'
+    '\n'
+    'with a blank line"""\n'
+    '    return a + b + len(s)\n'
+    '\n'
+    '\n'
+    'class Thing(object):\n'
+    '    attr = 1\n'
+    '\n'
+    '    def method(self, x,\n'
+    '               y=2):\n'
+    '        return x * y\n'
+    '\n'
+    'def add_nums(a, b):\n'
+    '    return a + b\n'
+    '\n'
+    'VALUE = helper(1, 2)\n'
+)
+
+
+def test_snippets_cut_points_and_mbpp_exclusion():
+    import ast
+    lines = SNIPPET_SRC.splitlines()
+    tree = ast.parse(SNIPPET_SRC)
+    def never(name, doc1):
+        return False
+    snips, n_ex = extract_prompts.snippets_of(tree, lines, "h", 100, 10_000, never)
+    assert n_ex == 0 and snips
+    full_prefixes = {"\n".join(lines[:c]) + "\n" for c in range(1, len(lines) + 1)}
+    headers = 0
+    for t in snips:
+        assert t in full_prefixes or any(p.endswith(t) for p in full_prefixes)  # a file prefix (its tail)
+        last = t.rstrip("\n").splitlines()[-1]
+        if t.endswith("\n\n"):   # after a blank line, before a statement (not inside the string)
+            assert lines[len(t.splitlines())] != "with a blank line\"\"\""
+        else:                     # after a def/class header (the multi-line one: its last line)
+            assert last.endswith(":") and not last.strip().startswith(("def method(self, x,",))
+            headers += 1
+    assert headers >= 3  # helper, Thing, method (and add_nums)
+    # deterministic, capped per file, half of them after headers
+    again, _ = extract_prompts.snippets_of(tree, lines, "h", 4, 10_000, never)
+    assert again == extract_prompts.snippets_of(tree, lines, "h", 4, 10_000, never)[0] and 0 < len(again) <= 4
+    assert sum(not t.endswith("\n\n") for t in again) >= 2
+    # max chars keeps whole last lines
+    short, _ = extract_prompts.snippets_of(tree, lines, "h", 100, 120, never)
+    assert short and all(len(t) <= 120 and any(p.endswith(t) for p in full_prefixes) for t in short)
+    # a snippet holding an MBPP-named function is excluded
+    excl, n_ex = extract_prompts.snippets_of(tree, lines, "h", 100, 10_000, lambda n, d: n == "add_nums")
+    assert n_ex > 0 and not any("def add_nums" in t for t in excl)
+    assert len(excl) + n_ex == len(snips)
+
+
+def test_extract_prompts_kinds_and_hash_order(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):
+        (src / f"m{i}.py").write_text(SNIPPET_SRC.replace("helper", f"helper{i}").replace("Thing", f"Thing{i}"))
+    (src / "dup.py").write_text(SNIPPET_SRC.replace("helper", "helper0").replace("Thing", "Thing0"))  # = m0.py
+    out = tmp_path / "train.jsonl"
+    info = extract_prompts.main(["--roots", str(src), "--train-out", str(out), "--snippets-per-file", "3",
+                                 "--workers", "2"])
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    kinds = [r["kind"] for r in recs]
+    assert info["kinds"] == {"def": kinds.count("def"), "snippet": kinds.count("snippet")}
+    assert info["kinds"]["def"] == 12 and info["kinds"]["snippet"] >= 12 and info["duplicate_files"] == 1
+    keys = [extract_prompts.order_key(r["prompt"]) for r in recs]
+    assert keys == sorted(keys) and len(set(r["prompt"] for r in recs)) == len(recs)
+    lens = [len(r["prompt"]) for r in recs]
+    assert lens != sorted(lens) and lens != sorted(lens, reverse=True)
+    # --max-prompts keeps a prefix of the hash order (a uniform subset)
+    out2 = tmp_path / "train2.jsonl"
+    extract_prompts.main(["--roots", str(src), "--train-out", str(out2), "--snippets-per-file", "3",
+                          "--max-prompts", "5", "--workers", "1"])
+    assert out2.read_text().splitlines() == out.read_text().splitlines()[:5]
 
 
 def test_results_table():

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Evaluate demo heads through the real decoder (greedy): mean accepted length (tau) at several
 tree budgets for a causal head and a bidirectional head, the causal head as a chain (width 1,
-budget = depth + 1), and wall-clock tokens/s of the speculative decoder versus the decoder's
+budget = depth + 1), optionally the DDTree tree policy too (``--policies accum,ddtree``), and
+wall-clock tokens/s of the speculative decoder versus the decoder's
 autoregressive baseline (``generate_ar``: same static cache, same ops).
 
 Results go to ``--out`` (JSON) after EVERY configuration (partial results survive a crash or the
@@ -67,6 +68,9 @@ def main(argv=None):
     ap.add_argument("--num", type=int, default=50)
     ap.add_argument("--budgets", default="16,64,128")
     ap.add_argument("--width", type=int, default=7)
+    ap.add_argument("--policies", default="accum",
+                    help="tree policies, comma-separated: accum (JetSpec: expand the best node, W children at "
+                         "a time) and/or ddtree (= topn: the N best nodes one at a time)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--cuda-graph", choices=["auto", "on", "off"], default="auto")
@@ -126,14 +130,26 @@ def main(argv=None):
     write(res, a.out, table)
     ar_tps = (res.get("ar") or {}).get("tokens_per_s")
 
+    policies = []
+    for p in a.policies.split(","):
+        p = {"ddtree": "topn"}.get(p.strip(), p.strip())
+        if p not in ("accum", "topn"):
+            ap.error(f"--policies: unknown policy {p!r} (accum, ddtree)")
+        if p not in policies:
+            policies.append(p)
+    res["policies"] = policies
+    # the first policy for both heads, then the causal chain, then the other policies (what a time
+    # cap cuts is the least important)
     plan = []
-    for name, path in (("causal", a.causal), ("bidirectional", a.bidir)):
-        if path:
-            plan += [(f"{name} tree", path, a.width, b, None) for b in budgets]
-    if a.causal:
-        plan.append(("causal chain", a.causal, 1, None, None))
+    for i, pol in enumerate(policies):
+        label = "tree" if pol == "accum" else "ddtree"
+        for name, path in (("causal", a.causal), ("bidirectional", a.bidir)):
+            if path:
+                plan += [(f"{name} {label}", path, a.width, b, pol) for b in budgets]
+        if i == 0 and a.causal:
+            plan.append(("causal chain", a.causal, 1, None, "accum"))
     heads = {}
-    for name, path, width, budget, depth in plan:
+    for name, path, width, budget, policy in plan:
         key = f"{name} w{width} b{budget if budget else 'D+1'}"
         if a.end_by is not None and time.time() > a.end_by:
             res["configs"][key] = {"skipped": "time cap"}
@@ -145,10 +161,11 @@ def main(argv=None):
             head = heads[path]
             D = head.block_size - 1
             b = budget if budget else D + 1
-            evaluate(model, head, ids[:1], budgets=(b,), width=width, **{**kw, "max_new_tokens": 8})  # warm-up
-            r = evaluate(model, head, ids, budgets=(b,), width=width, ar_reference=ar_tokens, **kw)
+            evaluate(model, head, ids[:1], budgets=(b,), width=width, policy=policy,
+                     **{**kw, "max_new_tokens": 8})  # warm-up
+            r = evaluate(model, head, ids, budgets=(b,), width=width, policy=policy, ar_reference=ar_tokens, **kw)
             e = dict(r["budgets"][str(b)])
-            e.update(width=width, budget=b, head=path, causal=head.causal)
+            e.update(width=width, budget=b, head=path, causal=head.causal, policy=policy)
             if ar_tps and e.get("tokens_per_s"):
                 e["speedup"] = e["tokens_per_s"] / ar_tps
             res["configs"][key] = e

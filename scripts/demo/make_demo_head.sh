@@ -1,28 +1,47 @@
 #!/usr/bin/env bash
-# Train the demo target's JetSpec head end to end with `jetspec train`, and measure it.
+# Train the demo target's JetSpec heads (causal + bidirectional) end to end with `jetspec train`,
+# and measure them.
 #
-#   bash scripts/demo/make_demo_head.sh [--total-minutes 9.5] [--device auto|cuda|cpu] [--out DIR]
-#        [--build DIR] [--eval-num 50] [--eval-max-new-tokens 128] [--max-prompts 0]
-#        [--batch-size 64] [--anchors 32] [--max-len 384] [--gen-max-new-tokens 256]
-#        [--gen-batch-size 512] [--lr 1e-3] [--max-epochs 4] [--prompt-roots stdlib,site] [--tiny]
-#        [-- extra jetspec-train args]
+#   bash scripts/demo/make_demo_head.sh [--total-minutes 7] [--device auto|cuda|cpu] [--out DIR]
+#        [--build DIR] [--gen-seconds 150] [--gen-max-new-tokens 128] [--gen-batch-size 1024]
+#        [--steps 2000] [--parallel-heads | --sequential-heads] [--eval-seconds 85] [--eval-num 50]
+#        [--eval-max-new-tokens 128] [--policies accum[,ddtree]] [--max-prompts 0]
+#        [--snippets-per-file 4] [--batch-size 64] [--anchors 32] [--max-len 384] [--lr 1e-3]
+#        [--max-epochs 4] [--prompt-roots stdlib,site] [--tiny] [-- extra jetspec-train args]
 #
-# Stages (each logs, each has a deadline derived from --total-minutes; results are written as they
-# complete, so a late failure loses nothing that is done):
-#   1. prompts   scripts/demo/extract_prompts.py: function signature + docstring prompts from the
-#                interpreter's standard library and (default) site-packages (--prompt-roots stdlib
-#                for the stdlib only; MBPP-like ones excluded); held-out MBPP eval prompts in the
-#                same form. Why site-packages: the first demo head (stdlib only, 4864 prompts)
-#                overfit: 0.70 top-1 at depth 15 on its training batches, tau 1.86 on MBPP.
-#   2. causal    jetspec train: regenerate responses with the demo target (cached in
-#                BUILD/regen.jsonl, time-capped), then train the causal head for a time budget
-#                (the step count is calibrated from the measured speed) -> $OUT/demo_head.tar.gz
-#   3. bidir     jetspec train --attention bidirectional: same data, same seed, same step count
-#   4. eval      scripts/demo/eval_demo_head.py: tau at budgets 16/64/128 for both heads, the
-#                causal head as a chain, tokens/s vs the AR baseline (CUDA graphs on CUDA)
+# Stages (each logs, each has a deadline; nothing new starts after its deadline, and results are
+# written as they complete, so a late failure or the time cap loses nothing that is done):
+#   1. prompts   scripts/demo/extract_prompts.py (background while torch is imported; 45 s cap): from
+#                the interpreter's standard library and site-packages (--prompt-roots), two kinds:
+#                "def" (function/method header + docstring, <= 700 characters) and "snippet"
+#                (file-prefix snippets: --snippets-per-file cut points per file, after a def/class
+#                header or a blank line, the last <= 600 characters); MBPP-like ones excluded;
+#                ordered by a hash of the text so any prefix is a uniform subset. Held-out MBPP
+#                eval prompts. Counts per kind in prompts_info.txt.
+#   2. regen     jetspec train --regenerate-only: the demo target's greedy answers (--gen-max-new-
+#                tokens, default 128 = the eval length) in BUILD/regen.jsonl, --gen-seconds of
+#                generation at most (prompts answered in file order, longest first only within
+#                chunks of 8 batches: a time cap leaves a uniform subset). Then (background, CPU)
+#                $OUT/regen.jsonl.gz: the cache tagged with prompt kinds, capped at 15 MB (a prefix
+#                = a uniform subset when larger), plus regen_stats.json (per kind: samples, answer
+#                tokens, empty answers).
+#   3. heads     --parallel-heads (default): the causal and the bidirectional head train AT THE SAME
+#                TIME as two processes on the same device, same cached data, same seed, the same
+#                fixed --steps (both stop at the same hard deadline if the device is slower than
+#                planned); --max-epochs caps the passes over the data (the same cap for both). Logs
+#                train_{causal,bidir}.log (progress printed every 20 s). --sequential-heads: causal
+#                first, then bidirectional with the causal run's step count.
+#                -> $OUT/demo_head.tar.gz (causal, the bundled kind) and demo_head_bidir.tar.gz
+#   4. eval      scripts/demo/eval_demo_head.py: tau at budgets 16/64/128 for both heads (each
+#                policy of --policies; ddtree = the topn tree policy), the causal head as a chain,
+#                tokens/s vs the AR baseline (CUDA graphs on CUDA)
 #                -> $OUT/demo_head_results.json + demo_head_results.md
-# Budget split of the total (minus ~45 s of interpreter start-ups and packing): regeneration
-# 16 %, causal training 28 %, bidirectional training the same step count (cap 33 %), eval the rest (23 %).
+# Default time line for --total-minutes 7 (H200; regeneration ~190 prompts/s at batch 512 x 256
+# tokens was measured, so >= 380/s at 128 tokens; batch 1024 now): start-up + prompts ~15 s, regeneration ~10 s of
+# loading + 150 s, heads from ~175 s to at most total - 10 - eval-seconds (= 325 s: ~10 s of loading
+# each, then 2000 steps, which needs ~14.5 steps/s per process with the two sharing the GPU; one
+# alone ran ~20 steps/s), eval 85 s (50 prompts: AR + 2 x 3 budgets + chain took 70 s), 10 s reserve.
+# Slack flows forward: a stage that ends early lets the next one start early.
 # --tiny: seconds-long settings for a CPU smoke test (few prompts, few steps, 2 eval prompts).
 # Data: $JETSPEC_DATA/mbpp_test.jsonl (default ../shared/data relative to the repo root).
 # Needs jetspec_ext importable from the repo root (built in place, or installed) with torch and
@@ -38,18 +57,24 @@ if [[ -z "$PY" ]]; then
   done
 fi
 [[ -n "$PY" ]] || { echo "make_demo_head.sh: no python with torch found; set PYTHON" >&2; exit 1; }
-TOTAL_MINUTES=9.5
+TOTAL_MINUTES=7
 DEVICE=auto
 OUT_DIR="${OUT:-build/demo_head/out}"
 BUILD=build/demo_head
+GEN_SECONDS=150
+GEN_MAX_NEW=128
+GEN_BATCH=1024
+STEPS=2000
+PARALLEL=1
+EVAL_SECONDS=85
 EVAL_NUM=50
 EVAL_MAX_NEW=128
+POLICIES=accum
 MAX_PROMPTS=0
+SNIPPETS=4
 BATCH=64
 ANCHORS=32
 MAX_LEN=384
-GEN_MAX_NEW=256
-GEN_BATCH=512
 LR=1e-3
 MAX_EPOCHS=4
 PROMPT_ROOTS=stdlib,site
@@ -61,14 +86,21 @@ while [[ $# -gt 0 ]]; do
     --device) DEVICE="$2"; shift 2 ;;
     --out) OUT_DIR="$2"; shift 2 ;;
     --build) BUILD="$2"; shift 2 ;;
+    --gen-seconds) GEN_SECONDS="$2"; shift 2 ;;
+    --gen-max-new-tokens) GEN_MAX_NEW="$2"; shift 2 ;;
+    --gen-batch-size) GEN_BATCH="$2"; shift 2 ;;
+    --steps) STEPS="$2"; shift 2 ;;
+    --parallel-heads) PARALLEL=1; shift ;;
+    --sequential-heads) PARALLEL=0; shift ;;
+    --eval-seconds) EVAL_SECONDS="$2"; shift 2 ;;
     --eval-num) EVAL_NUM="$2"; shift 2 ;;
     --eval-max-new-tokens) EVAL_MAX_NEW="$2"; shift 2 ;;
+    --policies) POLICIES="$2"; shift 2 ;;
     --max-prompts) MAX_PROMPTS="$2"; shift 2 ;;
+    --snippets-per-file) SNIPPETS="$2"; shift 2 ;;
     --batch-size) BATCH="$2"; shift 2 ;;
     --anchors) ANCHORS="$2"; shift 2 ;;
     --max-len) MAX_LEN="$2"; shift 2 ;;
-    --gen-max-new-tokens) GEN_MAX_NEW="$2"; shift 2 ;;
-    --gen-batch-size) GEN_BATCH="$2"; shift 2 ;;
     --lr) LR="$2"; shift 2 ;;
     --max-epochs) MAX_EPOCHS="$2"; shift 2 ;;
     --prompt-roots) PROMPT_ROOTS="$2"; shift 2 ;;
@@ -78,7 +110,8 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 if [[ "$TINY" == 1 ]]; then
-  MAX_PROMPTS=6; EVAL_NUM=2; EVAL_MAX_NEW=16; BATCH=3; ANCHORS=4; MAX_LEN=96; GEN_MAX_NEW=24; GEN_BATCH=8
+  MAX_PROMPTS=12; EVAL_NUM=2; EVAL_MAX_NEW=16; BATCH=3; ANCHORS=4; MAX_LEN=96; GEN_MAX_NEW=24; GEN_BATCH=4
+  STEPS=6; GEN_SECONDS=40; EVAL_SECONDS=60
 fi
 DATA="${JETSPEC_DATA:-$REPO/../shared/data}"
 mkdir -p "$OUT_DIR" "$BUILD"
@@ -90,12 +123,34 @@ export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:T
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 cd "$REPO"
 stamp() { echo "[make_demo_head] $(( $(date +%s) - T_START )) s: $*"; }
-# deadline (unix time) at a fraction of the usable budget (total minus a 45 s reserve)
-at() { "$PY" -c "print(int($T_START + ($TOTAL_MINUTES * 60 - 45) * $1))"; }
-left_min() { "$PY" -c "import time; print(max(0.05, ($1 - time.time()) / 60))"; }
+# deadlines (unix seconds): the end of the whole run (minus a 10 s reserve), the heads' hard stop
+T_END=$("$PY" -c "print(int($T_START + $TOTAL_MINUTES * 60 - 10))")
+TRAIN_END=$(( T_END - EVAL_SECONDS ))
+now() { date +%s; }
+hms() { date -d "@$1" +%T; }
 RES="$OUT_DIR/demo_head_results.json"
 
-stamp "python $PY; repo $REPO; out $OUT_DIR; build $BUILD; device $DEVICE; cap $TOTAL_MINUTES min; data $DATA"
+stamp "python $PY; repo $REPO; out $OUT_DIR; build $BUILD; device $DEVICE; cap $TOTAL_MINUTES min (end $(hms $T_END), heads stop by $(hms $TRAIN_END)); data $DATA"
+
+# ---------------------------------------------------------------- 1. prompts (background)
+MP=(); [[ "$MAX_PROMPTS" != 0 ]] && MP=(--max-prompts "$MAX_PROMPTS")
+MF=(); [[ "$TINY" == 1 ]] && MF=(--max-files 40)
+[[ "$TINY" == 1 ]] && PROMPT_ROOTS=stdlib
+# stdlib -> sysconfig's stdlib path, site -> purelib (site-packages); a walk of the stdlib skips
+# its own site-packages, so no file is read twice
+mapfile -t ROOTS < <("$PY" -c "
+import sysconfig, sys
+p = sysconfig.get_paths()
+for r in sys.argv[1].split(','):
+    print({'stdlib': p['stdlib'], 'site': p['purelib']}.get(r, r))" "$PROMPT_ROOTS")
+MBPP="$DATA/mbpp_test.jsonl"
+[[ -f "$MBPP" ]] || echo "[make_demo_head] WARNING: $MBPP not found: no eval prompts, no MBPP exclusion"
+stamp "1/4 prompts from ${ROOTS[*]} (background)"
+"$PY" "$HERE/extract_prompts.py" --roots "${ROOTS[@]}" --mbpp "$MBPP" --train-out "$BUILD/train_prompts.jsonl" \
+  --eval-out "$BUILD/eval_prompts.jsonl" --max-chars 700 --snippets-per-file "$SNIPPETS" --snippet-max-chars 600 \
+  --max-seconds 45 ${MP[@]+"${MP[@]}"} ${MF[@]+"${MF[@]}"} > "$OUT_DIR/prompts_info.txt" 2>&1 &
+P_PROMPTS=$!
+
 if ! "$PY" -c "import jetspec_ext" 2>/dev/null; then
   # Not built: a CPU-only in-place build is quick; the ops then run their pure-PyTorch references
   # on CUDA (tau is exact, tokens/s is not representative). Build with CUDA beforehand for speed.
@@ -109,24 +164,10 @@ gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
 print(f"[make_demo_head] torch {torch.__version__}, transformers {transformers.__version__}, cores {os.cpu_count()}, "
       f"GPU {gpu}, jetspec CUDA kernels {jetspec_ext.cuda_compiled()}")
 EOF
-
-# ---------------------------------------------------------------- 1. prompts
-stamp "1/4 prompts"
-MP=(); [[ "$MAX_PROMPTS" != 0 ]] && MP=(--max-prompts "$MAX_PROMPTS")
-MF=(); [[ "$TINY" == 1 ]] && MF=(--max-files 40)
-[[ "$TINY" == 1 ]] && PROMPT_ROOTS=stdlib
-# stdlib -> sysconfig's stdlib path, site -> purelib (site-packages); a walk of the stdlib skips
-# its own site-packages, so no file is read twice
-mapfile -t ROOTS < <("$PY" -c "
-import sysconfig, sys
-p = sysconfig.get_paths()
-for r in sys.argv[1].split(','):
-    print({'stdlib': p['stdlib'], 'site': p['purelib']}.get(r, r))" "$PROMPT_ROOTS")
-MBPP="$DATA/mbpp_test.jsonl"
-[[ -f "$MBPP" ]] || echo "[make_demo_head] WARNING: $MBPP not found: no eval prompts, no MBPP exclusion"
-"$PY" "$HERE/extract_prompts.py" --roots "${ROOTS[@]}" --mbpp "$MBPP" --train-out "$BUILD/train_prompts.jsonl" \
-  --eval-out "$BUILD/eval_prompts.jsonl" ${MP[@]+"${MP[@]}"} ${MF[@]+"${MF[@]}"} | tee "$OUT_DIR/prompts_info.txt" \
-  || { echo "[make_demo_head] prompt extraction failed"; exit 1; }
+wait "$P_PROMPTS"; rc=$?
+cat "$OUT_DIR/prompts_info.txt"
+[[ $rc == 0 && -s "$BUILD/train_prompts.jsonl" ]] || { echo "[make_demo_head] prompt extraction failed"; exit 1; }
+stamp "prompts done"
 
 COMMON=(--prompts "$BUILD/train_prompts.jsonl" --cache "$BUILD/regen.jsonl" --device "$DEVICE"
         --num-layers 3 --taps 1,3 --block-size 16 --batch-size "$BATCH" --anchors "$ANCHORS"
@@ -135,59 +176,119 @@ COMMON=(--prompts "$BUILD/train_prompts.jsonl" --cache "$BUILD/regen.jsonl" --de
         --max-epochs "$MAX_EPOCHS")
 [[ "$TINY" == 1 ]] && COMMON+=(--warmup 2 --log-every 1)
 
-# ---------------------------------------------------------------- 2. causal head (+ regeneration)
-GEN_END=$(at 0.16)
-CAUSAL_END=$(at 0.44)
-if [[ "$TINY" == 1 ]]; then CAUSAL_STEPS=(--steps 6); else CAUSAL_STEPS=(--minutes "$("$PY" -c "print(round(($CAUSAL_END - $GEN_END) / 60, 3))")"); fi
-stamp "2/4 regenerate (until $(date -d @$GEN_END +%T)) + causal head (${CAUSAL_STEPS[*]}, hard stop $(date -d @$CAUSAL_END +%T))"
-"$PY" -m jetspec_ext.cli train "${COMMON[@]}" --out "$BUILD/causal" --attention causal \
-  --gen-minutes "$(left_min "$GEN_END")" "${CAUSAL_STEPS[@]}" --end-by "$CAUSAL_END" ${EXTRA[@]+"${EXTRA[@]}"}
-rc_causal=$?
-stamp "causal training exit $rc_causal"
-if [[ -f "$BUILD/causal/head/config.json" ]]; then
-  rm -rf "$BUILD/pack" && mkdir -p "$BUILD/pack" && cp -r "$BUILD/causal/head" "$BUILD/pack/head"
-  cp "$BUILD/causal/summary.json" "$BUILD/pack/head/train_summary.json" 2>/dev/null || true
-  tar -C "$BUILD/pack" -czf "$OUT_DIR/demo_head.tar.gz" head && stamp "packed $OUT_DIR/demo_head.tar.gz ($(du -h "$OUT_DIR/demo_head.tar.gz" | cut -f1))"
-  cp "$BUILD/causal/train_log.jsonl" "$OUT_DIR/train_log_causal.jsonl" 2>/dev/null || true
+# ---------------------------------------------------------------- 2. regeneration
+# generation stops after --gen-seconds (counted once the model and prompts are loaded), and in any
+# case so that the heads keep at least 60 s (tiny: 10 s) before their deadline
+MIN_TRAIN=60; [[ "$TINY" == 1 ]] && MIN_TRAIN=10
+GEN_END_BY=$(( TRAIN_END - MIN_TRAIN ))
+stamp "2/4 regenerate: ${GEN_SECONDS} s of generation at most (and not past $(hms $GEN_END_BY)), max_new_tokens $GEN_MAX_NEW, batch $GEN_BATCH"
+T_GEN=$(now)
+regen() {  # extra args (e.g. a smaller batch); the cache is resumable
+  TOKENIZERS_PARALLELISM=true "$PY" -m jetspec_ext.cli train "${COMMON[@]}" --out "$BUILD/regen_stage" --regenerate-only \
+    --gen-minutes "$("$PY" -c "print(max(0.01, ($GEN_SECONDS - ($(now) - $T_GEN)) / 60))")" --gen-end-by "$GEN_END_BY" \
+    "$@" ${EXTRA[@]+"${EXTRA[@]}"}
+}
+rm -f "$BUILD/regen_stage/summary.json"
+regen; rc=$?
+stamp "regeneration exit $rc"
+if [[ $rc != 0 ]] && (( $(now) < GEN_END_BY - 30 )); then
+  stamp "regeneration failed: once more with batch $(( GEN_BATCH / 2 )) (the cache keeps what was answered)"
+  regen --gen-batch-size $(( GEN_BATCH / 2 )); stamp "regeneration exit $?"
 fi
-STEPS=$("$PY" -c "import json; print(json.load(open('$BUILD/causal/summary.json'))['train']['steps'])" 2>/dev/null || echo "")
+N_SAMPLES=$("$PY" -c "import json; print(json.load(open('$BUILD/regen_stage/summary.json'))['regenerate']['samples'])" 2>/dev/null \
+            || cat "$BUILD/regen.jsonl" 2>/dev/null | wc -l)
+cp "$BUILD/regen_stage/summary.json" "$OUT_DIR/regen_summary.json" 2>/dev/null || true
+# the cache, gzipped and kind-tagged, for a later CPU analysis (background, one core)
+TOKENIZERS_PARALLELISM=false nice -n 10 "$PY" "$HERE/export_regen.py" --cache "$BUILD/regen.jsonl" \
+  --prompts "$BUILD/train_prompts.jsonl" --max-len "$MAX_LEN" --max-new-tokens "$GEN_MAX_NEW" \
+  --out "$OUT_DIR/regen.jsonl.gz" --max-mb 15 --stats-out "$OUT_DIR/regen_stats.json" > "$OUT_DIR/export_regen.log" 2>&1 &
+P_EXPORT=$!
 
-# ---------------------------------------------------------------- 3. bidirectional head
-BIDIR_END=$(at 0.77)
-if [[ -n "$STEPS" && "$STEPS" -gt 0 ]]; then
-  stamp "3/4 bidirectional head: $STEPS steps, same data and seed (hard stop $(date -d @$BIDIR_END +%T))"
-  "$PY" -m jetspec_ext.cli train "${COMMON[@]}" --out "$BUILD/bidir" --attention bidirectional \
-    --gen-minutes 0 --steps "$STEPS" --end-by "$BIDIR_END" ${EXTRA[@]+"${EXTRA[@]}"}
-  stamp "bidirectional training exit $?"
-  cp "$BUILD/bidir/train_log.jsonl" "$OUT_DIR/train_log_bidir.jsonl" 2>/dev/null || true
+# ---------------------------------------------------------------- 3. heads
+pack() {  # pack BUILD/$1/head as $OUT/$2 (directory "head" inside, drop-in for jetspec_ext/demo_models/)
+  if [[ -f "$BUILD/$1/head/config.json" ]]; then
+    rm -rf "$BUILD/pack_$1" && mkdir -p "$BUILD/pack_$1" && cp -r "$BUILD/$1/head" "$BUILD/pack_$1/head"
+    cp "$BUILD/$1/summary.json" "$BUILD/pack_$1/head/train_summary.json" 2>/dev/null || true
+    tar -C "$BUILD/pack_$1" -czf "$OUT_DIR/$2" head && stamp "packed $OUT_DIR/$2 ($(du -h "$OUT_DIR/$2" | cut -f1))"
+    cp "$BUILD/$1/train_log.jsonl" "$OUT_DIR/train_log_$1.jsonl" 2>/dev/null || true
+  fi
+}
+train_one() {  # name attention steps end_by
+  TOKENIZERS_PARALLELISM=true "$PY" -m jetspec_ext.cli train "${COMMON[@]}" --out "$BUILD/$1" --attention "$2" \
+    --gen-minutes 0 --steps "$3" --end-by "$4" ${EXTRA[@]+"${EXTRA[@]}"} > "$OUT_DIR/train_$1.log" 2>&1
+}
+progress() {  # the last step line of each training log
+  for n in causal bidir; do
+    [[ -f "$OUT_DIR/train_$n.log" ]] && l=$(grep -E "step [0-9]+/|train done|Error|error" "$OUT_DIR/train_$n.log" | tail -1) \
+      && [[ -n "$l" ]] && stamp "  $n: ${l#\[jetspec train\] }"
+  done
+}
+rm -rf "$BUILD/causal" "$BUILD/bidir"  # fresh heads (the cache is kept)
+if [[ "$N_SAMPLES" -le 0 ]]; then
+  stamp "3/4 skipped: no regenerated samples"
+elif (( $(now) > TRAIN_END - 20 )); then
+  stamp "3/4 skipped: past the heads' deadline"
 else
-  stamp "3/4 skipped: no causal step count"
+  PASSES=$("$PY" -c "print(round($STEPS * $BATCH / $N_SAMPLES, 2))")
+  if [[ "$PARALLEL" == 1 ]]; then
+    stamp "3/4 heads in parallel: causal + bidirectional, $STEPS steps each x $BATCH sequences over $N_SAMPLES regenerated samples (~$PASSES passes; max-epochs $MAX_EPOCHS), hard stop $(hms $TRAIN_END) ($(( TRAIN_END - $(now) )) s: needs $("$PY" -c "print(round($STEPS / max(1, $TRAIN_END - $(now) - 10), 1))") steps/s each)"
+    train_one causal causal "$STEPS" "$TRAIN_END" & P_C=$!
+    train_one bidir bidirectional "$STEPS" "$TRAIN_END" & P_B=$!
+    last=$(now)
+    while kill -0 "$P_C" 2>/dev/null || kill -0 "$P_B" 2>/dev/null; do
+      sleep 2
+      if (( $(now) - last >= 20 )); then progress; last=$(now); fi
+    done
+    wait "$P_C"; rc_c=$?; wait "$P_B"; rc_b=$?
+    stamp "heads exit: causal $rc_c, bidirectional $rc_b"
+    pack causal demo_head.tar.gz
+    pack bidir demo_head_bidir.tar.gz
+  else
+    MID=$(( ( $(now) + TRAIN_END ) / 2 ))
+    stamp "3/4 causal head: $STEPS steps x $BATCH sequences over $N_SAMPLES samples (~$PASSES passes), hard stop $(hms $MID)"
+    train_one causal causal "$STEPS" "$MID"; stamp "causal exit $?"
+    pack causal demo_head.tar.gz
+    S=$("$PY" -c "import json; print(json.load(open('$BUILD/causal/summary.json'))['train']['steps'])" 2>/dev/null || echo 0)
+    if [[ "$S" -gt 0 ]] && (( $(now) < TRAIN_END - 20 )); then
+      stamp "3/4 bidirectional head: $S steps, same data and seed, hard stop $(hms $TRAIN_END)"
+      train_one bidir bidirectional "$S" "$TRAIN_END"; stamp "bidirectional exit $?"
+      pack bidir demo_head_bidir.tar.gz
+    fi
+  fi
+  progress
 fi
 "$PY" - "$BUILD" "$OUT_DIR/training_summaries.json" <<'EOF'
 import json, os, sys
 b, out = sys.argv[1], sys.argv[2]
 r = {}
-for k in ("causal", "bidir"):
+for k in ("regen_stage", "causal", "bidir"):
     p = os.path.join(b, k, "summary.json")
     if os.path.isfile(p):
         r[k] = json.load(open(p))
+for k in ("causal", "bidir"):
+    t = (r.get(k) or {}).get("train")
+    if t:
+        print(f"[make_demo_head] {k}: {t['steps']} steps (stopped early: {t['stopped_early']}) in {t['seconds']} s, "
+              f"{t['sequences']} sequences, {t.get('passes')} passes, loss {t['loss_first_mean']:.3f} -> {t['loss_last_mean']:.3f}")
 json.dump(r, open(out, "w"), indent=1)
 EOF
 
 # ---------------------------------------------------------------- 4. eval
-EVAL_END=$(at 1.0)
 HEADS=()
 [[ -f "$BUILD/causal/head/config.json" ]] && HEADS+=(--causal "$BUILD/causal/head")
 [[ -f "$BUILD/bidir/head/config.json" ]] && HEADS+=(--bidir "$BUILD/bidir/head")
 BUDGETS=16,64,128
-if [[ ${#HEADS[@]} -gt 0 && -s "$BUILD/eval_prompts.jsonl" ]]; then
-  stamp "4/4 eval: ${EVAL_NUM} MBPP prompts, budgets $BUDGETS, device $DEVICE (nothing new starts after $(date -d @$EVAL_END +%T))"
+EVAL_END=$(( T_END - 8 ))  # a configuration takes ~8 s on the H200
+if [[ ${#HEADS[@]} -gt 0 && -s "$BUILD/eval_prompts.jsonl" ]] && (( $(now) < EVAL_END - 10 )); then
+  stamp "4/4 eval: ${EVAL_NUM} MBPP prompts, budgets $BUDGETS, policies $POLICIES, device $DEVICE (nothing new starts after $(hms $EVAL_END))"
   "$PY" "$HERE/eval_demo_head.py" "${HEADS[@]}" --prompts "$BUILD/eval_prompts.jsonl" --num "$EVAL_NUM" \
-    --budgets "$BUDGETS" --max-new-tokens "$EVAL_MAX_NEW" --device "$DEVICE" --end-by "$EVAL_END" \
+    --budgets "$BUDGETS" --policies "$POLICIES" --max-new-tokens "$EVAL_MAX_NEW" --device "$DEVICE" --end-by "$EVAL_END" \
     --out "$RES" --table "$OUT_DIR/demo_head_results.md" --extra "$OUT_DIR/training_summaries.json"
   stamp "eval exit $?"
 else
-  stamp "4/4 eval skipped (no head or no eval prompts)"
+  stamp "4/4 eval skipped (no head, no eval prompts, or past the deadline)"
 fi
+if kill -0 "$P_EXPORT" 2>/dev/null; then stamp "waiting for the cache export"; fi
+wait "$P_EXPORT"; cat "$OUT_DIR/export_regen.log"
 [[ -f "$OUT_DIR/demo_head_results.md" ]] && cat "$OUT_DIR/demo_head_results.md"
-stamp "done: $OUT_DIR (demo_head.tar.gz, demo_head_results.json/.md, logs). Install: tar -xzf demo_head.tar.gz -C jetspec_ext/demo_models/"
+stamp "done: $OUT_DIR (demo_head.tar.gz, demo_head_bidir.tar.gz, demo_head_results.json/.md, regen.jsonl.gz, logs). Install: tar -xzf demo_head.tar.gz -C jetspec_ext/demo_models/"

@@ -30,7 +30,10 @@ for s in ${STEPS:-}; do
     vl) timeout ${T_VL:-240} python3 benchmarks/bench_verify_linear.py ${VL_ARGS:-} > "$OUT/vl.log" 2>&1; echo "vl rc $?"; tail -45 "$OUT/vl.log" ;;
     vlp) timeout ${T_VLP:-120} python3 benchmarks/probe_verify_linear.py ${VLP_ARGS:-} > "$OUT/vlp.log" 2>&1; echo "vlp rc $?"; cat "$OUT/vlp.log" | head -120 ;;
     ncuvl) OUT=$OUT/ncuvl timeout ${T_NCU:-200} bash benchmarks/ncu_verify_linear.sh ${NCUVL_ARGS:-} > "$OUT/ncuvl.log" 2>&1; echo "ncuvl rc $?"; tail -40 "$OUT/ncuvl.log" ;;
-    demo) timeout ${T_DEMO:-480} bash scripts/demo/make_demo_head.sh --device cuda --out "$OUT/demo" ${DEMO_ARGS:-} > "$OUT/demo.log" 2>&1; echo "demo rc $?"; tail -40 "$OUT/demo.log" ;;
+    demo) # results come back as <= 4 files (the device returns at most 8 files in all)
+          timeout ${T_DEMO:-480} bash scripts/demo/make_demo_head.sh --device cuda --out /tmp/demo_out ${DEMO_ARGS:-} > "$OUT/demo.log" 2>&1; echo "demo rc $?"
+          for f in demo_head.tar.gz demo_head_bidir.tar.gz regen.jsonl.gz; do [ -f /tmp/demo_out/$f ] && mv /tmp/demo_out/$f "$OUT/"; done
+          tar -C /tmp -czf "$OUT/demo_out.tgz" demo_out; tail -45 "$OUT/demo.log" ;;
     sk) timeout ${T_SK:-90} python3 benchmarks/bench_skinny_linear.py > "$OUT/sk.log" 2>&1; echo "sk rc $?"; tail -20 "$OUT/sk.log" ;;
     ncuta) OUT=$OUT/ncuta timeout ${T_NCU:-150} bash benchmarks/ncu_tree_attention.sh ${NCU_P:-1024} ${NCU_N:-128} > "$OUT/ncuta.log" 2>&1; echo "ncuta rc $?"; tail -60 "$OUT/ncuta.log" ;;
     ncu) OUT=$OUT/ncu timeout ${T_NCU:-120} bash benchmarks/ncu_build_tree.sh ${NCU_B:-8} accum > "$OUT/ncu.log" 2>&1; echo "ncu rc $?"; tail -45 "$OUT/ncu.log" ;;

@@ -585,17 +585,20 @@ def evaluate(model, head: Optional[JetSpecDraftHead], prompts_ids: Sequence[Sequ
              budgets: Sequence[int] = (16, 64, 128), width: int = 7, depth: Optional[int] = None,
              max_new_tokens: int = 128, stop_token_ids: Sequence[int] = (), policy: str = "accum",
              cuda_graph: bool = False, measure_ar: bool = False, end_by: Optional[float] = None,
-             dtype: Optional[torch.dtype] = None, ar_reference: Optional[List[List[int]]] = None) -> dict:
+             dtype: Optional[torch.dtype] = None, ar_reference: Optional[List[List[int]]] = None,
+             compile: bool = False) -> dict:
     """Greedy decoding of each prompt with the head at each budget: mean accepted length (tau,
     totals over all rounds of all prompts), tokens/s (decode only, and with prefill); with
     ``measure_ar`` the autoregressive baseline's tokens/s too (its tokens in ``res["ar_tokens"]``)
-    and whether outputs match (also against ``ar_reference``, AR tokens from an earlier call)."""
+    and whether outputs match (also against ``ar_reference``, AR tokens from an earlier call).
+    ``compile``: ``Target(compile=True)`` (torch.compile of the target's and the head's round
+    computations, for the AR baseline and the speculative decoder alike)."""
     from .decoder import HeadDrafter, generate, generate_ar
     from .target import Target
 
     dev = model.lm_head.weight.device
     layer_ids = head.target_layer_ids if head is not None else ()
-    target = Target(model, layer_ids)
+    target = Target(model, layer_ids, compile=compile)
     if head is not None:
         head = head.to(device=dev, dtype=dtype or model.lm_head.weight.dtype).eval()
     kw = dict(max_new_tokens=max_new_tokens, stop_token_ids=list(stop_token_ids), cuda_graph=cuda_graph)

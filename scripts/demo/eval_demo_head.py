@@ -55,7 +55,7 @@ def render_table(res) -> str:
                     f"{_f(e.get('tokens_per_s'), 1)} | {_f(e.get('speedup'))} | {e.get('identical_to_ar', '-')} |")
     head = (f"Demo heads, greedy, {res.get('prompts')} held-out MBPP prompts, max {res.get('max_new_tokens')} "
             f"new tokens, device {res.get('device')}, dtype {res.get('dtype')}, CUDA graphs "
-            f"{res.get('cuda_graph')}.\n\n")
+            f"{res.get('cuda_graph')}, torch.compile {res.get('compile', False)}.\n\n")
     return head + "\n".join(rows) + "\n"
 
 
@@ -74,6 +74,9 @@ def main(argv=None):
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--cuda-graph", choices=["auto", "on", "off"], default="auto")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the target's and the heads' round computations (AR baseline too; "
+                         "each shape compiles on its warm-up call)")
     ap.add_argument("--end-by", type=float, default=None, help="unix time: skip what would start after it")
     ap.add_argument("--out", required=True)
     ap.add_argument("--table", default=None)
@@ -103,14 +106,14 @@ def main(argv=None):
     ids = [encode_prompt(tok, t, "off") for t in texts]
     budgets = [int(x) for x in a.budgets.split(",") if x]
     res = {"target": a.target, "prompts": len(ids), "max_new_tokens": a.max_new_tokens, "device": str(dev),
-           "dtype": str(dtype).replace("torch.", ""), "cuda_graph": graph, "budgets": budgets,
+           "dtype": str(dtype).replace("torch.", ""), "cuda_graph": graph, "compile": a.compile, "budgets": budgets,
            "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None,
            "configs": {}}
     if a.extra and os.path.isfile(a.extra):
         with open(a.extra) as f:
             res["training"] = json.load(f)
     write(res, a.out, table)
-    kw = dict(max_new_tokens=a.max_new_tokens, stop_token_ids=stops, cuda_graph=graph)
+    kw = dict(max_new_tokens=a.max_new_tokens, stop_token_ids=stops, cuda_graph=graph, compile=a.compile)
 
     # warm-up (CUDA context, kernels, allocator) so the first timed config is not penalised
     try:

@@ -32,8 +32,12 @@ for s in ${STEPS:-}; do
     ncuvl) OUT=$OUT/ncuvl timeout ${T_NCU:-200} bash benchmarks/ncu_verify_linear.sh ${NCUVL_ARGS:-} > "$OUT/ncuvl.log" 2>&1; echo "ncuvl rc $?"; tail -40 "$OUT/ncuvl.log" ;;
     demo) # results come back as <= 4 files (the device returns at most 8 files in all)
           timeout ${T_DEMO:-480} bash scripts/demo/make_demo_head.sh --device cuda --out /tmp/demo_out ${DEMO_ARGS:-} > "$OUT/demo.log" 2>&1; echo "demo rc $?"
-          for f in demo_head.tar.gz demo_head_bidir.tar.gz regen.jsonl.gz; do [ -f /tmp/demo_out/$f ] && mv /tmp/demo_out/$f "$OUT/"; done
+          for f in demo_head.tar.gz demo_head_bidir.tar.gz ${DEMO_RETURN_REGEN:+regen.jsonl.gz}; do [ -f /tmp/demo_out/$f ] && mv /tmp/demo_out/$f "$OUT/"; done
           tar -C /tmp -czf "$OUT/demo_out.tgz" demo_out; tail -45 "$OUT/demo.log" ;;
+    demoeval) # the heads of the demo step, evaluated again with torch.compile (AR baseline too)
+          timeout ${T_DE:-120} python3 scripts/demo/eval_demo_head.py --causal build/demo_head/causal/head --bidir build/demo_head/bidir/head \
+            --prompts build/demo_head/eval_prompts.jsonl --num 50 --budgets 16,64,128 --device cuda --compile ${DE_ARGS:-} \
+            --out "$OUT/demo_compiled.json" > "$OUT/demoeval.log" 2>&1; echo "demoeval rc $?"; tail -16 "$OUT/demoeval.log" ;;
     sk) timeout ${T_SK:-90} python3 benchmarks/bench_skinny_linear.py > "$OUT/sk.log" 2>&1; echo "sk rc $?"; tail -20 "$OUT/sk.log" ;;
     ncuta) OUT=$OUT/ncuta timeout ${T_NCU:-150} bash benchmarks/ncu_tree_attention.sh ${NCU_P:-1024} ${NCU_N:-128} > "$OUT/ncuta.log" 2>&1; echo "ncuta rc $?"; tail -60 "$OUT/ncuta.log" ;;
     ncu) OUT=$OUT/ncu timeout ${T_NCU:-120} bash benchmarks/ncu_build_tree.sh ${NCU_B:-8} accum > "$OUT/ncu.log" 2>&1; echo "ncu rc $?"; tail -45 "$OUT/ncu.log" ;;

@@ -4,7 +4,7 @@
 #
 #   bash scripts/demo/make_demo_head.sh [--total-minutes 7] [--device auto|cuda|cpu] [--out DIR]
 #        [--build DIR] [--gen-seconds 150] [--gen-max-new-tokens 128] [--gen-batch-size 1024]
-#        [--steps 2000] [--parallel-heads | --sequential-heads] [--eval-seconds 85] [--eval-num 50]
+#        [--steps 2000] [--init-dir DIR] [--parallel-heads | --sequential-heads] [--eval-seconds 85] [--eval-num 50]
 #        [--eval-max-new-tokens 128] [--policies accum[,ddtree]] [--max-prompts 0]
 #        [--snippets-per-file 4] [--batch-size 64] [--anchors 32] [--max-len 384] [--lr 1e-3]
 #        [--max-epochs 4] [--prompt-roots stdlib,site] [--tiny] [-- extra jetspec-train args]
@@ -42,6 +42,8 @@
 # each, then 2000 steps, which needs ~14.5 steps/s per process with the two sharing the GPU; one
 # alone ran ~20 steps/s), eval 85 s (50 prompts: AR + 2 x 3 budgets + chain took 70 s), 10 s reserve.
 # Slack flows forward: a stage that ends early lets the next one start early.
+# --gen-seconds 0: no regeneration, train on BUILD/regen.jsonl as it is. --init-dir DIR: continue
+# training from DIR/causal/head and DIR/bidir/head (e.g. an earlier run's heads) instead of fresh heads.
 # --tiny: seconds-long settings for a CPU smoke test (few prompts, few steps, 2 eval prompts).
 # Data: $JETSPEC_DATA/mbpp_test.jsonl (default ../shared/data relative to the repo root).
 # Needs jetspec_ext importable from the repo root (built in place, or installed) with torch and
@@ -79,6 +81,7 @@ LR=1e-3
 MAX_EPOCHS=4
 PROMPT_ROOTS=stdlib,site
 TINY=0
+INIT_DIR=""
 EXTRA=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -86,10 +89,11 @@ while [[ $# -gt 0 ]]; do
     --device) DEVICE="$2"; shift 2 ;;
     --out) OUT_DIR="$2"; shift 2 ;;
     --build) BUILD="$2"; shift 2 ;;
-    --gen-seconds) GEN_SECONDS="$2"; shift 2 ;;
+    --gen-seconds) GEN_SECONDS="$2"; GEN_SET=1; shift 2 ;;
     --gen-max-new-tokens) GEN_MAX_NEW="$2"; shift 2 ;;
     --gen-batch-size) GEN_BATCH="$2"; shift 2 ;;
     --steps) STEPS="$2"; shift 2 ;;
+    --init-dir) INIT_DIR="$2"; shift 2 ;;
     --parallel-heads) PARALLEL=1; shift ;;
     --sequential-heads) PARALLEL=0; shift ;;
     --eval-seconds) EVAL_SECONDS="$2"; shift 2 ;;
@@ -111,7 +115,7 @@ while [[ $# -gt 0 ]]; do
 done
 if [[ "$TINY" == 1 ]]; then
   MAX_PROMPTS=12; EVAL_NUM=2; EVAL_MAX_NEW=16; BATCH=3; ANCHORS=4; MAX_LEN=96; GEN_MAX_NEW=24; GEN_BATCH=4
-  STEPS=6; GEN_SECONDS=40; EVAL_SECONDS=60
+  STEPS=6; GEN_SECONDS=${GEN_SET:+$GEN_SECONDS}; GEN_SECONDS=${GEN_SECONDS:-40}; EVAL_SECONDS=60
 fi
 DATA="${JETSPEC_DATA:-$REPO/../shared/data}"
 mkdir -p "$OUT_DIR" "$BUILD"
@@ -189,8 +193,12 @@ regen() {  # extra args (e.g. a smaller batch); the cache is resumable
     "$@" ${EXTRA[@]+"${EXTRA[@]}"}
 }
 rm -f "$BUILD/regen_stage/summary.json"
-regen; rc=$?
-stamp "regeneration exit $rc"
+if [[ "$GEN_SECONDS" == 0 ]]; then
+  rc=0; stamp "regeneration skipped (--gen-seconds 0): training on the existing cache $BUILD/regen.jsonl"
+else
+  regen; rc=$?
+  stamp "regeneration exit $rc"
+fi
 if [[ $rc != 0 ]] && (( $(now) < GEN_END_BY - 30 )); then
   stamp "regeneration failed: once more with batch $(( GEN_BATCH / 2 )) (the cache keeps what was answered)"
   regen --gen-batch-size $(( GEN_BATCH / 2 )); stamp "regeneration exit $?"
@@ -214,8 +222,10 @@ pack() {  # pack BUILD/$1/head as $OUT/$2 (directory "head" inside, drop-in for 
   fi
 }
 train_one() {  # name attention steps end_by
+  local init=()  # --init-dir: continue from INIT_DIR/{causal,bidir}/head (a fresh head otherwise)
+  [[ -n "$INIT_DIR" ]] && init=(--init-head "$INIT_DIR/$1/head")
   TOKENIZERS_PARALLELISM=true "$PY" -m jetspec_ext.cli train "${COMMON[@]}" --out "$BUILD/$1" --attention "$2" \
-    --gen-minutes 0 --steps "$3" --end-by "$4" ${EXTRA[@]+"${EXTRA[@]}"} > "$OUT_DIR/train_$1.log" 2>&1
+    --gen-minutes 0 --steps "$3" --end-by "$4" ${init[@]+"${init[@]}"} ${EXTRA[@]+"${EXTRA[@]}"} > "$OUT_DIR/train_$1.log" 2>&1
 }
 progress() {  # the last step line of each training log
   for n in causal bidir; do

@@ -346,7 +346,8 @@ def generate(target: Target, drafter, prompt_ids, *, max_new_tokens: int = 256, 
     it; falls back to eager rounds with a warning if the capture fails (e.g. an op without a CUDA
     kernel). The captured round and its state (caches) are kept on the drafter (the target for
     AR), one per (batch, cache bucket of 256 slots, budget, width, policy, sampling settings), the
-    last 4 of them, so later calls with prompts in the same bucket replay it without capturing.
+    last 4 of them, so later calls with prompts in the same bucket replay it without capturing;
+    :func:`release_graphs` frees them (each holds its KV cache).
     """
     device = target.device
     prompt = _as_batch(prompt_ids, device)
@@ -444,6 +445,15 @@ def _round_fn(target, drafter, st, width, budget, policy, sp, timer) -> Callable
 
 
 _GRAPHS_KEPT = 4  # captured rounds kept per drafter / target (each holds its KV cache)
+
+
+def release_graphs(owner) -> None:
+    """Drop the captured rounds (and the caches they hold) kept on ``owner`` (a drafter, or the
+    target for the AR baseline) by ``generate(..., cuda_graph=True)``. Each kept entry holds its
+    own KV cache, so long contexts with several budgets can hold a lot of memory."""
+    store = getattr(owner, "_jetspec_graphs", None)
+    if store:
+        store.clear()
 
 
 def _graph_store(owner) -> dict:

@@ -284,3 +284,6 @@ def test_cuda_graph_reused_across_calls(tok):
     ar_buckets = {-(-(len(ids) + 24 + 1 + 2) // 256) for ids in prompts}
     assert len(captures) == len(buckets) + len(ar_buckets), (len(captures), buckets, ar_buckets)
     assert len(drafter._jetspec_graphs) == len(buckets) and len(target._jetspec_graphs) == len(ar_buckets)
+    dec.release_graphs(drafter)
+    dec.release_graphs(target)
+    assert not drafter._jetspec_graphs and not target._jetspec_graphs

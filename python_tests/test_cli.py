@@ -44,6 +44,14 @@ def test_generate_single_prompt_sampling(ckpts, capsys):
     assert "tokens: 8" in capsys.readouterr().out
 
 
+def test_default_budget_on_cpu(ckpts, capsys):
+    """Without --budget the CPU gets a 64-node tree (the best measured there), CUDA 128."""
+    rc = main(["generate", "--target", str(ckpts / "target"), "--draft", str(ckpts / "draft"),
+               "--prompt", "Hello", "--max-new-tokens", "6", "--width", "2", "--device", "cpu"])
+    assert rc == 0
+    assert "(budget 64," in capsys.readouterr().out
+
+
 def test_errors(ckpts, tmp_path, capsys):
     base = ["generate", "--prompt", "hi", "--device", "cpu", "--max-new-tokens", "4"]
     # missing target / draft

@@ -370,28 +370,27 @@ def generate(target: Target, drafter, prompt_ids, *, max_new_tokens: int = 256, 
     profile = (device.type == "cpu") if profile is None else profile
     timer = _Timer(device, profile and not graphed)
     # Graphed rounds are captured once per (shapes, settings) and kept on the drafter (or the
-    # target, for AR) with their state, so later calls replay them: the state is reset in place.
-    key = (B, S, width, budget, policy, sp.temperature, sp.top_k, sp.top_p, depth, str(device))
+    # target, for AR) with their state, so later calls replay them; the state is reset in place.
     graphs = _graph_store(drafter if drafter is not None else target) if graphed else {}
-    if key in graphs:
-        st, run = graphs.pop(key)
-        st.prefix_lens.zero_()
-        st.anchor.zero_()
-        st.rng.copy_(torch.tensor([int(seed), 0], dtype=torch.int64))
-        st.cap.fill_(P + max_new_tokens)
-    else:
+    key = (B, S, width, budget, policy, sp.temperature, sp.top_k, sp.top_p)
+    entry = graphs.pop(key, None)
+    if entry is None:
         st = DecodeState(
             kv=target.new_cache(B, S),
-            prefix_lens=torch.zeros(B, dtype=torch.int32, device=device),
-            anchor=torch.zeros(B, dtype=torch.int64, device=device),
-            rng=torch.tensor([int(seed), 0], dtype=torch.int64, device=device),
+            prefix_lens=torch.empty(B, dtype=torch.int32, device=device),
+            anchor=torch.empty(B, dtype=torch.int64, device=device),
+            rng=torch.empty(2, dtype=torch.int64, device=device),
             ctx=drafter.new_context(B, S) if drafter is not None else None,
-            cap=torch.full((B,), P + max_new_tokens, dtype=torch.int32, device=device))
+            cap=torch.empty(B, dtype=torch.int32, device=device))
         run = _round_fn(target, drafter, st, width, budget, policy, sp, timer)
-        if graphed:
-            run = GraphedRound(run)
+        entry = (st, GraphedRound(run) if graphed else run)
+    st, run = entry
+    st.prefix_lens.zero_()
+    st.anchor.zero_()
+    st.rng.copy_(torch.tensor([int(seed), 0], dtype=torch.int64))
+    st.cap.fill_(P + max_new_tokens)
     if graphed:
-        graphs[key] = (st, run)  # most recently used last
+        graphs[key] = entry  # most recently used last
         while len(graphs) > _GRAPHS_KEPT:
             graphs.pop(next(iter(graphs)))
     stops = set(int(s) for s in stop_token_ids)
@@ -451,9 +450,7 @@ def release_graphs(owner) -> None:
     """Drop the captured rounds (and the caches they hold) kept on ``owner`` (a drafter, or the
     target for the AR baseline) by ``generate(..., cuda_graph=True)``. Each kept entry holds its
     own KV cache, so long contexts with several budgets can hold a lot of memory."""
-    store = getattr(owner, "_jetspec_graphs", None)
-    if store:
-        store.clear()
+    _graph_store(owner).clear()
 
 
 def _graph_store(owner) -> dict:

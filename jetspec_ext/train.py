@@ -729,6 +729,28 @@ def add_arguments(t) -> None:
     t.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
 
 
+def _build_head(args, tok, tcfg) -> JetSpecDraftHead:
+    """The head ``run`` trains: from ``--resume`` (``auto``: OUT/checkpoint if there is one),
+    else ``--init-head``, else a fresh head for the target."""
+    if args.resume == "auto":
+        args.resume = os.path.join(args.out, "checkpoint")
+        if not os.path.isfile(os.path.join(args.resume, TRAINER_STATE)):
+            log(f"--resume: no checkpoint in {args.resume}; starting fresh")
+            args.resume = None
+    if args.resume:
+        return JetSpecDraftHead.from_pretrained(args.resume)
+    if args.init_head:
+        return JetSpecDraftHead.from_pretrained(args.init_head)
+    mask_id = args.mask_token_id
+    if mask_id is None and getattr(tok, "mask_token_id", None) is not None:
+        mask_id = int(tok.mask_token_id)
+    taps = [int(x) for x in args.taps.split(",")] if args.taps else None
+    torch.manual_seed(args.seed)
+    return JetSpecDraftHead.for_target(tcfg, num_layers=args.num_layers, block_size=args.block_size,
+                                       mask_token_id=mask_id, target_layer_ids=taps,
+                                       causal=args.attention == "causal")
+
+
 def run(args) -> dict:
     """``jetspec train`` with parsed arguments; returns the summary written to OUT/summary.json."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -749,30 +771,8 @@ def run(args) -> dict:
     model.requires_grad_(False)
     stops = stop_ids_for(tok, model)
 
-    # ---- head
-    head = None
-    if args.regenerate_only:
-        pass
-    elif args.resume == "auto":
-        args.resume = os.path.join(args.out, "checkpoint")
-        if not os.path.isfile(os.path.join(args.resume, TRAINER_STATE)):
-            log(f"--resume: no checkpoint in {args.resume}; starting fresh")
-            args.resume = None
-    if args.regenerate_only:
-        pass
-    elif args.resume:
-        head = JetSpecDraftHead.from_pretrained(args.resume)
-    elif args.init_head:
-        head = JetSpecDraftHead.from_pretrained(args.init_head)
-    else:
-        mask_id = args.mask_token_id
-        if mask_id is None and getattr(tok, "mask_token_id", None) is not None:
-            mask_id = int(tok.mask_token_id)
-        taps = [int(x) for x in args.taps.split(",")] if args.taps else None
-        torch.manual_seed(args.seed)
-        head = JetSpecDraftHead.for_target(tcfg, num_layers=args.num_layers, block_size=args.block_size,
-                                           mask_token_id=mask_id, target_layer_ids=taps,
-                                           causal=args.attention == "causal")
+    # ---- head (none when only regenerating)
+    head = None if args.regenerate_only else _build_head(args, tok, tcfg)
     if head is not None:
         head.check_target(tcfg)
         log(f"head: {len(head.layers)} layers, taps {head.target_layer_ids}, block {head.block_size}, "

@@ -44,10 +44,10 @@ def main(argv=None):
             tok = AutoTokenizer.from_pretrained(tdir)
             with open(a.prompts, encoding="utf-8") as f:
                 recs = [json.loads(x) for x in f if x.strip()]
-            texts = [r["prompt"] for r in recs]
-            ids = []
-            for s in range(0, len(texts), 4096):
-                ids += tok(texts[s: s + 4096], add_special_tokens=False).input_ids
+            from jetspec_ext.train import encode_prompts
+
+            # the prompt ids jetspec train regenerated from (raw text, last max_len / 2 tokens)
+            ids = encode_prompts(tok, [r["prompt"] for r in recs], "off")
             keep = a.max_len // 2
             for r, x in zip(recs, ids):
                 kind_of.setdefault(tuple(x[-keep:]), r.get("kind", "?"))

@@ -42,7 +42,7 @@
 # each, then 2000 steps, which needs ~14.5 steps/s per process with the two sharing the GPU; one
 # alone ran ~20 steps/s), eval 85 s (50 prompts: AR + 2 x 3 budgets + chain took 70 s), 10 s reserve.
 # Slack flows forward: a stage that ends early lets the next one start early.
-# --gen-seconds 0: no regeneration, train on BUILD/regen.jsonl as it is. --init-dir DIR: continue
+# --gen-seconds 0: no regeneration (and no export), train on BUILD/regen.jsonl as it is. --init-dir DIR: continue
 # training from DIR/causal/head and DIR/bidir/head (e.g. an earlier run's heads) instead of fresh heads.
 # --tiny: seconds-long settings for a CPU smoke test (few prompts, few steps, 2 eval prompts).
 # Data: $JETSPEC_DATA/mbpp_test.jsonl (default ../shared/data relative to the repo root).
@@ -115,7 +115,7 @@ while [[ $# -gt 0 ]]; do
 done
 if [[ "$TINY" == 1 ]]; then
   MAX_PROMPTS=12; EVAL_NUM=2; EVAL_MAX_NEW=16; BATCH=3; ANCHORS=4; MAX_LEN=96; GEN_MAX_NEW=24; GEN_BATCH=4
-  STEPS=6; GEN_SECONDS=${GEN_SET:+$GEN_SECONDS}; GEN_SECONDS=${GEN_SECONDS:-40}; EVAL_SECONDS=60
+  STEPS=6; EVAL_SECONDS=60; [[ -z "${GEN_SET:-}" ]] && GEN_SECONDS=40
 fi
 DATA="${JETSPEC_DATA:-$REPO/../shared/data}"
 mkdir -p "$OUT_DIR" "$BUILD"
@@ -193,24 +193,25 @@ regen() {  # extra args (e.g. a smaller batch); the cache is resumable
     "$@" ${EXTRA[@]+"${EXTRA[@]}"}
 }
 rm -f "$BUILD/regen_stage/summary.json"
+P_EXPORT=""
 if [[ "$GEN_SECONDS" == 0 ]]; then
-  rc=0; stamp "regeneration skipped (--gen-seconds 0): training on the existing cache $BUILD/regen.jsonl"
+  stamp "regeneration skipped (--gen-seconds 0): training on the existing cache $BUILD/regen.jsonl"
 else
   regen; rc=$?
   stamp "regeneration exit $rc"
-fi
-if [[ $rc != 0 ]] && (( $(now) < GEN_END_BY - 30 )); then
-  stamp "regeneration failed: once more with batch $(( GEN_BATCH / 2 )) (the cache keeps what was answered)"
-  regen --gen-batch-size $(( GEN_BATCH / 2 )); stamp "regeneration exit $?"
+  if [[ $rc != 0 ]] && (( $(now) < GEN_END_BY - 30 )); then
+    stamp "regeneration failed: once more with batch $(( GEN_BATCH / 2 )) (the cache keeps what was answered)"
+    regen --gen-batch-size $(( GEN_BATCH / 2 )); stamp "regeneration exit $?"
+  fi
+  cp "$BUILD/regen_stage/summary.json" "$OUT_DIR/regen_summary.json" 2>/dev/null || true
+  # the new cache, gzipped and kind-tagged, for a later CPU analysis (background, one core)
+  TOKENIZERS_PARALLELISM=false nice -n 10 "$PY" "$HERE/export_regen.py" --cache "$BUILD/regen.jsonl" \
+    --prompts "$BUILD/train_prompts.jsonl" --max-len "$MAX_LEN" --max-new-tokens "$GEN_MAX_NEW" \
+    --out "$OUT_DIR/regen.jsonl.gz" --max-mb 15 --stats-out "$OUT_DIR/regen_stats.json" > "$OUT_DIR/export_regen.log" 2>&1 &
+  P_EXPORT=$!
 fi
 N_SAMPLES=$("$PY" -c "import json; print(json.load(open('$BUILD/regen_stage/summary.json'))['regenerate']['samples'])" 2>/dev/null \
             || cat "$BUILD/regen.jsonl" 2>/dev/null | wc -l)
-cp "$BUILD/regen_stage/summary.json" "$OUT_DIR/regen_summary.json" 2>/dev/null || true
-# the cache, gzipped and kind-tagged, for a later CPU analysis (background, one core)
-TOKENIZERS_PARALLELISM=false nice -n 10 "$PY" "$HERE/export_regen.py" --cache "$BUILD/regen.jsonl" \
-  --prompts "$BUILD/train_prompts.jsonl" --max-len "$MAX_LEN" --max-new-tokens "$GEN_MAX_NEW" \
-  --out "$OUT_DIR/regen.jsonl.gz" --max-mb 15 --stats-out "$OUT_DIR/regen_stats.json" > "$OUT_DIR/export_regen.log" 2>&1 &
-P_EXPORT=$!
 
 # ---------------------------------------------------------------- 3. heads
 pack() {  # pack BUILD/$1/head as $OUT/$2 (directory "head" inside, drop-in for jetspec_ext/demo_models/)
@@ -298,7 +299,9 @@ if [[ ${#HEADS[@]} -gt 0 && -s "$BUILD/eval_prompts.jsonl" ]] && (( $(now) < EVA
 else
   stamp "4/4 eval skipped (no head, no eval prompts, or past the deadline)"
 fi
-if kill -0 "$P_EXPORT" 2>/dev/null; then stamp "waiting for the cache export"; fi
-wait "$P_EXPORT"; cat "$OUT_DIR/export_regen.log"
+if [[ -n "$P_EXPORT" ]]; then
+  if kill -0 "$P_EXPORT" 2>/dev/null; then stamp "waiting for the cache export"; fi
+  wait "$P_EXPORT"; cat "$OUT_DIR/export_regen.log"
+fi
 [[ -f "$OUT_DIR/demo_head_results.md" ]] && cat "$OUT_DIR/demo_head_results.md"
 stamp "done: $OUT_DIR (demo_head.tar.gz, demo_head_bidir.tar.gz, demo_head_results.json/.md, regen.jsonl.gz, logs). Install: tar -xzf demo_head.tar.gz -C jetspec_ext/demo_models/"

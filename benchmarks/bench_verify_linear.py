@@ -9,6 +9,8 @@ calls in one CUDA graph ([graph], median of CUDA events), cycling through enough
 that each call streams its weight from HBM. ``floor_us`` = max(weight bytes / 4.3 TB/s,
 FLOPs / 790 TFLOP/s). ``err`` columns: max |variant - fp32 reference| / max |F.linear - fp32
 reference| on the first call (a broken variant shows at once; tests check it properly).
+For N <= 4096 also ``residual_us`` (``verify_linear(x, w, residual)``, default configuration: the
+residual added in the epilogue up to 128 rows) beside ``cublas_add_us`` (``residual + F.linear``).
 
     python benchmarks/bench_verify_linear.py [--rows 16,32,64,128,256] [--shapes qkv,o_proj,...]
 """
@@ -92,6 +94,14 @@ def main():
                 if best is None or t < best[1]:
                     best = (col, t)
             clear_variant()
+            if N <= 4096:  # the shapes the decoder routes with a residual (o_proj, down_proj)
+                # residual connection: the default configuration with the add in its epilogue
+                # (p64c2r up to 128 rows) against cuBLAS followed by PyTorch's add
+                res = torch.randn(M, N, device="cuda").to(torch.bfloat16)
+                it_r, it_c = itertools.cycle(ws), itertools.cycle(ws)
+                row["residual_us"] = time_us(lambda: jetspec_ext.verify_linear(x, next(it_r), res),
+                                             20, 100, None, True)
+                row["cublas_add_us"] = time_us(lambda: res + F.linear(x, next(it_c)), 20, 100, None, True)
             if best:
                 row["best"], row["us"] = best
                 row["best_vs_cublas"] = cublas / best[1]

@@ -33,8 +33,9 @@ def timed(args, impl, splits="", merge=""):
 
 if "--cluster" in sys.argv:
     # Cluster / DSMEM split merge (JETSPEC_TREE_ATTN_MERGE=cluster) against merge_kernel on
-    # wgmma_pipe8, the round's verification cell first; split counts 3 and 16 fall back to
-    # merge_kernel (a check that the fallback costs nothing extra).
+    # wgmma_pipe8, the round's verification cell first. VERBOSE: the launcher prints how many
+    # such clusters the device can hold at once (a second wave would explain a loss).
+    os.environ["JETSPEC_TREE_ATTN_VERBOSE"] = "1"
     for P, N in ((1024, 128), (1024, 64), (1024, 256), (4096, 128), (1024, 16), (1024, 1)):
         args = case(P, N=N)
         row = [f"P{P} N{N}"]

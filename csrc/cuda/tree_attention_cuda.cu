@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <tuple>
@@ -147,6 +148,11 @@ bool launch_cluster_pipe8(tree_attn::Params& p, int device, cudaStream_t stream,
       n = 0;
     }
     max_clusters[d][ns] = n > 0 ? n : -1;
+    if (std::getenv("JETSPEC_TREE_ATTN_VERBOSE") != nullptr)  // diagnostics (probe --cluster)
+      std::fprintf(stderr,
+                   "tree_attention cluster merge: device %d, cluster of %d CTAs (%d B shared "
+                   "memory each): at most %d clusters resident; this grid has %u\n",
+                   device, ns, smem, n, grid.x * grid.z);
   }
   if (max_clusters[d][ns] < 0) return false;
   JETSPEC_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p));

@@ -478,3 +478,65 @@ def test_cuda_inline_merge_graph_replay(N, monkeypatch):
     monkeypatch.setenv("JETSPEC_TREE_ATTN_MERGE", "inline")
     check_graph_replays(2, N, 16, 4, 128, 5000, [[1000, 3000], [0, 4990], [4500, 17], [7, 7]],
                         replays=3)
+
+
+# ---- split_kernel_pipe's cluster / DSMEM split merge (JETSPEC_TREE_ATTN_MERGE=cluster) ---------
+# The splits of a row tile form a thread-block cluster and merge through distributed shared
+# memory (tree_attn::cluster_merge) instead of fp32 partials + merge_kernel. wgmma_pipe8 only;
+# split counts 2 / 4 / 8 (other counts fall back to merge_kernel).
+@requires_cuda_kernel
+@pytest.mark.skipif(not PIPE_IMPLS, reason="wgmma_pipe needs sm_90")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("splits", ["auto", "2", "4", "8"])
+@pytest.mark.parametrize("case", GPU_CASES,
+                         ids=lambda c: f"B{c[0]}N{c[1]}Hq{c[2]}Hkv{c[3]}D{c[4]}P{c[5][0]}{c[6]}")
+def test_cuda_cluster_merge_matches_reference(case, splits, dtype, monkeypatch):
+    """Cluster merge against the fp32 reference for every GPU case (forced 8 splits leave whole
+    clusters' CTAs empty on the short cases: their lse = -inf pushes must be dropped)."""
+    ok, log = wgmma_canary("wgmma_pipe8")
+    if not ok:
+        pytest.fail(f"wgmma_pipe8 variant crashed in a subprocess:\n{log}")
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", "wgmma_pipe8")
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_MERGE", "cluster")
+    if splits != "auto":
+        monkeypatch.setenv("JETSPEC_TREE_ATTN_SPLITS", splits)
+    else:
+        monkeypatch.delenv("JETSPEC_TREE_ATTN_SPLITS", raising=False)
+    B, N, Hq, Hkv, D, plens, kind = case
+    q, k, v, pl, mask = make_case(B, N, Hq, Hkv, D, plens, dtype=dtype, device="cuda",
+                                  kind=kind, seed=N + B + 2)
+    out, lse = run_op(q, k, v, pl, mask)
+    torch.cuda.synchronize()
+    check_against_reference(out, lse, q, k, v, pl, mask)
+
+
+@requires_cuda_kernel
+@pytest.mark.skipif(not PIPE_IMPLS, reason="wgmma_pipe needs sm_90")
+def test_cuda_cluster_merge_is_taken(monkeypatch):
+    """At the decoder's verification cell (B1 P1024 N128, Qwen3-8B heads) the cluster merge runs
+    with no merge_kernel launch for 2 / 4 / 8 splits, and falls back to merge_kernel for 3; all
+    agree with the reference."""
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", "wgmma_pipe8")
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_MERGE", "cluster")
+    args = make_case(1, 128, 32, 8, 128, [1024], device="cuda")
+    for splits, launches in (("2", 0), ("4", 0), ("8", 0), ("3", 1)):
+        monkeypatch.setenv("JETSPEC_TREE_ATTN_SPLITS", splits)
+        run_op(*args)  # warm-up (function attributes, occupancy query outside the profiler)
+        res = {}
+        n = _merge_kernel_launches(lambda: res.__setitem__("r", run_op(*args)))
+        assert n == launches, (splits, n)
+        check_against_reference(*res["r"], *args)
+
+
+@requires_cuda_kernel
+@pytest.mark.skipif(not PIPE_IMPLS, reason="wgmma_pipe needs sm_90")
+@pytest.mark.parametrize("splits", ["4", "8"])
+@pytest.mark.parametrize("N", [1, 128])
+def test_cuda_cluster_merge_graph_replay(N, splits, monkeypatch):
+    """Cluster launch (cudaLaunchKernelEx with a cluster dimension) under CUDA-graph capture,
+    3 replays per input with new prefix lengths (incl. ones that leave splits empty)."""
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", "wgmma_pipe8")
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_SPLITS", splits)
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_MERGE", "cluster")
+    check_graph_replays(2, N, 16, 4, 128, 5000, [[1000, 3000], [0, 4990 - N], [4500, 17], [7, 7]],
+                        replays=3)

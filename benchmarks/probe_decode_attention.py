@@ -1,7 +1,5 @@
 """Development probe: time tree_attention's decode kernel (few query rows) against the tensor-core
-variant on decode shapes (Qwen3-8B heads), with forced split counts. Not part of the suite.
-`--merge`: in-launch (last CTA) merge vs merge_kernel; `--cluster`: cluster / DSMEM merge vs
-merge_kernel (wgmma_pipe8)."""
+variant on decode shapes (Qwen3-8B heads), with forced split counts. Not part of the suite."""
 import os
 import sys
 
@@ -30,20 +28,6 @@ def timed(args, impl, splits="", merge=""):
             os.environ.pop(name, None)
     return time_us(lambda: jetspec_ext.tree_attention(*args), graph=True)
 
-
-if "--cluster" in sys.argv:
-    # Cluster / DSMEM split merge (JETSPEC_TREE_ATTN_MERGE=cluster) against merge_kernel on
-    # wgmma_pipe8, the round's verification cell first. VERBOSE: the launcher prints how many
-    # such clusters the device can hold at once (a second wave would explain a loss).
-    os.environ["JETSPEC_TREE_ATTN_VERBOSE"] = "1"
-    for P, N in ((1024, 128), (1024, 64), (1024, 256), (4096, 128), (1024, 16), (1024, 1)):
-        args = case(P, N=N)
-        row = [f"P{P} N{N}"]
-        for splits in ("", "2", "4", "8"):
-            for merge in ("kernel", "cluster"):
-                row.append(f"{splits or 'auto'}/{merge}={timed(args, 'wgmma_pipe8', splits, merge):.1f}")
-        print("  ".join(row), flush=True)
-    sys.exit(0)
 
 if "--merge" in sys.argv:
     # split_kernel_pipe's in-launch merge against merge_kernel, and split sweeps of the round's

@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <tuple>
@@ -102,71 +101,13 @@ bool merge_in_launch(const tree_attn::Params& p, int bm, int D, int smem_bytes) 
   return false;
 }
 
-// Opt-in cluster / DSMEM split merge (JETSPEC_TREE_ATTN_MERGE=cluster; wgmma_pipe8 only): the
-// splits of a row tile form one thread-block cluster and merge through distributed shared
-// memory (tree_attn::cluster_merge), replacing the fp32 partials and merge_kernel. Taken when
-// the split count is 2, 4 or 8 (BM / splits rows per CTA, a multiple of 16; at most the
-// portable cluster size) and the device can hold such a cluster (cudaOccupancyMaxActiveClusters
-// > 0, cached); otherwise the call falls back to merge_kernel. Not yet measured on the GPU.
-bool cluster_merge_requested() {
-  const char* env = std::getenv("JETSPEC_TREE_ATTN_MERGE");
-  return env != nullptr && std::string(env) == "cluster";
-}
-
-template <int D, typename T>
-bool launch_cluster_pipe8(tree_attn::Params& p, int device, cudaStream_t stream, dim3 grid) {
-  constexpr int kNW = 8;
-  constexpr int kBM = tree_attn::bm_of(kNW);
-  const int ns = p.num_splits;
-  if (!(ns == 2 || ns == 4 || ns == 8) || (kBM / ns) % 16 != 0) return false;
-  constexpr int smem = tree_attn::smem_bytes<D, kNW>() + tree_attn::cluster_smem_bytes<D, kNW>();
-  auto kernel = tree_attn::split_kernel_pipe<D, T, kNW, true>;
-  static bool configured[64] = {false};
-  static int max_clusters[64][9] = {};  // per device and cluster size; 0 = not queried yet
-  const int d = (device >= 0 && device < 64) ? device : 0;
-  if (!configured[d]) {
-    JETSPEC_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    configured[d] = true;
-  }
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(kNW * 32);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 1;
-  attr[0].val.clusterDim.y = (unsigned)ns;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  if (max_clusters[d][ns] == 0) {
-    int n = 0;
-    if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess) {
-      (void)cudaGetLastError();  // clear; fall back to merge_kernel
-      n = 0;
-    }
-    max_clusters[d][ns] = n > 0 ? n : -1;
-    if (std::getenv("JETSPEC_TREE_ATTN_VERBOSE") != nullptr)  // diagnostics (probe --cluster)
-      std::fprintf(stderr,
-                   "tree_attention cluster merge: device %d, cluster of %d CTAs (%d B shared "
-                   "memory each): at most %d clusters resident; this grid has %u\n",
-                   device, ns, smem, n, grid.x * grid.z);
-  }
-  if (max_clusters[d][ns] < 0) return false;
-  JETSPEC_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p));
-  JETSPEC_CHECK_LAUNCH();
-  return true;
-}
-
 template <int D, typename T, bool WG, int NWARPS, bool PIPE = false>
 void launch_variant(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream,
                     at::Tensor& o_part, at::Tensor& lse_part, const at::TensorOptions& fopts) {
   static_assert(!PIPE || WG, "the pipelined kernel uses wgmma");
   constexpr int smem = tree_attn::smem_bytes<D, NWARPS>();
   constexpr int ctas_per_sm = NWARPS == 4 ? 2 : 1;
-  auto kernel = PIPE ? tree_attn::split_kernel_pipe<D, T, NWARPS, false>
+  auto kernel = PIPE ? tree_attn::split_kernel_pipe<D, T, NWARPS>
                      : tree_attn::split_kernel<D, T, WG, NWARPS>;
   static bool configured[64] = {false};  // per instantiation and device
   if (device < 0 || device >= 64 || !configured[device]) {
@@ -176,12 +117,6 @@ void launch_variant(tree_attn::Params& p, int64_t S, int device, cudaStream_t st
   }
   const int row_tiles = ceil_div(p.rows, tree_attn::bm_of(NWARPS));
   p.num_splits = choose_splits((int64_t)row_tiles * p.B * p.Hkv, S, sm_count(device), ctas_per_sm);
-  if constexpr (PIPE && NWARPS == 8) {
-    if (p.num_splits > 1 && cluster_merge_requested() &&
-        launch_cluster_pipe8<D, T>(p, device, stream,
-                                   dim3(row_tiles, p.num_splits, p.B * p.Hkv)))
-      return;
-  }
   if (p.num_splits > 1) {
     o_part = at::empty({p.num_splits, (int64_t)p.B * p.Hkv, p.rows, D}, fopts);
     lse_part = at::empty({p.num_splits, (int64_t)p.B * p.Hkv, p.rows}, fopts);

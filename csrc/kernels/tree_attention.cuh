@@ -652,132 +652,7 @@ __device__ __forceinline__ void merge_tile_if_last(const Params& p, int* counter
   if (threadIdx.x == 0) counters[tile] = 0;  // ready for the next launch (and graph replay)
 }
 
-// ---------------------------------------------------------------------------------------------
-// Cluster / DSMEM split merge (split_kernel_pipe<..., CLUSTER = true>, opt-in). The num_splits
-// CTAs of one row tile form a thread-block cluster along gridDim.y (cluster rank == split). Row
-// tile rows are divided among them: CTA s owns rows [s * rpo, (s + 1) * rpo), rpo = BM / splits
-// (a multiple of 16, so each warp's 16 rows go to one owner). After its main loop every CTA
-// pushes its normalised O rows (fp32) and lse into the owner's shared memory (st.shared::cluster),
-// the cluster synchronises once, and each owner combines its rows from local shared memory with
-// the log-sum-exp rule (splits in index order: deterministic) and writes out / lse. No fp32
-// partials in global memory, no merge_kernel launch. The exchange buffer is a separate region
-// (BM x (D + 8) fp32 + BM lse) after Q, so a fast CTA can push while a slow one is still in
-// its main loop. The kernel arrives on the cluster barrier at its start and waits on it just
-// before the first remote store: a CTA never writes into the shared memory of a CTA that has
-// not started.
-// ---------------------------------------------------------------------------------------------
-__device__ __forceinline__ void cluster_arrive_relaxed() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void cluster_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void cluster_sync_release_acquire() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
-  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-#endif
-}
-// Shared-memory address of the same variable in the CTA of cluster rank `rank`.
-__device__ __forceinline__ uint32_t mapa_shared(uint32_t addr, uint32_t rank) {
-  uint32_t r = addr;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(addr), "r"(rank));
-#else
-  __trap();
-#endif
-  return r;
-}
-__device__ __forceinline__ void st_cluster_f32x2(uint32_t addr, float a, float b) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("st.shared::cluster.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(a), "f"(b) : "memory");
-#endif
-}
-__device__ __forceinline__ void st_cluster_f32(uint32_t addr, float a) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("st.shared::cluster.f32 [%0], %1;\n" ::"r"(addr), "f"(a) : "memory");
-#endif
-}
-
-// fp32 row stride of the exchange buffer (padding: the 8 rows one warp's float2 stores hit
-// spread over the banks).
-template <int D>
-__host__ __device__ constexpr int cluster_ld() { return D + 8; }
-// Extra dynamic shared memory of the cluster variant: BM rows x cluster_ld fp32 + BM lse.
-template <int D, int NWARPS>
-__host__ __device__ constexpr int cluster_smem_bytes() {
-  return bm_of(NWARPS) * (cluster_ld<D>() + 1) * 4;
-}
-
-// o / m_run / l_run: this thread's accumulator fragment (wgmma m64 layout: rows warp * 16 + gid
-// (+ 8), columns i * 8 + tig * 2 (+ 1)) with l_run already summed over the quad. An empty split
-// passes l_run = 0 (lse = -inf, dropped by the owner). `red` is this CTA's exchange buffer.
 template <int D, typename T, int NWARPS>
-__device__ __forceinline__ void cluster_merge(const Params& p, float* red, const float (&o)[D / 8][4],
-                                              const float (&m_run)[2], const float (&l_run)[2],
-                                              int split, int bh, int m_base) {
-  constexpr int kBM = bm_of(NWARPS);
-  constexpr int kThreads = NWARPS * 32;
-  constexpr int LD = cluster_ld<D>();
-  constexpr int NT_O = D / 8;
-  constexpr float kLn2 = 0.6931471805599453f;
-  const int ns = p.num_splits;  // == cluster size along y; cluster rank == split
-  const int rpo = kBM / ns;     // rows owned by each CTA (launcher: multiple of 16)
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int gid = lane >> 2, tig = lane & 3;
-  const int owner = (warp * 16) / rpo;
-  float* red_lse = red + kBM * LD;
-  const uint32_t ro = mapa_shared(smem_u32(red), (uint32_t)owner);
-  const uint32_t rl = mapa_shared(smem_u32(red_lse), (uint32_t)owner);
-  cluster_wait();  // pairs with the arrive at kernel start: every CTA of the cluster has started
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int slot_row = split * rpo + (warp * 16 + gid + h * 8 - owner * rpo);
-    const float l = l_run[h];
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    const float lse_v = l > 0.f ? (m_run[h] + __log2f(l)) * kLn2 : -INFINITY;
-#pragma unroll
-    for (int i = 0; i < NT_O; ++i)
-      st_cluster_f32x2(ro + (uint32_t)(slot_row * LD + i * 8 + tig * 2) * 4u, o[i][2 * h] * inv,
-                       o[i][2 * h + 1] * inv);
-    if (tig == 0) st_cluster_f32(rl + (uint32_t)slot_row * 4u, lse_v);
-  }
-  cluster_sync_release_acquire();  // every push of the cluster has landed
-  const int b = bh / p.Hkv, kvh = bh - b * p.Hkv;
-  constexpr int C4 = D / 4;
-  for (int it = threadIdx.x; it < rpo * C4; it += kThreads) {
-    const int r = it / C4, c = it - r * C4;
-    const int grow = m_base + split * rpo + r;
-    if (grow >= p.rows) continue;
-    float mx = -INFINITY;
-    for (int s = 0; s < ns; ++s) mx = fmaxf(mx, red_lse[s * rpo + r]);
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    float wsum = 0.f;
-    for (int s = 0; s < ns; ++s) {
-      const float l = red_lse[s * rpo + r];
-      const float w = (mx == -INFINITY || l == -INFINITY) ? 0.f : __expf(l - mx);
-      if (w > 0.f) {
-        const float4 v = *reinterpret_cast<const float4*>(red + (s * rpo + r) * LD + c * 4);
-        acc[0] += w * v.x, acc[1] += w * v.y, acc[2] += w * v.z, acc[3] += w * v.w;
-        wsum += w;
-      }
-    }
-    const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
-    const int n = grow / p.G, hq = kvh * p.G + (grow - n * p.G);
-    T* dst = static_cast<T*>(p.out) + (((int64_t)b * p.N + n) * p.Hq + hq) * D + c * 4;
-    uint2 packed;
-    packed.x = TypeTraits<T>::pack(acc[0] * inv, acc[1] * inv);
-    packed.y = TypeTraits<T>::pack(acc[2] * inv, acc[3] * inv);
-    *reinterpret_cast<uint2*>(dst) = packed;
-    if (c == 0) p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = wsum > 0.f ? mx + __logf(wsum) : -INFINITY;
-  }
-}
-
-template <int D, typename T, int NWARPS, bool CLUSTER>
 __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel_pipe(const Params p) {
   static_assert(NWARPS == 4 || NWARPS == 8, "1 or 2 warpgroups (sharing every K/V tile)");
   constexpr int kBM = bm_of(NWARPS);
@@ -817,26 +692,15 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
   const int tiles_per_split = (num_tiles + p.num_splits - 1) / p.num_splits;
   const int t_begin = split * tiles_per_split;
   const int t_end = min(num_tiles, t_begin + tiles_per_split);
-  if constexpr (CLUSTER) cluster_arrive_relaxed();  // matched by the wait in cluster_merge
-  // Cluster variant: the exchange buffer after Q (cluster_smem_bytes).
-  float* const red = reinterpret_cast<float*>(sQ + kBM * CH);
   if (t_begin >= t_end) {
-    if constexpr (CLUSTER) {  // nothing to attend to: push lse = -inf, then merge the own rows
-      float oz[NT_O][4];
-#pragma unroll
-      for (int i = 0; i < NT_O; ++i) oz[i][0] = oz[i][1] = oz[i][2] = oz[i][3] = 0.f;
-      const float mz[2] = {-INFINITY, -INFINITY}, lz[2] = {0.f, 0.f};
-      cluster_merge<D, T, NWARPS>(p, red, oz, mz, lz, split, bh, m_base);
-    } else {
-      for (int r = tid; r < kBM; r += kThreads) {
-        const int grow = m_base + r;
-        if (grow < p.rows)
-          p.lse_part[((int64_t)split * p.B * p.Hkv + bh) * p.rows + grow] = -INFINITY;
-      }
-      if (p.split_counters != nullptr)
-        merge_tile_if_last<D, T, kThreads>(p, p.split_counters, bh * gridDim.x + blockIdx.x, bh,
-                                           m_base, kBM, reinterpret_cast<float*>(smem));
+    for (int r = tid; r < kBM; r += kThreads) {
+      const int grow = m_base + r;
+      if (grow < p.rows)
+        p.lse_part[((int64_t)split * p.B * p.Hkv + bh) * p.rows + grow] = -INFINITY;
     }
+    if (p.split_counters != nullptr)
+      merge_tile_if_last<D, T, kThreads>(p, p.split_counters, bh * gridDim.x + blockIdx.x, bh, m_base, kBM,
+                                         reinterpret_cast<float*>(smem));
     return;
   }
   const int n_tiles = t_end - t_begin;
@@ -1052,10 +916,6 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
   for (int h = 0; h < 2; ++h) {
     l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
     l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
-  }
-  if constexpr (CLUSTER) {
-    cluster_merge<D, T, NWARPS>(p, red, o, m_run, l_run, split, bh, m_base);
-    return;
   }
   constexpr float kLn2 = 0.6931471805599453f;
 #pragma unroll

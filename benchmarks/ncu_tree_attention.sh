@@ -57,3 +57,27 @@ for r in rows[2:]:
     for val, h in stalls[:10]:
         print(f"   {val:14.1f}  {h}")
 PY
+# Per-instruction warp-stall samples (SASS), top 30: attributes the `wait` / `barrier` /
+# `no_instructions` stalls to instructions (HGMMA waits, DEPBAR of cp.async, BAR.SYNC, MUFU, ...).
+# Best effort: the source page's column names differ between Nsight Compute versions.
+ncu -i "$REP.ncu-rep" --page source --print-source sass --csv > "$REP.sass.csv" 2>/dev/null || true
+python3 - "$REP.sass.csv" <<'PY' || true
+import csv, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if r]
+hdr_i = next((i for i, r in enumerate(rows) if any("Source" in c for c in r)), None)
+if hdr_i is None:
+    print("no SASS source page (ncu version?)"); sys.exit(0)
+hdr = rows[hdr_i]
+src = next(i for i, c in enumerate(hdr) if "Source" in c)
+samp = [i for i, c in enumerate(hdr) if "Sampling" in c and "Not" not in c]
+if not samp:
+    print("no stall-sampling column:", hdr[:12]); sys.exit(0)
+def val(r, i):
+    try: return float(r[i].replace(",", ""))
+    except (ValueError, IndexError): return 0.0
+body = rows[hdr_i + 1:]
+top = sorted(body, key=lambda r: -val(r, samp[0]))[:30]
+print(f"-- top instructions by {hdr[samp[0]]} (all kernels in the report)")
+for r in top:
+    print(f"   {val(r, samp[0]):10.0f}  {r[src][:90]}")
+PY

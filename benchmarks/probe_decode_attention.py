@@ -29,6 +29,15 @@ def timed(args, impl, splits="", merge=""):
     return time_us(lambda: jetspec_ext.tree_attention(*args), graph=True)
 
 
+if "--cells" in sys.argv:
+    # The default path (split_kernel_pipe + merge_kernel) on the round's cells, auto splits and
+    # one split (all key tiles in one CTA: exposes the per-tile cost).
+    for P, N in ((1024, 1), (1024, 64), (1024, 128), (1024, 256), (4096, 128)):
+        args = case(P, N=N)
+        print(f"P{P} N{N}  auto={timed(args, 'wgmma_pipe8'):.2f}  "
+              f"s1={timed(args, 'wgmma_pipe8', '1'):.2f}", flush=True)
+    sys.exit(0)
+
 if "--merge" in sys.argv:
     # split_kernel_pipe's in-launch merge against merge_kernel, and split sweeps of the round's
     # target cell (N 128, prefix 1024).

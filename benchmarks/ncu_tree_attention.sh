@@ -75,7 +75,13 @@ if not samp:
 def val(r, i):
     try: return float(r[i].replace(",", ""))
     except (ValueError, IndexError): return 0.0
-body = rows[hdr_i + 1:]
+addr = hdr.index("Address") if "Address" in hdr else None
+seen, body = set(), []
+for r in rows[hdr_i + 1:]:  # each instruction once (the listing can repeat per launch)
+    key = (r[addr] if addr is not None and addr < len(r) else None, r[src] if src < len(r) else "")
+    if key not in seen:
+        seen.add(key)
+        body.append(r)
 top = sorted(body, key=lambda r: -val(r, samp[0]))[:30]
 print(f"-- top instructions by {hdr[samp[0]]} (all kernels in the report)")
 for r in top:

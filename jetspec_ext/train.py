@@ -260,6 +260,10 @@ class TrainConfig:
     save_dtype: Optional[str] = None     # "bfloat16" / "float32" for the saved weights
     max_epochs: Optional[float] = None   # cap on passes over the data (steps * batch / sequences):
     #                                      small regenerated sets overfit long before a time budget ends
+    block_fill: float = 0.0              # fraction of blocks whose first j mask slots (j uniform in
+    #                                      1..D-1) hold the sequence's true tokens; those slots get no
+    #                                      loss (an experiment on what the causal head learns; the
+    #                                      decoder's blocks stay all-MASK)
 
 
 class Batcher:
@@ -309,7 +313,14 @@ class Batcher:
             pick = cand[torch.randperm(len(cand), generator=ga)[:K]].sort().values
             anchors[b, : len(pick)] = pick
             valid_anchor[b, : len(pick)] = True
-        return ids, att, lens, anchors, valid_anchor
+        if cfg.block_fill <= 0 or self.block < 3:
+            return ids, att, lens, anchors, valid_anchor
+        # Revealed prefix lengths (0 = an all-MASK block), from their own stream of (seed, step).
+        gf = torch.Generator().manual_seed(cfg.seed * 104729 + 31 + step)
+        D = self.block - 1
+        chosen = (torch.rand(B, K, generator=gf) < cfg.block_fill) & valid_anchor
+        fill = torch.where(chosen, torch.randint(1, D, (B, K), generator=gf), torch.zeros(B, K, dtype=torch.long))
+        return ids, att, lens, anchors, valid_anchor, fill
 
 
 def block_attention_mask(anchors: torch.Tensor, valid_anchor: torch.Tensor, T: int, block: int,
@@ -382,8 +393,12 @@ def _target_features(model, ids, att, layer_ids):
 
 
 def loss_on_batch(model, head: JetSpecDraftHead, batch, kl_temperature: float = 1.0, amp: bool = False):
-    """Forward KL at every mask slot of every block of the batch. Returns (loss, stats)."""
-    ids, att, lens, anchors, valid_anchor = batch
+    """Forward KL at every mask slot of every block of the batch. Returns (loss, stats).
+    ``batch``: (ids, att, lens, anchors, valid_anchor) from :class:`Batcher`, optionally with a 6th
+    tensor ``fill (B, K)``: block k's first fill[b, k] mask slots hold the true tokens instead
+    (``TrainConfig.block_fill``) and are left out of the loss."""
+    ids, att, lens, anchors, valid_anchor = batch[:5]
+    fill = batch[5] if len(batch) > 5 else None
     dev = model.lm_head.weight.device
     ids, att, lens, anchors, valid_anchor = (t.to(dev) for t in (ids, att, lens, anchors, valid_anchor))
     B, T = ids.shape
@@ -401,6 +416,11 @@ def loss_on_batch(model, head: JetSpecDraftHead, batch, kl_temperature: float = 
         teacher = F.log_softmax(t_logits / kl_temperature, dim=-1)
         block_tok = torch.full((B, K, N), head.mask_token_id, dtype=torch.long, device=dev)
         block_tok[:, :, 0] = ids.gather(1, anchors)
+        if fill is not None:  # slot i (1..D) of a filled block holds the true token a + i
+            reveal = (torch.arange(1, N, device=dev) <= fill.to(dev).unsqueeze(-1)) & slot_ok   # (B, K, D)
+            true_tok = ids.gather(1, (tpos + 1).clamp(max=T - 1).view(B, K * D)).view(B, K, D)
+            block_tok[:, :, 1:] = torch.where(reveal, true_tok, block_tok[:, :, 1:])
+            slot_ok = slot_ok & ~reveal
         block_embeds = model.model.embed_tokens(block_tok.view(B, K * N))
         block_pos = (anchors.unsqueeze(-1) + torch.arange(N, device=dev)).view(B, K * N)
         mask = block_attention_mask(anchors, valid_anchor, T, N, head.causal)
@@ -699,6 +719,9 @@ def add_arguments(t) -> None:
                    help="stop after the regeneration (fill the --cache; no head, no training): e.g. one "
                         "process regenerates, then several train on the cache with --gen-minutes 0")
     t.add_argument("--steps", type=int, default=None, help="optimizer steps (default 1000, or from --minutes)")
+    t.add_argument("--block-fill", type=float, default=0.0,
+                   help="fraction (0..1) of training blocks whose first j mask slots (j random in 1..D-1) "
+                        "hold the true tokens, left out of the loss (experiment; default 0: all-MASK blocks)")
     t.add_argument("--max-epochs", type=float, default=None,
                    help="cap on passes over the regenerated data (steps x batch / sequences); the run ends "
                         "early rather than overfit a small set")
@@ -756,6 +779,8 @@ def run(args) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     t_start = time.time()
+    if not 0.0 <= args.block_fill <= 1.0:
+        raise ValueError(f"--block-fill must be in [0, 1], got {args.block_fill}")
     if args.target is None:
         from .demo import demo_target_dir
         args.target = demo_target_dir()
@@ -815,7 +840,7 @@ def run(args) -> dict:
                       anchors=args.anchors, max_len=args.max_len, lr=args.lr, warmup=args.warmup,
                       weight_decay=args.weight_decay, clip=args.clip, kl_temperature=args.kl_temperature,
                       seed=args.seed, save_every=args.save_every, log_every=args.log_every,
-                      save_dtype=args.save_dtype, max_epochs=args.max_epochs)
+                      save_dtype=args.save_dtype, max_epochs=args.max_epochs, block_fill=args.block_fill)
     summary = {"target": os.path.abspath(args.target), "train": train_head(model, head, samples, cfg, args.out,
                                                                            resume=args.resume)}
     summary["attention"] = "causal" if head.causal else "bidirectional"

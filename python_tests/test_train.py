@@ -18,9 +18,11 @@ from jetspec_ext.train import (
     encode_prompts,
     evaluate,
     load_cache,
+    loss_on_batch,
     read_prompts,
     regenerate,
     train_head,
+    _target_features,
 )
 from transformers import Qwen3ForCausalLM
 
@@ -275,3 +277,56 @@ def test_cli_train_then_generate_with_demo_pair(tmp_path, capsys, monkeypatch):
     assert main(["generate", "--max-new-tokens", "8", "--device", "cpu", "--budget", "8", "--compare-ar"]) == 0
     o = capsys.readouterr().out
     assert "def fibonacci" in o and "mean accepted length" in o and "identical output" in o
+
+
+def test_batcher_block_fill_lengths():
+    """--block-fill: a 6th tensor of revealed prefix lengths, 1..D-1 on chosen valid blocks and 0
+    elsewhere, deterministic per step; block_fill 0 keeps the 5-tensor batch."""
+    samples = [Sample([5, 6, 7], list(range(10, 40))), Sample([5] * 4, [9, 9, 9])]
+    b0 = Batcher(samples, TrainConfig(batch_size=2, anchors=8, max_len=32), 1, 6)
+    assert len(b0.batch(0)) == 5
+    b = Batcher(samples, TrainConfig(batch_size=2, anchors=8, max_len=32, block_fill=0.5), 1, 6)
+    batch = b.batch(2)
+    assert len(batch) == 6 and torch.equal(batch[5], b.batch(2)[5])
+    valid, fill = batch[4], batch[5]
+    assert ((fill >= 1) & (fill <= 4))[fill > 0].all() and (fill[~valid] == 0).all()
+    assert (fill > 0).any() and (fill[valid] == 0).any()  # p = 0.5 over 8 + 2 valid blocks
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@torch.no_grad()
+def test_block_fill_reveals_true_tokens_and_drops_their_loss(causal):
+    """With revealed prefixes the loss is the mean KL over the still-masked slots only, each block
+    computed alone from hand-built tokens [anchor, x_a+1 .. x_a+j, MASK ..]."""
+    model = tiny_model()
+    samples = tiny_samples(model, n=2, R=24)
+    N = 5
+    head = JetSpecDraftHead.for_target(model.config, num_layers=2, block_size=N, mask_token_id=1,
+                                       causal=causal).eval()
+    b = Batcher(samples, TrainConfig(batch_size=2, anchors=5, max_len=40, block_fill=1.0), 1, N)
+    batch = b.batch(0)
+    ids, att, lens, anchors, valid, fill = batch
+    loss, stats = loss_on_batch(model, head, batch)
+    total, count = 0.0, 0
+    for r in range(ids.shape[0]):
+        T, L = ids.shape[1], int(lens[r])
+        tapped, _ = _target_features(model, ids[r:r + 1], att[r:r + 1], head.target_layer_ids)
+        t_logits = model(input_ids=ids[r:r + 1], attention_mask=att[r:r + 1]).logits[0].float()
+        for k in range(anchors.shape[1]):
+            if not valid[r, k]:
+                continue
+            a, j = int(anchors[r, k]), int(fill[r, k])
+            assert 1 <= j <= N - 2
+            toks = [int(ids[r, a])] + [int(ids[r, a + i]) if i <= j and a + i < L else 1 for i in range(1, N)]
+            mask = block_attention_mask(torch.tensor([[a]]), torch.tensor([[True]]), T, N, causal)
+            h = dense_block_forward(head, tapped, model.model.embed_tokens(torch.tensor([toks])),
+                                    (a + torch.arange(N)).view(1, N), mask)
+            student = torch.log_softmax(model.lm_head(h[0, 1:]).float(), -1)
+            for i in range(j + 1, N):
+                if a + i >= L:
+                    break
+                teacher = torch.log_softmax(t_logits[a + i - 1], -1)
+                total += float((teacher.exp() * (teacher - student[i - 1])).sum())
+                count += 1
+    assert stats["slots"] == count > 0
+    assert math.isclose(float(loss), total / count, rel_tol=1e-4, abs_tol=1e-6)

@@ -36,6 +36,7 @@ Pipeline (each stage usable on its own from Python):
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import math
@@ -265,6 +266,10 @@ class TrainConfig:
     #                                      loss (an experiment on what the causal head learns; the
     #                                      decoder's blocks stay all-MASK)
 
+    def __post_init__(self):
+        if not 0.0 <= self.block_fill <= 1.0:
+            raise ValueError(f"block_fill must be in [0, 1], got {self.block_fill}")
+
 
 class Batcher:
     """Deterministic batches and anchors as functions of (seed, step): resuming reproduces them."""
@@ -279,6 +284,9 @@ class Batcher:
                 self.seqs.append((ids, lo))
         if not self.seqs:
             raise ValueError("no usable training sequence (responses empty or prompts longer than max_len)")
+        if cfg.block_fill > 0 and block < 3:
+            raise ValueError(f"block_fill needs a block of at least 3 (anchor + a revealed slot + a "
+                             f"masked one), got {block}")
         self.cfg, self.block = cfg, block
         self.n = len(self.seqs)
         self._perm = (None, None)  # (epoch, permutation): computed once per epoch
@@ -313,7 +321,7 @@ class Batcher:
             pick = cand[torch.randperm(len(cand), generator=ga)[:K]].sort().values
             anchors[b, : len(pick)] = pick
             valid_anchor[b, : len(pick)] = True
-        if cfg.block_fill <= 0 or self.block < 3:
+        if cfg.block_fill == 0:
             return ids, att, lens, anchors, valid_anchor
         # Revealed prefix lengths (0 = an all-MASK block), from their own stream of (seed, step).
         gf = torch.Generator().manual_seed(cfg.seed * 104729 + 31 + step)
@@ -684,6 +692,14 @@ def stop_ids_for(tok, model) -> List[int]:
 # ============================================================================================
 # The CLI driver (jetspec train)
 # ============================================================================================
+def _fraction(text: str) -> float:
+    """argparse type: a number in [0, 1] (checked at parse time, before any regeneration)."""
+    v = float(text)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return v
+
+
 def add_arguments(t) -> None:
     t.add_argument("--target", default=None, help="Hugging Face Qwen3 model directory (default: the bundled demo target)")
     t.add_argument("--tokenizer", default=None, help="tokenizer directory (default: --target)")
@@ -719,7 +735,7 @@ def add_arguments(t) -> None:
                    help="stop after the regeneration (fill the --cache; no head, no training): e.g. one "
                         "process regenerates, then several train on the cache with --gen-minutes 0")
     t.add_argument("--steps", type=int, default=None, help="optimizer steps (default 1000, or from --minutes)")
-    t.add_argument("--block-fill", type=float, default=0.0,
+    t.add_argument("--block-fill", type=_fraction, default=0.0,
                    help="fraction (0..1) of training blocks whose first j mask slots (j random in 1..D-1) "
                         "hold the true tokens, left out of the loss (experiment; default 0: all-MASK blocks)")
     t.add_argument("--max-epochs", type=float, default=None,
@@ -779,8 +795,6 @@ def run(args) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     t_start = time.time()
-    if not 0.0 <= args.block_fill <= 1.0:
-        raise ValueError(f"--block-fill must be in [0, 1], got {args.block_fill}")
     if args.target is None:
         from .demo import demo_target_dir
         args.target = demo_target_dir()

@@ -291,6 +291,11 @@ def test_batcher_block_fill_lengths():
     valid, fill = batch[4], batch[5]
     assert ((fill >= 1) & (fill <= 4))[fill > 0].all() and (fill[~valid] == 0).all()
     assert (fill > 0).any() and (fill[valid] == 0).any()  # p = 0.5 over 8 + 2 valid blocks
+    for bad in (1.5, -0.1):
+        with pytest.raises(ValueError, match="block_fill"):
+            TrainConfig(block_fill=bad)
+    with pytest.raises(ValueError, match="block_fill"):
+        Batcher(samples, TrainConfig(batch_size=2, anchors=8, max_len=32, block_fill=0.5), 1, 2)
 
 
 @pytest.mark.parametrize("causal", [True, False])

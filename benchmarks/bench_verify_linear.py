@@ -36,6 +36,8 @@ VARIANTS = [  # column, JETSPEC_VERIFY_CFG, JETSPEC_VERIFY_SCHED, JETSPEC_VERIFY
     ("t128_heur", "t128", "heuristic", None), ("t128_split2", "t128", "splitk", "2"),
     ("t128_split4", "t128", "splitk", "4"), ("t256_sk", "t256", "streamk", None),
     ("t128c2_sk", "t128c2", "streamk", None), ("p64c2", "p64c2", "dp", None),
+    ("p64c4", "p64c4", "dp", None), ("p64n96c2", "p64n96c2", "dp", None),
+    ("p64n128c2", "p64n128c2", "dp", None), ("p64n192c2", "p64n192c2", "dp", None),
 ]
 ENV = ("JETSPEC_VERIFY_CFG", "JETSPEC_VERIFY_SCHED", "JETSPEC_VERIFY_SPLITS")
 
@@ -59,6 +61,10 @@ def main():
     ap.add_argument("--rows", default="16,32,64,128,256")
     ap.add_argument("--shapes", default=",".join(s[0] for s in SHAPES))
     ap.add_argument("--variants", default=",".join(v[0] for v in VARIANTS))
+    ap.add_argument("--residual-cfgs", default="",
+                    help="configurations timed with the residual (N <= 4096), comma separated; "
+                         "'' (default) = the launcher's default choice, column residual_us; "
+                         "a name gives column residual_<name>_us")
     args = ap.parse_args()
     if not (torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
             "jetspec::verify_linear", "CUDA")):
@@ -98,9 +104,14 @@ def main():
                 # residual connection: the default configuration with the add in its epilogue
                 # (p64c2r up to 128 rows) against cuBLAS followed by PyTorch's add
                 res = torch.randn(M, N, device="cuda").to(torch.bfloat16)
-                it_r, it_c = itertools.cycle(ws), itertools.cycle(ws)
-                row["residual_us"] = time_us(lambda: jetspec_ext.verify_linear(x, next(it_r), res),
-                                             20, 100, None, True)
+                for cfg in args.residual_cfgs.split(","):
+                    if cfg:
+                        set_variant(cfg, "dp", None)
+                    it_r = itertools.cycle(ws)
+                    row[f"residual_{cfg}_us" if cfg else "residual_us"] = time_us(
+                        lambda: jetspec_ext.verify_linear(x, next(it_r), res), 20, 100, None, True)
+                    clear_variant()
+                it_c = itertools.cycle(ws)
                 row["cublas_add_us"] = time_us(lambda: res + F.linear(x, next(it_c)), 20, 100, None, True)
             if best:
                 row["best"], row["us"] = best

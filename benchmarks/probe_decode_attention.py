@@ -1,5 +1,7 @@
 """Development probe: time tree_attention's decode kernel (few query rows) against the tensor-core
-variant on decode shapes (Qwen3-8B heads), with forced split counts. Not part of the suite."""
+variant on decode shapes (Qwen3-8B heads), with forced split counts. Not part of the suite.
+Modes: --cells (default path, auto vs one split), --pdl (programmatic launch on / off), --merge
+(in-launch merge and split sweeps), none (decode kernel sweep)."""
 import os
 import sys
 
@@ -36,6 +38,20 @@ if "--cells" in sys.argv:
         args = case(P, N=N)
         print(f"P{P} N{N}  auto={timed(args, 'wgmma_pipe8'):.2f}  "
               f"s1={timed(args, 'wgmma_pipe8', '1'):.2f}", flush=True)
+    sys.exit(0)
+
+if "--pdl" in sys.argv:
+    # Programmatic dependent launch of the split and merge kernels on (default) and off
+    # (JETSPEC_PDL=0), alternated twice on the same inputs in one process.
+    for P, N in ((1024, 1), (1024, 16), (1024, 64), (1024, 128), (1024, 256), (4096, 128)):
+        args = case(P, N=N)
+        row = {"on": [], "off": []}
+        for mode in ("on", "off", "on", "off"):
+            os.environ["JETSPEC_PDL"] = "1" if mode == "on" else "0"
+            row[mode].append(timed(args, ""))
+        os.environ.pop("JETSPEC_PDL")
+        print(f"P{P} N{N}  pdl_on={sum(row['on']) / 2:.2f} ({row['on'][0]:.2f}/{row['on'][1]:.2f})  "
+              f"pdl_off={sum(row['off']) / 2:.2f} ({row['off'][0]:.2f}/{row['off'][1]:.2f})", flush=True)
     sys.exit(0)
 
 if "--merge" in sys.argv:

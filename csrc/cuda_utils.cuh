@@ -7,6 +7,10 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+#include <string>
+#include <utility>
+
 // Check the launch configuration / asynchronous errors of the kernel just launched.
 #define JETSPEC_CHECK_LAUNCH() C10_CUDA_KERNEL_LAUNCH_CHECK()
 #define JETSPEC_CUDA_CHECK(expr) C10_CUDA_CHECK(expr)
@@ -25,6 +29,37 @@ inline int sm_count(int device) {
     cache[device] = n > 0 ? n : 1;
   }
   return cache[device];
+}
+
+// Programmatic dependent launch (csrc/kernels/grid_dependency.cuh) is used on sm_90+ unless
+// JETSPEC_PDL=0 (A/B timing). Read per call, like the other tuning variables.
+inline bool programmatic_launch_enabled(int device) {
+  static int major[64] = {0};
+  if (device < 0 || device >= 64) return false;
+  if (major[device] == 0)
+    JETSPEC_CUDA_CHECK(cudaDeviceGetAttribute(&major[device], cudaDevAttrComputeCapabilityMajor, device));
+  const char* v = std::getenv("JETSPEC_PDL");
+  return major[device] >= 9 && (v == nullptr || std::string(v) != "0");
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), with the programmatic-stream-serialization
+// attribute when `programmatic`: the kernel must then wait_for_previous_grid() before touching
+// global memory. Checks the launch.
+template <typename... KArgs, typename... Args>
+void launch_kernel(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                   bool programmatic, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = programmatic ? attr : nullptr;
+  cfg.numAttrs = programmatic ? 1 : 0;
+  JETSPEC_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+  JETSPEC_CHECK_LAUNCH();
 }
 
 // Per-device int32 arrival counters, zero at rest: a kernel's CTAs count themselves done and the

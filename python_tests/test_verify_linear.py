@@ -90,7 +90,8 @@ def test_cuda_matches_reference(M, N, K):
 
 
 @requires_kernel
-@pytest.mark.parametrize("cfg", ["t128", "t256", "t128c2", "p64c2"])
+@pytest.mark.parametrize("cfg", ["t128", "t256", "t128c2", "p64c2", "p64c4", "p64n96c2", "p64n128c2",
+                                 "p64n192c2"])
 @pytest.mark.parametrize("sched,splits", [("streamk", None), ("dp", None), ("heuristic", None),
                                           ("splitk", "3"), ("splitk", "8")])
 def test_cuda_configs_and_schedules(cfg, sched, splits, monkeypatch):
@@ -214,11 +215,12 @@ def test_opcheck_residual(device):
 
 
 @requires_kernel
-@pytest.mark.parametrize("cfg", ["", "t128", "p64c2"])
+@pytest.mark.parametrize("cfg", ["", "t128", "p64c2", "p64c4", "p64n96c2"])
 @pytest.mark.parametrize("M,N,K", [(128, 4096, 4096), (100, 4096, 12288), (65, 1000, 72), (256, 2048, 520)])
 def test_cuda_residual(cfg, M, N, K, monkeypatch):
-    """The residual in the epilogue (p64c2 and the default up to 128 rows use the p64c2r
-    variant; t128 and the default beyond 128 rows add it after the GEMM), deterministic."""
+    """The residual in the epilogue (p64c2, p64c4 and the default up to 128 rows use their
+    residual variants; t128, p64n96c2 and the default beyond 128 rows add it after the GEMM),
+    deterministic."""
     if cfg:
         monkeypatch.setenv("JETSPEC_VERIFY_CFG", cfg)
     x, w, r = _residual_case(M, N, K, "cuda", seed=M + K)
@@ -240,3 +242,46 @@ def test_linear_add_routing(monkeypatch):
         expect = op(x, w, r) if routed else r + F.linear(x, w)
         torch.testing.assert_close(sel.linear_add(r.unsqueeze(0), x.unsqueeze(0), w), expect.unsqueeze(0),
                                    rtol=0, atol=0)
+
+
+@requires_kernel
+@pytest.mark.parametrize("cfg", ["p64c2", "p64c4", "p64n192c2"])
+def test_cuda_programmatic_launch_sees_previous_writes(cfg, monkeypatch):
+    """The ping-pong configurations are launched programmatically (JETSPEC_PDL, on by default): the
+    GEMM may start before the kernel ahead of it in the stream has finished, and its loads must
+    still see that kernel's writes. Copies rewrite x and the residual right before each GEMM,
+    eagerly and under CUDA-graph replay; the results must equal plain launches (JETSPEC_PDL=0)
+    bit for bit."""
+    monkeypatch.setenv("JETSPEC_VERIFY_CFG", cfg)
+    x1, w, r1 = _residual_case(128, 4096, 4096, "cuda", seed=11)
+    x2, _, r2 = _residual_case(128, 4096, 4096, "cuda", seed=12)
+    monkeypatch.setenv("JETSPEC_PDL", "0")
+    expect = {1: (op(x1, w), op(x1, w, r1)), 2: (op(x2, w), op(x2, w, r2))}
+    monkeypatch.setenv("JETSPEC_PDL", "1")
+    src_x, src_r = x1.clone(), r1.clone()
+    xs, rs = torch.empty_like(x1), torch.empty_like(r1)
+
+    def step():
+        xs.copy_(src_x)
+        rs.copy_(src_r)
+        return op(xs, w), op(xs, w, rs)
+
+    for k in (1, 2, 1):
+        src_x.copy_(x1 if k == 1 else x2)
+        src_r.copy_(r1 if k == 1 else r2)
+        for got, want in zip(step(), expect[k]):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        step()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        outs = step()
+    for k in (2, 1, 2):
+        src_x.copy_(x1 if k == 1 else x2)
+        src_r.copy_(r1 if k == 1 else r2)
+        g.replay()
+        for got, want in zip(outs, expect[k]):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)

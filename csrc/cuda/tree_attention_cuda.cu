@@ -127,12 +127,14 @@ void launch_variant(tree_attn::Params& p, int64_t S, int device, cudaStream_t st
   p.split_counters = nullptr;
   if (PIPE && p.num_splits > 1 && merge_in_launch(p, tree_attn::bm_of(NWARPS), D, smem))
     p.split_counters = split_counters.get(device, (int64_t)row_tiles * p.B * p.Hkv, stream);
-  kernel<<<grid, NWARPS * 32, smem, stream>>>(p);
-  JETSPEC_CHECK_LAUNCH();
+  // Programmatic launches (PDL): the split kernel's launch overlaps the tail of the kernel before
+  // it, and merge_kernel's CTAs are placed while the split kernel runs; each waits for its
+  // predecessor before touching global memory (csrc/kernels/grid_dependency.cuh).
+  const bool pdl = programmatic_launch_enabled(device);
+  launch_kernel(kernel, grid, dim3(NWARPS * 32), smem, stream, pdl, p);
   if (p.num_splits > 1 && p.split_counters == nullptr) {
     const int64_t warps = (int64_t)p.B * p.Hkv * p.rows;
-    tree_attn::merge_kernel<D, T><<<(unsigned)((warps + 3) / 4), 128, 0, stream>>>(p);
-    JETSPEC_CHECK_LAUNCH();
+    launch_kernel(tree_attn::merge_kernel<D, T>, dim3((unsigned)((warps + 3) / 4)), dim3(128), 0, stream, pdl, p);
   }
 }
 

@@ -23,17 +23,38 @@ std::string env_str(const char* name) {
   return v == nullptr ? std::string() : std::string(v);
 }
 
-// Tile configuration: JETSPEC_VERIFY_CFG = t128 | t256 | t128c2 | p64c2 (tuning, tests). Default:
-// p64c2 up to 128 rows (ping-pong 64x64 tiles, W multicast to the cluster's two M tiles: faster
-// than cuBLAS for Qwen3-8B's o_proj and down_proj at M = 128 on the H200), t128 beyond.
-Config pick_config(int M) {
+// The compiled tile configurations by name, each with its residual-epilogue variant where one is
+// compiled (else the residual is added by a kernel of its own after the GEMM).
+struct NamedConfig {
+  const char* name;
+  Config (*plain)();
+  Config (*with_residual)();
+};
+constexpr NamedConfig kConfigs[] = {
+    {"t128", verify_gemm::config_t128, nullptr},
+    {"t256", verify_gemm::config_t256, nullptr},
+    {"t128c2", verify_gemm::config_t128c2, nullptr},
+    {"p64c2", verify_gemm::config_p64c2, verify_gemm::config_p64c2r},
+    {"p64c4", verify_gemm::config_p64c4, verify_gemm::config_p64c4r},
+    {"p64n96c2", verify_gemm::config_p64n96c2, nullptr},
+    {"p64n128c2", verify_gemm::config_p64n128c2, nullptr},
+    {"p64n192c2", verify_gemm::config_p64n192c2, nullptr},
+};
+
+// Tile configuration: JETSPEC_VERIFY_CFG = one of kConfigs' names (tuning, tests). Default: p64c2
+// up to 128 rows (ping-pong 64x64 tiles, W multicast to the cluster's two M tiles: faster than
+// cuBLAS for Qwen3-8B's o_proj and down_proj at M = 128 on the H200), t128 beyond.
+Config pick_config(int M, bool residual) {
   const std::string v = env_str("JETSPEC_VERIFY_CFG");
-  TORCH_CHECK(v.empty() || v == "t128" || v == "t256" || v == "t128c2" || v == "p64c2",
-              "JETSPEC_VERIFY_CFG must be t128, t256, t128c2 or p64c2, got '", v, "'");
-  if (v == "t256") return verify_gemm::config_t256();
-  if (v == "t128c2") return verify_gemm::config_t128c2();
-  if (v == "p64c2" || (v.empty() && M <= 128)) return verify_gemm::config_p64c2();
-  return verify_gemm::config_t128();
+  const NamedConfig* chosen = nullptr;
+  std::string names;
+  for (const NamedConfig& c : kConfigs) {
+    names += names.empty() ? c.name : std::string(", ") + c.name;
+    if (v == c.name) chosen = &c;
+  }
+  TORCH_CHECK(v.empty() || chosen != nullptr, "JETSPEC_VERIFY_CFG must be one of ", names, "; got '", v, "'");
+  if (chosen == nullptr) chosen = M <= 128 ? &kConfigs[3] : &kConfigs[0];  // p64c2 : t128
+  return residual && chosen->with_residual != nullptr ? chosen->with_residual() : chosen->plain();
 }
 
 // Schedule of the cooperative configurations (p64c2 is always data-parallel):
@@ -71,10 +92,9 @@ at::Tensor verify_linear_cuda(const at::Tensor& x, const at::Tensor& weight,
   const int M = static_cast<int>(x.size(0)), K = static_cast<int>(x.size(1));
   const int N = static_cast<int>(weight.size(0));
   at::Tensor out = at::empty({M, N}, x.options());
-  Config cfg = pick_config(M);
-  // With a residual: p64c2 has a variant adding it in the epilogue (one rounding); any other
-  // configuration adds it afterwards (a kernel of its own, same maths up to that rounding).
-  if (residual.has_value() && std::string(cfg.name) == "p64c2") cfg = verify_gemm::config_p64c2r();
+  // With a residual: a configuration with an epilogue variant adds it there (one rounding); any
+  // other adds it afterwards (a kernel of its own, same maths up to that rounding).
+  const Config cfg = pick_config(M, residual.has_value());
   verify_gemm::Problem p{};
   p.x = x.data_ptr();
   p.weight = weight.data_ptr();

@@ -29,6 +29,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "grid_dependency.cuh"
+
 #include "kernels/mma_sync.cuh"
 
 #include "tree_attention_wgmma.cuh"
@@ -211,6 +213,8 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
   constexpr int PV_KSTEPS = kBN / 16;   // MMA k-steps over the keys (O += P V)
   static_assert((kBN * CH) % kThreads == 0 && (kBM * CH) % kThreads == 0,
                 "tile copies split evenly over the threads");
+  wait_for_previous_grid();  // programmatic launch: nothing global is touched before this
+  signal_dependents_may_launch();
 
   extern __shared__ __align__(1024) uint4 smem_raw[];
   // Align to 1024 bytes (wgmma 128-byte swizzle atoms must start on 1 KB boundaries).
@@ -685,6 +689,8 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
   const int kvh = bh - b * p.Hkv;
   const int m_base = blockIdx.x * kBM;
 
+  wait_for_previous_grid();  // programmatic launch: nothing global is touched before this
+  signal_dependents_may_launch();
   int plen = p.prefix_lens[b];
   plen = max(0, min(plen, p.S - p.N));
   const int L = plen + p.N;
@@ -995,6 +1001,7 @@ __global__ void __launch_bounds__(128, D == 64 ? 10 : 8) merge_kernel(const Para
   const int64_t total = (int64_t)p.B * p.Hkv * p.rows;
   const int64_t wid = (int64_t)blockIdx.x * 4 + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
+  wait_for_previous_grid();  // programmatic launch: the split kernel's partials are complete
   if (wid >= total) return;
   const int bh = (int)(wid / p.rows);
   const int grow = (int)(wid - (int64_t)bh * p.rows);

@@ -58,6 +58,12 @@ Config config_t256();   // tile 128 x 256 x 64, no cluster
 Config config_t128c2(); // tile 128 x 128 x 64, cluster of 2 along N sharing the x tile (TMA multicast)
 Config config_p64c2();  // ping-pong, tile 64 x 64 x 64, cluster of 2 along M sharing the W tile, data-parallel
 Config config_p64c2r(); // p64c2 with the residual as the epilogue's C operand
+// Candidates measured against p64c2 / cuBLAS (benchmarks/bench_verify_linear.py):
+Config config_p64c4();     // p64c2 with a 2 x 2 cluster: W multicast along M, x along N
+Config config_p64c4r();    // p64c4 with the residual as the epilogue's C operand
+Config config_p64n96c2();  // ping-pong, tile 64 x 96 x 64, cluster 2 along M (q|k|v: 128 tiles at M 128)
+Config config_p64n128c2(); // ping-pong, tile 64 x 128 x 64, cluster 2 along M
+Config config_p64n192c2(); // ping-pong, tile 64 x 192 x 64, cluster 2 along M (gate|up: 256 tiles at M 128)
 
 }  // namespace verify_gemm
 }  // namespace jetspec
@@ -85,6 +91,8 @@ Config config_p64c2r(); // p64c2 with the residual as the epilogue's C operand
 #endif
 
 #if defined(JETSPEC_VERIFY_GEMM_DEFINE) && defined(JETSPEC_WITH_CUTLASS)
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include <cute/tensor.hpp>
@@ -97,6 +105,23 @@ Config config_p64c2r(); // p64c2 with the residual as the epilogue's C operand
 
 namespace jetspec {
 namespace verify_gemm {
+
+// Programmatic dependent launch (PDL). A configuration TU that defines
+// CUTLASS_ENABLE_GDC_FOR_SM90 before including this header (the ping-pong ones; CUTLASS's stream-K
+// scheduler does not compile with it) gets kernels whose every global load waits on
+// griddepcontrol.wait, so they may be launched while the previous kernel in the stream is still
+// finishing: launch and prologue (barrier init, descriptor prefetch) overlap its tail. The first
+// global write comes after that wait, so a buffer the previous kernel still reads is never
+// overwritten early. JETSPEC_PDL=0 launches plainly (A/B timing). Read per call, like the other
+// tuning variables. static: each TU has its own copy, which is what the macro test needs.
+static bool launch_programmatic() {
+#ifdef CUTLASS_ENABLE_GDC_FOR_SM90
+  const char* v = std::getenv("JETSPEC_PDL");
+  return v == nullptr || std::strcmp(v, "0") != 0;
+#else
+  return false;
+#endif
+}
 
 // kPingpong: two consumer warpgroups on alternate tiles (tile M 64), persistent data-parallel
 // schedule (CUTLASS's ping-pong kernel has no stream-K); else cooperative (tile M >= 128) with the
@@ -184,7 +209,7 @@ struct CutlassGemm {
     Gemm gemm;
     if (gemm.can_implement(args) != cutlass::Status::kSuccess) return cudaErrorNotSupported;
     if (gemm.initialize(args, workspace, stream) != cutlass::Status::kSuccess) return cudaErrorUnknown;
-    if (gemm.run(stream) != cutlass::Status::kSuccess) {
+    if (gemm.run(stream, nullptr, launch_programmatic()) != cutlass::Status::kSuccess) {
       const cudaError_t e = cudaGetLastError();
       return e != cudaSuccess ? e : cudaErrorLaunchFailure;
     }

@@ -20,6 +20,11 @@ for s in ${STEPS:-}; do
              (cd python_tests && eval timeout ${T_TESTS:-200} python3 -m pytest -q -p no:cacheprovider ${!v} > "$OUT/pytest_$v.log" 2>&1; echo "pytest $v rc $?")
              grep -E "FAILED|ERROR|passed|failed" "$OUT/pytest_$v.log" | tail -15
            done ;;
+    run) # RUN1..RUN4: any command line each (eval'd from the repo root), e.g. RUN1='JETSPEC_PDL=0 python3 x.py'
+         for v in RUN1 RUN2 RUN3 RUN4; do
+           [ -n "${!v:-}" ] || continue
+           (eval timeout ${T_RUN:-120} ${!v}) > "$OUT/$v.log" 2>&1; echo "$v rc $?"; tail -${RUN_TAIL:-25} "$OUT/$v.log"
+         done ;;
     probe) timeout ${T_PROBE:-90} python3 benchmarks/probe_decode_attention.py --merge > "$OUT/probe.log" 2>&1; echo "probe rc $?"; tail -40 "$OUT/probe.log" ;;
     probecells) timeout ${T_PROBE:-120} python3 benchmarks/probe_decode_attention.py --cells > "$OUT/probecells.log" 2>&1; echo "probecells rc $?"; tail -20 "$OUT/probecells.log" ;;
     bt) JETSPEC_BENCH_JSON=$OUT/bt.jsonl timeout ${T_BT:-90} python3 benchmarks/bench_build_tree.py > "$OUT/bt.log" 2>&1; echo "bt rc $?"; tail -30 "$OUT/bt.log" ;;

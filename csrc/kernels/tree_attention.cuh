@@ -691,30 +691,12 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
 
   wait_for_previous_grid();  // programmatic launch: nothing global is touched before this
   signal_dependents_may_launch();
-  int plen = p.prefix_lens[b];
-  plen = max(0, min(plen, p.S - p.N));
-  const int L = plen + p.N;
-  const int num_tiles = (L + kBN - 1) / kBN;
-  const int tiles_per_split = (num_tiles + p.num_splits - 1) / p.num_splits;
-  const int t_begin = split * tiles_per_split;
-  const int t_end = min(num_tiles, t_begin + tiles_per_split);
-  if (t_begin >= t_end) {
-    for (int r = tid; r < kBM; r += kThreads) {
-      const int grow = m_base + r;
-      if (grow < p.rows)
-        p.lse_part[((int64_t)split * p.B * p.Hkv + bh) * p.rows + grow] = -INFINITY;
-    }
-    if (p.split_counters != nullptr)
-      merge_tile_if_last<D, T, kThreads>(p, p.split_counters, bh * gridDim.x + blockIdx.x, bh, m_base, kBM,
-                                         reinterpret_cast<float*>(smem));
-    return;
-  }
-  const int n_tiles = t_end - t_begin;
-
   const T* qg = static_cast<const T*>(p.q);
   const T* kg = static_cast<const T*>(p.k) + b * p.k_sb + kvh * p.k_sh;
   const T* vg = static_cast<const T*>(p.v) + b * p.v_sb + kvh * p.v_sh;
 
+  // Q's copies are issued before the prefix length is read: they do not depend on it, so that
+  // load's latency overlaps them.
   // Copy addressing. Each thread copies chunk c = tid % CH of rows r0, r0 + kRowStep, ... of
   // every tile. Q's (query node, head) pair of a row comes from one division by G, then steps
   // (why: per-row divisions by G and 64-bit index maths made the Q copy the costliest part of
@@ -742,6 +724,28 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
       }
     }
   }
+  int plen = p.prefix_lens[b];
+  plen = max(0, min(plen, p.S - p.N));
+  const int L = plen + p.N;
+  const int num_tiles = (L + kBN - 1) / kBN;
+  const int tiles_per_split = (num_tiles + p.num_splits - 1) / p.num_splits;
+  const int t_begin = split * tiles_per_split;
+  const int t_end = min(num_tiles, t_begin + tiles_per_split);
+  if (t_begin >= t_end) {
+    for (int r = tid; r < kBM; r += kThreads) {
+      const int grow = m_base + r;
+      if (grow < p.rows)
+        p.lse_part[((int64_t)split * p.B * p.Hkv + bh) * p.rows + grow] = -INFINITY;
+    }
+    cp_async_commit();  // Q's copies (issued above) must land before the CTA exits
+    cp_async_wait<0>();
+    if (p.split_counters != nullptr)
+      merge_tile_if_last<D, T, kThreads>(p, p.split_counters, bh * gridDim.x + blockIdx.x, bh, m_base, kBM,
+                                         reinterpret_cast<float*>(smem));
+    return;
+  }
+  const int n_tiles = t_end - t_begin;
+
   // One tile of K or V (kBN keys from `tile * kBN`) into `dst`; keys at or past L are zero-filled.
   // (Stepping one pointer per tile, like Q above, measured slower in the main loop on the H200:
   // +2 us at 18 tiles per CTA.)

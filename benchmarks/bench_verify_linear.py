@@ -36,8 +36,6 @@ VARIANTS = [  # column, JETSPEC_VERIFY_CFG, JETSPEC_VERIFY_SCHED, JETSPEC_VERIFY
     ("t128_heur", "t128", "heuristic", None), ("t128_split2", "t128", "splitk", "2"),
     ("t128_split4", "t128", "splitk", "4"), ("t256_sk", "t256", "streamk", None),
     ("t128c2_sk", "t128c2", "streamk", None), ("p64c2", "p64c2", "dp", None),
-    ("p64c4", "p64c4", "dp", None), ("p64n96c2", "p64n96c2", "dp", None),
-    ("p64n128c2", "p64n128c2", "dp", None), ("p64n192c2", "p64n192c2", "dp", None),
 ]
 ENV = ("JETSPEC_VERIFY_CFG", "JETSPEC_VERIFY_SCHED", "JETSPEC_VERIFY_SPLITS")
 

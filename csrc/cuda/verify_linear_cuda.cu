@@ -35,10 +35,6 @@ constexpr NamedConfig kConfigs[] = {
     {"t256", verify_gemm::config_t256, nullptr},
     {"t128c2", verify_gemm::config_t128c2, nullptr},
     {"p64c2", verify_gemm::config_p64c2, verify_gemm::config_p64c2r},
-    {"p64c4", verify_gemm::config_p64c4, verify_gemm::config_p64c4r},
-    {"p64n96c2", verify_gemm::config_p64n96c2, nullptr},
-    {"p64n128c2", verify_gemm::config_p64n128c2, nullptr},
-    {"p64n192c2", verify_gemm::config_p64n192c2, nullptr},
 };
 
 // Tile configuration: JETSPEC_VERIFY_CFG = one of kConfigs' names (tuning, tests). Default: p64c2

@@ -10,6 +10,10 @@
 //    so W is read once and every SM streams 1/128 of it): faster than cuBLAS for o_proj and
 //    down_proj at M = 128, slower for q|k|v, gate|up, the LM head and M = 256. The default up to
 //    128 rows.
+//  - also measured at M = 128 and dropped (tenth session, 2026-11-29): ping-pong 64x64 with a
+//    2 x 2 cluster (x multicast along N too: slower for every shape, e.g. o_proj 17.9 vs 12.0 us),
+//    and ping-pong 64 x 96 / 128 / 192 tiles (q|k|v 16.3-21.4 vs cuBLAS 16.6 us, gate|up
+//    56.9-61.0 vs 55.8, o_proj 13.3-18.5 vs p64c2 12.0, LM head 384-431 vs 346).
 //  - cooperative 128-row tiles (t128, t256, t128c2) with a stream-K / split-K / data-parallel
 //    schedule: slower than cuBLAS everywhere (each CTA streams 4x more W; issue slots 5-10% busy).
 //    The default beyond 128 rows; kept for tuning.
@@ -58,12 +62,6 @@ Config config_t256();   // tile 128 x 256 x 64, no cluster
 Config config_t128c2(); // tile 128 x 128 x 64, cluster of 2 along N sharing the x tile (TMA multicast)
 Config config_p64c2();  // ping-pong, tile 64 x 64 x 64, cluster of 2 along M sharing the W tile, data-parallel
 Config config_p64c2r(); // p64c2 with the residual as the epilogue's C operand
-// Candidates measured against p64c2 / cuBLAS (benchmarks/bench_verify_linear.py):
-Config config_p64c4();     // p64c2 with a 2 x 2 cluster: W multicast along M, x along N
-Config config_p64c4r();    // p64c4 with the residual as the epilogue's C operand
-Config config_p64n96c2();  // ping-pong, tile 64 x 96 x 64, cluster 2 along M (q|k|v: 128 tiles at M 128)
-Config config_p64n128c2(); // ping-pong, tile 64 x 128 x 64, cluster 2 along M
-Config config_p64n192c2(); // ping-pong, tile 64 x 192 x 64, cluster 2 along M (gate|up: 256 tiles at M 128)
 
 }  // namespace verify_gemm
 }  // namespace jetspec

@@ -1,7 +1,0 @@
-// verify_linear configuration p64c4: ping-pong tile 64 x 64 x 64, cluster 2 x 2 (W tile multicast along M, x tile along N).
-// See csrc/kernels/verify_gemm_sm90.cuh.
-#define JETSPEC_VERIFY_GEMM_DEFINE
-#define CUTLASS_ENABLE_GDC_FOR_SM90  // programmatic dependent launch (verify_gemm_sm90.cuh)
-#include "kernels/verify_gemm_sm90.cuh"
-
-JETSPEC_VERIFY_GEMM_CONFIG(p64c4, 64, 64, 64, 2, true, 2)

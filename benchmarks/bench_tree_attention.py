@@ -86,6 +86,8 @@ def baselines(q, k, v, plens, mask, P, N):
 
 
 T_START = time.time()
+# sm_90 kernel variants timed beside the default (JETSPEC_TREE_ATTN_IMPL); wgmma_ws* are experimental
+WGMMA_IMPLS = ("wgmma_pipe", "wgmma_pipe8", "wgmma_ws", "wgmma_ws_pp")
 
 
 def bench_cell(B, P, N, device, dtype, with_baselines=True):
@@ -106,8 +108,8 @@ def bench_cell(B, P, N, device, dtype, with_baselines=True):
     row = measure("tree_attention", f"B{B} P{P} N{N}", fn, bytes_moved=bytes_moved, flops=flops,
                   baselines=bl, graph=device == "cuda")
     if device == "cuda":  # both kernel variants (env var read per call, at capture time)
-        for impl in ("mma", "wgmma", "wgmma8", "wgmma_pipe", "wgmma_pipe8"):
-            if impl == "wgmma" and torch.cuda.get_device_capability()[0] != 9:
+        for impl in ("mma",) + WGMMA_IMPLS:
+            if impl != "mma" and torch.cuda.get_device_capability()[0] != 9:
                 continue
             os.environ["JETSPEC_TREE_ATTN_IMPL"] = impl
             try:
@@ -151,8 +153,7 @@ def breakdowns(device, dtype):
     import benchmarks.harness as harness
     if not hasattr(harness, "kernel_breakdown") or time.time() - T_START > 260:
         return
-    variants = ["mma"] + (["wgmma", "wgmma8", "wgmma_pipe", "wgmma_pipe8"]
-                          if torch.cuda.get_device_capability()[0] == 9 else [])
+    variants = ["mma"] + (list(WGMMA_IMPLS) if torch.cuda.get_device_capability()[0] == 9 else [])
     for B, P, N in [(1, 1024, 64), (1, 4096, 128)]:
         q, k, v, plens, mask = make_inputs(B, P, N, device, dtype)
         for impl in variants:
@@ -169,8 +170,7 @@ def breakdowns(device, dtype):
 def split_sweep(device, dtype):
     """Tuning data: time of each kernel variant for forced split counts (env overrides)."""
     rows = []
-    variants = ["mma"] + (["wgmma", "wgmma8", "wgmma_pipe", "wgmma_pipe8"] if torch.cuda.get_device_capability()[0] == 9
-                          else [])
+    variants = ["mma"] + (list(WGMMA_IMPLS) if torch.cuda.get_device_capability()[0] == 9 else [])
     for B, P, N in [(1, 1024, 64), (1, 4096, 128), (1, 16384, 256), (8, 4096, 64)]:
         q, k, v, plens, mask = make_inputs(B, P, N, device, dtype)
         fn = lambda: jetspec_ext.tree_attention(q, k, v, plens, mask)  # noqa: E731

@@ -1,7 +1,7 @@
-"""Development probe: time tree_attention's decode kernel (few query rows) against the tensor-core
-variant on decode shapes (Qwen3-8B heads), with forced split counts. Not part of the suite.
-Modes: --cells (default path, auto vs one split), --pdl (programmatic launch on / off), --merge
-(in-launch merge and split sweeps), none (decode kernel sweep)."""
+"""Development probe of tree_attention's default path (split kernel + merge kernel) on the
+decoding round's cells (Qwen3-8B heads, batch 1, bf16, CUDA graph of 10 calls). Not part of the
+suite. Modes: --cells (default: auto splits vs one split), --pdl (programmatic launch on / off,
+alternated), --splits (split-count sweep of wgmma_pipe8 and wgmma_pipe)."""
 import os
 import sys
 
@@ -21,9 +21,8 @@ def case(P, N=1, Hq=32, Hkv=8, D=128, S=None):
     return q, k, v, pl, mask
 
 
-def timed(args, impl, splits="", merge=""):
-    for name, val in (("JETSPEC_TREE_ATTN_IMPL", impl), ("JETSPEC_TREE_ATTN_SPLITS", splits),
-                      ("JETSPEC_TREE_ATTN_MERGE", merge)):
+def timed(args, impl, splits=""):
+    for name, val in (("JETSPEC_TREE_ATTN_IMPL", impl), ("JETSPEC_TREE_ATTN_SPLITS", splits)):
         if val:
             os.environ[name] = val
         else:
@@ -31,16 +30,16 @@ def timed(args, impl, splits="", merge=""):
     return time_us(lambda: jetspec_ext.tree_attention(*args), graph=True)
 
 
-if "--cells" in sys.argv:
+def cells():
     # The default path (split_kernel_pipe + merge_kernel) on the round's cells, auto splits and
     # one split (all key tiles in one CTA: exposes the per-tile cost).
     for P, N in ((1024, 1), (1024, 64), (1024, 128), (1024, 256), (4096, 128)):
         args = case(P, N=N)
         print(f"P{P} N{N}  auto={timed(args, 'wgmma_pipe8'):.2f}  "
               f"s1={timed(args, 'wgmma_pipe8', '1'):.2f}", flush=True)
-    sys.exit(0)
 
-if "--pdl" in sys.argv:
+
+def pdl():
     # Programmatic dependent launch of the split and merge kernels on (default) and off
     # (JETSPEC_PDL=0), alternated twice on the same inputs in one process.
     for P, N in ((1024, 1), (1024, 16), (1024, 64), (1024, 128), (1024, 256), (4096, 128)):
@@ -52,31 +51,23 @@ if "--pdl" in sys.argv:
         os.environ.pop("JETSPEC_PDL")
         print(f"P{P} N{N}  pdl_on={sum(row['on']) / 2:.2f} ({row['on'][0]:.2f}/{row['on'][1]:.2f})  "
               f"pdl_off={sum(row['off']) / 2:.2f} ({row['off'][0]:.2f}/{row['off'][1]:.2f})", flush=True)
-    sys.exit(0)
 
-if "--merge" in sys.argv:
-    # split_kernel_pipe's in-launch merge against merge_kernel, and split sweeps of the round's
-    # target cell (N 128, prefix 1024).
-    for P, N in ((1024, 1), (4096, 1), (16384, 1), (1024, 4), (1024, 17), (1024, 128)):
+
+def split_sweep():
+    # Split-count sweep of the pipelined kernels (merge_kernel combines the splits).
+    for P, N in ((1024, 1), (4096, 1), (16384, 1), (1024, 17), (1024, 128), (1024, 256)):
         args = case(P, N=N)
         row = [f"P{P} N{N}"]
         for impl in ("wgmma_pipe8", "wgmma_pipe"):
-            for splits in ("", "2", "4", "8", "16"):
-                for merge in ("kernel", "inline"):
-                    row.append(f"{impl}/{splits or 'auto'}/{merge}={timed(args, impl, splits, merge):.1f}")
+            for n in ("", "2", "3", "4", "8", "16"):
+                row.append(f"{impl}/{n or 'auto'}={timed(args, impl, n):.2f}")
         print("  ".join(row), flush=True)
-    sys.exit(0)
 
-for P, S in ((1024, None), (1024, 8192), (4096, None), (16384, None)):
-    args = case(P, S=S)
-    row = [f"P{P} S{args[1].shape[2]}"]
-    for impl, splits in (("wgmma_pipe8", ""), ("decode", ""), ("decode", "1"), ("decode", "4"),
-                         ("decode", "8"), ("decode", "16"), ("decode", "32")):
-        os.environ["JETSPEC_TREE_ATTN_IMPL"] = impl
-        if splits:
-            os.environ["JETSPEC_TREE_ATTN_SPLITS"] = splits
-        else:
-            os.environ.pop("JETSPEC_TREE_ATTN_SPLITS", None)
-        t = time_us(lambda: jetspec_ext.tree_attention(*args), graph=True)
-        row.append(f"{impl}/{splits or 'auto'}={t:.1f}")
-    print("  ".join(row), flush=True)
+
+if __name__ == "__main__":
+    if "--pdl" in sys.argv:
+        pdl()
+    elif "--splits" in sys.argv:
+        split_sweep()
+    else:
+        cells()

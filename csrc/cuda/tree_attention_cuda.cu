@@ -12,7 +12,7 @@
 
 #include "cuda_utils.cuh"
 #include "kernels/tree_attention.cuh"
-#include "kernels/tree_attention_decode.cuh"
+#include "kernels/tree_attention_ws.cuh"
 #include "tree_attention_common.h"
 
 namespace jetspec {
@@ -44,13 +44,17 @@ int choose_splits(int64_t base, int64_t S, int sms, int ctas_per_sm) {
 }
 
 // Variants (env JETSPEC_TREE_ATTN_IMPL overrides the default, for tests and tuning):
-//   mma    : mma.sync, 4 warps, 64 rows per CTA, 2 CTAs per SM (any sm_80+)
-//   wgmma  : wgmma, 1 warpgroup, 64 rows per CTA, 2 CTAs per SM (sm_90a)
-//   wgmma8 : wgmma, 2 warpgroups sharing each K/V tile, 128 rows per CTA, 1 CTA per SM (sm_90a)
-//   wgmma_pipe : as wgmma, softmax of tile t+1 overlapping the P V product of tile t (sm_90a)
-//   wgmma_pipe8: as wgmma_pipe with 2 warpgroups sharing each K/V tile, 1 CTA per SM (sm_90a)
-enum class Impl { kMma, kWgmma, kWgmma8, kWgmmaPipe, kWgmmaPipe8 };
-// Default on sm_90: wgmma_pipe8, the fastest variant in every benchmark cell on the H200
+//   mma        : mma.sync, 4 warps, 64 rows per CTA, 2 CTAs per SM (any sm_80+)
+//   wgmma_pipe : wgmma (sm_90a), 1 warpgroup, 64 rows per CTA, 2 CTAs per SM; the softmax of
+//                tile t+1 overlaps the P V product of tile t
+//   wgmma_pipe8: as wgmma_pipe with 2 warpgroups sharing each K/V tile, 1 CTA per SM
+//   wgmma_ws, wgmma_ws_pp: EXPERIMENTAL, not yet run on a GPU (csrc/kernels/tree_attention_ws.cuh):
+//                warp-specialized, a producer warpgroup feeding two consumer warpgroups through
+//                an mbarrier ring; _pp adds ping-pong turns between the consumers
+// Removed in the tenth session, all measured slower on the H200 (benchmarks/RESULTS.md): the
+// non-pipelined wgmma / wgmma8 variants, the CUDA-core decode kernel and the in-launch merges.
+enum class Impl { kMma, kWgmmaPipe, kWgmmaPipe8, kWgmmaWs, kWgmmaWsPp };
+// Default on sm_90: wgmma_pipe8, the fastest variant in the benchmark cells on the H200
 // (benchmarks/RESULTS.md, 2026-11-28) and correct on every GPU test case. Elsewhere: mma.
 constexpr Impl kDefaultImpl = Impl::kWgmmaPipe8;
 
@@ -65,57 +69,35 @@ Impl choose_impl(int device) {
   Impl impl = kDefaultImpl;
   if (const char* env = std::getenv("JETSPEC_TREE_ATTN_IMPL")) {
     const std::string e(env);
-    if (e == "mma") impl = Impl::kMma;
-    if (e == "wgmma") impl = Impl::kWgmma;
-    if (e == "wgmma8") impl = Impl::kWgmma8;
-    if (e == "wgmma_pipe") impl = Impl::kWgmmaPipe;
-    if (e == "wgmma_pipe8") impl = Impl::kWgmmaPipe8;
+    if (e == "mma") {
+      impl = Impl::kMma;
+    } else if (e == "wgmma_pipe") {
+      impl = Impl::kWgmmaPipe;
+    } else if (e == "wgmma_pipe8") {
+      impl = Impl::kWgmmaPipe8;
+    } else if (e == "wgmma_ws") {
+      impl = Impl::kWgmmaWs;
+    } else if (e == "wgmma_ws_pp") {
+      impl = Impl::kWgmmaWsPp;
+    } else {
+      TORCH_CHECK(e.empty(), "JETSPEC_TREE_ATTN_IMPL must be mma, wgmma_pipe, wgmma_pipe8, wgmma_ws or wgmma_ws_pp, got '",
+                  e, "'");
+    }
   }
   return major[d] == 9 ? impl : Impl::kMma;  // wgmma exists on sm_90 only
 }
 
-// Split counters of the in-launch merges (decode_kernel, split_kernel_pipe): one int per merge
-// group ((batch row, KV head) or (batch row, KV head, row tile)), zero at rest (each merging CTA
-// resets its own). One buffer per device, shared by the launches of one stream order (launches
-// that run concurrently on different streams must not both merge in-launch: documented in
-// docs/tree_attention.md), grown outside graph capture; during a capture with too small a
-// buffer, the partials go to merge_kernel instead.
-ArrivalCounters split_counters(1024);
-
-// split_kernel_pipe can merge its splits in the launch (merge_tile_if_last) when a row tile's
-// partials are small: rows x splits x D fp32 <= 64 KB (decoding: N * G query rows per KV head
-// of a few; the merging CTA reads them all from L2), and its weights fit the kernel's shared
-// memory. Larger partials go to merge_kernel, which spreads them over every SM.
-// Opt-in (JETSPEC_TREE_ATTN_MERGE=auto): its GPU tests pass, but on the H200 it was slower than
-// merge_kernel at every decoding shape (9.7 vs 9.2 us at prefix 1024, N = 1; the one merging CTA
-// serialises what merge_kernel spreads over many; benchmarks/RESULTS.md), so the default stays
-// merge_kernel. JETSPEC_TREE_ATTN_MERGE=auto|inline|kernel: the size rule above, in-launch
-// whenever the weights fit (tests), or always merge_kernel.
-bool merge_in_launch(const tree_attn::Params& p, int bm, int D, int smem_bytes) {
-  const int64_t R = std::min(p.rows, bm);
-  const bool fits = (p.num_splits + 1) * R * 4 <= smem_bytes - 1024;
-  const char* env = std::getenv("JETSPEC_TREE_ATTN_MERGE");
-  const std::string e = env ? env : "kernel";
-  if (e == "inline") return fits;
-  if (e == "auto") return fits && R * p.num_splits * D * 4 <= 64 * 1024;
-  return false;
-}
-
-template <int D, typename T, bool WG, int NWARPS, bool PIPE = false>
-void launch_variant(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream,
-                    at::Tensor& o_part, at::Tensor& lse_part, const at::TensorOptions& fopts) {
-  static_assert(!PIPE || WG, "the pipelined kernel uses wgmma");
-  constexpr int smem = tree_attn::smem_bytes<D, NWARPS>();
-  constexpr int ctas_per_sm = NWARPS == 4 ? 2 : 1;
-  auto kernel = PIPE ? tree_attn::split_kernel_pipe<D, T, NWARPS>
-                     : tree_attn::split_kernel<D, T, WG, NWARPS>;
-  static bool configured[64] = {false};  // per instantiation and device
+// One split kernel (`bm` query rows per CTA, `threads` per CTA, `smem` bytes of dynamic shared
+// memory, `ctas_per_sm` resident per SM) plus merge_kernel when the keys are split.
+template <int D, typename T>
+void launch_split(void (*kernel)(const tree_attn::Params), int threads, int smem, int bm, int ctas_per_sm,
+                  bool* configured, tree_attn::Params& p, int64_t S, int device, cudaStream_t stream,
+                  at::Tensor& o_part, at::Tensor& lse_part, const at::TensorOptions& fopts) {
   if (device < 0 || device >= 64 || !configured[device]) {
-    JETSPEC_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    JETSPEC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     if (device >= 0 && device < 64) configured[device] = true;
   }
-  const int row_tiles = ceil_div(p.rows, tree_attn::bm_of(NWARPS));
+  const int row_tiles = ceil_div(p.rows, bm);
   p.num_splits = choose_splits((int64_t)row_tiles * p.B * p.Hkv, S, sm_count(device), ctas_per_sm);
   if (p.num_splits > 1) {
     o_part = at::empty({p.num_splits, (int64_t)p.B * p.Hkv, p.rows, D}, fopts);
@@ -123,94 +105,53 @@ void launch_variant(tree_attn::Params& p, int64_t S, int device, cudaStream_t st
     p.o_part = o_part.data_ptr<float>();
     p.lse_part = lse_part.data_ptr<float>();
   }
-  dim3 grid(row_tiles, p.num_splits, p.B * p.Hkv);
-  p.split_counters = nullptr;
-  if (PIPE && p.num_splits > 1 && merge_in_launch(p, tree_attn::bm_of(NWARPS), D, smem))
-    p.split_counters = split_counters.get(device, (int64_t)row_tiles * p.B * p.Hkv, stream);
   // Programmatic launches (PDL): the split kernel's launch overlaps the tail of the kernel before
   // it, and merge_kernel's CTAs are placed while the split kernel runs; each waits for its
   // predecessor before touching global memory (csrc/kernels/grid_dependency.cuh).
   const bool pdl = programmatic_launch_enabled(device);
-  launch_kernel(kernel, grid, dim3(NWARPS * 32), smem, stream, pdl, p);
-  if (p.num_splits > 1 && p.split_counters == nullptr) {
+  launch_kernel(kernel, dim3(row_tiles, p.num_splits, p.B * p.Hkv), dim3(threads), smem, stream, pdl, p);
+  if (p.num_splits > 1) {
     const int64_t warps = (int64_t)p.B * p.Hkv * p.rows;
     launch_kernel(tree_attn::merge_kernel<D, T>, dim3((unsigned)((warps + 3) / 4)), dim3(128), 0, stream, pdl, p);
   }
 }
 
-
-// Few query rows per KV head (rows <= kDecMaxRows): decode_kernel, one launch. Splits: about 4
-// CTAs per SM in all, each split at least 2 key tiles of the cache's capacity S, at most 16
-// (the merging CTA reads every split's partial; forced counts are capped at kDecMaxSplits).
-template <int D, typename T>
-void launch_decode(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream,
-                   at::Tensor& o_part, at::Tensor& lse_part, const at::TensorOptions& fopts) {
-  const int64_t bh = (int64_t)p.B * p.Hkv;
-  int64_t splits = ceil_div(4 * (int64_t)sm_count(device), bh);
-  splits = std::min<int64_t>({splits, 16, std::max<int64_t>(1, S / (2 * tree_attn::kDecTK))});
-  if (const char* env = std::getenv("JETSPEC_TREE_ATTN_SPLITS")) {  // testing / tuning override
-    const int forced = std::atoi(env);
-    if (forced >= 1) splits = std::min(forced, tree_attn::kDecMaxSplits);
-  }
-  p.num_splits = (int)std::max<int64_t>(1, splits);
-  int* counters = nullptr;
-  if (p.num_splits > 1) {
-    o_part = at::empty({p.num_splits, bh, p.rows, D}, fopts);
-    lse_part = at::empty({p.num_splits, bh, p.rows}, fopts);
-    p.o_part = o_part.data_ptr<float>();
-    p.lse_part = lse_part.data_ptr<float>();
-    counters = split_counters.get(device, bh, stream);
-  }
-  const dim3 grid(p.num_splits, (unsigned)bh);
-  if (p.rows <= 4)
-    tree_attn::decode_kernel<D, T, 4><<<grid, tree_attn::kDecThreads, 0, stream>>>(p, counters);
-  else if (p.rows <= 8)
-    tree_attn::decode_kernel<D, T, 8><<<grid, tree_attn::kDecThreads, 0, stream>>>(p, counters);
-  else
-    tree_attn::decode_kernel<D, T, 16><<<grid, tree_attn::kDecThreads, 0, stream>>>(p, counters);
-  JETSPEC_CHECK_LAUNCH();
-  if (p.num_splits > 1 && counters == nullptr) {
-    const int64_t warps = bh * p.rows;
-    tree_attn::merge_kernel<D, T><<<(unsigned)((warps + 3) / 4), 128, 0, stream>>>(p);
-    JETSPEC_CHECK_LAUNCH();
-  }
+template <int D, typename T, int NWARPS, bool PIPE>
+void launch_variant(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream,
+                    at::Tensor& o_part, at::Tensor& lse_part, const at::TensorOptions& fopts) {
+  static bool configured[64] = {false};  // per instantiation and device
+  launch_split<D, T>(PIPE ? tree_attn::split_kernel_pipe<D, T, NWARPS> : tree_attn::split_kernel<D, T, NWARPS>,
+                     NWARPS * 32, tree_attn::smem_bytes<D, NWARPS>(), tree_attn::bm_of(NWARPS), NWARPS == 4 ? 2 : 1,
+                     configured, p, S, device, stream, o_part, lse_part, fopts);
 }
 
-// Opt-in (JETSPEC_TREE_ATTN_IMPL=decode) until it beats the tensor-core path: on the H200
-// (2026-11-28, Qwen3-8B heads, N = 1, bf16, CUDA graph) it took 15.6-17.3 us at prefix 1024 and
-// 24 us at 4096 against 9.4 and 15.7 us for wgmma_pipe8 (benchmarks/probe_decode_attention.py);
-// each 64-key tile is ~3 us of latency-bound phases. Correct on every GPU test case.
-bool use_decode_kernel(const tree_attn::Params& p) {
-  const char* env = std::getenv("JETSPEC_TREE_ATTN_IMPL");
-  return env != nullptr && std::string(env) == "decode" && p.rows <= tree_attn::kDecMaxRows;
+// The warp-specialized kernel: 128 query rows per CTA, 384 threads, one CTA per SM.
+template <int D, typename T, bool PINGPONG>
+void launch_ws(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream, at::Tensor& o_part,
+               at::Tensor& lse_part, const at::TensorOptions& fopts) {
+  static bool configured[64] = {false};
+  launch_split<D, T>(tree_attn::split_kernel_ws<D, T, PINGPONG>, tree_attn::kWsThreads, tree_attn::ws_smem_bytes<D>(),
+                     tree_attn::kWsRows, 1, configured, p, S, device, stream, o_part, lse_part, fopts);
 }
 
 template <int D, typename T>
 void launch(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream, at::Tensor& o_part,
             at::Tensor& lse_part, const at::TensorOptions& fopts) {
-  if (use_decode_kernel(p)) {
-    launch_decode<D, T>(p, S, device, stream, o_part, lse_part, fopts);
-    return;
-  }
-  Impl impl = choose_impl(device);
-  // The non-pipelined wgmma variants gave wrong results at head dim 64 on the H200
-  // (2026-11-28, 24 of 90 GPU cases); never run them there.
-  if (D == 64 && (impl == Impl::kWgmma || impl == Impl::kWgmma8)) impl = Impl::kMma;
-  switch (impl) {
-    case Impl::kWgmma:
-      launch_variant<D, T, true, 4>(p, S, device, stream, o_part, lse_part, fopts);
-      break;
-    case Impl::kWgmma8:
-      launch_variant<D, T, true, 8>(p, S, device, stream, o_part, lse_part, fopts);
-      break;
+  switch (choose_impl(device)) {
     case Impl::kWgmmaPipe:
-      launch_variant<D, T, true, 4, true>(p, S, device, stream, o_part, lse_part, fopts);
+      launch_variant<D, T, 4, true>(p, S, device, stream, o_part, lse_part, fopts);
       break;
     case Impl::kWgmmaPipe8:
-      launch_variant<D, T, true, 8, true>(p, S, device, stream, o_part, lse_part, fopts);
+      launch_variant<D, T, 8, true>(p, S, device, stream, o_part, lse_part, fopts);
+      break;
+    case Impl::kWgmmaWs:
+      launch_ws<D, T, false>(p, S, device, stream, o_part, lse_part, fopts);
+      break;
+    case Impl::kWgmmaWsPp:
+      launch_ws<D, T, true>(p, S, device, stream, o_part, lse_part, fopts);
       break;
     default:
-      launch_variant<D, T, false, 4>(p, S, device, stream, o_part, lse_part, fopts);
+      launch_variant<D, T, 4, false>(p, S, device, stream, o_part, lse_part, fopts);
   }
 }
 

@@ -20,9 +20,7 @@
 //     ldmatrix (.trans for V). Online softmax in fp32 registers, exp2 with scale * log2(e).
 //   * Mask bits are read only for tiles that reach past the prefix (key tile end > P).
 //   * num_splits == 1: the split kernel writes out/lse directly. Otherwise it writes fp32
-//     partials (normalised O and natural-log lse per split) and merge_kernel combines them, or,
-//     for split_kernel_pipe with few query rows per tile (decoding), the last CTA of each tile
-//     merges them in the same launch (merge_tile_if_last).
+//     partials (normalised O and natural-log lse per split) and merge_kernel combines them.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -54,10 +52,6 @@ struct Params {
   float* lse;            // (B, Hq, N) contiguous
   float* o_part;         // (splits, B * Hkv, rows, D) fp32 (only when num_splits > 1)
   float* lse_part;       // (splits, B * Hkv, rows) fp32 (only when num_splits > 1)
-  // split_kernel_pipe only: one int per (batch row, KV head, row tile), zero at rest. Non-null:
-  // the last CTA of a tile merges its splits in the same launch (merge_tile_if_last); null: the
-  // partials are left for merge_kernel.
-  int* split_counters;
   int64_t q_sb, q_sn, q_sh;
   int64_t k_sb, k_sh, k_ss;
   int64_t v_sb, v_sh, v_ss;
@@ -194,13 +188,12 @@ constexpr int smem_bytes() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Split kernel. grid = (ceil(rows / BM), num_splits, B * Hkv), block = 32 * NWARPS threads.
-// WG = false: mma.sync m16n8k16 (any sm_80+). WG = true: wgmma (sm_90a only): the CTA's 4 warps
-// form one warpgroup computing 64 rows; A operands (Q, P) from registers, B operands (K, V)
-// straight from swizzled shared memory, so K/V are read from shared memory once per warpgroup
-// instead of once per warp.
+// Split kernel with mma.sync m16n8k16 (any sm_80+; the default off sm_90).
+// grid = (ceil(rows / BM), num_splits, B * Hkv), block = 32 * NWARPS threads, each warp 16 rows.
+// (Non-pipelined wgmma variants of this kernel were slower than split_kernel_pipe on the H200 and
+// failed at head dim 64; they were removed in the tenth session.)
 // ---------------------------------------------------------------------------------------------
-template <int D, typename T, bool WG, int NWARPS>
+template <int D, typename T, int NWARPS>
 __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel(const Params p) {
   static_assert(NWARPS == 4 || NWARPS == 8, "4 or 8 warps (1 or 2 warpgroups)");
   constexpr int kBM = bm_of(NWARPS);     // query rows per CTA
@@ -285,7 +278,7 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
       const int key = key0 + r;
       const bool ok = key < L;  // keys past L are zero-filled (never read from memory)
       const int64_t kk = ok ? key : 0;
-      const int off = WG ? kv_off_sw128<D>(r, c) : swz<D>(r, c);
+      const int off = swz<D>(r, c);
       cp_async_16(smem_u32(dk + off), kg + kk * p.k_ss + c * 8, ok ? 16 : 0);
       cp_async_16(smem_u32(dv + off), vg + kk * p.v_ss + c * 8, ok ? 16 : 0);
     }
@@ -321,7 +314,6 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
     } else {
       cp_async_wait<0>();
     }
-    if constexpr (WG) fence_proxy_async_smem();
     __syncthreads();
 
     if (t == t_begin) {
@@ -385,20 +377,6 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
     float s[NT_S][4];
 #pragma unroll
     for (int i = 0; i < NT_S; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-    if constexpr (WG) {
-      static_assert(kBN == 64, "wgmma path: S tile is m64n64");
-      // B = K tile, K-major (head dim contiguous): k-step ks reads dims 16ks..16ks+15 = 32 bytes
-      // at offset (ks % 4) * 32 inside column block ks / 4. SBO = 8 rows * 128 B; LBO unused.
-      const uint32_t kbase = smem_u32(tk);
-      wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < KSTEPS; ++ks) {
-        const uint32_t addr = kbase + (ks >> 2) * (kBN * 128) + (ks & 3) * 32;
-        wgmma_m64n64k16_kmajor<T>(&s[0][0], qf[ks], make_desc_sw128(addr, 16, 1024), ks > 0);
-      }
-      wgmma_commit_and_wait();
-      fence_regs(s);
-    } else {
 #pragma unroll
     for (int ks = 0; ks < KSTEPS; ++ks) {
 #pragma unroll
@@ -412,7 +390,6 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
         TypeTraits<T>::mma(s[2 * np], qf[ks], b0, b1);
         TypeTraits<T>::mma(s[2 * np + 1], qf[ks], b2, b3);
       }
-    }
     }
 
     // ---- scale, mask ---------------------------------------------------------------------------
@@ -462,32 +439,6 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
     }
 
     // ---- O += P V ------------------------------------------------------------------------------
-    if constexpr (WG) {
-      // A = P (registers, same layout as the S accumulator pairs); B = V tile, MN-major (head dim
-      // contiguous): k-step ks = keys 16ks..16ks+15 starts at row 16ks (2 KB); SBO = 8 keys *
-      // 128 B, LBO = distance between 64-dim column blocks (kBN * 128 B).
-      uint32_t pa[PV_KSTEPS][4];
-#pragma unroll
-      for (int ks = 0; ks < PV_KSTEPS; ++ks) {
-        pa[ks][0] = TypeTraits<T>::pack(s[2 * ks][0], s[2 * ks][1]);
-        pa[ks][1] = TypeTraits<T>::pack(s[2 * ks][2], s[2 * ks][3]);
-        pa[ks][2] = TypeTraits<T>::pack(s[2 * ks + 1][0], s[2 * ks + 1][1]);
-        pa[ks][3] = TypeTraits<T>::pack(s[2 * ks + 1][2], s[2 * ks + 1][3]);
-      }
-      const uint32_t vbase = smem_u32(tv);
-      fence_regs(o);
-      wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < PV_KSTEPS; ++ks) {
-        const uint64_t desc = make_desc_sw128(vbase + ks * 16 * 128, kBN * 128, 1024);
-        if constexpr (D == 128)
-          wgmma_m64n128k16_nmajor<T>(&o[0][0], pa[ks], desc, 1);
-        else
-          wgmma_m64n64k16_nmajor<T>(&o[0][0], pa[ks], desc, 1);
-      }
-      wgmma_commit_and_wait();
-      fence_regs(o);
-    } else {
 #pragma unroll
     for (int ks = 0; ks < PV_KSTEPS; ++ks) {
       // The accumulator layout of S tiles 2ks, 2ks+1 is exactly the A layout of a 16x16 k-step.
@@ -507,7 +458,6 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
         TypeTraits<T>::mma(o[2 * dp], a, b0, b1);
         TypeTraits<T>::mma(o[2 * dp + 1], a, b2, b3);
       }
-    }
     }
     __syncthreads();  // every warp is done with this stage before it is refilled
   }
@@ -551,111 +501,13 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
 // ---------------------------------------------------------------------------------------------
 // Pipelined wgmma split kernel (sm_90a): NWARPS = 4 (one warpgroup, 64 rows per CTA, 2 CTAs per
 // SM) or 8 (two warpgroups of 64 rows each sharing every K/V tile, 1 CTA per SM).
-// Same maths as split_kernel<D, T, true, 4>, but the softmax of tile t+1 overlaps the P V
+// Same maths as split_kernel, but the softmax of tile t+1 overlaps the P V
 // product of tile t on the tensor cores (FlashAttention-3 style intra-warpgroup pipelining):
 //   issue S(t+1) = Q K(t+1)^T; issue O += P(t) V(t); wait S(t+1); softmax(t+1) -> P(t+1), alpha;
 //   wait P V; O *= alpha.
 // K is prefetched one tile ahead of V (separate cp.async groups) so K(t+1) and V(t) are both
 // resident. No tile skipping here (masked tiles are computed and masked).
 // ---------------------------------------------------------------------------------------------
-// In-launch split merge (p.split_counters non-null, num_splits > 1). Every CTA of a row tile of
-// one (batch row, KV head) has written its partials; each counts itself done on the tile's
-// global counter (threadFenceReduction pattern) and the last one merges the tile's rows from
-// every split's partials, which sit in L2, then resets the counter for the next launch (and
-// CUDA-graph replays). Why: at decoding shapes (a few query rows) the separate merge launch
-// cost ~4 us of a ~11 us attention call per layer, far more than the merge's work. The launcher
-// enables it only when the partials of a tile are small (rows x splits x D fp32 <= 64 KB), and
-// `scratch` (the kernel's shared memory, free once the main loop is done) holds the
-// (num_splits + 1) x rows weights. The result does not depend on which CTA arrives last: the
-// splits are combined in index order. Empty splits (lse = -inf) are dropped by a select, never
-// by a multiply (their O partial is never written).
-// `counters[tile]` counts the finished CTAs of this row tile (the decode kernel, one tile per
-// (batch row, KV head), passes its own buffer and tile = bh).
-template <int D, typename T, int kThreads>
-__device__ __forceinline__ void merge_tile_if_last(const Params& p, int* counters, int tile, int bh,
-                                                   int m_base, int bm, float* scratch) {
-  __shared__ int s_last;
-  __threadfence();  // this CTA's partials are visible device-wide before it counts itself done
-  __syncthreads();
-  if (threadIdx.x == 0) s_last = atomicAdd(&counters[tile], 1) == p.num_splits - 1;
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
-  const int R = min(bm, p.rows - m_base);
-  const int ns = p.num_splits;
-  const int64_t split_stride = (int64_t)p.B * p.Hkv * p.rows;
-  const int64_t row0 = (int64_t)bh * p.rows + m_base;
-  const int b = bh / p.Hkv, kvh = bh - b * p.Hkv;
-  float* inv_row = scratch + ns * R;
-  // One round trip to L2 before the weights: each thread issues the O loads of its first work
-  // item (one float4 of one row, the first min(ns, 8) splits) and its lse loads together; the
-  // O values wait in registers across the barriers. Loaded unconditionally: an empty split's O
-  // partial may be garbage, dropped below by a select on w > 0.
-  constexpr int C4 = D / 4;
-  constexpr int kGroup = 8;
-  const int items = R * C4;
-  float4 v[kGroup];
-  auto load_group = [&](int r, int c, int s0) {
-    const float* src = p.o_part + (row0 + r) * D + c * 4;
-#pragma unroll
-    for (int j = 0; j < kGroup; ++j)
-      if (s0 + j < ns)
-        v[j] = __ldcg(reinterpret_cast<const float4*>(src + (int64_t)(s0 + j) * split_stride * D));
-  };
-  if ((int)threadIdx.x < items) {
-    const int r = threadIdx.x / C4;
-    load_group(r, threadIdx.x - r * C4, 0);
-  }
-  for (int i = threadIdx.x; i < ns * R; i += kThreads) {
-    const int sp = i / R, r = i - sp * R;
-    scratch[i] = __ldcg(p.lse_part + sp * split_stride + row0 + r);
-  }
-  __syncthreads();
-  for (int r = threadIdx.x; r < R; r += kThreads) {
-    float mx = -INFINITY;
-    for (int sp = 0; sp < ns; ++sp) mx = fmaxf(mx, scratch[sp * R + r]);
-    float wsum = 0.f;
-    for (int sp = 0; sp < ns; ++sp) {
-      const float l = scratch[sp * R + r];
-      const float w = (mx == -INFINITY || l == -INFINITY) ? 0.f : __expf(l - mx);
-      scratch[sp * R + r] = w;
-      wsum += w;
-    }
-    inv_row[r] = wsum > 0.f ? 1.f / wsum : 0.f;
-    const int grow = m_base + r;
-    const int n = grow / p.G, hq = kvh * p.G + (grow - n * p.G);
-    p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = wsum > 0.f ? mx + __logf(wsum) : -INFINITY;
-  }
-  __syncthreads();
-  // O: one float4 of one row per work item, 8 splits' loads in flight before any is used (the
-  // first group of the first item was loaded above).
-  for (int i = threadIdx.x; i < items; i += kThreads) {
-    const int r = i / C4, c = i - r * C4;
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int s0 = 0; s0 < ns; s0 += kGroup) {
-      if (s0 > 0 || i != (int)threadIdx.x) load_group(r, c, s0);
-#pragma unroll
-      for (int j = 0; j < kGroup; ++j) {
-        if (s0 + j >= ns) break;
-        const float w = scratch[(s0 + j) * R + r];
-        acc[0] += w > 0.f ? w * v[j].x : 0.f;
-        acc[1] += w > 0.f ? w * v[j].y : 0.f;
-        acc[2] += w > 0.f ? w * v[j].z : 0.f;
-        acc[3] += w > 0.f ? w * v[j].w : 0.f;
-      }
-    }
-    const float inv = inv_row[r];
-    const int grow = m_base + r;
-    const int n = grow / p.G, hq = kvh * p.G + (grow - n * p.G);
-    T* dst = static_cast<T*>(p.out) + (((int64_t)b * p.N + n) * p.Hq + hq) * D + c * 4;
-    uint2 packed;
-    packed.x = TypeTraits<T>::pack(acc[0] * inv, acc[1] * inv);
-    packed.y = TypeTraits<T>::pack(acc[2] * inv, acc[3] * inv);
-    *reinterpret_cast<uint2*>(dst) = packed;
-  }
-  if (threadIdx.x == 0) counters[tile] = 0;  // ready for the next launch (and graph replay)
-}
-
 template <int D, typename T, int NWARPS>
 __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel_pipe(const Params p) {
   static_assert(NWARPS == 4 || NWARPS == 8, "1 or 2 warpgroups (sharing every K/V tile)");
@@ -739,9 +591,6 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
     }
     cp_async_commit();  // Q's copies (issued above) must land before the CTA exits
     cp_async_wait<0>();
-    if (p.split_counters != nullptr)
-      merge_tile_if_last<D, T, kThreads>(p, p.split_counters, bh * gridDim.x + blockIdx.x, bh, m_base, kBM,
-                                         reinterpret_cast<float*>(smem));
     return;
   }
   const int n_tiles = t_end - t_begin;
@@ -973,9 +822,6 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
       if (tig == 0) p.lse_part[prow] = lse_v;
     }
   }
-  if (p.num_splits > 1 && p.split_counters != nullptr)
-    merge_tile_if_last<D, T, kThreads>(p, p.split_counters, bh * gridDim.x + blockIdx.x, bh, m_base, kBM,
-                                         reinterpret_cast<float*>(smem));
 }
 
 // ---------------------------------------------------------------------------------------------

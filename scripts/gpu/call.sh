@@ -25,7 +25,7 @@ for s in ${STEPS:-}; do
            [ -n "${!v:-}" ] || continue
            (eval timeout ${T_RUN:-120} ${!v}) > "$OUT/$v.log" 2>&1; echo "$v rc $?"; tail -${RUN_TAIL:-25} "$OUT/$v.log"
          done ;;
-    probe) timeout ${T_PROBE:-90} python3 benchmarks/probe_decode_attention.py --merge > "$OUT/probe.log" 2>&1; echo "probe rc $?"; tail -40 "$OUT/probe.log" ;;
+    probe) timeout ${T_PROBE:-90} python3 benchmarks/probe_decode_attention.py --splits > "$OUT/probe.log" 2>&1; echo "probe rc $?"; tail -40 "$OUT/probe.log" ;;
     probecells) timeout ${T_PROBE:-120} python3 benchmarks/probe_decode_attention.py --cells > "$OUT/probecells.log" 2>&1; echo "probecells rc $?"; tail -20 "$OUT/probecells.log" ;;
     bt) JETSPEC_BENCH_JSON=$OUT/bt.jsonl timeout ${T_BT:-90} python3 benchmarks/bench_build_tree.py > "$OUT/bt.log" 2>&1; echo "bt rc $?"; tail -30 "$OUT/bt.log" ;;
     dec) timeout ${T_DEC:-240} python3 benchmarks/bench_decoder.py ${DEC_ARGS} > "$OUT/dec.log" 2>&1; echo "dec rc $?"; tail -60 "$OUT/dec.log" ;;

@@ -1,0 +1,462 @@
+// Warp-specialized tree-attention split kernel (sm_90a), opt-in (JETSPEC_TREE_ATTN_IMPL=wgmma_ws
+// or wgmma_ws_pp). EXPERIMENTAL: written in the tenth session without a GPU; not yet run.
+//
+// Why: on the H200 the default split_kernel_pipe spends ~1.0-1.5 us per 64-key tile against
+// ~0.56 us of tensor work (benchmarks/RESULTS.md, ninth session). Its two warpgroups copy every
+// K/V tile themselves (~120 issued instructions per warp per tile) and meet at a CTA barrier once
+// per tile, so both run their softmax at the same time while the tensor cores idle
+// (docs/tree_attention_next.md, R2 and R3). Here:
+//   * warpgroup 0 is a producer: its 128 threads issue the cp.async copies of Q and of every
+//     K/V tile into a kWsStages-deep ring and signal each stage on an mbarrier
+//     (cp.async.mbarrier.arrive.noinc: the arrive fires when the thread's copies have landed);
+//     it gives registers to the consumers (setmaxnreg 56: at 40 its copy addressing spilled);
+//   * warpgroups 1 and 2 are consumers of 64 query rows each (setmaxnreg 224; the kernel starts
+//     at 168 per thread, so 128 x (168 - 56) = 256 x (224 - 168) registers change hands). They wait on the
+//     stage's mbarriers only (no CTA barrier in the loop), run the same maths and intra-warpgroup
+//     pipelining as split_kernel_pipe (S(t+1) and P(t) V(t) in flight together, the softmax of
+//     t+1 under the P V product), and release a stage (an mbarrier the producer waits on) once
+//     their P V product of that stage is done;
+//   * PINGPONG (wgmma_ws_pp): the two consumer warpgroups take turns issuing their wgmma groups
+//     (named barriers 1 and 2, FlashAttention-3 style), so one warpgroup's softmax runs while
+//     the other's products occupy the tensor cores.
+// Same inputs, outputs, split convention and partials as split_kernel_pipe<D, T, 8> (128 query
+// rows per CTA, one CTA per SM): merge_kernel combines the splits. The consumer maths below
+// deliberately repeats split_kernel_pipe's for this A/B; the variant that loses the measurement
+// is to be deleted.
+#pragma once
+
+#include "tree_attention.cuh"
+
+namespace jetspec {
+namespace tree_attn {
+
+constexpr int kWsStages = 3;      // K/V ring depth
+constexpr int kWsThreads = 384;   // producer warpgroup + 2 consumer warpgroups
+constexpr int kWsRows = 128;      // query rows per CTA (64 per consumer warpgroup)
+constexpr int kWsBarriers = 1 + 3 * kWsStages;  // Q full; K full, V full, K/V empty per stage
+
+template <int D>
+constexpr int ws_smem_bytes() {
+  // Q tile + kWsStages stages of K and of V (rows x D 16-bit elements), the mbarriers, and 1 KB
+  // of slack to align the stages to 1024 bytes (wgmma swizzle atoms).
+  return (kWsRows + 2 * kWsStages * kBN) * D * 2 + kWsBarriers * 8 + 1024;
+}
+
+// ---- mbarrier / register / named-barrier helpers (sm_90) -------------------------------------
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+#endif
+}
+// Make the initialised barriers visible to every thread (and the async proxy) before use.
+__device__ __forceinline__ void mbar_init_fence() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+// Wait until the phase of `bar` with parity `parity` has completed (a fresh barrier counts the
+// phase before its first as completed with parity 1).
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred ready;\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 ready, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, ready;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+#endif
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(bar) : "memory");
+#endif
+}
+// Arrive on `bar` once every cp.async this thread issued so far has landed (counts towards the
+// barrier's expected arrivals: .noinc).
+__device__ __forceinline__ void cp_async_arrive_noinc(uint32_t bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+template <int kRegs>
+__device__ __forceinline__ void warpgroup_set_regs() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  if constexpr (kRegs < 128)
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+  else
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+#endif
+}
+// Named barrier over the 256 consumer threads: sync (wait for the phase) or arrive (do not wait).
+__device__ __forceinline__ void consumers_bar_sync(int id) {
+  asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory");
+}
+__device__ __forceinline__ void consumers_bar_arrive(int id) {
+  asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory");
+}
+
+// ---------------------------------------------------------------------------------------------
+// grid = (ceil(rows / 128), num_splits, B * Hkv), block = 384 threads, ws_smem_bytes<D>() bytes.
+// ---------------------------------------------------------------------------------------------
+template <int D, typename T, bool PINGPONG>
+__global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p) {
+  static_assert(D == 64 || D == 128, "head dim 64 or 128");
+  static_assert(kBN == 64, "S tile is m64n64");
+  constexpr int kBM = kWsRows;
+  constexpr int CH = D / 8;               // 16-byte chunks per row
+  constexpr int KSTEPS = D / 16;
+  constexpr int NT_S = kBN / 8;
+  constexpr int NT_O = D / 8;
+  constexpr int PV_KSTEPS = kBN / 16;
+  constexpr int kStage = kBN * CH;        // chunks of one K or V tile
+  constexpr int kProducers = 128;
+  constexpr int kRowStep = kProducers / CH;  // rows between a producer thread's copies
+  static_assert(kProducers % CH == 0 && kBN % kRowStep == 0 && kBM % kRowStep == 0,
+                "copies split evenly over the producer threads");
+
+  extern __shared__ __align__(1024) uint4 smem_raw[];
+  uint4* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023) / 16;
+  uint4* sK = smem;                        // kWsStages * kStage chunks
+  uint4* sV = sK + kWsStages * kStage;     // kWsStages * kStage
+  uint4* sQ = sV + kWsStages * kStage;     // kBM * CH
+  const uint32_t bar0 = smem_u32(sQ + kBM * CH);  // kWsBarriers x 8 bytes
+  const uint32_t q_full = bar0;
+  auto k_full = [&](int s) { return bar0 + 8u * (1 + s); };
+  auto v_full = [&](int s) { return bar0 + 8u * (1 + kWsStages + s); };
+  auto kv_empty = [&](int s) { return bar0 + 8u * (1 + 2 * kWsStages + s); };
+
+  const int tid = threadIdx.x;
+  const int split = blockIdx.y;
+  const int bh = blockIdx.z;
+  const int b = bh / p.Hkv;
+  const int kvh = bh - b * p.Hkv;
+  const int m_base = blockIdx.x * kBM;
+
+  if (tid == 0) {
+    mbar_init(q_full, kProducers);
+    for (int s = 0; s < kWsStages; ++s) {
+      mbar_init(k_full(s), kProducers);
+      mbar_init(v_full(s), kProducers);
+      mbar_init(kv_empty(s), 8);  // one arrival per consumer warp
+    }
+    mbar_init_fence();
+  }
+  wait_for_previous_grid();  // programmatic launch: nothing global is touched before this
+  signal_dependents_may_launch();
+  __syncthreads();  // the barriers are initialised; the last CTA-wide barrier of the kernel
+
+  const T* qg = static_cast<const T*>(p.q);
+  const T* kg = static_cast<const T*>(p.k) + b * p.k_sb + kvh * p.k_sh;
+  const T* vg = static_cast<const T*>(p.v) + b * p.v_sb + kvh * p.v_sh;
+
+  if (tid < kProducers) {
+    // ======================================= producer =========================================
+    warpgroup_set_regs<56>();
+    const int c_chunk = tid % CH;
+    const int r0 = tid / CH;
+    {  // Q before the prefix length: it does not depend on it.
+      const int grow0 = m_base + r0;
+      int n = grow0 / p.G, g = grow0 - n * p.G;
+      const int dn = kRowStep / p.G, dg = kRowStep - dn * p.G;
+      const T* qbase = qg + b * p.q_sb + (int64_t)kvh * p.G * p.q_sh + c_chunk * 8;
+#pragma unroll 4
+      for (int i = 0; i < kBM / kRowStep; ++i) {
+        const int r = r0 + i * kRowStep;
+        const bool ok = m_base + r < p.rows;
+        const T* src = qbase + (int64_t)n * p.q_sn + (int64_t)g * p.q_sh;
+        cp_async_16(smem_u32(sQ + swz<D>(r, c_chunk)), ok ? src : qg, ok ? 16 : 0);
+        n += dn;
+        g += dg;
+        if (g >= p.G) {
+          g -= p.G;
+          ++n;
+        }
+      }
+      cp_async_arrive_noinc(q_full);
+    }
+    int plen = p.prefix_lens[b];
+    plen = max(0, min(plen, p.S - p.N));
+    const int L = plen + p.N;
+    const int num_tiles = (L + kBN - 1) / kBN;
+    const int tiles_per_split = (num_tiles + p.num_splits - 1) / p.num_splits;
+    const int t_begin = split * tiles_per_split;
+    const int t_end = min(num_tiles, t_begin + tiles_per_split);
+    auto load_tile = [&](const T* src_base, int64_t stride, uint4* dst, int tile) {
+      const int key0 = tile * kBN;
+#pragma unroll
+      for (int i = 0; i < kBN / kRowStep; ++i) {
+        const int r = r0 + i * kRowStep;
+        const int key = key0 + r;
+        const bool ok = key < L;  // keys at or past L are zero-filled, never read
+        const int64_t kk = ok ? key : 0;
+        cp_async_16(smem_u32(dst + kv_off_sw128<D>(r, c_chunk)), src_base + kk * stride + c_chunk * 8,
+                    ok ? 16 : 0);
+      }
+    };
+    for (int i = 0; i < t_end - t_begin; ++i) {
+      const int st = i % kWsStages;
+      mbar_wait(kv_empty(st), ((i / kWsStages) & 1) ^ 1);  // both consumers done with the stage
+      load_tile(kg, p.k_ss, sK + st * kStage, t_begin + i);
+      cp_async_arrive_noinc(k_full(st));
+      load_tile(vg, p.v_ss, sV + st * kStage, t_begin + i);
+      cp_async_arrive_noinc(v_full(st));
+    }
+    cp_async_wait_all();  // do not leave with copies in flight
+    return;
+  }
+
+  // ========================================= consumers ==========================================
+  warpgroup_set_regs<224>();
+  const int ctid = tid - kProducers;  // 0..255
+  const int warp = ctid >> 5;         // 0..7: rows warp * 16 .. +15 of the CTA's 128
+  const int cw = warp >> 2;           // consumer warpgroup 0 / 1
+  const int lane = ctid & 31;
+  const int gid = lane >> 2;
+  const int tig = lane & 3;
+
+  int plen = p.prefix_lens[b];
+  plen = max(0, min(plen, p.S - p.N));
+  const int L = plen + p.N;
+  const int num_tiles = (L + kBN - 1) / kBN;
+  const int tiles_per_split = (num_tiles + p.num_splits - 1) / p.num_splits;
+  const int t_begin = split * tiles_per_split;
+  const int t_end = min(num_tiles, t_begin + tiles_per_split);
+  if (t_begin >= t_end) {  // empty split: lse = -inf partials, which the merge skips
+    for (int r = ctid; r < kBM; r += 256) {
+      const int grow = m_base + r;
+      if (grow < p.rows) p.lse_part[((int64_t)split * p.B * p.Hkv + bh) * p.rows + grow] = -INFINITY;
+    }
+    return;
+  }
+  const int n_tiles = t_end - t_begin;
+
+  uint32_t qf[KSTEPS][4];
+  float o[NT_O][4];
+#pragma unroll
+  for (int i = 0; i < NT_O; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m_run[2] = {-INFINITY, -INFINITY};
+  float l_run[2] = {0.f, 0.f};
+  int node[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) node[h] = min((m_base + warp * 16 + gid + h * 8) / p.G, p.N - 1);
+  const int32_t* mrow0 = p.mask + ((int64_t)b * p.N + node[0]) * p.W;
+  const int32_t* mrow1 = p.mask + ((int64_t)b * p.N + node[1]) * p.W;
+
+  auto issue_s = [&](float (&s)[NT_S][4], int stage) {
+    const uint32_t kbase = smem_u32(sK + stage * kStage);
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks) {
+      const uint32_t addr = kbase + (ks >> 2) * (kBN * 128) + (ks & 3) * 32;
+      wgmma_m64n64k16_kmajor<T>(&s[0][0], qf[ks], make_desc_sw128(addr, 16, 1024), ks > 0);
+    }
+  };
+  auto issue_pv = [&](const uint32_t (&pa)[PV_KSTEPS][4], int stage) {
+    const uint32_t vbase = smem_u32(sV + stage * kStage);
+#pragma unroll
+    for (int ks = 0; ks < PV_KSTEPS; ++ks) {
+      const uint64_t desc = make_desc_sw128(vbase + ks * 16 * 128, kBN * 128, 1024);
+      if constexpr (D == 128)
+        wgmma_m64n128k16_nmajor<T>(&o[0][0], pa[ks], desc, 1);
+      else
+        wgmma_m64n64k16_nmajor<T>(&o[0][0], pa[ks], desc, 1);
+    }
+  };
+  auto softmax = [&](float (&s)[NT_S][4], int t, float (&alpha)[2]) {
+    const int key0 = t * kBN;
+#pragma unroll
+    for (int i = 0; i < NT_S; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[i][e] *= p.scale_log2;
+    if (key0 + kBN > plen) {
+      const int jb = key0 - plen;
+      const int wlo = max(jb, 0) >> 5;
+      uint32_t w0[3], w1[3];
+#pragma unroll
+      for (int k = 0; k < 3; ++k) {
+        const bool ok = wlo + k < p.W;
+        w0[k] = ok ? (uint32_t)__ldg(mrow0 + wlo + k) : 0u;
+        w1[k] = ok ? (uint32_t)__ldg(mrow1 + wlo + k) : 0u;
+      }
+#pragma unroll
+      for (int i = 0; i < NT_S; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = key0 + i * 8 + tig * 2 + (e & 1);
+          bool vis;
+          if (key < plen) {
+            vis = true;
+          } else if (key >= L) {
+            vis = false;
+          } else {
+            const int j = key - plen;
+            const int wi = (j >> 5) - wlo;
+            const uint32_t word = (e < 2) ? (wi == 0 ? w0[0] : (wi == 1 ? w0[1] : w0[2]))
+                                          : (wi == 0 ? w1[0] : (wi == 1 ? w1[1] : w1[2]));
+            vis = (word >> (j & 31)) & 1u;
+          }
+          if (!vis) s[i][e] = -INFINITY;
+        }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int i = 0; i < NT_S; ++i) mx = fmaxf(mx, fmaxf(s[i][2 * h], s[i][2 * h + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m_run[h], mx);
+      const float base = (m_new == -INFINITY) ? 0.f : m_new;
+      alpha[h] = exp2f(m_run[h] - base);
+      m_run[h] = m_new;
+      float sum = 0.f;
+#pragma unroll
+      for (int i = 0; i < NT_S; ++i) {
+        s[i][2 * h] = exp2f(s[i][2 * h] - base);
+        s[i][2 * h + 1] = exp2f(s[i][2 * h + 1] - base);
+        sum += s[i][2 * h] + s[i][2 * h + 1];
+      }
+      l_run[h] = l_run[h] * alpha[h] + sum;
+    }
+  };
+  auto pack_p = [&](const float (&s)[NT_S][4], uint32_t (&pa)[PV_KSTEPS][4]) {
+#pragma unroll
+    for (int ks = 0; ks < PV_KSTEPS; ++ks) {
+      pa[ks][0] = TypeTraits<T>::pack(s[2 * ks][0], s[2 * ks][1]);
+      pa[ks][1] = TypeTraits<T>::pack(s[2 * ks][2], s[2 * ks][3]);
+      pa[ks][2] = TypeTraits<T>::pack(s[2 * ks + 1][0], s[2 * ks + 1][1]);
+      pa[ks][3] = TypeTraits<T>::pack(s[2 * ks + 1][2], s[2 * ks + 1][3]);
+    }
+  };
+  // Ping-pong turns: warpgroup cw issues its wgmma groups between waiting on named barrier
+  // 1 + cw and arriving on the other's. Every warpgroup issues n_tiles + 1 groups (S(0), then
+  // S(i+1) with P(i) V(i), then the last P V); warpgroup 0 goes first, so warpgroup 1 arrives
+  // once up front and skips its arrival after its last group (the counts of both barriers match).
+  int turns_left = n_tiles + 1;
+  auto take_turn = [&]() {
+    if constexpr (PINGPONG) consumers_bar_sync(1 + cw);
+  };
+  auto end_turn = [&]() {
+    if constexpr (PINGPONG) {
+      --turns_left;
+      if (cw == 0 || turns_left > 0) consumers_bar_arrive(2 - cw);
+    }
+  };
+  if constexpr (PINGPONG) {
+    if (cw == 1) consumers_bar_arrive(1);
+  }
+  // Release a stage to the producer: this warp's products reading it are complete.
+  auto release = [&](int stage) {
+    __syncwarp();
+    if (lane == 0) mbar_arrive(kv_empty(stage));
+  };
+
+  // ---- prologue: Q fragments, S(0), softmax(0) ---------------------------------------------------
+  mbar_wait(q_full, 0);
+#pragma unroll
+  for (int ks = 0; ks < KSTEPS; ++ks) {
+    const int r = warp * 16 + (lane & 15);
+    const int c = ks * 2 + (lane >> 4);
+    ldmatrix_x4(smem_u32(sQ + swz<D>(r, c)), qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3]);
+  }
+  float s[NT_S][4];
+#pragma unroll
+  for (int i = 0; i < NT_S; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+  uint32_t pa[PV_KSTEPS][4];
+  float alpha[2];
+  mbar_wait(k_full(0), 0);
+  fence_proxy_async_smem();  // cp.async (generic proxy) data -> wgmma (async proxy)
+  take_turn();
+  wgmma_fence();
+  issue_s(s, 0);
+  JETSPEC_WGMMA_COMMIT();
+  end_turn();
+  JETSPEC_WGMMA_WAIT(0);
+  fence_regs(s);
+  softmax(s, t_begin, alpha);  // O = 0: alpha not needed
+  pack_p(s, pa);
+
+  // ---- main loop: S(i+1) and P(i) V(i) in flight, softmax(i+1) under the P V product ---------
+  for (int i = 0; i + 1 < n_tiles; ++i) {
+    const int st = i % kWsStages, st1 = (i + 1) % kWsStages;
+    mbar_wait(k_full(st1), ((i + 1) / kWsStages) & 1);
+    mbar_wait(v_full(st), (i / kWsStages) & 1);
+    fence_proxy_async_smem();
+    take_turn();
+    wgmma_fence();
+    issue_s(s, st1);
+    JETSPEC_WGMMA_COMMIT();
+    issue_pv(pa, st);
+    JETSPEC_WGMMA_COMMIT();
+    end_turn();
+    JETSPEC_WGMMA_WAIT(1);  // S(i+1) done
+    fence_regs(s);
+    softmax(s, t_begin + i + 1, alpha);
+    JETSPEC_WGMMA_WAIT(0);  // P(i) V(i) done: stage st (K(i), V(i)) is free
+    fence_regs(o);
+    release(st);
+#pragma unroll
+    for (int k = 0; k < NT_O; ++k) {
+      o[k][0] *= alpha[0];
+      o[k][1] *= alpha[0];
+      o[k][2] *= alpha[1];
+      o[k][3] *= alpha[1];
+    }
+    pack_p(s, pa);
+  }
+  {  // last tile: O += P V only
+    const int st = (n_tiles - 1) % kWsStages;
+    mbar_wait(v_full(st), ((n_tiles - 1) / kWsStages) & 1);
+    fence_proxy_async_smem();
+    take_turn();
+    wgmma_fence();
+    issue_pv(pa, st);
+    JETSPEC_WGMMA_COMMIT();
+    end_turn();
+    JETSPEC_WGMMA_WAIT(0);
+    fence_regs(o);
+  }
+
+  // ---- epilogue (as split_kernel_pipe) --------------------------------------------------------
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
+    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
+  }
+  constexpr float kLn2 = 0.6931471805599453f;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int grow = m_base + warp * 16 + gid + h * 8;
+    if (grow >= p.rows) continue;
+    const float l = l_run[h];
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const float lse_v = l > 0.f ? (m_run[h] + __log2f(l)) * kLn2 : -INFINITY;
+    const int n = grow / p.G;
+    const int hq = kvh * p.G + (grow - n * p.G);
+    if (p.num_splits == 1) {
+      T* orow = static_cast<T*>(p.out) + (((int64_t)b * p.N + n) * p.Hq + hq) * D;
+#pragma unroll
+      for (int i = 0; i < NT_O; ++i) {
+        const uint32_t v = TypeTraits<T>::pack(o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
+        *reinterpret_cast<uint32_t*>(orow + i * 8 + tig * 2) = v;
+      }
+      if (tig == 0) p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = lse_v;
+    } else {
+      const int64_t prow = ((int64_t)split * p.B * p.Hkv + bh) * p.rows + grow;
+      float* orow = p.o_part + prow * D;
+#pragma unroll
+      for (int i = 0; i < NT_O; ++i)
+        *reinterpret_cast<float2*>(orow + i * 8 + tig * 2) =
+            make_float2(o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
+      if (tig == 0) p.lse_part[prow] = lse_v;
+    }
+  }
+}
+
+}  // namespace tree_attn
+}  // namespace jetspec

@@ -120,8 +120,12 @@ template <int D, typename T, int NWARPS, bool PIPE>
 void launch_variant(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream,
                     at::Tensor& o_part, at::Tensor& lse_part, const at::TensorOptions& fopts) {
   static bool configured[64] = {false};  // per instantiation and device
-  launch_split<D, T>(PIPE ? tree_attn::split_kernel_pipe<D, T, NWARPS> : tree_attn::split_kernel<D, T, NWARPS>,
-                     NWARPS * 32, tree_attn::smem_bytes<D, NWARPS>(), tree_attn::bm_of(NWARPS), NWARPS == 4 ? 2 : 1,
+  void (*kernel)(const tree_attn::Params);
+  if constexpr (PIPE)  // (if constexpr: only the kernel that is launched gets instantiated)
+    kernel = tree_attn::split_kernel_pipe<D, T, NWARPS>;
+  else
+    kernel = tree_attn::split_kernel<D, T, NWARPS>;
+  launch_split<D, T>(kernel, NWARPS * 32, tree_attn::smem_bytes<D, NWARPS>(), tree_attn::bm_of(NWARPS), NWARPS == 4 ? 2 : 1,
                      configured, p, S, device, stream, o_part, lse_part, fopts);
 }
 

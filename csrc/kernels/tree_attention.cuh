@@ -180,6 +180,32 @@ __device__ __forceinline__ void fence_regs(float (&r)[N][4]) {
     for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(r[i][e])::"memory");
 }
 
+// The keys and key tiles one split CTA covers. The prefix length is clamped so that no slot
+// outside [0, S) is ever read even if the caller broke the contract prefix_len + N <= S (results
+// are then meaningless but memory-safe). Keys [0, L) exist; this split takes key tiles
+// [t_begin, t_end), empty when t_begin >= t_end (only possible when num_splits > 1).
+struct SplitRange {
+  int plen, L, t_begin, t_end;
+};
+__device__ __forceinline__ SplitRange split_range(const Params& p, int b, int split) {
+  SplitRange r;
+  r.plen = max(0, min(p.prefix_lens[b], p.S - p.N));
+  r.L = r.plen + p.N;
+  const int num_tiles = (r.L + kBN - 1) / kBN;
+  const int tiles_per_split = (num_tiles + p.num_splits - 1) / p.num_splits;
+  r.t_begin = split * tiles_per_split;
+  r.t_end = min(num_tiles, r.t_begin + tiles_per_split);
+  return r;
+}
+// Rows of an empty split: lse = -inf partials, which the merge skips (their O is never read).
+__device__ __forceinline__ void write_empty_split(const Params& p, int split, int bh, int m_base, int bm,
+                                                  int tid, int nthreads) {
+  for (int r = tid; r < bm; r += nthreads) {
+    const int grow = m_base + r;
+    if (grow < p.rows) p.lse_part[((int64_t)split * p.B * p.Hkv + bh) * p.rows + grow] = -INFINITY;
+  }
+}
+
 template <int D, int NWARPS>
 constexpr int smem_bytes() {
   // 2 stages of K + 2 stages of V + the Q tile, all (rows x D) 16-bit elements, plus 1 KB of
@@ -229,23 +255,10 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
   const int kvh = bh - b * p.Hkv;
   const int m_base = row_tile * kBM;
 
-  // Prefix length, clamped so that no slot outside [0, S) is ever read even if the caller broke
-  // the contract prefix_len + N <= S (results are then meaningless but memory-safe).
-  int plen = p.prefix_lens[b];
-  plen = max(0, min(plen, p.S - p.N));
-  const int L = plen + p.N;                    // keys [0, L) exist for this row
-  const int num_tiles = (L + kBN - 1) / kBN;
-  const int tiles_per_split = (num_tiles + p.num_splits - 1) / p.num_splits;
-  const int t_begin = split * tiles_per_split;
-  const int t_end = min(num_tiles, t_begin + tiles_per_split);
-
+  const SplitRange range = split_range(p, b, split);
+  const int plen = range.plen, L = range.L, t_begin = range.t_begin, t_end = range.t_end;
   if (t_begin >= t_end) {
-    // Empty split (only possible when num_splits > 1): lse = -inf, the merge skips it.
-    for (int r = tid; r < kBM; r += kThreads) {
-      const int grow = m_base + r;
-      if (grow < p.rows)
-        p.lse_part[((int64_t)split * p.B * p.Hkv + bh) * p.rows + grow] = -INFINITY;
-    }
+    write_empty_split(p, split, bh, m_base, kBM, tid, kThreads);
     return;
   }
 
@@ -576,19 +589,10 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
       }
     }
   }
-  int plen = p.prefix_lens[b];
-  plen = max(0, min(plen, p.S - p.N));
-  const int L = plen + p.N;
-  const int num_tiles = (L + kBN - 1) / kBN;
-  const int tiles_per_split = (num_tiles + p.num_splits - 1) / p.num_splits;
-  const int t_begin = split * tiles_per_split;
-  const int t_end = min(num_tiles, t_begin + tiles_per_split);
+  const SplitRange range = split_range(p, b, split);
+  const int plen = range.plen, L = range.L, t_begin = range.t_begin, t_end = range.t_end;
   if (t_begin >= t_end) {
-    for (int r = tid; r < kBM; r += kThreads) {
-      const int grow = m_base + r;
-      if (grow < p.rows)
-        p.lse_part[((int64_t)split * p.B * p.Hkv + bh) * p.rows + grow] = -INFINITY;
-    }
+    write_empty_split(p, split, bh, m_base, kBM, tid, kThreads);
     cp_async_commit();  // Q's copies (issued above) must land before the CTA exits
     cp_async_wait<0>();
     return;

@@ -180,13 +180,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
       }
       cp_async_arrive_noinc(q_full);
     }
-    int plen = p.prefix_lens[b];
-    plen = max(0, min(plen, p.S - p.N));
-    const int L = plen + p.N;
-    const int num_tiles = (L + kBN - 1) / kBN;
-    const int tiles_per_split = (num_tiles + p.num_splits - 1) / p.num_splits;
-    const int t_begin = split * tiles_per_split;
-    const int t_end = min(num_tiles, t_begin + tiles_per_split);
+    const SplitRange range = split_range(p, b, split);
+    const int L = range.L, t_begin = range.t_begin, t_end = range.t_end;
     auto load_tile = [&](const T* src_base, int64_t stride, uint4* dst, int tile) {
       const int key0 = tile * kBN;
 #pragma unroll
@@ -220,18 +215,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
   const int gid = lane >> 2;
   const int tig = lane & 3;
 
-  int plen = p.prefix_lens[b];
-  plen = max(0, min(plen, p.S - p.N));
-  const int L = plen + p.N;
-  const int num_tiles = (L + kBN - 1) / kBN;
-  const int tiles_per_split = (num_tiles + p.num_splits - 1) / p.num_splits;
-  const int t_begin = split * tiles_per_split;
-  const int t_end = min(num_tiles, t_begin + tiles_per_split);
-  if (t_begin >= t_end) {  // empty split: lse = -inf partials, which the merge skips
-    for (int r = ctid; r < kBM; r += 256) {
-      const int grow = m_base + r;
-      if (grow < p.rows) p.lse_part[((int64_t)split * p.B * p.Hkv + bh) * p.rows + grow] = -INFINITY;
-    }
+  const SplitRange range = split_range(p, b, split);
+  const int plen = range.plen, L = range.L, t_begin = range.t_begin, t_end = range.t_end;
+  if (t_begin >= t_end) {
+    write_empty_split(p, split, bh, m_base, kBM, ctid, 256);
     return;
   }
   const int n_tiles = t_end - t_begin;

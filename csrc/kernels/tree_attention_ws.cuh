@@ -182,6 +182,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
     }
     const SplitRange range = split_range(p, b, split);
     const int L = range.L, t_begin = range.t_begin, t_end = range.t_end;
+    if (t_begin >= t_end) {  // empty split: the consumers never wait; let Q's arrivals land first
+      mbar_wait(q_full, 0);
+      return;
+    }
     auto load_tile = [&](const T* src_base, int64_t stride, uint4* dst, int tile) {
       const int key0 = tile * kBN;
 #pragma unroll
@@ -202,7 +206,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
       load_tile(vg, p.v_ss, sV + st * kStage, t_begin + i);
       cp_async_arrive_noinc(v_full(st));
     }
-    cp_async_wait_all();  // do not leave with copies in flight
+    cp_async_wait_all();  // do not leave with copies in flight (the consumers wait for their arrivals)
     return;
   }
 

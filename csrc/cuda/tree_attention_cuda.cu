@@ -54,8 +54,9 @@ int choose_splits(int64_t base, int64_t S, int sms, int ctas_per_sm) {
 // Removed in the tenth session, all measured slower on the H200 (benchmarks/RESULTS.md): the
 // non-pipelined wgmma / wgmma8 variants, the CUDA-core decode kernel and the in-launch merges.
 enum class Impl { kMma, kWgmmaPipe, kWgmmaPipe8, kWgmmaWs, kWgmmaWsPp };
-// Default on sm_90: wgmma_pipe8, the fastest variant in the benchmark cells on the H200
-// (benchmarks/RESULTS.md, 2026-11-28) and correct on every GPU test case. Elsewhere: mma.
+// Default on sm_90: wgmma_pipe8, within ~2 % of the fastest variant in every benchmark cell on
+// the H200 and up to 10 % ahead of wgmma_pipe on the long-prefix cells (benchmarks/RESULTS.md,
+// 2026-11-28 and the tenth session), correct on every GPU test case. Elsewhere: mma.
 constexpr Impl kDefaultImpl = Impl::kWgmmaPipe8;
 
 Impl choose_impl(int device) {

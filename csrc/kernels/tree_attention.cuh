@@ -213,6 +213,80 @@ constexpr int smem_bytes() {
   return (bm_of(NWARPS) + 4 * kBN) * D * 2 + 1024;
 }
 
+// Online-softmax update of a thread's two rows for one key tile of scaled, masked scores s
+// (base 2): new running max m_run and sum l_run (per-thread partial, quad-reduced at the end),
+// the rescale factor alpha of O, and the probabilities left in s.
+__device__ __forceinline__ void softmax_update(float (&s)[kBN / 8][4], float (&m_run)[2], float (&l_run)[2],
+                                               float (&alpha)[2]) {
+  constexpr int NT_S = kBN / 8;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < NT_S; ++i) mx = fmaxf(mx, fmaxf(s[i][2 * h], s[i][2 * h + 1]));
+    // The 4 threads of a quad hold the same row.
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m_run[h], mx);
+    // Rows that have seen nothing yet keep m = -inf; use 0 as the exponent base so that
+    // exp2(-inf - base) = 0 instead of NaN.
+    const float base = (m_new == -INFINITY) ? 0.f : m_new;
+    alpha[h] = exp2f(m_run[h] - base);
+    m_run[h] = m_new;
+    float sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < NT_S; ++i) {
+      s[i][2 * h] = exp2f(s[i][2 * h] - base);
+      s[i][2 * h + 1] = exp2f(s[i][2 * h + 1] - base);
+      sum += s[i][2 * h] + s[i][2 * h + 1];
+    }
+    l_run[h] = l_run[h] * alpha[h] + sum;
+  }
+}
+
+// Online-softmax state of a thread's two query rows (rows gid and gid + 8 of its warp's 16) and
+// the epilogue that writes them: shared by every split kernel.
+// Quad-reduce the row sums, normalise O and write either out/lse (one split) or the fp32 partials.
+template <int D, typename T>
+__device__ __forceinline__ void write_rows(const Params& p, const float (&o)[D / 8][4], float (&l_run)[2],
+                                           const float (&m_run)[2], int row0, int split, int bh, int b, int kvh,
+                                           int tig) {
+  constexpr int NT_O = D / 8;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
+    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
+  }
+  constexpr float kLn2 = 0.6931471805599453f;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int grow = row0 + h * 8;
+    if (grow >= p.rows) continue;
+    const float l = l_run[h];
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const float lse_v = l > 0.f ? (m_run[h] + __log2f(l)) * kLn2 : -INFINITY;
+    const int n = grow / p.G;
+    const int hq = kvh * p.G + (grow - n * p.G);
+    if (p.num_splits == 1) {
+      T* orow = static_cast<T*>(p.out) + (((int64_t)b * p.N + n) * p.Hq + hq) * D;
+#pragma unroll
+      for (int i = 0; i < NT_O; ++i) {
+        const uint32_t v = TypeTraits<T>::pack(o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
+        *reinterpret_cast<uint32_t*>(orow + i * 8 + tig * 2) = v;
+      }
+      if (tig == 0) p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = lse_v;
+    } else {
+      const int64_t prow = ((int64_t)split * p.B * p.Hkv + bh) * p.rows + grow;
+      float* orow = p.o_part + prow * D;
+#pragma unroll
+      for (int i = 0; i < NT_O; ++i)
+        *reinterpret_cast<float2*>(orow + i * 8 + tig * 2) =
+            make_float2(o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
+      if (tig == 0) p.lse_part[prow] = lse_v;
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Split kernel with mma.sync m16n8k16 (any sm_80+; the default off sm_90).
 // grid = (ceil(rows / BM), num_splits, B * Hkv), block = 32 * NWARPS threads, each warp 16 rows.
@@ -420,29 +494,7 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
 
     // ---- online softmax (fp32, base 2) ---------------------------------------------------------
     float alpha[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int i = 0; i < NT_S; ++i) mx = fmaxf(mx, fmaxf(s[i][2 * h], s[i][2 * h + 1]));
-      // The 4 threads of a quad hold the same row.
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m_run[h], mx);
-      // Rows that have seen nothing yet keep m = -inf; use 0 as the exponent base so that
-      // exp2(-inf - base) = 0 instead of NaN.
-      const float base = (m_new == -INFINITY) ? 0.f : m_new;
-      alpha[h] = exp2f(m_run[h] - base);
-      m_run[h] = m_new;
-      float sum = 0.f;
-#pragma unroll
-      for (int i = 0; i < NT_S; ++i) {
-        s[i][2 * h] = exp2f(s[i][2 * h] - base);
-        s[i][2 * h + 1] = exp2f(s[i][2 * h + 1] - base);
-        sum += s[i][2 * h] + s[i][2 * h + 1];
-      }
-      l_run[h] = l_run[h] * alpha[h] + sum;  // per-thread partial sum; reduced at the end
-    }
+    softmax_update(s, m_run, l_run, alpha);
 #pragma unroll
     for (int i = 0; i < NT_O; ++i) {
       o[i][0] *= alpha[0];
@@ -475,39 +527,149 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
     __syncthreads();  // every warp is done with this stage before it is refilled
   }
 
-  // ---- epilogue ------------------------------------------------------------------------------
+  write_rows<D, T>(p, o, l_run, m_run, m_base + warp * 16 + gid, split, bh, b, kvh, tig);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tile copies (cp.async) shared by split_kernel_pipe and split_kernel_ws. kThreads copying threads:
+// thread tid takes chunk c_chunk = tid % CH of rows r0 = tid / CH, r0 + kThreads / CH, ... of
+// every tile (the caller computes r0 and c_chunk once).
+// ---------------------------------------------------------------------------------------------
+// The CTA's kBM query rows [m_base, m_base + kBM) of (batch row b, KV head kvh) into sQ (swz
+// layout); rows past p.rows are zero-filled. A row's (query node, head) pair comes from one
+// division by G, then steps (why: per-row divisions by G and 64-bit index maths made the Q copy
+// the costliest part of the prologue in the per-instruction stall samples, before any data is in
+// flight).
+template <int D, typename T, int kBM, int kThreads>
+__device__ __forceinline__ void copy_q_tile(const Params& p, const T* qg, uint4* sQ, int b, int kvh, int m_base,
+                                            int r0, int c_chunk) {
+  constexpr int CH = D / 8;
+  constexpr int kRowStep = kThreads / CH;  // rows between a thread's consecutive copies
+  static_assert(kThreads % CH == 0 && kBM % kRowStep == 0, "a thread copies the same chunk column of every row");
+  const int grow0 = m_base + r0;
+  int n = grow0 / p.G, g = grow0 - n * p.G;
+  const int dn = kRowStep / p.G, dg = kRowStep - dn * p.G;
+  const T* qbase = qg + b * p.q_sb + (int64_t)kvh * p.G * p.q_sh + c_chunk * 8;
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
-    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
-  }
-  constexpr float kLn2 = 0.6931471805599453f;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int grow = m_base + warp * 16 + gid + h * 8;
-    if (grow >= p.rows) continue;
-    const float l = l_run[h];
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    const float lse_v = l > 0.f ? (m_run[h] + __log2f(l)) * kLn2 : -INFINITY;
-    const int n = grow / p.G;
-    const int hq = kvh * p.G + (grow - n * p.G);
-    if (p.num_splits == 1) {
-      T* orow = static_cast<T*>(p.out) + (((int64_t)b * p.N + n) * p.Hq + hq) * D;
-#pragma unroll
-      for (int i = 0; i < NT_O; ++i) {
-        const uint32_t v = TypeTraits<T>::pack(o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
-        *reinterpret_cast<uint32_t*>(orow + i * 8 + tig * 2) = v;
-      }
-      if (tig == 0) p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = lse_v;
-    } else {
-      const int64_t prow = ((int64_t)split * p.B * p.Hkv + bh) * p.rows + grow;
-      float* orow = p.o_part + prow * D;
-#pragma unroll
-      for (int i = 0; i < NT_O; ++i)
-        *reinterpret_cast<float2*>(orow + i * 8 + tig * 2) =
-            make_float2(o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
-      if (tig == 0) p.lse_part[prow] = lse_v;
+  for (int i = 0; i < kBM / kRowStep; ++i) {
+    const int r = r0 + i * kRowStep;
+    const bool ok = m_base + r < p.rows;
+    const T* src = qbase + (int64_t)n * p.q_sn + (int64_t)g * p.q_sh;
+    cp_async_16(smem_u32(sQ + swz<D>(r, c_chunk)), ok ? src : qg, ok ? 16 : 0);
+    n += dn;
+    g += dg;
+    if (g >= p.G) {
+      g -= p.G;
+      ++n;
     }
+  }
+}
+// One tile of K or V (kBN keys from `tile * kBN` of the cache rows at `src_base`, `stride`
+// elements apart) into `dst` (kv_off_sw128 layout); keys at or past L are zero-filled, never
+// read. (Stepping one pointer per tile, like Q, measured slower in the main loop on the H200:
+// +2 us at 18 tiles per CTA.)
+template <int D, typename T, int kThreads>
+__device__ __forceinline__ void copy_kv_tile(const T* src_base, int64_t stride, uint4* dst, int tile, int L, int r0,
+                                             int c_chunk) {
+  constexpr int CH = D / 8;
+  constexpr int kRowStep = kThreads / CH;
+  static_assert(kThreads % CH == 0 && kBN % kRowStep == 0, "copies split evenly over the threads");
+  const int key0 = tile * kBN;
+#pragma unroll
+  for (int i = 0; i < kBN / kRowStep; ++i) {
+    const int r = r0 + i * kRowStep;
+    const int key = key0 + r;
+    const bool ok = key < L;
+    const int64_t kk = ok ? key : 0;
+    cp_async_16(smem_u32(dst + kv_off_sw128<D>(r, c_chunk)), src_base + kk * stride + c_chunk * 8, ok ? 16 : 0);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One wgmma warpgroup's per-tile maths (64 query rows; each thread holds rows gid and gid + 8 of
+// its warp's 16), shared by split_kernel_pipe and split_kernel_ws.
+// ---------------------------------------------------------------------------------------------
+// S = Q K^T of the K tile at `sk` (kv_off_sw128 layout), issued asynchronously (the caller
+// fences, commits and waits).
+template <int D, typename T>
+__device__ __forceinline__ void wgmma_qk(float (&s)[kBN / 8][4], const uint32_t (&qf)[D / 16][4], const uint4* sk) {
+  constexpr int KSTEPS = D / 16;
+  const uint32_t kbase = smem_u32(sk);
+#pragma unroll
+  for (int ks = 0; ks < KSTEPS; ++ks) {
+    const uint32_t addr = kbase + (ks >> 2) * (kBN * 128) + (ks & 3) * 32;
+    wgmma_m64n64k16_kmajor<T>(&s[0][0], qf[ks], make_desc_sw128(addr, 16, 1024), ks > 0);
+  }
+}
+// O += P V of the V tile at `sv`, issued asynchronously.
+template <int D, typename T>
+__device__ __forceinline__ void wgmma_pv(float (&o)[D / 8][4], const uint32_t (&pa)[kBN / 16][4], const uint4* sv) {
+  constexpr int PV_KSTEPS = kBN / 16;
+  const uint32_t vbase = smem_u32(sv);
+#pragma unroll
+  for (int ks = 0; ks < PV_KSTEPS; ++ks) {
+    const uint64_t desc = make_desc_sw128(vbase + ks * 16 * 128, kBN * 128, 1024);
+    if constexpr (D == 128)
+      wgmma_m64n128k16_nmajor<T>(&o[0][0], pa[ks], desc, 1);
+    else
+      wgmma_m64n64k16_nmajor<T>(&o[0][0], pa[ks], desc, 1);
+  }
+}
+// Scale, mask (tiles reaching past the prefix: bits of the rows' tree-mask words mrow0 / mrow1),
+// online-softmax update of m_run / l_run for key tile t; returns the rescale factor of O in
+// alpha and leaves the probabilities in s.
+__device__ __forceinline__ void online_softmax(float (&s)[kBN / 8][4], const Params& p, int t, int plen, int L,
+                                               const int32_t* mrow0, const int32_t* mrow1, int tig,
+                                               float (&m_run)[2], float (&l_run)[2], float (&alpha)[2]) {
+  constexpr int NT_S = kBN / 8;
+  const int key0 = t * kBN;
+#pragma unroll
+  for (int i = 0; i < NT_S; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[i][e] *= p.scale_log2;
+  if (key0 + kBN > plen) {
+    const int jb = key0 - plen;
+    const int wlo = max(jb, 0) >> 5;
+    uint32_t w0[3], w1[3];
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+      const bool ok = wlo + k < p.W;
+      w0[k] = ok ? (uint32_t)__ldg(mrow0 + wlo + k) : 0u;
+      w1[k] = ok ? (uint32_t)__ldg(mrow1 + wlo + k) : 0u;
+    }
+#pragma unroll
+    for (int i = 0; i < NT_S; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = key0 + i * 8 + tig * 2 + (e & 1);
+        bool vis;
+        if (key < plen) {
+          vis = true;
+        } else if (key >= L) {
+          vis = false;
+        } else {
+          const int j = key - plen;
+          const int wi = (j >> 5) - wlo;
+          const uint32_t word =
+              (e < 2) ? (wi == 0 ? w0[0] : (wi == 1 ? w0[1] : w0[2]))
+                      : (wi == 0 ? w1[0] : (wi == 1 ? w1[1] : w1[2]));
+          vis = (word >> (j & 31)) & 1u;
+        }
+        if (!vis) s[i][e] = -INFINITY;
+      }
+  }
+  softmax_update(s, m_run, l_run, alpha);
+}
+// The probabilities in the A-operand register layout of the P V product.
+template <typename T>
+__device__ __forceinline__ void pack_probs(const float (&s)[kBN / 8][4], uint32_t (&pa)[kBN / 16][4]) {
+  constexpr int PV_KSTEPS = kBN / 16;
+#pragma unroll
+  for (int ks = 0; ks < PV_KSTEPS; ++ks) {
+    pa[ks][0] = TypeTraits<T>::pack(s[2 * ks][0], s[2 * ks][1]);
+    pa[ks][1] = TypeTraits<T>::pack(s[2 * ks][2], s[2 * ks][3]);
+    pa[ks][2] = TypeTraits<T>::pack(s[2 * ks + 1][0], s[2 * ks + 1][1]);
+    pa[ks][3] = TypeTraits<T>::pack(s[2 * ks + 1][2], s[2 * ks + 1][3]);
   }
 }
 
@@ -561,11 +723,9 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
   const T* vg = static_cast<const T*>(p.v) + b * p.v_sb + kvh * p.v_sh;
 
   // Q's copies are issued before the prefix length is read: they do not depend on it, so that
-  // load's latency overlaps them.
-  // Copy addressing. Each thread copies chunk c = tid % CH of rows r0, r0 + kRowStep, ... of
-  // every tile. Q's (query node, head) pair of a row comes from one division by G, then steps
-  // (why: per-row divisions by G and 64-bit index maths made the Q copy the costliest part of
-  // the prologue in the per-instruction stall samples, before any data is in flight).
+  // load's latency overlaps them. (The same maths as copy_q_tile, which split_kernel_ws calls;
+  // kept inline because as a call this kernel's machine code changed, and this form is the one
+  // measured and GPU-tested. Switch after an A/B.)
   constexpr int kRowStep = kThreads / CH;  // rows between a thread's consecutive copies
   static_assert(kThreads % CH == 0, "a thread copies the same chunk column of every row");
   const int c_chunk = tid % CH;
@@ -599,20 +759,8 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
   }
   const int n_tiles = t_end - t_begin;
 
-  // One tile of K or V (kBN keys from `tile * kBN`) into `dst`; keys at or past L are zero-filled.
-  // (Stepping one pointer per tile, like Q above, measured slower in the main loop on the H200:
-  // +2 us at 18 tiles per CTA.)
   auto load_tile = [&](const T* src_base, int64_t stride, uint4* dst, int tile) {
-    const int key0 = tile * kBN;
-#pragma unroll
-    for (int i = 0; i < kBN / kRowStep; ++i) {
-      const int r = r0 + i * kRowStep;
-      const int key = key0 + r;
-      const bool ok = key < L;
-      const int64_t kk = ok ? key : 0;
-      cp_async_16(smem_u32(dst + kv_off_sw128<D>(r, c_chunk)), src_base + kk * stride + c_chunk * 8,
-                  ok ? 16 : 0);
-    }
+    copy_kv_tile<D, T, kThreads>(src_base, stride, dst, tile, L, r0, c_chunk);
   };
   // cp.async groups: {Q, K0}, {V0}, {K1 or nothing}.
   load_tile(kg, p.k_ss, sK, t_begin);
@@ -634,95 +782,12 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
   const int32_t* mrow0 = p.mask + ((int64_t)b * p.N + node[0]) * p.W;
   const int32_t* mrow1 = p.mask + ((int64_t)b * p.N + node[1]) * p.W;
 
-  // S = Q K^T of the K tile in `stage`, issued asynchronously (caller commits / waits).
-  auto issue_s = [&](float (&s)[NT_S][4], int stage) {
-    const uint32_t kbase = smem_u32(sK + stage * kBN * CH);
-#pragma unroll
-    for (int ks = 0; ks < KSTEPS; ++ks) {
-      const uint32_t addr = kbase + (ks >> 2) * (kBN * 128) + (ks & 3) * 32;
-      wgmma_m64n64k16_kmajor<T>(&s[0][0], qf[ks], make_desc_sw128(addr, 16, 1024), ks > 0);
-    }
-  };
-  auto issue_pv = [&](const uint32_t (&pa)[PV_KSTEPS][4], int stage) {
-    const uint32_t vbase = smem_u32(sV + stage * kBN * CH);
-#pragma unroll
-    for (int ks = 0; ks < PV_KSTEPS; ++ks) {
-      const uint64_t desc = make_desc_sw128(vbase + ks * 16 * 128, kBN * 128, 1024);
-      if constexpr (D == 128)
-        wgmma_m64n128k16_nmajor<T>(&o[0][0], pa[ks], desc, 1);
-      else
-        wgmma_m64n64k16_nmajor<T>(&o[0][0], pa[ks], desc, 1);
-    }
-  };
-  // Scale, mask (tiles reaching past the prefix), online-softmax update of m/l; returns the
-  // rescale factor of O in alpha and leaves the probabilities in s.
+  auto issue_s = [&](float (&s)[NT_S][4], int stage) { wgmma_qk<D, T>(s, qf, sK + stage * kBN * CH); };
+  auto issue_pv = [&](const uint32_t (&pa)[PV_KSTEPS][4], int stage) { wgmma_pv<D, T>(o, pa, sV + stage * kBN * CH); };
   auto softmax = [&](float (&s)[NT_S][4], int t, float (&alpha)[2]) {
-    const int key0 = t * kBN;
-#pragma unroll
-    for (int i = 0; i < NT_S; ++i)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[i][e] *= p.scale_log2;
-    if (key0 + kBN > plen) {
-      const int jb = key0 - plen;
-      const int wlo = max(jb, 0) >> 5;
-      uint32_t w0[3], w1[3];
-#pragma unroll
-      for (int k = 0; k < 3; ++k) {
-        const bool ok = wlo + k < p.W;
-        w0[k] = ok ? (uint32_t)__ldg(mrow0 + wlo + k) : 0u;
-        w1[k] = ok ? (uint32_t)__ldg(mrow1 + wlo + k) : 0u;
-      }
-#pragma unroll
-      for (int i = 0; i < NT_S; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = key0 + i * 8 + tig * 2 + (e & 1);
-          bool vis;
-          if (key < plen) {
-            vis = true;
-          } else if (key >= L) {
-            vis = false;
-          } else {
-            const int j = key - plen;
-            const int wi = (j >> 5) - wlo;
-            const uint32_t word =
-                (e < 2) ? (wi == 0 ? w0[0] : (wi == 1 ? w0[1] : w0[2]))
-                        : (wi == 0 ? w1[0] : (wi == 1 ? w1[1] : w1[2]));
-            vis = (word >> (j & 31)) & 1u;
-          }
-          if (!vis) s[i][e] = -INFINITY;
-        }
-    }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int i = 0; i < NT_S; ++i) mx = fmaxf(mx, fmaxf(s[i][2 * h], s[i][2 * h + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m_run[h], mx);
-      const float base = (m_new == -INFINITY) ? 0.f : m_new;
-      alpha[h] = exp2f(m_run[h] - base);
-      m_run[h] = m_new;
-      float sum = 0.f;
-#pragma unroll
-      for (int i = 0; i < NT_S; ++i) {
-        s[i][2 * h] = exp2f(s[i][2 * h] - base);
-        s[i][2 * h + 1] = exp2f(s[i][2 * h + 1] - base);
-        sum += s[i][2 * h] + s[i][2 * h + 1];
-      }
-      l_run[h] = l_run[h] * alpha[h] + sum;
-    }
+    online_softmax(s, p, t, plen, L, mrow0, mrow1, tig, m_run, l_run, alpha);
   };
-  auto pack_p = [&](const float (&s)[NT_S][4], uint32_t (&pa)[PV_KSTEPS][4]) {
-#pragma unroll
-    for (int ks = 0; ks < PV_KSTEPS; ++ks) {
-      pa[ks][0] = TypeTraits<T>::pack(s[2 * ks][0], s[2 * ks][1]);
-      pa[ks][1] = TypeTraits<T>::pack(s[2 * ks][2], s[2 * ks][3]);
-      pa[ks][2] = TypeTraits<T>::pack(s[2 * ks + 1][0], s[2 * ks + 1][1]);
-      pa[ks][3] = TypeTraits<T>::pack(s[2 * ks + 1][2], s[2 * ks + 1][3]);
-    }
-  };
+  auto pack_p = [&](const float (&s)[NT_S][4], uint32_t (&pa)[PV_KSTEPS][4]) { pack_probs<T>(s, pa); };
 
   // ---- prologue: S(0), softmax(0) ------------------------------------------------------------
   cp_async_wait<2>();  // {Q, K0} landed; V0 and K1 may still be in flight
@@ -792,40 +857,7 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
     fence_regs(o);
   }
 
-  // ---- epilogue (as split_kernel) -------------------------------------------------------------
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
-    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
-  }
-  constexpr float kLn2 = 0.6931471805599453f;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int grow = m_base + warp * 16 + gid + h * 8;
-    if (grow >= p.rows) continue;
-    const float l = l_run[h];
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    const float lse_v = l > 0.f ? (m_run[h] + __log2f(l)) * kLn2 : -INFINITY;
-    const int n = grow / p.G;
-    const int hq = kvh * p.G + (grow - n * p.G);
-    if (p.num_splits == 1) {
-      T* orow = static_cast<T*>(p.out) + (((int64_t)b * p.N + n) * p.Hq + hq) * D;
-#pragma unroll
-      for (int i = 0; i < NT_O; ++i) {
-        const uint32_t v = TypeTraits<T>::pack(o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
-        *reinterpret_cast<uint32_t*>(orow + i * 8 + tig * 2) = v;
-      }
-      if (tig == 0) p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = lse_v;
-    } else {
-      const int64_t prow = ((int64_t)split * p.B * p.Hkv + bh) * p.rows + grow;
-      float* orow = p.o_part + prow * D;
-#pragma unroll
-      for (int i = 0; i < NT_O; ++i)
-        *reinterpret_cast<float2*>(orow + i * 8 + tig * 2) =
-            make_float2(o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
-      if (tig == 0) p.lse_part[prow] = lse_v;
-    }
-  }
+  write_rows<D, T>(p, o, l_run, m_run, m_base + warp * 16 + gid, split, bh, b, kvh, tig);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,9 +20,8 @@
 //     (named barriers 1 and 2, FlashAttention-3 style), so one warpgroup's softmax runs while
 //     the other's products occupy the tensor cores.
 // Same inputs, outputs, split convention and partials as split_kernel_pipe<D, T, 8> (128 query
-// rows per CTA, one CTA per SM): merge_kernel combines the splits. The consumer maths below
-// deliberately repeats split_kernel_pipe's for this A/B; the variant that loses the measurement
-// is to be deleted.
+// rows per CTA, one CTA per SM): merge_kernel combines the splits. The per-tile maths (wgmma_qk,
+// wgmma_pv, online_softmax, pack_probs) and the epilogue (write_rows) are split_kernel_pipe's.
 #pragma once
 
 #include "tree_attention.cuh"
@@ -116,9 +115,6 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
   constexpr int PV_KSTEPS = kBN / 16;
   constexpr int kStage = kBN * CH;        // chunks of one K or V tile
   constexpr int kProducers = 128;
-  constexpr int kRowStep = kProducers / CH;  // rows between a producer thread's copies
-  static_assert(kProducers % CH == 0 && kBN % kRowStep == 0 && kBM % kRowStep == 0,
-                "copies split evenly over the producer threads");
 
   extern __shared__ __align__(1024) uint4 smem_raw[];
   uint4* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023) / 16;
@@ -160,50 +156,21 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
     warpgroup_set_regs<56>();
     const int c_chunk = tid % CH;
     const int r0 = tid / CH;
-    {  // Q before the prefix length: it does not depend on it.
-      const int grow0 = m_base + r0;
-      int n = grow0 / p.G, g = grow0 - n * p.G;
-      const int dn = kRowStep / p.G, dg = kRowStep - dn * p.G;
-      const T* qbase = qg + b * p.q_sb + (int64_t)kvh * p.G * p.q_sh + c_chunk * 8;
-#pragma unroll 4
-      for (int i = 0; i < kBM / kRowStep; ++i) {
-        const int r = r0 + i * kRowStep;
-        const bool ok = m_base + r < p.rows;
-        const T* src = qbase + (int64_t)n * p.q_sn + (int64_t)g * p.q_sh;
-        cp_async_16(smem_u32(sQ + swz<D>(r, c_chunk)), ok ? src : qg, ok ? 16 : 0);
-        n += dn;
-        g += dg;
-        if (g >= p.G) {
-          g -= p.G;
-          ++n;
-        }
-      }
-      cp_async_arrive_noinc(q_full);
-    }
+    // Q before the prefix length: it does not depend on it.
+    copy_q_tile<D, T, kBM, kProducers>(p, qg, sQ, b, kvh, m_base, r0, c_chunk);
+    cp_async_arrive_noinc(q_full);
     const SplitRange range = split_range(p, b, split);
     const int L = range.L, t_begin = range.t_begin, t_end = range.t_end;
     if (t_begin >= t_end) {  // empty split: the consumers never wait; let Q's arrivals land first
       mbar_wait(q_full, 0);
       return;
     }
-    auto load_tile = [&](const T* src_base, int64_t stride, uint4* dst, int tile) {
-      const int key0 = tile * kBN;
-#pragma unroll
-      for (int i = 0; i < kBN / kRowStep; ++i) {
-        const int r = r0 + i * kRowStep;
-        const int key = key0 + r;
-        const bool ok = key < L;  // keys at or past L are zero-filled, never read
-        const int64_t kk = ok ? key : 0;
-        cp_async_16(smem_u32(dst + kv_off_sw128<D>(r, c_chunk)), src_base + kk * stride + c_chunk * 8,
-                    ok ? 16 : 0);
-      }
-    };
     for (int i = 0; i < t_end - t_begin; ++i) {
       const int st = i % kWsStages;
       mbar_wait(kv_empty(st), ((i / kWsStages) & 1) ^ 1);  // both consumers done with the stage
-      load_tile(kg, p.k_ss, sK + st * kStage, t_begin + i);
+      copy_kv_tile<D, T, kProducers>(kg, p.k_ss, sK + st * kStage, t_begin + i, L, r0, c_chunk);
       cp_async_arrive_noinc(k_full(st));
-      load_tile(vg, p.v_ss, sV + st * kStage, t_begin + i);
+      copy_kv_tile<D, T, kProducers>(vg, p.v_ss, sV + st * kStage, t_begin + i, L, r0, c_chunk);
       cp_async_arrive_noinc(v_full(st));
     }
     cp_async_wait_all();  // do not leave with copies in flight (the consumers wait for their arrivals)
@@ -239,91 +206,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
   const int32_t* mrow0 = p.mask + ((int64_t)b * p.N + node[0]) * p.W;
   const int32_t* mrow1 = p.mask + ((int64_t)b * p.N + node[1]) * p.W;
 
-  auto issue_s = [&](float (&s)[NT_S][4], int stage) {
-    const uint32_t kbase = smem_u32(sK + stage * kStage);
-#pragma unroll
-    for (int ks = 0; ks < KSTEPS; ++ks) {
-      const uint32_t addr = kbase + (ks >> 2) * (kBN * 128) + (ks & 3) * 32;
-      wgmma_m64n64k16_kmajor<T>(&s[0][0], qf[ks], make_desc_sw128(addr, 16, 1024), ks > 0);
-    }
-  };
-  auto issue_pv = [&](const uint32_t (&pa)[PV_KSTEPS][4], int stage) {
-    const uint32_t vbase = smem_u32(sV + stage * kStage);
-#pragma unroll
-    for (int ks = 0; ks < PV_KSTEPS; ++ks) {
-      const uint64_t desc = make_desc_sw128(vbase + ks * 16 * 128, kBN * 128, 1024);
-      if constexpr (D == 128)
-        wgmma_m64n128k16_nmajor<T>(&o[0][0], pa[ks], desc, 1);
-      else
-        wgmma_m64n64k16_nmajor<T>(&o[0][0], pa[ks], desc, 1);
-    }
-  };
+  auto issue_s = [&](float (&s)[NT_S][4], int stage) { wgmma_qk<D, T>(s, qf, sK + stage * kStage); };
+  auto issue_pv = [&](const uint32_t (&pa)[PV_KSTEPS][4], int stage) { wgmma_pv<D, T>(o, pa, sV + stage * kStage); };
   auto softmax = [&](float (&s)[NT_S][4], int t, float (&alpha)[2]) {
-    const int key0 = t * kBN;
-#pragma unroll
-    for (int i = 0; i < NT_S; ++i)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[i][e] *= p.scale_log2;
-    if (key0 + kBN > plen) {
-      const int jb = key0 - plen;
-      const int wlo = max(jb, 0) >> 5;
-      uint32_t w0[3], w1[3];
-#pragma unroll
-      for (int k = 0; k < 3; ++k) {
-        const bool ok = wlo + k < p.W;
-        w0[k] = ok ? (uint32_t)__ldg(mrow0 + wlo + k) : 0u;
-        w1[k] = ok ? (uint32_t)__ldg(mrow1 + wlo + k) : 0u;
-      }
-#pragma unroll
-      for (int i = 0; i < NT_S; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = key0 + i * 8 + tig * 2 + (e & 1);
-          bool vis;
-          if (key < plen) {
-            vis = true;
-          } else if (key >= L) {
-            vis = false;
-          } else {
-            const int j = key - plen;
-            const int wi = (j >> 5) - wlo;
-            const uint32_t word = (e < 2) ? (wi == 0 ? w0[0] : (wi == 1 ? w0[1] : w0[2]))
-                                          : (wi == 0 ? w1[0] : (wi == 1 ? w1[1] : w1[2]));
-            vis = (word >> (j & 31)) & 1u;
-          }
-          if (!vis) s[i][e] = -INFINITY;
-        }
-    }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int i = 0; i < NT_S; ++i) mx = fmaxf(mx, fmaxf(s[i][2 * h], s[i][2 * h + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m_run[h], mx);
-      const float base = (m_new == -INFINITY) ? 0.f : m_new;
-      alpha[h] = exp2f(m_run[h] - base);
-      m_run[h] = m_new;
-      float sum = 0.f;
-#pragma unroll
-      for (int i = 0; i < NT_S; ++i) {
-        s[i][2 * h] = exp2f(s[i][2 * h] - base);
-        s[i][2 * h + 1] = exp2f(s[i][2 * h + 1] - base);
-        sum += s[i][2 * h] + s[i][2 * h + 1];
-      }
-      l_run[h] = l_run[h] * alpha[h] + sum;
-    }
+    online_softmax(s, p, t, plen, L, mrow0, mrow1, tig, m_run, l_run, alpha);
   };
-  auto pack_p = [&](const float (&s)[NT_S][4], uint32_t (&pa)[PV_KSTEPS][4]) {
-#pragma unroll
-    for (int ks = 0; ks < PV_KSTEPS; ++ks) {
-      pa[ks][0] = TypeTraits<T>::pack(s[2 * ks][0], s[2 * ks][1]);
-      pa[ks][1] = TypeTraits<T>::pack(s[2 * ks][2], s[2 * ks][3]);
-      pa[ks][2] = TypeTraits<T>::pack(s[2 * ks + 1][0], s[2 * ks + 1][1]);
-      pa[ks][3] = TypeTraits<T>::pack(s[2 * ks + 1][2], s[2 * ks + 1][3]);
-    }
-  };
+  auto pack_p = [&](const float (&s)[NT_S][4], uint32_t (&pa)[PV_KSTEPS][4]) { pack_probs<T>(s, pa); };
   // Ping-pong turns: warpgroup cw issues its wgmma groups between waiting on named barrier
   // 1 + cw and arriving on the other's. Every warpgroup issues n_tiles + 1 groups (S(0), then
   // S(i+1) with P(i) V(i), then the last P V); warpgroup 0 goes first, so warpgroup 1 arrives
@@ -413,40 +301,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
     fence_regs(o);
   }
 
-  // ---- epilogue (as split_kernel_pipe) --------------------------------------------------------
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
-    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
-  }
-  constexpr float kLn2 = 0.6931471805599453f;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int grow = m_base + warp * 16 + gid + h * 8;
-    if (grow >= p.rows) continue;
-    const float l = l_run[h];
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    const float lse_v = l > 0.f ? (m_run[h] + __log2f(l)) * kLn2 : -INFINITY;
-    const int n = grow / p.G;
-    const int hq = kvh * p.G + (grow - n * p.G);
-    if (p.num_splits == 1) {
-      T* orow = static_cast<T*>(p.out) + (((int64_t)b * p.N + n) * p.Hq + hq) * D;
-#pragma unroll
-      for (int i = 0; i < NT_O; ++i) {
-        const uint32_t v = TypeTraits<T>::pack(o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
-        *reinterpret_cast<uint32_t*>(orow + i * 8 + tig * 2) = v;
-      }
-      if (tig == 0) p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = lse_v;
-    } else {
-      const int64_t prow = ((int64_t)split * p.B * p.Hkv + bh) * p.rows + grow;
-      float* orow = p.o_part + prow * D;
-#pragma unroll
-      for (int i = 0; i < NT_O; ++i)
-        *reinterpret_cast<float2*>(orow + i * 8 + tig * 2) =
-            make_float2(o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
-      if (tig == 0) p.lse_part[prow] = lse_v;
-    }
-  }
+  write_rows<D, T>(p, o, l_run, m_run, m_base + warp * 16 + gid, split, bh, b, kvh, tig);
 }
 
 }  // namespace tree_attn

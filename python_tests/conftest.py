@@ -24,3 +24,46 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def check_programmatic_launch(op_call, cases, monkeypatch):
+    """Programmatic dependent launch (JETSPEC_PDL, on by default on sm_90) lets a kernel start before
+    the kernel ahead of it in the stream has finished; its loads must still see that kernel's
+    writes. ``op_call(*inputs)`` returns a tuple of tensors; ``cases`` are input tuples of equal
+    shapes. With PDL on, copy kernels write the inputs right before the op and a kernel reads its
+    outputs right after, eagerly and under CUDA-graph replay, alternating the cases; every result
+    must equal plain launches (JETSPEC_PDL=0) bit for bit."""
+    monkeypatch.setenv("JETSPEC_PDL", "0")
+    expect = [op_call(*c) for c in cases]
+    monkeypatch.setenv("JETSPEC_PDL", "1")
+    src = [t.clone() for t in cases[0]]
+    dst = [torch.empty_like(t) for t in cases[0]]
+
+    def load(k):
+        for t, c in zip(src, cases[k]):
+            t.copy_(c)
+
+    def step():
+        for d, t in zip(dst, src):
+            d.copy_(t)
+        return tuple(o.clone() for o in op_call(*dst))
+
+    def check(outs, k):
+        for got, want in zip(outs, expect[k]):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+    for k in (0, 1, 0):
+        load(k)
+        check(step(), k)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        step()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        outs = step()
+    for k in (1, 0, 1):
+        load(k)
+        g.replay()
+        check(outs, k)

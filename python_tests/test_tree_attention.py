@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import jetspec_ext
+from conftest import check_programmatic_launch
 from jetspec_ext.reference.attention import (dense_visibility, pack_tree_mask,
                                              tree_attention as ref_tree_attention,
                                              unpack_tree_mask)
@@ -393,44 +394,10 @@ def test_cuda_graph_capture_and_replay(impl):
 def test_cuda_programmatic_launch_sees_previous_writes(N, plen, impl, monkeypatch):
     """The split and merge kernels are launched programmatically (JETSPEC_PDL, on by default on
     sm_90): each may start before the kernel ahead of it has finished and must still see its
-    writes. Copies rewrite every input right before the op and a kernel reads the output right
-    after it, eagerly and under CUDA-graph replay; results must equal plain launches
-    (JETSPEC_PDL=0) bit for bit."""
+    writes (conftest.check_programmatic_launch), for every kernel variant."""
     cases = [make_case(1, N, 32, 8, 128, plen, S=plen + N + 64, device="cuda", seed=s, poison_tail=False)
              for s in (1, 2)]
-    monkeypatch.setenv("JETSPEC_PDL", "0")
-    expect = [jetspec_ext.tree_attention(*c) for c in cases]
-    monkeypatch.setenv("JETSPEC_PDL", "1")
-    src = [t.clone() for t in cases[0]]
-    dst = [torch.empty_like(t) for t in cases[0]]
-
-    def step():
-        for d, t in zip(dst, src):
-            d.copy_(t)
-        out, lse = jetspec_ext.tree_attention(*dst)
-        return out * 1, lse.clone()
-
-    def check(outs, k):
-        torch.testing.assert_close(outs[0], expect[k][0], rtol=0, atol=0)
-        torch.testing.assert_close(outs[1], expect[k][1], rtol=0, atol=0)
-
-    for k in (0, 1, 0):
-        for t, c in zip(src, cases[k]):
-            t.copy_(c)
-        check(step(), k)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        step()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        outs = step()
-    for k in (1, 0, 1):
-        for t, c in zip(src, cases[k]):
-            t.copy_(c)
-        g.replay()
-        check(outs, k)
+    check_programmatic_launch(jetspec_ext.tree_attention, cases, monkeypatch)
 
 
 @requires_cuda_kernel

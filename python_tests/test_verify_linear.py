@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import jetspec_ext
-from conftest import requires_cuda
+from conftest import check_programmatic_launch, requires_cuda
 from linear_support import check_accuracy as _check_accuracy
 from linear_support import inputs, poison
 
@@ -247,40 +247,9 @@ def test_linear_add_routing(monkeypatch):
 def test_cuda_programmatic_launch_sees_previous_writes(cfg, monkeypatch):
     """The ping-pong configurations are launched programmatically (JETSPEC_PDL, on by default): the
     GEMM may start before the kernel ahead of it in the stream has finished, and its loads must
-    still see that kernel's writes. Copies rewrite x and the residual right before each GEMM,
-    eagerly and under CUDA-graph replay; the results must equal plain launches (JETSPEC_PDL=0)
-    bit for bit."""
+    still see that kernel's writes (conftest.check_programmatic_launch), with and without the
+    residual."""
     if cfg:
         monkeypatch.setenv("JETSPEC_VERIFY_CFG", cfg)
-    x1, w, r1 = _residual_case(128, 4096, 4096, "cuda", seed=11)
-    x2, _, r2 = _residual_case(128, 4096, 4096, "cuda", seed=12)
-    monkeypatch.setenv("JETSPEC_PDL", "0")
-    expect = {1: (op(x1, w), op(x1, w, r1)), 2: (op(x2, w), op(x2, w, r2))}
-    monkeypatch.setenv("JETSPEC_PDL", "1")
-    src_x, src_r = x1.clone(), r1.clone()
-    xs, rs = torch.empty_like(x1), torch.empty_like(r1)
-
-    def step():
-        xs.copy_(src_x)
-        rs.copy_(src_r)
-        return op(xs, w), op(xs, w, rs)
-
-    for k in (1, 2, 1):
-        src_x.copy_(x1 if k == 1 else x2)
-        src_r.copy_(r1 if k == 1 else r2)
-        for got, want in zip(step(), expect[k]):
-            torch.testing.assert_close(got, want, rtol=0, atol=0)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        step()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        outs = step()
-    for k in (2, 1, 2):
-        src_x.copy_(x1 if k == 1 else x2)
-        src_r.copy_(r1 if k == 1 else r2)
-        g.replay()
-        for got, want in zip(outs, expect[k]):
-            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    cases = [_residual_case(128, 4096, 4096, "cuda", seed=s) for s in (11, 12)]
+    check_programmatic_launch(lambda x, w, r: (op(x, w), op(x, w, r)), cases, monkeypatch)

@@ -42,15 +42,12 @@ constexpr NamedConfig kConfigs[] = {
 // cuBLAS for Qwen3-8B's o_proj and down_proj at M = 128 on the H200), t128 beyond.
 Config pick_config(int M, bool residual) {
   const std::string v = env_str("JETSPEC_VERIFY_CFG");
-  const NamedConfig* chosen = nullptr;
+  const std::string want = v.empty() ? (M <= 128 ? "p64c2" : "t128") : v;
+  for (const NamedConfig& c : kConfigs)
+    if (want == c.name) return residual && c.with_residual != nullptr ? c.with_residual() : c.plain();
   std::string names;
-  for (const NamedConfig& c : kConfigs) {
-    names += names.empty() ? c.name : std::string(", ") + c.name;
-    if (v == c.name) chosen = &c;
-  }
-  TORCH_CHECK(v.empty() || chosen != nullptr, "JETSPEC_VERIFY_CFG must be one of ", names, "; got '", v, "'");
-  if (chosen == nullptr) chosen = M <= 128 ? &kConfigs[3] : &kConfigs[0];  // p64c2 : t128
-  return residual && chosen->with_residual != nullptr ? chosen->with_residual() : chosen->plain();
+  for (const NamedConfig& c : kConfigs) names += names.empty() ? c.name : std::string(", ") + c.name;
+  TORCH_CHECK(false, "JETSPEC_VERIFY_CFG must be one of ", names, "; got '", v, "'");
 }
 
 // Schedule of the cooperative configurations (p64c2 is always data-parallel):

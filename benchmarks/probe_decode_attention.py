@@ -1,7 +1,7 @@
 """Development probe of tree_attention's default path (split kernel + merge kernel) on the
 decoding round's cells (Qwen3-8B heads, batch 1, bf16, CUDA graph of 10 calls). Not part of the
 suite. Modes: --cells (default: auto splits vs one split), --pdl (programmatic launch on / off,
-alternated), --splits (split-count sweep of wgmma_pipe8 and wgmma_pipe)."""
+alternated), --splits (split-count sweep of wgmma_ws_pp and wgmma_pipe)."""
 import os
 import sys
 
@@ -31,12 +31,12 @@ def timed(args, impl, splits=""):
 
 
 def cells():
-    # The default path (split_kernel_pipe + merge_kernel) on the round's cells, auto splits and
+    # The default path (split_kernel_ws + merge_kernel) on the round's cells, auto splits and
     # one split (all key tiles in one CTA: exposes the per-tile cost).
     for P, N in ((1024, 1), (1024, 64), (1024, 128), (1024, 256), (4096, 128)):
         args = case(P, N=N)
-        print(f"P{P} N{N}  auto={timed(args, 'wgmma_pipe8'):.2f}  "
-              f"s1={timed(args, 'wgmma_pipe8', '1'):.2f}", flush=True)
+        print(f"P{P} N{N}  auto={timed(args, 'wgmma_ws_pp'):.2f}  "
+              f"s1={timed(args, 'wgmma_ws_pp', '1'):.2f}", flush=True)
 
 
 def pdl():
@@ -58,7 +58,7 @@ def split_sweep():
     for P, N in ((1024, 1), (4096, 1), (16384, 1), (1024, 17), (1024, 128), (1024, 256)):
         args = case(P, N=N)
         row = [f"P{P} N{N}"]
-        for impl in ("wgmma_pipe8", "wgmma_pipe"):
+        for impl in ("wgmma_ws_pp", "wgmma_pipe"):
             for n in ("", "2", "3", "4", "8", "16"):
                 row.append(f"{impl}/{n or 'auto'}={timed(args, impl, n):.2f}")
         print("  ".join(row), flush=True)

@@ -20,6 +20,7 @@ and tree attention plugged in through transformers' AttentionInterface.
   layer, as in HF, after the final norm), concatenated along the feature axis.
 * Logits: only for the rows the caller asks for (``logits_rows``).
 """
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
@@ -326,8 +327,20 @@ def _compiler(mode: Optional[str]):
         raise ValueError(f"compile mode {mode!r} uses inductor's own CUDA graphs, which cannot sit inside "
                          "the decoder's round graphs: use 'default' or 'max-autotune-no-cudagraphs'")
 
+    # Inductor's own programmatic dependent launch (Hopper): each of its Triton kernels may start
+    # while the kernel before it finishes, and waits (griddepcontrol.wait) before touching its
+    # inputs, as our own kernels do (csrc/kernels/grid_dependency.cuh). Measured on the H200
+    # (eleventh session, benchmarks/RESULTS.md): budget-128 round 6.78 vs 6.90 ms, AR step
+    # unchanged. On by default for the compiled regions only; TORCHINDUCTOR_ENABLE_PDL=0 turns
+    # it off. Inductor emits it only on GPUs that support it. torch.compile takes a mode or an
+    # options dict, not both, so the mode's options are spelled out.
+    import torch._inductor as inductor
+
+    options = dict(inductor.list_mode_options(mode)) if mode else {}
+    options["triton.enable_pdl"] = os.environ.get("TORCHINDUCTOR_ENABLE_PDL", "1") != "0"
+
     def wrap(fn):
-        return torch.compile(fn, dynamic=False, fullgraph=False, mode=mode)
+        return torch.compile(fn, dynamic=False, fullgraph=False, options=options)
 
     return wrap
 

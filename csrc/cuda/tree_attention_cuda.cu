@@ -47,17 +47,18 @@ int choose_splits(int64_t base, int64_t S, int sms, int ctas_per_sm) {
 //   mma        : mma.sync, 4 warps, 64 rows per CTA, 2 CTAs per SM (any sm_80+)
 //   wgmma_pipe : wgmma (sm_90a), 1 warpgroup, 64 rows per CTA, 2 CTAs per SM; the softmax of
 //                tile t+1 overlaps the P V product of tile t
-//   wgmma_pipe8: as wgmma_pipe with 2 warpgroups sharing each K/V tile, 1 CTA per SM
-//   wgmma_ws, wgmma_ws_pp: EXPERIMENTAL, not yet run on a GPU (csrc/kernels/tree_attention_ws.cuh):
-//                warp-specialized, a producer warpgroup feeding two consumer warpgroups through
-//                an mbarrier ring; _pp adds ping-pong turns between the consumers
-// Removed in the tenth session, all measured slower on the H200 (benchmarks/RESULTS.md): the
-// non-pipelined wgmma / wgmma8 variants, the CUDA-core decode kernel and the in-launch merges.
-enum class Impl { kMma, kWgmmaPipe, kWgmmaPipe8, kWgmmaWs, kWgmmaWsPp };
-// Default on sm_90: wgmma_pipe8, within ~2 % of the fastest variant in every benchmark cell on
-// the H200 and up to 10 % ahead of wgmma_pipe on the long-prefix cells (benchmarks/RESULTS.md,
-// 2026-11-28 and the tenth session), correct on every GPU test case. Elsewhere: mma.
-constexpr Impl kDefaultImpl = Impl::kWgmmaPipe8;
+//   wgmma_ws_pp: wgmma (sm_90a), warp-specialized (csrc/kernels/tree_attention_ws.cuh): a
+//                producer warpgroup feeds two consumer warpgroups (128 rows, 1 CTA per SM)
+//                through an mbarrier ring; the consumers take ping-pong turns on the tensor cores
+// Removed, all measured slower on the H200 (benchmarks/RESULTS.md): the non-pipelined wgmma /
+// wgmma8 variants, the CUDA-core decode kernel and the in-launch merges (tenth session); the
+// 2-warpgroup wgmma_pipe8 and the warp-specialized kernel without ping-pong (eleventh session).
+enum class Impl { kMma, kWgmmaPipe, kWgmmaWsPp };
+// Default on sm_90: wgmma_ws_pp, the fastest or within 0.6 % of the fastest variant in all 10
+// issue-4 cells on the H200 (eleventh session: P16384 N256 172.3 us against 177.7 for the previous
+// default wgmma_pipe8 and 200.6 for wgmma_pipe; P4096 N128 28.9 / 30.0 / 30.7; benchmarks/
+// RESULTS.md), correct on every GPU test case. Elsewhere: mma.
+constexpr Impl kDefaultImpl = Impl::kWgmmaWsPp;
 
 Impl choose_impl(int device) {
   static int major[64] = {0};
@@ -74,14 +75,10 @@ Impl choose_impl(int device) {
       impl = Impl::kMma;
     } else if (e == "wgmma_pipe") {
       impl = Impl::kWgmmaPipe;
-    } else if (e == "wgmma_pipe8") {
-      impl = Impl::kWgmmaPipe8;
-    } else if (e == "wgmma_ws") {
-      impl = Impl::kWgmmaWs;
     } else if (e == "wgmma_ws_pp") {
       impl = Impl::kWgmmaWsPp;
     } else {
-      TORCH_CHECK(e.empty(), "JETSPEC_TREE_ATTN_IMPL must be mma, wgmma_pipe, wgmma_pipe8, wgmma_ws or wgmma_ws_pp, got '",
+      TORCH_CHECK(e.empty(), "JETSPEC_TREE_ATTN_IMPL must be mma, wgmma_pipe or wgmma_ws_pp, got '",
                   e, "'");
     }
   }
@@ -131,11 +128,11 @@ void launch_variant(tree_attn::Params& p, int64_t S, int device, cudaStream_t st
 }
 
 // The warp-specialized kernel: 128 query rows per CTA, 384 threads, one CTA per SM.
-template <int D, typename T, bool PINGPONG>
+template <int D, typename T>
 void launch_ws(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream, at::Tensor& o_part,
                at::Tensor& lse_part, const at::TensorOptions& fopts) {
   static bool configured[64] = {false};
-  launch_split<D, T>(tree_attn::split_kernel_ws<D, T, PINGPONG>, tree_attn::kWsThreads, tree_attn::ws_smem_bytes<D>(),
+  launch_split<D, T>(tree_attn::split_kernel_ws<D, T>, tree_attn::kWsThreads, tree_attn::ws_smem_bytes<D>(),
                      tree_attn::kWsRows, 1, configured, p, S, device, stream, o_part, lse_part, fopts);
 }
 
@@ -146,14 +143,8 @@ void launch(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream, at
     case Impl::kWgmmaPipe:
       launch_variant<D, T, 4, true>(p, S, device, stream, o_part, lse_part, fopts);
       break;
-    case Impl::kWgmmaPipe8:
-      launch_variant<D, T, 8, true>(p, S, device, stream, o_part, lse_part, fopts);
-      break;
-    case Impl::kWgmmaWs:
-      launch_ws<D, T, false>(p, S, device, stream, o_part, lse_part, fopts);
-      break;
     case Impl::kWgmmaWsPp:
-      launch_ws<D, T, true>(p, S, device, stream, o_part, lse_part, fopts);
+      launch_ws<D, T>(p, S, device, stream, o_part, lse_part, fopts);
       break;
     default:
       launch_variant<D, T, 4, false>(p, S, device, stream, o_part, lse_part, fopts);

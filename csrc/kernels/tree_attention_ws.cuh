@@ -1,10 +1,10 @@
-// Warp-specialized tree-attention split kernel (sm_90a), opt-in (JETSPEC_TREE_ATTN_IMPL=wgmma_ws
-// or wgmma_ws_pp). EXPERIMENTAL: written in the tenth session without a GPU; not yet run.
+// Warp-specialized tree-attention split kernel (sm_90a): the default on sm_90
+// (JETSPEC_TREE_ATTN_IMPL=wgmma_ws_pp selects it explicitly).
 //
-// Why: on the H200 the default split_kernel_pipe spends ~1.0-1.5 us per 64-key tile against
-// ~0.56 us of tensor work (benchmarks/RESULTS.md, ninth session). Its two warpgroups copy every
-// K/V tile themselves (~120 issued instructions per warp per tile) and meet at a CTA barrier once
-// per tile, so both run their softmax at the same time while the tensor cores idle
+// Why: split_kernel_pipe (one or two warpgroups that copy their own K/V tiles) spends ~1.0-1.5 us
+// per 64-key tile against ~0.56 us of tensor work on the H200 (benchmarks/RESULTS.md, ninth
+// session): its warps issue ~120 copy instructions per tile and meet at a CTA barrier once per
+// tile, so both warpgroups run their softmax at the same time while the tensor cores idle
 // (docs/tree_attention_next.md, R2 and R3). Here:
 //   * warpgroup 0 is a producer: its 128 threads issue the cp.async copies of Q and of every
 //     K/V tile into a kWsStages-deep ring and signal each stage on an mbarrier
@@ -16,11 +16,12 @@
 //     pipelining as split_kernel_pipe (S(t+1) and P(t) V(t) in flight together, the softmax of
 //     t+1 under the P V product), and release a stage (an mbarrier the producer waits on) once
 //     their P V product of that stage is done;
-//   * PINGPONG (wgmma_ws_pp): the two consumer warpgroups take turns issuing their wgmma groups
-//     (named barriers 1 and 2, FlashAttention-3 style), so one warpgroup's softmax runs while
-//     the other's products occupy the tensor cores.
-// Same inputs, outputs, split convention and partials as split_kernel_pipe<D, T, 8> (128 query
-// rows per CTA, one CTA per SM): merge_kernel combines the splits. The per-tile maths (wgmma_qk,
+//   * ping-pong: the two consumer warpgroups take turns issuing their wgmma groups (named
+//     barriers 1 and 2, FlashAttention-3 style), so one warpgroup's softmax runs while the
+//     other's products occupy the tensor cores. Measured on the H200 (eleventh session), the same
+//     kernel without the turns was 2.5-5 % slower in all 10 issue-4 cells and was removed.
+// Same inputs, outputs, split convention and partials as split_kernel_pipe (128 query rows per
+// CTA, one CTA per SM): merge_kernel combines the splits. The per-tile maths (wgmma_qk,
 // wgmma_pv, online_softmax, pack_probs) and the epilogue (write_rows) are split_kernel_pipe's.
 #pragma once
 
@@ -103,7 +104,7 @@ __device__ __forceinline__ void consumers_bar_arrive(int id) {
 // ---------------------------------------------------------------------------------------------
 // grid = (ceil(rows / 128), num_splits, B * Hkv), block = 384 threads, ws_smem_bytes<D>() bytes.
 // ---------------------------------------------------------------------------------------------
-template <int D, typename T, bool PINGPONG>
+template <int D, typename T>
 __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p) {
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
   static_assert(kBN == 64, "S tile is m64n64");
@@ -217,18 +218,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
   // S(i+1) with P(i) V(i), then the last P V); warpgroup 0 goes first, so warpgroup 1 arrives
   // once up front and skips its arrival after its last group (the counts of both barriers match).
   int turns_left = n_tiles + 1;
-  auto take_turn = [&]() {
-    if constexpr (PINGPONG) consumers_bar_sync(1 + cw);
-  };
+  auto take_turn = [&]() { consumers_bar_sync(1 + cw); };
   auto end_turn = [&]() {
-    if constexpr (PINGPONG) {
-      --turns_left;
-      if (cw == 0 || turns_left > 0) consumers_bar_arrive(2 - cw);
-    }
+    --turns_left;
+    if (cw == 0 || turns_left > 0) consumers_bar_arrive(2 - cw);
   };
-  if constexpr (PINGPONG) {
-    if (cw == 1) consumers_bar_arrive(1);
-  }
+  if (cw == 1) consumers_bar_arrive(1);
   // Release a stage to the producer: this warp's products reading it are complete.
   auto release = [&](int stage) {
     __syncwarp();

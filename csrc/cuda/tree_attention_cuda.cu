@@ -50,17 +50,23 @@ int choose_splits(int64_t base, int64_t S, int sms, int ctas_per_sm) {
 //   wgmma_ws_pp: wgmma (sm_90a), warp-specialized (csrc/kernels/tree_attention_ws.cuh): a
 //                producer warpgroup feeds two consumer warpgroups (128 rows, 1 CTA per SM)
 //                through an mbarrier ring; the consumers take ping-pong turns on the tensor cores
+//   wgmma_ws2  : EXPERIMENTAL (eleventh session): wgmma_ws_pp with two 64-key tiles per consumer
+//                iteration (S over 128 keys; split_kernel_ws<D, T, 2>)
 // Removed, all measured slower on the H200 (benchmarks/RESULTS.md): the non-pipelined wgmma /
 // wgmma8 variants, the CUDA-core decode kernel and the in-launch merges (tenth session); the
 // 2-warpgroup wgmma_pipe8 and the warp-specialized kernel without ping-pong (eleventh session).
-enum class Impl { kMma, kWgmmaPipe, kWgmmaWsPp };
+enum class Impl { kMma, kWgmmaPipe, kWgmmaWsPp, kWgmmaWs2 };
 // Default on sm_90: wgmma_ws_pp, the fastest or within 0.6 % of the fastest variant in all 10
 // issue-4 cells on the H200 (eleventh session: P16384 N256 172.3 us against 177.7 for the previous
 // default wgmma_pipe8 and 200.6 for wgmma_pipe; P4096 N128 28.9 / 30.0 / 30.7; benchmarks/
-// RESULTS.md), correct on every GPU test case. Elsewhere: mma.
+// RESULTS.md), correct on every GPU test case. Except at most 64 query rows per KV head (N * G <=
+// 64: decoding, N = 1): there wgmma_pipe's 64-row CTAs waste less (ws_pp's second consumer
+// warpgroup would only multiply padding): N = 1 at prefix 1024 / 4096 / 16384 took 6.77 / 10.09 /
+// 23.47 us against 7.22 / 12.38 / 27.42 (eleventh session). Elsewhere: mma.
 constexpr Impl kDefaultImpl = Impl::kWgmmaWsPp;
+constexpr int kPipeMaxRows = 64;
 
-Impl choose_impl(int device) {
+Impl choose_impl(int device, int rows) {
   static int major[64] = {0};
   const int d = (device >= 0 && device < 64) ? device : 0;
   if (major[d] == 0) {
@@ -68,7 +74,7 @@ Impl choose_impl(int device) {
     JETSPEC_CUDA_CHECK(cudaDeviceGetAttribute(&m, cudaDevAttrComputeCapabilityMajor, device));
     major[d] = m > 0 ? m : 1;
   }
-  Impl impl = kDefaultImpl;
+  Impl impl = rows <= kPipeMaxRows ? Impl::kWgmmaPipe : kDefaultImpl;
   if (const char* env = std::getenv("JETSPEC_TREE_ATTN_IMPL")) {
     const std::string e(env);
     if (e == "mma") {
@@ -77,8 +83,10 @@ Impl choose_impl(int device) {
       impl = Impl::kWgmmaPipe;
     } else if (e == "wgmma_ws_pp") {
       impl = Impl::kWgmmaWsPp;
+    } else if (e == "wgmma_ws2") {
+      impl = Impl::kWgmmaWs2;
     } else {
-      TORCH_CHECK(e.empty(), "JETSPEC_TREE_ATTN_IMPL must be mma, wgmma_pipe or wgmma_ws_pp, got '",
+      TORCH_CHECK(e.empty(), "JETSPEC_TREE_ATTN_IMPL must be mma, wgmma_pipe, wgmma_ws_pp or wgmma_ws2, got '",
                   e, "'");
     }
   }
@@ -127,24 +135,28 @@ void launch_variant(tree_attn::Params& p, int64_t S, int device, cudaStream_t st
                      configured, p, S, device, stream, o_part, lse_part, fopts);
 }
 
-// The warp-specialized kernel: 128 query rows per CTA, 384 threads, one CTA per SM.
-template <int D, typename T>
+// The warp-specialized kernel: 128 query rows per CTA, 384 threads, one CTA per SM; KT key
+// tiles per consumer iteration.
+template <int D, typename T, int KT>
 void launch_ws(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream, at::Tensor& o_part,
                at::Tensor& lse_part, const at::TensorOptions& fopts) {
   static bool configured[64] = {false};
-  launch_split<D, T>(tree_attn::split_kernel_ws<D, T>, tree_attn::kWsThreads, tree_attn::ws_smem_bytes<D>(),
+  launch_split<D, T>(tree_attn::split_kernel_ws<D, T, KT>, tree_attn::kWsThreads, tree_attn::ws_smem_bytes<D, KT>(),
                      tree_attn::kWsRows, 1, configured, p, S, device, stream, o_part, lse_part, fopts);
 }
 
 template <int D, typename T>
 void launch(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream, at::Tensor& o_part,
             at::Tensor& lse_part, const at::TensorOptions& fopts) {
-  switch (choose_impl(device)) {
+  switch (choose_impl(device, p.rows)) {
     case Impl::kWgmmaPipe:
       launch_variant<D, T, 4, true>(p, S, device, stream, o_part, lse_part, fopts);
       break;
     case Impl::kWgmmaWsPp:
-      launch_ws<D, T>(p, S, device, stream, o_part, lse_part, fopts);
+      launch_ws<D, T, 1>(p, S, device, stream, o_part, lse_part, fopts);
+      break;
+    case Impl::kWgmmaWs2:
+      launch_ws<D, T, 2>(p, S, device, stream, o_part, lse_part, fopts);
       break;
     default:
       launch_variant<D, T, 4, false>(p, S, device, stream, o_part, lse_part, fopts);

@@ -19,7 +19,7 @@ DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA_KERNEL else [])
 # CUDA kernel variants: mma.sync (any GPU), pipelined wgmma with 1 or 2 warpgroups per CTA and
 # the warp-specialized wgmma kernel without / with ping-pong (sm_90 only), chosen per call by an
 # env var.
-WGMMA_IMPLS = ["wgmma_pipe", "wgmma_ws_pp", "wgmma_ws2"]
+WGMMA_IMPLS = ["wgmma_pipe", "wgmma_ws_pp"]
 IMPLS = ["mma"] + (WGMMA_IMPLS if HAS_CUDA_KERNEL and torch.cuda.get_device_capability()[0] == 9 else [])
 
 
@@ -405,7 +405,7 @@ def test_cuda_unknown_variant_is_refused(monkeypatch):
     """A kernel variant name that does not exist (e.g. one removed since) is an error, never a
     silent fallback to the default."""
     args = make_case(1, 4, 8, 2, 64, [10], device="cuda")
-    for bad in ("decode", "wgmma8", "wgmma_pipe8", "wgmma_ws", "fast"):
+    for bad in ("decode", "wgmma8", "wgmma_pipe8", "wgmma_ws", "wgmma_ws2", "fast"):
         monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", bad)
         with pytest.raises(RuntimeError, match="JETSPEC_TREE_ATTN_IMPL must be"):
             jetspec_ext.tree_attention(*args)

@@ -213,14 +213,12 @@ constexpr int smem_bytes() {
   return (bm_of(NWARPS) + 4 * kBN) * D * 2 + 1024;
 }
 
-// Online-softmax update of a thread's two rows for NT * 8 keys (one key tile; two for
-// split_kernel_ws2) of scaled, masked scores s (base 2): new running max m_run and sum l_run
-// (per-thread partial, quad-reduced at the end), the rescale factor alpha of O, and the
-// probabilities left in s.
-template <int NT>
-__device__ __forceinline__ void softmax_update(float (&s)[NT][4], float (&m_run)[2], float (&l_run)[2],
+// Online-softmax update of a thread's two rows for one key tile of scaled, masked scores s
+// (base 2): new running max m_run and sum l_run (per-thread partial, quad-reduced at the end),
+// the rescale factor alpha of O, and the probabilities left in s.
+__device__ __forceinline__ void softmax_update(float (&s)[kBN / 8][4], float (&m_run)[2], float (&l_run)[2],
                                                float (&alpha)[2]) {
-  constexpr int NT_S = NT;
+  constexpr int NT_S = kBN / 8;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     float mx = -INFINITY;
@@ -617,27 +615,24 @@ __device__ __forceinline__ void wgmma_pv(float (&o)[D / 8][4], const uint32_t (&
       wgmma_m64n64k16_nmajor<T>(&o[0][0], pa[ks], desc, 1);
   }
 }
-// Scale, mask (keys reaching past the prefix: bits of the rows' tree-mask words mrow0 / mrow1),
-// online-softmax update of m_run / l_run for the NT * 8 keys from key tile t's first (one tile,
-// or two for split_kernel_ws2); returns the rescale factor of O in alpha and leaves the
-// probabilities in s.
-template <int NT>
-__device__ __forceinline__ void online_softmax(float (&s)[NT][4], const Params& p, int t, int plen, int L,
+// Scale, mask (tiles reaching past the prefix: bits of the rows' tree-mask words mrow0 / mrow1),
+// online-softmax update of m_run / l_run for key tile t; returns the rescale factor of O in
+// alpha and leaves the probabilities in s.
+__device__ __forceinline__ void online_softmax(float (&s)[kBN / 8][4], const Params& p, int t, int plen, int L,
                                                const int32_t* mrow0, const int32_t* mrow1, int tig,
                                                float (&m_run)[2], float (&l_run)[2], float (&alpha)[2]) {
-  constexpr int NT_S = NT;
-  constexpr int NW = NT * 8 / 32 + 1;  // mask words a span of NT * 8 keys can touch
+  constexpr int NT_S = kBN / 8;
   const int key0 = t * kBN;
 #pragma unroll
   for (int i = 0; i < NT_S; ++i)
 #pragma unroll
     for (int e = 0; e < 4; ++e) s[i][e] *= p.scale_log2;
-  if (key0 + NT_S * 8 > plen) {
+  if (key0 + kBN > plen) {
     const int jb = key0 - plen;
     const int wlo = max(jb, 0) >> 5;
-    uint32_t w0[NW], w1[NW];
+    uint32_t w0[3], w1[3];
 #pragma unroll
-    for (int k = 0; k < NW; ++k) {
+    for (int k = 0; k < 3; ++k) {
       const bool ok = wlo + k < p.W;
       w0[k] = ok ? (uint32_t)__ldg(mrow0 + wlo + k) : 0u;
       w1[k] = ok ? (uint32_t)__ldg(mrow1 + wlo + k) : 0u;
@@ -655,16 +650,9 @@ __device__ __forceinline__ void online_softmax(float (&s)[NT][4], const Params& 
         } else {
           const int j = key - plen;
           const int wi = (j >> 5) - wlo;
-          uint32_t word;
-          if constexpr (NW == 3) {
-            word = (e < 2) ? (wi == 0 ? w0[0] : (wi == 1 ? w0[1] : w0[2]))
-                           : (wi == 0 ? w1[0] : (wi == 1 ? w1[1] : w1[2]));
-          } else {
-            word = (e < 2) ? w0[0] : w1[0];
-#pragma unroll
-            for (int k = 1; k < NW; ++k)
-              if (wi == k) word = (e < 2) ? w0[k] : w1[k];
-          }
+          const uint32_t word =
+              (e < 2) ? (wi == 0 ? w0[0] : (wi == 1 ? w0[1] : w0[2]))
+                      : (wi == 0 ? w1[0] : (wi == 1 ? w1[1] : w1[2]));
           vis = (word >> (j & 31)) & 1u;
         }
         if (!vis) s[i][e] = -INFINITY;
@@ -673,9 +661,9 @@ __device__ __forceinline__ void online_softmax(float (&s)[NT][4], const Params& 
   softmax_update(s, m_run, l_run, alpha);
 }
 // The probabilities in the A-operand register layout of the P V product.
-template <typename T, int NT>
-__device__ __forceinline__ void pack_probs(const float (&s)[NT][4], uint32_t (&pa)[NT / 2][4]) {
-  constexpr int PV_KSTEPS = NT / 2;
+template <typename T>
+__device__ __forceinline__ void pack_probs(const float (&s)[kBN / 8][4], uint32_t (&pa)[kBN / 16][4]) {
+  constexpr int PV_KSTEPS = kBN / 16;
 #pragma unroll
   for (int ks = 0; ks < PV_KSTEPS; ++ks) {
     pa[ks][0] = TypeTraits<T>::pack(s[2 * ks][0], s[2 * ks][1]);

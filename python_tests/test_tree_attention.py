@@ -19,7 +19,7 @@ DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA_KERNEL else [])
 # CUDA kernel variants: mma.sync (any GPU), pipelined wgmma with 1 or 2 warpgroups per CTA and
 # the warp-specialized wgmma kernel without / with ping-pong (sm_90 only), chosen per call by an
 # env var.
-WGMMA_IMPLS = ["wgmma_pipe", "wgmma_ws_pp"]
+WGMMA_IMPLS = ["wgmma_pipe", "wgmma_ws_pp", "wgmma_ws2"]
 IMPLS = ["mma"] + (WGMMA_IMPLS if HAS_CUDA_KERNEL and torch.cuda.get_device_capability()[0] == 9 else [])
 
 
@@ -234,6 +234,13 @@ def test_cpu_strided_inputs_and_scale():
     check_against_reference(out, lse, q, k, v, pl, mask, scale=0.3)
 
 
+def test_cpu_negative_scale():
+    """Only finiteness is required of the scale: a negative one reverses the ranking of keys."""
+    q, k, v, pl, mask = make_case(2, 30, 8, 2, 64, [70, 5])
+    out, lse = run_op(q, k, v, pl, mask, scale=-0.05)
+    check_against_reference(out, lse, q, k, v, pl, mask, scale=-0.05)
+
+
 def test_row_that_sees_nothing(device):
     dt = torch.float32 if device == "cpu" else torch.bfloat16
     q, k, v, pl, mask = make_case(1, 40, 4, 2, 64, [0], dtype=dt, device=device)
@@ -351,6 +358,20 @@ def test_cuda_strided_inputs(impl):
 
 
 @requires_cuda_kernel
+@pytest.mark.parametrize("scale", [-0.05, 0.2])
+def test_cuda_negative_scale_and_padded_splits(impl, scale, monkeypatch):
+    """A negative softmax scale is allowed (only finiteness is required), and 5 forced splits of
+    12 key tiles give 3 tiles per split: an odd count, so wgmma_ws2 pads each split with one tile
+    (the next split's keys, or past L zero-filled) whose columns must come out invisible after
+    the scaling (-inf times a negative scale would be +inf)."""
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_SPLITS", "5")
+    q, k, v, pl, mask = make_case(1, 50, 32, 8, 128, [700], device="cuda", seed=11)
+    out, lse = run_op(q, k, v, pl, mask, scale=scale)
+    torch.cuda.synchronize()
+    check_against_reference(out, lse, q, k, v, pl, mask, scale=scale)
+
+
+@requires_cuda_kernel
 def test_cuda_matches_cpu_op(impl):
     args = make_case(2, 70, 16, 4, 128, [300, 1200], device="cpu")
     out_c, lse_c = jetspec_ext.tree_attention(*args)
@@ -405,7 +426,7 @@ def test_cuda_unknown_variant_is_refused(monkeypatch):
     """A kernel variant name that does not exist (e.g. one removed since) is an error, never a
     silent fallback to the default."""
     args = make_case(1, 4, 8, 2, 64, [10], device="cuda")
-    for bad in ("decode", "wgmma8", "wgmma_pipe8", "wgmma_ws", "wgmma_ws2", "fast"):
+    for bad in ("decode", "wgmma8", "wgmma_pipe8", "wgmma_ws", "fast"):
         monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", bad)
         with pytest.raises(RuntimeError, match="JETSPEC_TREE_ATTN_IMPL must be"):
             jetspec_ext.tree_attention(*args)

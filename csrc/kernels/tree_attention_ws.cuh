@@ -36,7 +36,7 @@ constexpr int kWsRows = 128;      // query rows per CTA (64 per consumer warpgro
 // K/V ring depth for KT key tiles per consumer iteration: the consumers hold the KT stages of
 // iteration i (P V) and of iteration i + 1 (S), and the producer fills iteration i + 2's meanwhile,
 // so 3 * KT (with 2 * KT the copies' latency was exposed every iteration). KT = 2 at D = 128:
-// 6 stages, 230.5 KB of the 227 KB (232,448 bytes) maximum.
+// 6 stages, 230,552 bytes of the 232,448 (227 KiB) an sm_90 block may have.
 template <int KT>
 constexpr int ws_stages() { return 3 * KT; }
 
@@ -47,6 +47,7 @@ constexpr int ws_smem_bytes() {
   // (wgmma swizzle atoms).
   return (kWsRows + 2 * ws_stages<KT>() * kBN) * D * 2 + (1 + 3 * ws_stages<KT>()) * 8 + 1024;
 }
+static_assert(ws_smem_bytes<128, 2>() <= 232448, "shared memory of an sm_90 block (227 KiB)");
 
 // ---- mbarrier / register / named-barrier helpers (sm_90) -------------------------------------
 __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {

@@ -31,12 +31,12 @@ def timed(args, impl, splits=""):
 
 
 def cells():
-    # The default path (split_kernel_ws + merge_kernel) on the round's cells, auto splits and
-    # one split (all key tiles in one CTA: exposes the per-tile cost).
+    # The default path (the launcher's split kernel + merge_kernel) on the round's cells, auto
+    # splits and one split (all key tiles in one CTA: exposes the per-tile cost).
     for P, N in ((1024, 1), (1024, 64), (1024, 128), (1024, 256), (4096, 128)):
         args = case(P, N=N)
-        print(f"P{P} N{N}  auto={timed(args, 'wgmma_ws_pp'):.2f}  "
-              f"s1={timed(args, 'wgmma_ws_pp', '1'):.2f}", flush=True)
+        print(f"P{P} N{N}  auto={timed(args, ''):.2f}  "
+              f"s1={timed(args, '', '1'):.2f}", flush=True)
 
 
 def pdl():

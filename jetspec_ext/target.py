@@ -335,9 +335,11 @@ def _compiler(mode: Optional[str]):
     # it off. Inductor emits it only on GPUs that support it. torch.compile takes a mode or an
     # options dict, not both, so the mode's options are spelled out.
     import torch._inductor as inductor
+    import torch._inductor.config as inductor_config
 
     options = dict(inductor.list_mode_options(mode)) if mode else {}
-    options["triton.enable_pdl"] = os.environ.get("TORCHINDUCTOR_ENABLE_PDL", "1") != "0"
+    if hasattr(inductor_config.triton, "enable_pdl"):  # (torch builds without the option: skip it)
+        options["triton.enable_pdl"] = os.environ.get("TORCHINDUCTOR_ENABLE_PDL", "1") != "0"
 
     def wrap(fn):
         return torch.compile(fn, dynamic=False, fullgraph=False, options=options)

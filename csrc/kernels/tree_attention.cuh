@@ -138,6 +138,17 @@ __device__ __forceinline__ int kv_off_sw128(int row, int chunk) {
   return (chunk >> 3) * (kBN * 8) + row * 8 + ((chunk & 7) ^ (row & 7));
 }
 
+// This warp's Q fragments (its 16 rows of the CTA's Q tile at `sq`, swz layout) for the A operand
+// of Q K^T (mma.sync and wgmma alike): qf[ks] covers head-dim columns ks * 16 .. ks * 16 + 15.
+template <int D>
+__device__ __forceinline__ void load_q_fragments(uint32_t (&qf)[D / 16][4], const uint4* sq, int warp, int lane) {
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) {
+    const int r = warp * 16 + (lane & 15);
+    const int c = ks * 2 + (lane >> 4);
+    ldmatrix_x4(smem_u32(sq + swz<D>(r, c)), qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3]);
+  }
+}
 // wgmma shared-memory matrix descriptor, 128-byte swizzle.
 __device__ __forceinline__ uint64_t make_desc_sw128(uint32_t addr, uint32_t lbo, uint32_t sbo) {
   return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo & 0x3FFFF) >> 4) << 16) |
@@ -407,12 +418,7 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
 
     if (t == t_begin) {
       // Q fragments (A operand, 16 rows x 16 dims per k-step) stay in registers for all tiles.
-#pragma unroll
-      for (int ks = 0; ks < KSTEPS; ++ks) {
-        const int r = warp * 16 + (lane & 15);
-        const int c = ks * 2 + (lane >> 4);
-        ldmatrix_x4(smem_u32(sQ + swz<D>(r, c)), qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3]);
-      }
+      load_q_fragments<D>(qf, sQ, warp, lane);
     }
 
     const uint4* tk = sK + stage * kBN * CH;
@@ -833,12 +839,7 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
   cp_async_wait<2>();  // {Q, K0} landed; V0 and K1 may still be in flight
   fence_proxy_async_smem();
   __syncthreads();
-#pragma unroll
-  for (int ks = 0; ks < KSTEPS; ++ks) {
-    const int r = warp * 16 + (lane & 15);
-    const int c = ks * 2 + (lane >> 4);
-    ldmatrix_x4(smem_u32(sQ + swz<D>(r, c)), qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3]);
-  }
+  load_q_fragments<D>(qf, sQ, warp, lane);
   float s[NT_S][4];
 #pragma unroll
   for (int i = 0; i < NT_S; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;

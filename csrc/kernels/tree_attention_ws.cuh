@@ -288,14 +288,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
 
   // ---- prologue: Q fragments, S(0), softmax(0) ---------------------------------------------------
   mbar_wait(q_full, 0);
-  if constexpr (!kQFromSmem) {
-#pragma unroll
-    for (int ks = 0; ks < KSTEPS; ++ks) {
-      const int r = warp * 16 + (lane & 15);
-      const int c = ks * 2 + (lane >> 4);
-      ldmatrix_x4(smem_u32(sQ + swz<D>(r, c)), qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3]);
-    }
-  }
+  if constexpr (!kQFromSmem) load_q_fragments<D>(qf, sQ, warp, lane);
   float s[NT_S][4];
 #pragma unroll
   for (int i = 0; i < NT_S; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;

@@ -690,7 +690,8 @@ __device__ __forceinline__ void online_softmax(float (&s)[NT][4], const Params& 
           const int j = key - plen;
           const int wi = (j >> 5) - wlo;
           uint32_t word;
-          if constexpr (NW == 3) {
+          if constexpr (NW == 3) {  // (one 64-key tile: the form the default kernels were measured
+                                    // with; the loop below compiles to different machine code)
             word = (e < 2) ? (wi == 0 ? w0[0] : (wi == 1 ? w0[1] : w0[2]))
                            : (wi == 0 ? w1[0] : (wi == 1 ? w1[1] : w1[2]));
           } else {

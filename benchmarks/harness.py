@@ -91,12 +91,14 @@ def time_us(fn: Callable[[], object], warmup: int = 10, iters: int = 100,
 
 def measure(name: str, shape: str, fn: Callable[[], object], *, bytes_moved: float = 0.0,
             flops: float = 0.0, baselines: Optional[Dict[str, Callable[[], object]]] = None,
-            warmup: int = 10, iters: int = 100, setup=None, graph: bool = False) -> Dict:
-    """Time ``fn`` and its baselines side by side; return one row (dict) with the floor."""
+            warmup: int = 10, iters: int = 100, setup=None, graph: bool = False,
+            us: Optional[float] = None) -> Dict:
+    """Time ``fn`` and its baselines side by side; return one row (dict) with the floor.
+    ``us``: ``fn``'s time when the caller has measured it already (``fn`` is then not timed)."""
     row = {
         "bench": name,
         "shape": shape,
-        "us": time_us(fn, warmup, iters, setup, graph),
+        "us": time_us(fn, warmup, iters, setup, graph) if us is None else us,
         "floor_us": floor_us(bytes_moved, flops),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     }

@@ -31,18 +31,27 @@ inline int sm_count(int device) {
   return cache[device];
 }
 
+// Compute capability major of `device` (cached): kernels that exist for one GPU generation only.
+inline int cc_major(int device) {
+  static int cache[64] = {0};
+  if (device < 0 || device >= 64) {
+    int m = 0;
+    JETSPEC_CUDA_CHECK(cudaDeviceGetAttribute(&m, cudaDevAttrComputeCapabilityMajor, device));
+    return m;
+  }
+  if (cache[device] == 0)
+    JETSPEC_CUDA_CHECK(cudaDeviceGetAttribute(&cache[device], cudaDevAttrComputeCapabilityMajor, device));
+  return cache[device];
+}
+
 // Programmatic dependent launch (csrc/kernels/grid_dependency.cuh) is used on sm_90 unless
 // JETSPEC_PDL=0 (A/B timing). Read per call, like the other tuning variables. sm_90 only, not
 // "9 or newer": the build embeds sm_90a code and compute_80 PTX, and a newer GPU runs the PTX,
 // which has no griddepcontrol.wait (sm_90+ PTX only), so a programmatic launch there could
 // read its inputs before the previous kernel had written them.
 inline bool programmatic_launch_enabled(int device) {
-  static int major[64] = {0};
-  if (device < 0 || device >= 64) return false;
-  if (major[device] == 0)
-    JETSPEC_CUDA_CHECK(cudaDeviceGetAttribute(&major[device], cudaDevAttrComputeCapabilityMajor, device));
   const char* v = std::getenv("JETSPEC_PDL");
-  return major[device] == 9 && (v == nullptr || std::string(v) != "0");
+  return cc_major(device) == 9 && (v == nullptr || std::string(v) != "0");
 }
 
 // kernel<<<grid, block, smem, stream>>>(args...), with the programmatic-stream-serialization

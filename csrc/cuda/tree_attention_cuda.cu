@@ -67,13 +67,6 @@ constexpr Impl kDefaultImpl = Impl::kWgmmaWsPp;
 constexpr int kPipeMaxRows = 64;
 
 Impl choose_impl(int device, int rows) {
-  static int major[64] = {0};
-  const int d = (device >= 0 && device < 64) ? device : 0;
-  if (major[d] == 0) {
-    int m = 0;
-    JETSPEC_CUDA_CHECK(cudaDeviceGetAttribute(&m, cudaDevAttrComputeCapabilityMajor, device));
-    major[d] = m > 0 ? m : 1;
-  }
   Impl impl = rows <= kPipeMaxRows ? Impl::kWgmmaPipe : kDefaultImpl;
   if (const char* env = std::getenv("JETSPEC_TREE_ATTN_IMPL")) {
     const std::string e(env);
@@ -90,7 +83,7 @@ Impl choose_impl(int device, int rows) {
                   e, "'");
     }
   }
-  return major[d] == 9 ? impl : Impl::kMma;  // wgmma exists on sm_90 only
+  return cc_major(device) == 9 ? impl : Impl::kMma;  // wgmma exists on sm_90 only
 }
 
 // One split kernel (`bm` query rows per CTA, `threads` per CTA, `smem` bytes of dynamic shared

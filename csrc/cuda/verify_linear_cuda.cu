@@ -74,8 +74,7 @@ at::Tensor verify_linear_cuda(const at::Tensor& x, const at::Tensor& weight,
   check_verify_linear_args(x, weight, residual);
   c10::cuda::CUDAGuard guard(x.device());
   const int device = x.get_device();
-  int major = 0;
-  JETSPEC_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  const int major = cc_major(device);
   TORCH_CHECK(major == 9, "verify_linear: needs an sm_90 (Hopper) GPU, got compute capability ", major, ".x");
   TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
                   reinterpret_cast<uintptr_t>(weight.data_ptr()) % 16 == 0,

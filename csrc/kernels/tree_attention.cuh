@@ -722,7 +722,9 @@ __device__ __forceinline__ void pack_probs(const float (&s)[NT][4], uint32_t (&p
 
 // ---------------------------------------------------------------------------------------------
 // Pipelined wgmma split kernel (sm_90a): NWARPS = 4 (one warpgroup, 64 rows per CTA, 2 CTAs per
-// SM) or 8 (two warpgroups of 64 rows each sharing every K/V tile, 1 CTA per SM).
+// SM; the launcher's choice at <= 64 rows per KV head) or 8 (two warpgroups of 64 rows each
+// sharing every K/V tile, 1 CTA per SM; no longer launched: split_kernel_ws was faster in every
+// issue-4 cell, eleventh session).
 // Same maths as split_kernel, but the softmax of tile t+1 overlaps the P V
 // product of tile t on the tensor cores (FlashAttention-3 style intra-warpgroup pipelining):
 //   issue S(t+1) = Q K(t+1)^T; issue O += P(t) V(t); wait S(t+1); softmax(t+1) -> P(t+1), alpha;

@@ -23,7 +23,7 @@ for _ in range(6):
     jetspec_ext.tree_attention(q, k, v, pl, mask)
 torch.cuda.synchronize()
 PY
-ncu --set full -k regex:"split_kernel|merge_kernel" --launch-skip 8 --launch-count 2 \
+ncu --set full --metrics sm__pipe_tensor_op_hgmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_issued.avg.per_cycle_active,smsp__issue_active.avg.pct_of_peak_sustained_active -k regex:"split_kernel|merge_kernel" --launch-skip 8 --launch-count 2 \
     -f -o "$REP" python3 "$OUTDIR/ta_driver.py" > "$REP.ncu.log" 2>&1 || { tail -20 "$REP.ncu.log"; exit 1; }
 ncu -i "$REP.ncu-rep" --page details --csv > "$REP.details.csv" 2>&1
 python3 - "$REP.details.csv" <<'PY'
@@ -34,7 +34,8 @@ keep = ("Duration", "Elapsed Cycles", "SM Frequency", "Memory Throughput", "DRAM
         "Executed Instructions", "Compute (SM) Throughput", "Grid Size", "Block Size",
         "Dynamic Shared Memory Per Block", "Waves Per SM")
 for r in csv.DictReader(open(sys.argv[1])):
-    if r.get("Metric Name") in keep:
+    name = r.get("Metric Name") or ""
+    if name in keep or "Pipe" in name or "Tensor" in name or "Issue" in name:
         print(f"{r['Kernel Name'][:40]:40s} {r['Metric Name']:38s} {r['Metric Value']:>12s} {r['Metric Unit']}")
 PY
 # warp stall reasons (raw metrics) of both kernels
@@ -52,6 +53,9 @@ for r in rows[2:]:
                 stalls.append((float(r[i].replace(",", "")), h))
             except ValueError:
                 pass
+    for i, h in enumerate(hdr):
+        if "hgmma" in h or h.startswith("sm__inst_issued.avg") or h.startswith("smsp__issue_active"):
+            print(f"   {name}: {h} = {r[i]}")
     stalls.sort(reverse=True)
     print(f"-- {name}: top stall counters")
     for val, h in stalls[:10]:

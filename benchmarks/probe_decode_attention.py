@@ -33,7 +33,7 @@ def timed(args, impl, splits=""):
 def cells():
     # The default path (the launcher's split kernel + merge_kernel) on the round's cells, auto
     # splits and one split (all key tiles in one CTA: exposes the per-tile cost).
-    for P, N in ((1024, 1), (1024, 64), (1024, 128), (1024, 256), (4096, 128)):
+    for P, N in ((1024, 1), (1024, 64), (1024, 128), (1024, 256), (4096, 128), (16384, 256)):
         args = case(P, N=N)
         print(f"P{P} N{N}  auto={timed(args, ''):.2f}  "
               f"s1={timed(args, '', '1'):.2f}", flush=True)

@@ -224,14 +224,29 @@ constexpr int smem_bytes() {
   return (bm_of(NWARPS) + 4 * kBN) * D * 2 + 1024;
 }
 
-// Online-softmax update of a thread's two rows for NT * 8 keys (one key tile; two for
-// split_kernel_ws2) of scaled, masked scores s (base 2): new running max m_run and sum l_run
-// (per-thread partial, quad-reduced at the end), the rescale factor alpha of O, and the
-// probabilities left in s.
-template <int NT>
-__device__ __forceinline__ void softmax_update(float (&s)[NT][4], float (&m_run)[2], float (&l_run)[2],
+// 2^x on the special-function unit (ex2.approx.ftz: relative error ~2^-22, 2^-inf = 0, results
+// below 2^-126 flush to 0). exp2f adds a range check and two multiplies per call for denormal
+// results, 3 of the ~15 instructions per score in the consumers' per-tile loop.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// The running max of a row moves only when a tile's max exceeds it by more than this (base 2):
+// the probabilities exp2(s - m_run) then stay <= 2^8, far from fp32 / bf16 / fp16 overflow
+// (fp16 P: 65504), and the rescale of O (64 multiplies per thread per tile at D = 128) is
+// skipped on most tiles (warp-uniform: see o_needs_rescale). Softmax is invariant to the base,
+// and m_run goes into the lse with the sum taken against it, so the results are the same maths.
+constexpr float kMaxSlack = 8.f;
+
+// Online-softmax update of a thread's two rows for one key tile of scaled, masked scores s
+// (base 2): new running max m_run (lazy, kMaxSlack) and sum l_run (per-thread partial,
+// quad-reduced at the end), the rescale factor alpha of O (exactly 1 when m_run did not move),
+// and the probabilities left in s.
+__device__ __forceinline__ void softmax_update(float (&s)[kBN / 8][4], float (&m_run)[2], float (&l_run)[2],
                                                float (&alpha)[2]) {
-  constexpr int NT_S = NT;
+  constexpr int NT_S = kBN / 8;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     float mx = -INFINITY;
@@ -240,21 +255,27 @@ __device__ __forceinline__ void softmax_update(float (&s)[NT][4], float (&m_run)
     // The 4 threads of a quad hold the same row.
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    const float m_new = fmaxf(m_run[h], mx);
+    // (-inf > -inf + 8 is false: a row that has seen nothing yet keeps m = -inf.)
+    const float m_new = mx > m_run[h] + kMaxSlack ? mx : m_run[h];
     // Rows that have seen nothing yet keep m = -inf; use 0 as the exponent base so that
     // exp2(-inf - base) = 0 instead of NaN.
     const float base = (m_new == -INFINITY) ? 0.f : m_new;
-    alpha[h] = exp2f(m_run[h] - base);
+    alpha[h] = m_new == m_run[h] ? 1.f : fast_exp2(m_run[h] - base);
     m_run[h] = m_new;
-    float sum = 0.f;
+    float sum0 = 0.f, sum1 = 0.f;  // two chains: half the dependent-add latency
 #pragma unroll
     for (int i = 0; i < NT_S; ++i) {
-      s[i][2 * h] = exp2f(s[i][2 * h] - base);
-      s[i][2 * h + 1] = exp2f(s[i][2 * h + 1] - base);
-      sum += s[i][2 * h] + s[i][2 * h + 1];
+      s[i][2 * h] = fast_exp2(s[i][2 * h] - base);
+      s[i][2 * h + 1] = fast_exp2(s[i][2 * h + 1] - base);
+      sum0 += s[i][2 * h];
+      sum1 += s[i][2 * h + 1];
     }
-    l_run[h] = l_run[h] * alpha[h] + sum;
+    l_run[h] = l_run[h] * alpha[h] + (sum0 + sum1);
   }
+}
+// Whether any row of the warp needs O rescaled (warp-uniform, so the skip is a uniform branch).
+__device__ __forceinline__ bool o_needs_rescale(const float (&alpha)[2]) {
+  return __any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f);
 }
 
 // Online-softmax state of a thread's two query rows (rows gid and gid + 8 of its warp's 16) and
@@ -548,10 +569,7 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
 // division by G, then steps (why: per-row divisions by G and 64-bit index maths made the Q copy
 // the costliest part of the prologue in the per-instruction stall samples, before any data is in
 // flight).
-// kKMajorHalves: lay the tile out as 64-row halves in the K/V tile layout (kv_off_sw128), each
-// the K-major A operand of one warpgroup's wgmma from shared memory (split_kernel_ws<D, T, 2>);
-// otherwise the row-swizzled layout (swz) the ldmatrix loads of Q fragments read.
-template <int D, typename T, int kBM, int kThreads, bool kKMajorHalves = false>
+template <int D, typename T, int kBM, int kThreads>
 __device__ __forceinline__ void copy_q_tile(const Params& p, const T* qg, uint4* sQ, int b, int kvh, int m_base,
                                             int r0, int c_chunk) {
   constexpr int CH = D / 8;
@@ -566,8 +584,7 @@ __device__ __forceinline__ void copy_q_tile(const Params& p, const T* qg, uint4*
     const int r = r0 + i * kRowStep;
     const bool ok = m_base + r < p.rows;
     const T* src = qbase + (int64_t)n * p.q_sn + (int64_t)g * p.q_sh;
-    const int dst = kKMajorHalves ? (r / kBN) * (kBN * CH) + kv_off_sw128<D>(r % kBN, c_chunk) : swz<D>(r, c_chunk);
-    cp_async_16(smem_u32(sQ + dst), ok ? src : qg, ok ? 16 : 0);
+    cp_async_16(smem_u32(sQ + swz<D>(r, c_chunk)), ok ? src : qg, ok ? 16 : 0);
     n += dn;
     g += dg;
     if (g >= p.G) {
@@ -613,18 +630,6 @@ __device__ __forceinline__ void wgmma_qk(float (&s)[kBN / 8][4], const uint32_t 
     wgmma_m64n64k16_kmajor<T>(&s[0][0], qf[ks], make_desc_sw128(addr, 16, 1024), ks > 0);
   }
 }
-// The same with Q's 64 rows also read from shared memory (`sq`: kv_off_sw128 layout, 64 rows).
-template <int D, typename T>
-__device__ __forceinline__ void wgmma_qk_ss(float (&s)[kBN / 8][4], const uint4* sq, const uint4* sk) {
-  constexpr int KSTEPS = D / 16;
-  const uint32_t qbase = smem_u32(sq), kbase = smem_u32(sk);
-#pragma unroll
-  for (int ks = 0; ks < KSTEPS; ++ks) {
-    const uint32_t off = (ks >> 2) * (kBN * 128) + (ks & 3) * 32;
-    wgmma_m64n64k16_ss_kmajor<T>(&s[0][0], make_desc_sw128(qbase + off, 16, 1024),
-                                 make_desc_sw128(kbase + off, 16, 1024), ks > 0);
-  }
-}
 // O += P V of the V tile at `sv`, issued asynchronously.
 template <int D, typename T>
 __device__ __forceinline__ void wgmma_pv(float (&o)[D / 8][4], const uint32_t (&pa)[kBN / 16][4], const uint4* sv) {
@@ -639,39 +644,24 @@ __device__ __forceinline__ void wgmma_pv(float (&o)[D / 8][4], const uint32_t (&
       wgmma_m64n64k16_nmajor<T>(&o[0][0], pa[ks], desc, 1);
   }
 }
-// Scale, mask (keys reaching past the prefix: bits of the rows' tree-mask words mrow0 / mrow1),
-// online-softmax update of m_run / l_run for the NT * 8 keys from key tile t's first (one tile,
-// or KT tiles for split_kernel_ws<D, T, KT>); returns the rescale factor of O in alpha and leaves
-// the probabilities in s. With several tiles, a tile starting at or past `key_end` (the split's
-// end: a padding tile) is invisible; its -inf is set after the scaling, whose sign may be negative.
-template <int NT>
-__device__ __forceinline__ void online_softmax(float (&s)[NT][4], const Params& p, int t, int plen, int L,
+// Scale, mask (tiles reaching past the prefix: bits of the rows' tree-mask words mrow0 / mrow1),
+// online-softmax update of m_run / l_run for key tile t; returns the rescale factor of O in
+// alpha and leaves the probabilities in s.
+__device__ __forceinline__ void online_softmax(float (&s)[kBN / 8][4], const Params& p, int t, int plen, int L,
                                                const int32_t* mrow0, const int32_t* mrow1, int tig,
-                                               float (&m_run)[2], float (&l_run)[2], float (&alpha)[2],
-                                               int key_end = 0) {
-  constexpr int NT_S = NT;
-  constexpr int NW = NT * 8 / 32 + 1;  // mask words a span of NT * 8 keys can touch
+                                               float (&m_run)[2], float (&l_run)[2], float (&alpha)[2]) {
+  constexpr int NT_S = kBN / 8;
   const int key0 = t * kBN;
 #pragma unroll
   for (int i = 0; i < NT_S; ++i)
 #pragma unroll
     for (int e = 0; e < 4; ++e) s[i][e] *= p.scale_log2;
-  if constexpr (NT > kBN / 8) {
-#pragma unroll
-    for (int h = 1; h < NT / (kBN / 8); ++h) {
-      const bool pad = key0 + h * kBN >= key_end;  // a select, not a branch (no divergent path)
-#pragma unroll
-      for (int i = h * (kBN / 8); i < (h + 1) * (kBN / 8); ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[i][e] = pad ? -INFINITY : s[i][e];
-    }
-  }
-  if (key0 + NT_S * 8 > plen) {
+  if (key0 + kBN > plen) {
     const int jb = key0 - plen;
     const int wlo = max(jb, 0) >> 5;
-    uint32_t w0[NW], w1[NW];
+    uint32_t w0[3], w1[3];
 #pragma unroll
-    for (int k = 0; k < NW; ++k) {
+    for (int k = 0; k < 3; ++k) {
       const bool ok = wlo + k < p.W;
       w0[k] = ok ? (uint32_t)__ldg(mrow0 + wlo + k) : 0u;
       w1[k] = ok ? (uint32_t)__ldg(mrow1 + wlo + k) : 0u;
@@ -689,17 +679,9 @@ __device__ __forceinline__ void online_softmax(float (&s)[NT][4], const Params& 
         } else {
           const int j = key - plen;
           const int wi = (j >> 5) - wlo;
-          uint32_t word;
-          if constexpr (NW == 3) {  // (one 64-key tile: the form the default kernels were measured
-                                    // with; the loop below compiles to different machine code)
-            word = (e < 2) ? (wi == 0 ? w0[0] : (wi == 1 ? w0[1] : w0[2]))
-                           : (wi == 0 ? w1[0] : (wi == 1 ? w1[1] : w1[2]));
-          } else {
-            word = (e < 2) ? w0[0] : w1[0];
-#pragma unroll
-            for (int k = 1; k < NW; ++k)
-              if (wi == k) word = (e < 2) ? w0[k] : w1[k];
-          }
+          const uint32_t word =
+              (e < 2) ? (wi == 0 ? w0[0] : (wi == 1 ? w0[1] : w0[2]))
+                      : (wi == 0 ? w1[0] : (wi == 1 ? w1[1] : w1[2]));
           vis = (word >> (j & 31)) & 1u;
         }
         if (!vis) s[i][e] = -INFINITY;
@@ -708,9 +690,9 @@ __device__ __forceinline__ void online_softmax(float (&s)[NT][4], const Params& 
   softmax_update(s, m_run, l_run, alpha);
 }
 // The probabilities in the A-operand register layout of the P V product.
-template <typename T, int NT>
-__device__ __forceinline__ void pack_probs(const float (&s)[NT][4], uint32_t (&pa)[NT / 2][4]) {
-  constexpr int PV_KSTEPS = NT / 2;
+template <typename T>
+__device__ __forceinline__ void pack_probs(const float (&s)[kBN / 8][4], uint32_t (&pa)[kBN / 16][4]) {
+  constexpr int PV_KSTEPS = kBN / 16;
 #pragma unroll
   for (int ks = 0; ks < PV_KSTEPS; ++ks) {
     pa[ks][0] = TypeTraits<T>::pack(s[2 * ks][0], s[2 * ks][1]);
@@ -881,12 +863,14 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
     softmax(s, t + 1, alpha);
     JETSPEC_WGMMA_WAIT(0);  // P V done
     fence_regs(o);
+    if (o_needs_rescale(alpha)) {
 #pragma unroll
-    for (int k = 0; k < NT_O; ++k) {
-      o[k][0] *= alpha[0];
-      o[k][1] *= alpha[0];
-      o[k][2] *= alpha[1];
-      o[k][3] *= alpha[1];
+      for (int k = 0; k < NT_O; ++k) {
+        o[k][0] *= alpha[0];
+        o[k][1] *= alpha[0];
+        o[k][2] *= alpha[1];
+        o[k][3] *= alpha[1];
+      }
     }
     pack_p(s, pa);
   }

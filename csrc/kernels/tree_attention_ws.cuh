@@ -1,6 +1,5 @@
 // Warp-specialized tree-attention split kernel (sm_90a): the default on sm_90 above 64 query rows
-// per KV head (JETSPEC_TREE_ATTN_IMPL=wgmma_ws_pp selects it explicitly; wgmma_ws2 is its opt-in,
-// EXPERIMENTAL two-tiles-per-iteration form, see split_kernel_ws's KT).
+// per KV head (JETSPEC_TREE_ATTN_IMPL=wgmma_ws_pp selects it explicitly).
 //
 // Why: split_kernel_pipe (one or two warpgroups that copy their own K/V tiles) spends ~1.0-1.5 us
 // per 64-key tile against ~0.56 us of tensor work on the H200 (benchmarks/RESULTS.md, ninth
@@ -8,7 +7,7 @@
 // tile, so both warpgroups run their softmax at the same time while the tensor cores idle
 // (docs/tree_attention_next.md, R2 and R3). Here:
 //   * warpgroup 0 is a producer: its 128 threads issue the cp.async copies of Q and of every
-//     K/V tile into a ring of ws_stages<KT>() stages and signal each stage on an mbarrier
+//     K/V tile into a ring of STAGES stages and signal each stage on an mbarrier
 //     (cp.async.mbarrier.arrive.noinc: the arrive fires when the thread's copies have landed);
 //     it gives registers to the consumers (setmaxnreg 56: at 40 its copy addressing spilled);
 //   * warpgroups 1 and 2 are consumers of 64 query rows each (setmaxnreg 224; the kernel starts
@@ -33,21 +32,19 @@ namespace tree_attn {
 
 constexpr int kWsThreads = 384;   // producer warpgroup + 2 consumer warpgroups
 constexpr int kWsRows = 128;      // query rows per CTA (64 per consumer warpgroup)
-// K/V ring depth for KT key tiles per consumer iteration: the consumers hold the KT stages of
-// iteration i (P V) and of iteration i + 1 (S), and the producer fills iteration i + 2's meanwhile,
-// so 3 * KT (with 2 * KT the copies' latency was exposed every iteration). KT = 2 at D = 128:
-// 6 stages, 230,552 bytes of the 232,448 (227 KiB) an sm_90 block may have.
-template <int KT>
-constexpr int ws_stages() { return 3 * KT; }
-
-template <int D, int KT>
+// K/V ring depth. The consumers hold two stages at a time (S(i+1) and P(i) V(i)), and a stage is
+// refilled only once both consumer warpgroups (half an iteration apart: ping-pong) are done
+// with it, so with 3 stages a tile's copy has about one iteration to land; STAGES > 3 gives
+// the copies more time (and lets a short split request all its tiles at once).
+template <int D, int STAGES>
 constexpr int ws_smem_bytes() {
-  // Q tile + ws_stages stages of K and of V (rows x D 16-bit elements), the mbarriers (Q full;
+  // Q tile + STAGES stages of K and of V (rows x D 16-bit elements), the mbarriers (Q full;
   // K full, V full, K/V empty per stage), and 1 KB of slack to align the stages to 1024 bytes
   // (wgmma swizzle atoms).
-  return (kWsRows + 2 * ws_stages<KT>() * kBN) * D * 2 + (1 + 3 * ws_stages<KT>()) * 8 + 1024;
+  return (kWsRows + 2 * STAGES * kBN) * D * 2 + (1 + 3 * STAGES) * 8 + 1024;
 }
-static_assert(ws_smem_bytes<128, 2>() <= 232448, "shared memory of an sm_90 block (227 KiB)");
+constexpr int kWsMaxSmem = 232448;  // shared memory an sm_90 block may have (227 KiB)
+static_assert(ws_smem_bytes<128, 6>() <= kWsMaxSmem, "6 stages at D = 128 fit an sm_90 block");
 
 // ---- mbarrier / register / named-barrier helpers (sm_90) -------------------------------------
 __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
@@ -109,38 +106,24 @@ __device__ __forceinline__ void consumers_bar_arrive(int id) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// grid = (ceil(rows / 128), num_splits, B * Hkv), block = 384 threads, ws_smem_bytes<D, KT>() bytes.
-// KT: 64-key tiles per consumer iteration. 1: S is m64n64 per warpgroup (wgmma_ws_pp). 2: the
-// consumers take two ring stages at a time, so S covers 128 keys (two m64n64 products) and
-// P V runs 8 k-steps (wgmma_ws2, EXPERIMENTAL): the per-iteration costs (mbarrier and ping-pong
-// waits, wgmma drains, the row max / sum shuffles, O's rescale) are paid once per 128 keys
-// instead of once per 64, as FlashAttention-3 does with its 128-176-key tiles. Its first form
-// (eleventh session) issued the second tile's products only when the split had that tile; ptxas
-// then serialised every wgmma (C7520: "wgmma.mma_async instructions are serialized due to
-// program dependence on compiler-inserted WG.AR in divergent path") and it ran 1.2x slower than
-// KT = 1 on the H200. Now no wgmma sits under a data-dependent branch: the producer pads the
-// split to whole iterations (a tile past t_end is real keys of the next split or zero-filled past
-// L), the consumers always multiply KT tiles, and online_softmax sets the columns of a padding
-// tile to -inf by a select (its probabilities are then 0 and its V is finite).
+// grid = (ceil(rows / 128), num_splits, B * Hkv), block = 384 threads, ws_smem_bytes<D, STAGES>()
+// bytes. One 64-key tile per consumer iteration. (Two tiles per iteration, S over 128 keys as in
+// FlashAttention-3, measured slower on the H200 in every issue-4 cell but one, twelfth session.)
 // ---------------------------------------------------------------------------------------------
-template <int D, typename T, int KT>
+template <int D, typename T, int STAGES>
 __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p) {
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
   static_assert(kBN == 64, "S tile is m64n64");
-  static_assert(KT == 1 || KT == 2, "one or two key tiles per iteration");
-  constexpr int kStages = ws_stages<KT>();
+  static_assert(STAGES >= 3, "the consumers hold two stages; the producer needs a third");
+  constexpr int kStages = STAGES;
   constexpr int kBM = kWsRows;
   constexpr int CH = D / 8;               // 16-byte chunks per row
   constexpr int KSTEPS = D / 16;
-  constexpr int NT_S = KT * kBN / 8;      // 8-key column groups of S per iteration
+  constexpr int NT_S = kBN / 8;           // 8-key column groups of S
   constexpr int NT_O = D / 8;
-  constexpr int PV_KSTEPS = KT * kBN / 16;
+  constexpr int PV_KSTEPS = kBN / 16;
   constexpr int kStage = kBN * CH;        // chunks of one K or V tile
   constexpr int kProducers = 128;
-  // KT = 2: S's A operand (Q) is read from shared memory by the wgmma itself; its 32 fragment
-  // registers per thread would not fit beside the 128-key S, P and O (ptxas spilled 30 registers).
-  constexpr bool kQFromSmem = KT == 2;
-
   extern __shared__ __align__(1024) uint4 smem_raw[];
   uint4* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023) / 16;
   uint4* sK = smem;                        // kStages * kStage chunks
@@ -185,7 +168,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
     const int c_chunk = tid % CH;
     const int r0 = tid / CH;
     // Q before the prefix length: it does not depend on it.
-    copy_q_tile<D, T, kBM, kProducers, kQFromSmem>(p, qg, sQ, b, kvh, m_base, r0, c_chunk);
+    copy_q_tile<D, T, kBM, kProducers>(p, qg, sQ, b, kvh, m_base, r0, c_chunk);
     cp_async_arrive_noinc(q_full);
     const SplitRange range = split_range(p, b, split);
     const int L = range.L, t_begin = range.t_begin, t_end = range.t_end;
@@ -193,8 +176,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
       mbar_wait(q_full, 0);
       return;
     }
-    const int n_padded = (t_end - t_begin + KT - 1) / KT * KT;  // whole consumer iterations
-    for (int i = 0; i < n_padded; ++i) {
+    for (int i = 0; i < t_end - t_begin; ++i) {
       const int st = stage_of(i);
       mbar_wait(kv_empty(st), parity_of(i) ^ 1);  // both consumers done with the stage
       copy_kv_tile<D, T, kProducers>(kg, p.k_ss, sK + st * kStage, t_begin + i, L, r0, c_chunk);
@@ -222,7 +204,6 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
     return;
   }
   const int n_tiles = t_end - t_begin;
-  const int n_iters = (n_tiles + KT - 1) / KT;
 
   uint32_t qf[KSTEPS][4];
   float o[NT_O][4];
@@ -236,111 +217,82 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
   const int32_t* mrow0 = p.mask + ((int64_t)b * p.N + node[0]) * p.W;
   const int32_t* mrow1 = p.mask + ((int64_t)b * p.N + node[1]) * p.W;
 
-  // S of the iteration's KT tiles: tile h fills columns h * 64 .. h * 64 + 63. A padding tile
-  // (past the split's last, see the producer) is multiplied like the others (no wgmma under a
-  // data-dependent branch); online_softmax then sets its columns to -inf (key_end).
-  auto issue_s = [&](float (&s)[NT_S][4], int i0) {
-#pragma unroll
-    for (int h = 0; h < KT; ++h) {
-      float(&sh)[kBN / 8][4] = *reinterpret_cast<float(*)[kBN / 8][4]>(&s[h * (kBN / 8)]);
-      if constexpr (kQFromSmem)
-        wgmma_qk_ss<D, T>(sh, sQ + cw * (kBN * CH), sK + stage_of(i0 + h) * kStage);
-      else
-        wgmma_qk<D, T>(sh, qf, sK + stage_of(i0 + h) * kStage);
-    }
-  };
-  auto issue_pv = [&](const uint32_t (&pa)[PV_KSTEPS][4], int i0) {
-#pragma unroll
-    for (int h = 0; h < KT; ++h)
-      wgmma_pv<D, T>(o, *reinterpret_cast<const uint32_t(*)[kBN / 16][4]>(&pa[h * (kBN / 16)]),
-                     sV + stage_of(i0 + h) * kStage);
-  };
   auto softmax = [&](float (&s)[NT_S][4], int t, float (&alpha)[2]) {
-    online_softmax(s, p, t, plen, L, mrow0, mrow1, tig, m_run, l_run, alpha, t_end * kBN);
-  };
-  auto pack_p = [&](const float (&s)[NT_S][4], uint32_t (&pa)[PV_KSTEPS][4]) { pack_probs<T>(s, pa); };
-  auto wait_k = [&](int i0) {
-#pragma unroll
-    for (int h = 0; h < KT; ++h) mbar_wait(k_full(stage_of(i0 + h)), parity_of(i0 + h));
-  };
-  auto wait_v = [&](int i0) {
-#pragma unroll
-    for (int h = 0; h < KT; ++h) mbar_wait(v_full(stage_of(i0 + h)), parity_of(i0 + h));
+    online_softmax(s, p, t, plen, L, mrow0, mrow1, tig, m_run, l_run, alpha);
   };
   // Ping-pong turns: warpgroup cw issues its wgmma groups between waiting on named barrier
-  // 1 + cw and arriving on the other's. Every warpgroup issues n_iters + 1 groups (S(0), then
+  // 1 + cw and arriving on the other's. Every warpgroup issues n_tiles + 1 groups (S(0), then
   // S(i+1) with P(i) V(i), then the last P V); warpgroup 0 goes first, so warpgroup 1 arrives
   // once up front and skips its arrival after its last group (the counts of both barriers match).
-  int turns_left = n_iters + 1;
+  int turns_left = n_tiles + 1;
   auto take_turn = [&]() { consumers_bar_sync(1 + cw); };
   auto end_turn = [&]() {
     --turns_left;
     if (cw == 0 || turns_left > 0) consumers_bar_arrive(2 - cw);
   };
   if (cw == 1) consumers_bar_arrive(1);
-  // Release the iteration's stages to the producer: this warp's products reading them are complete.
-  auto release = [&](int i0) {
+  // Release tile i's stage to the producer: this warp's products reading it are complete.
+  auto release = [&](int i) {
     __syncwarp();
-    if (lane == 0)
-#pragma unroll
-      for (int h = 0; h < KT; ++h) mbar_arrive(kv_empty(stage_of(i0 + h)));
+    if (lane == 0) mbar_arrive(kv_empty(stage_of(i)));
   };
 
   // ---- prologue: Q fragments, S(0), softmax(0) ---------------------------------------------------
   mbar_wait(q_full, 0);
-  if constexpr (!kQFromSmem) load_q_fragments<D>(qf, sQ, warp, lane);
+  load_q_fragments<D>(qf, sQ, warp, lane);
   float s[NT_S][4];
 #pragma unroll
   for (int i = 0; i < NT_S; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
   uint32_t pa[PV_KSTEPS][4];
   float alpha[2];
-  wait_k(0);
+  mbar_wait(k_full(0), 0);
   fence_proxy_async_smem();  // cp.async (generic proxy) data -> wgmma (async proxy)
   take_turn();
   wgmma_fence();
-  issue_s(s, 0);
+  wgmma_qk<D, T>(s, qf, sK);
   JETSPEC_WGMMA_COMMIT();
   end_turn();
   JETSPEC_WGMMA_WAIT(0);
   fence_regs(s);
   softmax(s, t_begin, alpha);  // O = 0: alpha not needed
-  pack_p(s, pa);
+  pack_probs<T>(s, pa);
 
   // ---- main loop: S(i+1) and P(i) V(i) in flight, softmax(i+1) under the P V product ---------
-  for (int it = 0; it + 1 < n_iters; ++it) {
-    const int i0 = it * KT, i1 = i0 + KT;  // i0's iteration is complete (KT tiles)
-    wait_k(i1);
-    wait_v(i0);
+  for (int i = 0; i + 1 < n_tiles; ++i) {
+    mbar_wait(k_full(stage_of(i + 1)), parity_of(i + 1));
+    mbar_wait(v_full(stage_of(i)), parity_of(i));
     fence_proxy_async_smem();
     take_turn();
     wgmma_fence();
-    issue_s(s, i1);
+    wgmma_qk<D, T>(s, qf, sK + stage_of(i + 1) * kStage);
     JETSPEC_WGMMA_COMMIT();
-    issue_pv(pa, i0);
+    wgmma_pv<D, T>(o, pa, sV + stage_of(i) * kStage);
     JETSPEC_WGMMA_COMMIT();
     end_turn();
     JETSPEC_WGMMA_WAIT(1);  // S(i+1) done
     fence_regs(s);
-    softmax(s, t_begin + i1, alpha);
-    JETSPEC_WGMMA_WAIT(0);  // P(i) V(i) done: the iteration's stages are free
+    softmax(s, t_begin + i + 1, alpha);
+    JETSPEC_WGMMA_WAIT(0);  // P(i) V(i) done: stage i is free
     fence_regs(o);
-    release(i0);
+    release(i);
+    if (o_needs_rescale(alpha)) {  // rarely true after the first tiles (kMaxSlack)
 #pragma unroll
-    for (int k = 0; k < NT_O; ++k) {
-      o[k][0] *= alpha[0];
-      o[k][1] *= alpha[0];
-      o[k][2] *= alpha[1];
-      o[k][3] *= alpha[1];
+      for (int k = 0; k < NT_O; ++k) {
+        o[k][0] *= alpha[0];
+        o[k][1] *= alpha[0];
+        o[k][2] *= alpha[1];
+        o[k][3] *= alpha[1];
+      }
     }
-    pack_p(s, pa);
+    pack_probs<T>(s, pa);
   }
-  {  // last iteration: O += P V only
-    const int i0 = (n_iters - 1) * KT;
-    wait_v(i0);
+  {  // last tile: O += P V only
+    const int i = n_tiles - 1;
+    mbar_wait(v_full(stage_of(i)), parity_of(i));
     fence_proxy_async_smem();
     take_turn();
     wgmma_fence();
-    issue_pv(pa, i0);
+    wgmma_pv<D, T>(o, pa, sV + stage_of(i) * kStage);
     JETSPEC_WGMMA_COMMIT();
     end_turn();
     JETSPEC_WGMMA_WAIT(0);

@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
-# A/B of two tree_attention kernel headers in one device call (same machine, same process order):
-# builds with the old header (.carry/old_ta.cuh, e.g. `git show REV:csrc/kernels/tree_attention.cuh`)
-# and keeps that .so, rebuilds with the working tree's header, runs the CUDA tree_attention tests
-# on it (AB_TESTS=0: not), then times `probe_decode_attention.py --cells` with the new, old, new, old .so in place.
+# A/B of two versions of the tree_attention kernels in one device call (same machine, same
+# process order): builds with the old sources and keeps that .so, rebuilds with the working tree,
+# runs the CUDA tree_attention tests on it (AB_TESTS=0: not), then times
+# `probe_decode_attention.py --cells` with the new, old, new, old .so in place. The old sources:
+# .carry/old_csrc (a whole csrc/ tree, e.g. `git archive REV csrc | tar -x --strip-components=1
+# -C .carry/old_csrc`), else .carry/old_ta.cuh (csrc/kernels/tree_attention.cuh only).
 # Leaves the new .so in place. Usage on the H200: bash scripts/gpu/ab_tree_attention.sh
 set -u
 export PYTHONPATH=$PWD
-[ -f .carry/old_ta.cuh ] || { echo "no .carry/old_ta.cuh (carry it)"; exit 1; }
-cp csrc/kernels/tree_attention.cuh /tmp/new_ta.cuh
-cp .carry/old_ta.cuh csrc/kernels/tree_attention.cuh
+rm -rf /tmp/new_csrc && cp -r csrc /tmp/new_csrc
+if [ -d .carry/old_csrc ]; then
+  rm -rf csrc && cp -r .carry/old_csrc csrc
+elif [ -f .carry/old_ta.cuh ]; then
+  cp .carry/old_ta.cuh csrc/kernels/tree_attention.cuh
+else
+  echo "no .carry/old_csrc or .carry/old_ta.cuh (carry one)"; exit 1
+fi
 STEPS="" bash scripts/gpu/call.sh > /tmp/b1.log 2>&1 || { tail -20 /tmp/b1.log; exit 1; }
 cp jetspec_ext/_C.abi3.so /tmp/old.so
-cp /tmp/new_ta.cuh csrc/kernels/tree_attention.cuh; touch csrc/kernels/tree_attention.cuh
+rm -rf csrc && cp -r /tmp/new_csrc csrc && find csrc -name '*.cu*' -exec touch {} +
 steps=tests; [ "${AB_TESTS:-1}" = 0 ] && steps=""
-T_TESTS=290 STEPS="$steps" TEST1='test_tree_attention.py -k cuda' bash scripts/gpu/call.sh 2>&1 | grep -v "^\[" | tail -20
+T_TESTS=290 STEPS="$steps" TEST1="${AB_TEST1:-test_tree_attention.py -k cuda}" bash scripts/gpu/call.sh 2>&1 | grep -v "^\[" | tail -20
 cp jetspec_ext/_C.abi3.so /tmp/new.so
 for v in new old new old; do cp /tmp/$v.so jetspec_ext/_C.abi3.so; echo "== $v"; timeout 60 python3 benchmarks/probe_decode_attention.py --cells; done 2>&1 | tee $OUT/ab_cells.log
 cp /tmp/new.so jetspec_ext/_C.abi3.so

@@ -90,7 +90,7 @@ def baselines(q, k, v, plens, mask, P, N):
 
 T_START = time.time()
 # sm_90 kernel variants timed beside the default (JETSPEC_TREE_ATTN_IMPL; the default is wgmma_ws_pp)
-WGMMA_IMPLS = ("wgmma_pipe", "wgmma_ws_pp", "wgmma_ws_pp4", "wgmma_ws_pp6")
+WGMMA_IMPLS = ("wgmma_pipe", "wgmma_ws_pp")
 REPEATS = 3  # interleaved timing rounds of the default and the variants (median)
 
 

@@ -17,9 +17,8 @@ requires_cuda_kernel = pytest.mark.skipif(not HAS_CUDA_KERNEL,
                                           reason="needs a GPU and a CUDA build of tree_attention")
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA_KERNEL else [])
 # CUDA kernel variants: mma.sync (any GPU), the pipelined wgmma kernel and the warp-specialized
-# ping-pong wgmma kernel with a 3-, 4- or 6-stage K/V ring (sm_90 only), chosen per call by an
-# env var.
-WGMMA_IMPLS = ["wgmma_pipe", "wgmma_ws_pp", "wgmma_ws_pp4", "wgmma_ws_pp6"]
+# ping-pong wgmma kernel (sm_90 only), chosen per call by an env var.
+WGMMA_IMPLS = ["wgmma_pipe", "wgmma_ws_pp"]
 IMPLS = ["mma"] + (WGMMA_IMPLS if HAS_CUDA_KERNEL and torch.cuda.get_device_capability()[0] == 9 else [])
 
 
@@ -362,7 +361,8 @@ def test_cuda_strided_inputs(impl):
 def test_cuda_negative_scale_and_uneven_splits(impl, scale, monkeypatch):
     """A negative softmax scale is allowed (only finiteness is required; masked keys must stay
     invisible, -inf times a negative scale would be +inf), with 5 forced splits of 12 key tiles
-    (3, 3, 3, 3 and an empty one): fewer tiles per split than the 4- and 6-stage rings hold."""
+    (3, 3, 3, 3 and an empty one): no more tiles per split than the warp-specialized kernel's ring
+    holds."""
     monkeypatch.setenv("JETSPEC_TREE_ATTN_SPLITS", "5")
     q, k, v, pl, mask = make_case(1, 50, 32, 8, 128, [700], device="cuda", seed=11)
     out, lse = run_op(q, k, v, pl, mask, scale=scale)
@@ -425,7 +425,7 @@ def test_cuda_unknown_variant_is_refused(monkeypatch):
     """A kernel variant name that does not exist (e.g. one removed since) is an error, never a
     silent fallback to the default."""
     args = make_case(1, 4, 8, 2, 64, [10], device="cuda")
-    for bad in ("decode", "wgmma8", "wgmma_pipe8", "wgmma_ws", "wgmma_ws2", "wgmma_ws_pp5", "fast"):
+    for bad in ("decode", "wgmma8", "wgmma_pipe8", "wgmma_ws", "wgmma_ws2", "wgmma_ws_pp4", "fast"):
         monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", bad)
         with pytest.raises(RuntimeError, match="JETSPEC_TREE_ATTN_IMPL must be"):
             jetspec_ext.tree_attention(*args)

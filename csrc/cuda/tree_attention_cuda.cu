@@ -50,13 +50,12 @@ int choose_splits(int64_t base, int64_t S, int sms, int ctas_per_sm) {
 //   wgmma_ws_pp: wgmma (sm_90a), warp-specialized (csrc/kernels/tree_attention_ws.cuh): a
 //                producer warpgroup feeds two consumer warpgroups (128 rows, 1 CTA per SM)
 //                through an mbarrier ring; the consumers take ping-pong turns on the tensor cores
-//   wgmma_ws_pp4, wgmma_ws_pp6: EXPERIMENTAL, the same with a K/V ring of 4 or 6 stages
-//                instead of 3 (twelfth session, to be measured)
 // Removed, all measured slower on the H200 (benchmarks/RESULTS.md): the non-pipelined wgmma /
 // wgmma8 variants, the CUDA-core decode kernel and the in-launch merges (tenth session); the
 // 2-warpgroup wgmma_pipe8 and the warp-specialized kernel without ping-pong (eleventh session);
-// the warp-specialized kernel with two key tiles per consumer iteration (twelfth session).
-enum class Impl { kMma, kWgmmaPipe, kWgmmaWsPp, kWgmmaWsPp4, kWgmmaWsPp6 };
+// the warp-specialized kernel with two key tiles per consumer iteration, and with a 4- or
+// 6-stage K/V ring instead of 3 (no faster in any issue-4 cell; twelfth session).
+enum class Impl { kMma, kWgmmaPipe, kWgmmaWsPp };
 // Default on sm_90: wgmma_ws_pp, the fastest or within 0.6 % of the fastest variant in all 10
 // issue-4 cells on the H200 (eleventh session: P16384 N256 172.3 us against 177.7 for the previous
 // default wgmma_pipe8 and 200.6 for wgmma_pipe; P4096 N128 28.9 / 30.0 / 30.7; benchmarks/
@@ -77,13 +76,8 @@ Impl choose_impl(int device, int rows) {
       impl = Impl::kWgmmaPipe;
     } else if (e == "wgmma_ws_pp") {
       impl = Impl::kWgmmaWsPp;
-    } else if (e == "wgmma_ws_pp4") {
-      impl = Impl::kWgmmaWsPp4;
-    } else if (e == "wgmma_ws_pp6") {
-      impl = Impl::kWgmmaWsPp6;
     } else {
-      TORCH_CHECK(e.empty(), "JETSPEC_TREE_ATTN_IMPL must be mma, wgmma_pipe, wgmma_ws_pp, wgmma_ws_pp4 or ",
-                  "wgmma_ws_pp6, got '", e, "'");
+      TORCH_CHECK(e.empty(), "JETSPEC_TREE_ATTN_IMPL must be mma, wgmma_pipe or wgmma_ws_pp, got '", e, "'");
     }
   }
   return cc_major(device) == 9 ? impl : Impl::kMma;  // wgmma exists on sm_90 only
@@ -150,13 +144,7 @@ void launch(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream, at
       launch_variant<D, T, 4, true>(p, S, device, stream, o_part, lse_part, fopts);
       break;
     case Impl::kWgmmaWsPp:
-      launch_ws<D, T, 3>(p, S, device, stream, o_part, lse_part, fopts);
-      break;
-    case Impl::kWgmmaWsPp4:
-      launch_ws<D, T, 4>(p, S, device, stream, o_part, lse_part, fopts);
-      break;
-    case Impl::kWgmmaWsPp6:
-      launch_ws<D, T, 6>(p, S, device, stream, o_part, lse_part, fopts);
+      launch_ws<D, T, tree_attn::kWsStages>(p, S, device, stream, o_part, lse_part, fopts);
       break;
     default:
       launch_variant<D, T, 4, false>(p, S, device, stream, o_part, lse_part, fopts);

@@ -154,6 +154,14 @@ __device__ __forceinline__ uint64_t make_desc_sw128(uint32_t addr, uint32_t lbo,
   return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo & 0x3FFFF) >> 4) << 16) |
          ((uint64_t)((sbo & 0x3FFFF) >> 4) << 32) | ((uint64_t)1 << 62);
 }
+// The descriptor of the same layout `bytes` (a multiple of 16) further on: one 32-bit add to the
+// start-address field (bits 0-13, address >> 4), which cannot carry out of it while the address
+// stays inside shared memory (< 2^18 bytes). Building every k-step's descriptor from its address
+// cost ~4 uniform instructions per wgmma, inside the ping-pong turn.
+__device__ __forceinline__ uint64_t desc_advance(uint64_t desc, uint32_t bytes) {
+  const uint32_t lo = (uint32_t)desc + (bytes >> 4);
+  return ((desc >> 32) << 32) | lo;
+}
 
 __device__ __forceinline__ void wgmma_fence() {
 // wgmma group fences for the pipelined kernel. The wgmma kernels are only launched on sm_90a;
@@ -623,21 +631,21 @@ __device__ __forceinline__ void copy_kv_tile(const T* src_base, int64_t stride, 
 template <int D, typename T>
 __device__ __forceinline__ void wgmma_qk(float (&s)[kBN / 8][4], const uint32_t (&qf)[D / 16][4], const uint4* sk) {
   constexpr int KSTEPS = D / 16;
-  const uint32_t kbase = smem_u32(sk);
+  const uint64_t desc0 = make_desc_sw128(smem_u32(sk), 16, 1024);
 #pragma unroll
   for (int ks = 0; ks < KSTEPS; ++ks) {
-    const uint32_t addr = kbase + (ks >> 2) * (kBN * 128) + (ks & 3) * 32;
-    wgmma_m64n64k16_kmajor<T>(&s[0][0], qf[ks], make_desc_sw128(addr, 16, 1024), ks > 0);
+    const uint64_t desc = desc_advance(desc0, (ks >> 2) * (kBN * 128) + (ks & 3) * 32);
+    wgmma_m64n64k16_kmajor<T>(&s[0][0], qf[ks], desc, ks > 0);
   }
 }
 // O += P V of the V tile at `sv`, issued asynchronously.
 template <int D, typename T>
 __device__ __forceinline__ void wgmma_pv(float (&o)[D / 8][4], const uint32_t (&pa)[kBN / 16][4], const uint4* sv) {
   constexpr int PV_KSTEPS = kBN / 16;
-  const uint32_t vbase = smem_u32(sv);
+  const uint64_t desc0 = make_desc_sw128(smem_u32(sv), kBN * 128, 1024);
 #pragma unroll
   for (int ks = 0; ks < PV_KSTEPS; ++ks) {
-    const uint64_t desc = make_desc_sw128(vbase + ks * 16 * 128, kBN * 128, 1024);
+    const uint64_t desc = desc_advance(desc0, ks * 16 * 128);
     if constexpr (D == 128)
       wgmma_m64n128k16_nmajor<T>(&o[0][0], pa[ks], desc, 1);
     else

@@ -32,10 +32,11 @@ namespace tree_attn {
 
 constexpr int kWsThreads = 384;   // producer warpgroup + 2 consumer warpgroups
 constexpr int kWsRows = 128;      // query rows per CTA (64 per consumer warpgroup)
-// K/V ring depth. The consumers hold two stages at a time (S(i+1) and P(i) V(i)), and a stage is
-// refilled only once both consumer warpgroups (half an iteration apart: ping-pong) are done
-// with it, so with 3 stages a tile's copy has about one iteration to land; STAGES > 3 gives
-// the copies more time (and lets a short split request all its tiles at once).
+// K/V ring depth. The consumers hold two stages at a time (S(i+1) and P(i) V(i)), so 3 is the
+// least that lets the producer run ahead. 4 and 6 stages measured no faster in any issue-4 cell
+// on the H200 (twelfth session: the copies are not what the consumers wait for; Nsight Compute
+// put their time in their own instruction chains and the ping-pong turns).
+constexpr int kWsStages = 3;
 template <int D, int STAGES>
 constexpr int ws_smem_bytes() {
   // Q tile + STAGES stages of K and of V (rows x D 16-bit elements), the mbarriers (Q full;
@@ -44,7 +45,7 @@ constexpr int ws_smem_bytes() {
   return (kWsRows + 2 * STAGES * kBN) * D * 2 + (1 + 3 * STAGES) * 8 + 1024;
 }
 constexpr int kWsMaxSmem = 232448;  // shared memory an sm_90 block may have (227 KiB)
-static_assert(ws_smem_bytes<128, 6>() <= kWsMaxSmem, "6 stages at D = 128 fit an sm_90 block");
+static_assert(ws_smem_bytes<128, kWsStages>() <= kWsMaxSmem, "the ring fits an sm_90 block");
 
 // ---- mbarrier / register / named-barrier helpers (sm_90) -------------------------------------
 __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
@@ -134,9 +135,18 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
   auto k_full = [&](int s) { return bar0 + 8u * (1 + s); };
   auto v_full = [&](int s) { return bar0 + 8u * (1 + kStages + s); };
   auto kv_empty = [&](int s) { return bar0 + 8u * (1 + 2 * kStages + s); };
-  // ring stage and phase parity of the split's i-th tile
-  auto stage_of = [&](int i) { return i % kStages; };
-  auto parity_of = [&](int i) { return (uint32_t)((i / kStages) & 1); };
+  // Ring position of a tile: its stage and the phase parity of the stage's barriers. Stepped per
+  // tile (a modulo by kStages per wait cost ~8 uniform instructions in the consumers' loop).
+  struct RingPos {
+    int stage = 0;
+    uint32_t parity = 0;
+    __device__ __forceinline__ void advance() {
+      if (++stage == kStages) {
+        stage = 0;
+        parity ^= 1u;
+      }
+    }
+  };
 
   const int tid = threadIdx.x;
   const int split = blockIdx.y;
@@ -176,9 +186,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
       mbar_wait(q_full, 0);
       return;
     }
-    for (int i = 0; i < t_end - t_begin; ++i) {
-      const int st = stage_of(i);
-      mbar_wait(kv_empty(st), parity_of(i) ^ 1);  // both consumers done with the stage
+    RingPos pos;
+    for (int i = 0; i < t_end - t_begin; ++i, pos.advance()) {
+      const int st = pos.stage;
+      mbar_wait(kv_empty(st), pos.parity ^ 1);  // both consumers done with the stage
       copy_kv_tile<D, T, kProducers>(kg, p.k_ss, sK + st * kStage, t_begin + i, L, r0, c_chunk);
       cp_async_arrive_noinc(k_full(st));
       copy_kv_tile<D, T, kProducers>(vg, p.v_ss, sV + st * kStage, t_begin + i, L, r0, c_chunk);
@@ -232,9 +243,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
   };
   if (cw == 1) consumers_bar_arrive(1);
   // Release tile i's stage to the producer: this warp's products reading it are complete.
-  auto release = [&](int i) {
+  auto release = [&](int st) {
     __syncwarp();
-    if (lane == 0) mbar_arrive(kv_empty(stage_of(i)));
+    if (lane == 0) mbar_arrive(kv_empty(st));
   };
 
   // ---- prologue: Q fragments, S(0), softmax(0) ---------------------------------------------------
@@ -258,15 +269,18 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
   pack_probs<T>(s, pa);
 
   // ---- main loop: S(i+1) and P(i) V(i) in flight, softmax(i+1) under the P V product ---------
+  RingPos cur;  // tile i
   for (int i = 0; i + 1 < n_tiles; ++i) {
-    mbar_wait(k_full(stage_of(i + 1)), parity_of(i + 1));
-    mbar_wait(v_full(stage_of(i)), parity_of(i));
+    RingPos nxt = cur;  // tile i + 1
+    nxt.advance();
+    mbar_wait(k_full(nxt.stage), nxt.parity);
+    mbar_wait(v_full(cur.stage), cur.parity);
     fence_proxy_async_smem();
     take_turn();
     wgmma_fence();
-    wgmma_qk<D, T>(s, qf, sK + stage_of(i + 1) * kStage);
+    wgmma_qk<D, T>(s, qf, sK + nxt.stage * kStage);
     JETSPEC_WGMMA_COMMIT();
-    wgmma_pv<D, T>(o, pa, sV + stage_of(i) * kStage);
+    wgmma_pv<D, T>(o, pa, sV + cur.stage * kStage);
     JETSPEC_WGMMA_COMMIT();
     end_turn();
     JETSPEC_WGMMA_WAIT(1);  // S(i+1) done
@@ -274,7 +288,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
     softmax(s, t_begin + i + 1, alpha);
     JETSPEC_WGMMA_WAIT(0);  // P(i) V(i) done: stage i is free
     fence_regs(o);
-    release(i);
+    release(cur.stage);
     if (o_needs_rescale(alpha)) {  // rarely true after the first tiles (kMaxSlack)
 #pragma unroll
       for (int k = 0; k < NT_O; ++k) {
@@ -285,14 +299,14 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
       }
     }
     pack_probs<T>(s, pa);
+    cur = nxt;
   }
-  {  // last tile: O += P V only
-    const int i = n_tiles - 1;
-    mbar_wait(v_full(stage_of(i)), parity_of(i));
+  {  // last tile (cur): O += P V only
+    mbar_wait(v_full(cur.stage), cur.parity);
     fence_proxy_async_smem();
     take_turn();
     wgmma_fence();
-    wgmma_pv<D, T>(o, pa, sV + stage_of(i) * kStage);
+    wgmma_pv<D, T>(o, pa, sV + cur.stage * kStage);
     JETSPEC_WGMMA_COMMIT();
     end_turn();
     JETSPEC_WGMMA_WAIT(0);

@@ -233,11 +233,13 @@ def test_cpu_strided_inputs_and_scale():
     check_against_reference(out, lse, q, k, v, pl, mask, scale=0.3)
 
 
-def test_cpu_negative_scale():
-    """Only finiteness is required of the scale: a negative one reverses the ranking of keys."""
+@pytest.mark.parametrize("scale", [-0.05, 0.0])
+def test_cpu_negative_scale(scale):
+    """Only finiteness is required of the scale: a negative one reverses the ranking of keys, a
+    zero one weighs every visible key alike."""
     q, k, v, pl, mask = make_case(2, 30, 8, 2, 64, [70, 5])
-    out, lse = run_op(q, k, v, pl, mask, scale=-0.05)
-    check_against_reference(out, lse, q, k, v, pl, mask, scale=-0.05)
+    out, lse = run_op(q, k, v, pl, mask, scale=scale)
+    check_against_reference(out, lse, q, k, v, pl, mask, scale=scale)
 
 
 def test_row_that_sees_nothing(device):
@@ -357,10 +359,11 @@ def test_cuda_strided_inputs(impl):
 
 
 @requires_cuda_kernel
-@pytest.mark.parametrize("scale", [-0.05, 0.2])
+@pytest.mark.parametrize("scale", [-0.05, 0.0, 0.2])
 def test_cuda_negative_scale_and_uneven_splits(impl, scale, monkeypatch):
-    """A negative softmax scale is allowed (only finiteness is required; masked keys must stay
-    invisible, -inf times a negative scale would be +inf), with 5 forced splits of 12 key tiles
+    """A zero or negative softmax scale is allowed (only finiteness is required; masked keys must
+    stay invisible, -inf times a negative scale would be +inf, times 0 NaN; the kernels fold only
+    a positive scale into the exponent), with 5 forced splits of 12 key tiles
     (3, 3, 3, 3 and an empty one): no more tiles per split than the warp-specialized kernel's ring
     holds."""
     monkeypatch.setenv("JETSPEC_TREE_ATTN_SPLITS", "5")

@@ -248,21 +248,29 @@ __device__ __forceinline__ float fast_exp2(float x) {
 // and m_run goes into the lse with the sum taken against it, so the results are the same maths.
 constexpr float kMaxSlack = 8.f;
 
-// Online-softmax update of a thread's two rows for one key tile of scaled, masked scores s
-// (base 2): new running max m_run (lazy, kMaxSlack) and sum l_run (per-thread partial,
-// quad-reduced at the end), the rescale factor alpha of O (exactly 1 when m_run did not move),
-// and the probabilities left in s.
+// Online-softmax update of a thread's two rows for one key tile of masked scores s, which times
+// `scale` (> 0; 1 when s is already scaled) are base-2 logits: new running max m_run (lazy,
+// kMaxSlack) and sum l_run (per-thread partial, quad-reduced at the end), the rescale factor
+// alpha of O (exactly 1 when m_run did not move), and the probabilities left in s.
 __device__ __forceinline__ void softmax_update(float (&s)[kBN / 8][4], float (&m_run)[2], float (&l_run)[2],
-                                               float (&alpha)[2]) {
+                                               float (&alpha)[2], float scale = 1.f) {
   constexpr int NT_S = kBN / 8;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    float mx = -INFINITY;
+    // Max and sum as pairwise trees (depth 4 instead of a 16-long dependent chain: with two
+    // consumer warps per scheduler little else hides the latency).
+    float part[NT_S];
 #pragma unroll
-    for (int i = 0; i < NT_S; ++i) mx = fmaxf(mx, fmaxf(s[i][2 * h], s[i][2 * h + 1]));
+    for (int i = 0; i < NT_S; ++i) part[i] = fmaxf(s[i][2 * h], s[i][2 * h + 1]);
+#pragma unroll
+    for (int w = NT_S / 2; w > 0; w /= 2)
+#pragma unroll
+      for (int i = 0; i < w; ++i) part[i] = fmaxf(part[i], part[i + w]);
+    float mx = part[0];
     // The 4 threads of a quad hold the same row.
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    mx *= scale;  // (scale > 0: the max of the scaled scores)
     // (-inf > -inf + 8 is false: a row that has seen nothing yet keeps m = -inf.)
     const float m_new = mx > m_run[h] + kMaxSlack ? mx : m_run[h];
     // Rows that have seen nothing yet keep m = -inf; use 0 as the exponent base so that
@@ -270,15 +278,17 @@ __device__ __forceinline__ void softmax_update(float (&s)[kBN / 8][4], float (&m
     const float base = (m_new == -INFINITY) ? 0.f : m_new;
     alpha[h] = m_new == m_run[h] ? 1.f : fast_exp2(m_run[h] - base);
     m_run[h] = m_new;
-    float sum0 = 0.f, sum1 = 0.f;  // two chains: half the dependent-add latency
 #pragma unroll
     for (int i = 0; i < NT_S; ++i) {
-      s[i][2 * h] = fast_exp2(s[i][2 * h] - base);
-      s[i][2 * h + 1] = fast_exp2(s[i][2 * h + 1] - base);
-      sum0 += s[i][2 * h];
-      sum1 += s[i][2 * h + 1];
+      s[i][2 * h] = fast_exp2(fmaf(s[i][2 * h], scale, -base));
+      s[i][2 * h + 1] = fast_exp2(fmaf(s[i][2 * h + 1], scale, -base));
+      part[i] = s[i][2 * h] + s[i][2 * h + 1];
     }
-    l_run[h] = l_run[h] * alpha[h] + (sum0 + sum1);
+#pragma unroll
+    for (int w = NT_S / 2; w > 0; w /= 2)
+#pragma unroll
+      for (int i = 0; i < w; ++i) part[i] += part[i + w];
+    l_run[h] = l_run[h] * alpha[h] + part[0];
   }
 }
 // Whether any row of the warp needs O rescaled (warp-uniform, so the skip is a uniform branch).
@@ -652,18 +662,36 @@ __device__ __forceinline__ void wgmma_pv(float (&o)[D / 8][4], const uint32_t (&
       wgmma_m64n64k16_nmajor<T>(&o[0][0], pa[ks], desc, 1);
   }
 }
+// Visibility of a key tile (keys key0 .. key0 + 63) for one query row: bit b set iff key key0 + b
+// is visible. jb = key0 - plen (negative when the tile starts inside the prefix, > -64), w = the
+// row's tree-mask words wlo = max(jb, 0) / 32 .. wlo + 2 (0 past the row's last word), n_valid
+// = L - key0 (keys at or past L are invisible).
+__device__ __forceinline__ uint64_t tile_visibility(const uint32_t (&w)[3], int jb, int n_valid) {
+  const int sh = max(jb, 0) & 31;  // the tile's first tree index within word wlo
+  const uint64_t lo = ((uint64_t)w[1] << 32) | w[0];
+  uint64_t v = sh ? (lo >> sh) | ((uint64_t)w[2] << (64 - sh)) : lo;  // tree indices from max(jb, 0)
+  if (jb < 0) v = (v << -jb) | ((1ull << -jb) - 1);  // the first -jb keys are prefix: visible
+  if (n_valid < 64) v &= n_valid > 0 ? (1ull << n_valid) - 1 : 0ull;
+  return v;
+}
 // Scale, mask (tiles reaching past the prefix: bits of the rows' tree-mask words mrow0 / mrow1),
 // online-softmax update of m_run / l_run for key tile t; returns the rescale factor of O in
-// alpha and leaves the probabilities in s.
+// alpha and leaves the probabilities in s. A positive scale goes into the exponent's FFMA (one
+// instruction per score fewer); a zero or negative one (allowed: only finiteness is required;
+// the max of the scaled scores is then not the scaled max) is applied first.
 __device__ __forceinline__ void online_softmax(float (&s)[kBN / 8][4], const Params& p, int t, int plen, int L,
                                                const int32_t* mrow0, const int32_t* mrow1, int tig,
                                                float (&m_run)[2], float (&l_run)[2], float (&alpha)[2]) {
   constexpr int NT_S = kBN / 8;
   const int key0 = t * kBN;
+  float scale = p.scale_log2;
+  if (!(scale > 0.f)) {
 #pragma unroll
-  for (int i = 0; i < NT_S; ++i)
+    for (int i = 0; i < NT_S; ++i)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) s[i][e] *= p.scale_log2;
+      for (int e = 0; e < 4; ++e) s[i][e] *= scale;
+    scale = 1.f;
+  }
   if (key0 + kBN > plen) {
     const int jb = key0 - plen;
     const int wlo = max(jb, 0) >> 5;
@@ -674,28 +702,20 @@ __device__ __forceinline__ void online_softmax(float (&s)[kBN / 8][4], const Par
       w0[k] = ok ? (uint32_t)__ldg(mrow0 + wlo + k) : 0u;
       w1[k] = ok ? (uint32_t)__ldg(mrow1 + wlo + k) : 0u;
     }
+    // Each row's visibility of the tile's 64 keys as one 64-bit word (bit b: key key0 + b), then
+    // one bit test per score. (Per score, comparing against plen and L and picking the mask
+    // word took ~20 instructions, ~670 per tree tile per thread: 1.7x a whole prefix tile.)
+    const uint64_t v0 = tile_visibility(w0, jb, L - key0) >> (tig * 2);
+    const uint64_t v1 = tile_visibility(w1, jb, L - key0) >> (tig * 2);
 #pragma unroll
     for (int i = 0; i < NT_S; ++i)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int key = key0 + i * 8 + tig * 2 + (e & 1);
-        bool vis;
-        if (key < plen) {
-          vis = true;
-        } else if (key >= L) {
-          vis = false;
-        } else {
-          const int j = key - plen;
-          const int wi = (j >> 5) - wlo;
-          const uint32_t word =
-              (e < 2) ? (wi == 0 ? w0[0] : (wi == 1 ? w0[1] : w0[2]))
-                      : (wi == 0 ? w1[0] : (wi == 1 ? w1[1] : w1[2]));
-          vis = (word >> (j & 31)) & 1u;
-        }
+        const bool vis = (((e < 2) ? v0 : v1) >> (i * 8 + (e & 1))) & 1u;
         if (!vis) s[i][e] = -INFINITY;
       }
   }
-  softmax_update(s, m_run, l_run, alpha);
+  softmax_update(s, m_run, l_run, alpha, scale);
 }
 // The probabilities in the A-operand register layout of the P V product.
 template <typename T>

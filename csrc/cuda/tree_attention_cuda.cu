@@ -125,15 +125,13 @@ void launch_variant(tree_attn::Params& p, int64_t S, int device, cudaStream_t st
                      configured, p, S, device, stream, o_part, lse_part, fopts);
 }
 
-// The warp-specialized kernel: 128 query rows per CTA, 384 threads, one CTA per SM, a K/V ring of
-// STAGES stages.
-template <int D, typename T, int STAGES>
+// The warp-specialized kernel: 128 query rows per CTA, 384 threads, one CTA per SM.
+template <int D, typename T>
 void launch_ws(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream, at::Tensor& o_part,
                at::Tensor& lse_part, const at::TensorOptions& fopts) {
   static bool configured[64] = {false};
-  launch_split<D, T>(tree_attn::split_kernel_ws<D, T, STAGES>, tree_attn::kWsThreads,
-                     tree_attn::ws_smem_bytes<D, STAGES>(), tree_attn::kWsRows, 1, configured, p, S, device, stream,
-                     o_part, lse_part, fopts);
+  launch_split<D, T>(tree_attn::split_kernel_ws<D, T>, tree_attn::kWsThreads, tree_attn::ws_smem_bytes<D>(),
+                     tree_attn::kWsRows, 1, configured, p, S, device, stream, o_part, lse_part, fopts);
 }
 
 template <int D, typename T>
@@ -144,7 +142,7 @@ void launch(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream, at
       launch_variant<D, T, 4, true>(p, S, device, stream, o_part, lse_part, fopts);
       break;
     case Impl::kWgmmaWsPp:
-      launch_ws<D, T, tree_attn::kWsStages>(p, S, device, stream, o_part, lse_part, fopts);
+      launch_ws<D, T>(p, S, device, stream, o_part, lse_part, fopts);
       break;
     default:
       launch_variant<D, T, 4, false>(p, S, device, stream, o_part, lse_part, fopts);

@@ -7,7 +7,7 @@
 // tile, so both warpgroups run their softmax at the same time while the tensor cores idle
 // (docs/tree_attention_next.md, R2 and R3). Here:
 //   * warpgroup 0 is a producer: its 128 threads issue the cp.async copies of Q and of every
-//     K/V tile into a ring of STAGES stages and signal each stage on an mbarrier
+//     K/V tile into a ring of kWsStages stages and signal each stage on an mbarrier
 //     (cp.async.mbarrier.arrive.noinc: the arrive fires when the thread's copies have landed);
 //     it gives registers to the consumers (setmaxnreg 56: at 40 its copy addressing spilled);
 //   * warpgroups 1 and 2 are consumers of 64 query rows each (setmaxnreg 224; the kernel starts
@@ -37,15 +37,15 @@ constexpr int kWsRows = 128;      // query rows per CTA (64 per consumer warpgro
 // on the H200 (twelfth session: the copies are not what the consumers wait for; Nsight Compute
 // put their time in their own instruction chains and the ping-pong turns).
 constexpr int kWsStages = 3;
-template <int D, int STAGES>
+template <int D>
 constexpr int ws_smem_bytes() {
-  // Q tile + STAGES stages of K and of V (rows x D 16-bit elements), the mbarriers (Q full;
+  // Q tile + kWsStages stages of K and of V (rows x D 16-bit elements), the mbarriers (Q full;
   // K full, V full, K/V empty per stage), and 1 KB of slack to align the stages to 1024 bytes
   // (wgmma swizzle atoms).
-  return (kWsRows + 2 * STAGES * kBN) * D * 2 + (1 + 3 * STAGES) * 8 + 1024;
+  return (kWsRows + 2 * kWsStages * kBN) * D * 2 + (1 + 3 * kWsStages) * 8 + 1024;
 }
 constexpr int kWsMaxSmem = 232448;  // shared memory an sm_90 block may have (227 KiB)
-static_assert(ws_smem_bytes<128, kWsStages>() <= kWsMaxSmem, "the ring fits an sm_90 block");
+static_assert(ws_smem_bytes<128>() <= kWsMaxSmem, "the ring fits an sm_90 block");
 
 // ---- mbarrier / register / named-barrier helpers (sm_90) -------------------------------------
 __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
@@ -107,16 +107,16 @@ __device__ __forceinline__ void consumers_bar_arrive(int id) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// grid = (ceil(rows / 128), num_splits, B * Hkv), block = 384 threads, ws_smem_bytes<D, STAGES>()
-// bytes. One 64-key tile per consumer iteration. (Two tiles per iteration, S over 128 keys as in
+// grid = (ceil(rows / 128), num_splits, B * Hkv), block = 384 threads, ws_smem_bytes<D>() bytes.
+// One 64-key tile per consumer iteration. (Two tiles per iteration, S over 128 keys as in
 // FlashAttention-3, measured slower on the H200 in every issue-4 cell but one, twelfth session.)
 // ---------------------------------------------------------------------------------------------
-template <int D, typename T, int STAGES>
+template <int D, typename T>
 __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p) {
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
   static_assert(kBN == 64, "S tile is m64n64");
-  static_assert(STAGES >= 3, "the consumers hold two stages; the producer needs a third");
-  constexpr int kStages = STAGES;
+  static_assert(kWsStages >= 3, "the consumers hold two stages; the producer needs a third");
+  constexpr int kStages = kWsStages;
   constexpr int kBM = kWsRows;
   constexpr int CH = D / 8;               // 16-byte chunks per row
   constexpr int KSTEPS = D / 16;

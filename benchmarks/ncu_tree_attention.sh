@@ -32,10 +32,9 @@ keep = ("Duration", "Elapsed Cycles", "SM Frequency", "Memory Throughput", "DRAM
         "L2 Cache Throughput", "Registers Per Thread", "Achieved Occupancy", "Theoretical Occupancy",
         "Issue Slots Busy", "Issued Warp Per Scheduler", "No Eligible", "Warp Cycles Per Issued Instruction",
         "Executed Instructions", "Compute (SM) Throughput", "Grid Size", "Block Size",
-        "Dynamic Shared Memory Per Block", "Waves Per SM")
+        "Dynamic Shared Memory Per Block", "Waves Per SM", "Issued Ipc Active", "Mem Pipes Busy")
 for r in csv.DictReader(open(sys.argv[1])):
-    name = r.get("Metric Name") or ""
-    if name in keep or "Pipe" in name or "Tensor" in name or "Issue" in name:
+    if r.get("Metric Name") in keep:
         print(f"{r['Kernel Name'][:40]:40s} {r['Metric Name']:38s} {r['Metric Value']:>12s} {r['Metric Unit']}")
 PY
 # warp stall reasons (raw metrics) of both kernels
@@ -53,8 +52,9 @@ for r in rows[2:]:
                 stalls.append((float(r[i].replace(",", "")), h))
             except ValueError:
                 pass
-    for i, h in enumerate(hdr):
-        if "hgmma" in h or h.startswith("sm__inst_issued.avg") or h.startswith("smsp__issue_active"):
+    for i, h in enumerate(hdr):  # tensor pipe and issue activity (the --metrics requested above)
+        if h.startswith(("sm__pipe_tensor_type_hmma_hgmma", "sm__inst_issued.avg.per_cycle_active",
+                         "smsp__issue_active.avg.pct")) and ".avg." in h:
             print(f"   {name}: {h} = {r[i]}")
     stalls.sort(reverse=True)
     print(f"-- {name}: top stall counters")

@@ -3,19 +3,14 @@
 # process order): builds with the old sources and keeps that .so, rebuilds with the working tree,
 # runs the CUDA tree_attention tests on it (AB_TESTS=0: not), then times
 # `probe_decode_attention.py --cells` with the new, old, new, old .so in place. The old sources:
-# .carry/old_csrc (a whole csrc/ tree, e.g. `git archive REV csrc | tar -x --strip-components=1
-# -C .carry/old_csrc`), else .carry/old_ta.cuh (csrc/kernels/tree_attention.cuh only).
+# .carry/old_csrc, a whole csrc/ tree (`git archive REV csrc | tar -x --strip-components=1
+# -C .carry/old_csrc`). (Earlier sessions carried only tree_attention.cuh as .carry/old_ta.cuh.)
 # Leaves the new .so in place. Usage on the H200: bash scripts/gpu/ab_tree_attention.sh
 set -u
 export PYTHONPATH=$PWD
 rm -rf /tmp/new_csrc && cp -r csrc /tmp/new_csrc
-if [ -d .carry/old_csrc ]; then
-  rm -rf csrc && cp -r .carry/old_csrc csrc
-elif [ -f .carry/old_ta.cuh ]; then
-  cp .carry/old_ta.cuh csrc/kernels/tree_attention.cuh
-else
-  echo "no .carry/old_csrc or .carry/old_ta.cuh (carry one)"; exit 1
-fi
+[ -d .carry/old_csrc ] || { echo "no .carry/old_csrc (carry it)"; exit 1; }
+rm -rf csrc && cp -r .carry/old_csrc csrc
 STEPS="" bash scripts/gpu/call.sh > /tmp/b1.log 2>&1 || { tail -20 /tmp/b1.log; exit 1; }
 cp jetspec_ext/_C.abi3.so /tmp/old.so
 rm -rf csrc && cp -r /tmp/new_csrc csrc && find csrc -name '*.cu*' -exec touch {} +

@@ -244,7 +244,7 @@ __device__ __forceinline__ float fast_exp2(float x) {
 // The running max of a row moves only when a tile's max exceeds it by more than this (base 2):
 // the probabilities exp2(s - m_run) then stay <= 2^8, far from fp32 / bf16 / fp16 overflow
 // (fp16 P: 65504), and the rescale of O (64 multiplies per thread per tile at D = 128) is
-// skipped on most tiles (warp-uniform: see o_needs_rescale). Softmax is invariant to the base,
+// skipped on most tiles (warp-uniform: see rescale_o). Softmax is invariant to the base,
 // and m_run goes into the lse with the sum taken against it, so the results are the same maths.
 constexpr float kMaxSlack = 8.f;
 
@@ -291,9 +291,18 @@ __device__ __forceinline__ void softmax_update(float (&s)[kBN / 8][4], float (&m
     l_run[h] = l_run[h] * alpha[h] + part[0];
   }
 }
-// Whether any row of the warp needs O rescaled (warp-uniform, so the skip is a uniform branch).
-__device__ __forceinline__ bool o_needs_rescale(const float (&alpha)[2]) {
-  return __any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f);
+// O *= alpha per row, skipped when no row of the warp moved its max (alpha exactly 1: most tiles,
+// kMaxSlack; a warp-uniform branch, decided by a vote).
+template <int NT_O>
+__device__ __forceinline__ void rescale_o(float (&o)[NT_O][4], const float (&alpha)[2]) {
+  if (!__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) return;
+#pragma unroll
+  for (int k = 0; k < NT_O; ++k) {
+    o[k][0] *= alpha[0];
+    o[k][1] *= alpha[0];
+    o[k][2] *= alpha[1];
+    o[k][3] *= alpha[1];
+  }
 }
 
 // Online-softmax state of a thread's two query rows (rows gid and gid + 8 of its warp's 16) and
@@ -891,15 +900,7 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
     softmax(s, t + 1, alpha);
     JETSPEC_WGMMA_WAIT(0);  // P V done
     fence_regs(o);
-    if (o_needs_rescale(alpha)) {
-#pragma unroll
-      for (int k = 0; k < NT_O; ++k) {
-        o[k][0] *= alpha[0];
-        o[k][1] *= alpha[0];
-        o[k][2] *= alpha[1];
-        o[k][3] *= alpha[1];
-      }
-    }
+    rescale_o(o, alpha);
     pack_p(s, pa);
   }
   {

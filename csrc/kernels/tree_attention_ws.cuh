@@ -289,15 +289,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
     JETSPEC_WGMMA_WAIT(0);  // P(i) V(i) done: stage i is free
     fence_regs(o);
     release(cur.stage);
-    if (o_needs_rescale(alpha)) {  // rarely true after the first tiles (kMaxSlack)
-#pragma unroll
-      for (int k = 0; k < NT_O; ++k) {
-        o[k][0] *= alpha[0];
-        o[k][1] *= alpha[0];
-        o[k][2] *= alpha[1];
-        o[k][3] *= alpha[1];
-      }
-    }
+    rescale_o(o, alpha);  // skipped on most tiles (kMaxSlack)
     pack_probs<T>(s, pa);
     cur = nxt;
   }

@@ -190,10 +190,18 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
     for (int i = 0; i < t_end - t_begin; ++i, pos.advance()) {
       const int st = pos.stage;
       mbar_wait(kv_empty(st), pos.parity ^ 1);  // both consumers done with the stage
-      copy_kv_tile<D, T, kProducers>(kg, p.k_ss, sK + st * kStage, t_begin + i, L, r0, c_chunk);
-      cp_async_arrive_noinc(k_full(st));
-      copy_kv_tile<D, T, kProducers>(vg, p.v_ss, sV + st * kStage, t_begin + i, L, r0, c_chunk);
-      cp_async_arrive_noinc(v_full(st));
+      const int tile = t_begin + i;
+      if ((tile + 1) * kBN <= L) {  // all but the split's last tile at most (warp-uniform)
+        copy_kv_tile_full<D, T, kProducers>(kg, p.k_ss, sK + st * kStage, tile, r0, c_chunk);
+        cp_async_arrive_noinc(k_full(st));
+        copy_kv_tile_full<D, T, kProducers>(vg, p.v_ss, sV + st * kStage, tile, r0, c_chunk);
+        cp_async_arrive_noinc(v_full(st));
+      } else {  // keys at or past L are zero-filled
+        copy_kv_tile<D, T, kProducers>(kg, p.k_ss, sK + st * kStage, tile, L, r0, c_chunk);
+        cp_async_arrive_noinc(k_full(st));
+        copy_kv_tile<D, T, kProducers>(vg, p.v_ss, sV + st * kStage, tile, L, r0, c_chunk);
+        cp_async_arrive_noinc(v_full(st));
+      }
     }
     cp_async_wait_all();  // do not leave with copies in flight (the consumers wait for their arrivals)
     return;

@@ -1,14 +1,15 @@
 """Development probe of tree_attention's default path (split kernel + merge kernel) on the
 decoding round's cells (Qwen3-8B heads, batch 1, bf16, CUDA graph of 10 calls). Not part of the
 suite. Modes: --cells (default: auto splits vs one split), --pdl (programmatic launch on / off,
-alternated), --splits (split-count sweep of wgmma_ws_pp and wgmma_pipe)."""
+alternated), --splits (split-count sweep of wgmma_ws_pp and wgmma_pipe), --fixed (per-tile and
+fixed cost: time against key tiles per CTA at N 128 with 4 splits and with 1)."""
 import os
 import sys
 
 import torch
 
 import jetspec_ext
-from benchmarks.harness import time_us
+from benchmarks.harness import kernel_stats, time_us
 
 
 def case(P, N=1, Hq=32, Hkv=8, D=128, S=None):
@@ -64,8 +65,29 @@ def split_sweep():
         print("  ".join(row), flush=True)
 
 
+def fixed_cost():
+    # N = 128 (512 query rows per KV head, 32 row-tile CTAs) at prefixes chosen so that every
+    # CTA gets t key tiles: with 4 splits (the default at P1024, + merge_kernel) P = 256 t - 128,
+    # with 1 split (no merge) P = 64 t - 128. The graph time's slope in t is the per-tile cost,
+    # its intercept the fixed cost. Kernel times from the profiler with plain launches
+    # (JETSPEC_PDL=0; with PDL the merge kernel's time would include its wait).
+    for splits, p_of in (("4", lambda t: 256 * t - 128), ("1", lambda t: 64 * t - 128)):
+        for t in ((1, 2, 3, 4, 5, 6) if splits == "4" else (2, 4, 6, 8, 12, 16)):
+            args = case(p_of(t), N=128)
+            g_on = timed(args, "", splits)
+            os.environ["JETSPEC_PDL"] = "0"
+            g_off = timed(args, "", splits)
+            ks = kernel_stats(lambda: jetspec_ext.tree_attention(*args), 20)
+            os.environ.pop("JETSPEC_PDL")
+            kern = "  ".join(f"{r['kernel'].split('<')[0].split('::')[-1]}={r['us']:.2f}" for r in ks)
+            print(f"splits {splits} tiles/CTA {t} P{p_of(t)} N128  graph_pdl={g_on:.2f}  graph_nopdl={g_off:.2f}  "
+                  f"[nopdl profiler: {kern}]", flush=True)
+
+
 if __name__ == "__main__":
-    if "--pdl" in sys.argv:
+    if "--fixed" in sys.argv:
+        fixed_cost()
+    elif "--pdl" in sys.argv:
         pdl()
     elif "--splits" in sys.argv:
         split_sweep()

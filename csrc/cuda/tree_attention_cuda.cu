@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <string>
 #include <tuple>
+#include <type_traits>
 
 #include "cuda_utils.cuh"
 #include "kernels/tree_attention.cuh"
@@ -84,8 +85,9 @@ Impl choose_impl(int device, int rows) {
 }
 
 // One split kernel (`bm` query rows per CTA, `threads` per CTA, `smem` bytes of dynamic shared
-// memory, `ctas_per_sm` resident per SM) plus merge_kernel when the keys are split.
-template <int D, typename T>
+// memory, `ctas_per_sm` resident per SM) plus merge_kernel when the keys are split; the kernel
+// writes its O partials as PartT (float, or T for split_kernel_ws).
+template <int D, typename T, typename PartT>
 void launch_split(void (*kernel)(const tree_attn::Params), int threads, int smem, int bm, int ctas_per_sm,
                   bool* configured, tree_attn::Params& p, int64_t S, int device, cudaStream_t stream,
                   at::Tensor& o_part, at::Tensor& lse_part, const at::TensorOptions& fopts) {
@@ -96,9 +98,11 @@ void launch_split(void (*kernel)(const tree_attn::Params), int threads, int smem
   const int row_tiles = ceil_div(p.rows, bm);
   p.num_splits = choose_splits((int64_t)row_tiles * p.B * p.Hkv, S, sm_count(device), ctas_per_sm);
   if (p.num_splits > 1) {
-    o_part = at::empty({p.num_splits, (int64_t)p.B * p.Hkv, p.rows, D}, fopts);
+    const auto part_dtype = std::is_same<PartT, float>::value ? at::kFloat
+                            : std::is_same<PartT, __half>::value ? at::kHalf : at::kBFloat16;
+    o_part = at::empty({p.num_splits, (int64_t)p.B * p.Hkv, p.rows, D}, fopts.dtype(part_dtype));
     lse_part = at::empty({p.num_splits, (int64_t)p.B * p.Hkv, p.rows}, fopts);
-    p.o_part = o_part.data_ptr<float>();
+    p.o_part = o_part.data_ptr();
     p.lse_part = lse_part.data_ptr<float>();
   }
   // Programmatic launches (PDL): the split kernel's launch overlaps the tail of the kernel before
@@ -108,7 +112,7 @@ void launch_split(void (*kernel)(const tree_attn::Params), int threads, int smem
   launch_kernel(kernel, dim3(row_tiles, p.num_splits, p.B * p.Hkv), dim3(threads), smem, stream, pdl, p);
   if (p.num_splits > 1) {
     const int64_t warps = (int64_t)p.B * p.Hkv * p.rows;
-    launch_kernel(tree_attn::merge_kernel<D, T>, dim3((unsigned)((warps + 3) / 4)), dim3(128), 0, stream, pdl, p);
+    launch_kernel(tree_attn::merge_kernel<D, T, PartT>, dim3((unsigned)((warps + 3) / 4)), dim3(128), 0, stream, pdl, p);
   }
 }
 
@@ -121,7 +125,7 @@ void launch_variant(tree_attn::Params& p, int64_t S, int device, cudaStream_t st
     kernel = tree_attn::split_kernel_pipe<D, T, NWARPS>;
   else
     kernel = tree_attn::split_kernel<D, T, NWARPS>;
-  launch_split<D, T>(kernel, NWARPS * 32, tree_attn::smem_bytes<D, NWARPS>(), tree_attn::bm_of(NWARPS), NWARPS == 4 ? 2 : 1,
+  launch_split<D, T, float>(kernel, NWARPS * 32, tree_attn::smem_bytes<D, NWARPS>(), tree_attn::bm_of(NWARPS), NWARPS == 4 ? 2 : 1,
                      configured, p, S, device, stream, o_part, lse_part, fopts);
 }
 
@@ -130,7 +134,7 @@ template <int D, typename T>
 void launch_ws(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream, at::Tensor& o_part,
                at::Tensor& lse_part, const at::TensorOptions& fopts) {
   static bool configured[64] = {false};
-  launch_split<D, T>(tree_attn::split_kernel_ws<D, T>, tree_attn::kWsThreads, tree_attn::ws_smem_bytes<D>(),
+  launch_split<D, T, T>(tree_attn::split_kernel_ws<D, T>, tree_attn::kWsThreads, tree_attn::ws_smem_bytes<D>(),
                      tree_attn::kWsRows, 1, configured, p, S, device, stream, o_part, lse_part, fopts);
 }
 

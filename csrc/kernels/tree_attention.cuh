@@ -19,13 +19,15 @@
 //   * S = Q K^T and O += P V use mma.sync m16n8k16 (bf16/fp16 inputs, fp32 accumulate) fed by
 //     ldmatrix (.trans for V). Online softmax in fp32 registers, exp2 with scale * log2(e).
 //   * Mask bits are read only for tiles that reach past the prefix (key tile end > P).
-//   * num_splits == 1: the split kernel writes out/lse directly. Otherwise it writes fp32
-//     partials (normalised O and natural-log lse per split) and merge_kernel combines them.
+//   * num_splits == 1: the split kernel writes out/lse directly. Otherwise it writes partials
+//     (normalised O, natural-log lse, per split) and merge_kernel combines them in fp32.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
+
+#include <type_traits>
 
 #include "grid_dependency.cuh"
 
@@ -50,7 +52,11 @@ struct Params {
   const int32_t* mask;   // (B, N, W) contiguous, W = ceil(N / 32)
   void* out;             // (B, N, Hq, D) contiguous
   float* lse;            // (B, Hq, N) contiguous
-  float* o_part;         // (splits, B * Hkv, rows, D) fp32 (only when num_splits > 1)
+  // (splits, B * Hkv, rows, D), only when num_splits > 1: each split's normalised O, in fp32
+  // from split_kernel / split_kernel_pipe, in the input dtype T from split_kernel_ws (bounded by
+  // max |v|, so T's range holds it; half the bytes to write and to read back in merge_kernel;
+  // measured faster there, slower in split_kernel_pipe at N = 1: benchmarks/RESULTS.md).
+  void* o_part;
   float* lse_part;       // (splits, B * Hkv, rows) fp32 (only when num_splits > 1)
   int64_t q_sb, q_sn, q_sh;
   int64_t k_sb, k_sh, k_ss;
@@ -101,6 +107,9 @@ struct TypeTraits<__nv_bfloat16> {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low 16 bits) = lo
     return *reinterpret_cast<uint32_t*>(&v);
   }
+  __device__ __forceinline__ static float2 unpack(uint32_t w) {  // inverse of pack (exact)
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w));
+  }
   // D = A * B + D, A 16x16 row-major, B 16x8 "col" (i.e. stored n-major), fp32 accumulate.
   __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                              uint32_t b1) {
@@ -113,6 +122,9 @@ struct TypeTraits<__half> {
   __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
     __half2 v = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<uint32_t*>(&v);
+  }
+  __device__ __forceinline__ static float2 unpack(uint32_t w) {
+    return __half22float2(*reinterpret_cast<const __half2*>(&w));
   }
   __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                              uint32_t b1) {
@@ -338,13 +350,84 @@ __device__ __forceinline__ void write_rows(const Params& p, const float (&o)[D /
       if (tig == 0) p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = lse_v;
     } else {
       const int64_t prow = ((int64_t)split * p.B * p.Hkv + bh) * p.rows + grow;
-      float* orow = p.o_part + prow * D;
+      float* orow = static_cast<float*>(p.o_part) + prow * D;
 #pragma unroll
       for (int i = 0; i < NT_O; ++i)
         *reinterpret_cast<float2*>(orow + i * 8 + tig * 2) =
             make_float2(o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
       if (tig == 0) p.lse_part[prow] = lse_v;
     }
+  }
+}
+
+// write_rows for split_kernel_ws: the same quantities, with O partials in T instead of fp32, and
+// O goes out through `stage`, the warp's own 16 rows of the Q tile in shared
+// memory (swz layout; free once the warp holds its Q fragments in registers): the MMA fragment
+// layout gives each thread 2 consecutive elements per 8 columns, so direct stores would write 4
+// bytes per lane and half a 32-byte sector per row and instruction; read back as 16-byte chunks
+// they go out as whole sectors (a warp stores 512 contiguous bytes, two rows, per instruction).
+template <int D, typename T>
+__device__ __forceinline__ void write_rows_staged(const Params& p, const float (&o)[D / 8][4], float (&l_run)[2],
+                                                  const float (&m_run)[2], uint4* stage, int warp_row0, int lane,
+                                                  int split, int bh, int b, int kvh) {
+  constexpr int NT_O = D / 8;
+  constexpr int CH = D / 8;             // 16-byte chunks per row
+  constexpr int kRowsPerPass = 32 / CH;  // rows a warp stores per instruction
+  const int gid = lane >> 2, tig = lane & 3;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
+    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
+  }
+  constexpr float kLn2 = 0.6931471805599453f;
+  uint32_t* stage_w = reinterpret_cast<uint32_t*>(stage);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = gid + h * 8;  // row within the warp's 16
+    const int grow = warp_row0 + r;
+    const float l = l_run[h];
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    // Chunk i of row r at swz position: the 8 rows x 4 words of one store hit 32 different banks.
+#pragma unroll
+    for (int i = 0; i < NT_O; ++i)
+      stage_w[swz<D>(r, i) * 4 + tig] = TypeTraits<T>::pack(o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
+    if (tig == 0 && grow < p.rows) {
+      const float lse_v = l > 0.f ? (m_run[h] + __log2f(l)) * kLn2 : -INFINITY;
+      if (p.num_splits == 1) {
+        const int n = grow / p.G;
+        const int hq = kvh * p.G + (grow - n * p.G);
+        p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = lse_v;
+      } else {
+        p.lse_part[((int64_t)split * p.B * p.Hkv + bh) * p.rows + grow] = lse_v;
+      }
+    }
+  }
+  __syncwarp();
+  // Read back row r = pass * kRowsPerPass + lane / CH, chunk c = lane % CH, and store 16 bytes.
+  const int c = lane % CH;
+  int r = lane / CH;
+  int grow = warp_row0 + r;
+  if (p.num_splits == 1) {
+    // Query row grow is (node n, head kvh * G + g); rows step by kRowsPerPass.
+    int n = grow / p.G, g = grow - n * p.G;
+    const int dn = kRowsPerPass / p.G, dg = kRowsPerPass - dn * p.G;
+    T* out = static_cast<T*>(p.out) + ((int64_t)b * p.N * p.Hq + (int64_t)kvh * p.G) * D + c * 8;
+#pragma unroll
+    for (int pass = 0; pass < 16 / kRowsPerPass; ++pass, r += kRowsPerPass, grow += kRowsPerPass) {
+      if (grow < p.rows)
+        *reinterpret_cast<uint4*>(out + ((int64_t)n * p.Hq + g) * D) = stage[swz<D>(r, c)];
+      n += dn;
+      g += dg;
+      if (g >= p.G) {
+        g -= p.G;
+        ++n;
+      }
+    }
+  } else {
+    T* part = static_cast<T*>(p.o_part) + ((int64_t)split * p.B * p.Hkv + bh) * p.rows * D + c * 8;
+#pragma unroll
+    for (int pass = 0; pass < 16 / kRowsPerPass; ++pass, r += kRowsPerPass, grow += kRowsPerPass)
+      if (grow < p.rows) *reinterpret_cast<uint4*>(part + (int64_t)grow * D) = stage[swz<D>(r, c)];
   }
 }
 
@@ -959,23 +1042,40 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
 // out = sum_s w_s o_s / sum_s w_s with w_s = exp(lse_s - max lse); lse = max + log(sum w).
 // Splits with lse_s = -inf (empty, or nothing visible) get w_s = 0 and are dropped.
 // ---------------------------------------------------------------------------------------------
-template <int VEC>
-__device__ __forceinline__ void load_f32_vec(float (&d)[VEC], const float* src) {
-  if constexpr (VEC == 4) {
-    const float4 v = *reinterpret_cast<const float4*>(src);
-    d[0] = v.x, d[1] = v.y, d[2] = v.z, d[3] = v.w;
+// VEC (2 or 4) consecutive partials (fp32, or T converted to fp32) of one lane: one load.
+template <int VEC, typename PartT>
+__device__ __forceinline__ void load_part_vec(float (&d)[VEC], const PartT* src) {
+  static_assert(VEC == 2 || VEC == 4, "2 or 4 elements per lane");
+  if constexpr (std::is_same<PartT, float>::value) {
+    if constexpr (VEC == 4) {
+      const float4 v = *reinterpret_cast<const float4*>(src);
+      d[0] = v.x, d[1] = v.y, d[2] = v.z, d[3] = v.w;
+    } else {
+      const float2 v = *reinterpret_cast<const float2*>(src);
+      d[0] = v.x, d[1] = v.y;
+    }
   } else {
-    static_assert(VEC == 2, "2 or 4 floats per lane");
-    const float2 v = *reinterpret_cast<const float2*>(src);
-    d[0] = v.x, d[1] = v.y;
+    uint32_t w[VEC / 2];
+    if constexpr (VEC == 4) {
+      const uint2 v = *reinterpret_cast<const uint2*>(src);
+      w[0] = v.x, w[1] = v.y;
+    } else {
+      w[0] = *reinterpret_cast<const uint32_t*>(src);
+    }
+#pragma unroll
+    for (int i = 0; i < VEC / 2; ++i) {
+      const float2 f = TypeTraits<PartT>::unpack(w[i]);
+      d[2 * i] = f.x, d[2 * i + 1] = f.y;
+    }
   }
 }
 
 // Register cap (ptxas, sm_90a, no spills): D = 128 at 64 registers (8 CTAs per SM: the 1024 CTAs
 // of Hkv 8 x N 128 x G 4 fit one wave on 132 SMs; uncapped it took 70, 7 CTAs per SM), D = 64 at
 // 48 (10 CTAs per SM; 12 spilled).
-template <int D, typename T>
+template <int D, typename T, typename PartT>
 __global__ void __launch_bounds__(128, D == 64 ? 10 : 8) merge_kernel(const Params p) {
+  static_assert(std::is_same<PartT, float>::value || std::is_same<PartT, T>::value, "fp32 or T partials");
   constexpr int VEC = D / 32;  // elements per lane (2 or 4)
   constexpr int kGroup = 8;    // O partials (splits) loaded per round trip
   const int64_t total = (int64_t)p.B * p.Hkv * p.rows;
@@ -991,7 +1091,7 @@ __global__ void __launch_bounds__(128, D == 64 ? 10 : 8) merge_kernel(const Para
   const int64_t split_stride = (int64_t)p.B * p.Hkv * p.rows;
   const int ns = p.num_splits;
   const float* lse_src = p.lse_part + wid;
-  const float* o_src = p.o_part + wid * D + lane * VEC;
+  const PartT* o_src = static_cast<const PartT*>(p.o_part) + wid * D + lane * VEC;
   const int64_t o_stride = split_stride * D;
 
   // Latency-bound (a few KB per warp), so the common case (ns <= 32) makes ONE round trip to L2:
@@ -1006,7 +1106,7 @@ __global__ void __launch_bounds__(128, D == 64 ? 10 : 8) merge_kernel(const Para
   for (int j = 0; j < kGroup; ++j) {
 #pragma unroll
     for (int i = 0; i < VEC; ++i) v[j][i] = 0.f;
-    if (j < ns) load_f32_vec<VEC>(v[j], o_src + j * o_stride);
+    if (j < ns) load_part_vec<VEC, PartT>(v[j], o_src + j * o_stride);
   }
   float mx = ls;
   for (int s = lane + 32; s < ns; s += 32) mx = fmaxf(mx, lse_src[s * split_stride]);
@@ -1032,7 +1132,7 @@ __global__ void __launch_bounds__(128, D == 64 ? 10 : 8) merge_kernel(const Para
       if (s0 >= ns) break;
 #pragma unroll
       for (int j = 0; j < kGroup; ++j)
-        if (s0 + j < ns) load_f32_vec<VEC>(v[j], o_src + (s0 + j) * o_stride);
+        if (s0 + j < ns) load_part_vec<VEC, PartT>(v[j], o_src + (s0 + j) * o_stride);
       if ((s0 & 31) == 0) {  // next 32-split chunk (ns > 32 only): its weights
         const float l = s0 + lane < ns ? lse_src[(s0 + lane) * split_stride] : -INFINITY;
         w_chunk = l == -INFINITY ? 0.f : __expf(l - mx);

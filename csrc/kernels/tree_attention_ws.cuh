@@ -22,7 +22,8 @@
 //     kernel without the turns was 2.5-5 % slower in all 10 issue-4 cells and was removed.
 // Same inputs, outputs, split convention and partials as split_kernel_pipe (128 query rows per
 // CTA, one CTA per SM): merge_kernel combines the splits. The per-tile maths (wgmma_qk,
-// wgmma_pv, online_softmax, pack_probs) and the epilogue (write_rows) are split_kernel_pipe's.
+// wgmma_pv, online_softmax, pack_probs) are split_kernel_pipe's; its epilogue stages O through
+// shared memory and writes T partials (write_rows_staged; merge_kernel<D, T, T>).
 #pragma once
 
 #include "tree_attention.cuh"
@@ -313,7 +314,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
     fence_regs(o);
   }
 
-  write_rows<D, T>(p, o, l_run, m_run, m_base + warp * 16 + gid, split, bh, b, kvh, tig);
+  write_rows_staged<D, T>(p, o, l_run, m_run, sQ + warp * 16 * CH, m_base + warp * 16, lane, split, bh, b, kvh);
 }
 
 }  // namespace tree_attn

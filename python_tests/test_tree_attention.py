@@ -374,6 +374,23 @@ def test_cuda_negative_scale_and_uneven_splits(impl, scale, monkeypatch):
 
 
 @requires_cuda_kernel
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_split_partials_hold_large_values(impl, dtype, monkeypatch):
+    """split_kernel_ws stores its split partials in the input dtype (the other kernels in fp32). A
+    normalised partial is a convex combination of V rows, |o| <= max |v|, so the dtype's range
+    holds it: V up to 6e4 (near fp16's 65504) with 4 forced splits must come out right, not inf."""
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_SPLITS", "4")
+    q, k, v, pl, mask = make_case(1, 64, 32, 8, 128, [900], dtype=dtype, device="cuda", seed=5)
+    big = ((torch.rand(v.shape, device="cuda") * 2 - 1) * 6e4).to(dtype)
+    v = torch.where(torch.isnan(v), v, big)  # keep the NaN poison past prefix + N
+    assert v.abs().nan_to_num(0).max().item() > 5e4
+    out, lse = run_op(q, k, v, pl, mask)
+    torch.cuda.synchronize()
+    assert torch.isfinite(out).all(), "a split partial overflowed"
+    check_against_reference(out, lse, q, k, v, pl, mask)
+
+
+@requires_cuda_kernel
 def test_cuda_matches_cpu_op(impl):
     args = make_case(2, 70, 16, 4, 128, [300, 1200], device="cpu")
     out_c, lse_c = jetspec_ext.tree_attention(*args)

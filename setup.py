@@ -136,6 +136,11 @@ def _extension():
     ] + _arch_flags()
     if DEBUG:
         nvcc.append("-lineinfo")
+    if os.environ.get("JETSPEC_TREE_ATTN_TIMELINE", "0") == "1":
+        # Diagnostic build: split_kernel_ws records a per-CTA phase timeline and the op
+        # jetspec::_tree_attention_timeline reads it (benchmarks/probe_ta_timeline.py).
+        nvcc.append("-DJETSPEC_TREE_ATTN_TIMELINE")
+        nvcc.append("-lineinfo")
     cutlass = _cutlass_include() if "90a" in CUDA_ARCHS else None
     if cutlass:
         include_dirs.append(cutlass)

@@ -234,8 +234,33 @@ std::tuple<at::Tensor, at::Tensor> tree_attention_cuda(const at::Tensor& q_in,
   return {out, lse};
 }
 
+#ifdef JETSPEC_TREE_ATTN_TIMELINE
+// Diagnostic builds only (JETSPEC_TREE_ATTN_TIMELINE=1 at build time): split_kernel_ws's per-CTA
+// phase timeline (slots: csrc/kernels/tree_attention_ws.cuh), as int64 (1024, 16) on `like`'s
+// device; `reset` zeroes it afterwards. Stream-ordered, no host synchronisation.
+at::Tensor tree_attention_timeline(const at::Tensor& like, bool reset) {
+  c10::cuda::CUDAGuard guard(like.device());
+  auto t = at::empty({tree_attn::kTimelineCtas, tree_attn::kTimelineSlots}, like.options().dtype(at::kLong));
+  void* sym = nullptr;
+  JETSPEC_CUDA_CHECK(cudaGetSymbolAddress(&sym, tree_attn::g_ws_timeline));
+  const cudaStream_t stream = current_stream();
+  JETSPEC_CUDA_CHECK(cudaMemcpyAsync(t.data_ptr(), sym, t.nbytes(), cudaMemcpyDeviceToDevice, stream));
+  if (reset) JETSPEC_CUDA_CHECK(cudaMemsetAsync(sym, 0, t.nbytes(), stream));
+  return t;
+}
+#endif
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(jetspec, CUDA, m) { m.impl("tree_attention", &tree_attention_cuda); }
+#ifdef JETSPEC_TREE_ATTN_TIMELINE
+TORCH_LIBRARY_FRAGMENT(jetspec, m) { m.def("_tree_attention_timeline(Tensor like, bool reset) -> Tensor"); }
+#endif
+
+TORCH_LIBRARY_IMPL(jetspec, CUDA, m) {
+  m.impl("tree_attention", &tree_attention_cuda);
+#ifdef JETSPEC_TREE_ATTN_TIMELINE
+  m.impl("_tree_attention_timeline", &tree_attention_timeline);
+#endif
+}
 
 }  // namespace jetspec

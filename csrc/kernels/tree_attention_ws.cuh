@@ -107,6 +107,45 @@ __device__ __forceinline__ void consumers_bar_arrive(int id) {
   asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory");
 }
 
+// ---- phase timeline (diagnostic builds only) --------------------------------------------------
+// Built with JETSPEC_TREE_ATTN_TIMELINE=1 (setup.py adds -DJETSPEC_TREE_ATTN_TIMELINE), the kernel
+// records per CTA (linear CTA index < kTimelineCtas) the SM clock at its phases, the global timer
+// at entry and exit, and its SM; jetspec::_tree_attention_timeline reads them back
+// (benchmarks/probe_ta_timeline.py). Why: a call at prefix 1024 spends ~5.5 us of the split
+// kernel's time outside the key-tile loop (RESULTS, thirteenth session), and only a per-phase
+// timeline says where. Default builds compile none of it.
+#ifdef JETSPEC_TREE_ATTN_TIMELINE
+constexpr int kTimelineCtas = 1024;
+constexpr int kTimelineSlots = 16;
+// Slots: 0 globaltimer at entry, 1 clock at entry, 2 after the CTA barrier, 3 producer: prefix
+// length known, 4 producer: first K/V tile's copies issued, 5 consumer 0: Q landed, 6: K(0)
+// landed, 7: softmax(0) done, 8: last P V done, 9: epilogue done, 10 globaltimer at consumer 0's
+// exit, 11 SM id, 12 consumer 1 (warpgroup 2): epilogue done, 13 producer: last copy issued.
+__device__ unsigned long long g_ws_timeline[kTimelineCtas][kTimelineSlots];
+__device__ __forceinline__ unsigned long long timeline_clock() {
+  unsigned long long c;
+  asm volatile("mov.u64 %0, %%clock64;" : "=l"(c)::"memory");
+  return c;
+}
+__device__ __forceinline__ unsigned long long timeline_globaltimer() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)::"memory");
+  return t;
+}
+__device__ __forceinline__ void timeline_mark(int slot, unsigned long long v) {
+  const unsigned cta = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+  if (cta < kTimelineCtas) g_ws_timeline[cta][slot] = v;
+}
+#define JETSPEC_TL_CLOCK(cond, slot) \
+  do {                               \
+    if (cond) ::jetspec::tree_attn::timeline_mark(slot, ::jetspec::tree_attn::timeline_clock()); \
+  } while (0)
+#else
+#define JETSPEC_TL_CLOCK(cond, slot) \
+  do {                               \
+  } while (0)
+#endif
+
 // ---------------------------------------------------------------------------------------------
 // grid = (ceil(rows / 128), num_splits, B * Hkv), block = 384 threads, ws_smem_bytes<D>() bytes.
 // One 64-key tile per consumer iteration. (Two tiles per iteration, S over 128 keys as in
@@ -155,6 +194,15 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
   const int b = bh / p.Hkv;
   const int kvh = bh - b * p.Hkv;
   const int m_base = blockIdx.x * kBM;
+#ifdef JETSPEC_TREE_ATTN_TIMELINE
+  if (tid == 0) {
+    unsigned smid;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+    timeline_mark(0, timeline_globaltimer());
+    timeline_mark(1, timeline_clock());
+    timeline_mark(11, smid);
+  }
+#endif
 
   if (tid == 0) {
     mbar_init(q_full, kProducers);
@@ -168,6 +216,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
   wait_for_previous_grid();  // programmatic launch: nothing global is touched before this
   signal_dependents_may_launch();
   __syncthreads();  // the barriers are initialised; the last CTA-wide barrier of the kernel
+  JETSPEC_TL_CLOCK(tid == 0, 2);
 
   const T* qg = static_cast<const T*>(p.q);
   const T* kg = static_cast<const T*>(p.k) + b * p.k_sb + kvh * p.k_sh;
@@ -183,6 +232,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
     cp_async_arrive_noinc(q_full);
     const SplitRange range = split_range(p, b, split);
     const int L = range.L, t_begin = range.t_begin, t_end = range.t_end;
+#ifdef JETSPEC_TREE_ATTN_TIMELINE
+    if (tid == 0) {
+      asm volatile("" ::"r"(L));  // the prefix length has landed
+      timeline_mark(3, timeline_clock());
+    }
+#endif
     if (t_begin >= t_end) {  // empty split: the consumers never wait; let Q's arrivals land first
       mbar_wait(q_full, 0);
       return;
@@ -203,7 +258,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
         copy_kv_tile<D, T, kProducers>(vg, p.v_ss, sV + st * kStage, tile, L, r0, c_chunk);
         cp_async_arrive_noinc(v_full(st));
       }
+      JETSPEC_TL_CLOCK(tid == 0 && i == 0, 4);
     }
+    JETSPEC_TL_CLOCK(tid == 0, 13);
     cp_async_wait_all();  // do not leave with copies in flight (the consumers wait for their arrivals)
     return;
   }
@@ -259,6 +316,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
 
   // ---- prologue: Q fragments, S(0), softmax(0) ---------------------------------------------------
   mbar_wait(q_full, 0);
+  JETSPEC_TL_CLOCK(ctid == 0, 5);
   load_q_fragments<D>(qf, sQ, warp, lane);
   float s[NT_S][4];
 #pragma unroll
@@ -266,6 +324,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
   uint32_t pa[PV_KSTEPS][4];
   float alpha[2];
   mbar_wait(k_full(0), 0);
+  JETSPEC_TL_CLOCK(ctid == 0, 6);
   fence_proxy_async_smem();  // cp.async (generic proxy) data -> wgmma (async proxy)
   take_turn();
   wgmma_fence();
@@ -276,6 +335,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
   fence_regs(s);
   softmax(s, t_begin, alpha);  // O = 0: alpha not needed
   pack_probs<T>(s, pa);
+  JETSPEC_TL_CLOCK(ctid == 0, 7);
 
   // ---- main loop: S(i+1) and P(i) V(i) in flight, softmax(i+1) under the P V product ---------
   RingPos cur;  // tile i
@@ -313,8 +373,16 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
     JETSPEC_WGMMA_WAIT(0);
     fence_regs(o);
   }
+  JETSPEC_TL_CLOCK(ctid == 0, 8);
 
   write_rows_staged<D, T>(p, o, l_run, m_run, sQ + warp * 16 * CH, m_base + warp * 16, lane, split, bh, b, kvh);
+#ifdef JETSPEC_TREE_ATTN_TIMELINE
+  if (ctid == 0) {
+    timeline_mark(9, timeline_clock());
+    timeline_mark(10, timeline_globaltimer());
+  }
+  JETSPEC_TL_CLOCK(ctid == 128, 12);
+#endif
 }
 
 }  // namespace tree_attn

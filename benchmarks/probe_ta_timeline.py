@@ -1,0 +1,87 @@
+"""Development probe: where split_kernel_ws's time goes outside the key-tile loop, from a per-CTA
+phase timeline. Needs a diagnostic build (JETSPEC_TREE_ATTN_TIMELINE=1 at build time: the
+kernel then records the SM clock at its phases and `torch.ops.jetspec._tree_attention_timeline`
+reads them back; default builds have neither). Not part of the suite.
+
+Usage on the H200: JETSPEC_TREE_ATTN_TIMELINE=1 python setup.py build_ext --inplace, then
+python benchmarks/probe_ta_timeline.py. For each cell (Qwen3-8B heads, bf16, batch 1, the default
+launcher: automatic splits, wgmma_ws_pp) one call after warm-up; per phase the median and the
+10th / 90th percentile over the CTAs, in ns (SM clock converted with the clock rate the CTAs
+themselves show: clock cycles over global-timer ns between entry and exit)."""
+import os
+import sys
+
+import torch
+
+import jetspec_ext  # noqa: F401  (loads the extension)
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.probe_decode_attention import case  # noqa: E402
+
+# Timeline slots (csrc/kernels/tree_attention_ws.cuh).
+GT_ENTRY, CLK_ENTRY, CLK_BARRIER, CLK_PLEN, CLK_ISSUE0, CLK_Q, CLK_K0, CLK_SM0, CLK_LOOP, \
+    CLK_EPI, GT_EXIT, SMID, CLK_EPI_WG1, CLK_LAST_ISSUE = range(14)
+
+PHASES = [  # name, from slot, to slot
+    ("entry -> CTA barrier", CLK_ENTRY, CLK_BARRIER),
+    ("barrier -> prefix length known (producer; Q copies issued first)", CLK_BARRIER, CLK_PLEN),
+    ("prefix length -> tile 0 copies issued", CLK_PLEN, CLK_ISSUE0),
+    ("barrier -> Q landed (consumer 0)", CLK_BARRIER, CLK_Q),
+    ("barrier -> K(0) landed", CLK_BARRIER, CLK_K0),
+    ("tile 0 issued -> K(0) landed", CLK_ISSUE0, CLK_K0),
+    ("K(0) -> S(0) + softmax(0) done", CLK_K0, CLK_SM0),
+    ("key-tile loop (+ last P V)", CLK_SM0, CLK_LOOP),
+    ("epilogue (consumer 0)", CLK_LOOP, CLK_EPI),
+    ("consumer 0 done -> consumer 1 done", CLK_EPI, CLK_EPI_WG1),
+    ("entry -> epilogue done (whole CTA)", CLK_ENTRY, CLK_EPI),
+]
+
+
+def pct(x, q):
+    return torch.quantile(x.double(), q).item()
+
+
+def analyse(tl, label):
+    live = tl[:, CLK_ENTRY] != 0
+    done = live & (tl[:, CLK_EPI] != 0) & (tl[:, GT_EXIT] != 0)
+    tl_l, tl_d = tl[live], tl[done]
+    if tl_d.shape[0] == 0:
+        print(f"{label}: no CTA recorded (not a timeline build, or not the ws kernel)")
+        return
+    ghz = ((tl_d[:, CLK_EPI] - tl_d[:, CLK_ENTRY]).double() /
+           (tl_d[:, GT_EXIT] - tl_d[:, GT_ENTRY]).double().clamp(min=1)).median().item()
+    t0 = tl_l[:, GT_ENTRY].min()
+    starts = (tl_l[:, GT_ENTRY] - t0).double()
+    ends = (tl_d[:, GT_EXIT] - t0).double()
+    print(f"== {label}: {tl_l.shape[0]} CTAs ({tl_d.shape[0]} with work) on "
+          f"{tl_l[:, SMID].unique().numel()} SMs; SM clock {ghz:.2f} GHz")
+    print(f"   CTA entry spread: p50 {pct(starts, .5):.0f} ns, p90 {pct(starts, .9):.0f}, max "
+          f"{starts.max().item():.0f}; consumer-0 exit: p50 {pct(ends, .5):.0f}, max "
+          f"{ends.max().item():.0f} ns after the first entry")
+    for name, a, b in PHASES:
+        rows = tl_d if b not in (CLK_PLEN, CLK_ISSUE0) else tl_l[(tl_l[:, b] != 0)]
+        if rows.shape[0] == 0:
+            continue
+        d = (rows[:, b] - rows[:, a]).double() / ghz
+        print(f"   {name:<62} p50 {pct(d, .5):7.0f}  p10 {pct(d, .1):7.0f}  p90 {pct(d, .9):7.0f} ns")
+    sys.stdout.flush()
+
+
+def main():
+    if not hasattr(torch.ops.jetspec, "_tree_attention_timeline"):
+        sys.exit("not a timeline build: rebuild with JETSPEC_TREE_ATTN_TIMELINE=1")
+    read = torch.ops.jetspec._tree_attention_timeline
+    cells = [(1024, 64), (1024, 128), (1024, 256), (4096, 128), (16384, 256)]
+    for P, N in cells:
+        args = case(P, N=N)
+        for _ in range(3):
+            jetspec_ext.tree_attention(*args)
+        read(args[0], True)  # zero the timeline
+        jetspec_ext.tree_attention(*args)
+        tl = read(args[0], False).cpu()
+        torch.cuda.synchronize()
+        analyse(tl, f"P{P} N{N}")
+
+
+if __name__ == "__main__":
+    main()

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <string>
 #include <utility>
+#include <vector>
 
 // Check the launch configuration / asynchronous errors of the kernel just launched.
 #define JETSPEC_CHECK_LAUNCH() C10_CUDA_KERNEL_LAUNCH_CHECK()
@@ -78,9 +79,12 @@ void launch_kernel(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
 // last one of a group finishes the work and resets its counter (graph-replay safe). Each user
 // keeps its own `static ArrivalCounters`; launches sharing one must run in one stream order. The
 // buffer grows only outside graph capture: get() returns nullptr while capturing with too small
-// a buffer, and the caller falls back to a path without counters.
+// a buffer, and the caller falls back to a path without counters. A buffer replaced by a larger
+// one is kept alive: graphs captured with its address may still replay (freed, its memory could
+// be handed to another tensor that those replays would then overwrite).
 struct ArrivalCounters {
   at::Tensor bufs[64];
+  std::vector<at::Tensor> retired;
   int64_t min_size;
   explicit ArrivalCounters(int64_t min_size_) : min_size(min_size_) {}
   int* get(int device, int64_t need, cudaStream_t stream) {
@@ -90,6 +94,7 @@ struct ArrivalCounters {
     cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
     JETSPEC_CUDA_CHECK(cudaStreamIsCapturing(stream, &st));
     if (st != cudaStreamCaptureStatusNone) return nullptr;
+    if (buf.defined()) retired.push_back(buf);
     buf = at::zeros({need > min_size ? need : min_size},
                     at::TensorOptions().dtype(at::kInt).device(at::kCUDA, device));
     return buf.data_ptr<int32_t>();

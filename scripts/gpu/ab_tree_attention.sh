@@ -5,8 +5,9 @@
 # `probe_decode_attention.py --cells` with the new, old, new, old .so in place. The old sources:
 # .carry/old_csrc, a whole csrc/ tree (`git archive REV csrc | tar -x --strip-components=1
 # -C .carry/old_csrc`). (Earlier sessions carried only tree_attention.cuh as .carry/old_ta.cuh.)
-# With .carry/alt_csrc (another whole csrc tree) also carried, that version is built and timed too
-# (new, old, alt, new, old, alt); the CUDA tests run on the new one only.
+# Further whole csrc trees carried as .carry/alt_csrc, .carry/alt2_csrc, ... are built and timed
+# too (new, old, alt, alt2, new, old, alt, alt2); the CUDA tests run on the new one only. Each
+# build is ~50 s of device time.
 # Leaves the new .so in place. Usage on the H200: bash scripts/gpu/ab_tree_attention.sh
 set -u
 export PYTHONPATH=$PWD
@@ -15,13 +16,16 @@ rm -rf /tmp/new_csrc && cp -r csrc /tmp/new_csrc
 rm -rf csrc && cp -r .carry/old_csrc csrc
 STEPS="" bash scripts/gpu/call.sh > /tmp/b1.log 2>&1 || { tail -20 /tmp/b1.log; exit 1; }
 cp jetspec_ext/_C.abi3.so /tmp/old.so
-versions="new old new old"
-if [ -d .carry/alt_csrc ]; then  # optional third version (a variant of new), timed beside the two
-  rm -rf csrc && cp -r .carry/alt_csrc csrc && find csrc -name '*.cu*' -exec touch {} +
-  STEPS="" bash scripts/gpu/call.sh > /tmp/b2.log 2>&1 || { tail -20 /tmp/b2.log; exit 1; }
-  cp jetspec_ext/_C.abi3.so /tmp/alt.so
-  versions="new old alt new old alt"
-fi
+alts=""
+for d in .carry/alt*_csrc; do  # optional further versions (.carry/alt_csrc, .carry/alt2_csrc, ...)
+  [ -d "$d" ] || continue
+  a=$(basename "$d" _csrc)
+  rm -rf csrc && cp -r "$d" csrc && find csrc -name '*.cu*' -exec touch {} +
+  STEPS="" bash scripts/gpu/call.sh > /tmp/b_$a.log 2>&1 || { tail -20 /tmp/b_$a.log; exit 1; }
+  cp jetspec_ext/_C.abi3.so /tmp/$a.so
+  alts="$alts $a"
+done
+versions="new old$alts new old$alts"
 rm -rf csrc && cp -r /tmp/new_csrc csrc && find csrc -name '*.cu*' -exec touch {} +
 steps=tests; [ "${AB_TESTS:-1}" = 0 ] && steps=""
 T_TESTS=290 STEPS="$steps" TEST1="${AB_TEST1:-test_tree_attention.py -k cuda}" bash scripts/gpu/call.sh 2>&1 | grep -v "^\[" | tail -20

@@ -360,12 +360,13 @@ __device__ __forceinline__ void write_rows(const Params& p, const float (&o)[D /
   }
 }
 
-// write_rows for split_kernel_ws: the same quantities, with O partials in T instead of fp32, and
-// O goes out through `stage`, the warp's own 16 rows of the Q tile in shared
-// memory (swz layout; free once the warp holds its Q fragments in registers): the MMA fragment
-// layout gives each thread 2 consecutive elements per 8 columns, so direct stores would write 4
-// bytes per lane and half a 32-byte sector per row and instruction; read back as 16-byte chunks
-// they go out as whole sectors (a warp stores 512 contiguous bytes, two rows, per instruction).
+// write_rows for split_kernel_ws: the same quantities, but O partials in T instead of fp32, and O
+// (out or partials) staged through `stage`, the warp's own 16 rows of the Q tile in shared memory
+// (swz layout; free once the warp holds its Q fragments in registers). Why: the MMA fragment
+// layout gives a thread 2 adjacent elements per 8 columns, so direct stores write 4 bytes per
+// lane, half a 32-byte sector per row and instruction (measured 1.5-1.8 us slower with T
+// partials); read back as 16-byte chunks they leave as whole sectors (at D = 128 a warp stores
+// two 256-byte rows per instruction). Measured: benchmarks/RESULTS.md, thirteenth session.
 template <int D, typename T>
 __device__ __forceinline__ void write_rows_staged(const Params& p, const float (&o)[D / 8][4], float (&l_run)[2],
                                                   const float (&m_run)[2], uint4* stage, int warp_row0, int lane,

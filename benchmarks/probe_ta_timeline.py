@@ -16,6 +16,7 @@ import torch
 import jetspec_ext  # noqa: F401  (loads the extension)
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.harness import time_us  # noqa: E402
 from benchmarks.probe_decode_attention import case  # noqa: E402
 
 # Timeline slots (csrc/kernels/tree_attention_ws.cuh).
@@ -24,7 +25,7 @@ GT_ENTRY, CLK_ENTRY, CLK_BARRIER, CLK_PLEN, CLK_ISSUE0, CLK_Q, CLK_K0, CLK_SM0, 
 
 PHASES = [  # name, from slot, to slot
     ("entry -> CTA barrier", CLK_ENTRY, CLK_BARRIER),
-    ("barrier -> prefix length known (producer; Q copies issued first)", CLK_BARRIER, CLK_PLEN),
+    ("barrier -> prefix length known (producer)", CLK_BARRIER, CLK_PLEN),
     ("prefix length -> tile 0 copies issued", CLK_PLEN, CLK_ISSUE0),
     ("barrier -> Q landed (consumer 0)", CLK_BARRIER, CLK_Q),
     ("barrier -> K(0) landed", CLK_BARRIER, CLK_K0),
@@ -80,7 +81,8 @@ def main():
         jetspec_ext.tree_attention(*args)
         tl = read(args[0], False).cpu()
         torch.cuda.synchronize()
-        analyse(tl, f"P{P} N{N}")
+        us = time_us(lambda: jetspec_ext.tree_attention(*args), graph=True)
+        analyse(tl, f"P{P} N{N} (this build, graph-timed: {us:.2f} us per call)")
 
 
 if __name__ == "__main__":

@@ -303,11 +303,9 @@ __device__ __forceinline__ void softmax_update(float (&s)[kBN / 8][4], float (&m
     l_run[h] = l_run[h] * alpha[h] + part[0];
   }
 }
-// O *= alpha per row, skipped when no row of the warp moved its max (alpha exactly 1: most tiles,
-// kMaxSlack; a warp-uniform branch, decided by a vote).
+// O *= alpha per row (rows gid and gid + 8 of the accumulator fragment).
 template <int NT_O>
-__device__ __forceinline__ void rescale_o(float (&o)[NT_O][4], const float (&alpha)[2]) {
-  if (!__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) return;
+__device__ __forceinline__ void scale_o(float (&o)[NT_O][4], const float (&alpha)[2]) {
 #pragma unroll
   for (int k = 0; k < NT_O; ++k) {
     o[k][0] *= alpha[0];
@@ -315,6 +313,13 @@ __device__ __forceinline__ void rescale_o(float (&o)[NT_O][4], const float (&alp
     o[k][2] *= alpha[1];
     o[k][3] *= alpha[1];
   }
+}
+// scale_o, skipped when no row of the warp moved its max (alpha exactly 1: most tiles,
+// kMaxSlack; a warp-uniform branch, decided by a vote).
+template <int NT_O>
+__device__ __forceinline__ void rescale_o(float (&o)[NT_O][4], const float (&alpha)[2]) {
+  if (!__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) return;
+  scale_o(o, alpha);
 }
 
 // Online-softmax state of a thread's two query rows (rows gid and gid + 8 of its warp's 16) and
@@ -635,13 +640,7 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
     // ---- online softmax (fp32, base 2) ---------------------------------------------------------
     float alpha[2];
     softmax_update(s, m_run, l_run, alpha);
-#pragma unroll
-    for (int i = 0; i < NT_O; ++i) {
-      o[i][0] *= alpha[0];
-      o[i][1] *= alpha[0];
-      o[i][2] *= alpha[1];
-      o[i][3] *= alpha[1];
-    }
+    scale_o(o, alpha);
 
     // ---- O += P V ------------------------------------------------------------------------------
 #pragma unroll

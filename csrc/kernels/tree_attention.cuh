@@ -322,6 +322,15 @@ __device__ __forceinline__ void rescale_o(float (&o)[NT_O][4], const float (&alp
   scale_o(o, alpha);
 }
 
+// A row's running sum is spread over the 4 threads of its quad (tig): add them up.
+__device__ __forceinline__ void quad_sum_row_sums(float (&l_run)[2]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
+    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
+  }
+}
+
 // Online-softmax state of a thread's two query rows (rows gid and gid + 8 of its warp's 16) and
 // the epilogue that writes them: shared by every split kernel.
 // Quad-reduce the row sums, normalise O and write either out/lse (one split) or the fp32 partials.
@@ -330,11 +339,7 @@ __device__ __forceinline__ void write_rows(const Params& p, const float (&o)[D /
                                            const float (&m_run)[2], int row0, int split, int bh, int b, int kvh,
                                            int tig) {
   constexpr int NT_O = D / 8;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
-    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
-  }
+  quad_sum_row_sums(l_run);
   constexpr float kLn2 = 0.6931471805599453f;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -380,11 +385,7 @@ __device__ __forceinline__ void write_rows_staged(const Params& p, const float (
   constexpr int CH = D / 8;             // 16-byte chunks per row
   constexpr int kRowsPerPass = 32 / CH;  // rows a warp stores per instruction
   const int gid = lane >> 2, tig = lane & 3;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
-    l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
-  }
+  quad_sum_row_sums(l_run);
   constexpr float kLn2 = 0.6931471805599453f;
   uint32_t* stage_w = reinterpret_cast<uint32_t*>(stage);
 #pragma unroll

@@ -8,6 +8,9 @@
 # Further whole csrc trees carried as .carry/alt_csrc, .carry/alt2_csrc, ... are built and timed
 # too (new, old, alt, alt2, new, old, alt, alt2); the CUDA tests run on the new one only. Each
 # build is ~50 s of device time.
+# AB_DEC_ARGS="--modes compile --budgets 128,256" also runs bench_decoder.py with those arguments
+# for each version in the same order (the decoder rows of each tree; inductor's cache makes the
+# runs after the first ~20 s each); AB_CELLS=0 skips the attention cells.
 # Leaves the new .so in place. Usage on the H200: bash scripts/gpu/ab_tree_attention.sh
 set -u
 export PYTHONPATH=$PWD
@@ -30,6 +33,14 @@ rm -rf csrc && cp -r /tmp/new_csrc csrc && find csrc -name '*.cu*' -exec touch {
 steps=tests; [ "${AB_TESTS:-1}" = 0 ] && steps=""
 T_TESTS=290 STEPS="$steps" TEST1="${AB_TEST1:-test_tree_attention.py -k cuda}" bash scripts/gpu/call.sh 2>&1 | grep -v "^\[" | tail -20
 cp jetspec_ext/_C.abi3.so /tmp/new.so
-for v in $versions; do cp /tmp/$v.so jetspec_ext/_C.abi3.so; echo "== $v"; timeout 60 python3 benchmarks/probe_decode_attention.py --cells; done 2>&1 | tee $OUT/ab_cells.log
+if [ "${AB_CELLS:-1}" != 0 ]; then
+  for v in $versions; do cp /tmp/$v.so jetspec_ext/_C.abi3.so; echo "== $v"; timeout 60 python3 benchmarks/probe_decode_attention.py --cells; done 2>&1 | tee $OUT/ab_cells.log
+fi
+if [ -n "${AB_DEC_ARGS:-}" ]; then
+  for v in $versions; do
+    cp /tmp/$v.so jetspec_ext/_C.abi3.so; echo "== $v"
+    JETSPEC_DATA=$PWD/.carry/data PYTHONUNBUFFERED=1 timeout 150 python3 benchmarks/bench_decoder.py $AB_DEC_ARGS 2>&1 | grep -E "^compile |^\[compile\] (AR|round)"
+  done 2>&1 | tee $OUT/ab_dec.log
+fi
 cp /tmp/new.so jetspec_ext/_C.abi3.so
 cp /tmp/out/*.log $OUT/ 2>/dev/null; true

@@ -230,24 +230,24 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
     // Q before the prefix length: it does not depend on it.
     copy_q_tile<D, T, kBM, kProducers>(p, qg, sQ, b, kvh, m_base, r0, c_chunk);
     cp_async_arrive_noinc(q_full);
-    const SplitRange range = split_range(p, b, split);
-    const int L = range.L, t_begin = range.t_begin, t_end = range.t_end;
+    const SplitTiles range = split_tiles_interleaved(p, b, split);
+    const int L = range.L;
 #ifdef JETSPEC_TREE_ATTN_TIMELINE
     if (tid == 0) {
       asm volatile("" ::"r"(L));  // the prefix length has landed
       timeline_mark(3, timeline_clock());
     }
 #endif
-    if (t_begin >= t_end) {  // empty split: the consumers never wait; let Q's arrivals land first
+    if (range.count == 0) {  // empty split: the consumers never wait; let Q's arrivals land first
       mbar_wait(q_full, 0);
       return;
     }
     RingPos pos;
-    for (int i = 0; i < t_end - t_begin; ++i, pos.advance()) {
+    int tile = range.first;
+    for (int i = 0; i < range.count; ++i, pos.advance(), tile += range.stride) {
       const int st = pos.stage;
       mbar_wait(kv_empty(st), pos.parity ^ 1);  // both consumers done with the stage
-      const int tile = t_begin + i;
-      if ((tile + 1) * kBN <= L) {  // all but the split's last tile at most (warp-uniform)
+      if ((tile + 1) * kBN <= L) {  // all but the key range's last tile (warp-uniform)
         copy_kv_tile_full<D, T, kProducers>(kg, p.k_ss, sK + st * kStage, tile, r0, c_chunk);
         cp_async_arrive_noinc(k_full(st));
         copy_kv_tile_full<D, T, kProducers>(vg, p.v_ss, sV + st * kStage, tile, r0, c_chunk);
@@ -274,13 +274,13 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
   const int gid = lane >> 2;
   const int tig = lane & 3;
 
-  const SplitRange range = split_range(p, b, split);
-  const int plen = range.plen, L = range.L, t_begin = range.t_begin, t_end = range.t_end;
-  if (t_begin >= t_end) {
+  const SplitTiles range = split_tiles_interleaved(p, b, split);
+  const int plen = range.plen, L = range.L, stride = range.stride;
+  if (range.count == 0) {
     write_empty_split(p, split, bh, m_base, kBM, ctid, 256);
     return;
   }
-  const int n_tiles = t_end - t_begin;
+  const int n_tiles = range.count;
 
   uint32_t qf[KSTEPS][4];
   float o[NT_O][4];
@@ -333,7 +333,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
   end_turn();
   JETSPEC_WGMMA_WAIT(0);
   fence_regs(s);
-  softmax(s, t_begin, alpha);  // O = 0: alpha not needed
+  int tile_next = range.first;  // the tile whose scores the next softmax sees
+  softmax(s, tile_next, alpha);  // O = 0: alpha not needed
   pack_probs<T>(s, pa);
   JETSPEC_TL_CLOCK(ctid == 0, 7);
 
@@ -354,7 +355,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
     end_turn();
     JETSPEC_WGMMA_WAIT(1);  // S(i+1) done
     fence_regs(s);
-    softmax(s, t_begin + i + 1, alpha);
+    tile_next += stride;
+    softmax(s, tile_next, alpha);
     JETSPEC_WGMMA_WAIT(0);  // P(i) V(i) done: stage i is free
     fence_regs(o);
     release(cur.stage);

@@ -237,9 +237,11 @@ __device__ __forceinline__ SplitRange split_range(const Params& p, int b, int sp
 struct SplitTiles {
   int plen, L, first, count, stride;
 };
-__device__ __forceinline__ SplitTiles split_tiles_interleaved(const Params& p, int b, int split) {
+// (plen_raw: prefix_lens[b], loaded by the caller as early as it may: the first K/V copies wait
+// for it, so its latency should overlap the CTA's set-up and the Q copies.)
+__device__ __forceinline__ SplitTiles split_tiles_interleaved(const Params& p, int plen_raw, int split) {
   SplitTiles r;
-  r.plen = max(0, min(p.prefix_lens[b], p.S - p.N));
+  r.plen = max(0, min(plen_raw, p.S - p.N));
   r.L = r.plen + p.N;
   const int num_tiles = (r.L + kBN - 1) / kBN;
   r.first = split;

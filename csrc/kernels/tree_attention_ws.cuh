@@ -215,6 +215,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
   }
   wait_for_previous_grid();  // programmatic launch: nothing global is touched before this
   signal_dependents_may_launch();
+  const int plen_raw = p.prefix_lens[b];  // first: the first K/V copies wait for it (next/plen-first)
   __syncthreads();  // the barriers are initialised; the last CTA-wide barrier of the kernel
   JETSPEC_TL_CLOCK(tid == 0, 2);
 
@@ -227,10 +228,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
     warpgroup_set_regs<56>();
     const int c_chunk = tid % CH;
     const int r0 = tid / CH;
-    // Q before the prefix length: it does not depend on it.
+    // Q copies issued while the prefix length (loaded above) is in flight.
     copy_q_tile<D, T, kBM, kProducers>(p, qg, sQ, b, kvh, m_base, r0, c_chunk);
     cp_async_arrive_noinc(q_full);
-    const SplitTiles range = split_tiles_interleaved(p, b, split);
+    const SplitTiles range = split_tiles_interleaved(p, plen_raw, split);
     const int L = range.L;
 #ifdef JETSPEC_TREE_ATTN_TIMELINE
     if (tid == 0) {
@@ -274,7 +275,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
   const int gid = lane >> 2;
   const int tig = lane & 3;
 
-  const SplitTiles range = split_tiles_interleaved(p, b, split);
+  const SplitTiles range = split_tiles_interleaved(p, plen_raw, split);
   const int plen = range.plen, L = range.L, stride = range.stride;
   if (range.count == 0) {
     write_empty_split(p, split, bh, m_base, kBM, ctid, 256);

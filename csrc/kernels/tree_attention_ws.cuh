@@ -231,6 +231,15 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
     // Q copies issued while the prefix length (loaded above) is in flight.
     copy_q_tile<D, T, kBM, kProducers>(p, qg, sQ, b, kvh, m_base, r0, c_chunk);
     cp_async_arrive_noinc(q_full);
+    // K of the split's first tile before the prefix length is known: with interleaved splits
+    // that tile is tile `split` whatever the prefix length. Copied whole whenever it lies inside
+    // the cache: K rows at or past L only make scores that the softmax masks with a select (so
+    // even NaN there is harmless); V, whose rows past L must be zeros, waits for the length.
+    const bool k0_early = (split + 1) * kBN <= p.S;  // (warp-uniform)
+    if (k0_early) {
+      copy_kv_tile_full<D, T, kProducers>(kg, p.k_ss, sK, split, r0, c_chunk);  // stage 0: free
+      cp_async_arrive_noinc(k_full(0));
+    }
     const SplitTiles range = split_tiles_interleaved(p, plen_raw, split);
     const int L = range.L;
 #ifdef JETSPEC_TREE_ATTN_TIMELINE
@@ -239,8 +248,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
       timeline_mark(3, timeline_clock());
     }
 #endif
-    if (range.count == 0) {  // empty split: the consumers never wait; let Q's arrivals land first
+    if (range.count == 0) {  // empty split: the consumers never wait; let our copies land first
       mbar_wait(q_full, 0);
+      if (k0_early) mbar_wait(k_full(0), 0);
       return;
     }
     RingPos pos;
@@ -248,14 +258,19 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
     for (int i = 0; i < range.count; ++i, pos.advance(), tile += range.stride) {
       const int st = pos.stage;
       mbar_wait(kv_empty(st), pos.parity ^ 1);  // both consumers done with the stage
+      const bool k_done = i == 0 && k0_early;  // copied above
       if ((tile + 1) * kBN <= L) {  // all but the key range's last tile (warp-uniform)
-        copy_kv_tile_full<D, T, kProducers>(kg, p.k_ss, sK + st * kStage, tile, r0, c_chunk);
-        cp_async_arrive_noinc(k_full(st));
+        if (!k_done) {
+          copy_kv_tile_full<D, T, kProducers>(kg, p.k_ss, sK + st * kStage, tile, r0, c_chunk);
+          cp_async_arrive_noinc(k_full(st));
+        }
         copy_kv_tile_full<D, T, kProducers>(vg, p.v_ss, sV + st * kStage, tile, r0, c_chunk);
         cp_async_arrive_noinc(v_full(st));
       } else {  // keys at or past L are zero-filled
-        copy_kv_tile<D, T, kProducers>(kg, p.k_ss, sK + st * kStage, tile, L, r0, c_chunk);
-        cp_async_arrive_noinc(k_full(st));
+        if (!k_done) {
+          copy_kv_tile<D, T, kProducers>(kg, p.k_ss, sK + st * kStage, tile, L, r0, c_chunk);
+          cp_async_arrive_noinc(k_full(st));
+        }
         copy_kv_tile<D, T, kProducers>(vg, p.v_ss, sV + st * kStage, tile, L, r0, c_chunk);
         cp_async_arrive_noinc(v_full(st));
       }

@@ -1104,6 +1104,10 @@ __global__ void __launch_bounds__(128, D == 64 ? 10 : 8) merge_kernel(const Para
   const int64_t wid = (int64_t)blockIdx.x * 4 + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   wait_for_previous_grid();  // programmatic launch: the split kernel's partials are complete
+  // EXPERIMENT: let the next programmatically launched kernel be scheduled now (in the decoder's
+  // budget-128 round: o_proj, verify_linear's p64c2r, whose CTAs fit beside these smem-free ones
+  // and run their prologue); it still waits for this grid to complete before touching memory.
+  signal_dependents_may_launch();
   if (wid >= total) return;
   const int bh = (int)(wid / p.rows);
   const int grow = (int)(wid - (int64_t)bh * p.rows);

@@ -364,8 +364,8 @@ def test_cuda_negative_scale_and_uneven_splits(impl, scale, monkeypatch):
     """A zero or negative softmax scale is allowed (only finiteness is required; masked keys must
     stay invisible, -inf times a negative scale would be +inf, times 0 NaN; the kernels fold only
     a positive scale into the exponent), with 5 forced splits of 12 key tiles
-    (3, 3, 3, 3 and an empty one): no more tiles per split than the warp-specialized kernel's ring
-    holds."""
+    (contiguous in the mma and pipe kernels: 3, 3, 3, 3 and an empty one; interleaved in the
+    warp-specialized kernel: 3, 3, 2, 2, 2): no more tiles per split than its ring holds."""
     monkeypatch.setenv("JETSPEC_TREE_ATTN_SPLITS", "5")
     q, k, v, pl, mask = make_case(1, 50, 32, 8, 128, [700], device="cuda", seed=11)
     out, lse = run_op(q, k, v, pl, mask, scale=scale)

@@ -228,6 +228,27 @@ __device__ __forceinline__ SplitRange split_range(const Params& p, int b, int sp
   r.t_end = min(num_tiles, r.t_begin + tiles_per_split);
   return r;
 }
+// split_kernel_ws's split convention (EXPERIMENT): split s takes key tiles s, s + ns, s + 2 ns, ...
+// (interleaved) instead of a contiguous range. Same tile counts per split (they differ by at
+// most one), but the few tree tiles at the end of the key range (the only ones that consult
+// the mask) are spread over the splits instead of all landing in the last one, which made that
+// split the critical one (P1024 N256: 4 of its 10 tiles). `count` tiles from `first` with stride
+// `stride`; empty when count == 0.
+struct SplitTiles {
+  int plen, L, first, count, stride;
+};
+// (plen_raw: prefix_lens[b], loaded by the caller as early as it may: the first K/V copies wait
+// for it, so its latency should overlap the CTA's set-up and the Q copies.)
+__device__ __forceinline__ SplitTiles split_tiles_interleaved(const Params& p, int plen_raw, int split) {
+  SplitTiles r;
+  r.plen = max(0, min(plen_raw, p.S - p.N));
+  r.L = r.plen + p.N;
+  const int num_tiles = (r.L + kBN - 1) / kBN;
+  r.first = split;
+  r.stride = p.num_splits;
+  r.count = split < num_tiles ? (num_tiles - 1 - split) / p.num_splits + 1 : 0;
+  return r;
+}
 // Rows of an empty split: lse = -inf partials, which the merge skips (their O is never read).
 __device__ __forceinline__ void write_empty_split(const Params& p, int split, int bh, int m_base, int bm,
                                                   int tid, int nthreads) {
@@ -1083,6 +1104,10 @@ __global__ void __launch_bounds__(128, D == 64 ? 10 : 8) merge_kernel(const Para
   const int64_t wid = (int64_t)blockIdx.x * 4 + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   wait_for_previous_grid();  // programmatic launch: the split kernel's partials are complete
+  // EXPERIMENT: let the next programmatically launched kernel be scheduled now (in the decoder's
+  // budget-128 round: o_proj, verify_linear's p64c2r, whose CTAs fit beside these smem-free ones
+  // and run their prologue); it still waits for this grid to complete before touching memory.
+  signal_dependents_may_launch();
   if (wid >= total) return;
   const int bh = (int)(wid / p.rows);
   const int grow = (int)(wid - (int64_t)bh * p.rows);

@@ -215,6 +215,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
   }
   wait_for_previous_grid();  // programmatic launch: nothing global is touched before this
   signal_dependents_may_launch();
+  const int plen_raw = p.prefix_lens[b];  // first: the first K/V copies wait for it (next/plen-first)
   __syncthreads();  // the barriers are initialised; the last CTA-wide barrier of the kernel
   JETSPEC_TL_CLOCK(tid == 0, 2);
 
@@ -227,34 +228,49 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
     warpgroup_set_regs<56>();
     const int c_chunk = tid % CH;
     const int r0 = tid / CH;
-    // Q before the prefix length: it does not depend on it.
+    // Q copies issued while the prefix length (loaded above) is in flight.
     copy_q_tile<D, T, kBM, kProducers>(p, qg, sQ, b, kvh, m_base, r0, c_chunk);
     cp_async_arrive_noinc(q_full);
-    const SplitRange range = split_range(p, b, split);
-    const int L = range.L, t_begin = range.t_begin, t_end = range.t_end;
+    // K of the split's first tile before the prefix length is known: with interleaved splits
+    // that tile is tile `split` whatever the prefix length. Copied whole whenever it lies inside
+    // the cache: K rows at or past L only make scores that the softmax masks with a select (so
+    // even NaN there is harmless); V, whose rows past L must be zeros, waits for the length.
+    const bool k0_early = (split + 1) * kBN <= p.S;  // (warp-uniform)
+    if (k0_early) {
+      copy_kv_tile_full<D, T, kProducers>(kg, p.k_ss, sK, split, r0, c_chunk);  // stage 0: free
+      cp_async_arrive_noinc(k_full(0));
+    }
+    const SplitTiles range = split_tiles_interleaved(p, plen_raw, split);
+    const int L = range.L;
 #ifdef JETSPEC_TREE_ATTN_TIMELINE
     if (tid == 0) {
       asm volatile("" ::"r"(L));  // the prefix length has landed
       timeline_mark(3, timeline_clock());
     }
 #endif
-    if (t_begin >= t_end) {  // empty split: the consumers never wait; let Q's arrivals land first
+    if (range.count == 0) {  // empty split: the consumers never wait; let our copies land first
       mbar_wait(q_full, 0);
+      if (k0_early) mbar_wait(k_full(0), 0);
       return;
     }
     RingPos pos;
-    for (int i = 0; i < t_end - t_begin; ++i, pos.advance()) {
+    int tile = range.first;
+    for (int i = 0; i < range.count; ++i, pos.advance(), tile += range.stride) {
       const int st = pos.stage;
       mbar_wait(kv_empty(st), pos.parity ^ 1);  // both consumers done with the stage
-      const int tile = t_begin + i;
-      if ((tile + 1) * kBN <= L) {  // all but the split's last tile at most (warp-uniform)
-        copy_kv_tile_full<D, T, kProducers>(kg, p.k_ss, sK + st * kStage, tile, r0, c_chunk);
-        cp_async_arrive_noinc(k_full(st));
+      const bool k_done = i == 0 && k0_early;  // copied above
+      if ((tile + 1) * kBN <= L) {  // all but the key range's last tile (warp-uniform)
+        if (!k_done) {
+          copy_kv_tile_full<D, T, kProducers>(kg, p.k_ss, sK + st * kStage, tile, r0, c_chunk);
+          cp_async_arrive_noinc(k_full(st));
+        }
         copy_kv_tile_full<D, T, kProducers>(vg, p.v_ss, sV + st * kStage, tile, r0, c_chunk);
         cp_async_arrive_noinc(v_full(st));
       } else {  // keys at or past L are zero-filled
-        copy_kv_tile<D, T, kProducers>(kg, p.k_ss, sK + st * kStage, tile, L, r0, c_chunk);
-        cp_async_arrive_noinc(k_full(st));
+        if (!k_done) {
+          copy_kv_tile<D, T, kProducers>(kg, p.k_ss, sK + st * kStage, tile, L, r0, c_chunk);
+          cp_async_arrive_noinc(k_full(st));
+        }
         copy_kv_tile<D, T, kProducers>(vg, p.v_ss, sV + st * kStage, tile, L, r0, c_chunk);
         cp_async_arrive_noinc(v_full(st));
       }
@@ -274,13 +290,13 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
   const int gid = lane >> 2;
   const int tig = lane & 3;
 
-  const SplitRange range = split_range(p, b, split);
-  const int plen = range.plen, L = range.L, t_begin = range.t_begin, t_end = range.t_end;
-  if (t_begin >= t_end) {
+  const SplitTiles range = split_tiles_interleaved(p, plen_raw, split);
+  const int plen = range.plen, L = range.L, stride = range.stride;
+  if (range.count == 0) {
     write_empty_split(p, split, bh, m_base, kBM, ctid, 256);
     return;
   }
-  const int n_tiles = t_end - t_begin;
+  const int n_tiles = range.count;
 
   uint32_t qf[KSTEPS][4];
   float o[NT_O][4];
@@ -333,7 +349,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
   end_turn();
   JETSPEC_WGMMA_WAIT(0);
   fence_regs(s);
-  softmax(s, t_begin, alpha);  // O = 0: alpha not needed
+  int tile_next = range.first;  // the tile whose scores the next softmax sees
+  softmax(s, tile_next, alpha);  // O = 0: alpha not needed
   pack_probs<T>(s, pa);
   JETSPEC_TL_CLOCK(ctid == 0, 7);
 
@@ -354,7 +371,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
     end_turn();
     JETSPEC_WGMMA_WAIT(1);  // S(i+1) done
     fence_regs(s);
-    softmax(s, t_begin + i + 1, alpha);
+    tile_next += stride;
+    softmax(s, tile_next, alpha);
     JETSPEC_WGMMA_WAIT(0);  // P(i) V(i) done: stage i is free
     fence_regs(o);
     release(cur.stage);

@@ -228,12 +228,14 @@ __device__ __forceinline__ SplitRange split_range(const Params& p, int b, int sp
   r.t_end = min(num_tiles, r.t_begin + tiles_per_split);
   return r;
 }
-// split_kernel_ws's split convention (EXPERIMENT): split s takes key tiles s, s + ns, s + 2 ns, ...
+// split_kernel_ws's split convention: split s takes key tiles s, s + ns, s + 2 ns, ...
 // (interleaved) instead of a contiguous range. Same tile counts per split (they differ by at
-// most one), but the few tree tiles at the end of the key range (the only ones that consult
-// the mask) are spread over the splits instead of all landing in the last one, which made that
-// split the critical one (P1024 N256: 4 of its 10 tiles). `count` tiles from `first` with stride
-// `stride`; empty when count == 0.
+// most one); the few tree tiles at the end of the key range (the only ones that consult the
+// mask) are spread over the splits instead of all landing in the last one; and a split's first
+// tile is `split` whatever the prefix length, so its K copy can start before that length lands.
+// Measured on the H200 (fourteenth session, benchmarks/RESULTS.md): interleaving alone was up to
+// 0.6 us slower at prefix <= 4096 (6 us at P16384 N256); with the length loaded first and
+// K(first) copied early, 0.4-0.7 us faster at prefix 1024 and 4096, 2-8 us slower at P16384 N256. `count` tiles from `first` with stride `stride`; empty when count == 0.
 struct SplitTiles {
   int plen, L, first, count, stride;
 };
@@ -1104,9 +1106,11 @@ __global__ void __launch_bounds__(128, D == 64 ? 10 : 8) merge_kernel(const Para
   const int64_t wid = (int64_t)blockIdx.x * 4 + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   wait_for_previous_grid();  // programmatic launch: the split kernel's partials are complete
-  // EXPERIMENT: let the next programmatically launched kernel be scheduled now (in the decoder's
-  // budget-128 round: o_proj, verify_linear's p64c2r, whose CTAs fit beside these smem-free ones
-  // and run their prologue); it still waits for this grid to complete before touching memory.
+  // Let the next programmatically launched kernel be scheduled now (in the decoder's budget-128
+  // round: o_proj, verify_linear's p64c2r, whose CTAs fit beside these smem-free ones and run
+  // their prologue); it still waits for this grid to complete before touching memory. Measured
+  // in the decoder (fourteenth session): rounds 0.01-0.02 ms (budget 128) and 0.03-0.11 ms (256)
+  // faster than without, about the run-to-run spread.
   signal_dependents_may_launch();
   if (wid >= total) return;
   const int bh = (int)(wid / p.rows);

@@ -215,7 +215,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
   }
   wait_for_previous_grid();  // programmatic launch: nothing global is touched before this
   signal_dependents_may_launch();
-  const int plen_raw = p.prefix_lens[b];  // first: the first K/V copies wait for it (next/plen-first)
+  const int plen_raw = p.prefix_lens[b];  // first: the V copies (and K past the first tile) wait for it
   __syncthreads();  // the barriers are initialised; the last CTA-wide barrier of the kernel
   JETSPEC_TL_CLOCK(tid == 0, 2);
 

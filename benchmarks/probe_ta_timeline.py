@@ -21,7 +21,7 @@ from benchmarks.probe_decode_attention import case  # noqa: E402
 
 # Timeline slots (csrc/kernels/tree_attention_ws.cuh).
 GT_ENTRY, CLK_ENTRY, CLK_BARRIER, CLK_PLEN, CLK_ISSUE0, CLK_Q, CLK_K0, CLK_SM0, CLK_LOOP, \
-    CLK_EPI, GT_EXIT, SMID, CLK_EPI_WG1, CLK_LAST_ISSUE = range(14)
+    CLK_EPI, GT_EXIT, SMID, CLK_EPI_WG1, CLK_LAST_ISSUE, CLK_STAGED, CLK_PLEN_C, CLK_PLEN_AGAIN = range(17)
 
 PHASES = [  # name, from slot, to slot
     ("entry -> CTA barrier", CLK_ENTRY, CLK_BARRIER),
@@ -32,7 +32,11 @@ PHASES = [  # name, from slot, to slot
     ("tile 0 issued -> K(0) landed", CLK_ISSUE0, CLK_K0),
     ("K(0) -> S(0) + softmax(0) done", CLK_K0, CLK_SM0),
     ("key-tile loop (+ last P V)", CLK_SM0, CLK_LOOP),
+    ("barrier -> prefix length known (last consumer thread)", CLK_BARRIER, CLK_PLEN_C),
+    ("same word again through L2 (ld.global.cg)", CLK_PLEN_C, CLK_PLEN_AGAIN),
     ("epilogue (consumer 0)", CLK_LOOP, CLK_EPI),
+    ("  normalise + lse + stage in shared memory", CLK_LOOP, CLK_STAGED),
+    ("  global stores issued", CLK_STAGED, CLK_EPI),
     ("consumer 0 done -> consumer 1 done", CLK_EPI, CLK_EPI_WG1),
     ("entry -> epilogue done (whole CTA)", CLK_ENTRY, CLK_EPI),
 ]

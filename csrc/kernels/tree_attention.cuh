@@ -400,13 +400,13 @@ __device__ __forceinline__ void write_rows(const Params& p, const float (&o)[D /
 // lane, half a 32-byte sector per row and instruction (measured 1.5-1.8 us slower with T
 // partials); read back as 16-byte chunks they leave as whole sectors (at D = 128 a warp stores
 // two 256-byte rows per instruction). Measured: benchmarks/RESULTS.md, thirteenth session.
+// Two halves (the timeline build marks the clock between them): stage_rows normalises O, writes
+// the lse and the staged rows; store_staged_rows reads them back and stores them.
 template <int D, typename T>
-__device__ __forceinline__ void write_rows_staged(const Params& p, const float (&o)[D / 8][4], float (&l_run)[2],
-                                                  const float (&m_run)[2], uint4* stage, int warp_row0, int lane,
-                                                  int split, int bh, int b, int kvh) {
+__device__ __forceinline__ void stage_rows(const Params& p, const float (&o)[D / 8][4], float (&l_run)[2],
+                                           const float (&m_run)[2], uint4* stage, int warp_row0, int lane,
+                                           int split, int bh, int b, int kvh) {
   constexpr int NT_O = D / 8;
-  constexpr int CH = D / 8;             // 16-byte chunks per row
-  constexpr int kRowsPerPass = 32 / CH;  // rows a warp stores per instruction
   const int gid = lane >> 2, tig = lane & 3;
   quad_sum_row_sums(l_run);
   constexpr float kLn2 = 0.6931471805599453f;
@@ -433,6 +433,12 @@ __device__ __forceinline__ void write_rows_staged(const Params& p, const float (
     }
   }
   __syncwarp();
+}
+template <int D, typename T>
+__device__ __forceinline__ void store_staged_rows(const Params& p, const uint4* stage, int warp_row0, int lane,
+                                                  int split, int bh, int b, int kvh) {
+  constexpr int CH = D / 8;             // 16-byte chunks per row
+  constexpr int kRowsPerPass = 32 / CH;  // rows a warp stores per instruction
   // Read back row r = pass * kRowsPerPass + lane / CH, chunk c = lane % CH, and store 16 bytes.
   const int c = lane % CH;
   int r = lane / CH;

@@ -23,7 +23,7 @@
 // Same inputs, outputs, split convention and partials as split_kernel_pipe (128 query rows per
 // CTA, one CTA per SM): merge_kernel combines the splits. The per-tile maths (wgmma_qk,
 // wgmma_pv, online_softmax, pack_probs) are split_kernel_pipe's; its epilogue stages O through
-// shared memory and writes T partials (write_rows_staged; merge_kernel<D, T, T>).
+// shared memory and writes T partials (stage_rows / store_staged_rows; merge_kernel<D, T, T>).
 #pragma once
 
 #include "tree_attention.cuh"
@@ -116,11 +116,14 @@ __device__ __forceinline__ void consumers_bar_arrive(int id) {
 // timeline says where. Default builds compile none of it.
 #ifdef JETSPEC_TREE_ATTN_TIMELINE
 constexpr int kTimelineCtas = 1024;
-constexpr int kTimelineSlots = 16;
+constexpr int kTimelineSlots = 17;
 // Slots: 0 globaltimer at entry, 1 clock at entry, 2 after the CTA barrier, 3 producer: prefix
 // length known, 4 producer: first K/V tile's copies issued, 5 consumer 0: Q landed, 6: K(0)
 // landed, 7: softmax(0) done, 8: last P V done, 9: epilogue done, 10 globaltimer at consumer 0's
-// exit, 11 SM id, 12 consumer 1 (warpgroup 2): epilogue done, 13 producer: last copy issued.
+// exit, 11 SM id, 12 consumer 1 (warpgroup 2): epilogue done, 13 producer: last copy issued,
+// 14 consumer 0: partials staged in shared memory (its stores follow), 15 / 16 the last consumer
+// thread: the prefix length known / the same word loaded again through L2 (ld.global.cg): is
+// the first global load's ~1 us (fourteenth session) the miss or the path?
 __device__ unsigned long long g_ws_timeline[kTimelineCtas][kTimelineSlots];
 __device__ __forceinline__ unsigned long long timeline_clock() {
   unsigned long long c;
@@ -135,6 +138,11 @@ __device__ __forceinline__ unsigned long long timeline_globaltimer() {
 __device__ __forceinline__ void timeline_mark(int slot, unsigned long long v) {
   const unsigned cta = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
   if (cta < kTimelineCtas) g_ws_timeline[cta][slot] = v;
+}
+// A volatile store of v (kept, and it waits for v when v is a load's result).
+__device__ __forceinline__ void timeline_touch(int slot, int v) {
+  const unsigned cta = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+  if (cta < kTimelineCtas) *reinterpret_cast<volatile unsigned long long*>(&g_ws_timeline[cta][slot]) = (unsigned)v;
 }
 #define JETSPEC_TL_CLOCK(cond, slot) \
   do {                               \
@@ -292,6 +300,16 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
 
   const SplitTiles range = split_tiles_interleaved(p, plen_raw, split);
   const int plen = range.plen, L = range.L, stride = range.stride;
+#ifdef JETSPEC_TREE_ATTN_TIMELINE
+  if (ctid == 255) {  // a thread off the critical path (its warp waits for K(0) next)
+    timeline_touch(15, L);  // waits for the prefix length (L depends on it)
+    timeline_mark(15, timeline_clock());
+    int again;
+    asm volatile("ld.global.cg.s32 %0, [%1];" : "=r"(again) : "l"(p.prefix_lens + b) : "memory");
+    timeline_touch(16, again);  // a store of the loaded value: waits for it
+    timeline_mark(16, timeline_clock());
+  }
+#endif
   if (range.count == 0) {
     write_empty_split(p, split, bh, m_base, kBM, ctid, 256);
     return;
@@ -393,7 +411,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
   }
   JETSPEC_TL_CLOCK(ctid == 0, 8);
 
-  write_rows_staged<D, T>(p, o, l_run, m_run, sQ + warp * 16 * CH, m_base + warp * 16, lane, split, bh, b, kvh);
+  stage_rows<D, T>(p, o, l_run, m_run, sQ + warp * 16 * CH, m_base + warp * 16, lane, split, bh, b, kvh);
+  JETSPEC_TL_CLOCK(ctid == 0, 14);
+  store_staged_rows<D, T>(p, sQ + warp * 16 * CH, m_base + warp * 16, lane, split, bh, b, kvh);
 #ifdef JETSPEC_TREE_ATTN_TIMELINE
   if (ctid == 0) {
     timeline_mark(9, timeline_clock());

@@ -20,8 +20,10 @@
 //     barriers 1 and 2, FlashAttention-3 style), so one warpgroup's softmax runs while the
 //     other's products occupy the tensor cores. Measured on the H200 (eleventh session), the same
 //     kernel without the turns was 2.5-5 % slower in all 10 issue-4 cells and was removed.
-// Same inputs, outputs, split convention and partials as split_kernel_pipe (128 query rows per
-// CTA, one CTA per SM): merge_kernel combines the splits. The per-tile maths (wgmma_qk,
+// Same inputs and outputs as split_kernel_pipe (128 query rows per CTA, one CTA per SM), but
+// split s takes the interleaved key tiles s, s + ns, ... (split_tiles_interleaved), so the
+// producer can copy K of its first tile before the prefix length lands; merge_kernel combines
+// the splits (the merge does not depend on which tiles a split held). The per-tile maths (wgmma_qk,
 // wgmma_pv, online_softmax, pack_probs) are split_kernel_pipe's; its epilogue stages O through
 // shared memory and writes T partials (stage_rows / store_staged_rows; merge_kernel<D, T, T>).
 #pragma once

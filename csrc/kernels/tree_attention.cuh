@@ -215,12 +215,16 @@ __device__ __forceinline__ void fence_regs(float (&r)[N][4]) {
 // outside [0, S) is ever read even if the caller broke the contract prefix_len + N <= S (results
 // are then meaningless but memory-safe). Keys [0, L) exist; this split takes key tiles
 // [t_begin, t_end), empty when t_begin >= t_end (only possible when num_splits > 1).
+// clamped_prefix_len is that clamp, shared by both split conventions below.
+__device__ __forceinline__ int clamped_prefix_len(const Params& p, int plen_raw) {
+  return max(0, min(plen_raw, p.S - p.N));
+}
 struct SplitRange {
   int plen, L, t_begin, t_end;
 };
 __device__ __forceinline__ SplitRange split_range(const Params& p, int b, int split) {
   SplitRange r;
-  r.plen = max(0, min(p.prefix_lens[b], p.S - p.N));
+  r.plen = clamped_prefix_len(p, p.prefix_lens[b]);
   r.L = r.plen + p.N;
   const int num_tiles = (r.L + kBN - 1) / kBN;
   const int tiles_per_split = (num_tiles + p.num_splits - 1) / p.num_splits;
@@ -235,7 +239,8 @@ __device__ __forceinline__ SplitRange split_range(const Params& p, int b, int sp
 // tile is `split` whatever the prefix length, so its K copy can start before that length lands.
 // Measured on the H200 (fourteenth session, benchmarks/RESULTS.md): interleaving alone was up to
 // 0.6 us slower at prefix <= 4096 (6 us at P16384 N256); with the length loaded first and
-// K(first) copied early, 0.4-0.7 us faster at prefix 1024 and 4096, 2-8 us slower at P16384 N256. `count` tiles from `first` with stride `stride`; empty when count == 0.
+// K(first) copied early, 0.4-0.7 us faster at prefix 1024 and 4096, 2-8 us slower at P16384 N256.
+// `count` tiles from `first` with stride `stride`; empty when count == 0.
 struct SplitTiles {
   int plen, L, first, count, stride;
 };
@@ -243,7 +248,7 @@ struct SplitTiles {
 // for it, so its latency should overlap the CTA's set-up and the Q copies.)
 __device__ __forceinline__ SplitTiles split_tiles_interleaved(const Params& p, int plen_raw, int split) {
   SplitTiles r;
-  r.plen = max(0, min(plen_raw, p.S - p.N));
+  r.plen = clamped_prefix_len(p, plen_raw);
   r.L = r.plen + p.N;
   const int num_tiles = (r.L + kBN - 1) / kBN;
   r.first = split;

@@ -137,14 +137,17 @@ __device__ __forceinline__ unsigned long long timeline_globaltimer() {
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)::"memory");
   return t;
 }
-__device__ __forceinline__ void timeline_mark(int slot, unsigned long long v) {
+// This CTA's slot, or nullptr past the first kTimelineCtas CTAs.
+__device__ __forceinline__ unsigned long long* timeline_slot(int slot) {
   const unsigned cta = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
-  if (cta < kTimelineCtas) g_ws_timeline[cta][slot] = v;
+  return cta < kTimelineCtas ? &g_ws_timeline[cta][slot] : nullptr;
+}
+__device__ __forceinline__ void timeline_mark(int slot, unsigned long long v) {
+  if (unsigned long long* d = timeline_slot(slot)) *d = v;
 }
 // A volatile store of v (kept, and it waits for v when v is a load's result).
 __device__ __forceinline__ void timeline_touch(int slot, int v) {
-  const unsigned cta = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
-  if (cta < kTimelineCtas) *reinterpret_cast<volatile unsigned long long*>(&g_ws_timeline[cta][slot]) = (unsigned)v;
+  if (unsigned long long* d = timeline_slot(slot)) *reinterpret_cast<volatile unsigned long long*>(d) = (unsigned)v;
 }
 #define JETSPEC_TL_CLOCK(cond, slot) \
   do {                               \

@@ -9,27 +9,31 @@
 //            kernel's partials at P1024 N64), like split -> merge;
 //   latency  one dependent global load per CTA right after the wait (clock64 around it), first
 //            and second touch of the same word, plain and through L2 only (ld.global.cg).
-//   nvcc -std=c++17 -O3 -arch=sm_90a benchmarks/probe_launch_floor.cu -o /tmp/plf && /tmp/plf
+//   nvcc -std=c++17 -O3 -arch=sm_90a -Icsrc benchmarks/probe_launch_floor.cu -o /tmp/plf && /tmp/plf
+// The device side uses the package's torch-free kernels/grid_dependency.cuh; the host launch is
+// written out here because jetspec::launch_kernel (csrc/cuda_utils.cuh) needs ATen.
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
 #include <algorithm>
 
+#include "kernels/grid_dependency.cuh"
+
+using jetspec::signal_dependents_may_launch;
+using jetspec::wait_for_previous_grid;
+
 #define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { \
   printf("CUDA %s at line %d\n", cudaGetErrorString(e_), __LINE__); std::exit(1); } } while (0)
 
-__device__ __forceinline__ void wait_prev() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-__device__ __forceinline__ void let_next() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
-
 __global__ void empty_kernel() {
-  wait_prev();
-  let_next();
+  wait_for_previous_grid();
+  signal_dependents_may_launch();
 }
 
 // Reads n 16-byte words of src and writes them to dst (grid-stride): the split -> merge handoff.
 __global__ void copy_kernel(const int4* __restrict__ src, int4* __restrict__ dst, long n) {
-  wait_prev();
-  let_next();
+  wait_for_previous_grid();
+  signal_dependents_may_launch();
   for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
     dst[i] = src[i];
 }
@@ -37,8 +41,8 @@ __global__ void copy_kernel(const int4* __restrict__ src, int4* __restrict__ dst
 // One thread per CTA: clock64 around a first load of *p, a second load of it, and a load of it
 // through L2 only. The stores of the loaded values make each clock read wait for its load.
 __global__ void latency_kernel(const int* p, volatile long long* out, volatile int* sink) {
-  wait_prev();
-  let_next();
+  wait_for_previous_grid();
+  signal_dependents_may_launch();
   if (threadIdx.x != 0) return;
   const long long t0 = clock64();
   const int a = p[blockIdx.x & 7];

@@ -75,6 +75,29 @@ void launch_kernel(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
   JETSPEC_CHECK_LAUNCH();
 }
 
+// launch_kernel with thread-block clusters of `cluster` CTAs (each grid dim a multiple of the
+// cluster's; at most 8 CTAs, the portable size), programmatic when `programmatic`. Checks the launch.
+template <typename... KArgs, typename... Args>
+void launch_kernel_clustered(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, dim3 cluster,
+                             cudaStream_t stream, bool programmatic, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[2];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = cluster.x;
+  attr[0].val.clusterDim.y = cluster.y;
+  attr[0].val.clusterDim.z = cluster.z;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = programmatic ? 2 : 1;
+  JETSPEC_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+  JETSPEC_CHECK_LAUNCH();
+}
+
 // Per-device int32 arrival counters, zero at rest: a kernel's CTAs count themselves done and the
 // last one of a group finishes the work and resets its counter (graph-replay safe). Each user
 // keeps its own `static ArrivalCounters`; launches sharing one must run in one stream order. The

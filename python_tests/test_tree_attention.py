@@ -390,6 +390,51 @@ def test_cuda_split_partials_hold_large_values(impl, dtype, monkeypatch):
     check_against_reference(out, lse, q, k, v, pl, mask)
 
 
+CLUSTER_CASES = [  # at most 8 clusters (row tiles x B x Hkv): resident at once for every size
+    # B, N, Hq, Hkv, D, plens, kind
+    (1, 37, 16, 4, 128, [700], "random"),     # 148 rows per KV head: a full and a partial row tile
+    (2, 64, 8, 2, 128, [0, 1500], "deep"),    # prefix 0: 1 key tile, so most splits are empty
+    (2, 50, 8, 2, 64, [5, 333], "chain"),     # head dim 64
+]
+
+
+@requires_cuda_kernel
+@pytest.mark.skipif("wgmma_ws_pp" not in IMPLS, reason="split_kernel_ws needs sm_90")
+@pytest.mark.parametrize("cluster", ["require", "0"])
+@pytest.mark.parametrize("splits", ["2", "3", "5", "7", "8"])
+@pytest.mark.parametrize("case", CLUSTER_CASES,
+                         ids=lambda c: f"B{c[0]}N{c[1]}Hq{c[2]}Hkv{c[3]}D{c[4]}P{c[5][0]}{c[6]}")
+def test_cuda_cluster_merge(case, splits, cluster, monkeypatch):
+    """split_kernel_ws merges 2..8 splits inside a thread-block cluster (bulk copies between the
+    CTAs' shared memory) unless JETSPEC_TREE_ATTN_CLUSTER=0 (partials in global memory +
+    merge_kernel); 'require' makes the op fail rather than silently take the other path. Both
+    paths against the reference: 128 rows shared unevenly over 3, 5 and 7 CTAs (shares of 44,
+    28, 20 rows, the last one shorter), partial row tiles, empty splits, head dims 128 and 64."""
+    ok, log = wgmma_canary("wgmma_ws_pp")
+    if not ok:
+        pytest.fail(f"wgmma_ws_pp crashed in a subprocess; not run in-process:\n{log}")
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", "wgmma_ws_pp")
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_SPLITS", splits)
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_CLUSTER", cluster)
+    B, N, Hq, Hkv, D, plens, kind = case
+    q, k, v, pl, mask = make_case(B, N, Hq, Hkv, D, plens, device="cuda", kind=kind, seed=N + B)
+    out, lse = run_op(q, k, v, pl, mask)
+    torch.cuda.synchronize()
+    check_against_reference(out, lse, q, k, v, pl, mask)
+
+
+@requires_cuda_kernel
+def test_cuda_cluster_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_CLUSTER", "yes")
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_SPLITS", "4")
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", "wgmma_ws_pp")
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the cluster merge exists in split_kernel_ws (sm_90) only")
+    q, k, v, pl, mask = make_case(1, 64, 32, 8, 128, [900], device="cuda", seed=3)
+    with pytest.raises(RuntimeError, match="JETSPEC_TREE_ATTN_CLUSTER must be"):
+        jetspec_ext.tree_attention(q, k, v, pl, mask)
+
+
 @requires_cuda_kernel
 def test_cuda_matches_cpu_op(impl):
     args = make_case(2, 70, 16, 4, 128, [300, 1200], device="cpu")

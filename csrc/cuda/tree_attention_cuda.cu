@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -23,11 +24,17 @@ namespace {
 // splitting; pick the split count that minimises the number of CTA waves per unit of work
 // (ceil(base * s / slots) / s), preferring fewer splits (less merge traffic) within 5%. A split
 // should keep at least 2 KV tiles of the largest possible key range (S).
-int choose_splits(int64_t base, int64_t S, int sms, int ctas_per_sm) {
-  if (const char* env = std::getenv("JETSPEC_TREE_ATTN_SPLITS")) {  // testing / tuning override
+// JETSPEC_TREE_ATTN_SPLITS=n forces n splits (testing / tuning); 0 when unset.
+int forced_splits() {
+  if (const char* env = std::getenv("JETSPEC_TREE_ATTN_SPLITS")) {
     const int forced = std::atoi(env);
     if (forced >= 1) return forced > 1024 ? 1024 : forced;
   }
+  return 0;
+}
+
+int choose_splits(int64_t base, int64_t S, int sms, int ctas_per_sm) {
+  if (const int forced = forced_splits()) return forced;
   const int64_t slots = (int64_t)ctas_per_sm * sms;
   const int64_t max_tiles = (S + tree_attn::kBN - 1) / tree_attn::kBN;
   int64_t max_s = std::min<int64_t>(64, std::max<int64_t>(1, max_tiles / 2));
@@ -84,19 +91,126 @@ Impl choose_impl(int device, int rows) {
   return cc_major(device) == 9 ? impl : Impl::kMma;  // wgmma exists on sm_90 only
 }
 
+// ---- the cluster merge of split_kernel_ws (p.cluster_merge; csrc/kernels/tree_attention_ws.cuh)
+// The ns CTAs of a row tile run as one thread-block cluster and merge their splits in shared
+// memory: no partials in global memory, no merge_kernel. A cluster needs its CTAs on SMs of one
+// GPC at once, so with one CTA per SM fewer CTAs are resident than SMs (on the H200: 30 clusters
+// of 4, 15 of 8, against 33 and 16.5 by the SM count; cudaOccupancyMaxActiveClusters, fifteenth
+// session), and the split count is chosen with that in mind (choose_cluster_splits).
+// JETSPEC_TREE_ATTN_CLUSTER (read per call): unset or 1: by the cost model; 0: never (A/B timing,
+// tests of the merge_kernel path); require: with forced splits (JETSPEC_TREE_ATTN_SPLITS) of
+// 2..8, an error unless the cluster merge runs (tests that must exercise it).
+enum class ClusterMode { kAuto, kOff, kRequire };
+ClusterMode cluster_mode() {
+  const char* env = std::getenv("JETSPEC_TREE_ATTN_CLUSTER");
+  if (env == nullptr) return ClusterMode::kAuto;
+  const std::string e(env);
+  TORCH_CHECK(e.empty() || e == "0" || e == "1" || e == "require",
+              "JETSPEC_TREE_ATTN_CLUSTER must be 0, 1 or require, got '", e, "'");
+  return e == "0" ? ClusterMode::kOff : e == "require" ? ClusterMode::kRequire : ClusterMode::kAuto;
+}
+
+// Clusters of `splits` CTAs of `kernel` resident at once on `device` (cached per device and size:
+// static facts, CUDA-graph safe); 0 when none fits.
+int max_active_clusters(void (*kernel)(const tree_attn::Params), int threads, int smem, int splits, int device) {
+  static int cache[64][tree_attn::kMaxClusterSplits + 1] = {};  // 0: not queried yet
+  int& n = cache[device][splits];
+  if (n == 0) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(1, splits, 1);
+    cfg.blockDim = dim3(threads);
+    cfg.dynamicSmemBytes = smem;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 1;
+    attr[0].val.clusterDim.y = splits;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    int q = 0;
+    JETSPEC_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&q, kernel, &cfg));
+    n = q > 0 ? q : -1;
+  }
+  return n > 0 ? n : 0;
+}
+
+// Cost model of the split choice with the cluster merge available, in units of one 64-key tile
+// of one CTA (~0.95 us on the H200): waves x ceil(tiles / splits), plus the merge. What matters is
+// the difference of the two merges; measured on the H200 (fifteenth session, Qwen3-8B heads,
+// prefix 1024, same call), the cluster merge saved 0.9 us at N 64 (6 clustered splits against 8
+// plain ones, 3 tiles each) and 3.2 us at N 256 (2 splits, 10 tiles each), and lost 0.3 us at
+// N 128 with 3 clustered splits (6 tiles) against 4 plain ones (5 tiles): a saving of 0.6-3.4
+// tiles, so half a tile, which never buys a longer split.
+constexpr double kMergeKernelTiles = 1.0;
+constexpr double kClusterMergeTiles = 0.5;
+
+struct SplitChoice {
+  int splits;
+  bool cluster;
+};
+// `plain`: the split count choose_splits picked for merge_kernel (one CTA per SM). Returns it or
+// a cluster-merged split count of 2..8 where the model says that is faster. `base`: CTAs
+// without splitting (row tiles x B x Hkv), S the cache length (the largest key range).
+SplitChoice choose_cluster_splits(void (*kernel)(const tree_attn::Params), int threads, int smem, int64_t base,
+                                  int64_t S, int plain, int device) {
+  const int sms = sm_count(device);
+  const int64_t tiles = std::max<int64_t>(1, (S + tree_attn::kBN - 1) / tree_attn::kBN);
+  auto tiles_per = [&](int64_t s) { return (double)((tiles + s - 1) / s); };
+  SplitChoice best{plain, false};
+  double best_cost = (double)((base * plain + sms - 1) / sms) * tiles_per(plain) + (plain > 1 ? kMergeKernelTiles : 0.0);
+  const int max_s = (int)std::min<int64_t>(tree_attn::kMaxClusterSplits, tiles / 2);
+  for (int s = 2; s <= max_s; ++s) {
+    const int n = max_active_clusters(kernel, threads, smem, s, device);
+    if (n == 0) continue;
+    const double cost = (double)((base + n - 1) / n) * tiles_per(s) + kClusterMergeTiles;  // base clusters
+    if (cost < best_cost) {
+      best_cost = cost;
+      best = {s, true};
+    }
+  }
+  return best;
+}
+
 // One split kernel (`bm` query rows per CTA, `threads` per CTA, `smem` bytes of dynamic shared
 // memory, `ctas_per_sm` resident per SM) plus merge_kernel when the keys are split; the kernel
 // writes its O partials as PartT (float, or T for split_kernel_ws).
 template <int D, typename T, typename PartT>
 void launch_split(void (*kernel)(const tree_attn::Params), int threads, int smem, int bm, int ctas_per_sm,
                   bool* configured, tree_attn::Params& p, int64_t S, int device, cudaStream_t stream,
-                  at::Tensor& o_part, at::Tensor& lse_part, const at::TensorOptions& fopts) {
+                  at::Tensor& o_part, at::Tensor& lse_part, const at::TensorOptions& fopts,
+                  bool cluster_capable = false) {
   if (device < 0 || device >= 64 || !configured[device]) {
     JETSPEC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     if (device >= 0 && device < 64) configured[device] = true;
   }
   const int row_tiles = ceil_div(p.rows, bm);
-  p.num_splits = choose_splits((int64_t)row_tiles * p.B * p.Hkv, S, sm_count(device), ctas_per_sm);
+  const int64_t base = (int64_t)row_tiles * p.B * p.Hkv;
+  p.num_splits = choose_splits(base, S, sm_count(device), ctas_per_sm);
+  p.cluster_merge = 0;
+  if (cluster_capable && ctas_per_sm == 1 && device >= 0 && device < 64) {
+    const ClusterMode mode = cluster_mode();
+    const int forced = forced_splits();
+    if (mode != ClusterMode::kOff && forced == 0) {
+      const SplitChoice c = choose_cluster_splits(kernel, threads, smem, base, S, p.num_splits, device);
+      p.num_splits = c.splits;
+      p.cluster_merge = c.cluster;
+    } else if (mode != ClusterMode::kOff && forced >= 2 && forced <= tree_attn::kMaxClusterSplits) {
+      // Forced splits: clustered when the clusters take no more CTA waves than plain CTAs.
+      const int n = max_active_clusters(kernel, threads, smem, forced, device);
+      const int64_t waves_clustered = n > 0 ? (base + n - 1) / n : INT64_MAX;
+      const int64_t waves_plain = (base * forced + sm_count(device) - 1) / sm_count(device);
+      p.cluster_merge = waves_clustered <= waves_plain;
+      TORCH_CHECK(p.cluster_merge || mode != ClusterMode::kRequire, "tree_attention: JETSPEC_TREE_ATTN_CLUSTER=require, but ",
+                  base, " clusters of ", forced, " CTAs would take ", waves_clustered, " waves against ", waves_plain,
+                  " without (clusters resident at once: ", n, ")");
+    }
+  }
+  const dim3 grid(row_tiles, p.num_splits, p.B * p.Hkv);
+  const bool pdl = programmatic_launch_enabled(device);
+  if (p.cluster_merge) {  // no partials in global memory, no merge_kernel
+    launch_kernel_clustered(kernel, grid, dim3(threads), smem, dim3(1, p.num_splits, 1), stream, pdl, p);
+    return;
+  }
   if (p.num_splits > 1) {
     const auto part_dtype = std::is_same<PartT, float>::value ? at::kFloat
                             : std::is_same<PartT, __half>::value ? at::kHalf : at::kBFloat16;
@@ -108,8 +222,7 @@ void launch_split(void (*kernel)(const tree_attn::Params), int threads, int smem
   // Programmatic launches (PDL): the split kernel's launch overlaps the tail of the kernel before
   // it, and merge_kernel's CTAs are placed while the split kernel runs; each waits for its
   // predecessor before touching global memory (csrc/kernels/grid_dependency.cuh).
-  const bool pdl = programmatic_launch_enabled(device);
-  launch_kernel(kernel, dim3(row_tiles, p.num_splits, p.B * p.Hkv), dim3(threads), smem, stream, pdl, p);
+  launch_kernel(kernel, grid, dim3(threads), smem, stream, pdl, p);
   if (p.num_splits > 1) {
     const int64_t warps = (int64_t)p.B * p.Hkv * p.rows;
     launch_kernel(tree_attn::merge_kernel<D, T, PartT>, dim3((unsigned)((warps + 3) / 4)), dim3(128), 0, stream, pdl, p);
@@ -135,7 +248,8 @@ void launch_ws(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream,
                at::Tensor& lse_part, const at::TensorOptions& fopts) {
   static bool configured[64] = {false};
   launch_split<D, T, T>(tree_attn::split_kernel_ws<D, T>, tree_attn::kWsThreads, tree_attn::ws_smem_bytes<D>(),
-                     tree_attn::kWsRows, 1, configured, p, S, device, stream, o_part, lse_part, fopts);
+                     tree_attn::kWsRows, 1, configured, p, S, device, stream, o_part, lse_part, fopts,
+                     /*cluster_capable=*/true);
 }
 
 template <int D, typename T>
@@ -236,7 +350,7 @@ std::tuple<at::Tensor, at::Tensor> tree_attention_cuda(const at::Tensor& q_in,
 
 #ifdef JETSPEC_TREE_ATTN_TIMELINE
 // Diagnostic builds only (JETSPEC_TREE_ATTN_TIMELINE=1 at build time): split_kernel_ws's per-CTA
-// phase timeline (slots: csrc/kernels/tree_attention_ws.cuh), as int64 (1024, 17) on `like`'s
+// phase timeline (slots: csrc/kernels/tree_attention_ws.cuh), as int64 (1024, 19) on `like`'s
 // device; `reset` zeroes it afterwards. Stream-ordered, no host synchronisation.
 at::Tensor tree_attention_timeline(const at::Tensor& like, bool reset) {
   c10::cuda::CUDAGuard guard(like.device());

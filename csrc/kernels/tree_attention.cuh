@@ -64,6 +64,10 @@ struct Params {
   int B, N, Hq, Hkv, G, S, W;
   int rows;        // N * G query rows per (batch row, KV head)
   int num_splits;
+  // split_kernel_ws only: 1 when the num_splits (2..8) CTAs of a row tile form one thread-block
+  // cluster and merge their partials through distributed shared memory at the end of the kernel
+  // (no o_part / lse_part, no merge_kernel); 0: partials in global memory, merge_kernel.
+  int cluster_merge;
   float scale_log2;  // softmax scale * log2(e)
 };
 

@@ -40,12 +40,27 @@ constexpr int kWsRows = 128;      // query rows per CTA (64 per consumer warpgro
 // on the H200 (twelfth session: the copies are not what the consumers wait for; Nsight Compute
 // put their time in their own instruction chains and the ping-pong turns).
 constexpr int kWsStages = 3;
+// The cluster merge (p.cluster_merge, below): CTA `rank` of a cluster of ns splits owns rows
+// [rank * R, rank * R + R) of the row tile, R = ceil(128 / ns) rounded up to a multiple of 4 (so
+// that a share's lse values are a whole number of 16-byte units for the bulk copies), and
+// receives those rows from the ns - 1 other CTAs: at most kClusterRecvRows rows.
+constexpr int kMaxClusterSplits = 8;  // the portable cluster size
+__host__ __device__ constexpr int cluster_rows_per(int ns) { return (((kWsRows + ns - 1) / ns) + 3) & ~3; }
+constexpr int max_cluster_recv_rows(int ns = 2) {
+  return ns > kMaxClusterSplits ? 0
+         : ((ns - 1) * cluster_rows_per(ns) > max_cluster_recv_rows(ns + 1) ? (ns - 1) * cluster_rows_per(ns)
+                                                                           : max_cluster_recv_rows(ns + 1));
+}
+constexpr int kClusterRecvRows = max_cluster_recv_rows();  // 120 (ns 6 and 7)
+constexpr int kWsBarriers = 2 + 3 * kWsStages;  // Q full; K full, V full, K/V empty per stage; received
 template <int D>
 constexpr int ws_smem_bytes() {
-  // Q tile + kWsStages stages of K and of V (rows x D 16-bit elements), the mbarriers (Q full;
-  // K full, V full, K/V empty per stage), and 1 KB of slack to align the stages to 1024 bytes
-  // (wgmma swizzle atoms).
-  return (kWsRows + 2 * kWsStages * kBN) * D * 2 + (1 + 3 * kWsStages) * 8 + 1024;
+  // Q tile + kWsStages stages of K and of V (rows x D 16-bit elements), the mbarriers (rounded up
+  // to 16 bytes), the cluster merge's own lse (kWsRows fp32), received lse (kClusterRecvRows
+  // fp32) and received rows (kClusterRecvRows x D 16-bit), and 1 KB of slack to align the stages
+  // to 1024 bytes (wgmma swizzle atoms).
+  return (kWsRows + 2 * kWsStages * kBN) * D * 2 + (kWsBarriers * 8 + 15) / 16 * 16 + kWsRows * 4 +
+         kClusterRecvRows * 4 + kClusterRecvRows * D * 2 + 1024;
 }
 constexpr int kWsMaxSmem = 232448;  // shared memory an sm_90 block may have (227 KiB)
 static_assert(ws_smem_bytes<128>() <= kWsMaxSmem, "the ring fits an sm_90 block");
@@ -118,14 +133,16 @@ __device__ __forceinline__ void consumers_bar_arrive(int id) {
 // timeline says where. Default builds compile none of it.
 #ifdef JETSPEC_TREE_ATTN_TIMELINE
 constexpr int kTimelineCtas = 1024;
-constexpr int kTimelineSlots = 17;
+constexpr int kTimelineSlots = 19;
 // Slots: 0 globaltimer at entry, 1 clock at entry, 2 after the CTA barrier, 3 producer: prefix
 // length known, 4 producer: first K/V tile's copies issued, 5 consumer 0: Q landed, 6: K(0)
 // landed, 7: softmax(0) done, 8: last P V done, 9: epilogue done, 10 globaltimer at consumer 0's
 // exit, 11 SM id, 12 consumer 1 (warpgroup 2): epilogue done, 13 producer: last copy issued,
 // 14 consumer 0: partials staged in shared memory (its stores follow), 15 / 16 the last consumer
 // thread: the prefix length known / the same word loaded again through L2 (ld.global.cg): is
-// the first global load's ~1 us (fourteenth session) the miss or the path?
+// the first global load's ~1 us (fourteenth session) the miss or the path?; with the cluster
+// merge (p.cluster_merge), consumer 0: 17 the other CTAs' shares received, 18 its share merged
+// and stored.
 __device__ unsigned long long g_ws_timeline[kTimelineCtas][kTimelineSlots];
 __device__ __forceinline__ unsigned long long timeline_clock() {
   unsigned long long c;
@@ -159,6 +176,203 @@ __device__ __forceinline__ void timeline_touch(int slot, int v) {
   } while (0)
 #endif
 
+// ---- the splits' merge inside a thread-block cluster (p.cluster_merge) -----------------------
+// Why: at prefix 1024 the split partials in global memory (4 MB at N 64, as many bytes as the K/V
+// the splits read) and merge_kernel, a second launch, cost 4-6 us of a 10-20 us call (timeline:
+// CTA lifetimes against the call, fourteenth and fifteenth sessions). With the num_splits CTAs
+// of a row tile launched as one cluster (grid.y = cluster.y = num_splits <= 8, so a CTA's
+// cluster rank is its split), each CTA stages its normalised O rows (T) and log2-domain lse in
+// its own shared memory, pushes each other CTA's share of them into that CTA's receive buffer
+// with bulk copies (cp.async.bulk shared::cta -> shared::cluster, counted on the receiver's
+// mbarrier), and merges its own share from local shared memory. A first version pulled the rows
+// with ld.shared::cluster instead: 6.2 us for 64 rows x 2 splits per CTA on the H200 (fifteenth
+// session; distributed shared memory is slow for many small loads).
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.relaxed;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cluster_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory");
+#endif
+}
+// The shared-memory address `addr` (of this CTA) in CTA `rank` of the cluster.
+__device__ __forceinline__ uint32_t cluster_map(uint32_t addr, int rank) {
+  uint32_t r = addr;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(addr), "r"(rank));
+#endif
+  return r;
+}
+// Expect `bytes` of asynchronous copies on `bar` (and arrive once).
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.expect_tx.shared::cta.b64 state, [%0], %1;\n}\n" ::"r"(bar),
+               "r"(bytes)
+               : "memory");
+#endif
+}
+// Copy `bytes` (a multiple of 16, both addresses 16-byte aligned) of this CTA's shared memory to
+// `dst` in another CTA of the cluster; completes `bytes` of transactions on that CTA's `bar`.
+__device__ __forceinline__ void bulk_copy_to_cluster(uint32_t dst, uint32_t src, uint32_t bytes, uint32_t bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+      "r"(src), "r"(bytes), "r"(bar)
+      : "memory");
+#endif
+}
+__device__ __forceinline__ void bulk_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#endif
+}
+// Wait until the bulk copies this thread committed have finished reading their sources.
+__device__ __forceinline__ void bulk_wait_read() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+#endif
+}
+
+// Rows of the row tile CTA `rank` owns: [rank * R, rank * R + count).
+struct ClusterShare {
+  int first, count;
+};
+__device__ __forceinline__ ClusterShare cluster_share(int ns, int rank) {
+  const int R = cluster_rows_per(ns);
+  const int first = rank * R;
+  return {first, max(0, min(R, kWsRows - first))};
+}
+// Slot of sender `from` in receiver `to`'s buffer (the other ns - 1 CTAs in rank order).
+__device__ __forceinline__ int cluster_slot(int from, int to) { return from < to ? from : from - 1; }
+
+// Bytes CTA `rank` receives: its share's rows (T) and lse (fp32) from each of the other CTAs.
+template <int D>
+__device__ __forceinline__ uint32_t cluster_recv_bytes(int ns, int rank) {
+  return (uint32_t)((ns - 1) * cluster_share(ns, rank).count * (D * 2 + 4));
+}
+
+// A consumer warp's 16 rows (warp_row0..+15 of the CTA's 128): normalised O in T into `stage`
+// (the Q tile's layout, swz) and the log2-domain lse (m + log2 l; -inf for a row that saw no key)
+// into s_lse.
+template <int D, typename T>
+__device__ __forceinline__ void cluster_stage_rows(const float (&o)[D / 8][4], float (&l_run)[2],
+                                                   const float (&m_run)[2], uint4* stage, float* s_lse,
+                                                   int warp_row0, int lane) {
+  constexpr int NT_O = D / 8;
+  const int gid = lane >> 2, tig = lane & 3;
+  quad_sum_row_sums(l_run);
+  uint32_t* stage_w = reinterpret_cast<uint32_t*>(stage);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = warp_row0 + gid + h * 8;
+    const float l = l_run[h];
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+    for (int i = 0; i < NT_O; ++i)
+      stage_w[swz<D>(r, i) * 4 + tig] = TypeTraits<T>::pack(o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
+    if (tig == 0) s_lse[r] = l > 0.f ? m_run[h] + __log2f(l) : -INFINITY;
+  }
+}
+
+// One thread: push every other CTA's share of this CTA's staged rows and lse into its receive
+// buffer (after the staging is complete and fenced for the async proxy).
+template <int D>
+__device__ __forceinline__ void cluster_push_shares(int ns, int rank, const uint4* stage, const float* s_lse,
+                                                    const uint4* recv_o, const float* recv_lse, uint32_t recv_bar) {
+  constexpr int CH = D / 8;
+  const int R = cluster_rows_per(ns);
+  for (int to = 0; to < ns; ++to) {
+    if (to == rank) continue;
+    const ClusterShare sh = cluster_share(ns, to);
+    const int slot = cluster_slot(rank, to);
+    const uint32_t bar = cluster_map(recv_bar, to);
+    bulk_copy_to_cluster(cluster_map(smem_u32(recv_o + slot * R * CH), to), smem_u32(stage + sh.first * CH),
+                         (uint32_t)(sh.count * D * 2), bar);
+    bulk_copy_to_cluster(cluster_map(smem_u32(recv_lse + slot * R), to), smem_u32(s_lse + sh.first),
+                         (uint32_t)(sh.count * 4), bar);
+  }
+  bulk_commit();
+}
+
+// After the receive barrier completed: this CTA's share of the rows, combined over the cluster's
+// splits from local shared memory and written to out / lse. `tid` in 0..nthreads-1. A thread
+// takes one row and `cpi` consecutive 16-byte chunks of it (usually its only item): the row's
+// split weights and output address once, then per chunk one load per split. (One chunk per item
+// measured 2.0-3.3 us for the merge on the H200, fifteenth session: only the 8 consumer warps
+// run it, and ~250 instructions per 16 bytes left them issue- and latency-bound.)
+template <int D, typename T>
+__device__ __forceinline__ void cluster_merge_share(const Params& p, int rank, const uint4* stage, const float* s_lse,
+                                                    const uint4* recv_o, const float* recv_lse, int b, int kvh,
+                                                    int m_base, int tid, int nthreads) {
+  constexpr int CH = D / 8;  // 16-byte chunks (8 elements) per row
+  constexpr int kMaxCpi = 4;
+  constexpr float kLn2 = 0.6931471805599453f;
+  const int ns = p.num_splits;
+  const int R = cluster_rows_per(ns);
+  const ClusterShare sh = cluster_share(ns, rank);
+  const int count = min(sh.count, p.rows - m_base - sh.first);  // rows past p.rows are padding
+  int cpi = 1;  // chunks per item: enough that one item per thread covers the share
+  while (cpi < kMaxCpi && count * (CH / cpi) > nthreads) cpi *= 2;
+  const int groups = CH / cpi;  // items per row
+  T* out = static_cast<T*>(p.out);
+  for (int it = tid; it < count * groups; it += nthreads) {
+    const int k = it / groups;
+    const int g = it - k * groups;
+    const int r = sh.first + k;
+    float w[kMaxClusterSplits];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kMaxClusterSplits; ++j) {
+      w[j] = -INFINITY;
+      if (j < ns) w[j] = j == rank ? s_lse[r] : recv_lse[cluster_slot(j, rank) * R + k];
+      mx = fmaxf(mx, w[j]);
+    }
+    float wsum = 0.f;
+#pragma unroll
+    for (int j = 0; j < kMaxClusterSplits; ++j) {
+      w[j] = mx == -INFINITY ? 0.f : fast_exp2(w[j] - mx);  // -inf (no keys, empty split) -> 0
+      wsum += w[j];
+    }
+    const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
+    const int grow = m_base + r;
+    const int n = grow / p.G;
+    const int hq = kvh * p.G + (grow - n * p.G);
+    T* out_row = out + (((int64_t)b * p.N + n) * p.Hq + hq) * D;
+#pragma unroll
+    for (int q = 0; q < kMaxCpi; ++q) {
+      if (q < cpi) {
+        const int c = g * cpi + q;
+        const int chunk = c ^ (r & 7);  // swz: the chunk's position within its row
+        float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int j = 0; j < kMaxClusterSplits; ++j) {
+          // A split of weight 0 (an empty split, a row with no keys in it) is skipped, never
+          // multiplied: its staged O may be anything, even NaN.
+          if (j < ns && w[j] > 0.f) {
+            const uint4 v = j == rank ? stage[r * CH + chunk] : recv_o[(cluster_slot(j, rank) * R + k) * CH + chunk];
+            const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const float2 f = TypeTraits<T>::unpack(words[e]);
+              acc[2 * e] += w[j] * f.x;
+              acc[2 * e + 1] += w[j] * f.y;
+            }
+          }
+        }
+        uint4 packed;
+        packed.x = TypeTraits<T>::pack(acc[0] * inv, acc[1] * inv);
+        packed.y = TypeTraits<T>::pack(acc[2] * inv, acc[3] * inv);
+        packed.z = TypeTraits<T>::pack(acc[4] * inv, acc[5] * inv);
+        packed.w = TypeTraits<T>::pack(acc[6] * inv, acc[7] * inv);
+        *reinterpret_cast<uint4*>(out_row + c * 8) = packed;
+      }
+    }
+    if (g == 0) p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = wsum > 0.f ? (mx + __log2f(wsum)) * kLn2 : -INFINITY;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // grid = (ceil(rows / 128), num_splits, B * Hkv), block = 384 threads, ws_smem_bytes<D>() bytes.
 // One 64-key tile per consumer iteration. (Two tiles per iteration, S over 128 keys as in
@@ -183,11 +397,18 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
   uint4* sK = smem;                        // kStages * kStage chunks
   uint4* sV = sK + kStages * kStage;       // kStages * kStage
   uint4* sQ = sV + kStages * kStage;       // kBM * CH
-  const uint32_t bar0 = smem_u32(sQ + kBM * CH);  // (1 + 3 * kStages) x 8 bytes
+  const uint32_t bar0 = smem_u32(sQ + kBM * CH);  // kWsBarriers x 8 bytes
   const uint32_t q_full = bar0;
   auto k_full = [&](int s) { return bar0 + 8u * (1 + s); };
   auto v_full = [&](int s) { return bar0 + 8u * (1 + kStages + s); };
   auto kv_empty = [&](int s) { return bar0 + 8u * (1 + 2 * kStages + s); };
+  const uint32_t recv_full = bar0 + 8u * (1 + 3 * kStages);  // cluster merge: the others' shares landed
+  // Cluster merge (p.cluster_merge): own lse, received lse and received rows after the barriers;
+  // the own rows are staged in the Q tile (read into registers in the prologue, then free).
+  float* const s_lse = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(sQ + kBM * CH) +
+                                                (kWsBarriers * 8 + 15) / 16 * 16);  // kBM
+  float* const recv_lse = s_lse + kBM;                                     // kClusterRecvRows
+  uint4* const recv_o = reinterpret_cast<uint4*>(recv_lse + kClusterRecvRows);  // kClusterRecvRows x CH
   // Ring position of a tile: its stage and the phase parity of the stage's barriers. Stepped per
   // tile (a modulo by kStages per wait cost ~8 uniform instructions in the consumers' loop).
   struct RingPos {
@@ -224,12 +445,18 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
       mbar_init(v_full(s), kProducers);
       mbar_init(kv_empty(s), 8);  // one arrival per consumer warp
     }
+    mbar_init(recv_full, 1);
     mbar_init_fence();
   }
   wait_for_previous_grid();  // programmatic launch: nothing global is touched before this
   signal_dependents_may_launch();
   const int plen_raw = p.prefix_lens[b];  // first: the V copies (and K past the first tile) wait for it
   __syncthreads();  // the barriers are initialised; the last CTA-wide barrier of the kernel
+  // Cluster merge: this CTA's receive barrier is initialised (the other CTAs wait for this arrival
+  // before pushing into it; every thread arrives here and waits once before it exits). Relaxed:
+  // fence.mbarrier_init above orders the initialisation; a release here compiled to a GPU-wide
+  // memory barrier that would hold every thread until its loads so far (the prefix length) land.
+  if (p.cluster_merge) cluster_arrive_relaxed();
   JETSPEC_TL_CLOCK(tid == 0, 2);
 
   const T* qg = static_cast<const T*>(p.q);
@@ -264,6 +491,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
     if (range.count == 0) {  // empty split: the consumers never wait; let our copies land first
       mbar_wait(q_full, 0);
       if (k0_early) mbar_wait(k_full(0), 0);
+      if (p.cluster_merge) cluster_wait();
       return;
     }
     RingPos pos;
@@ -291,6 +519,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
     }
     JETSPEC_TL_CLOCK(tid == 0, 13);
     cp_async_wait_all();  // do not leave with copies in flight (the consumers wait for their arrivals)
+    if (p.cluster_merge) cluster_wait();
     return;
   }
 
@@ -315,8 +544,30 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
     timeline_mark(16, timeline_clock());
   }
 #endif
+  // Cluster merge, after the rows are staged: push the other CTAs' shares, merge this CTA's own.
+  auto cluster_merge = [&]() {
+    fence_proxy_async_smem();  // the staged rows (generic proxy) -> the bulk copies (async proxy)
+    consumers_bar_sync(3);     // every consumer warp staged its rows
+    cluster_wait();            // every CTA of the cluster initialised its receive barrier
+    if (ctid == 0) {
+      // This CTA's expected bytes (the one arrival of its receive barrier). Other CTAs' copies may
+      // complete on it before this: the transaction count may go below zero meanwhile.
+      mbar_arrive_expect_tx(recv_full, cluster_recv_bytes<D>(p.num_splits, split));
+      cluster_push_shares<D>(p.num_splits, split, sQ, s_lse, recv_o, recv_lse, recv_full);
+    }
+    mbar_wait(recv_full, 0);   // the other CTAs' shares of this CTA's rows have landed
+    JETSPEC_TL_CLOCK(ctid == 0, 17);
+    cluster_merge_share<D, T>(p, split, sQ, s_lse, recv_o, recv_lse, b, kvh, m_base, ctid, 256);
+    JETSPEC_TL_CLOCK(ctid == 0, 18);
+    if (ctid == 0) bulk_wait_read();  // the outgoing copies read the staged rows before this CTA exits
+  };
   if (range.count == 0) {
-    write_empty_split(p, split, bh, m_base, kBM, ctid, 256);
+    if (p.cluster_merge) {  // no rows: lse -inf (the staged O is never read: weight 0)
+      for (int r = ctid; r < kBM; r += 256) s_lse[r] = -INFINITY;
+      cluster_merge();
+    } else {
+      write_empty_split(p, split, bh, m_base, kBM, ctid, 256);
+    }
     return;
   }
   const int n_tiles = range.count;
@@ -416,9 +667,15 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
   }
   JETSPEC_TL_CLOCK(ctid == 0, 8);
 
-  stage_rows<D, T>(p, o, l_run, m_run, sQ + warp * 16 * CH, m_base + warp * 16, lane, split, bh, b, kvh);
-  JETSPEC_TL_CLOCK(ctid == 0, 14);
-  store_staged_rows<D, T>(p, sQ + warp * 16 * CH, m_base + warp * 16, lane, split, bh, b, kvh);
+  if (p.cluster_merge) {
+    cluster_stage_rows<D, T>(o, l_run, m_run, sQ, s_lse, warp * 16, lane);
+    JETSPEC_TL_CLOCK(ctid == 0, 14);
+    cluster_merge();
+  } else {
+    stage_rows<D, T>(p, o, l_run, m_run, sQ + warp * 16 * CH, m_base + warp * 16, lane, split, bh, b, kvh);
+    JETSPEC_TL_CLOCK(ctid == 0, 14);
+    store_staged_rows<D, T>(p, sQ + warp * 16 * CH, m_base + warp * 16, lane, split, bh, b, kvh);
+  }
 #ifdef JETSPEC_TREE_ATTN_TIMELINE
   if (ctid == 0) {
     timeline_mark(9, timeline_clock());

@@ -55,28 +55,11 @@ inline bool programmatic_launch_enabled(int device) {
   return cc_major(device) == 9 && (v == nullptr || std::string(v) != "0");
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...), with the programmatic-stream-serialization
-// attribute when `programmatic`: the kernel must then wait_for_previous_grid() before touching
-// global memory. Checks the launch.
-template <typename... KArgs, typename... Args>
-void launch_kernel(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                   bool programmatic, Args&&... args) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = programmatic ? attr : nullptr;
-  cfg.numAttrs = programmatic ? 1 : 0;
-  JETSPEC_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
-  JETSPEC_CHECK_LAUNCH();
-}
-
-// launch_kernel with thread-block clusters of `cluster` CTAs (each grid dim a multiple of the
-// cluster's; at most 8 CTAs, the portable size), programmatic when `programmatic`. Checks the launch.
+// kernel<<<grid, block, smem, stream>>>(args...) in thread-block clusters of `cluster` CTAs
+// (each grid dim a multiple of the cluster's; at most 8 CTAs, the portable size; 1 x 1 x 1: no
+// cluster attribute, any GPU), with the programmatic-stream-serialization attribute when
+// `programmatic`: the kernel must then wait_for_previous_grid() before touching global memory.
+// Checks the launch.
 template <typename... KArgs, typename... Args>
 void launch_kernel_clustered(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, dim3 cluster,
                              cudaStream_t stream, bool programmatic, Args&&... args) {
@@ -86,16 +69,30 @@ void launch_kernel_clustered(void (*kernel)(KArgs...), dim3 grid, dim3 block, si
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = cluster.x;
-  attr[0].val.clusterDim.y = cluster.y;
-  attr[0].val.clusterDim.z = cluster.z;
-  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[1].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = programmatic ? 2 : 1;
+  unsigned n = 0;
+  if (cluster.x * cluster.y * cluster.z > 1) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = cluster.x;
+    attr[n].val.clusterDim.y = cluster.y;
+    attr[n].val.clusterDim.z = cluster.z;
+    ++n;
+  }
+  if (programmatic) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
+  cfg.attrs = n > 0 ? attr : nullptr;
+  cfg.numAttrs = n;
   JETSPEC_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
   JETSPEC_CHECK_LAUNCH();
+}
+
+// The same without clusters.
+template <typename... KArgs, typename... Args>
+void launch_kernel(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                   bool programmatic, Args&&... args) {
+  launch_kernel_clustered(kernel, grid, block, smem, dim3(1, 1, 1), stream, programmatic, std::forward<Args>(args)...);
 }
 
 // Per-device int32 arrival counters, zero at rest: a kernel's CTAs count themselves done and the

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <cmath>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -94,9 +96,9 @@ Impl choose_impl(int device, int rows) {
 // ---- the cluster merge of split_kernel_ws (p.cluster_merge; csrc/kernels/tree_attention_ws.cuh)
 // The ns CTAs of a row tile run as one thread-block cluster and merge their splits in shared
 // memory: no partials in global memory, no merge_kernel. A cluster needs its CTAs on SMs of one
-// GPC at once, so with one CTA per SM fewer CTAs are resident than SMs (on the H200: 30 clusters
-// of 4, 15 of 8, against 33 and 16.5 by the SM count; cudaOccupancyMaxActiveClusters, fifteenth
-// session), and the split count is chosen with that in mind (choose_cluster_splits).
+// GPC at once, so with one CTA per SM fewer CTAs are resident than SMs (on the H200,
+// cudaOccupancyMaxActiveClusters: 15 clusters of 8 and of 7, 22 of 5 (fifteenth session), 30 of 4
+// (ninth session, 169 KB CTAs), against 16.5, 18.9, 26.4 and 33 by the SM count), and the split count is chosen with that in mind (choose_cluster_splits).
 // JETSPEC_TREE_ATTN_CLUSTER (read per call): unset or 1: by the cost model; 0: never (A/B timing,
 // tests of the merge_kernel path); require: with forced splits (JETSPEC_TREE_ATTN_SPLITS) of
 // 2..8, an error unless the cluster merge runs (tests that must exercise it).
@@ -110,11 +112,13 @@ ClusterMode cluster_mode() {
   return e == "0" ? ClusterMode::kOff : e == "require" ? ClusterMode::kRequire : ClusterMode::kAuto;
 }
 
-// Clusters of `splits` CTAs of `kernel` resident at once on `device` (cached per device and size:
-// static facts, CUDA-graph safe); 0 when none fits.
+// Clusters of `splits` CTAs of `kernel` resident at once on `device` (cached per kernel, device
+// and size: static facts, CUDA-graph safe); 0 when none fits.
 int max_active_clusters(void (*kernel)(const tree_attn::Params), int threads, int smem, int splits, int device) {
-  static int cache[64][tree_attn::kMaxClusterSplits + 1] = {};  // 0: not queried yet
-  int& n = cache[device][splits];
+  static std::mutex mu;
+  static std::map<std::tuple<const void*, int, int>, int> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  int& n = cache[std::make_tuple(reinterpret_cast<const void*>(kernel), device, splits)];  // 0: not queried yet
   if (n == 0) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(1, splits, 1);

@@ -55,36 +55,46 @@ inline bool programmatic_launch_enabled(int device) {
   return cc_major(device) == 9 && (v == nullptr || std::string(v) != "0");
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...) in thread-block clusters of `cluster` CTAs
-// (each grid dim a multiple of the cluster's; at most 8 CTAs, the portable size; 1 x 1 x 1: no
-// cluster attribute, any GPU), with the programmatic-stream-serialization attribute when
-// `programmatic`: the kernel must then wait_for_previous_grid() before touching global memory.
-// Checks the launch.
+// Launch configuration of kernel<<<grid, block, smem, stream>>> in thread-block clusters of
+// `cluster` CTAs (each grid dim a multiple of the cluster's; at most 8 CTAs, the portable size;
+// 1 x 1 x 1: no cluster attribute, any GPU), with the programmatic-stream-serialization
+// attribute when `programmatic`: the kernel must then wait_for_previous_grid() before touching
+// global memory. For cudaLaunchKernelEx and the occupancy queries alike. Not copyable: cfg.attrs
+// points into the object.
+struct LaunchConfig {
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute attr[2];
+  LaunchConfig(dim3 grid, dim3 block, size_t smem, dim3 cluster, cudaStream_t stream, bool programmatic) {
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    unsigned n = 0;
+    if (cluster.x * cluster.y * cluster.z > 1) {
+      attr[n].id = cudaLaunchAttributeClusterDimension;
+      attr[n].val.clusterDim.x = cluster.x;
+      attr[n].val.clusterDim.y = cluster.y;
+      attr[n].val.clusterDim.z = cluster.z;
+      ++n;
+    }
+    if (programmatic) {
+      attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attr[n].val.programmaticStreamSerializationAllowed = 1;
+      ++n;
+    }
+    cfg.attrs = n > 0 ? attr : nullptr;
+    cfg.numAttrs = n;
+  }
+  LaunchConfig(const LaunchConfig&) = delete;
+  LaunchConfig& operator=(const LaunchConfig&) = delete;
+};
+
+// kernel<<<grid, block, smem, stream>>>(args...) with the LaunchConfig above. Checks the launch.
 template <typename... KArgs, typename... Args>
 void launch_kernel_clustered(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, dim3 cluster,
                              cudaStream_t stream, bool programmatic, Args&&... args) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[2];
-  unsigned n = 0;
-  if (cluster.x * cluster.y * cluster.z > 1) {
-    attr[n].id = cudaLaunchAttributeClusterDimension;
-    attr[n].val.clusterDim.x = cluster.x;
-    attr[n].val.clusterDim.y = cluster.y;
-    attr[n].val.clusterDim.z = cluster.z;
-    ++n;
-  }
-  if (programmatic) {
-    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[n].val.programmaticStreamSerializationAllowed = 1;
-    ++n;
-  }
-  cfg.attrs = n > 0 ? attr : nullptr;
-  cfg.numAttrs = n;
-  JETSPEC_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+  LaunchConfig launch(grid, block, smem, cluster, stream, programmatic);
+  JETSPEC_CUDA_CHECK(cudaLaunchKernelEx(&launch.cfg, kernel, std::forward<Args>(args)...));
   JETSPEC_CHECK_LAUNCH();
 }
 

@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cmath>
 #include <cstdlib>
@@ -112,30 +113,31 @@ ClusterMode cluster_mode() {
   return e == "0" ? ClusterMode::kOff : e == "require" ? ClusterMode::kRequire : ClusterMode::kAuto;
 }
 
-// Clusters of `splits` CTAs of `kernel` resident at once on `device` (cached per kernel, device
-// and size: static facts, CUDA-graph safe); 0 when none fits.
-int max_active_clusters(void (*kernel)(const tree_attn::Params), int threads, int smem, int splits, int device) {
+// Clusters of s CTAs (s = 2..kMaxClusterSplits; entries 0 and 1 unused) of `kernel` resident at
+// once on `device`, 0 where none fits. Queried once per kernel and device (static facts,
+// CUDA-graph safe), so a launch costs one cache lookup.
+using ClusterCounts = std::array<int, tree_attn::kMaxClusterSplits + 1>;
+const ClusterCounts& max_active_clusters(void (*kernel)(const tree_attn::Params), int threads, int smem, int device) {
   static std::mutex mu;
-  static std::map<std::tuple<const void*, int, int>, int> cache;
+  static std::map<std::pair<const void*, int>, ClusterCounts> cache;  // std::map: entries never move
   std::lock_guard<std::mutex> lock(mu);
-  int& n = cache[std::make_tuple(reinterpret_cast<const void*>(kernel), device, splits)];  // 0: not queried yet
-  if (n == 0) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(1, splits, 1);
-    cfg.blockDim = dim3(threads);
-    cfg.dynamicSmemBytes = smem;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = 1;
-    attr[0].val.clusterDim.y = splits;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    int q = 0;
-    JETSPEC_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&q, kernel, &cfg));
-    n = q > 0 ? q : -1;
+  const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), device);
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    ClusterCounts n{};
+    for (int s = 2; s <= tree_attn::kMaxClusterSplits; ++s) {
+      LaunchConfig query(dim3(1, s, 1), dim3(threads), smem, dim3(1, s, 1), nullptr, false);
+      JETSPEC_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n[s], kernel, &query.cfg));
+      n[s] = std::max(n[s], 0);
+    }
+    it = cache.emplace(key, n).first;
   }
-  return n > 0 ? n : 0;
+  return it->second;
+}
+
+// CTA waves of `base` clusters with `resident` of them resident at once (none fits: never).
+int64_t cluster_waves(int64_t base, int resident) {
+  return resident > 0 ? (base + resident - 1) / resident : INT64_MAX;
 }
 
 // Cost model of the split choice with the cluster merge available, in units of one 64-key tile
@@ -155,8 +157,7 @@ struct SplitChoice {
 // `plain`: the split count choose_splits picked for merge_kernel (one CTA per SM). Returns it or
 // a cluster-merged split count of 2..8 where the model says that is faster. `base`: CTAs
 // without splitting (row tiles x B x Hkv), S the cache length (the largest key range).
-SplitChoice choose_cluster_splits(void (*kernel)(const tree_attn::Params), int threads, int smem, int64_t base,
-                                  int64_t S, int plain, int device) {
+SplitChoice choose_cluster_splits(const ClusterCounts& resident, int64_t base, int64_t S, int plain, int device) {
   const int sms = sm_count(device);
   const int64_t tiles = std::max<int64_t>(1, (S + tree_attn::kBN - 1) / tree_attn::kBN);
   auto tiles_per = [&](int64_t s) { return (double)((tiles + s - 1) / s); };
@@ -164,9 +165,8 @@ SplitChoice choose_cluster_splits(void (*kernel)(const tree_attn::Params), int t
   double best_cost = (double)((base * plain + sms - 1) / sms) * tiles_per(plain) + (plain > 1 ? kMergeKernelTiles : 0.0);
   const int max_s = (int)std::min<int64_t>(tree_attn::kMaxClusterSplits, tiles / 2);
   for (int s = 2; s <= max_s; ++s) {
-    const int n = max_active_clusters(kernel, threads, smem, s, device);
-    if (n == 0) continue;
-    const double cost = (double)((base + n - 1) / n) * tiles_per(s) + kClusterMergeTiles;  // base clusters
+    if (resident[s] == 0) continue;
+    const double cost = (double)cluster_waves(base, resident[s]) * tiles_per(s) + kClusterMergeTiles;
     if (cost < best_cost) {
       best_cost = cost;
       best = {s, true};
@@ -191,17 +191,18 @@ void launch_split(void (*kernel)(const tree_attn::Params), int threads, int smem
   const int64_t base = (int64_t)row_tiles * p.B * p.Hkv;
   p.num_splits = choose_splits(base, S, sm_count(device), ctas_per_sm);
   p.cluster_merge = 0;
-  if (cluster_capable && ctas_per_sm == 1 && device >= 0 && device < 64) {
-    const ClusterMode mode = cluster_mode();
+  const ClusterMode mode = cluster_capable && ctas_per_sm == 1 ? cluster_mode() : ClusterMode::kOff;
+  if (mode != ClusterMode::kOff) {
+    const ClusterCounts& resident = max_active_clusters(kernel, threads, smem, device);
     const int forced = forced_splits();
-    if (mode != ClusterMode::kOff && forced == 0) {
-      const SplitChoice c = choose_cluster_splits(kernel, threads, smem, base, S, p.num_splits, device);
+    if (forced == 0) {
+      const SplitChoice c = choose_cluster_splits(resident, base, S, p.num_splits, device);
       p.num_splits = c.splits;
       p.cluster_merge = c.cluster;
-    } else if (mode != ClusterMode::kOff && forced >= 2 && forced <= tree_attn::kMaxClusterSplits) {
+    } else if (forced >= 2 && forced <= tree_attn::kMaxClusterSplits) {
       // Forced splits: clustered when the clusters take no more CTA waves than plain CTAs.
-      const int n = max_active_clusters(kernel, threads, smem, forced, device);
-      const int64_t waves_clustered = n > 0 ? (base + n - 1) / n : INT64_MAX;
+      const int n = resident[forced];
+      const int64_t waves_clustered = cluster_waves(base, n);
       const int64_t waves_plain = (base * forced + sm_count(device) - 1) / sm_count(device);
       p.cluster_merge = waves_clustered <= waves_plain;
       TORCH_CHECK(p.cluster_merge || mode != ClusterMode::kRequire, "tree_attention: JETSPEC_TREE_ATTN_CLUSTER=require, but ",

@@ -52,12 +52,13 @@ struct Params {
   const int32_t* mask;   // (B, N, W) contiguous, W = ceil(N / 32)
   void* out;             // (B, N, Hq, D) contiguous
   float* lse;            // (B, Hq, N) contiguous
-  // (splits, B * Hkv, rows, D), only when num_splits > 1: each split's normalised O, in fp32
-  // from split_kernel / split_kernel_pipe, in the input dtype T from split_kernel_ws (bounded by
-  // max |v|, so T's range holds it; half the bytes to write and to read back in merge_kernel;
-  // measured faster there, slower in split_kernel_pipe at N = 1: benchmarks/RESULTS.md).
+  // (splits, B * Hkv, rows, D), only when num_splits > 1 and not cluster_merge: each split's
+  // normalised O, in fp32 from split_kernel / split_kernel_pipe, in the input dtype T from
+  // split_kernel_ws (bounded by max |v|, so T's range holds it; half the bytes to write and to
+  // read back in merge_kernel; measured faster there, slower in split_kernel_pipe at N = 1:
+  // benchmarks/RESULTS.md).
   void* o_part;
-  float* lse_part;       // (splits, B * Hkv, rows) fp32 (only when num_splits > 1)
+  float* lse_part;       // (splits, B * Hkv, rows) fp32 (as o_part)
   int64_t q_sb, q_sn, q_sh;
   int64_t k_sb, k_sh, k_ss;
   int64_t v_sb, v_sh, v_ss;

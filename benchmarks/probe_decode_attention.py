@@ -1,7 +1,8 @@
 """Development probe of tree_attention's default path (split kernel + merge kernel) on the
 decoding round's cells (Qwen3-8B heads, batch 1, bf16, CUDA graph of 10 calls). Not part of the
 suite. Modes: --cells (default: auto splits vs one split), --pdl (programmatic launch on / off,
-alternated), --splits (split-count sweep of wgmma_ws_pp and wgmma_pipe), --fixed (per-tile and
+alternated), --splits (split-count sweep of wgmma_ws_pp and wgmma_pipe), --forced (forced split
+counts with and without the cluster merge), --fixed (per-tile and
 fixed cost: time against key tiles per CTA at N 128 with 4 splits and with 1)."""
 import os
 import sys
@@ -38,6 +39,27 @@ def cells():
         args = case(P, N=N)
         print(f"P{P} N{N}  auto={timed(args, ''):.2f}  "
               f"s1={timed(args, '', '1'):.2f}", flush=True)
+
+
+def forced():
+    # Forced split counts at prefix 1024, each with the cluster merge (JETSPEC_TREE_ATTN_CLUSTER=
+    # require; "-" where the clusters would not fit one wave) and with merge_kernel (=0): what the
+    # launcher's cost model (choose_cluster_splits) chooses between.
+    for N in (64, 128, 256):
+        args = case(1024, N=N)
+        row = []
+        for s in range(2, 9):
+            t = {}
+            for mode in ("require", "0"):
+                os.environ["JETSPEC_TREE_ATTN_CLUSTER"] = mode
+                try:
+                    t[mode] = f"{timed(args, '', str(s)):.2f}"
+                except RuntimeError:
+                    t[mode] = "-"
+            row.append(f"s{s}={t['require']}/{t['0']}")
+        os.environ.pop("JETSPEC_TREE_ATTN_CLUSTER", None)
+        os.environ.pop("JETSPEC_TREE_ATTN_SPLITS", None)
+        print(f"P1024 N{N} (cluster/merge_kernel us)  " + "  ".join(row), flush=True)
 
 
 def pdl():
@@ -89,6 +111,8 @@ if __name__ == "__main__":
         fixed_cost()
     elif "--pdl" in sys.argv:
         pdl()
+    elif "--forced" in sys.argv:
+        forced()
     elif "--splits" in sys.argv:
         split_sweep()
     else:

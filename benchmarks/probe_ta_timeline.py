@@ -4,7 +4,7 @@ kernel then records the SM clock at its phases and `torch.ops.jetspec._tree_atte
 reads them back; default builds have neither). Not part of the suite.
 
 Usage on the H200: JETSPEC_TREE_ATTN_TIMELINE=1 python setup.py build_ext --inplace, then
-python benchmarks/probe_ta_timeline.py. For each cell (Qwen3-8B heads, bf16, batch 1, the default
+python benchmarks/probe_ta_timeline.py [--cells 1024x128,...]. For each cell (Qwen3-8B heads, bf16, batch 1, the default
 launcher: automatic splits, wgmma_ws_pp) one call after warm-up; per phase the median and the
 10th / 90th percentile over the CTAs, in ns (SM clock converted with the clock rate the CTAs
 themselves show: clock cycles over global-timer ns between entry and exit)."""
@@ -87,6 +87,9 @@ def main():
         sys.exit("not a timeline build: rebuild with JETSPEC_TREE_ATTN_TIMELINE=1")
     read = torch.ops.jetspec._tree_attention_timeline
     cells = [(1024, 64), (1024, 128), (1024, 256), (4096, 128), (16384, 256)]
+    if "--cells" in sys.argv:  # e.g. --cells 1024x128,1024x64 (prefix x tree tokens)
+        spec = sys.argv[sys.argv.index("--cells") + 1]
+        cells = [tuple(int(v) for v in c.split("x")) for c in spec.split(",")]
     for P, N in cells:
         args = case(P, N=N)
         for _ in range(3):

@@ -401,15 +401,16 @@ CLUSTER_CASES = [  # at most 8 clusters (row tiles x B x Hkv): resident at once 
 @requires_cuda_kernel
 @pytest.mark.skipif("wgmma_ws_pp" not in IMPLS, reason="split_kernel_ws needs sm_90")
 @pytest.mark.parametrize("cluster", ["require", "0"])
-@pytest.mark.parametrize("splits", ["2", "3", "5", "7", "8"])
+@pytest.mark.parametrize("splits", ["2", "3", "4", "5", "6", "7", "8"])
 @pytest.mark.parametrize("case", CLUSTER_CASES,
                          ids=lambda c: f"B{c[0]}N{c[1]}Hq{c[2]}Hkv{c[3]}D{c[4]}P{c[5][0]}{c[6]}")
 def test_cuda_cluster_merge(case, splits, cluster, monkeypatch):
     """split_kernel_ws merges 2..8 splits inside a thread-block cluster (bulk copies between the
     CTAs' shared memory) unless JETSPEC_TREE_ATTN_CLUSTER=0 (partials in global memory +
     merge_kernel); 'require' makes the op fail rather than silently take the other path. Both
-    paths against the reference: 128 rows shared unevenly over 3, 5 and 7 CTAs (shares of 44,
-    28, 20 rows, the last one shorter), partial row tiles, empty splits, head dims 128 and 64."""
+    paths against the reference, at every split count 2..8 (each has its own compiled merge,
+    cluster_merge_share_n): 128 rows shared unevenly over 3, 5, 6 and 7 CTAs (shares of 44, 28,
+    24, 20 rows, the last one shorter), partial row tiles, empty splits, head dims 128 and 64."""
     ok, log = wgmma_canary("wgmma_ws_pp")
     if not ok:
         pytest.fail(f"wgmma_ws_pp crashed in a subprocess; not run in-process:\n{log}")

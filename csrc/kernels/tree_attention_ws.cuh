@@ -297,79 +297,102 @@ __device__ __forceinline__ void cluster_push_shares(int ns, int rank, const uint
 }
 
 // After the receive barrier completed: this CTA's share of the rows, combined over the cluster's
-// splits from local shared memory and written to out / lse. `tid` in 0..nthreads-1. A thread
-// takes one row and `cpi` consecutive 16-byte chunks of it (usually its only item): the row's
-// split weights and output address once, then per chunk one load per split. (One chunk per item
-// measured 2.0-3.3 us for the merge on the H200, fifteenth session: only the 8 consumer warps
-// run it, and ~250 instructions per 16 bytes left them issue- and latency-bound.)
+// NS splits from local shared memory and written to out / lse. `tid` in 0..255 (the consumers).
+// A thread takes one row and CPI consecutive 16-byte chunks of it: its only item (CPI is the
+// least power of two <= 4 with R x CH / CPI <= 256 items). Compiled per split count, so that
+// every load of the item (NS lse values, NS x CPI chunks) is issued before any is used and no
+// code is spent on splits that do not exist. Why: the merge is issue-bound (8 warps, 2 per
+// scheduler, little to overlap), and the earlier form for any ns <= 8 (one loop unrolled over 8
+// splits x 4 chunks, each guarded by a branch) executed ~780 instructions per warp and took
+// 2.2-2.8 us on the H200 for every split count (timeline build and Nsight Compute source
+// counters, sixteenth session).
+template <int D, int NS>
+__host__ __device__ constexpr int cluster_chunks_per_item() {
+  return cluster_rows_per(NS) * (D / 8) <= 256 ? 1 : cluster_rows_per(NS) * (D / 16) <= 256 ? 2 : 4;
+}
+template <int D, typename T, int NS>
+__device__ __forceinline__ void cluster_merge_share_n(const Params& p, int rank, const uint4* stage, const float* s_lse,
+                                                      const uint4* recv_o, const float* recv_lse, int b, int kvh,
+                                                      int m_base, int tid) {
+  constexpr int CH = D / 8;  // 16-byte chunks (8 elements) per row
+  constexpr int R = cluster_rows_per(NS);
+  constexpr int CPI = cluster_chunks_per_item<D, NS>();
+  constexpr int kGroups = CH / CPI;  // items per row
+  static_assert(R * kGroups <= 256, "one item per consumer thread");
+  constexpr float kLn2 = 0.6931471805599453f;
+  const ClusterShare sh = cluster_share(NS, rank);
+  const int count = min(sh.count, p.rows - m_base - sh.first);  // rows past p.rows are padding
+  if (tid >= count * kGroups) return;
+  const int k = tid / kGroups;  // row within the share
+  const int g = tid - k * kGroups;
+  const int r = sh.first + k;   // row within the row tile
+  // Split j's rows: this CTA's own staged rows (j == rank) or those received from CTA j.
+  float l[NS];
+  uint4 v[NS][CPI];
+#pragma unroll
+  for (int j = 0; j < NS; ++j) {
+    const bool own = j == rank;
+    const int slot_row = cluster_slot(j, rank) * R + k;
+    l[j] = own ? s_lse[r] : recv_lse[slot_row];
+    const uint4* src = own ? stage + r * CH : recv_o + slot_row * CH;
+#pragma unroll
+    for (int q = 0; q < CPI; ++q) v[j][q] = src[(g * CPI + q) ^ (r & 7)];  // swz position of chunk g * CPI + q
+  }
+  float mx = l[0];
+#pragma unroll
+  for (int j = 1; j < NS; ++j) mx = fmaxf(mx, l[j]);
+  float w[NS];
+  float wsum = 0.f;
+#pragma unroll
+  for (int j = 0; j < NS; ++j) {
+    w[j] = mx == -INFINITY ? 0.f : fast_exp2(l[j] - mx);  // -inf (no keys, empty split) -> 0
+    wsum += w[j];
+  }
+  const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
+  const int grow = m_base + r;
+  const int n = grow / p.G;
+  const int hq = kvh * p.G + (grow - n * p.G);
+  T* out_row = static_cast<T*>(p.out) + (((int64_t)b * p.N + n) * p.Hq + hq) * D;
+#pragma unroll
+  for (int q = 0; q < CPI; ++q) {
+    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int j = 0; j < NS; ++j) {
+      // A split of weight 0 (an empty split, a row with no keys in it) contributes zeros, never
+      // a product: its staged O may be anything, even NaN (0 * NaN = NaN).
+      const bool use = w[j] > 0.f;
+      const uint32_t words[4] = {use ? v[j][q].x : 0u, use ? v[j][q].y : 0u, use ? v[j][q].z : 0u,
+                                 use ? v[j][q].w : 0u};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float2 f = TypeTraits<T>::unpack(words[e]);
+        acc[2 * e] += w[j] * f.x;
+        acc[2 * e + 1] += w[j] * f.y;
+      }
+    }
+    uint4 packed;
+    packed.x = TypeTraits<T>::pack(acc[0] * inv, acc[1] * inv);
+    packed.y = TypeTraits<T>::pack(acc[2] * inv, acc[3] * inv);
+    packed.z = TypeTraits<T>::pack(acc[4] * inv, acc[5] * inv);
+    packed.w = TypeTraits<T>::pack(acc[6] * inv, acc[7] * inv);
+    *reinterpret_cast<uint4*>(out_row + (g * CPI + q) * 8) = packed;
+  }
+  if (g == 0) p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = wsum > 0.f ? (mx + __log2f(wsum)) * kLn2 : -INFINITY;
+}
+// cluster_merge_share_n for the launch's split count (2..kMaxClusterSplits).
 template <int D, typename T>
 __device__ __forceinline__ void cluster_merge_share(const Params& p, int rank, const uint4* stage, const float* s_lse,
                                                     const uint4* recv_o, const float* recv_lse, int b, int kvh,
-                                                    int m_base, int tid, int nthreads) {
-  constexpr int CH = D / 8;  // 16-byte chunks (8 elements) per row
-  constexpr int kMaxCpi = 4;
-  constexpr float kLn2 = 0.6931471805599453f;
-  const int ns = p.num_splits;
-  const int R = cluster_rows_per(ns);
-  const ClusterShare sh = cluster_share(ns, rank);
-  const int count = min(sh.count, p.rows - m_base - sh.first);  // rows past p.rows are padding
-  int cpi = 1;  // chunks per item: enough that one item per thread covers the share
-  while (cpi < kMaxCpi && count * (CH / cpi) > nthreads) cpi *= 2;
-  const int groups = CH / cpi;  // items per row
-  T* out = static_cast<T*>(p.out);
-  for (int it = tid; it < count * groups; it += nthreads) {
-    const int k = it / groups;
-    const int g = it - k * groups;
-    const int r = sh.first + k;
-    float w[kMaxClusterSplits];
-    float mx = -INFINITY;
-#pragma unroll
-    for (int j = 0; j < kMaxClusterSplits; ++j) {
-      w[j] = -INFINITY;
-      if (j < ns) w[j] = j == rank ? s_lse[r] : recv_lse[cluster_slot(j, rank) * R + k];
-      mx = fmaxf(mx, w[j]);
-    }
-    float wsum = 0.f;
-#pragma unroll
-    for (int j = 0; j < kMaxClusterSplits; ++j) {
-      w[j] = mx == -INFINITY ? 0.f : fast_exp2(w[j] - mx);  // -inf (no keys, empty split) -> 0
-      wsum += w[j];
-    }
-    const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
-    const int grow = m_base + r;
-    const int n = grow / p.G;
-    const int hq = kvh * p.G + (grow - n * p.G);
-    T* out_row = out + (((int64_t)b * p.N + n) * p.Hq + hq) * D;
-#pragma unroll
-    for (int q = 0; q < kMaxCpi; ++q) {
-      if (q < cpi) {
-        const int c = g * cpi + q;
-        const int chunk = c ^ (r & 7);  // swz: the chunk's position within its row
-        float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-        for (int j = 0; j < kMaxClusterSplits; ++j) {
-          // A split of weight 0 (an empty split, a row with no keys in it) is skipped, never
-          // multiplied: its staged O may be anything, even NaN.
-          if (j < ns && w[j] > 0.f) {
-            const uint4 v = j == rank ? stage[r * CH + chunk] : recv_o[(cluster_slot(j, rank) * R + k) * CH + chunk];
-            const uint32_t words[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const float2 f = TypeTraits<T>::unpack(words[e]);
-              acc[2 * e] += w[j] * f.x;
-              acc[2 * e + 1] += w[j] * f.y;
-            }
-          }
-        }
-        uint4 packed;
-        packed.x = TypeTraits<T>::pack(acc[0] * inv, acc[1] * inv);
-        packed.y = TypeTraits<T>::pack(acc[2] * inv, acc[3] * inv);
-        packed.z = TypeTraits<T>::pack(acc[4] * inv, acc[5] * inv);
-        packed.w = TypeTraits<T>::pack(acc[6] * inv, acc[7] * inv);
-        *reinterpret_cast<uint4*>(out_row + c * 8) = packed;
-      }
-    }
-    if (g == 0) p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = wsum > 0.f ? (mx + __log2f(wsum)) * kLn2 : -INFINITY;
+                                                    int m_base, int tid) {
+  static_assert(kMaxClusterSplits == 8, "one case per cluster size");
+  switch (p.num_splits) {
+    case 2: cluster_merge_share_n<D, T, 2>(p, rank, stage, s_lse, recv_o, recv_lse, b, kvh, m_base, tid); break;
+    case 3: cluster_merge_share_n<D, T, 3>(p, rank, stage, s_lse, recv_o, recv_lse, b, kvh, m_base, tid); break;
+    case 4: cluster_merge_share_n<D, T, 4>(p, rank, stage, s_lse, recv_o, recv_lse, b, kvh, m_base, tid); break;
+    case 5: cluster_merge_share_n<D, T, 5>(p, rank, stage, s_lse, recv_o, recv_lse, b, kvh, m_base, tid); break;
+    case 6: cluster_merge_share_n<D, T, 6>(p, rank, stage, s_lse, recv_o, recv_lse, b, kvh, m_base, tid); break;
+    case 7: cluster_merge_share_n<D, T, 7>(p, rank, stage, s_lse, recv_o, recv_lse, b, kvh, m_base, tid); break;
+    default: cluster_merge_share_n<D, T, 8>(p, rank, stage, s_lse, recv_o, recv_lse, b, kvh, m_base, tid); break;
   }
 }
 
@@ -557,132 +580,141 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
     }
     mbar_wait(recv_full, 0);   // the other CTAs' shares of this CTA's rows have landed
     JETSPEC_TL_CLOCK(ctid == 0, 17);
-    cluster_merge_share<D, T>(p, split, sQ, s_lse, recv_o, recv_lse, b, kvh, m_base, ctid, 256);
+    cluster_merge_share<D, T>(p, split, sQ, s_lse, recv_o, recv_lse, b, kvh, m_base, ctid);
     JETSPEC_TL_CLOCK(ctid == 0, 18);
     if (ctid == 0) bulk_wait_read();  // the outgoing copies read the staged rows before this CTA exits
   };
-  if (range.count == 0) {
-    if (p.cluster_merge) {  // no rows: lse -inf (the staged O is never read: weight 0)
-      for (int r = ctid; r < kBM; r += 256) s_lse[r] = -INFINITY;
-      cluster_merge();
-    } else {
-      write_empty_split(p, split, bh, m_base, kBM, ctid, 256);
+  // The timeline's exit marks (diagnostic builds only).
+  auto mark_exit = [&]() {
+#ifdef JETSPEC_TREE_ATTN_TIMELINE
+    if (ctid == 0) {
+      timeline_mark(9, timeline_clock());
+      timeline_mark(10, timeline_globaltimer());
     }
-    return;
-  }
-  const int n_tiles = range.count;
-
-  uint32_t qf[KSTEPS][4];
-  float o[NT_O][4];
-#pragma unroll
-  for (int i = 0; i < NT_O; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  float m_run[2] = {-INFINITY, -INFINITY};
-  float l_run[2] = {0.f, 0.f};
-  int node[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) node[h] = min((m_base + warp * 16 + gid + h * 8) / p.G, p.N - 1);
-  const int32_t* mrow0 = p.mask + ((int64_t)b * p.N + node[0]) * p.W;
-  const int32_t* mrow1 = p.mask + ((int64_t)b * p.N + node[1]) * p.W;
-
-  auto softmax = [&](float (&s)[NT_S][4], int t, float (&alpha)[2]) {
-    online_softmax(s, p, t, plen, L, mrow0, mrow1, tig, m_run, l_run, alpha);
+    JETSPEC_TL_CLOCK(ctid == 128, 12);
+#endif
   };
-  // Ping-pong turns: warpgroup cw issues its wgmma groups between waiting on named barrier
-  // 1 + cw and arriving on the other's. Every warpgroup issues n_tiles + 1 groups (S(0), then
-  // S(i+1) with P(i) V(i), then the last P V); warpgroup 0 goes first, so warpgroup 1 arrives
-  // once up front and skips its arrival after its last group (the counts of both barriers match).
-  int turns_left = n_tiles + 1;
-  auto take_turn = [&]() { consumers_bar_sync(1 + cw); };
-  auto end_turn = [&]() {
-    --turns_left;
-    if (cw == 0 || turns_left > 0) consumers_bar_arrive(2 - cw);
-  };
-  if (cw == 1) consumers_bar_arrive(1);
-  // Release tile i's stage to the producer: this warp's products reading it are complete.
-  auto release = [&](int st) {
-    __syncwarp();
-    if (lane == 0) mbar_arrive(kv_empty(st));
-  };
+  // One pass that leaves this CTA's rows staged for the cluster merge (`break`: an empty split)
+  // or returns after storing them (merge_kernel path), so that cluster_merge, the largest code
+  // of the epilogue, is emitted once.
+  do {
+    if (range.count == 0) {
+      if (!p.cluster_merge) {
+        write_empty_split(p, split, bh, m_base, kBM, ctid, 256);
+        return;
+      }
+      for (int r = ctid; r < kBM; r += 256) s_lse[r] = -INFINITY;  // no rows: lse -inf (weight 0)
+      break;
+    }
+    const int n_tiles = range.count;
 
-  // ---- prologue: Q fragments, S(0), softmax(0) ---------------------------------------------------
-  mbar_wait(q_full, 0);
-  JETSPEC_TL_CLOCK(ctid == 0, 5);
-  load_q_fragments<D>(qf, sQ, warp, lane);
-  float s[NT_S][4];
+    uint32_t qf[KSTEPS][4];
+    float o[NT_O][4];
 #pragma unroll
-  for (int i = 0; i < NT_S; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-  uint32_t pa[PV_KSTEPS][4];
-  float alpha[2];
-  mbar_wait(k_full(0), 0);
-  JETSPEC_TL_CLOCK(ctid == 0, 6);
-  fence_proxy_async_smem();  // cp.async (generic proxy) data -> wgmma (async proxy)
-  take_turn();
-  wgmma_fence();
-  wgmma_qk<D, T>(s, qf, sK);
-  JETSPEC_WGMMA_COMMIT();
-  end_turn();
-  JETSPEC_WGMMA_WAIT(0);
-  fence_regs(s);
-  int tile_next = range.first;  // the tile whose scores the next softmax sees
-  softmax(s, tile_next, alpha);  // O = 0: alpha not needed
-  pack_probs<T>(s, pa);
-  JETSPEC_TL_CLOCK(ctid == 0, 7);
+    for (int i = 0; i < NT_O; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m_run[2] = {-INFINITY, -INFINITY};
+    float l_run[2] = {0.f, 0.f};
+    int node[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) node[h] = min((m_base + warp * 16 + gid + h * 8) / p.G, p.N - 1);
+    const int32_t* mrow0 = p.mask + ((int64_t)b * p.N + node[0]) * p.W;
+    const int32_t* mrow1 = p.mask + ((int64_t)b * p.N + node[1]) * p.W;
 
-  // ---- main loop: S(i+1) and P(i) V(i) in flight, softmax(i+1) under the P V product ---------
-  RingPos cur;  // tile i
-  for (int i = 0; i + 1 < n_tiles; ++i) {
-    RingPos nxt = cur;  // tile i + 1
-    nxt.advance();
-    mbar_wait(k_full(nxt.stage), nxt.parity);
-    mbar_wait(v_full(cur.stage), cur.parity);
-    fence_proxy_async_smem();
+    auto softmax = [&](float (&s)[NT_S][4], int t, float (&alpha)[2]) {
+      online_softmax(s, p, t, plen, L, mrow0, mrow1, tig, m_run, l_run, alpha);
+    };
+    // Ping-pong turns: warpgroup cw issues its wgmma groups between waiting on named barrier
+    // 1 + cw and arriving on the other's. Every warpgroup issues n_tiles + 1 groups (S(0), then
+    // S(i+1) with P(i) V(i), then the last P V); warpgroup 0 goes first, so warpgroup 1 arrives
+    // once up front and skips its arrival after its last group (the counts of both barriers match).
+    int turns_left = n_tiles + 1;
+    auto take_turn = [&]() { consumers_bar_sync(1 + cw); };
+    auto end_turn = [&]() {
+      --turns_left;
+      if (cw == 0 || turns_left > 0) consumers_bar_arrive(2 - cw);
+    };
+    if (cw == 1) consumers_bar_arrive(1);
+    // Release tile i's stage to the producer: this warp's products reading it are complete.
+    auto release = [&](int st) {
+      __syncwarp();
+      if (lane == 0) mbar_arrive(kv_empty(st));
+    };
+
+    // ---- prologue: Q fragments, S(0), softmax(0) ---------------------------------------------------
+    mbar_wait(q_full, 0);
+    JETSPEC_TL_CLOCK(ctid == 0, 5);
+    load_q_fragments<D>(qf, sQ, warp, lane);
+    float s[NT_S][4];
+#pragma unroll
+    for (int i = 0; i < NT_S; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    uint32_t pa[PV_KSTEPS][4];
+    float alpha[2];
+    mbar_wait(k_full(0), 0);
+    JETSPEC_TL_CLOCK(ctid == 0, 6);
+    fence_proxy_async_smem();  // cp.async (generic proxy) data -> wgmma (async proxy)
     take_turn();
     wgmma_fence();
-    wgmma_qk<D, T>(s, qf, sK + nxt.stage * kStage);
-    JETSPEC_WGMMA_COMMIT();
-    wgmma_pv<D, T>(o, pa, sV + cur.stage * kStage);
-    JETSPEC_WGMMA_COMMIT();
-    end_turn();
-    JETSPEC_WGMMA_WAIT(1);  // S(i+1) done
-    fence_regs(s);
-    tile_next += stride;
-    softmax(s, tile_next, alpha);
-    JETSPEC_WGMMA_WAIT(0);  // P(i) V(i) done: stage i is free
-    fence_regs(o);
-    release(cur.stage);
-    rescale_o(o, alpha);  // skipped on most tiles (kMaxSlack)
-    pack_probs<T>(s, pa);
-    cur = nxt;
-  }
-  {  // last tile (cur): O += P V only
-    mbar_wait(v_full(cur.stage), cur.parity);
-    fence_proxy_async_smem();
-    take_turn();
-    wgmma_fence();
-    wgmma_pv<D, T>(o, pa, sV + cur.stage * kStage);
+    wgmma_qk<D, T>(s, qf, sK);
     JETSPEC_WGMMA_COMMIT();
     end_turn();
     JETSPEC_WGMMA_WAIT(0);
-    fence_regs(o);
-  }
-  JETSPEC_TL_CLOCK(ctid == 0, 8);
+    fence_regs(s);
+    int tile_next = range.first;  // the tile whose scores the next softmax sees
+    softmax(s, tile_next, alpha);  // O = 0: alpha not needed
+    pack_probs<T>(s, pa);
+    JETSPEC_TL_CLOCK(ctid == 0, 7);
 
-  if (p.cluster_merge) {
+    // ---- main loop: S(i+1) and P(i) V(i) in flight, softmax(i+1) under the P V product ---------
+    RingPos cur;  // tile i
+    for (int i = 0; i + 1 < n_tiles; ++i) {
+      RingPos nxt = cur;  // tile i + 1
+      nxt.advance();
+      mbar_wait(k_full(nxt.stage), nxt.parity);
+      mbar_wait(v_full(cur.stage), cur.parity);
+      fence_proxy_async_smem();
+      take_turn();
+      wgmma_fence();
+      wgmma_qk<D, T>(s, qf, sK + nxt.stage * kStage);
+      JETSPEC_WGMMA_COMMIT();
+      wgmma_pv<D, T>(o, pa, sV + cur.stage * kStage);
+      JETSPEC_WGMMA_COMMIT();
+      end_turn();
+      JETSPEC_WGMMA_WAIT(1);  // S(i+1) done
+      fence_regs(s);
+      tile_next += stride;
+      softmax(s, tile_next, alpha);
+      JETSPEC_WGMMA_WAIT(0);  // P(i) V(i) done: stage i is free
+      fence_regs(o);
+      release(cur.stage);
+      rescale_o(o, alpha);  // skipped on most tiles (kMaxSlack)
+      pack_probs<T>(s, pa);
+      cur = nxt;
+    }
+    {  // last tile (cur): O += P V only
+      mbar_wait(v_full(cur.stage), cur.parity);
+      fence_proxy_async_smem();
+      take_turn();
+      wgmma_fence();
+      wgmma_pv<D, T>(o, pa, sV + cur.stage * kStage);
+      JETSPEC_WGMMA_COMMIT();
+      end_turn();
+      JETSPEC_WGMMA_WAIT(0);
+      fence_regs(o);
+    }
+    JETSPEC_TL_CLOCK(ctid == 0, 8);
+
+    if (!p.cluster_merge) {
+      stage_rows<D, T>(p, o, l_run, m_run, sQ + warp * 16 * CH, m_base + warp * 16, lane, split, bh, b, kvh);
+      JETSPEC_TL_CLOCK(ctid == 0, 14);
+      store_staged_rows<D, T>(p, sQ + warp * 16 * CH, m_base + warp * 16, lane, split, bh, b, kvh);
+      mark_exit();
+      return;
+    }
     cluster_stage_rows<D, T>(o, l_run, m_run, sQ, s_lse, warp * 16, lane);
     JETSPEC_TL_CLOCK(ctid == 0, 14);
-    cluster_merge();
-  } else {
-    stage_rows<D, T>(p, o, l_run, m_run, sQ + warp * 16 * CH, m_base + warp * 16, lane, split, bh, b, kvh);
-    JETSPEC_TL_CLOCK(ctid == 0, 14);
-    store_staged_rows<D, T>(p, sQ + warp * 16 * CH, m_base + warp * 16, lane, split, bh, b, kvh);
-  }
-#ifdef JETSPEC_TREE_ATTN_TIMELINE
-  if (ctid == 0) {
-    timeline_mark(9, timeline_clock());
-    timeline_mark(10, timeline_globaltimer());
-  }
-  JETSPEC_TL_CLOCK(ctid == 128, 12);
-#endif
+  } while (false);
+  cluster_merge();
+  mark_exit();
 }
 
 }  // namespace tree_attn

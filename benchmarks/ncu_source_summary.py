@@ -1,8 +1,10 @@
 """Summary of an Nsight Compute source page (SASS), for finding where a kernel's warps stall:
-per 1 KB block of code, the warp-stall samples (all, and those of the main reasons) and the warp
-instructions executed; then the 25 instructions with the most samples. Input: the CSV of
-`ncu -i REPORT --page source --csv --print-source sass` (scripts/gpu/ncu_source.sh writes it).
-Offsets are from the function's first instruction, as in `cuobjdump -sass` of the same build.
+per kernel and 1 KB block of code, the warp-stall samples (all, and those of the main reasons)
+and the warp instructions executed; then the 25 instructions with the most samples. Input: the
+CSV of `ncu -i REPORT --page source --csv --print-source sass` (benchmarks/ncu_tree_attention.sh
+writes it as *.sass.csv and runs this). Offsets are from the function's first instruction, as in
+`cuobjdump -sass` of the same build. (Sixteenth session: it located the cluster merge's cost in
+split_kernel_ws and the producer's instruction-fetch stalls.)
 
     python benchmarks/ncu_source_summary.py src.csv"""
 import collections
@@ -12,9 +14,26 @@ import sys
 REASONS = ("stall_no_inst", "stall_long_sb", "stall_short_sb", "stall_wait", "stall_barrier", "stall_selected")
 
 
+def sections(path):
+    """(kernel name, header, rows) per kernel of the page: a "Kernel Name" line, then a header."""
+    rows = [r for r in csv.reader(open(path)) if r]
+    out = []
+    for i, r in enumerate(rows):
+        if r[0] == "Kernel Name" and i + 1 < len(rows):
+            out.append((r[1] if len(r) > 1 else "?", rows[i + 1], []))
+        elif out and r is not out[-1][1]:
+            out[-1][2].append(r)
+    return out
+
+
 def main(path):
-    rows = list(csv.reader(open(path)))
-    hdr, data = rows[1], rows[2:]
+    for name, hdr, data in sections(path):
+        if data:
+            print(f"== {name}")
+            summarise(hdr, data)
+
+
+def summarise(hdr, data):
     col = {h: hdr.index(h) for h in REASONS + ("Warp Stall Sampling (All Samples)", "Instructions Executed")}
 
     def num(r, h):

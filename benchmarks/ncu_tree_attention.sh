@@ -91,3 +91,7 @@ print(f"-- top instructions by {hdr[samp[0]]} (all kernels in the report)")
 for r in top:
     print(f"   {val(r, samp[0]):10.0f}  {r[src][:90]}")
 PY
+# Per kernel and 1 KB block of code: samples by reason and instructions executed (where in the
+# kernel the time goes: prologue, key-tile loop, epilogue / merge, producer).
+python3 benchmarks/ncu_source_summary.py "$REP.sass.csv" > "$REP.sass_blocks.txt" 2>&1 || true
+head -${NCU_BLOCK_LINES:-80} "$REP.sass_blocks.txt"

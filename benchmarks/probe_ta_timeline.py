@@ -22,7 +22,7 @@ from benchmarks.probe_decode_attention import case  # noqa: E402
 # Timeline slots (csrc/kernels/tree_attention_ws.cuh).
 GT_ENTRY, CLK_ENTRY, CLK_BARRIER, CLK_PLEN, CLK_ISSUE0, CLK_Q, CLK_K0, CLK_SM0, CLK_LOOP, \
     CLK_EPI, GT_EXIT, SMID, CLK_EPI_WG1, CLK_LAST_ISSUE, CLK_STAGED, CLK_PLEN_C, CLK_PLEN_AGAIN, \
-    CLK_CLUSTER1, CLK_MERGED = range(19)
+    CLK_CLUSTER1, CLK_MERGED, CLK_MERGE_LOADS, CLK_MERGE_STORES = range(21)
 
 PHASES = [  # name, from slot, to slot
     ("entry -> CTA barrier", CLK_ENTRY, CLK_BARRIER),
@@ -40,6 +40,8 @@ PHASES = [  # name, from slot, to slot
     ("  global stores issued (merge_kernel path)", CLK_STAGED, CLK_EPI),
     ("  push shares, the others' received (cluster merge)", CLK_STAGED, CLK_CLUSTER1),
     ("  merge this CTA's share, store it", CLK_CLUSTER1, CLK_MERGED),
+    ("    its item's loads landed (thread 0)", CLK_CLUSTER1, CLK_MERGE_LOADS),
+    ("    maths done, stores issued", CLK_MERGE_LOADS, CLK_MERGE_STORES),
     ("  outgoing copies done reading", CLK_MERGED, CLK_EPI),
     ("consumer 0 done -> consumer 1 done", CLK_EPI, CLK_EPI_WG1),
     ("entry -> epilogue done (whole CTA)", CLK_ENTRY, CLK_EPI),
@@ -69,10 +71,10 @@ def analyse(tl, label):
           f"{ends.max().item():.0f} ns after the first entry")
     for name, a, b in PHASES:
         rows = tl_d if b not in (CLK_PLEN, CLK_ISSUE0) else tl_l[(tl_l[:, b] != 0)]
-        cluster_only = CLK_CLUSTER1 in (a, b) or CLK_MERGED in (a, b)
+        cluster_only = bool({CLK_CLUSTER1, CLK_MERGED, CLK_MERGE_LOADS, CLK_MERGE_STORES} & {a, b})
         clustered = (tl_d[:, CLK_CLUSTER1] != 0).any().item()
         if cluster_only:
-            rows = rows[(rows[:, CLK_CLUSTER1] != 0) & (rows[:, CLK_MERGED] != 0)]
+            rows = rows[(rows[:, a] != 0) & (rows[:, b] != 0)]
         elif "merge_kernel path" in name and clustered:
             continue
         if rows.shape[0] == 0:

@@ -362,7 +362,7 @@ std::tuple<at::Tensor, at::Tensor> tree_attention_cuda(const at::Tensor& q_in,
 
 #ifdef JETSPEC_TREE_ATTN_TIMELINE
 // Diagnostic builds only (JETSPEC_TREE_ATTN_TIMELINE=1 at build time): split_kernel_ws's per-CTA
-// phase timeline (slots: csrc/kernels/tree_attention_ws.cuh), as int64 (1024, 19) on `like`'s
+// phase timeline (slots: csrc/kernels/tree_attention_ws.cuh), as int64 (kTimelineCtas, kTimelineSlots) on `like`'s
 // device; `reset` zeroes it afterwards. Stream-ordered, no host synchronisation.
 at::Tensor tree_attention_timeline(const at::Tensor& like, bool reset) {
   c10::cuda::CUDAGuard guard(like.device());

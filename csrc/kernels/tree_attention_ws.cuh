@@ -133,7 +133,7 @@ __device__ __forceinline__ void consumers_bar_arrive(int id) {
 // timeline says where. Default builds compile none of it.
 #ifdef JETSPEC_TREE_ATTN_TIMELINE
 constexpr int kTimelineCtas = 1024;
-constexpr int kTimelineSlots = 19;
+constexpr int kTimelineSlots = 21;
 // Slots: 0 globaltimer at entry, 1 clock at entry, 2 after the CTA barrier, 3 producer: prefix
 // length known, 4 producer: first K/V tile's copies issued, 5 consumer 0: Q landed, 6: K(0)
 // landed, 7: softmax(0) done, 8: last P V done, 9: epilogue done, 10 globaltimer at consumer 0's
@@ -142,7 +142,8 @@ constexpr int kTimelineSlots = 19;
 // thread: the prefix length known / the same word loaded again through L2 (ld.global.cg): is
 // the first global load's ~1 us (fourteenth session) the miss or the path?; with the cluster
 // merge (p.cluster_merge), consumer 0: 17 the other CTAs' shares received, 18 its share merged
-// and stored.
+// and stored, and inside the merge (cluster_merge_share_n) 19 its item's loads landed, 20 its
+// maths done and stores issued (is the merge's time in the loads, the maths or the stores?).
 __device__ unsigned long long g_ws_timeline[kTimelineCtas][kTimelineSlots];
 __device__ __forceinline__ unsigned long long timeline_clock() {
   unsigned long long c;
@@ -338,6 +339,19 @@ __device__ __forceinline__ void cluster_merge_share_n(const Params& p, int rank,
 #pragma unroll
     for (int q = 0; q < CPI; ++q) v[j][q] = src[(g * CPI + q) ^ (r & 7)];  // swz position of chunk g * CPI + q
   }
+#ifdef JETSPEC_TREE_ATTN_TIMELINE
+  if (tid == 0) {  // a store of every loaded word folded together: waits for all the loads
+    uint32_t all = 0;
+#pragma unroll
+    for (int j = 0; j < NS; ++j) {
+      all ^= __float_as_uint(l[j]);
+#pragma unroll
+      for (int q = 0; q < CPI; ++q) all ^= v[j][q].x ^ v[j][q].y ^ v[j][q].z ^ v[j][q].w;
+    }
+    timeline_touch(19, (int)all);
+    timeline_mark(19, timeline_clock());
+  }
+#endif
   float mx = l[0];
 #pragma unroll
   for (int j = 1; j < NS; ++j) mx = fmaxf(mx, l[j]);
@@ -377,6 +391,7 @@ __device__ __forceinline__ void cluster_merge_share_n(const Params& p, int rank,
     packed.w = TypeTraits<T>::pack(acc[6] * inv, acc[7] * inv);
     *reinterpret_cast<uint4*>(out_row + (g * CPI + q) * 8) = packed;
   }
+  JETSPEC_TL_CLOCK(tid == 0, 20);
   if (g == 0) p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = wsum > 0.f ? (mx + __log2f(wsum)) * kLn2 : -INFINITY;
 }
 // cluster_merge_share_n for the launch's split count (2..kMaxClusterSplits).

@@ -99,7 +99,8 @@ Impl choose_impl(int device, int rows) {
 // memory: no partials in global memory, no merge_kernel. A cluster needs its CTAs on SMs of one
 // GPC at once, so with one CTA per SM fewer CTAs are resident than SMs (on the H200,
 // cudaOccupancyMaxActiveClusters: 15 clusters of 8 and of 7, 22 of 5 (fifteenth session), 30 of 4
-// (ninth session, 169 KB CTAs), against 16.5, 18.9, 26.4 and 33 by the SM count), and the split count is chosen with that in mind (choose_cluster_splits).
+// (ninth session, 169 KB CTAs), against 16.5, 18.9, 26.4 and 33 by the SM count), and the split
+// count is chosen with that in mind (choose_cluster_splits).
 // JETSPEC_TREE_ATTN_CLUSTER (read per call): unset or 1: by the cost model; 0: never (A/B timing,
 // tests of the merge_kernel path); require: with forced splits (JETSPEC_TREE_ATTN_SPLITS) of
 // 2..8, an error unless the cluster merge runs (tests that must exercise it).
@@ -362,8 +363,8 @@ std::tuple<at::Tensor, at::Tensor> tree_attention_cuda(const at::Tensor& q_in,
 
 #ifdef JETSPEC_TREE_ATTN_TIMELINE
 // Diagnostic builds only (JETSPEC_TREE_ATTN_TIMELINE=1 at build time): split_kernel_ws's per-CTA
-// phase timeline (slots: csrc/kernels/tree_attention_ws.cuh), as int64 (kTimelineCtas, kTimelineSlots) on `like`'s
-// device; `reset` zeroes it afterwards. Stream-ordered, no host synchronisation.
+// phase timeline (slots: csrc/kernels/tree_attention_ws.cuh), as int64 (kTimelineCtas,
+// kTimelineSlots) on `like`'s device; `reset` zeroes it afterwards. Stream-ordered, no host synchronisation.
 at::Tensor tree_attention_timeline(const at::Tensor& like, bool reset) {
   c10::cuda::CUDAGuard guard(like.device());
   auto t = at::empty({tree_attn::kTimelineCtas, tree_attn::kTimelineSlots}, like.options().dtype(at::kLong));

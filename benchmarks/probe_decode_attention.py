@@ -3,7 +3,9 @@ decoding round's cells (Qwen3-8B heads, batch 1, bf16, CUDA graph of 10 calls). 
 suite. Modes: --cells (default: auto splits vs one split), --pdl (programmatic launch on / off,
 alternated), --splits (split-count sweep of wgmma_ws_pp and wgmma_pipe), --forced (forced split
 counts with and without the cluster merge), --fixed (per-tile and
-fixed cost: time against key tiles per CTA at N 128 with 4 splits and with 1)."""
+fixed cost: time against key tiles per CTA at N 128 with 4 splits and with 1), --context (the
+decoder's cell, P1024 in a 1360-slot cache, with L2 warm and with L2 refilled by a 128 MB read
+between calls as the round's weight streams do)."""
 import os
 import sys
 
@@ -106,7 +108,36 @@ def fixed_cost():
                   f"[nopdl profiler: {kern}]", flush=True)
 
 
+def in_context():
+    # bench_decoder's round runs each layer's tree attention at prefix ~1024 in a 1360-slot cache
+    # (the launcher sizes its splits from the cache length) right after the layer's GEMMs have
+    # streamed weights through L2. The cells above use cache = P + N + 64 and a warm L2. Here:
+    # both caches, warm (10 calls back to back in one graph) and cold (each call behind a 128 MB
+    # read; the read's own graph time subtracted), auto and forced split counts.
+    sink = torch.empty(64 * 2**20, dtype=torch.bfloat16, device="cuda")
+    out = torch.empty((), dtype=torch.float32, device="cuda")
+    flush = lambda: torch.sum(sink, dtype=torch.float32, out=out)
+    t_flush = time_us(flush, graph=True)
+    for N in (64, 128, 256):
+        for S in (1024 + N + 64, 1360):
+            args = case(1024, N=N, S=S)
+            row = []
+            for splits in ("", "2", "3", "4", "6", "8"):
+                os.environ.pop("JETSPEC_TREE_ATTN_CLUSTER", None)
+                warm = timed(args, "", splits)
+                def both():
+                    flush()
+                    jetspec_ext.tree_attention(*args)
+                cold = time_us(both, graph=True) - t_flush
+                row.append(f"{splits or 'auto'}={warm:.2f}/{cold:.2f}")
+            os.environ.pop("JETSPEC_TREE_ATTN_SPLITS", None)
+            print(f"P1024 N{N} S{S} (warm/cold us, flush {t_flush:.1f})  " + "  ".join(row), flush=True)
+
+
 if __name__ == "__main__":
+    if "--context" in sys.argv:
+        in_context()
+        sys.exit(0)
     if "--fixed" in sys.argv:
         fixed_cost()
     elif "--pdl" in sys.argv:

@@ -299,8 +299,10 @@ __device__ __forceinline__ void cluster_push_shares(int ns, int rank, const uint
 
 // After the receive barrier completed: this CTA's share of the rows, combined over the cluster's
 // NS splits from local shared memory and written to out / lse. `tid` in 0..255 (the consumers).
-// A thread takes one row and CPI consecutive 16-byte chunks of it: its only item (CPI is the
-// least power of two <= 4 with R x CH / CPI <= 256 items). Compiled per split count, so that
+// A thread takes one row and CPI of its 16-byte chunks, kGroups apart: its only item (CPI is the
+// least power of two <= 4 with R x CH / CPI <= 256 items). Chunks kGroups apart, so that the
+// kGroups threads of a row store adjacent chunks in each store instruction (whole 32-byte
+// sectors; CPI consecutive chunks per thread wrote half sectors, 64 bytes apart). Compiled per split count, so that
 // every load of the item (NS lse values, NS x CPI chunks) is issued before any is used and no
 // code is spent on splits that do not exist. Why: the merge is issue-bound (8 warps, 2 per
 // scheduler, little to overlap), and the earlier form for any ns <= 8 (one loop unrolled over 8
@@ -337,7 +339,7 @@ __device__ __forceinline__ void cluster_merge_share_n(const Params& p, int rank,
     l[j] = own ? s_lse[r] : recv_lse[slot_row];
     const uint4* src = own ? stage + r * CH : recv_o + slot_row * CH;
 #pragma unroll
-    for (int q = 0; q < CPI; ++q) v[j][q] = src[(g * CPI + q) ^ (r & 7)];  // swz position of chunk g * CPI + q
+    for (int q = 0; q < CPI; ++q) v[j][q] = src[(q * kGroups + g) ^ (r & 7)];  // swz position of chunk q * kGroups + g
   }
 #ifdef JETSPEC_TREE_ATTN_TIMELINE
   if (tid == 0) {  // a store of every loaded word folded together: waits for all the loads
@@ -389,7 +391,7 @@ __device__ __forceinline__ void cluster_merge_share_n(const Params& p, int rank,
     packed.y = TypeTraits<T>::pack(acc[2] * inv, acc[3] * inv);
     packed.z = TypeTraits<T>::pack(acc[4] * inv, acc[5] * inv);
     packed.w = TypeTraits<T>::pack(acc[6] * inv, acc[7] * inv);
-    *reinterpret_cast<uint4*>(out_row + (g * CPI + q) * 8) = packed;
+    *reinterpret_cast<uint4*>(out_row + (q * kGroups + g) * 8) = packed;
   }
   JETSPEC_TL_CLOCK(tid == 0, 20);
   if (g == 0) p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = wsum > 0.f ? (mx + __log2f(wsum)) * kLn2 : -INFINITY;

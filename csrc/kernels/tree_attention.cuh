@@ -102,6 +102,16 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t addr, uint32_t& r0, u
                : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
                : "r"(addr));
 }
+// Four 8x8 b16 matrices to shared memory (sm_90): thread t holds row t / 4, columns 2 (t % 4)
+// and 2 (t % 4) + 1 of each (the MMA accumulator layout) and gives the address of row t % 8 of
+// matrix t / 8 (16 bytes).
+__device__ __forceinline__ void stmatrix_x4(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r0), "r"(r1),
+               "r"(r2), "r"(r3)
+               : "memory");
+#endif
+}
 
 template <typename T>
 struct TypeTraits;
@@ -403,6 +413,35 @@ __device__ __forceinline__ void write_rows(const Params& p, const float (&o)[D /
   }
 }
 
+// A warp's 16 rows of O (accumulator fragments; rows gid and gid + 8 scaled by inv[0] / inv[1])
+// as T into `stage`, those 16 rows of a swz-layout tile. On sm_90 with stmatrix: 8 instructions
+// at D = 128 instead of 32 four-byte stores and their addresses (EXPERIMENT: the staging took
+// 0.7-1.0 us per CTA in the timeline build, sixteenth session, several times its instruction
+// count). Elsewhere (never launched there: split_kernel_ws is sm_90 only) the four-byte stores.
+template <int D, typename T>
+__device__ __forceinline__ void stage_fragments(const float (&o)[D / 8][4], const float (&inv)[2], uint4* stage,
+                                                int lane) {
+  constexpr int NT_O = D / 8;
+  auto pk = [&](int i, int h) { return TypeTraits<T>::pack(o[i][2 * h] * inv[h], o[i][2 * h + 1] * inv[h]); };
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // One instruction per two column groups i, i + 1: matrices (i, rows 0-7), (i, rows 8-15),
+  // (i + 1, rows 0-7), (i + 1, rows 8-15); lane L addresses row L % 8 of matrix L / 8.
+  const int m = lane >> 3;
+  const int r = (lane & 7) + 8 * (m & 1);
+  const int dc = m >> 1;
+#pragma unroll
+  for (int i = 0; i < NT_O; i += 2)
+    stmatrix_x4(smem_u32(stage + swz<D>(r, i + dc)), pk(i, 0), pk(i, 1), pk(i + 1, 0), pk(i + 1, 1));
+#else
+  const int gid = lane >> 2, tig = lane & 3;
+  uint32_t* stage_w = reinterpret_cast<uint32_t*>(stage);
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int i = 0; i < NT_O; ++i) stage_w[swz<D>(gid + 8 * h, i) * 4 + tig] = pk(i, h);
+#endif
+}
+
 // write_rows for split_kernel_ws: the same quantities, but O partials in T instead of fp32, and O
 // (out or partials) staged through `stage`, the warp's own 16 rows of the Q tile in shared memory
 // (swz layout; free once the warp holds its Q fragments in registers). Why: the MMA fragment
@@ -416,21 +455,16 @@ template <int D, typename T>
 __device__ __forceinline__ void stage_rows(const Params& p, const float (&o)[D / 8][4], float (&l_run)[2],
                                            const float (&m_run)[2], uint4* stage, int warp_row0, int lane,
                                            int split, int bh, int b, int kvh) {
-  constexpr int NT_O = D / 8;
   const int gid = lane >> 2, tig = lane & 3;
   quad_sum_row_sums(l_run);
   constexpr float kLn2 = 0.6931471805599453f;
-  uint32_t* stage_w = reinterpret_cast<uint32_t*>(stage);
+  const float inv[2] = {l_run[0] > 0.f ? 1.f / l_run[0] : 0.f, l_run[1] > 0.f ? 1.f / l_run[1] : 0.f};
+  stage_fragments<D, T>(o, inv, stage, lane);
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = gid + h * 8;  // row within the warp's 16
     const int grow = warp_row0 + r;
     const float l = l_run[h];
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    // Chunk i of row r at swz position: the 8 rows x 4 words of one store hit 32 different banks.
-#pragma unroll
-    for (int i = 0; i < NT_O; ++i)
-      stage_w[swz<D>(r, i) * 4 + tig] = TypeTraits<T>::pack(o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
     if (tig == 0 && grow < p.rows) {
       const float lse_v = l > 0.f ? (m_run[h] + __log2f(l)) * kLn2 : -INFINITY;
       if (p.num_splits == 1) {

@@ -261,18 +261,15 @@ template <int D, typename T>
 __device__ __forceinline__ void cluster_stage_rows(const float (&o)[D / 8][4], float (&l_run)[2],
                                                    const float (&m_run)[2], uint4* stage, float* s_lse,
                                                    int warp_row0, int lane) {
-  constexpr int NT_O = D / 8;
+  constexpr int CH = D / 8;
   const int gid = lane >> 2, tig = lane & 3;
   quad_sum_row_sums(l_run);
-  uint32_t* stage_w = reinterpret_cast<uint32_t*>(stage);
+  const float inv[2] = {l_run[0] > 0.f ? 1.f / l_run[0] : 0.f, l_run[1] > 0.f ? 1.f / l_run[1] : 0.f};
+  stage_fragments<D, T>(o, inv, stage + warp_row0 * CH, lane);
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = warp_row0 + gid + h * 8;
     const float l = l_run[h];
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-#pragma unroll
-    for (int i = 0; i < NT_O; ++i)
-      stage_w[swz<D>(r, i) * 4 + tig] = TypeTraits<T>::pack(o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
     if (tig == 0) s_lse[r] = l > 0.f ? m_run[h] + __log2f(l) : -INFINITY;
   }
 }

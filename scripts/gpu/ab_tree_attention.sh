@@ -8,6 +8,7 @@
 # Further whole csrc trees carried as .carry/alt_csrc, .carry/alt2_csrc, ... are built and timed
 # too (new, old, alt, alt2, new, old, alt, alt2); the CUDA tests run on the new one only. Each
 # build is ~50 s of device time.
+# AB_PROBE="--cells --context": the probe modes timed per version (default --cells).
 # AB_DEC_ARGS="--modes compile --budgets 128,256" also runs bench_decoder.py with those arguments
 # for each version in the same order (the decoder rows of each tree; inductor's cache makes the
 # runs after the first ~20 s each); AB_CELLS=0 skips the attention cells.
@@ -34,7 +35,10 @@ steps=tests; [ "${AB_TESTS:-1}" = 0 ] && steps=""
 T_TESTS=290 STEPS="$steps" TEST1="${AB_TEST1:-test_tree_attention.py -k cuda}" bash scripts/gpu/call.sh 2>&1 | grep -v "^\[" | tail -20
 cp jetspec_ext/_C.abi3.so /tmp/new.so
 if [ "${AB_CELLS:-1}" != 0 ]; then
-  for v in $versions; do cp /tmp/$v.so jetspec_ext/_C.abi3.so; echo "== $v"; timeout 60 python3 benchmarks/probe_decode_attention.py --cells; done 2>&1 | tee $OUT/ab_cells.log
+  for v in $versions; do
+    cp /tmp/$v.so jetspec_ext/_C.abi3.so; echo "== $v"
+    for mode in ${AB_PROBE:---cells}; do timeout 90 python3 benchmarks/probe_decode_attention.py $mode; done
+  done 2>&1 | tee $OUT/ab_cells.log
 fi
 if [ -n "${AB_DEC_ARGS:-}" ]; then
   for v in $versions; do

@@ -43,12 +43,12 @@ def cells():
               f"s1={timed(args, '', '1'):.2f}", flush=True)
 
 
-def forced():
-    # Forced split counts at prefix 1024, each with the cluster merge (JETSPEC_TREE_ATTN_CLUSTER=
+def forced(prefixes=(1024,)):
+    # Forced split counts (at prefix 1024 unless `--forced P1,P2` names others), each with the cluster merge (JETSPEC_TREE_ATTN_CLUSTER=
     # require; "-" where the clusters would not fit one wave) and with merge_kernel (=0): what the
     # launcher's cost model (choose_cluster_splits) chooses between.
-    for N in (64, 128, 256):
-        args = case(1024, N=N)
+    for P, N in ((P, N) for P in prefixes for N in (64, 128, 256)):
+        args = case(P, N=N)
         row = []
         for s in range(2, 9):
             t = {}
@@ -61,7 +61,7 @@ def forced():
             row.append(f"s{s}={t['require']}/{t['0']}")
         os.environ.pop("JETSPEC_TREE_ATTN_CLUSTER", None)
         os.environ.pop("JETSPEC_TREE_ATTN_SPLITS", None)
-        print(f"P1024 N{N} (cluster/merge_kernel us)  " + "  ".join(row), flush=True)
+        print(f"P{P} N{N} (cluster/merge_kernel us)  " + "  ".join(row), flush=True)
 
 
 def pdl():
@@ -148,7 +148,8 @@ if __name__ == "__main__":
     elif "--pdl" in sys.argv:
         pdl()
     elif "--forced" in sys.argv:
-        forced()
+        i = sys.argv.index("--forced") + 1
+        forced(tuple(int(x) for x in sys.argv[i].split(",")) if i < len(sys.argv) else (1024,))
     elif "--splits" in sys.argv:
         split_sweep()
     else:

@@ -44,9 +44,10 @@ def cells():
 
 
 def forced(prefixes=(1024,)):
-    # Forced split counts (at prefix 1024 unless `--forced P1,P2` names others), each with the cluster merge (JETSPEC_TREE_ATTN_CLUSTER=
-    # require; "-" where the clusters would not fit one wave) and with merge_kernel (=0): what the
-    # launcher's cost model (choose_cluster_splits) chooses between.
+    # Forced split counts (at prefix 1024 unless `--forced P1,P2` names others), each with the
+    # cluster merge (JETSPEC_TREE_ATTN_CLUSTER=require; "-" where the clusters would not fit one
+    # wave) and with merge_kernel (=0): what the launcher's cost model (choose_cluster_splits)
+    # chooses between.
     for P, N in ((P, N) for P in prefixes for N in (64, 128, 256)):
         args = case(P, N=N)
         row = []

@@ -437,6 +437,24 @@ def test_cuda_cluster_setting_is_checked(monkeypatch):
 
 
 @requires_cuda_kernel
+def test_cuda_inputs_written_just_before(impl):
+    """K/V caches and prefix length rewritten by the kernels right before the op on the stream
+    (as the decoder's cache writes and commits are), after a call that left the old values in
+    L2: the result reflects the new values (with programmatic launches the kernels may start
+    before the previous kernel ends; nothing they read may be read ahead of the wait)."""
+    q, k, v, pl, mask = make_case(1, 128, 32, 8, 128, [600], S=1400, device="cuda", seed=11,
+                                  poison_tail=False)
+    run_op(q, k, v, pl, mask)
+    gen = torch.Generator(device="cuda").manual_seed(12)
+    k.copy_(torch.randn(k.shape, generator=gen, device="cuda"))
+    v.copy_(torch.randn(v.shape, generator=gen, device="cuda"))
+    pl.fill_(1100)
+    out, lse = run_op(q, k, v, pl, mask)
+    torch.cuda.synchronize()
+    check_against_reference(out, lse, q, k, v, pl, mask)
+
+
+@requires_cuda_kernel
 def test_cuda_matches_cpu_op(impl):
     args = make_case(2, 70, 16, 4, 128, [300, 1200], device="cpu")
     out_c, lse_c = jetspec_ext.tree_attention(*args)

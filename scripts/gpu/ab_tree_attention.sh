@@ -5,9 +5,11 @@
 # `probe_decode_attention.py --cells` with the new, old, new, old .so in place. The old sources:
 # .carry/old_csrc, a whole csrc/ tree (`git archive REV csrc | tar -x --strip-components=1
 # -C .carry/old_csrc`). (Earlier sessions carried only tree_attention.cuh as .carry/old_ta.cuh.)
-# Further whole csrc trees carried as .carry/alt_csrc, .carry/alt2_csrc, ... are built and timed
-# too (new, old, alt, alt2, new, old, alt, alt2); the CUDA tests run on the new one only. Each
-# build is ~50 s of device time.
+# Further whole csrc trees carried as .carry/alt_csrc, .carry/alt2_csrc, ... and named in
+# AB_ALTS (e.g. AB_ALTS="alt alt2") are built and timed too (new, old, alt, alt2, new, old, alt,
+# alt2); the CUDA tests run on the new one only. Each build is ~50 s of device time. (Only the
+# named ones: a warm machine keeps the .carry folders of earlier calls, and the seventeenth
+# session lost ~100 s building two stale ones.)
 # AB_PROBE="--cells --context": the probe modes timed per version (default --cells).
 # AB_DEC_ARGS="--modes compile --budgets 128,256" also runs bench_decoder.py with those arguments
 # for each version in the same order (the decoder rows of each tree; inductor's cache makes the
@@ -15,16 +17,20 @@
 # Leaves the new .so in place. Usage on the H200: bash scripts/gpu/ab_tree_attention.sh
 set -u
 export PYTHONPATH=$PWD
+csrc_hash() { find csrc -type f -print0 | LC_ALL=C sort -z | xargs -0 sha1sum | sha1sum | cut -c1-12; }
+echo "new: csrc content hash $(csrc_hash)" | tee -a "${OUT:-/tmp}/ab_versions.log"
 rm -rf /tmp/new_csrc && cp -r csrc /tmp/new_csrc
 [ -d .carry/old_csrc ] || { echo "no .carry/old_csrc (carry it)"; exit 1; }
 rm -rf csrc && cp -r .carry/old_csrc csrc
+echo "old: csrc content hash $(csrc_hash)" | tee -a "${OUT:-/tmp}/ab_versions.log"
 STEPS="" bash scripts/gpu/call.sh > /tmp/b1.log 2>&1 || { tail -20 /tmp/b1.log; exit 1; }
 cp jetspec_ext/_C.abi3.so /tmp/old.so
 alts=""
-for d in .carry/alt*_csrc; do  # optional further versions (.carry/alt_csrc, .carry/alt2_csrc, ...)
-  [ -d "$d" ] || continue
-  a=$(basename "$d" _csrc)
+for a in ${AB_ALTS:-}; do  # optional further versions (.carry/alt_csrc, .carry/alt2_csrc, ...)
+  d=.carry/${a}_csrc
+  [ -d "$d" ] || { echo "AB_ALTS names $a, but there is no $d (carry it)"; exit 1; }
   rm -rf csrc && cp -r "$d" csrc && find csrc -name '*.cu*' -exec touch {} +
+  echo "$a: csrc content hash $(csrc_hash)" | tee -a "${OUT:-/tmp}/ab_versions.log"
   STEPS="" bash scripts/gpu/call.sh > /tmp/b_$a.log 2>&1 || { tail -20 /tmp/b_$a.log; exit 1; }
   cp jetspec_ext/_C.abi3.so /tmp/$a.so
   alts="$alts $a"

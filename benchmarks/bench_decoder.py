@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.harness import kernel_stats, print_kernel_stats, print_table, time_us  # noqa: E402
+from benchmarks.harness import GpuSampler, kernel_stats, print_kernel_stats, print_table, time_us  # noqa: E402
 
 PUBLISHED_TAU = {128: 9.95, 256: 10.76}
 BUDGETS = (32, 64, 128, 256)
@@ -134,6 +134,9 @@ def main(argv=None):
                     help="print the top CUDA kernels of one graphed AR step and one budget-128 round per mode")
     ap.add_argument("--top", type=int, default=25, help="kernels listed by --profile")
     ap.add_argument("--no-stages", action="store_true", help="skip the per-stage breakdown")
+    ap.add_argument("--clocks", action="store_true",
+                    help="after each graphed row, replay it for ~1.5 s more while nvidia-smi samples the "
+                         "SM clock and board power: columns graph2_ms, sm_mhz, power_w")
     ap.add_argument("--deadline-s", type=float, default=float(os.environ.get("JETSPEC_BENCH_DEADLINE_S", 510)),
                     help="wall-clock budget: measurements that would start after it print n/a")
     args = ap.parse_args(argv)
@@ -214,12 +217,13 @@ def main(argv=None):
     def err_text(e):
         return f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
 
-    def measure(fn, graph):
+    def measure(fn, graph, iters=None):
         if late():
             return float("nan"), f"skipped: past --deadline-s {args.deadline_s:.0f}"
         try:
             with torch.inference_mode():
-                return time_us(fn, warmup=3, iters=args.iters, setup=reset, graph=graph, graph_reps=1) / 1e3, None
+                return time_us(fn, warmup=3, iters=iters or args.iters, setup=reset, graph=graph,
+                               graph_reps=1) / 1e3, None
         except Exception as e:
             return float("nan"), err_text(e)
 
@@ -275,6 +279,10 @@ def main(argv=None):
                 row["graph_ms"], err = measure(fn, True)
                 if err:
                     row["graph_err"] = err
+                elif args.clocks:  # the same replays for ~1.5 s, clocks and power sampled meanwhile
+                    with GpuSampler(device) as sampler:
+                        row["graph2_ms"], _ = measure(fn, True, iters=max(args.iters, int(1500 / row["graph_ms"])))
+                    row["sm_mhz"], row["power_w"], _ = sampler.median()
             print(f"[{mode}] {what} {B}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()
                                                          if isinstance(v, float)))
             sys.stdout.flush()

@@ -89,6 +89,65 @@ def time_us(fn: Callable[[], object], warmup: int = 10, iters: int = 100,
     return statistics.median(times)
 
 
+class GpuSampler:
+    """Samples the GPU's SM clock (MHz) and board power (W) with ``nvidia-smi -lms`` while the
+    ``with`` block runs: ``with GpuSampler() as g: ...`` then ``g.median()`` ->
+    ``(sm_mhz, power_w, samples)`` (NaNs and 0 samples where nvidia-smi is absent or says
+    nothing). Why: the same code measured different t_round / t_AR on different H200s, with the
+    same AR step (benchmarks/RESULTS.md, seventeenth session); sustained clocks under the round's
+    compute-heavier GEMMs are one suspect. Sampling is host-side and costs the GPU nothing."""
+
+    def __init__(self, device=None, interval_ms: int = 20):
+        self.interval_ms = interval_ms
+        self.device = device
+        self.lines: List[str] = []
+        self.proc = None
+
+    def __enter__(self):
+        import shutil
+        import subprocess
+
+        exe = shutil.which("nvidia-smi")
+        if exe and torch.cuda.is_available():
+            cmd = [exe, "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits",
+                   f"-lms={self.interval_ms}"]
+            if torch.cuda.device_count() > 1 or "CUDA_VISIBLE_DEVICES" in os.environ:
+                try:  # address the GPU by UUID (CUDA_VISIBLE_DEVICES renumbers torch's indices)
+                    dev = torch.device(self.device if self.device is not None else "cuda")
+                    index = dev.index if dev.index is not None else torch.cuda.current_device()
+                    cmd.append(f"--id=GPU-{torch.cuda.get_device_properties(index).uuid}")
+                except Exception:
+                    pass
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            self.proc.terminate()
+            out, _ = self.proc.communicate(timeout=10)
+            self.lines = out.splitlines()
+        return False
+
+    def median(self):
+        return parse_gpu_samples(self.lines)
+
+
+def parse_gpu_samples(lines: List[str]):
+    """``"1980, 612.34"`` lines -> (median SM MHz, median W, count); unparsable lines skipped."""
+    mhz, watts = [], []
+    for line in lines:
+        parts = [x.strip() for x in line.split(",")]
+        try:
+            m, w = float(parts[0]), float(parts[1])
+        except (ValueError, IndexError):
+            continue
+        mhz.append(m)
+        watts.append(w)
+    if not mhz:
+        return float("nan"), float("nan"), 0
+    return statistics.median(mhz), statistics.median(watts), len(mhz)
+
+
 def measure(name: str, shape: str, fn: Callable[[], object], *, bytes_moved: float = 0.0,
             flops: float = 0.0, baselines: Optional[Dict[str, Callable[[], object]]] = None,
             warmup: int = 10, iters: int = 100, setup=None, graph: bool = False,

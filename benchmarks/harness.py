@@ -118,7 +118,8 @@ class GpuSampler:
                     cmd.append(f"--id=GPU-{torch.cuda.get_device_properties(index).uuid}")
                 except Exception:
                     pass
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                         text=True)
         return self
 
     def __exit__(self, *exc):

@@ -28,9 +28,9 @@ export JETSPEC_BENCH_JSON="$OUTDIR/bench.jsonl"
 rm -f "$JETSPEC_BENCH_JSON"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader || true
 # The device's copy of the working tree carries stale git metadata (its `git log` named an older
-# commit in every call of the seventeenth session), so the sources are named by content: the
-# same command in a checkout of a commit gives that commit's value (scripts/csrc_hash.sh REV).
-echo "csrc content hash $(find csrc -type f -print0 | LC_ALL=C sort -z | xargs -0 sha1sum | sha1sum | cut -c1-12)" \
+# commit in every call of the seventeenth session), so the sources are named by content
+# (`bash scripts/csrc_hash.sh REV` gives a commit's value).
+echo "csrc content hash $(bash scripts/csrc_hash.sh --tree)" \
   "(git metadata here, possibly stale: $(git log -1 --format=%h 2>/dev/null))"
 
 t0=$(date +%s)

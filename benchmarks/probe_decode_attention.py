@@ -143,8 +143,7 @@ def in_context():
 if __name__ == "__main__":
     if "--context" in sys.argv:
         in_context()
-        sys.exit(0)
-    if "--fixed" in sys.argv:
+    elif "--fixed" in sys.argv:
         fixed_cost()
     elif "--pdl" in sys.argv:
         pdl()

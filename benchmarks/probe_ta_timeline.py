@@ -3,10 +3,10 @@ phase timeline. Needs a diagnostic build (JETSPEC_TREE_ATTN_TIMELINE=1 at build 
 kernel then records the SM clock at its phases and `torch.ops.jetspec._tree_attention_timeline`
 reads them back; default builds have neither). Not part of the suite.
 
-Usage on the H200: JETSPEC_TREE_ATTN_TIMELINE=1 python setup.py build_ext --inplace, then
-python benchmarks/probe_ta_timeline.py [--cells 1024x128,...]. For each cell (Qwen3-8B heads, bf16, batch 1, the default
-launcher: automatic splits, wgmma_ws_pp) one call after warm-up; per phase the median and the
-10th / 90th percentile over the CTAs, in ns (SM clock converted with the clock rate the CTAs
+Usage on the H200: JETSPEC_TREE_ATTN_TIMELINE=1 python setup.py build_ext --inplace, then python
+benchmarks/probe_ta_timeline.py [--cells 1024x128,...]. For each cell (Qwen3-8B heads, bf16, batch
+1, the default launcher: automatic splits, wgmma_ws_pp) one call after warm-up; per phase the median
+and the 10th / 90th percentile over the CTAs, in ns (SM clock converted with the clock rate the CTAs
 themselves show: clock cycles over global-timer ns between entry and exit)."""
 import os
 import sys
@@ -69,10 +69,10 @@ def analyse(tl, label):
     print(f"   CTA entry spread: p50 {pct(starts, .5):.0f} ns, p90 {pct(starts, .9):.0f}, max "
           f"{starts.max().item():.0f}; consumer-0 exit: p50 {pct(ends, .5):.0f}, max "
           f"{ends.max().item():.0f} ns after the first entry")
+    clustered = (tl_d[:, CLK_CLUSTER1] != 0).any().item()  # this call ran the cluster merge
     for name, a, b in PHASES:
         rows = tl_d if b not in (CLK_PLEN, CLK_ISSUE0) else tl_l[(tl_l[:, b] != 0)]
         cluster_only = bool({CLK_CLUSTER1, CLK_MERGED, CLK_MERGE_LOADS, CLK_MERGE_STORES} & {a, b})
-        clustered = (tl_d[:, CLK_CLUSTER1] != 0).any().item()
         if cluster_only:
             rows = rows[(rows[:, a] != 0) & (rows[:, b] != 0)]
         elif "merge_kernel path" in name and clustered:

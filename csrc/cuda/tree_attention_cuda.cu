@@ -171,7 +171,7 @@ SplitChoice choose_cluster_splits(const ClusterCounts& resident, int64_t base, i
   const double tiles = std::max(1.0, (double)S / tree_attn::kBN);
   auto tiles_per = [&](int64_t s) { return tiles / (double)s; };
   SplitChoice best{plain, false};
-  double best_cost = (double)((base * plain + sms - 1) / sms) * tiles_per(plain) + (plain > 1 ? kMergeKernelTiles : 0.0);
+  double best_cost = (double)ceil_div(base * plain, sms) * tiles_per(plain) + (plain > 1 ? kMergeKernelTiles : 0.0);
   const int max_s = (int)std::min<int64_t>(tree_attn::kMaxClusterSplits, (int64_t)(tiles / 2));
   for (int s = 2; s <= max_s; ++s) {
     if (resident[s] == 0) continue;
@@ -212,7 +212,7 @@ void launch_split(void (*kernel)(const tree_attn::Params), int threads, int smem
       // Forced splits: clustered when the clusters take no more CTA waves than plain CTAs.
       const int n = resident[forced];
       const int64_t waves_clustered = cluster_waves(base, n);
-      const int64_t waves_plain = (base * forced + sm_count(device) - 1) / sm_count(device);
+      const int64_t waves_plain = ceil_div(base * forced, sm_count(device));
       p.cluster_merge = waves_clustered <= waves_plain;
       TORCH_CHECK(p.cluster_merge || mode != ClusterMode::kRequire, "tree_attention: JETSPEC_TREE_ATTN_CLUSTER=require, but ",
                   base, " clusters of ", forced, " CTAs would take ", waves_clustered, " waves against ", waves_plain,

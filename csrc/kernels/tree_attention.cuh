@@ -421,9 +421,10 @@ __device__ __forceinline__ void write_rows(const Params& p, const float (&o)[D /
 
 // A warp's 16 rows of O (accumulator fragments; rows gid and gid + 8 scaled by inv[0] / inv[1])
 // as T into `stage`, those 16 rows of a swz-layout tile. On sm_90 with stmatrix: 8 instructions
-// at D = 128 instead of 32 four-byte stores and their addresses (EXPERIMENT: the staging took
-// 0.7-1.0 us per CTA in the timeline build, sixteenth session, several times its instruction
-// count). Elsewhere (never launched there: split_kernel_ws is sm_90 only) the four-byte stores.
+// at D = 128 instead of 32 four-byte stores and their addresses (the staging had taken 0.7-1.0
+// us per CTA, several times its instruction count; with stmatrix P4096 N128 22.84 -> 22.64 us
+// and P16384 N256 ~130 -> ~124 on the H200, seventeenth session). Elsewhere (never launched
+// there: split_kernel_ws is sm_90 only) the four-byte stores.
 template <int D, typename T>
 __device__ __forceinline__ void stage_fragments(const float (&o)[D / 8][4], const float (&inv)[2], uint4* stage,
                                                 int lane) {

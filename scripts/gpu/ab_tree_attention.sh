@@ -17,7 +17,7 @@
 # Leaves the new .so in place. Usage on the H200: bash scripts/gpu/ab_tree_attention.sh
 set -u
 export PYTHONPATH=$PWD
-csrc_hash() { find csrc -type f -print0 | LC_ALL=C sort -z | xargs -0 sha1sum | sha1sum | cut -c1-12; }
+csrc_hash() { bash scripts/csrc_hash.sh --tree; }
 echo "new: csrc content hash $(csrc_hash)" | tee -a "${OUT:-/tmp}/ab_versions.log"
 rm -rf /tmp/new_csrc && cp -r csrc /tmp/new_csrc
 [ -d .carry/old_csrc ] || { echo "no .carry/old_csrc (carry it)"; exit 1; }

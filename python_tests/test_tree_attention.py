@@ -359,6 +359,23 @@ def test_cuda_strided_inputs(impl):
 
 
 @requires_cuda_kernel
+def test_cuda_size_one_dims_with_any_stride(impl):
+    """Caches whose size-1 dims (batch, KV heads) carry strides torch allows but no dense layout
+    would have (here 8 and 16 elements, overlapping the rows), and a head dim of 64: the
+    warp-specialized kernel describes the caches to TMA, which wants strides of whole 16-byte
+    units, so such strides are replaced by dense ones (they are never stepped)."""
+    S, D = 777, 64
+    base_k = torch.randn(S * D + 64, device="cuda").to(torch.bfloat16)
+    base_v = torch.randn(S * D + 64, device="cuda").to(torch.bfloat16)
+    k = torch.as_strided(base_k, (1, 1, S, D), (8, 16, D, 1))
+    v = torch.as_strided(base_v, (1, 1, S, D), (8, 16, D, 1))
+    q, _, _, pl, mask = make_case(1, 40, 4, 1, D, [S - 40 - 3], device="cuda", seed=21)
+    out, lse = run_op(q, k, v, pl, mask)
+    torch.cuda.synchronize()
+    check_against_reference(out, lse, q, k, v, pl, mask)
+
+
+@requires_cuda_kernel
 @pytest.mark.parametrize("scale", [-0.05, 0.0, 0.2])
 def test_cuda_negative_scale_and_uneven_splits(impl, scale, monkeypatch):
     """A zero or negative softmax scale is allowed (only finiteness is required; masked keys must

@@ -2,6 +2,7 @@
 // kernel design: csrc/kernels/tree_attention.cuh; docs/tree_attention.md.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 #include <torch/library.h>
 
 #include <algorithm>
@@ -255,10 +256,52 @@ void launch_variant(tree_attn::Params& p, int64_t S, int device, cudaStream_t st
                      configured, p, S, device, stream, o_part, lse_part, fopts);
 }
 
+// cuTensorMapEncodeTiled from the driver the runtime already loaded (no -lcuda at link time).
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    JETSPEC_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found));
+    TORCH_CHECK(found == cudaDriverEntryPointSuccess && fn != nullptr,
+                "tree_attention: the CUDA driver has no cuTensorMapEncodeTiled (needed on sm_90)");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  return encode;
+}
+
+// TMA descriptor of a K or V cache (B, Hkv, S, D) with element strides (sb, sh, ss) and a
+// contiguous last dim, for split_kernel_ws's tiles: dims innermost first (D, S, Hkv, B), boxes of
+// 64 columns x 64 keys, 128-byte swizzle (= kv_off_sw128), keys past S read as zeros. The launcher
+// has checked 16-byte alignment of the pointer and strides. A dim of size 1 may carry any stride
+// in torch; TMA wants multiples of 16 bytes, so such a stride is replaced by a dense one (it is
+// never stepped).
+template <typename T>
+CUtensorMap encode_kv_tensor_map(const void* base, int D, int64_t S, int Hkv, int B, int64_t sb, int64_t sh,
+                                 int64_t ss) {
+  constexpr int64_t E = sizeof(T);
+  if (S == 1) ss = D;
+  if (Hkv == 1) sh = ss * S;
+  if (B == 1) sb = sh * Hkv;
+  const cuuint64_t dims[4] = {(cuuint64_t)D, (cuuint64_t)S, (cuuint64_t)Hkv, (cuuint64_t)B};
+  const cuuint64_t strides[3] = {(cuuint64_t)(ss * E), (cuuint64_t)(sh * E), (cuuint64_t)(sb * E)};
+  const cuuint32_t box[4] = {64, (cuuint32_t)tree_attn::kBN, 1, 1};
+  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
+  CUtensorMap map;
+  const CUresult r = tensor_map_encoder()(
+      &map, std::is_same<T, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4,
+      const_cast<void*>(base), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  TORCH_CHECK(r == CUDA_SUCCESS, "tree_attention: cuTensorMapEncodeTiled failed (CUresult ", (int)r,
+              ") for a cache of shape (", B, ", ", Hkv, ", ", S, ", ", D, ") and strides (", sb, ", ", sh, ", ", ss, ")");
+  return map;
+}
+
 // The warp-specialized kernel: 128 query rows per CTA, 384 threads, one CTA per SM.
 template <int D, typename T>
 void launch_ws(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream, at::Tensor& o_part,
                at::Tensor& lse_part, const at::TensorOptions& fopts) {
+  p.tmap_k = encode_kv_tensor_map<T>(p.k, D, S, p.Hkv, p.B, p.k_sb, p.k_sh, p.k_ss);
+  p.tmap_v = encode_kv_tensor_map<T>(p.v, D, S, p.Hkv, p.B, p.v_sb, p.v_sh, p.v_ss);
   static bool configured[64] = {false};
   launch_split<D, T, T>(tree_attn::split_kernel_ws<D, T>, tree_attn::kWsThreads, tree_attn::ws_smem_bytes<D>(),
                      tree_attn::kWsRows, 1, configured, p, S, device, stream, o_part, lse_part, fopts,

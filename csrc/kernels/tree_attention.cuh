@@ -23,6 +23,7 @@
 //     (normalised O, natural-log lse, per split) and merge_kernel combines them in fp32.
 #pragma once
 
+#include <cuda.h>  // CUtensorMap (a type only: no driver library is linked)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -45,6 +46,11 @@ __host__ __device__ constexpr int bm_of(int nwarps) { return 16 * nwarps; }
 static_assert(kBN % 16 == 0, "KV tile must be a multiple of the MMA k (16)");
 
 struct Params {
+  // split_kernel_ws only: TMA descriptors of the K and V caches, 4-D (D, S, Hkv, B) with the
+  // caches' strides, boxes of 64 head-dim columns x 64 keys in the 128-byte swizzle (the
+  // kv_off_sw128 layout), encoded by the launcher (encode_kv_tensor_map). That kernel takes
+  // Params as a __grid_constant__ parameter so that TMA can read them where they are.
+  CUtensorMap tmap_k, tmap_v;
   const void* q;         // (B, N, Hq, D), last dim contiguous, strides q_sb/q_sn/q_sh (elements)
   const void* k;         // (B, Hkv, S, D), last dim contiguous
   const void* v;         // (B, Hkv, S, D), last dim contiguous
@@ -792,27 +798,6 @@ __device__ __forceinline__ void copy_q_tile(const Params& p, const T* qg, uint4*
       g -= p.G;
       ++n;
     }
-  }
-}
-// A tile of K or V that lies wholly below L (no zero-fill), for split_kernel_ws's producer: the
-// rows a thread copies are kRowStep apart, a multiple of 8, so their swizzle phase (row & 7) is
-// the same and their shared-memory offsets differ by a constant; one 64-bit source pointer is
-// stepped by kRowStep rows. (~3 instructions per copy instead of ~12: the producer warp shares
-// each scheduler with two consumer warps.)
-template <int D, typename T, int kThreads>
-__device__ __forceinline__ void copy_kv_tile_full(const T* src_base, int64_t stride, uint4* dst, int tile, int r0,
-                                                  int c_chunk) {
-  constexpr int CH = D / 8;
-  constexpr int kRowStep = kThreads / CH;
-  static_assert(kThreads % CH == 0 && kBN % kRowStep == 0 && kRowStep % 8 == 0,
-                "a thread's rows share one swizzle phase");
-  const T* src = src_base + (int64_t)(tile * kBN + r0) * stride + c_chunk * 8;
-  const int64_t step = (int64_t)kRowStep * stride;
-  const uint32_t d0 = smem_u32(dst + kv_off_sw128<D>(r0, c_chunk));
-#pragma unroll
-  for (int i = 0; i < kBN / kRowStep; ++i) {
-    cp_async_16(d0 + i * kRowStep * 8 * 16, src, 16);
-    src += step;
   }
 }
 // One tile of K or V (kBN keys from `tile * kBN` of the cache rows at `src_base`, `stride`

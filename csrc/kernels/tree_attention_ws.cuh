@@ -6,10 +6,13 @@
 // session): its warps issue ~120 copy instructions per tile and meet at a CTA barrier once per
 // tile, so both warpgroups run their softmax at the same time while the tensor cores idle
 // (docs/tree_attention_next.md, R2 and R3). Here:
-//   * warpgroup 0 is a producer: its 128 threads issue the cp.async copies of Q and of every
-//     K/V tile into a ring of kWsStages stages and signal each stage on an mbarrier
-//     (cp.async.mbarrier.arrive.noinc: the arrive fires when the thread's copies have landed);
-//     it gives registers to the consumers (setmaxnreg 56: at 40 its copy addressing spilled);
+//   * warpgroup 0 is a producer: its 128 threads copy Q with cp.async (signalled by
+//     cp.async.mbarrier.arrive.noinc: the arrive fires when the thread's copies have landed) and
+//     its thread 0 copies every K/V tile into a ring of kWsStages stages by TMA (tensor maps of
+//     the caches from the launcher; each stage's K and V signalled on an mbarrier by their
+//     bytes), except V of the key range's last partial tile, whose rows past the keys must be
+//     zeros (zero-filling cp.async by all 128, then a proxy fence); it gives registers to the
+//     consumers (setmaxnreg 56);
 //   * warpgroups 1 and 2 are consumers of 64 query rows each (setmaxnreg 224; the kernel starts
 //     at 168 per thread, so 128 x (168 - 56) = 256 x (224 - 168) registers change hands). They wait on the
 //     stage's mbarriers only (no CTA barrier in the loop), run the same maths and intra-warpgroup
@@ -123,6 +126,8 @@ __device__ __forceinline__ void consumers_bar_sync(int id) {
 __device__ __forceinline__ void consumers_bar_arrive(int id) {
   asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory");
 }
+// Named barrier over the 128 producer threads (id 4; ids 1-3 are the consumers').
+__device__ __forceinline__ void producers_bar_sync() { asm volatile("bar.sync 4, 128;\n" ::: "memory"); }
 
 // ---- phase timeline (diagnostic builds only) --------------------------------------------------
 // Built with JETSPEC_TREE_ATTN_TIMELINE=1 (setup.py adds -DJETSPEC_TREE_ATTN_TIMELINE), the kernel
@@ -411,13 +416,37 @@ __device__ __forceinline__ void cluster_merge_share(const Params& p, int rank, c
   }
 }
 
+// One TMA box of a K or V cache: head-dim columns [col0, col0 + 64) of keys [key0, key0 + 64) of
+// KV head `kvh`, batch row `b`, into `dst` (1024-byte aligned) in the 128-byte swizzle, its
+// bytes completing on `bar` (keys past the cache arrive as zeros and still count).
+__device__ __forceinline__ void tma_load_box(uint32_t dst, const CUtensorMap* map, int col0, int key0, int kvh, int b,
+                                             uint32_t bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(col0), "r"(key0), "r"(kvh), "r"(b), "r"(bar)
+      : "memory");
+#endif
+}
+// A whole K or V tile (kBN keys from tile * kBN) by TMA into `dst`, in the kv_off_sw128 layout
+// (D / 64 boxes of 64 columns, 8 KB apart), signalled on `bar` (expected bytes and the one
+// arrival of its phase, by the calling thread).
+template <int D, typename T>
+__device__ __forceinline__ void tma_load_kv_tile(const CUtensorMap* map, uint4* dst, int tile, int kvh, int b,
+                                                 uint32_t bar) {
+  static_assert(D % 64 == 0, "boxes of 64 head-dim columns");
+  mbar_arrive_expect_tx(bar, (uint32_t)(kBN * D * sizeof(T)));
+#pragma unroll
+  for (int c = 0; c < D / 64; ++c) tma_load_box(smem_u32(dst + c * kBN * 8), map, c * 64, tile * kBN, kvh, b, bar);
+}
+
 // ---------------------------------------------------------------------------------------------
 // grid = (ceil(rows / 128), num_splits, B * Hkv), block = 384 threads, ws_smem_bytes<D>() bytes.
 // One 64-key tile per consumer iteration. (Two tiles per iteration, S over 128 keys as in
 // FlashAttention-3, measured slower on the H200 in every issue-4 cell but one, twelfth session.)
 // ---------------------------------------------------------------------------------------------
 template <int D, typename T>
-__global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p) {
+__global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_constant__ Params p) {
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
   static_assert(kBN == 64, "S tile is m64n64");
   static_assert(kWsStages >= 3, "the consumers hold two stages; the producer needs a third");
@@ -479,8 +508,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
   if (tid == 0) {
     mbar_init(q_full, kProducers);
     for (int s = 0; s < kStages; ++s) {
-      mbar_init(k_full(s), kProducers);
-      mbar_init(v_full(s), kProducers);
+      mbar_init(k_full(s), 1);  // one arrival (with the TMA bytes) per phase
+      mbar_init(v_full(s), 1);
       mbar_init(kv_empty(s), 8);  // one arrival per consumer warp
     }
     mbar_init(recv_full, 1);
@@ -498,7 +527,6 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
   JETSPEC_TL_CLOCK(tid == 0, 2);
 
   const T* qg = static_cast<const T*>(p.q);
-  const T* kg = static_cast<const T*>(p.k) + b * p.k_sb + kvh * p.k_sh;
   const T* vg = static_cast<const T*>(p.v) + b * p.v_sb + kvh * p.v_sh;
 
   if (tid < kProducers) {
@@ -509,15 +537,15 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
     // Q copies issued while the prefix length (loaded above) is in flight.
     copy_q_tile<D, T, kBM, kProducers>(p, qg, sQ, b, kvh, m_base, r0, c_chunk);
     cp_async_arrive_noinc(q_full);
-    // K of the split's first tile before the prefix length is known: with interleaved splits
-    // that tile is tile `split` whatever the prefix length. Copied whole whenever it lies inside
-    // the cache: K rows at or past L only make scores that the softmax masks with a select (so
-    // even NaN there is harmless); V, whose rows past L must be zeros, waits for the length.
-    const bool k0_early = (split + 1) * kBN <= p.S;  // (warp-uniform)
-    if (k0_early) {
-      copy_kv_tile_full<D, T, kProducers>(kg, p.k_ss, sK, split, r0, c_chunk);  // stage 0: free
-      cp_async_arrive_noinc(k_full(0));
-    }
+    // K and V tiles arrive by TMA, issued by thread 0 (one expect-tx arrival per tile and
+    // barrier), written through the async proxy that wgmma reads them with: the consumers need
+    // no proxy fence. K of the split's first tile goes before the prefix length is known: with
+    // interleaved splits that tile is tile `split` whatever the prefix length. K rows at or past
+    // L only make scores that the softmax masks with a select (so even NaN there is harmless;
+    // keys past the cache arrive as zeros); V, whose rows past L must be zeros, waits for the
+    // length.
+    const bool k0_early = split * kBN < p.S;  // (CTA-uniform)
+    if (k0_early && tid == 0) tma_load_kv_tile<D, T>(&p.tmap_k, sK, split, kvh, b, k_full(0));  // stage 0: free
     const SplitTiles range = split_tiles_interleaved(p, plen_raw, split);
     const int L = range.L;
 #ifdef JETSPEC_TREE_ATTN_TIMELINE
@@ -532,26 +560,30 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
       if (p.cluster_merge) cluster_wait();
       return;
     }
+    // V of the key range's last tile, when L is not a multiple of kBN, is the one tile TMA cannot
+    // copy: its rows past L must read as zeros (their P is 0, but 0 * NaN is NaN) and those rows
+    // lie inside the cache. All 128 producer threads copy it with zero-filling cp.async, wait for
+    // their copies, fence them into the async proxy and meet at a barrier; then one arrival.
+    const int last_tile = range.first + (range.count - 1) * range.stride;
+    const bool v_last_zeroed = (last_tile + 1) * kBN > L;  // this split holds that tile (CTA-uniform)
     RingPos pos;
     int tile = range.first;
+    // Every producer thread waits for each stage in ring order (a wait for a phase two ahead of
+    // the barrier's would pass at once); thread 0 issues the copies.
     for (int i = 0; i < range.count; ++i, pos.advance(), tile += range.stride) {
       const int st = pos.stage;
       mbar_wait(kv_empty(st), pos.parity ^ 1);  // both consumers done with the stage
-      const bool k_done = i == 0 && k0_early;  // copied above
-      if ((tile + 1) * kBN <= L) {  // all but the key range's last tile (warp-uniform)
-        if (!k_done) {
-          copy_kv_tile_full<D, T, kProducers>(kg, p.k_ss, sK + st * kStage, tile, r0, c_chunk);
-          cp_async_arrive_noinc(k_full(st));
-        }
-        copy_kv_tile_full<D, T, kProducers>(vg, p.v_ss, sV + st * kStage, tile, r0, c_chunk);
-        cp_async_arrive_noinc(v_full(st));
-      } else {  // keys at or past L are zero-filled
-        if (!k_done) {
-          copy_kv_tile<D, T, kProducers>(kg, p.k_ss, sK + st * kStage, tile, L, r0, c_chunk);
-          cp_async_arrive_noinc(k_full(st));
-        }
+      const bool last = i + 1 == range.count;
+      if (tid == 0) {
+        if (!(i == 0 && k0_early)) tma_load_kv_tile<D, T>(&p.tmap_k, sK + st * kStage, tile, kvh, b, k_full(st));
+        if (!(last && v_last_zeroed)) tma_load_kv_tile<D, T>(&p.tmap_v, sV + st * kStage, tile, kvh, b, v_full(st));
+      }
+      if (last && v_last_zeroed) {
         copy_kv_tile<D, T, kProducers>(vg, p.v_ss, sV + st * kStage, tile, L, r0, c_chunk);
-        cp_async_arrive_noinc(v_full(st));
+        cp_async_wait_all();
+        fence_proxy_async_smem();  // cp.async (generic proxy) data -> wgmma (async proxy)
+        producers_bar_sync();
+        if (tid == 0) mbar_arrive(v_full(st));
       }
       JETSPEC_TL_CLOCK(tid == 0 && i == 0, 4);
     }
@@ -645,9 +677,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
     for (int i = 0; i < NT_S; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
     uint32_t pa[PV_KSTEPS][4];
     float alpha[2];
-    mbar_wait(k_full(0), 0);
+    mbar_wait(k_full(0), 0);  // (K and V arrive through the async proxy: no proxy fence here)
     JETSPEC_TL_CLOCK(ctid == 0, 6);
-    fence_proxy_async_smem();  // cp.async (generic proxy) data -> wgmma (async proxy)
     take_turn();
     wgmma_fence();
     wgmma_qk<D, T>(s, qf, sK);
@@ -667,7 +698,6 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
       nxt.advance();
       mbar_wait(k_full(nxt.stage), nxt.parity);
       mbar_wait(v_full(cur.stage), cur.parity);
-      fence_proxy_async_smem();
       take_turn();
       wgmma_fence();
       wgmma_qk<D, T>(s, qf, sK + nxt.stage * kStage);
@@ -688,7 +718,6 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const Params p)
     }
     {  // last tile (cur): O += P V only
       mbar_wait(v_full(cur.stage), cur.parity);
-      fence_proxy_async_smem();
       take_turn();
       wgmma_fence();
       wgmma_pv<D, T>(o, pa, sV + cur.stage * kStage);

@@ -136,7 +136,8 @@ def main(argv=None):
     ap.add_argument("--no-stages", action="store_true", help="skip the per-stage breakdown")
     ap.add_argument("--clocks", action="store_true",
                     help="after each graphed row, replay it for ~1.5 s more while nvidia-smi samples the "
-                         "SM clock and board power: columns graph2_ms, sm_mhz, power_w")
+                         "SM clock, board power, the share of samples with the software power cap "
+                         "active and the enforced limit: columns graph2_ms, sm_mhz, power_w, pcap, limit_w")
     ap.add_argument("--deadline-s", type=float, default=float(os.environ.get("JETSPEC_BENCH_DEADLINE_S", 510)),
                     help="wall-clock budget: measurements that would start after it print n/a")
     args = ap.parse_args(argv)
@@ -282,7 +283,8 @@ def main(argv=None):
                 elif args.clocks:  # the same replays for ~1.5 s, clocks and power sampled meanwhile
                     with GpuSampler(device) as sampler:
                         row["graph2_ms"], _ = measure(fn, True, iters=max(args.iters, int(1500 / row["graph_ms"])))
-                    row["sm_mhz"], row["power_w"], _ = sampler.median()
+                    g = sampler.summary()
+                    row.update({k: g[k] for k in ("sm_mhz", "power_w", "pcap", "limit_w")})
             print(f"[{mode}] {what} {B}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()
                                                          if isinstance(v, float)))
             sys.stdout.flush()

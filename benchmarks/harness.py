@@ -90,12 +90,17 @@ def time_us(fn: Callable[[], object], warmup: int = 10, iters: int = 100,
 
 
 class GpuSampler:
-    """Samples the GPU's SM clock (MHz) and board power (W) with ``nvidia-smi -lms`` while the
-    ``with`` block runs: ``with GpuSampler() as g: ...`` then ``g.median()`` ->
-    ``(sm_mhz, power_w, samples)`` (NaNs and 0 samples where nvidia-smi is absent or says
-    nothing). Why: the same code measured different t_round / t_AR on different H200s, with the
-    same AR step (benchmarks/RESULTS.md, seventeenth session); sustained clocks under the round's
-    compute-heavier GEMMs are one suspect. Sampling is host-side and costs the GPU nothing."""
+    """Samples the GPU's SM clock (MHz), board power (W), whether the software power cap is
+    holding the clocks down, and the enforced power limit (W), with ``nvidia-smi -lms`` while the
+    ``with`` block runs: ``with GpuSampler() as g: ...`` then ``g.summary()`` -> a dict (see
+    parse_gpu_samples; NaNs and 0 samples where nvidia-smi is absent or says nothing). Why: the
+    same code measured different t_round / t_AR on different H200s, with the same AR step
+    (benchmarks/RESULTS.md, seventeenth session), and the eighteenth session's samples put the
+    budget-128 round at ~680 W with the SM clock at 1755 MHz against 1980 MHz for the AR step:
+    the power cap is the suspect, and its event reason says so directly. Sampling is host-side
+    and costs the GPU nothing."""
+
+    FIELDS = ("clocks.sm", "power.draw", "clocks_event_reasons.sw_power_cap", "enforced.power.limit")
 
     def __init__(self, device=None, interval_ms: int = 20):
         self.interval_ms = interval_ms
@@ -103,23 +108,30 @@ class GpuSampler:
         self.lines: List[str] = []
         self.proc = None
 
+    def _base_cmd(self, exe, fields):
+        cmd = [exe, "--query-gpu=" + ",".join(fields), "--format=csv,noheader,nounits"]
+        if torch.cuda.device_count() > 1 or "CUDA_VISIBLE_DEVICES" in os.environ:
+            try:  # address the GPU by UUID (CUDA_VISIBLE_DEVICES renumbers torch's indices)
+                dev = torch.device(self.device if self.device is not None else "cuda")
+                index = dev.index if dev.index is not None else torch.cuda.current_device()
+                cmd.append(f"--id=GPU-{torch.cuda.get_device_properties(index).uuid}")
+            except Exception:
+                pass
+        return cmd
+
     def __enter__(self):
         import shutil
         import subprocess
 
         exe = shutil.which("nvidia-smi")
         if exe and torch.cuda.is_available():
-            cmd = [exe, "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits",
-                   f"-lms={self.interval_ms}"]
-            if torch.cuda.device_count() > 1 or "CUDA_VISIBLE_DEVICES" in os.environ:
-                try:  # address the GPU by UUID (CUDA_VISIBLE_DEVICES renumbers torch's indices)
-                    dev = torch.device(self.device if self.device is not None else "cuda")
-                    index = dev.index if dev.index is not None else torch.cuda.current_device()
-                    cmd.append(f"--id=GPU-{torch.cuda.get_device_properties(index).uuid}")
-                except Exception:
-                    pass
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                         text=True)
+            fields = self.FIELDS
+            # A driver that does not know a field fails the whole query: then clock and power only.
+            probe = subprocess.run(self._base_cmd(exe, fields), capture_output=True, text=True)
+            if probe.returncode != 0:
+                fields = fields[:2]
+            self.proc = subprocess.Popen(self._base_cmd(exe, fields) + [f"-lms={self.interval_ms}"],
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         return self
 
     def __exit__(self, *exc):
@@ -129,13 +141,17 @@ class GpuSampler:
             self.lines = out.splitlines()
         return False
 
-    def median(self):
+    def summary(self):
         return parse_gpu_samples(self.lines)
 
 
 def parse_gpu_samples(lines: List[str]):
-    """``"1980, 612.34"`` lines -> (median SM MHz, median W, count); unparsable lines skipped."""
-    mhz, watts = [], []
+    """``"1980, 612.34[, Active|Not Active, 700.00]"`` lines -> dict: ``sm_mhz`` and ``power_w``
+    (medians), ``pcap`` (share of the samples with the software power cap active; NaN when the
+    field was not sampled), ``limit_w`` (median enforced power limit; NaN when not sampled),
+    ``samples`` (lines parsed). Unparsable lines are skipped."""
+    nan = float("nan")
+    mhz, watts, capped, limits = [], [], [], []
     for line in lines:
         parts = [x.strip() for x in line.split(",")]
         try:
@@ -144,9 +160,18 @@ def parse_gpu_samples(lines: List[str]):
             continue
         mhz.append(m)
         watts.append(w)
+        if len(parts) >= 3 and parts[2] in ("Active", "Not Active"):
+            capped.append(parts[2] == "Active")
+        if len(parts) >= 4:
+            try:
+                limits.append(float(parts[3]))
+            except ValueError:
+                pass
     if not mhz:
-        return float("nan"), float("nan"), 0
-    return statistics.median(mhz), statistics.median(watts), len(mhz)
+        return {"sm_mhz": nan, "power_w": nan, "pcap": nan, "limit_w": nan, "samples": 0}
+    return {"sm_mhz": statistics.median(mhz), "power_w": statistics.median(watts),
+            "pcap": sum(capped) / len(capped) if capped else nan,
+            "limit_w": statistics.median(limits) if limits else nan, "samples": len(mhz)}
 
 
 def measure(name: str, shape: str, fn: Callable[[], object], *, bytes_moved: float = 0.0,

@@ -14,18 +14,27 @@ harness = pytest.importorskip("benchmarks.harness")
 
 def test_parse_gpu_samples_medians_and_skips_junk():
     lines = ["1980, 612.3", "1755, 700.1", "[N/A], 650", "", "1830, 650.0", "garbage"]
-    mhz, watts, n = harness.parse_gpu_samples(lines)
-    assert (mhz, watts, n) == (1830.0, 650.0, 3)
+    g = harness.parse_gpu_samples(lines)
+    assert (g["sm_mhz"], g["power_w"], g["samples"]) == (1830.0, 650.0, 3)
+    assert math.isnan(g["pcap"]) and math.isnan(g["limit_w"])  # fields not sampled
+
+
+def test_parse_gpu_samples_power_cap_share_and_limit():
+    lines = ["1755, 690.0, Active, 700.00", "1980, 550.5, Not Active, 700.00",
+             "1740, 699.0, Active, 700.00", "1700, 698.0, [N/A], 700.00"]
+    g = harness.parse_gpu_samples(lines)
+    assert g["samples"] == 4 and g["sm_mhz"] == 1747.5 and g["limit_w"] == 700.0
+    assert g["pcap"] == 2 / 3  # of the 3 samples that name the reason
 
 
 def test_parse_gpu_samples_nothing():
-    mhz, watts, n = harness.parse_gpu_samples([])
-    assert n == 0 and math.isnan(mhz) and math.isnan(watts)
+    g = harness.parse_gpu_samples([])
+    assert g["samples"] == 0 and math.isnan(g["sm_mhz"]) and math.isnan(g["power_w"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
 def test_sampler_without_gpu_reports_no_samples():
     with harness.GpuSampler() as sampler:
         pass
-    mhz, watts, n = sampler.median()
-    assert n == 0 and math.isnan(mhz) and math.isnan(watts)
+    g = sampler.summary()
+    assert g["samples"] == 0 and math.isnan(g["sm_mhz"]) and math.isnan(g["power_w"])

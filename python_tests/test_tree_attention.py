@@ -427,7 +427,9 @@ def test_cuda_cluster_merge(case, splits, cluster, monkeypatch):
     merge_kernel); 'require' makes the op fail rather than silently take the other path. Both
     paths against the reference, at every split count 2..8 (each has its own compiled merge,
     cluster_merge_share_n): 128 rows shared unevenly over 3, 5, 6 and 7 CTAs (shares of 44, 28,
-    24, 20 rows, the last one shorter), partial row tiles, empty splits, head dims 128 and 64."""
+    24, 20 rows, the last one shorter), partial row tiles, empty splits, head dims 128 and 64.
+    All 384 threads take merge items (the producer warpgroup after a setmaxnreg hand-over): at
+    6 and 7 splits every one of them, at 3 splits 352."""
     ok, log = wgmma_canary("wgmma_ws_pp")
     if not ok:
         pytest.fail(f"wgmma_ws_pp crashed in a subprocess; not run in-process:\n{log}")

@@ -12,7 +12,8 @@
 //     the caches from the launcher; each stage's K and V signalled on an mbarrier by their
 //     bytes), except V of the key range's last partial tile, whose rows past the keys must be
 //     zeros (zero-filling cp.async by all 128, then a proxy fence); it gives registers to the
-//     consumers (setmaxnreg 56);
+//     consumers (setmaxnreg 56) and, with the cluster merge, takes some back at the end to merge
+//     a third of the rows' chunks (kMergeThreads);
 //   * warpgroups 1 and 2 are consumers of 64 query rows each (setmaxnreg 224; the kernel starts
 //     at 168 per thread, so 128 x (168 - 56) = 256 x (224 - 168) registers change hands). They wait on the
 //     stage's mbarriers only (no CTA barrier in the loop), run the same maths and intra-warpgroup
@@ -110,13 +111,18 @@ __device__ __forceinline__ void cp_async_arrive_noinc(uint32_t bar) {
 }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
+// setmaxnreg: a warpgroup gives registers back to the CTA's pool (dec) or takes them (inc; waits
+// until the pool has them). ptxas keeps the code after each within the new count.
 template <int kRegs>
-__device__ __forceinline__ void warpgroup_set_regs() {
+__device__ __forceinline__ void warpgroup_dec_regs() {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  if constexpr (kRegs < 128)
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
-  else
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+#endif
+}
+template <int kRegs>
+__device__ __forceinline__ void warpgroup_inc_regs() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
 #endif
 }
 // Named barrier over the 256 consumer threads: sync (wait for the phase) or arrive (do not wait).
@@ -128,6 +134,8 @@ __device__ __forceinline__ void consumers_bar_arrive(int id) {
 }
 // Named barrier over the 128 producer threads (id 4; ids 1-3 are the consumers').
 __device__ __forceinline__ void producers_bar_sync() { asm volatile("bar.sync 4, 128;\n" ::: "memory"); }
+// Named barrier over all 384 threads (id 3), where the cluster merge starts.
+__device__ __forceinline__ void all_warps_bar_sync() { asm volatile("bar.sync 3, 384;\n" ::: "memory"); }
 
 // ---- phase timeline (diagnostic builds only) --------------------------------------------------
 // Built with JETSPEC_TREE_ATTN_TIMELINE=1 (setup.py adds -DJETSPEC_TREE_ATTN_TIMELINE), the kernel
@@ -300,9 +308,10 @@ __device__ __forceinline__ void cluster_push_shares(int ns, int rank, const uint
 }
 
 // After the receive barrier completed: this CTA's share of the rows, combined over the cluster's
-// NS splits from local shared memory and written to out / lse. `tid` in 0..255 (the consumers).
+// NS splits from local shared memory and written to out / lse. `tid` in 0..kMergeThreads - 1
+// (all 384 threads of the CTA: the producer warpgroup joins, see below).
 // A thread takes one row and CPI of its 16-byte chunks, kGroups apart: its only item (CPI is the
-// least power of two <= 4 with R x CH / CPI <= 256 items). Chunks kGroups apart, so that the
+// least power of two <= 4 with R x CH / CPI <= kMergeThreads items). Chunks kGroups apart, so that the
 // kGroups threads of a row store adjacent chunks in each store instruction (whole 32-byte
 // sectors; CPI consecutive chunks per thread wrote half sectors, 64 bytes apart: P1024 N256 15.98
 // -> 14.82 us on the H200, seventeenth session). Compiled per split count, so that every load of
@@ -311,10 +320,20 @@ __device__ __forceinline__ void cluster_push_shares(int ns, int rank, const uint
 // scheduler, little to overlap), and the earlier form for any ns <= 8 (one loop unrolled over 8
 // splits x 4 chunks, each guarded by a branch) executed ~780 instructions per warp and took
 // 2.2-2.8 us on the H200 for every split count (timeline build and Nsight Compute source
-// counters, sixteenth session).
+// counters, sixteenth session). Its time follows its code length per thread: ~640 straight-line
+// instructions per thread at 6 splits when only the 256 consumers took items (2 chunks each),
+// two thirds of its warp-stall samples "no instructions" (Nsight Compute, eighteenth session);
+// with the producer warpgroup's 128 threads too, a thread takes 1 chunk at 6 and 7 splits and 2
+// instead of 4 at 3 splits.
+constexpr int kMergeThreads = 384;
+// Registers per thread of both roles during the merge: the producers rise from 56 to it exactly
+// as far as the consumers fall from 224 (128 x 112 = 256 x 56), so the CTA's pool (384 x 168,
+// the launch's count) balances and neither setmaxnreg waits for registers that never come.
+constexpr int kMergeRegs = 168;
+static_assert(128 * (kMergeRegs - 56) == 256 * (224 - kMergeRegs), "the register pool balances");
 template <int D, int NS>
 __host__ __device__ constexpr int cluster_chunks_per_item() {
-  return cluster_rows_per(NS) * (D / 8) <= 256 ? 1 : cluster_rows_per(NS) * (D / 16) <= 256 ? 2 : 4;
+  return cluster_rows_per(NS) * (D / 8) <= kMergeThreads ? 1 : cluster_rows_per(NS) * (D / 16) <= kMergeThreads ? 2 : 4;
 }
 template <int D, typename T, int NS>
 __device__ __forceinline__ void cluster_merge_share_n(const Params& p, int rank, const uint4* stage, const float* s_lse,
@@ -324,7 +343,7 @@ __device__ __forceinline__ void cluster_merge_share_n(const Params& p, int rank,
   constexpr int R = cluster_rows_per(NS);
   constexpr int CPI = cluster_chunks_per_item<D, NS>();
   constexpr int kGroups = CH / CPI;  // items per row
-  static_assert(R * kGroups <= 256, "one item per consumer thread");
+  static_assert(R * kGroups <= kMergeThreads, "one item per thread");
   constexpr float kLn2 = 0.6931471805599453f;
   const ClusterShare sh = cluster_share(NS, rank);
   const int count = min(sh.count, p.rows - m_base - sh.first);  // rows past p.rows are padding
@@ -531,7 +550,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
 
   if (tid < kProducers) {
     // ======================================= producer =========================================
-    warpgroup_set_regs<56>();
+    warpgroup_dec_regs<56>();
     const int c_chunk = tid % CH;
     const int r0 = tid / CH;
     // Q copies issued while the prefix length (loaded above) is in flight.
@@ -557,203 +576,215 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
     if (range.count == 0) {  // empty split: the consumers never wait; let our copies land first
       mbar_wait(q_full, 0);
       if (k0_early) mbar_wait(k_full(0), 0);
-      if (p.cluster_merge) cluster_wait();
-      return;
-    }
-    // V of the key range's last tile, when L is not a multiple of kBN, is the one tile TMA cannot
-    // copy: its rows past L must read as zeros (their P is 0, but 0 * NaN is NaN) and those rows
-    // lie inside the cache. All 128 producer threads copy it with zero-filling cp.async, wait for
-    // their copies, fence them into the async proxy and meet at a barrier; then one arrival.
-    const int last_tile = range.first + (range.count - 1) * range.stride;
-    const bool v_last_zeroed = (last_tile + 1) * kBN > L;  // this split holds that tile (CTA-uniform)
-    RingPos pos;
-    int tile = range.first;
-    // Every producer thread waits for each stage in ring order (a wait for a phase two ahead of
-    // the barrier's would pass at once); thread 0 issues the copies.
-    for (int i = 0; i < range.count; ++i, pos.advance(), tile += range.stride) {
-      const int st = pos.stage;
-      mbar_wait(kv_empty(st), pos.parity ^ 1);  // both consumers done with the stage
-      const bool last = i + 1 == range.count;
-      if (tid == 0) {
-        if (!(i == 0 && k0_early)) tma_load_kv_tile<D, T>(&p.tmap_k, sK + st * kStage, tile, kvh, b, k_full(st));
-        if (!(last && v_last_zeroed)) tma_load_kv_tile<D, T>(&p.tmap_v, sV + st * kStage, tile, kvh, b, v_full(st));
+    } else {
+      // V of the key range's last tile, when L is not a multiple of kBN, is the one tile TMA cannot
+      // copy: its rows past L must read as zeros (their P is 0, but 0 * NaN is NaN) and those rows
+      // lie inside the cache. All 128 producer threads copy it with zero-filling cp.async, wait for
+      // their copies, fence them into the async proxy and meet at a barrier; then one arrival.
+      const int last_tile = range.first + (range.count - 1) * range.stride;
+      const bool v_last_zeroed = (last_tile + 1) * kBN > L;  // this split holds that tile (CTA-uniform)
+      RingPos pos;
+      int tile = range.first;
+      // Every producer thread waits for each stage in ring order (a wait for a phase two ahead of
+      // the barrier's would pass at once); thread 0 issues the copies.
+      for (int i = 0; i < range.count; ++i, pos.advance(), tile += range.stride) {
+        const int st = pos.stage;
+        mbar_wait(kv_empty(st), pos.parity ^ 1);  // both consumers done with the stage
+        const bool last = i + 1 == range.count;
+        if (tid == 0) {
+          if (!(i == 0 && k0_early)) tma_load_kv_tile<D, T>(&p.tmap_k, sK + st * kStage, tile, kvh, b, k_full(st));
+          if (!(last && v_last_zeroed)) tma_load_kv_tile<D, T>(&p.tmap_v, sV + st * kStage, tile, kvh, b, v_full(st));
+        }
+        if (last && v_last_zeroed) {
+          copy_kv_tile<D, T, kProducers>(vg, p.v_ss, sV + st * kStage, tile, L, r0, c_chunk);
+          cp_async_wait_all();
+          fence_proxy_async_smem();  // cp.async (generic proxy) data -> wgmma (async proxy)
+          producers_bar_sync();
+          if (tid == 0) mbar_arrive(v_full(st));
+        }
+        JETSPEC_TL_CLOCK(tid == 0 && i == 0, 4);
       }
-      if (last && v_last_zeroed) {
-        copy_kv_tile<D, T, kProducers>(vg, p.v_ss, sV + st * kStage, tile, L, r0, c_chunk);
-        cp_async_wait_all();
-        fence_proxy_async_smem();  // cp.async (generic proxy) data -> wgmma (async proxy)
-        producers_bar_sync();
-        if (tid == 0) mbar_arrive(v_full(st));
-      }
-      JETSPEC_TL_CLOCK(tid == 0 && i == 0, 4);
+      JETSPEC_TL_CLOCK(tid == 0, 13);
+      cp_async_wait_all();  // do not leave with copies in flight (the consumers wait for their arrivals)
     }
-    JETSPEC_TL_CLOCK(tid == 0, 13);
-    cp_async_wait_all();  // do not leave with copies in flight (the consumers wait for their arrivals)
-    if (p.cluster_merge) cluster_wait();
-    return;
-  }
-
-  // ========================================= consumers ==========================================
-  warpgroup_set_regs<224>();
-  const int ctid = tid - kProducers;  // 0..255
-  const int warp = ctid >> 5;         // 0..7: rows warp * 16 .. +15 of the CTA's 128
-  const int cw = warp >> 2;           // consumer warpgroup 0 / 1
-  const int lane = ctid & 31;
-  const int gid = lane >> 2;
-  const int tig = lane & 3;
-
-  const SplitTiles range = split_tiles_interleaved(p, plen_raw, split);
-  const int plen = range.plen, L = range.L, stride = range.stride;
-#ifdef JETSPEC_TREE_ATTN_TIMELINE
-  if (ctid == 255) {  // a thread off the critical path (its warp waits for K(0) next)
-    timeline_touch(15, L);  // waits for the prefix length (L depends on it)
-    timeline_mark(15, timeline_clock());
-    int again;
-    asm volatile("ld.global.cg.s32 %0, [%1];" : "=r"(again) : "l"(p.prefix_lens + b) : "memory");
-    timeline_touch(16, again);  // a store of the loaded value: waits for it
-    timeline_mark(16, timeline_clock());
-  }
-#endif
-  // The timeline's exit marks (diagnostic builds only).
-  auto mark_exit = [&]() {
-#ifdef JETSPEC_TREE_ATTN_TIMELINE
-    if (ctid == 0) {
-      timeline_mark(9, timeline_clock());
-      timeline_mark(10, timeline_globaltimer());
-    }
-    JETSPEC_TL_CLOCK(ctid == 128, 12);
-#endif
-  };
-  // Both branches below leave this CTA's rows staged for the cluster merge at the end of the
-  // kernel, or return after storing them (merge_kernel path), so that the merge, the largest
-  // code of the epilogue, is emitted once.
-  if (range.count == 0) {
-    if (!p.cluster_merge) {
-      write_empty_split(p, split, bh, m_base, kBM, ctid, 256);
-      return;
-    }
-    for (int r = ctid; r < kBM; r += 256) s_lse[r] = -INFINITY;  // no rows: lse -inf (weight 0)
+    if (!p.cluster_merge) return;
+    // The cluster merge below runs on all 384 threads: take back registers the consumers release
+    // once their O is staged (56 -> kMergeRegs; waits for them).
+    warpgroup_inc_regs<kMergeRegs>();
   } else {
-    const int n_tiles = range.count;
+    // ========================================= consumers ==========================================
+    warpgroup_inc_regs<224>();
+    const int ctid = tid - kProducers;  // 0..255
+    const int warp = ctid >> 5;         // 0..7: rows warp * 16 .. +15 of the CTA's 128
+    const int cw = warp >> 2;           // consumer warpgroup 0 / 1
+    const int lane = ctid & 31;
+    const int gid = lane >> 2;
+    const int tig = lane & 3;
 
-    uint32_t qf[KSTEPS][4];
-    float o[NT_O][4];
-#pragma unroll
-    for (int i = 0; i < NT_O; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-    float m_run[2] = {-INFINITY, -INFINITY};
-    float l_run[2] = {0.f, 0.f};
-    int node[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) node[h] = min((m_base + warp * 16 + gid + h * 8) / p.G, p.N - 1);
-    const int32_t* mrow0 = p.mask + ((int64_t)b * p.N + node[0]) * p.W;
-    const int32_t* mrow1 = p.mask + ((int64_t)b * p.N + node[1]) * p.W;
-
-    auto softmax = [&](float (&s)[NT_S][4], int t, float (&alpha)[2]) {
-      online_softmax(s, p, t, plen, L, mrow0, mrow1, tig, m_run, l_run, alpha);
-    };
-    // Ping-pong turns: warpgroup cw issues its wgmma groups between waiting on named barrier
-    // 1 + cw and arriving on the other's. Every warpgroup issues n_tiles + 1 groups (S(0), then
-    // S(i+1) with P(i) V(i), then the last P V); warpgroup 0 goes first, so warpgroup 1 arrives
-    // once up front and skips its arrival after its last group (the counts of both barriers match).
-    int turns_left = n_tiles + 1;
-    auto take_turn = [&]() { consumers_bar_sync(1 + cw); };
-    auto end_turn = [&]() {
-      --turns_left;
-      if (cw == 0 || turns_left > 0) consumers_bar_arrive(2 - cw);
-    };
-    if (cw == 1) consumers_bar_arrive(1);
-    // Release tile i's stage to the producer: this warp's products reading it are complete.
-    auto release = [&](int st) {
-      __syncwarp();
-      if (lane == 0) mbar_arrive(kv_empty(st));
-    };
-
-    // ---- prologue: Q fragments, S(0), softmax(0) ---------------------------------------------------
-    mbar_wait(q_full, 0);
-    JETSPEC_TL_CLOCK(ctid == 0, 5);
-    load_q_fragments<D>(qf, sQ, warp, lane);
-    float s[NT_S][4];
-#pragma unroll
-    for (int i = 0; i < NT_S; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-    uint32_t pa[PV_KSTEPS][4];
-    float alpha[2];
-    mbar_wait(k_full(0), 0);  // (K and V arrive through the async proxy: no proxy fence here)
-    JETSPEC_TL_CLOCK(ctid == 0, 6);
-    take_turn();
-    wgmma_fence();
-    wgmma_qk<D, T>(s, qf, sK);
-    JETSPEC_WGMMA_COMMIT();
-    end_turn();
-    JETSPEC_WGMMA_WAIT(0);
-    fence_regs(s);
-    int tile_next = range.first;  // the tile whose scores the next softmax sees
-    softmax(s, tile_next, alpha);  // O = 0: alpha not needed
-    pack_probs<T>(s, pa);
-    JETSPEC_TL_CLOCK(ctid == 0, 7);
-
-    // ---- main loop: S(i+1) and P(i) V(i) in flight, softmax(i+1) under the P V product ---------
-    RingPos cur;  // tile i
-    for (int i = 0; i + 1 < n_tiles; ++i) {
-      RingPos nxt = cur;  // tile i + 1
-      nxt.advance();
-      mbar_wait(k_full(nxt.stage), nxt.parity);
-      mbar_wait(v_full(cur.stage), cur.parity);
-      take_turn();
-      wgmma_fence();
-      wgmma_qk<D, T>(s, qf, sK + nxt.stage * kStage);
-      JETSPEC_WGMMA_COMMIT();
-      wgmma_pv<D, T>(o, pa, sV + cur.stage * kStage);
-      JETSPEC_WGMMA_COMMIT();
-      end_turn();
-      JETSPEC_WGMMA_WAIT(1);  // S(i+1) done
-      fence_regs(s);
-      tile_next += stride;
-      softmax(s, tile_next, alpha);
-      JETSPEC_WGMMA_WAIT(0);  // P(i) V(i) done: stage i is free
-      fence_regs(o);
-      release(cur.stage);
-      rescale_o(o, alpha);  // skipped on most tiles (kMaxSlack)
-      pack_probs<T>(s, pa);
-      cur = nxt;
+    const SplitTiles range = split_tiles_interleaved(p, plen_raw, split);
+    const int plen = range.plen, L = range.L, stride = range.stride;
+#ifdef JETSPEC_TREE_ATTN_TIMELINE
+    if (ctid == 255) {  // a thread off the critical path (its warp waits for K(0) next)
+      timeline_touch(15, L);  // waits for the prefix length (L depends on it)
+      timeline_mark(15, timeline_clock());
+      int again;
+      asm volatile("ld.global.cg.s32 %0, [%1];" : "=r"(again) : "l"(p.prefix_lens + b) : "memory");
+      timeline_touch(16, again);  // a store of the loaded value: waits for it
+      timeline_mark(16, timeline_clock());
     }
-    {  // last tile (cur): O += P V only
-      mbar_wait(v_full(cur.stage), cur.parity);
+#endif
+    // The timeline's exit marks (diagnostic builds only).
+    auto mark_exit = [&]() {
+#ifdef JETSPEC_TREE_ATTN_TIMELINE
+      if (ctid == 0) {
+        timeline_mark(9, timeline_clock());
+        timeline_mark(10, timeline_globaltimer());
+      }
+      JETSPEC_TL_CLOCK(ctid == 128, 12);
+#endif
+    };
+    // Both branches below leave this CTA's rows staged for the cluster merge at the end of the
+    // kernel, or return after storing them (merge_kernel path), so that the merge, the largest
+    // code of the epilogue, is emitted once.
+    if (range.count == 0) {
+      if (!p.cluster_merge) {
+        write_empty_split(p, split, bh, m_base, kBM, ctid, 256);
+        return;
+      }
+      for (int r = ctid; r < kBM; r += 256) s_lse[r] = -INFINITY;  // no rows: lse -inf (weight 0)
+    } else {
+      const int n_tiles = range.count;
+
+      uint32_t qf[KSTEPS][4];
+      float o[NT_O][4];
+  #pragma unroll
+      for (int i = 0; i < NT_O; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+      float m_run[2] = {-INFINITY, -INFINITY};
+      float l_run[2] = {0.f, 0.f};
+      int node[2];
+  #pragma unroll
+      for (int h = 0; h < 2; ++h) node[h] = min((m_base + warp * 16 + gid + h * 8) / p.G, p.N - 1);
+      const int32_t* mrow0 = p.mask + ((int64_t)b * p.N + node[0]) * p.W;
+      const int32_t* mrow1 = p.mask + ((int64_t)b * p.N + node[1]) * p.W;
+
+      auto softmax = [&](float (&s)[NT_S][4], int t, float (&alpha)[2]) {
+        online_softmax(s, p, t, plen, L, mrow0, mrow1, tig, m_run, l_run, alpha);
+      };
+      // Ping-pong turns: warpgroup cw issues its wgmma groups between waiting on named barrier
+      // 1 + cw and arriving on the other's. Every warpgroup issues n_tiles + 1 groups (S(0), then
+      // S(i+1) with P(i) V(i), then the last P V); warpgroup 0 goes first, so warpgroup 1 arrives
+      // once up front and skips its arrival after its last group (the counts of both barriers match).
+      int turns_left = n_tiles + 1;
+      auto take_turn = [&]() { consumers_bar_sync(1 + cw); };
+      auto end_turn = [&]() {
+        --turns_left;
+        if (cw == 0 || turns_left > 0) consumers_bar_arrive(2 - cw);
+      };
+      if (cw == 1) consumers_bar_arrive(1);
+      // Release tile i's stage to the producer: this warp's products reading it are complete.
+      auto release = [&](int st) {
+        __syncwarp();
+        if (lane == 0) mbar_arrive(kv_empty(st));
+      };
+
+      // ---- prologue: Q fragments, S(0), softmax(0) ---------------------------------------------------
+      mbar_wait(q_full, 0);
+      JETSPEC_TL_CLOCK(ctid == 0, 5);
+      load_q_fragments<D>(qf, sQ, warp, lane);
+      float s[NT_S][4];
+  #pragma unroll
+      for (int i = 0; i < NT_S; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+      uint32_t pa[PV_KSTEPS][4];
+      float alpha[2];
+      mbar_wait(k_full(0), 0);  // (K and V arrive through the async proxy: no proxy fence here)
+      JETSPEC_TL_CLOCK(ctid == 0, 6);
       take_turn();
       wgmma_fence();
-      wgmma_pv<D, T>(o, pa, sV + cur.stage * kStage);
+      wgmma_qk<D, T>(s, qf, sK);
       JETSPEC_WGMMA_COMMIT();
       end_turn();
       JETSPEC_WGMMA_WAIT(0);
-      fence_regs(o);
-    }
-    JETSPEC_TL_CLOCK(ctid == 0, 8);
+      fence_regs(s);
+      int tile_next = range.first;  // the tile whose scores the next softmax sees
+      softmax(s, tile_next, alpha);  // O = 0: alpha not needed
+      pack_probs<T>(s, pa);
+      JETSPEC_TL_CLOCK(ctid == 0, 7);
 
-    if (!p.cluster_merge) {
-      stage_rows<D, T>(p, o, l_run, m_run, sQ + warp * 16 * CH, m_base + warp * 16, lane, split, bh, b, kvh);
+      // ---- main loop: S(i+1) and P(i) V(i) in flight, softmax(i+1) under the P V product ---------
+      RingPos cur;  // tile i
+      for (int i = 0; i + 1 < n_tiles; ++i) {
+        RingPos nxt = cur;  // tile i + 1
+        nxt.advance();
+        mbar_wait(k_full(nxt.stage), nxt.parity);
+        mbar_wait(v_full(cur.stage), cur.parity);
+        take_turn();
+        wgmma_fence();
+        wgmma_qk<D, T>(s, qf, sK + nxt.stage * kStage);
+        JETSPEC_WGMMA_COMMIT();
+        wgmma_pv<D, T>(o, pa, sV + cur.stage * kStage);
+        JETSPEC_WGMMA_COMMIT();
+        end_turn();
+        JETSPEC_WGMMA_WAIT(1);  // S(i+1) done
+        fence_regs(s);
+        tile_next += stride;
+        softmax(s, tile_next, alpha);
+        JETSPEC_WGMMA_WAIT(0);  // P(i) V(i) done: stage i is free
+        fence_regs(o);
+        release(cur.stage);
+        rescale_o(o, alpha);  // skipped on most tiles (kMaxSlack)
+        pack_probs<T>(s, pa);
+        cur = nxt;
+      }
+      {  // last tile (cur): O += P V only
+        mbar_wait(v_full(cur.stage), cur.parity);
+        take_turn();
+        wgmma_fence();
+        wgmma_pv<D, T>(o, pa, sV + cur.stage * kStage);
+        JETSPEC_WGMMA_COMMIT();
+        end_turn();
+        JETSPEC_WGMMA_WAIT(0);
+        fence_regs(o);
+      }
+      JETSPEC_TL_CLOCK(ctid == 0, 8);
+
+      if (!p.cluster_merge) {
+        stage_rows<D, T>(p, o, l_run, m_run, sQ + warp * 16 * CH, m_base + warp * 16, lane, split, bh, b, kvh);
+        JETSPEC_TL_CLOCK(ctid == 0, 14);
+        store_staged_rows<D, T>(p, sQ + warp * 16 * CH, m_base + warp * 16, lane, split, bh, b, kvh);
+        mark_exit();
+        return;
+      }
+      cluster_stage_rows<D, T>(o, l_run, m_run, sQ, s_lse, warp * 16, lane);
       JETSPEC_TL_CLOCK(ctid == 0, 14);
-      store_staged_rows<D, T>(p, sQ + warp * 16 * CH, m_base + warp * 16, lane, split, bh, b, kvh);
-      mark_exit();
-      return;
     }
-    cluster_stage_rows<D, T>(o, l_run, m_run, sQ, s_lse, warp * 16, lane);
-    JETSPEC_TL_CLOCK(ctid == 0, 14);
+    fence_proxy_async_smem();  // the staged rows (generic proxy) -> the bulk copies (async proxy)
+    warpgroup_dec_regs<kMergeRegs>();  // O is staged: registers back to the pool, for the producers
   }
-  // Cluster merge, after the rows are staged: push the other CTAs' shares, merge this CTA's own.
-  fence_proxy_async_smem();  // the staged rows (generic proxy) -> the bulk copies (async proxy)
-  consumers_bar_sync(3);     // every consumer warp staged its rows
+  // Cluster merge, after the rows are staged: push the other CTAs' shares, merge this CTA's own,
+  // on all 384 threads (the producers' copies are done; one code path for both roles).
+  const bool lead = tid == kProducers;  // consumer 0: pushes the shares, timeline marks
+  all_warps_bar_sync();      // every consumer warp staged its rows
   cluster_wait();            // every CTA of the cluster initialised its receive barrier
-  if (ctid == 0) {
+  if (lead) {
     // This CTA's expected bytes (the one arrival of its receive barrier). Other CTAs' copies may
     // complete on it before this: the transaction count may go below zero meanwhile.
     mbar_arrive_expect_tx(recv_full, cluster_recv_bytes<D>(p.num_splits, split));
     cluster_push_shares<D>(p.num_splits, split, sQ, s_lse, recv_o, recv_lse, recv_full);
   }
   mbar_wait(recv_full, 0);   // the other CTAs' shares of this CTA's rows have landed
-  JETSPEC_TL_CLOCK(ctid == 0, 17);
-  cluster_merge_share<D, T>(p, split, sQ, s_lse, recv_o, recv_lse, b, kvh, m_base, ctid);
-  JETSPEC_TL_CLOCK(ctid == 0, 18);
-  if (ctid == 0) bulk_wait_read();  // the outgoing copies read the staged rows before this CTA exits
-  mark_exit();
+  JETSPEC_TL_CLOCK(lead, 17);
+  // Merge thread index: consumers 0..255 (as before), then the producers 256..383.
+  const int mtid = tid >= kProducers ? tid - kProducers : tid + (kMergeThreads - kProducers);
+  cluster_merge_share<D, T>(p, split, sQ, s_lse, recv_o, recv_lse, b, kvh, m_base, mtid);
+  JETSPEC_TL_CLOCK(lead, 18);
+  if (lead) bulk_wait_read();  // the outgoing copies read the staged rows before this CTA exits
+#ifdef JETSPEC_TREE_ATTN_TIMELINE
+  if (lead) {
+    timeline_mark(9, timeline_clock());
+    timeline_mark(10, timeline_globaltimer());
+  }
+  JETSPEC_TL_CLOCK(tid == kProducers + 128, 12);
+#endif
 }
 
 }  // namespace tree_attn

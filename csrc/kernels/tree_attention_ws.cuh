@@ -324,7 +324,10 @@ __device__ __forceinline__ void cluster_push_shares(int ns, int rank, const uint
 // instructions per thread at 6 splits when only the 256 consumers took items (2 chunks each),
 // two thirds of its warp-stall samples "no instructions" (Nsight Compute, eighteenth session);
 // with the producer warpgroup's 128 threads too, a thread takes 1 chunk at 6 and 7 splits and 2
-// instead of 4 at 3 splits.
+// instead of 4 at 3 splits. Measured on the H200 (eighteenth session, graph-timed cells): P1024
+// N128 (3 splits) 10.51 vs 10.61 us, N256 14.35 vs 14.43, N64 (6 splits) unchanged at 7.86: in
+// warm back-to-back calls the merge's code is not refetched the way the profiler's flushed runs
+// suggested.
 constexpr int kMergeThreads = 384;
 // Registers per thread of both roles during the merge: the producers rise from 56 to it exactly
 // as far as the consumers fall from 224 (128 x 112 = 256 x 56), so the CTA's pool (384 x 168,

@@ -33,6 +33,22 @@ def floor_us(bytes_moved: float = 0.0, flops: float = 0.0) -> float:
     return max(bytes_moved / HBM_BYTES_PER_S, flops / BF16_FLOPS_PER_S) * 1e6
 
 
+def capture_graph(fn: Callable[[], object], reps: int = 10) -> "torch.cuda.CUDAGraph":
+    """``reps`` back-to-back calls of ``fn`` captured in one CUDA graph (after 3 warm-up calls on
+    a side stream, as capture requires)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(reps):
+            fn()
+    return g
+
+
 def time_us(fn: Callable[[], object], warmup: int = 10, iters: int = 100,
             setup: Optional[Callable[[], object]] = None, graph: bool = False,
             graph_reps: int = 10) -> float:
@@ -49,17 +65,7 @@ def time_us(fn: Callable[[], object], warmup: int = 10, iters: int = 100,
     if graph and cuda:
         if setup:
             setup()
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(3):
-                fn()
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            for _ in range(graph_reps):
-                fn()
-        run = g.replay
+        run = capture_graph(fn, graph_reps).replay
     else:
         run = fn
     for _ in range(warmup):

@@ -29,22 +29,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jetspec_ext  # noqa: E402
 from benchmarks.bench_verify_linear import SHAPES, VARIANTS, clear_variant, set_variant  # noqa: E402
-from benchmarks.harness import GpuSampler, cold_weight_copies, floor_us, print_table  # noqa: E402
+from benchmarks.harness import GpuSampler, capture_graph, cold_weight_copies, floor_us, print_table  # noqa: E402
 
 
 def sustained(fn, seconds: float, reps: int = 10):
     """Capture ``reps`` calls of fn in one graph, replay it for ~``seconds`` while sampling the
     GPU; returns (us per call, sampler summary dict)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(reps):
-            fn()
+    g = capture_graph(fn, reps)
     for _ in range(20):
         g.replay()
     torch.cuda.synchronize()

@@ -139,7 +139,7 @@ const ClusterCounts& max_active_clusters(void (*kernel)(const tree_attn::Params)
 
 // CTA waves of `base` clusters with `resident` of them resident at once (none fits: never).
 int64_t cluster_waves(int64_t base, int resident) {
-  return resident > 0 ? (base + resident - 1) / resident : INT64_MAX;
+  return resident > 0 ? ceil_div(base, resident) : INT64_MAX;
 }
 
 // Cost model of the split choice with the cluster merge available, in units of one 64-key tile

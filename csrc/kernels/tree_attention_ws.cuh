@@ -329,11 +329,15 @@ __device__ __forceinline__ void cluster_push_shares(int ns, int rank, const uint
 // warm back-to-back calls the merge's code is not refetched the way the profiler's flushed runs
 // suggested.
 constexpr int kMergeThreads = 384;
-// Registers per thread of both roles during the merge: the producers rise from 56 to it exactly
-// as far as the consumers fall from 224 (128 x 112 = 256 x 56), so the CTA's pool (384 x 168,
-// the launch's count) balances and neither setmaxnreg waits for registers that never come.
+// Registers per thread (setmaxnreg) of the producer and consumer warpgroups in the key-tile loop,
+// and of both during the merge. The launch gives 168 to every thread (__launch_bounds__(384, 1)):
+// the producers' 128 x (168 - 56) go to the consumers' 256 x (224 - 168), and at the merge both
+// meet at 168 again, so the CTA's pool balances at every step and no setmaxnreg.inc waits for
+// registers that never come.
+constexpr int kProducerRegs = 56;
+constexpr int kConsumerRegs = 224;
 constexpr int kMergeRegs = 168;
-static_assert(128 * (kMergeRegs - 56) == 256 * (224 - kMergeRegs), "the register pool balances");
+static_assert(128 * (kMergeRegs - kProducerRegs) == 256 * (kConsumerRegs - kMergeRegs), "the register pool balances");
 template <int D, int NS>
 __host__ __device__ constexpr int cluster_chunks_per_item() {
   return cluster_rows_per(NS) * (D / 8) <= kMergeThreads ? 1 : cluster_rows_per(NS) * (D / 16) <= kMergeThreads ? 2 : 4;
@@ -550,10 +554,21 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
 
   const T* qg = static_cast<const T*>(p.q);
   const T* vg = static_cast<const T*>(p.v) + b * p.v_sb + kvh * p.v_sh;
+  // The timeline's exit marks (diagnostic builds only): consumer 0 (epilogue done, exit time)
+  // and the first thread of consumer warpgroup 1.
+  auto mark_exit = [&]() {
+#ifdef JETSPEC_TREE_ATTN_TIMELINE
+    if (tid == kProducers) {
+      timeline_mark(9, timeline_clock());
+      timeline_mark(10, timeline_globaltimer());
+    }
+    JETSPEC_TL_CLOCK(tid == kProducers + 128, 12);
+#endif
+  };
 
   if (tid < kProducers) {
     // ======================================= producer =========================================
-    warpgroup_dec_regs<56>();
+    warpgroup_dec_regs<kProducerRegs>();
     const int c_chunk = tid % CH;
     const int r0 = tid / CH;
     // Q copies issued while the prefix length (loaded above) is in flight.
@@ -612,11 +627,11 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
     }
     if (!p.cluster_merge) return;
     // The cluster merge below runs on all 384 threads: take back registers the consumers release
-    // once their O is staged (56 -> kMergeRegs; waits for them).
+    // once their O is staged (kProducerRegs -> kMergeRegs; waits for them).
     warpgroup_inc_regs<kMergeRegs>();
   } else {
     // ========================================= consumers ==========================================
-    warpgroup_inc_regs<224>();
+    warpgroup_inc_regs<kConsumerRegs>();
     const int ctid = tid - kProducers;  // 0..255
     const int warp = ctid >> 5;         // 0..7: rows warp * 16 .. +15 of the CTA's 128
     const int cw = warp >> 2;           // consumer warpgroup 0 / 1
@@ -636,16 +651,6 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
       timeline_mark(16, timeline_clock());
     }
 #endif
-    // The timeline's exit marks (diagnostic builds only).
-    auto mark_exit = [&]() {
-#ifdef JETSPEC_TREE_ATTN_TIMELINE
-      if (ctid == 0) {
-        timeline_mark(9, timeline_clock());
-        timeline_mark(10, timeline_globaltimer());
-      }
-      JETSPEC_TL_CLOCK(ctid == 128, 12);
-#endif
-    };
     // Both branches below leave this CTA's rows staged for the cluster merge at the end of the
     // kernel, or return after storing them (merge_kernel path), so that the merge, the largest
     // code of the epilogue, is emitted once.
@@ -660,12 +665,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
 
       uint32_t qf[KSTEPS][4];
       float o[NT_O][4];
-  #pragma unroll
+#pragma unroll
       for (int i = 0; i < NT_O; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
       float m_run[2] = {-INFINITY, -INFINITY};
       float l_run[2] = {0.f, 0.f};
       int node[2];
-  #pragma unroll
+#pragma unroll
       for (int h = 0; h < 2; ++h) node[h] = min((m_base + warp * 16 + gid + h * 8) / p.G, p.N - 1);
       const int32_t* mrow0 = p.mask + ((int64_t)b * p.N + node[0]) * p.W;
       const int32_t* mrow1 = p.mask + ((int64_t)b * p.N + node[1]) * p.W;
@@ -695,7 +700,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
       JETSPEC_TL_CLOCK(ctid == 0, 5);
       load_q_fragments<D>(qf, sQ, warp, lane);
       float s[NT_S][4];
-  #pragma unroll
+#pragma unroll
       for (int i = 0; i < NT_S; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
       uint32_t pa[PV_KSTEPS][4];
       float alpha[2];
@@ -781,13 +786,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
   cluster_merge_share<D, T>(p, split, sQ, s_lse, recv_o, recv_lse, b, kvh, m_base, mtid);
   JETSPEC_TL_CLOCK(lead, 18);
   if (lead) bulk_wait_read();  // the outgoing copies read the staged rows before this CTA exits
-#ifdef JETSPEC_TREE_ATTN_TIMELINE
-  if (lead) {
-    timeline_mark(9, timeline_clock());
-    timeline_mark(10, timeline_globaltimer());
-  }
-  JETSPEC_TL_CLOCK(tid == kProducers + 128, 12);
-#endif
+  mark_exit();
 }
 
 }  // namespace tree_attn

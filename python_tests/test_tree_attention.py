@@ -455,6 +455,70 @@ def test_cuda_cluster_setting_is_checked(monkeypatch):
         jetspec_ext.tree_attention(q, k, v, pl, mask)
 
 
+Q_COPY_CASES = [  # B, N, Hq, Hkv, D, plens, kind: GQA ratios 1, 2, 3, 4, 6, 8, 16
+    (2, 45, 8, 8, 128, [300, 7], "random"),     # G 1: 128 nodes per box, a partial row tile
+    (1, 70, 16, 8, 64, [513], "deep"),         # G 2, head dim 64 (one box)
+    (2, 50, 12, 4, 128, [64, 901], "chain"),   # G 3: no box holds 128 rows (cp.async)
+    (1, 100, 32, 8, 128, [1024], "random"),    # G 4 (Qwen3-8B), rows 400: 4 row tiles, the last partial
+    (1, 33, 24, 4, 64, [200], "deep"),         # G 6 (cp.async)
+    (3, 20, 16, 2, 128, [0, 65, 2000], "random"),  # G 8, prefix 0
+    (1, 24, 16, 1, 128, [777], "random"),      # G 16: boxes of 16 heads x 8 nodes
+]
+
+
+@requires_cuda_kernel
+@pytest.mark.skipif("wgmma_ws_pp" not in IMPLS, reason="split_kernel_ws needs sm_90")
+@pytest.mark.parametrize("q_tma", ["1", "0"])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+@pytest.mark.parametrize("case", Q_COPY_CASES,
+                         ids=lambda c: f"B{c[0]}N{c[1]}Hq{c[2]}Hkv{c[3]}D{c[4]}P{c[5][0]}{c[6]}")
+def test_cuda_ws_q_tile_copies(case, layout, q_tma, monkeypatch):
+    """split_kernel_ws copies a CTA's 128 query rows by TMA (one box of G heads x 128 / G nodes per
+    64 head-dim columns; nodes past N arrive as zeros) when G divides 128, and by cp.async otherwise
+    or with JETSPEC_TREE_ATTN_Q_TMA=0; both write the same 128-byte-swizzled layout that the
+    consumers read Q from. Every GQA ratio here, q contiguous or a transposed (B, Hq, N, D) view,
+    both paths, against the reference."""
+    ok, log = wgmma_canary("wgmma_ws_pp")
+    if not ok:
+        pytest.fail(f"wgmma_ws_pp crashed in a subprocess; not run in-process:\n{log}")
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", "wgmma_ws_pp")
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_Q_TMA", q_tma)
+    monkeypatch.delenv("JETSPEC_TREE_ATTN_SPLITS", raising=False)
+    B, N, Hq, Hkv, D, plens, kind = case
+    q, k, v, pl, mask = make_case(B, N, Hq, Hkv, D, plens, device="cuda", kind=kind, seed=N + Hq,
+                                  q_transposed=layout == "transposed")
+    out, lse = run_op(q, k, v, pl, mask)
+    torch.cuda.synchronize()
+    check_against_reference(out, lse, q, k, v, pl, mask)
+
+
+@requires_cuda_kernel
+@pytest.mark.skipif("wgmma_ws_pp" not in IMPLS, reason="split_kernel_ws needs sm_90")
+def test_cuda_ws_q_with_size_one_dims_of_any_stride(monkeypatch):
+    """q of one batch row and one query node whose size-1 dims carry strides no dense layout has
+    (3 and 5 elements: not 16-byte units, which TMA needs): the launcher gives TMA dense strides
+    for them (never stepped), as for the caches. G 4, all 4 rows in the first row tile."""
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", "wgmma_ws_pp")
+    Hq, Hkv, D = 8, 2, 128
+    _, k, v, pl, mask = make_case(1, 1, Hq, Hkv, D, [300], device="cuda", seed=4)
+    base = torch.randn(Hq * D + 64, device="cuda").to(torch.bfloat16)
+    q = torch.as_strided(base, (1, 1, Hq, D), (3, 5, D, 1))
+    out, lse = run_op(q, k, v, pl, mask)
+    torch.cuda.synchronize()
+    check_against_reference(out, lse, q, k, v, pl, mask)
+
+
+@requires_cuda_kernel
+def test_cuda_q_tma_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_Q_TMA", "yes")
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", "wgmma_ws_pp")
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("split_kernel_ws exists on sm_90 only")
+    q, k, v, pl, mask = make_case(1, 64, 32, 8, 128, [900], device="cuda", seed=3)
+    with pytest.raises(RuntimeError, match="JETSPEC_TREE_ATTN_Q_TMA must be"):
+        jetspec_ext.tree_attention(q, k, v, pl, mask)
+
+
 @requires_cuda_kernel
 def test_cuda_inputs_written_just_before(impl):
     """K/V caches and prefix length rewritten by the kernels right before the op on the stream

@@ -115,6 +115,16 @@ ClusterMode cluster_mode() {
   return e == "0" ? ClusterMode::kOff : e == "require" ? ClusterMode::kRequire : ClusterMode::kAuto;
 }
 
+// JETSPEC_TREE_ATTN_Q_TMA (read per call): unset or 1: split_kernel_ws copies Q by TMA where G
+// divides 128; 0: always by cp.async (tests of that path with any G, A/B timing).
+bool q_tma_allowed() {
+  const char* env = std::getenv("JETSPEC_TREE_ATTN_Q_TMA");
+  if (env == nullptr) return true;
+  const std::string e(env);
+  TORCH_CHECK(e.empty() || e == "0" || e == "1", "JETSPEC_TREE_ATTN_Q_TMA must be 0 or 1, got '", e, "'");
+  return e != "0";
+}
+
 // Clusters of s CTAs (s = 2..kMaxClusterSplits; entries 0 and 1 unused) of `kernel` resident at
 // once on `device`, 0 where none fits. Queried once per kernel and device (static facts,
 // CUDA-graph safe), so a launch costs one cache lookup.
@@ -296,12 +306,41 @@ CUtensorMap encode_kv_tensor_map(const void* base, int D, int64_t S, int Hkv, in
   return map;
 }
 
+// TMA descriptor of q (B, N, Hq, D) with element strides (sb, sn, sh) and a contiguous last dim,
+// for split_kernel_ws's Q tiles: dims innermost first (D, Hq, N, B), boxes of 64 columns x G heads
+// x kWsRows / G nodes (one CTA's 128 query rows of one KV head; G divides 128), 128-byte swizzle
+// (= q_off_sw128), nodes past N read as zeros. Size-one dims get dense strides, as for the caches.
+template <typename T>
+CUtensorMap encode_q_tensor_map(const void* base, int D, int Hq, int N, int B, int G, int64_t sb, int64_t sn,
+                                int64_t sh) {
+  constexpr int64_t E = sizeof(T);
+  if (Hq == 1) sh = D;
+  if (N == 1) sn = sh * Hq;
+  if (B == 1) sb = sn * N;
+  const cuuint64_t dims[4] = {(cuuint64_t)D, (cuuint64_t)Hq, (cuuint64_t)N, (cuuint64_t)B};
+  const cuuint64_t strides[3] = {(cuuint64_t)(sh * E), (cuuint64_t)(sn * E), (cuuint64_t)(sb * E)};
+  const cuuint32_t box[4] = {64, (cuuint32_t)G, (cuuint32_t)(tree_attn::kWsRows / G), 1};
+  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
+  CUtensorMap map;
+  const CUresult r = tensor_map_encoder()(
+      &map, std::is_same<T, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4,
+      const_cast<void*>(base), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  TORCH_CHECK(r == CUDA_SUCCESS, "tree_attention: cuTensorMapEncodeTiled failed (CUresult ", (int)r,
+              ") for q of shape (", B, ", ", N, ", ", Hq, ", ", D, ") and strides (", sb, ", ", sn, ", ", sh, ")");
+  return map;
+}
+
 // The warp-specialized kernel: 128 query rows per CTA, 384 threads, one CTA per SM.
 template <int D, typename T>
 void launch_ws(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream, at::Tensor& o_part,
                at::Tensor& lse_part, const at::TensorOptions& fopts) {
   p.tmap_k = encode_kv_tensor_map<T>(p.k, D, S, p.Hkv, p.B, p.k_sb, p.k_sh, p.k_ss);
   p.tmap_v = encode_kv_tensor_map<T>(p.v, D, S, p.Hkv, p.B, p.v_sb, p.v_sh, p.v_ss);
+  // Q by TMA when a CTA's 128 rows are whole nodes (G divides 128; q is 16-byte aligned, see
+  // tree_attention_cuda); otherwise cp.async.
+  p.q_tma = q_tma_allowed() && tree_attn::kWsRows % p.G == 0;
+  if (p.q_tma) p.tmap_q = encode_q_tensor_map<T>(p.q, D, p.Hq, p.N, p.B, p.G, p.q_sb, p.q_sn, p.q_sh);
   static bool configured[64] = {false};
   launch_split<D, T, T>(tree_attn::split_kernel_ws<D, T>, tree_attn::kWsThreads, tree_attn::ws_smem_bytes<D>(),
                      tree_attn::kWsRows, 1, configured, p, S, device, stream, o_part, lse_part, fopts,

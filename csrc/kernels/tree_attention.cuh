@@ -51,6 +51,10 @@ struct Params {
   // kv_off_sw128 layout), encoded by the launcher (encode_kv_tensor_map). That kernel takes
   // Params as a __grid_constant__ parameter so that TMA can read them where they are.
   CUtensorMap tmap_k, tmap_v;
+  // split_kernel_ws only, when q_tma: the same for q, 4-D (D, Hq, N, B) with q's strides, boxes
+  // of 64 head-dim columns x G heads x 128 / G nodes (a CTA's 128 query rows; G divides 128).
+  CUtensorMap tmap_q;
+  int q_tma;
   const void* q;         // (B, N, Hq, D), last dim contiguous, strides q_sb/q_sn/q_sh (elements)
   const void* k;         // (B, Hkv, S, D), last dim contiguous
   const void* v;         // (B, Hkv, S, D), last dim contiguous
@@ -171,15 +175,25 @@ __device__ __forceinline__ int kv_off_sw128(int row, int chunk) {
   return (chunk >> 3) * (kBN * 8) + row * 8 + ((chunk & 7) ^ (row & 7));
 }
 
-// This warp's Q fragments (its 16 rows of the CTA's Q tile at `sq`, swz layout) for the A operand
-// of Q K^T (mma.sync and wgmma alike): qf[ks] covers head-dim columns ks * 16 .. ks * 16 + 15.
-template <int D>
+// Q tile layout of split_kernel_ws: D / 64 column blocks of [kRows rows x 128 bytes], chunk c of
+// row r in block c / 8 at position (c % 8) ^ (r % 8): what a TMA box of 64 columns x kRows rows
+// writes in the 128-byte swizzle (kv_off_sw128 with kRows rows). At D = 64 it is swz<64>.
+template <int D, int kRows>
+__device__ __forceinline__ int q_off_sw128(int row, int chunk) {
+  return (chunk >> 3) * (kRows * 8) + row * 8 + ((chunk & 7) ^ (row & 7));
+}
+
+// This warp's Q fragments (its 16 rows of the CTA's Q tile at `sq`: swz layout, or q_off_sw128
+// with kRows rows when kRows > 0) for the A operand of Q K^T (mma.sync and wgmma alike): qf[ks]
+// covers head-dim columns ks * 16 .. ks * 16 + 15.
+template <int D, int kRows = 0>
 __device__ __forceinline__ void load_q_fragments(uint32_t (&qf)[D / 16][4], const uint4* sq, int warp, int lane) {
 #pragma unroll
   for (int ks = 0; ks < D / 16; ++ks) {
     const int r = warp * 16 + (lane & 15);
     const int c = ks * 2 + (lane >> 4);
-    ldmatrix_x4(smem_u32(sq + swz<D>(r, c)), qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3]);
+    const int off = kRows > 0 ? q_off_sw128<D, (kRows > 0 ? kRows : 1)>(r, c) : swz<D>(r, c);
+    ldmatrix_x4(smem_u32(sq + off), qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3]);
   }
 }
 // wgmma shared-memory matrix descriptor, 128-byte swizzle.
@@ -755,8 +769,9 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
 // thread tid takes chunk c_chunk = tid % CH of rows r0 = tid / CH, r0 + kThreads / CH, ... of
 // every tile (the caller computes r0 and c_chunk once).
 // ---------------------------------------------------------------------------------------------
-// The CTA's kBM query rows [m_base, m_base + kBM) of (batch row b, KV head kvh) into sQ (swz
-// layout); rows past p.rows are zero-filled. A row's (query node, head) pair comes from one
+// The CTA's kBM query rows [m_base, m_base + kBM) of (batch row b, KV head kvh) into sQ
+// (q_off_sw128<D, kBM> layout, the one the TMA path of split_kernel_ws writes); rows past p.rows
+// are zero-filled. split_kernel_ws uses it when G does not divide 128 (no TMA box covers the rows). A row's (query node, head) pair comes from one
 // division by G, then steps (why: per-row divisions by G and 64-bit index maths made the Q copy
 // the costliest part of the prologue in the per-instruction stall samples, before any data is in
 // flight).
@@ -777,11 +792,11 @@ __device__ __forceinline__ void copy_q_tile(const Params& p, const T* qg, uint4*
     // instead of ~25 (two 64-bit products each); this runs once per CTA, on its critical path.
     const T* src = qbase + (int64_t)n * p.q_sn + (int64_t)g * p.q_sh;
     const int64_t step = (int64_t)dn * p.q_sn;
-    const uint32_t d0 = smem_u32(sQ + swz<D>(r0, c_chunk));
+    const uint32_t d0 = smem_u32(sQ + q_off_sw128<D, kBM>(r0, c_chunk));
 #pragma unroll
     for (int i = 0; i < kBM / kRowStep; ++i) {
       const bool ok = m_base + r0 + i * kRowStep < p.rows;
-      cp_async_16(d0 + i * kRowStep * CH * 16, ok ? src : qg, ok ? 16 : 0);
+      cp_async_16(d0 + i * kRowStep * 8 * 16, ok ? src : qg, ok ? 16 : 0);  // 8 chunks per row of a block
       src += step;
     }
     return;
@@ -791,7 +806,7 @@ __device__ __forceinline__ void copy_q_tile(const Params& p, const T* qg, uint4*
     const int r = r0 + i * kRowStep;
     const bool ok = m_base + r < p.rows;
     const T* src = qbase + (int64_t)n * p.q_sn + (int64_t)g * p.q_sh;
-    cp_async_16(smem_u32(sQ + swz<D>(r, c_chunk)), ok ? src : qg, ok ? 16 : 0);
+    cp_async_16(smem_u32(sQ + q_off_sw128<D, kBM>(r, c_chunk)), ok ? src : qg, ok ? 16 : 0);
     n += dn;
     g += dg;
     if (g >= p.G) {

@@ -6,11 +6,11 @@
 // session): its warps issue ~120 copy instructions per tile and meet at a CTA barrier once per
 // tile, so both warpgroups run their softmax at the same time while the tensor cores idle
 // (docs/tree_attention_next.md, R2 and R3). Here:
-//   * warpgroup 0 is a producer: its 128 threads copy Q with cp.async (signalled by
-//     cp.async.mbarrier.arrive.noinc: the arrive fires when the thread's copies have landed) and
-//     its thread 0 copies every K/V tile into a ring of kWsStages stages by TMA (tensor maps of
-//     the caches from the launcher; each stage's K and V signalled on an mbarrier by their
-//     bytes), except V of the key range's last partial tile, whose rows past the keys must be
+//   * warpgroup 0 is a producer: its thread 0 copies Q by TMA (when G divides 128; otherwise its
+//     128 threads copy Q with cp.async, signalled by cp.async.mbarrier.arrive.noinc: the arrive
+//     fires when the thread's copies have landed) and every K/V tile into a ring of kWsStages
+//     stages by TMA (tensor maps of q and the caches from the launcher; each stage's K and V
+//     signalled on an mbarrier by their bytes), except V of the key range's last partial tile, whose rows past the keys must be
 //     zeros (zero-filling cp.async by all 128, then a proxy fence); it gives registers to the
 //     consumers (setmaxnreg 56) and, with the cluster merge, takes some back at the end to merge
 //     a third of the rows' chunks (kMergeThreads);
@@ -466,6 +466,22 @@ __device__ __forceinline__ void tma_load_kv_tile(const CUtensorMap* map, uint4* 
   for (int c = 0; c < D / 64; ++c) tma_load_box(smem_u32(dst + c * kBN * 8), map, c * 64, tile * kBN, kvh, b, bar);
 }
 
+// The CTA's Q tile by TMA (p.q_tma: G divides kRows): query rows [node0 * G, node0 * G + kRows) of
+// KV head kvh = heads [head0, head0 + G) of nodes [node0, node0 + kRows / G), batch row b, into
+// `dst` in the q_off_sw128<D, kRows> layout (D / 64 boxes, kRows x 128 bytes apart), signalled on
+// `bar` (expected bytes and its one arrival). Nodes past N arrive as zeros (and still count).
+// Why: thread 0 issues two copies instead of 128 threads issuing 16 cp.async each, which held
+// thread 0's K(0) copy back: K(0) landed ~1.0-1.3 us after the CTA barrier at every issue-4 cell
+// (timeline, eighteenth session), the first thing S(0) waits for.
+template <int D, typename T, int kRows>
+__device__ __forceinline__ void tma_load_q_tile(const CUtensorMap* map, uint4* dst, int head0, int node0, int b,
+                                                uint32_t bar) {
+  static_assert(D % 64 == 0, "boxes of 64 head-dim columns");
+  mbar_arrive_expect_tx(bar, (uint32_t)(kRows * D * sizeof(T)));
+#pragma unroll
+  for (int c = 0; c < D / 64; ++c) tma_load_box(smem_u32(dst + c * kRows * 8), map, c * 64, head0, node0, b, bar);
+}
+
 // ---------------------------------------------------------------------------------------------
 // grid = (ceil(rows / 128), num_splits, B * Hkv), block = 384 threads, ws_smem_bytes<D>() bytes.
 // One 64-key tile per consumer iteration. (Two tiles per iteration, S over 128 keys as in
@@ -532,7 +548,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
 #endif
 
   if (tid == 0) {
-    mbar_init(q_full, kProducers);
+    mbar_init(q_full, p.q_tma ? 1 : kProducers);  // one TMA arrival, or one per producer thread's cp.async
     for (int s = 0; s < kStages; ++s) {
       mbar_init(k_full(s), 1);  // one arrival (with the TMA bytes) per phase
       mbar_init(v_full(s), 1);
@@ -571,18 +587,23 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
     warpgroup_dec_regs<kProducerRegs>();
     const int c_chunk = tid % CH;
     const int r0 = tid / CH;
-    // Q copies issued while the prefix length (loaded above) is in flight.
-    copy_q_tile<D, T, kBM, kProducers>(p, qg, sQ, b, kvh, m_base, r0, c_chunk);
-    cp_async_arrive_noinc(q_full);
-    // K and V tiles arrive by TMA, issued by thread 0 (one expect-tx arrival per tile and
-    // barrier), written through the async proxy that wgmma reads them with: the consumers need
-    // no proxy fence. K of the split's first tile goes before the prefix length is known: with
-    // interleaved splits that tile is tile `split` whatever the prefix length. K rows at or past
-    // L only make scores that the softmax masks with a select (so even NaN there is harmless;
-    // keys past the cache arrive as zeros); V, whose rows past L must be zeros, waits for the
-    // length.
+    // Q and K of the split's first tile, the two things S(0) waits for, are issued first, while
+    // the prefix length (loaded above) is in flight, both by TMA from thread 0 (one expect-tx
+    // arrival per tile and barrier). TMA writes through the async proxy that wgmma reads K and V
+    // with: the consumers need no proxy fence. K(0) needs no prefix length: with interleaved
+    // splits it is tile `split` whatever the length. K rows at or past L only make scores that
+    // the softmax masks with a select (so even NaN there is harmless; keys past the cache arrive
+    // as zeros); V, whose rows past L must be zeros, waits for the length. Q falls back to
+    // cp.async by all 128 threads when G does not divide 128 (no box holds the CTA's rows).
     const bool k0_early = split * kBN < p.S;  // (CTA-uniform)
-    if (k0_early && tid == 0) tma_load_kv_tile<D, T>(&p.tmap_k, sK, split, kvh, b, k_full(0));  // stage 0: free
+    if (tid == 0) {
+      if (p.q_tma) tma_load_q_tile<D, T, kBM>(&p.tmap_q, sQ, kvh * p.G, m_base / p.G, b, q_full);
+      if (k0_early) tma_load_kv_tile<D, T>(&p.tmap_k, sK, split, kvh, b, k_full(0));  // stage 0: free
+    }
+    if (!p.q_tma) {
+      copy_q_tile<D, T, kBM, kProducers>(p, qg, sQ, b, kvh, m_base, r0, c_chunk);
+      cp_async_arrive_noinc(q_full);
+    }
     const SplitTiles range = split_tiles_interleaved(p, plen_raw, split);
     const int L = range.L;
 #ifdef JETSPEC_TREE_ATTN_TIMELINE
@@ -698,7 +719,11 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
       // ---- prologue: Q fragments, S(0), softmax(0) ---------------------------------------------------
       mbar_wait(q_full, 0);
       JETSPEC_TL_CLOCK(ctid == 0, 5);
-      load_q_fragments<D>(qf, sQ, warp, lane);
+      // (The epilogue stages O in sQ in another layout, each warp over bytes that held other
+      // warps' Q here, with no CTA barrier. Safe: a warpgroup's wgmma is collective, so all its
+      // warps loaded Q before its first product; warpgroup 1's first turn follows warpgroup 0's,
+      // and warpgroup 0 (at least two turns) cannot take its second before warpgroup 1's first.)
+      load_q_fragments<D, kBM>(qf, sQ, warp, lane);
       float s[NT_S][4];
 #pragma unroll
       for (int i = 0; i < NT_S; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;

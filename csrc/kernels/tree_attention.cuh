@@ -192,6 +192,7 @@ __device__ __forceinline__ void load_q_fragments(uint32_t (&qf)[D / 16][4], cons
   for (int ks = 0; ks < D / 16; ++ks) {
     const int r = warp * 16 + (lane & 15);
     const int c = ks * 2 + (lane >> 4);
+    // (kRows > 0 ? kRows : 1: q_off_sw128 is instantiated even where kRows = 0 leaves it unused.)
     const int off = kRows > 0 ? q_off_sw128<D, (kRows > 0 ? kRows : 1)>(r, c) : swz<D>(r, c);
     ldmatrix_x4(smem_u32(sq + off), qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3]);
   }
@@ -771,8 +772,9 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
 // ---------------------------------------------------------------------------------------------
 // The CTA's kBM query rows [m_base, m_base + kBM) of (batch row b, KV head kvh) into sQ
 // (q_off_sw128<D, kBM> layout, the one the TMA path of split_kernel_ws writes); rows past p.rows
-// are zero-filled. split_kernel_ws uses it when G does not divide 128 (no TMA box covers the rows). A row's (query node, head) pair comes from one
-// division by G, then steps (why: per-row divisions by G and 64-bit index maths made the Q copy
+// are zero-filled. split_kernel_ws uses it when G does not divide 128 (no TMA box holds the
+// rows) or JETSPEC_TREE_ATTN_Q_TMA=0. A row's (query node, head) pair comes from one division
+// by G, then steps (why: per-row divisions by G and 64-bit index maths made the Q copy
 // the costliest part of the prologue in the per-instruction stall samples, before any data is in
 // flight).
 template <int D, typename T, int kBM, int kThreads>

@@ -10,8 +10,9 @@
 //     128 threads copy Q with cp.async, signalled by cp.async.mbarrier.arrive.noinc: the arrive
 //     fires when the thread's copies have landed) and every K/V tile into a ring of kWsStages
 //     stages by TMA (tensor maps of q and the caches from the launcher; each stage's K and V
-//     signalled on an mbarrier by their bytes), except V of the key range's last partial tile, whose rows past the keys must be
-//     zeros (zero-filling cp.async by all 128, then a proxy fence); it gives registers to the
+//     signalled on an mbarrier by their bytes), except V of the key range's last partial tile,
+//     whose rows past the keys must be zeros (zero-filling cp.async by all 128, then a proxy
+//     fence); it gives registers to the
 //     consumers (setmaxnreg 56) and, with the cluster merge, takes some back at the end to merge
 //     a third of the rows' chunks (kMergeThreads);
 //   * warpgroups 1 and 2 are consumers of 64 query rows each (setmaxnreg 224; the kernel starts
@@ -470,9 +471,14 @@ __device__ __forceinline__ void tma_load_kv_tile(const CUtensorMap* map, uint4* 
 // KV head kvh = heads [head0, head0 + G) of nodes [node0, node0 + kRows / G), batch row b, into
 // `dst` in the q_off_sw128<D, kRows> layout (D / 64 boxes, kRows x 128 bytes apart), signalled on
 // `bar` (expected bytes and its one arrival). Nodes past N arrive as zeros (and still count).
-// Why: thread 0 issues two copies instead of 128 threads issuing 16 cp.async each, which held
-// thread 0's K(0) copy back: K(0) landed ~1.0-1.3 us after the CTA barrier at every issue-4 cell
-// (timeline, eighteenth session), the first thing S(0) waits for.
+// Why: Q and K(0), the two things S(0) waits for, landed ~0.8-1.0 and ~1.0-1.3 us after the CTA
+// barrier at every issue-4 cell (timeline, eighteenth session) while the 128 producer threads
+// issued 16 cp.async each. By TMA, the cells are 0.1-0.25 us faster on the H200 (P1024 N64 /
+// N128 / N256 7.72 / 10.27 / 14.10 against 7.87 / 10.50 / 14.34; issuing K(0) before the cp.async
+// copies alone gained nothing; nineteenth session, benchmarks/RESULTS.md). Both still land late
+// (Q ~0.73 us, K(0) ~0.95 us at P1024 N64). At the kernel's start every CTA reads ~48 KB at
+// once, ~5 MB in all: ~5 TB/s if L2's bandwidth is what they wait for (an inference from the
+// timeline, not a measurement of L2).
 template <int D, typename T, int kRows>
 __device__ __forceinline__ void tma_load_q_tile(const CUtensorMap* map, uint4* dst, int head0, int node0, int b,
                                                 uint32_t bar) {

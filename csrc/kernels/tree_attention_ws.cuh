@@ -476,9 +476,9 @@ __device__ __forceinline__ void tma_load_kv_tile(const CUtensorMap* map, uint4* 
 // issued 16 cp.async each. By TMA, the cells are 0.1-0.25 us faster on the H200 (P1024 N64 /
 // N128 / N256 7.72 / 10.27 / 14.10 against 7.87 / 10.50 / 14.34; issuing K(0) before the cp.async
 // copies alone gained nothing; nineteenth session, benchmarks/RESULTS.md). Both still land late
-// (Q ~0.73 us, K(0) ~0.95 us at P1024 N64). At the kernel's start every CTA reads ~48 KB at
-// once, ~5 MB in all: ~5 TB/s if L2's bandwidth is what they wait for (an inference from the
-// timeline, not a measurement of L2).
+// (Q ~0.73 us, K(0) ~0.95 us at P1024 N64), and not for L2's bandwidth: 128 CTAs reading 48 KB
+// each from L2 at once take ~0.5 us beyond a call's fixed cost, and L2 delivers 9-15 TB/s to
+// all SMs (benchmarks/probe_l2_bandwidth.py, nineteenth session); the loop moves 4.3-4.8.
 template <int D, typename T, int kRows>
 __device__ __forceinline__ void tma_load_q_tile(const CUtensorMap* map, uint4* dst, int head0, int node0, int b,
                                                 uint32_t bar) {

@@ -407,6 +407,25 @@ def test_cuda_split_partials_hold_large_values(impl, dtype, monkeypatch):
     check_against_reference(out, lse, q, k, v, pl, mask)
 
 
+def run_ws_case(case, monkeypatch, env, **make_kw):
+    """split_kernel_ws (after its subprocess canary) on `case` = (B, N, Hq, Hkv, D, plens, kind)
+    with the settings `env` (None: unset) against the reference; make_kw go to make_case."""
+    ok, log = wgmma_canary("wgmma_ws_pp")
+    if not ok:
+        pytest.fail(f"wgmma_ws_pp crashed in a subprocess; not run in-process:\n{log}")
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", "wgmma_ws_pp")
+    for name, value in env.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    B, N, Hq, Hkv, D, plens, kind = case
+    q, k, v, pl, mask = make_case(B, N, Hq, Hkv, D, plens, device="cuda", kind=kind, **make_kw)
+    out, lse = run_op(q, k, v, pl, mask)
+    torch.cuda.synchronize()
+    check_against_reference(out, lse, q, k, v, pl, mask)
+
+
 CLUSTER_CASES = [  # at most 8 clusters (row tiles x B x Hkv): resident at once for every size
     # B, N, Hq, Hkv, D, plens, kind
     (1, 37, 16, 4, 128, [700], "random"),     # 148 rows per KV head: a full and a partial row tile
@@ -430,28 +449,22 @@ def test_cuda_cluster_merge(case, splits, cluster, monkeypatch):
     24, 20 rows, the last one shorter), partial row tiles, empty splits, head dims 128 and 64.
     All 384 threads take merge items (the producer warpgroup after a setmaxnreg hand-over): at
     6 and 7 splits every one of them, at 3 splits 352."""
-    ok, log = wgmma_canary("wgmma_ws_pp")
-    if not ok:
-        pytest.fail(f"wgmma_ws_pp crashed in a subprocess; not run in-process:\n{log}")
-    monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", "wgmma_ws_pp")
-    monkeypatch.setenv("JETSPEC_TREE_ATTN_SPLITS", splits)
-    monkeypatch.setenv("JETSPEC_TREE_ATTN_CLUSTER", cluster)
-    B, N, Hq, Hkv, D, plens, kind = case
-    q, k, v, pl, mask = make_case(B, N, Hq, Hkv, D, plens, device="cuda", kind=kind, seed=N + B)
-    out, lse = run_op(q, k, v, pl, mask)
-    torch.cuda.synchronize()
-    check_against_reference(out, lse, q, k, v, pl, mask)
+    run_ws_case(case, monkeypatch, {"JETSPEC_TREE_ATTN_SPLITS": splits, "JETSPEC_TREE_ATTN_CLUSTER": cluster},
+                seed=case[1] + case[0])
 
 
 @requires_cuda_kernel
-def test_cuda_cluster_setting_is_checked(monkeypatch):
-    monkeypatch.setenv("JETSPEC_TREE_ATTN_CLUSTER", "yes")
+@pytest.mark.parametrize("setting", ["JETSPEC_TREE_ATTN_CLUSTER", "JETSPEC_TREE_ATTN_Q_TMA"])
+def test_cuda_ws_setting_is_checked(setting, monkeypatch):
+    """split_kernel_ws's settings (the cluster merge with 4 forced splits; Q by TMA) refuse a value
+    they do not know instead of ignoring it."""
+    monkeypatch.setenv(setting, "yes")
     monkeypatch.setenv("JETSPEC_TREE_ATTN_SPLITS", "4")
     monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", "wgmma_ws_pp")
     if torch.cuda.get_device_capability()[0] != 9:
-        pytest.skip("the cluster merge exists in split_kernel_ws (sm_90) only")
+        pytest.skip("split_kernel_ws exists on sm_90 only")
     q, k, v, pl, mask = make_case(1, 64, 32, 8, 128, [900], device="cuda", seed=3)
-    with pytest.raises(RuntimeError, match="JETSPEC_TREE_ATTN_CLUSTER must be"):
+    with pytest.raises(RuntimeError, match=f"{setting} must be"):
         jetspec_ext.tree_attention(q, k, v, pl, mask)
 
 
@@ -478,18 +491,8 @@ def test_cuda_ws_q_tile_copies(case, layout, q_tma, monkeypatch):
     or with JETSPEC_TREE_ATTN_Q_TMA=0; both write the same 128-byte-swizzled layout that the
     consumers read Q from. Every GQA ratio here, q contiguous or a transposed (B, Hq, N, D) view,
     both paths, against the reference."""
-    ok, log = wgmma_canary("wgmma_ws_pp")
-    if not ok:
-        pytest.fail(f"wgmma_ws_pp crashed in a subprocess; not run in-process:\n{log}")
-    monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", "wgmma_ws_pp")
-    monkeypatch.setenv("JETSPEC_TREE_ATTN_Q_TMA", q_tma)
-    monkeypatch.delenv("JETSPEC_TREE_ATTN_SPLITS", raising=False)
-    B, N, Hq, Hkv, D, plens, kind = case
-    q, k, v, pl, mask = make_case(B, N, Hq, Hkv, D, plens, device="cuda", kind=kind, seed=N + Hq,
-                                  q_transposed=layout == "transposed")
-    out, lse = run_op(q, k, v, pl, mask)
-    torch.cuda.synchronize()
-    check_against_reference(out, lse, q, k, v, pl, mask)
+    run_ws_case(case, monkeypatch, {"JETSPEC_TREE_ATTN_Q_TMA": q_tma, "JETSPEC_TREE_ATTN_SPLITS": None},
+                seed=case[1] + case[2], q_transposed=layout == "transposed")
 
 
 @requires_cuda_kernel
@@ -506,17 +509,6 @@ def test_cuda_ws_q_with_size_one_dims_of_any_stride(monkeypatch):
     out, lse = run_op(q, k, v, pl, mask)
     torch.cuda.synchronize()
     check_against_reference(out, lse, q, k, v, pl, mask)
-
-
-@requires_cuda_kernel
-def test_cuda_q_tma_setting_is_checked(monkeypatch):
-    monkeypatch.setenv("JETSPEC_TREE_ATTN_Q_TMA", "yes")
-    monkeypatch.setenv("JETSPEC_TREE_ATTN_IMPL", "wgmma_ws_pp")
-    if torch.cuda.get_device_capability()[0] != 9:
-        pytest.skip("split_kernel_ws exists on sm_90 only")
-    q, k, v, pl, mask = make_case(1, 64, 32, 8, 128, [900], device="cuda", seed=3)
-    with pytest.raises(RuntimeError, match="JETSPEC_TREE_ATTN_Q_TMA must be"):
-        jetspec_ext.tree_attention(q, k, v, pl, mask)
 
 
 @requires_cuda_kernel

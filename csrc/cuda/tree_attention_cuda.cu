@@ -279,6 +279,30 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return encode;
 }
 
+// cuTensorMapEncodeTiled of a 4-D tensor of T (bf16 / fp16) with a contiguous innermost dim:
+// `dims` innermost first, `strides` of dims 1..3 in elements (multiples of 8: 16 bytes), boxes of
+// `box` elements in the 128-byte swizzle, elements past the dims read as zeros. `what` names the
+// tensor in the error.
+template <typename T>
+CUtensorMap encode_tensor_map_4d(const void* base, const int64_t (&dims)[4], const int64_t (&strides)[3],
+                                 const uint32_t (&box)[4], const char* what) {
+  constexpr int64_t E = sizeof(T);
+  const cuuint64_t gdims[4] = {(cuuint64_t)dims[0], (cuuint64_t)dims[1], (cuuint64_t)dims[2], (cuuint64_t)dims[3]};
+  const cuuint64_t gstrides[3] = {(cuuint64_t)(strides[0] * E), (cuuint64_t)(strides[1] * E),
+                                  (cuuint64_t)(strides[2] * E)};
+  const cuuint32_t gbox[4] = {box[0], box[1], box[2], box[3]};
+  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
+  CUtensorMap map;
+  const CUresult r = tensor_map_encoder()(
+      &map, std::is_same<T, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4,
+      const_cast<void*>(base), gdims, gstrides, gbox, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  TORCH_CHECK(r == CUDA_SUCCESS, "tree_attention: cuTensorMapEncodeTiled failed (CUresult ", (int)r, ") for ",
+              what, " with dims (innermost first) (", dims[0], ", ", dims[1], ", ", dims[2], ", ", dims[3],
+              ") and strides (", strides[0], ", ", strides[1], ", ", strides[2], ")");
+  return map;
+}
+
 // TMA descriptor of a K or V cache (B, Hkv, S, D) with element strides (sb, sh, ss) and a
 // contiguous last dim, for split_kernel_ws's tiles: dims innermost first (D, S, Hkv, B), boxes of
 // 64 columns x 64 keys, 128-byte swizzle (= kv_off_sw128), keys past S read as zeros. The launcher
@@ -288,22 +312,13 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 template <typename T>
 CUtensorMap encode_kv_tensor_map(const void* base, int D, int64_t S, int Hkv, int B, int64_t sb, int64_t sh,
                                  int64_t ss) {
-  constexpr int64_t E = sizeof(T);
   if (S == 1) ss = D;
   if (Hkv == 1) sh = ss * S;
   if (B == 1) sb = sh * Hkv;
-  const cuuint64_t dims[4] = {(cuuint64_t)D, (cuuint64_t)S, (cuuint64_t)Hkv, (cuuint64_t)B};
-  const cuuint64_t strides[3] = {(cuuint64_t)(ss * E), (cuuint64_t)(sh * E), (cuuint64_t)(sb * E)};
-  const cuuint32_t box[4] = {64, (cuuint32_t)tree_attn::kBN, 1, 1};
-  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
-  CUtensorMap map;
-  const CUresult r = tensor_map_encoder()(
-      &map, std::is_same<T, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4,
-      const_cast<void*>(base), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  TORCH_CHECK(r == CUDA_SUCCESS, "tree_attention: cuTensorMapEncodeTiled failed (CUresult ", (int)r,
-              ") for a cache of shape (", B, ", ", Hkv, ", ", S, ", ", D, ") and strides (", sb, ", ", sh, ", ", ss, ")");
-  return map;
+  const int64_t dims[4] = {D, S, Hkv, B};
+  const int64_t strides[3] = {ss, sh, sb};
+  const uint32_t box[4] = {64, (uint32_t)tree_attn::kBN, 1, 1};
+  return encode_tensor_map_4d<T>(base, dims, strides, box, "a K/V cache");
 }
 
 // TMA descriptor of q (B, N, Hq, D) with element strides (sb, sn, sh) and a contiguous last dim,
@@ -313,22 +328,13 @@ CUtensorMap encode_kv_tensor_map(const void* base, int D, int64_t S, int Hkv, in
 template <typename T>
 CUtensorMap encode_q_tensor_map(const void* base, int D, int Hq, int N, int B, int G, int64_t sb, int64_t sn,
                                 int64_t sh) {
-  constexpr int64_t E = sizeof(T);
   if (Hq == 1) sh = D;
   if (N == 1) sn = sh * Hq;
   if (B == 1) sb = sn * N;
-  const cuuint64_t dims[4] = {(cuuint64_t)D, (cuuint64_t)Hq, (cuuint64_t)N, (cuuint64_t)B};
-  const cuuint64_t strides[3] = {(cuuint64_t)(sh * E), (cuuint64_t)(sn * E), (cuuint64_t)(sb * E)};
-  const cuuint32_t box[4] = {64, (cuuint32_t)G, (cuuint32_t)(tree_attn::kWsRows / G), 1};
-  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
-  CUtensorMap map;
-  const CUresult r = tensor_map_encoder()(
-      &map, std::is_same<T, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4,
-      const_cast<void*>(base), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  TORCH_CHECK(r == CUDA_SUCCESS, "tree_attention: cuTensorMapEncodeTiled failed (CUresult ", (int)r,
-              ") for q of shape (", B, ", ", N, ", ", Hq, ", ", D, ") and strides (", sb, ", ", sn, ", ", sh, ")");
-  return map;
+  const int64_t dims[4] = {D, Hq, N, B};
+  const int64_t strides[3] = {sh, sn, sb};
+  const uint32_t box[4] = {64, (uint32_t)G, (uint32_t)(tree_attn::kWsRows / G), 1};
+  return encode_tensor_map_4d<T>(base, dims, strides, box, "q");
 }
 
 // The warp-specialized kernel: 128 query rows per CTA, 384 threads, one CTA per SM.

@@ -23,6 +23,7 @@ from benchmarks.probe_decode_attention import case  # noqa: E402
 GT_ENTRY, CLK_ENTRY, CLK_BARRIER, CLK_PLEN, CLK_ISSUE0, CLK_Q, CLK_K0, CLK_SM0, CLK_LOOP, \
     CLK_EPI, GT_EXIT, SMID, CLK_EPI_WG1, CLK_LAST_ISSUE, CLK_STAGED, CLK_PLEN_C, CLK_PLEN_AGAIN, \
     CLK_CLUSTER1, CLK_MERGED, CLK_MERGE_LOADS, CLK_MERGE_STORES = range(21)
+CLK_ITER0, N_ITER_SLOTS = 21, 16  # consumer 0: key-tile loop iteration i done up to softmax(i + 1)
 
 PHASES = [  # name, from slot, to slot
     ("entry -> CTA barrier", CLK_ENTRY, CLK_BARRIER),
@@ -81,6 +82,18 @@ def analyse(tl, label):
             continue
         d = (rows[:, b] - rows[:, a]).double() / ghz
         print(f"   {name:<62} p50 {pct(d, .5):7.0f}  p10 {pct(d, .1):7.0f}  p90 {pct(d, .9):7.0f} ns")
+    if tl.shape[1] >= CLK_ITER0 + N_ITER_SLOTS:  # builds with the per-iteration slots
+        cells = []
+        for i in range(N_ITER_SLOTS):
+            a = CLK_SM0 if i == 0 else CLK_ITER0 + i - 1
+            rows = tl_d[(tl_d[:, a] != 0) & (tl_d[:, CLK_ITER0 + i] != 0)]
+            if rows.shape[0] == 0:
+                break
+            d = (rows[:, CLK_ITER0 + i] - rows[:, a]).double() / ghz
+            cells.append(f"{i + 1}:{pct(d, .5):.0f}")
+        if cells:
+            print("   key-tile loop per iteration, up to the softmax of the split's tile k (k: p50 ns, "
+                  "CTAs with that many tiles): " + " ".join(cells))
     sys.stdout.flush()
 
 

@@ -147,7 +147,9 @@ __device__ __forceinline__ void all_warps_bar_sync() { asm volatile("bar.sync 3,
 // timeline says where. Default builds compile none of it.
 #ifdef JETSPEC_TREE_ATTN_TIMELINE
 constexpr int kTimelineCtas = 1024;
-constexpr int kTimelineSlots = 21;
+constexpr int kTimelineIterSlot = 21;  // first of the per-iteration slots (below)
+constexpr int kTimelineIters = 16;
+constexpr int kTimelineSlots = kTimelineIterSlot + kTimelineIters;
 // Slots: 0 globaltimer at entry, 1 clock at entry, 2 after the CTA barrier, 3 producer: prefix
 // length known, 4 producer: first K/V tile's copies issued, 5 consumer 0: Q landed, 6: K(0)
 // landed, 7: softmax(0) done, 8: last P V done, 9: epilogue done, 10 globaltimer at consumer 0's
@@ -157,7 +159,11 @@ constexpr int kTimelineSlots = 21;
 // the first global load's ~1 us (fourteenth session) the miss or the path?; with the cluster
 // merge (p.cluster_merge), consumer 0: 17 the other CTAs' shares received, 18 its share merged
 // and stored, and inside the merge (cluster_merge_share_n) 19 its item's loads landed, 20 its
-// maths done and stores issued (is the merge's time in the loads, the maths or the stores?).
+// maths done and stores issued (is the merge's time in the loads, the maths or the stores?);
+// 21 + i (i < kTimelineIters), consumer 0: the key-tile loop's iteration i done up to the
+// softmax of the split's tile i + 1 (which iterations cost what: tree tiles against prefix
+// tiles, the first ones against the rest; P1024 N256's iterations took ~0.95 us against ~0.80 at
+// P4096 N64, nineteenth session, unexplained).
 __device__ unsigned long long g_ws_timeline[kTimelineCtas][kTimelineSlots];
 __device__ __forceinline__ unsigned long long timeline_clock() {
   unsigned long long c;
@@ -767,6 +773,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
         fence_regs(s);
         tile_next += stride;
         softmax(s, tile_next, alpha);
+#ifdef JETSPEC_TREE_ATTN_TIMELINE
+        JETSPEC_TL_CLOCK(ctid == 0 && i < kTimelineIters, kTimelineIterSlot + i);
+#endif
         JETSPEC_WGMMA_WAIT(0);  // P(i) V(i) done: stage i is free
         fence_regs(o);
         release(cur.stage);

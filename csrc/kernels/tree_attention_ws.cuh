@@ -12,9 +12,8 @@
 //     stages by TMA (tensor maps of q and the caches from the launcher; each stage's K and V
 //     signalled on an mbarrier by their bytes), except V of the key range's last partial tile,
 //     whose rows past the keys must be zeros (zero-filling cp.async by all 128, then a proxy
-//     fence); it gives registers to the
-//     consumers (setmaxnreg 56) and, with the cluster merge, takes some back at the end to merge
-//     a third of the rows' chunks (kMergeThreads);
+//     fence); it gives registers to the consumers (setmaxnreg 56) and, with the cluster merge,
+//     takes some back at the end to merge a third of the rows' chunks (kMergeThreads);
 //   * warpgroups 1 and 2 are consumers of 64 query rows each (setmaxnreg 224; the kernel starts
 //     at 168 per thread, so 128 x (168 - 56) = 256 x (224 - 168) registers change hands). They wait on the
 //     stage's mbarriers only (no CTA barrier in the loop), run the same maths and intra-warpgroup

@@ -192,8 +192,11 @@ __device__ __forceinline__ void load_q_fragments(uint32_t (&qf)[D / 16][4], cons
   for (int ks = 0; ks < D / 16; ++ks) {
     const int r = warp * 16 + (lane & 15);
     const int c = ks * 2 + (lane >> 4);
-    // (kRows > 0 ? kRows : 1: q_off_sw128 is instantiated even where kRows = 0 leaves it unused.)
-    const int off = kRows > 0 ? q_off_sw128<D, (kRows > 0 ? kRows : 1)>(r, c) : swz<D>(r, c);
+    int off;
+    if constexpr (kRows > 0)
+      off = q_off_sw128<D, kRows>(r, c);
+    else
+      off = swz<D>(r, c);
     ldmatrix_x4(smem_u32(sq + off), qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3]);
   }
 }

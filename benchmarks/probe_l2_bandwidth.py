@@ -14,14 +14,20 @@ distinct runs; share = 8: eight CTAs read the same bytes at about the same time,
 of one KV head read the same K/V tiles). Bytes read in all / time = the delivered bandwidth.
 Buffers of a few MB stay in L2 between calls; 2 GB does not (HBM).
 
-Usage on the H200: python benchmarks/probe_l2_bandwidth.py. Per call: a CUDA graph of 20 calls
-replayed 3 times, the median replay over 20; also less the time of a call that reads 8 KB per
-CTA (launch gap and ramp). Not part of the test suite.
+Usage on the H200: python benchmarks/probe_l2_bandwidth.py. Per call: harness.time_us over a
+CUDA graph of 20 calls (median of 5 replays, over 20); also less the time of a call that reads
+8 KB per CTA (launch gap and ramp). Not part of the test suite. (The nineteenth session's figures
+came from b5f31d3, whose inline timing did the same with 3 replays.)
 """
 import argparse
+import os
+import sys
 
 import torch
 from torch.utils.cpp_extension import load_inline
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.harness import time_us  # noqa: E402
 
 CUDA_SRC = r"""
 #include <torch/extension.h>
@@ -81,26 +87,8 @@ def main():
     # The tree-attention start: every CTA reads 48 KB once (Q + K(0)); 8 CTAs per KV head share K.
     cases += [(16, 128, 48 * 1024, 1), (16, 128, 48 * 1024, 8), (16, 96, 48 * 1024, 1)]
     def per_call_us(fn):
-        """Median over 3 replays of a CUDA graph of `reps` calls, per call (back-to-back launches
-        in a graph: each call's time includes the gap between kernels, ~1-2 us)."""
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            for _ in range(args.reps):
-                fn()
-        g.replay()
-        torch.cuda.synchronize()
-        res = []
-        for _ in range(3):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            g.replay()
-            b.record()
-            torch.cuda.synchronize()
-            res.append(a.elapsed_time(b) * 1e3 / args.reps)
-        return sorted(res)[1]
+        # Back-to-back calls in one CUDA graph: each call's time includes the gap between kernels.
+        return time_us(fn, warmup=3, iters=5, graph=True, graph_reps=args.reps)
 
     small = torch.zeros(1 << 20, dtype=torch.int32, device="cuda")
     empty_us = per_call_us(lambda: ext.launch_l2_read(small, 16 * 512, 128, 1, sink))
@@ -112,6 +100,7 @@ def main():
         print(f"{buf_mb:>6}MB {ctas:>6} {per_cta // 1024:>7}KB {share:>5} {total / 2**20:>8.1f} {us:>8.2f} "
               f"{total / us / 1e6:>6.2f}  (less the fixed cost: {total / max(us - empty_us, 1e-3) / 1e6:.2f})")
         del buf
+
 
 if __name__ == "__main__":
     main()

@@ -2,7 +2,8 @@
 side with PyTorch's F.linear (cuBLAS) on the same inputs.
 
 Shapes: Qwen3-8B's projections (q|k|v fused 6144x4096, o 4096x4096, gate|up fused 24576x4096,
-down 4096x12288, the LM head 151936x4096) at M = 16 (the draft head's block), 32, 64, 128 and
+down 4096x12288, the LM head 151936x4096; the draft head's context k|v 2048x4096 and fc
+4096x20480) at M = 16 (the draft head's block), 32, 64, 128 and
 256 rows (the tree's tokens), bf16. Every variant of the kernel (tile configuration x schedule,
 chosen with JETSPEC_VERIFY_CFG / JETSPEC_VERIFY_SCHED / JETSPEC_VERIFY_SPLITS) is timed as 10
 calls in one CUDA graph ([graph], median of CUDA events), cycling through enough weight copies
@@ -30,12 +31,18 @@ from benchmarks.harness import cold_weight_copies, floor_us, print_table, time_u
 SHAPES = [  # name, N, K
     ("qkv", 6144, 4096), ("o_proj", 4096, 4096), ("gate_up", 24576, 4096), ("down", 4096, 12288),
     ("lm_head", 151936, 4096),
+    # the draft head's other few-row shapes (block of 16 rows): context k|v and fc (5 taps)
+    ("kv", 2048, 4096), ("fc", 4096, 20480),
 ]
 VARIANTS = [  # column, JETSPEC_VERIFY_CFG, JETSPEC_VERIFY_SCHED, JETSPEC_VERIFY_SPLITS
     ("t128_sk", "t128", "streamk", None), ("t128_dp", "t128", "dp", None),
     ("t128_heur", "t128", "heuristic", None), ("t128_split2", "t128", "splitk", "2"),
     ("t128_split4", "t128", "splitk", "4"), ("t256_sk", "t256", "streamk", None),
     ("t128c2_sk", "t128c2", "streamk", None), ("p64c2", "p64c2", "dp", None),
+    # transposed few-row configurations (W rows fill the tile; M <= 16)
+    ("s64", "s64", "dp", None), ("s128_sk", "s128", "streamk", None),
+    ("s128_split2", "s128", "splitk", "2"), ("s128_split4", "s128", "splitk", "4"),
+    ("s128_dp", "s128", "dp", None),
 ]
 ENV = ("JETSPEC_VERIFY_CFG", "JETSPEC_VERIFY_SCHED", "JETSPEC_VERIFY_SPLITS")
 

@@ -31,7 +31,7 @@ import torch
 
 from .draft_head import JetSpecDraftHead, block_layers, extend_layers, layer_caches
 from .op_select import op
-from .target import FusedProjections, Target
+from .target import FusedProjections, Target, _lm_head_logits
 
 # what _draft_layer_fused expects of every head layer (else the drafter keeps the layers' forward)
 _DRAFT_LAYER_CLASSES = ("DraftLayer", "DraftAttention", "Qwen3MLP")
@@ -45,7 +45,9 @@ def _draft_body(head, embed_tokens, lm_head, caches, ctx_lens, anchor, fill, mas
     fused: per-layer ``(w_qkv, w_gate_up)`` of the head (see :class:`HeadDrafter`) or None."""
     block = torch.cat([anchor.unsqueeze(1), fill], dim=1)  # [anchor, MASK x D]
     h = block_layers(head, caches, ctx_lens, embed_tokens(block), mask, attn, fused)
-    return lm_head(h[:, 1:].to(lm_head.weight.dtype))  # (B, D, V) for depths 1..D
+    h = h[:, 1:].to(lm_head.weight.dtype)
+    # (B, D, V) for depths 1..D; fused: a plain Linear LM head through op_select.linear
+    return lm_head(h) if fused is None else _lm_head_logits(lm_head, h)
 
 
 class HeadDrafter:

@@ -48,7 +48,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
     rotate_half,
 )
 
-from .op_select import linear, op
+from .op_select import linear, linear_add, op
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -142,16 +142,19 @@ class DraftAttention(nn.Module):
         q = self.q_norm(q.view(B, n, self.num_heads, self.head_dim)).transpose(1, 2)
         return _rope(q, cos, sin)
 
-    def attend(self, q, k, v, k_cache, v_cache, ctx_lens, slots, mask, attn=None, rows=None):
+    def attend(self, q, k, v, k_cache, v_cache, ctx_lens, slots, mask, attn=None, rows=None,
+               project: bool = True):
         """q ``(B, Hq, N, Dh)``, k, v ``(B, Hkv, N, Dh)`` of the block: write k/v at ``slots``,
-        attend (tree_attention), project out -> ``(B, N, H)``."""
+        attend (tree_attention), project out -> ``(B, N, H)`` (``project=False``: the attention
+        output ``(B, N, Hq * Dh)`` before o_proj)."""
         B, _, N, _ = q.shape
         scatter_slots(k_cache, slots, k, rows)
         scatter_slots(v_cache, slots, v, rows)
         if attn is None:
             attn = op("tree_attention", q.device, q.dtype)
         out, _ = attn(q.transpose(1, 2), k_cache, v_cache, ctx_lens, mask, self.scaling)
-        return self.o_proj(out.reshape(B, N, -1))
+        out = out.reshape(B, N, -1)
+        return self.o_proj(out) if project else out
 
     def forward(self, x, cos, sin, k_cache, v_cache, ctx_lens, slots, mask, attn=None, rows=None):
         """Block attention. x ``(B, N, H)`` (normed). Writes the block's k/v at ``slots``.
@@ -437,7 +440,10 @@ def extend_layers(head: "JetSpecDraftHead", caches: List[torch.Tensor], ctx_lens
     B, n, _ = tapped.shape
     pos = ctx_lens.to(torch.int64).unsqueeze(1) + torch.arange(n, device=tapped.device)
     rows = torch.arange(B, device=tapped.device).unsqueeze(1)
-    x = head.fuse(tapped)
+    if fused is None:
+        x = head.fuse(tapped)
+    else:  # the same maths with fc through op_select.linear (a few rows: verify_linear)
+        x = head.hidden_norm(linear(tapped.to(head.fc.weight.dtype), head.fc.weight))
     cos, sin = head.rotary_emb(x, pos)
     for i, layer in enumerate(head.layers):
         a = layer.self_attn
@@ -465,9 +471,10 @@ def _draft_layer_fused(layer: DraftLayer, w_qkv: torch.Tensor, w_gate_up: torch.
     nq, nkv = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
     q, k, v = linear(layer.input_layernorm(x), w_qkv).split([nq, nkv, nkv], dim=-1)
     k, v = a.kv_heads(k, v, cos, sin)
-    x = x + a.attend(a.q_heads(q, cos, sin), k, v, k_cache, v_cache, ctx_lens, slots, mask, attn, rows)
+    o = a.attend(a.q_heads(q, cos, sin), k, v, k_cache, v_cache, ctx_lens, slots, mask, attn, rows, project=False)
+    x = linear_add(x, o, a.o_proj.weight)  # plain bias-free Linears (_fusable)
     gate, up = linear(layer.post_attention_layernorm(x), w_gate_up).chunk(2, dim=-1)
-    return x + linear(mlp.act_fn(gate) * up, mlp.down_proj.weight)  # plain bias-free Linear (_fusable)
+    return linear_add(x, mlp.act_fn(gate) * up, mlp.down_proj.weight)
 
 
 def block_layers(head: "JetSpecDraftHead", caches: List[torch.Tensor], ctx_lens: torch.Tensor,

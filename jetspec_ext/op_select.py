@@ -62,15 +62,25 @@ VERIFY_LINEAR_CUDA = (os.environ.get("JETSPEC_VERIFY_LINEAR", "1") != "0"
 VERIFY_RESIDUAL = os.environ.get("JETSPEC_VERIFY_RESIDUAL", "1") != "0"  # linear_add: add in the epilogue
 VERIFY_ROWS = (65, 128)  # rows of x routed to verify_linear (inclusive)
 VERIFY_MAX_N = 4096  # out_features routed to verify_linear (at most)
+# The draft head's block (D + 1 = 16 rows) and its context extension: 2..16 rows go to
+# verify_linear's transposed configurations (s64 / s128: W's rows fill the wgmma tile, y^T = W x^T)
+# at every out_features, where cuBLAS splits K and adds reduction kernels. JETSPEC_FEW_ROWS_LINEAR=0
+# keeps F.linear there (side-by-side timing).
+FEW_ROWS_CUDA = VERIFY_LINEAR_CUDA and os.environ.get("JETSPEC_FEW_ROWS_LINEAR", "1") != "0"
+FEW_ROWS = (2, 16)
 
 
 def _verify_routed(x: torch.Tensor, weight: torch.Tensor) -> bool:
     K = weight.shape[-1]
-    return (VERIFY_LINEAR_CUDA and x.is_cuda and x.dtype == torch.bfloat16 and weight.dtype == x.dtype
-            and weight.dim() == 2 and VERIFY_ROWS[0] * K <= x.numel() <= VERIFY_ROWS[1] * K
-            and weight.shape[0] <= VERIFY_MAX_N
-            and K % linear_ops.VERIFY_ALIGN == 0 and weight.shape[0] % linear_ops.VERIFY_ALIGN == 0
-            and weight.is_contiguous() and torch.cuda.get_device_properties(x.device).major == 9)
+    if not (VERIFY_LINEAR_CUDA and x.is_cuda and x.dtype == torch.bfloat16 and weight.dtype == x.dtype
+            and weight.dim() == 2 and K % linear_ops.VERIFY_ALIGN == 0
+            and weight.shape[0] % linear_ops.VERIFY_ALIGN == 0 and weight.is_contiguous()
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))  # no backward
+            and torch.cuda.get_device_properties(x.device).major == 9):
+        return False
+    if FEW_ROWS_CUDA and FEW_ROWS[0] * K <= x.numel() <= FEW_ROWS[1] * K:
+        return True
+    return VERIFY_ROWS[0] * K <= x.numel() <= VERIFY_ROWS[1] * K and weight.shape[0] <= VERIFY_MAX_N
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -78,7 +88,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     CUDA build and tensors, bf16 / fp16, ONE row in ``x`` (the autoregressive step; see
     ``ROUTED_MAX_ROWS``), ``in_features`` a multiple of 32 and a contiguous weight; through
     ``jetspec_ext.verify_linear`` for bf16 tree-verification shapes where it wins (see
-    ``VERIFY_ROWS`` / ``VERIFY_MAX_N``). Everything else: ``F.linear``."""
+    ``VERIFY_ROWS`` / ``VERIFY_MAX_N``) and for 2..16 rows (the draft head's block, ``FEW_ROWS``),
+    when no gradient is wanted (the op has no backward). Everything else: ``F.linear``."""
     K = weight.shape[-1]
     if (SKINNY_LINEAR_CUDA and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
             and weight.dtype == x.dtype and weight.dim() == 2 and x.numel() <= ROUTED_MAX_ROWS * K

@@ -56,12 +56,13 @@ def _extend_and_draft(drafter, seed=0, S=40, P=9):
     """Random context cache, one extension by D+1 tokens, one draft: (ctx, logits)."""
     g = torch.Generator().manual_seed(seed)
     ctx = drafter.new_context(1, S)
+    dev = ctx.device
     ctx.copy_(torch.randn(ctx.shape, generator=g))
-    lens = torch.full((1,), P, dtype=torch.int32)
+    lens = torch.full((1,), P, dtype=torch.int32, device=dev)
     F_ = len(drafter.head.target_layer_ids) * drafter.head.config.hidden_size
-    drafter.extend(ctx, lens, torch.randn(1, DEPTH + 1, F_, generator=g))
+    drafter.extend(ctx, lens, torch.randn(1, DEPTH + 1, F_, generator=g).to(dev, ctx.dtype))
     lens += DEPTH + 1
-    logits = drafter.draft(ctx, lens, torch.tensor([17]))
+    logits = drafter.draft(ctx, lens, torch.tensor([17], device=dev))
     return ctx, logits
 
 
@@ -272,3 +273,45 @@ def test_training_after_fusing(tmp_path):
         lens = torch.full((1,), 5, dtype=torch.int32)
         torch.testing.assert_close(drafter.draft(ctx, lens, torch.tensor([7])),
                                    ref.draft(ctx_r, lens, torch.tensor([7])), **TOL)
+
+
+def _has_few_rows_kernel():
+    import jetspec_ext.op_select as sel
+    return (torch.cuda.is_available() and sel.FEW_ROWS_CUDA
+            and torch.cuda.get_device_capability()[0] == 9)
+
+
+@pytest.mark.skipif(not _has_few_rows_kernel(),
+                    reason="needs the CUTLASS-built verify_linear (few-row routing) and an sm_90 GPU")
+def test_cuda_fused_drafter_few_rows(monkeypatch):
+    """On the GPU in bf16 the fused drafter's few-row GEMMs (fc, k|v, q|k|v, o_proj + residual,
+    gate|up, down + residual, the LM head: 6..16 rows) go through verify_linear's transposed
+    configurations; its context cache and draft logits stay as close to an fp32 run of the same
+    head as the unfused drafter's (F.linear) are: error at most twice the unfused one's, plus
+    slack for values that round exactly."""
+    import copy
+
+    import jetspec_ext
+
+    model, head, target = _setup()
+    calls = {"n": 0}
+    orig = jetspec_ext.verify_linear
+
+    def counted(*a, **k):
+        calls["n"] += 1
+        return orig(*a, **k)
+    monkeypatch.setattr(jetspec_ext, "verify_linear", counted)
+    ctx_ref, l_ref = _extend_and_draft(HeadDrafter(head, target, depth=DEPTH, fuse_projections=False))
+    errs = {}
+    for fuse in (False, True):
+        m = copy.deepcopy(model).to("cuda", torch.bfloat16)
+        h = copy.deepcopy(head).to("cuda", torch.bfloat16)
+        d = HeadDrafter(h, Target(m, h.target_layer_ids), depth=DEPTH, fuse_projections=fuse)
+        assert d.fused == fuse
+        before = calls["n"]
+        ctx, logits = _extend_and_draft(d)
+        assert (calls["n"] > before) == fuse  # routed only on the fused path
+        errs[fuse] = ((ctx.float().cpu() - ctx_ref).abs().max().item(),
+                      (logits.float().cpu() - l_ref).abs().max().item())
+    for i in (0, 1):
+        assert errs[True][i] <= 2 * errs[False][i] + 1e-3, errs

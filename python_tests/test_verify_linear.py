@@ -90,7 +90,7 @@ def test_cuda_matches_reference(M, N, K):
 
 
 @requires_kernel
-@pytest.mark.parametrize("cfg", ["t128", "t256", "t128c2", "p64c2"])
+@pytest.mark.parametrize("cfg", ["t128", "t256", "t128c2", "p64c2", "s64", "s128"])
 @pytest.mark.parametrize("sched,splits", [("streamk", None), ("dp", None), ("heuristic", None),
                                           ("splitk", "3"), ("splitk", "8")])
 def test_cuda_configs_and_schedules(cfg, sched, splits, monkeypatch):
@@ -143,10 +143,46 @@ def test_bad_tuning_env(monkeypatch):
         op(x, w)
 
 
+@requires_kernel
+@pytest.mark.parametrize("cfg", ["", "s64", "s128"])
+@pytest.mark.parametrize("M", [1, 2, 5, 15, 16])
+@pytest.mark.parametrize("N,K", [(151936 // 8, 4096), (4096, 20480), (1000, 72), (40, 4104), (2048, 136)])
+def test_cuda_few_rows(cfg, M, N, K, monkeypatch):
+    """The transposed few-row configurations (default up to 16 rows): W's rows in the tile, x's
+    rows as the tile's 16 columns (fewer rows: out-of-bounds columns, never stored), N not a
+    multiple of the 64 / 128 W rows of a tile, K not a multiple of the 128-wide k block;
+    deterministic."""
+    if cfg:
+        monkeypatch.setenv("JETSPEC_VERIFY_CFG", cfg)
+    x, w = _bf16_inputs(M, N, K, "cuda", seed=M * 13 + N + K)
+    poison("cuda", 256)
+    out = op(x, w)
+    assert out.shape == (M, N)
+    _check_accuracy(out, x, w)
+    torch.testing.assert_close(op(x, w), out, rtol=0, atol=0)
+
+
+@requires_kernel
+@pytest.mark.parametrize("cfg", ["", "s64", "s128"])
+@pytest.mark.parametrize("M,N,K", [(16, 4096, 4096), (15, 4096, 12288), (3, 1000, 72)])
+def test_cuda_few_rows_residual(cfg, M, N, K, monkeypatch):
+    """The residual in the transposed configurations' epilogue (s64r / s128r: the residual read
+    column-major like the output is written)."""
+    if cfg:
+        monkeypatch.setenv("JETSPEC_VERIFY_CFG", cfg)
+    x, w, r = _residual_case(M, N, K, "cuda", seed=M + K)
+    poison("cuda", 256)
+    out = op(x, w, r)
+    _check_residual_accuracy(out, x, w, r)
+    torch.testing.assert_close(op(x, w, r), out, rtol=0, atol=0)
+
+
 def test_decoder_routing(monkeypatch):
-    """op_select.linear sends CUDA bf16 inputs of 65..128 rows with at most 4096 outputs on an
-    sm_90 GPU through verify_linear (faster than cuBLAS there on the H200: o_proj, down_proj at
-    M = 128), unless JETSPEC_VERIFY_LINEAR=0; other shapes, and CPU tensors, keep F.linear."""
+    """op_select.linear sends CUDA bf16 inputs of 65..128 rows with at most 4096 outputs, and of
+    2..16 rows with any outputs (the draft head's block), on an sm_90 GPU through verify_linear
+    (faster than cuBLAS there on the H200), unless JETSPEC_VERIFY_LINEAR=0 (both) or
+    JETSPEC_FEW_ROWS_LINEAR=0 (the few rows); other shapes, inputs that want a gradient, and CPU
+    tensors keep F.linear."""
     import os
 
     import jetspec_ext.op_select as sel
@@ -160,11 +196,19 @@ def test_decoder_routing(monkeypatch):
     torch.testing.assert_close(sel.linear(x, w), F.linear(x, w), rtol=0, atol=0)
     if _has_cuda_kernel():
         monkeypatch.setattr(sel, "VERIFY_LINEAR_CUDA", True)
+        monkeypatch.setattr(sel, "FEW_ROWS_CUDA", True)
+        assert sel.FEW_ROWS == (2, 16)
         for M, N, routed in ((128, 4096, True), (65, 64, True), (64, 64, False), (129, 64, False),
-                             (128, 4104, False)):
+                             (128, 4104, False), (16, 8192, True), (2, 64, True), (17, 4096, False)):
             xc, wc = _bf16_inputs(M, N, 256, "cuda", seed=M + N)
             expect = op(xc, wc) if routed else F.linear(xc, wc)
             torch.testing.assert_close(sel.linear(xc.unsqueeze(0), wc), expect.unsqueeze(0), rtol=0, atol=0)
+        xc, wc = _bf16_inputs(16, 4096, 256, "cuda", seed=3)
+        wc.requires_grad_(True)  # a gradient is wanted: F.linear (verify_linear has no backward)
+        torch.testing.assert_close(sel.linear(xc, wc), F.linear(xc, wc), rtol=0, atol=0)
+        monkeypatch.setattr(sel, "FEW_ROWS_CUDA", False)
+        xc, wc = _bf16_inputs(16, 4096, 256, "cuda", seed=2)
+        torch.testing.assert_close(sel.linear(xc, wc), F.linear(xc, wc), rtol=0, atol=0)
         monkeypatch.setattr(sel, "VERIFY_LINEAR_CUDA", False)
         xc, wc = _bf16_inputs(128, 4096, 256, "cuda", seed=1)
         torch.testing.assert_close(sel.linear(xc, wc), F.linear(xc, wc), rtol=0, atol=0)
@@ -243,7 +287,7 @@ def test_linear_add_routing(monkeypatch):
 
 
 @requires_kernel
-@pytest.mark.parametrize("cfg", ["", "p64c2"])
+@pytest.mark.parametrize("cfg", ["", "p64c2", "s64"])
 def test_cuda_programmatic_launch_sees_previous_writes(cfg, monkeypatch):
     """The ping-pong configurations are launched programmatically (JETSPEC_PDL, on by default): the
     GEMM may start before the kernel ahead of it in the stream has finished, and its loads must
@@ -251,5 +295,6 @@ def test_cuda_programmatic_launch_sees_previous_writes(cfg, monkeypatch):
     residual."""
     if cfg:
         monkeypatch.setenv("JETSPEC_VERIFY_CFG", cfg)
-    cases = [_residual_case(128, 4096, 4096, "cuda", seed=s) for s in (11, 12)]
+    M = 16 if cfg.startswith("s") else 128  # the transposed configuration at its few rows
+    cases = [_residual_case(M, 4096, 4096, "cuda", seed=s) for s in (11, 12)]
     check_programmatic_launch(lambda x, w, r: (op(x, w), op(x, w, r)), cases, monkeypatch)

@@ -35,14 +35,23 @@ constexpr NamedConfig kConfigs[] = {
     {"t256", verify_gemm::config_t256, nullptr},
     {"t128c2", verify_gemm::config_t128c2, nullptr},
     {"p64c2", verify_gemm::config_p64c2, verify_gemm::config_p64c2r},
+    {"s64", verify_gemm::config_s64, verify_gemm::config_s64r},
+    {"s128", verify_gemm::config_s128, verify_gemm::config_s128r},
 };
 
-// Tile configuration: JETSPEC_VERIFY_CFG = one of kConfigs' names (tuning, tests). Default: p64c2
-// up to 128 rows (ping-pong 64x64 tiles, W multicast to the cluster's two M tiles: faster than
-// cuBLAS for Qwen3-8B's o_proj and down_proj at M = 128 on the H200), t128 beyond.
-Config pick_config(int M, bool residual) {
+// Tile configuration: JETSPEC_VERIFY_CFG = one of kConfigs' names (tuning, tests). Default: up to
+// 16 rows the transposed configurations (the draft head's block), s64 where W has enough 64-row
+// tiles to give every SM several (N > 8192), s128 with stream-K below; p64c2 up to 128 rows
+// (ping-pong 64x64 tiles, W multicast to the cluster's two M tiles: faster than cuBLAS for
+// Qwen3-8B's o_proj and down_proj at M = 128 on the H200); t128 beyond.
+const char* default_config(int M, int N) {
+  if (M <= 16) return N > 8192 ? "s64" : "s128";
+  return M <= 128 ? "p64c2" : "t128";
+}
+
+Config pick_config(int M, int N, bool residual) {
   const std::string v = env_str("JETSPEC_VERIFY_CFG");
-  const std::string want = v.empty() ? (M <= 128 ? "p64c2" : "t128") : v;
+  const std::string want = v.empty() ? default_config(M, N) : v;
   for (const NamedConfig& c : kConfigs)
     if (want == c.name) return residual && c.with_residual != nullptr ? c.with_residual() : c.plain();
   std::string names;
@@ -50,7 +59,7 @@ Config pick_config(int M, bool residual) {
   TORCH_CHECK(false, "JETSPEC_VERIFY_CFG must be one of ", names, "; got '", v, "'");
 }
 
-// Schedule of the cooperative configurations (p64c2 is always data-parallel):
+// Schedule of the cooperative configurations (p64c2 and s64 are always data-parallel):
 // JETSPEC_VERIFY_SCHED = streamk (default) | splitk | dp | heuristic;
 // JETSPEC_VERIFY_SPLITS = K splits for splitk (default 4).
 Schedule pick_schedule(int* splits) {
@@ -86,7 +95,7 @@ at::Tensor verify_linear_cuda(const at::Tensor& x, const at::Tensor& weight,
   at::Tensor out = at::empty({M, N}, x.options());
   // With a residual: a configuration with an epilogue variant adds it there (one rounding); any
   // other adds it afterwards (a kernel of its own, same maths up to that rounding).
-  const Config cfg = pick_config(M, residual.has_value());
+  const Config cfg = pick_config(M, N, residual.has_value());
   verify_gemm::Problem p{};
   p.x = x.data_ptr();
   p.weight = weight.data_ptr();

@@ -62,6 +62,11 @@ Config config_t256();   // tile 128 x 256 x 64, no cluster
 Config config_t128c2(); // tile 128 x 128 x 64, cluster of 2 along N sharing the x tile (TMA multicast)
 Config config_p64c2();  // ping-pong, tile 64 x 64 x 64, cluster of 2 along M sharing the W tile, data-parallel
 Config config_p64c2r(); // p64c2 with the residual as the epilogue's C operand
+// Few rows (the draft head's block, M <= 16), transposed (kSwapAB): W's rows fill the tile.
+Config config_s64();    // ping-pong, tile 64 (W rows) x 16 (x rows) x 128, data-parallel
+Config config_s64r();   // s64 with the residual as the epilogue's C operand
+Config config_s128();   // cooperative, tile 128 x 16 x 128, stream-K / split-K (N of 4096 and below)
+Config config_s128r();  // s128 with the residual as the epilogue's C operand
 
 }  // namespace verify_gemm
 }  // namespace jetspec
@@ -125,8 +130,12 @@ static bool launch_programmatic() {
 // schedule (CUTLASS's ping-pong kernel has no stream-K); else cooperative (tile M >= 128) with the
 // stream-K / split-K scheduler.
 // kResidual: D = acc + C with C = Problem::residual (beta 1), else D = acc (no C operand).
+// kSwapAB: the draft head's few-row shapes (M <= 16 tokens). wgmma tiles are at least 64 rows, so
+// x's 16 rows would fill a quarter of each; the GEMM is run transposed instead, y^T = W x^T: W is
+// the A operand (its rows are the tile's 64 / 128 rows, streamed by TMA), x the B operand (a
+// 16-column tile read again by every CTA from L2), y written column-major (which is y row-major).
 template <int kTileM, int kTileN, int kTileK, int kClusterN, bool kPingpong = false, int kClusterM = 1,
-          bool kResidual = false>
+          bool kResidual = false, bool kSwapAB = false>
 struct CutlassGemm {
   using T = cutlass::bfloat16_t;
   using ElementC = std::conditional_t<kResidual, T, void>;
@@ -138,18 +147,22 @@ struct CutlassGemm {
                                           cutlass::gemm::KernelTmaWarpSpecializedCooperative>;
   using Scheduler = std::conditional_t<kPingpong, cutlass::gemm::PersistentScheduler, cutlass::gemm::StreamKScheduler>;
   static constexpr int kAlign = 8;  // 16 bytes of bf16
+  // y (M, N) row-major is the transposed problem's (N, M) output column-major.
+  using LayoutOut = std::conditional_t<kSwapAB, cutlass::layout::ColumnMajor, cutlass::layout::RowMajor>;
 
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
       cutlass::epilogue::collective::EpilogueTileAuto, float, float,
-      ElementC, cutlass::layout::RowMajor, kAlign,  // C: the residual, or none (void)
-      T, cutlass::layout::RowMajor, kAlign,
+      ElementC, LayoutOut, kAlign,  // C: the residual, or none (void)
+      T, LayoutOut, kAlign,
       EpiSchedule>::CollectiveOp;
 
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp,
-      T, cutlass::layout::RowMajor, kAlign,     // x: (M, K), K contiguous
-      T, cutlass::layout::ColumnMajor, kAlign,  // W^T: (K, N) column-major = W (N, K) row-major
+      // A: x (M, K), K contiguous (swapped: W (N, K)); B: W^T (K, N) column-major = W (N, K)
+      // row-major (swapped: x^T (K, M) column-major = x). Both K-major either way.
+      T, cutlass::layout::RowMajor, kAlign,
+      T, cutlass::layout::ColumnMajor, kAlign,
       float, TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
       MainSchedule>::CollectiveOp;
@@ -163,17 +176,28 @@ struct CutlassGemm {
     using StrideC = typename Kernel::StrideC;
     using StrideD = typename Kernel::StrideD;
     const int64_t M = p.M, N = p.N, K = p.K;
-    StrideA sa = cute::make_stride(K, cute::Int<1>{}, M * K);
-    StrideB sb = cute::make_stride(K, cute::Int<1>{}, N * K);
-    StrideC sc = cute::make_stride(N, cute::Int<1>{}, M * N);
-    StrideD sd = cute::make_stride(N, cute::Int<1>{}, M * N);
+    // The GEMM's own (rows, cols): (M, N), or (N, M) transposed; A and B K-major.
+    const int64_t rows = kSwapAB ? N : M, cols = kSwapAB ? M : N;
+    StrideA sa = cute::make_stride(K, cute::Int<1>{}, rows * K);
+    StrideB sb = cute::make_stride(K, cute::Int<1>{}, cols * K);
+    StrideC sc;
+    StrideD sd;
+    if constexpr (kSwapAB) {  // element (n, m) of the transposed output at m * N + n
+      sc = cute::make_stride(cute::Int<1>{}, N, M * N);
+      sd = cute::make_stride(cute::Int<1>{}, N, M * N);
+    } else {
+      sc = cute::make_stride(N, cute::Int<1>{}, M * N);
+      sd = cute::make_stride(N, cute::Int<1>{}, M * N);
+    }
     cutlass::KernelHardwareInfo hw;
     hw.device_id = p.device;
     hw.sm_count = p.sm_count;
+    const T* a = static_cast<const T*>(kSwapAB ? p.weight : p.x);
+    const T* b = static_cast<const T*>(kSwapAB ? p.x : p.weight);
     typename Gemm::Arguments args{
         cutlass::gemm::GemmUniversalMode::kGemm,
-        {p.M, p.N, p.K, 1},
-        {static_cast<const T*>(p.x), sa, static_cast<const T*>(p.weight), sb},
+        {static_cast<int>(rows), static_cast<int>(cols), p.K, 1},
+        {a, sa, b, sb},
         {{}, kResidual ? static_cast<const ElementC*>(p.residual) : nullptr, sc, static_cast<T*>(p.out), sd},
         hw};
     args.epilogue.thread.alpha = 1.f;

@@ -40,12 +40,14 @@ constexpr NamedConfig kConfigs[] = {
 };
 
 // Tile configuration: JETSPEC_VERIFY_CFG = one of kConfigs' names (tuning, tests). Default: up to
-// 16 rows the transposed configurations (the draft head's block), s64 where W has enough 64-row
-// tiles to give every SM several (N > 8192), s128 with stream-K below; p64c2 up to 128 rows
-// (ping-pong 64x64 tiles, W multicast to the cluster's two M tiles: faster than cuBLAS for
-// Qwen3-8B's o_proj and down_proj at M = 128 on the H200); t128 beyond.
+// 16 rows s64 (transposed ping-pong, the draft head's block: faster than cuBLAS at M = 16 for
+// o_proj, down_proj, gate|up, the LM head and the head's k|v and fc on the H200; s128 with
+// stream-K, split-K or data-parallel was slower than s64 for every shape but the LM head, where
+// they tie); p64c2 up to 128 rows (ping-pong 64x64 tiles, W multicast to the cluster's two M tiles:
+// faster than cuBLAS for Qwen3-8B's o_proj and down_proj at M = 128); t128 beyond.
 const char* default_config(int M, int N) {
-  if (M <= 16) return N > 8192 ? "s64" : "s128";
+  (void)N;
+  if (M <= 16) return "s64";
   return M <= 128 ? "p64c2" : "t128";
 }
 

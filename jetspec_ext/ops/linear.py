@@ -60,14 +60,16 @@ def verify_linear(x: Tensor, weight: Tensor, residual: Optional[Tensor] = None) 
             ``N`` multiples of 8. A non-contiguous weight is an error, never copied.
         residual: optional ``(..., N)`` bf16 with the output's shape (a residual connection):
             added to the fp32 product before the one rounding; on CUDA in the GEMM's epilogue
-            (config p64c2), so it costs no kernel of its own.
+            (configs p64c2 and s64), so it costs no kernel of its own.
 
     Returns:
         ``(..., N)`` bf16: fp32 products and sums, one rounding. CUDA (sm_90 only, built with
         CUTLASS headers): a TMA + wgmma GEMM from CUTLASS 3 collectives
-        (``csrc/kernels/verify_gemm_sm90.cuh``); up to 128 rows 64x64 tiles in clusters of two
-        that share each weight tile by multicast, so the weight is read once; the same inputs
-        give the same bits every call. CPU: the same maths with ATen.
+        (``csrc/kernels/verify_gemm_sm90.cuh``); up to 16 rows the product transposed
+        (``y^T = W x^T``: 64 weight rows x 16 rows of x per tile, config s64, the draft head's
+        block), up to 128 rows 64x64 tiles in clusters of two that share each weight tile by
+        multicast, so the weight is read once; the same inputs give the same bits every call.
+        CPU: the same maths with ATen.
     """
     lead = x.shape[:-1]
     res = None if residual is None else residual.reshape(-1, weight.shape[0]).contiguous()

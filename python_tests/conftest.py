@@ -1,5 +1,8 @@
 """Shared fixtures: the devices each op is tested on (CPU always; CUDA when a GPU is present and
 the package carries CUDA kernels)."""
+import contextlib
+import warnings
+
 import pytest
 import torch
 
@@ -9,6 +12,60 @@ HAS_CUDA = torch.cuda.is_available() and jetspec_ext.cuda_compiled()
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
 
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a CUDA build")
+
+
+# TF32 settings (torch >= 2.9: `fp32_precision`; reading the legacy `allow_tf32` flags raises
+# there once anything has used the new API, e.g. transformers' enable_tf32).
+_NEW_TF32_API = hasattr(torch.backends.cuda.matmul, "fp32_precision")
+
+
+def _tf32_state():
+    b = torch.backends
+    if _NEW_TF32_API:
+        return b.fp32_precision, b.cuda.matmul.fp32_precision, b.cudnn.fp32_precision
+    return b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32
+
+
+def _set_tf32_state(state) -> None:
+    b = torch.backends
+    if _NEW_TF32_API:
+        b.fp32_precision, b.cuda.matmul.fp32_precision, b.cudnn.fp32_precision = state
+    else:
+        b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32 = state
+
+
+@contextlib.contextmanager
+def ieee_fp32_matmul():
+    """fp32 matmuls in full IEEE precision inside the block, whatever the process-wide TF32
+    setting: the fp32 references of the accuracy tests (TF32's 10-bit mantissa moves them by more
+    than a bf16 / fp16 kernel's error)."""
+    m = torch.backends.cuda.matmul
+    if _NEW_TF32_API:
+        saved, m.fp32_precision = m.fp32_precision, "ieee"
+    else:
+        saved, m.allow_tf32 = m.allow_tf32, False
+    try:
+        yield
+    finally:
+        if _NEW_TF32_API:
+            m.fp32_precision = saved
+        else:
+            m.allow_tf32 = saved
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32_leak(request):
+    """Every test ends with the TF32 settings it started with, and a test that changed them (or
+    ran code in-process that did) is named in a warning: code run in-process must not turn TF32
+    on for later tests. A tree_attention accuracy test failed once inside the whole CUDA suite on
+    the H200 (20th session) because its fp32 reference, not the kernel, had moved; which earlier
+    test changed the setting was not found (the references now use ieee_fp32_matmul)."""
+    before = _tf32_state()
+    yield
+    after = _tf32_state()
+    if after != before:
+        _set_tf32_state(before)
+        warnings.warn(f"{request.node.nodeid} changed the TF32 settings {before} -> {after} (restored)")
 
 
 @pytest.fixture(params=DEVICES)

@@ -7,6 +7,8 @@ the GPU), plus a tiny absolute slack for outputs that round exactly."""
 import torch
 import torch.nn.functional as F
 
+from conftest import ieee_fp32_matmul
+
 
 def inputs(M, N, K, dtype, device, seed=0, lead=None):
     """x ``(*lead or (M,), K)`` standard normal, weight ``(N, K)`` scaled by 1/sqrt(K)."""
@@ -25,7 +27,8 @@ def poison(device, mib=128):
 
 
 def check_accuracy(out, x, w):
-    exact = x.float() @ w.float().t()
+    with ieee_fp32_matmul():  # the fp32 reference whatever the process-wide TF32 setting
+        exact = x.float() @ w.float().t()
     torch_err = (F.linear(x, w).float() - exact).abs().max().item()
     err = (out.float() - exact).abs().max().item()
     assert torch.isfinite(out).all()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import jetspec_ext
-from conftest import check_programmatic_launch
+from conftest import check_programmatic_launch, ieee_fp32_matmul
 from jetspec_ext.reference.attention import (dense_visibility, pack_tree_mask,
                                              tree_attention as ref_tree_attention,
                                              unpack_tree_mask)
@@ -140,8 +140,11 @@ def make_case(B, N, Hq, Hkv, D, plens, S=None, dtype=torch.bfloat16, device="cpu
 
 
 def references(q, k, v, plens, mask, scale=None):
-    """(fp32 reference out, its lse, the same maths with low-precision probabilities or None)."""
-    ref32, ref_lse = ref_tree_attention(q.float(), k.float(), v.float(), plens, mask, scale)
+    """(fp32 reference out, its lse, the same maths with low-precision probabilities or None).
+    The fp32 reference is computed with TF32 off whatever the process-wide setting (TF32's 10-bit
+    mantissa would move the reference by more than the kernel's error)."""
+    with ieee_fp32_matmul():
+        ref32, ref_lse = ref_tree_attention(q.float(), k.float(), v.float(), plens, mask, scale)
     low = None
     if q.dtype != torch.float32:
         low, _ = ref_tree_attention(q, k, v, plens, mask, scale, p_dtype=q.dtype)

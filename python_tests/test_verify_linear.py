@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import jetspec_ext
-from conftest import check_programmatic_launch, requires_cuda
+from conftest import check_programmatic_launch, ieee_fp32_matmul, requires_cuda
 from linear_support import check_accuracy as _check_accuracy
 from linear_support import inputs, poison
 
@@ -224,7 +224,8 @@ def _residual_case(M, N, K, device, seed):
 def _check_residual_accuracy(out, x, w, r):
     """Against the fp32 reference: at most twice the error of the unfused bf16 maths (product
     rounded, then the sum rounded), plus slack for outputs that round exactly."""
-    exact = r.float() + x.float() @ w.float().t()
+    with ieee_fp32_matmul():
+        exact = r.float() + x.float() @ w.float().t()
     unfused_err = ((r + F.linear(x, w)).float() - exact).abs().max().item()
     err = (out.float() - exact).abs().max().item()
     assert torch.isfinite(out).all()

@@ -319,6 +319,25 @@ def parse_args(argv=None):
     return a
 
 
+# torch >= 2.9 sets TF32 through `fp32_precision`; there, reading the legacy `allow_tf32` flags
+# raises once anything (e.g. transformers) has used the new API, so one API is used throughout.
+_NEW_TF32_API = hasattr(torch.backends.cuda.matmul, "fp32_precision")
+
+
+def _tf32_settings():
+    """The (cuBLAS matmul, cuDNN) TF32 settings, for :func:`_set_tf32_settings`."""
+    m, c = torch.backends.cuda.matmul, torch.backends.cudnn
+    return (m.fp32_precision, c.fp32_precision) if _NEW_TF32_API else (m.allow_tf32, c.allow_tf32)
+
+
+def _set_tf32_settings(settings) -> None:
+    m, c = torch.backends.cuda.matmul, torch.backends.cudnn
+    if _NEW_TF32_API:
+        m.fp32_precision, c.fp32_precision = settings
+    else:
+        m.allow_tf32, c.allow_tf32 = settings
+
+
 def train(a) -> dict:
     """Run training as configured by parse_args(); returns a summary dict."""
     t_start = time.time()
@@ -327,9 +346,8 @@ def train(a) -> dict:
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto"
                        else a.device)
     amp = torch.bfloat16 if dev.type == "cuda" else None
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    if dev.type == "cuda":  # process-wide; main() restores the previous setting when training ends
+        _set_tf32_settings(("tf32", "tf32") if _NEW_TF32_API else (True, True))
     os.makedirs(a.out, exist_ok=True)
     log_path = os.path.join(a.out, "train_log.jsonl")
     ckpt_dir = os.path.join(a.out, "checkpoint")
@@ -498,7 +516,14 @@ def train(a) -> dict:
 
 
 def main(argv=None):
-    return train(parse_args(argv))
+    # train() turns TF32 on for its fp32 maths on the GPU; a caller in the same process (the tests
+    # run this in-process) must not inherit it: fp32 references computed later would silently get
+    # TF32's 10-bit mantissa (a tree_attention accuracy test failed that way on the H200).
+    saved = _tf32_settings()
+    try:
+        return train(parse_args(argv))
+    finally:
+        _set_tf32_settings(saved)
 
 
 if __name__ == "__main__":

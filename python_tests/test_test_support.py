@@ -1,0 +1,45 @@
+"""The test suite's own helpers that guard the accuracy tests' fp32 references (conftest):
+ieee_fp32_matmul (full fp32 inside, the previous TF32 setting after), and the TF32 state the
+autouse leak guard saves and restores."""
+import pytest
+import torch
+
+import conftest
+from conftest import HAS_CUDA, ieee_fp32_matmul
+
+
+def test_ieee_fp32_matmul_sets_and_restores():
+    before = conftest._tf32_state()
+    m = torch.backends.cuda.matmul
+    if conftest._NEW_TF32_API:
+        m.fp32_precision = "tf32"  # a test (or code it runs) that turned TF32 on
+        with ieee_fp32_matmul():
+            assert m.fp32_precision == "ieee"
+        assert m.fp32_precision == "tf32"
+    else:
+        m.allow_tf32 = True
+        with ieee_fp32_matmul():
+            assert m.allow_tf32 is False
+        assert m.allow_tf32 is True
+    conftest._set_tf32_state(before)
+    assert conftest._tf32_state() == before
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="TF32 only changes results on a GPU")
+def test_ieee_fp32_matmul_gives_fp32_results_under_tf32():
+    """With TF32 on, a GPU fp32 matmul is off from the fp64 product by far more than fp32
+    rounding; inside ieee_fp32_matmul it is not (sm_80+ GPUs, where TF32 exists)."""
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("no TF32 before sm_80")
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(256, 512, generator=g), torch.randn(512, 256, generator=g)
+    exact = (a.double() @ b.double())
+    ac, bc = a.cuda(), b.cuda()
+    if conftest._NEW_TF32_API:
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    err_tf32 = ((ac @ bc).double().cpu() - exact).abs().max().item()
+    with ieee_fp32_matmul():
+        err_ieee = ((ac @ bc).double().cpu() - exact).abs().max().item()
+    assert err_ieee < 1e-3 < err_tf32, (err_ieee, err_tf32)

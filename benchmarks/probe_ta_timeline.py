@@ -24,6 +24,7 @@ GT_ENTRY, CLK_ENTRY, CLK_BARRIER, CLK_PLEN, CLK_ISSUE0, CLK_Q, CLK_K0, CLK_SM0, 
     CLK_EPI, GT_EXIT, SMID, CLK_EPI_WG1, CLK_LAST_ISSUE, CLK_STAGED, CLK_PLEN_C, CLK_PLEN_AGAIN, \
     CLK_CLUSTER1, CLK_MERGED, CLK_MERGE_LOADS, CLK_MERGE_STORES = range(21)
 CLK_ITER0, N_ITER_SLOTS = 21, 16  # consumer 0: key-tile loop iteration i done up to softmax(i + 1)
+CLK_SCORES0 = CLK_ITER0 + N_ITER_SLOTS  # consumer 0: iteration i's scores S(i + 1) landed (later builds)
 
 PHASES = [  # name, from slot, to slot
     ("entry -> CTA barrier", CLK_ENTRY, CLK_BARRIER),
@@ -94,6 +95,20 @@ def analyse(tl, label):
         if cells:
             print("   key-tile loop per iteration, up to the softmax of the split's tile k (k: p50 ns, "
                   "CTAs with that many tiles): " + " ".join(cells))
+    if tl.shape[1] >= CLK_SCORES0 + N_ITER_SLOTS:  # builds with the scores-landed slots
+        waits, soft = [], []
+        for i in range(N_ITER_SLOTS):
+            a = CLK_SM0 if i == 0 else CLK_ITER0 + i - 1
+            rows = tl_d[(tl_d[:, a] != 0) & (tl_d[:, CLK_SCORES0 + i] != 0) & (tl_d[:, CLK_ITER0 + i] != 0)]
+            if rows.shape[0] == 0:
+                break
+            w = (rows[:, CLK_SCORES0 + i] - rows[:, a]).double() / ghz
+            f = (rows[:, CLK_ITER0 + i] - rows[:, CLK_SCORES0 + i]).double() / ghz
+            waits.append(f"{i + 1}:{pct(w, .5):.0f}")
+            soft.append(f"{i + 1}:{pct(f, .5):.0f}")
+        if waits:
+            print("     of which: previous softmax -> tile k's scores landed (p50 ns): " + " ".join(waits))
+            print("     and: scores landed -> softmax of tile k done (p50 ns):       " + " ".join(soft))
     sys.stdout.flush()
 
 

@@ -148,7 +148,8 @@ __device__ __forceinline__ void all_warps_bar_sync() { asm volatile("bar.sync 3,
 constexpr int kTimelineCtas = 1024;
 constexpr int kTimelineIterSlot = 21;  // first of the per-iteration slots (below)
 constexpr int kTimelineIters = 16;
-constexpr int kTimelineSlots = kTimelineIterSlot + kTimelineIters;
+constexpr int kTimelineScoresSlot = kTimelineIterSlot + kTimelineIters;  // 37 + i (below)
+constexpr int kTimelineSlots = kTimelineScoresSlot + kTimelineIters;
 // Slots: 0 globaltimer at entry, 1 clock at entry, 2 after the CTA barrier, 3 producer: prefix
 // length known, 4 producer: first K/V tile's copies issued, 5 consumer 0: Q landed, 6: K(0)
 // landed, 7: softmax(0) done, 8: last P V done, 9: epilogue done, 10 globaltimer at consumer 0's
@@ -162,7 +163,10 @@ constexpr int kTimelineSlots = kTimelineIterSlot + kTimelineIters;
 // 21 + i (i < kTimelineIters), consumer 0: the key-tile loop's iteration i done up to the
 // softmax of the split's tile i + 1 (which iterations cost what: tree tiles against prefix
 // tiles, the first ones against the rest; P1024 N256's iterations took ~0.95 us against ~0.80 at
-// P4096 N64, nineteenth session, unexplained).
+// P4096 N64, nineteenth session: the clock, twentieth session, which found tree tiles +0.26-0.42
+// us each); 37 + i, consumer 0: the scores of that tile landed in registers (the wait for
+// S(i + 1) done), so an iteration splits into the wait for its products and its softmax (is a
+// tree tile's extra time in the masking softmax or before it?).
 __device__ unsigned long long g_ws_timeline[kTimelineCtas][kTimelineSlots];
 __device__ __forceinline__ unsigned long long timeline_clock() {
   unsigned long long c;
@@ -770,6 +774,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
         end_turn();
         JETSPEC_WGMMA_WAIT(1);  // S(i+1) done
         fence_regs(s);
+#ifdef JETSPEC_TREE_ATTN_TIMELINE
+        JETSPEC_TL_CLOCK(ctid == 0 && i < kTimelineIters, kTimelineScoresSlot + i);
+#endif
         tile_next += stride;
         softmax(s, tile_next, alpha);
 #ifdef JETSPEC_TREE_ATTN_TIMELINE

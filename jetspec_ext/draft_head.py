@@ -440,10 +440,12 @@ def extend_layers(head: "JetSpecDraftHead", caches: List[torch.Tensor], ctx_lens
     B, n, _ = tapped.shape
     pos = ctx_lens.to(torch.int64).unsqueeze(1) + torch.arange(n, device=tapped.device)
     rows = torch.arange(B, device=tapped.device).unsqueeze(1)
-    if fused is None:
+    fc = head.fc
+    if fused is None or not (type(fc) is nn.Linear and fc.bias is None and not fc._forward_hooks
+                             and not fc._forward_pre_hooks and "forward" not in fc.__dict__):
         x = head.fuse(tapped)
     else:  # the same maths with fc through op_select.linear (a few rows: verify_linear)
-        x = head.hidden_norm(linear(tapped.to(head.fc.weight.dtype), head.fc.weight))
+        x = head.hidden_norm(linear(tapped.to(fc.weight.dtype), fc.weight))
     cos, sin = head.rotary_emb(x, pos)
     for i, layer in enumerate(head.layers):
         a = layer.self_attn

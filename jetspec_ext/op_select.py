@@ -63,9 +63,11 @@ VERIFY_RESIDUAL = os.environ.get("JETSPEC_VERIFY_RESIDUAL", "1") != "0"  # linea
 VERIFY_ROWS = (65, 128)  # rows of x routed to verify_linear (inclusive)
 VERIFY_MAX_N = 4096  # out_features routed to verify_linear (at most)
 # The draft head's block (D + 1 = 16 rows) and its context extension: 2..16 rows go to
-# verify_linear's transposed configurations (s64 / s128: W's rows fill the wgmma tile, y^T = W x^T)
-# at every out_features, where cuBLAS splits K and adds reduction kernels. JETSPEC_FEW_ROWS_LINEAR=0
-# keeps F.linear there (side-by-side timing).
+# verify_linear's transposed configuration (s64: W's rows fill the wgmma tile, y^T = W x^T) at every
+# out_features: faster than cuBLAS (which splits K and adds reduction kernels) at M = 16 for every
+# Qwen3-8B-shaped projection of the head but q|k|v (16.1 vs 15.7 us) on the H200, e.g. o_proj 10.4
+# vs 13.4 us, the LM head 286.7 vs 303.1 (benchmarks/RESULTS.md, twentieth session).
+# JETSPEC_FEW_ROWS_LINEAR=0 keeps F.linear there (side-by-side timing).
 FEW_ROWS_CUDA = VERIFY_LINEAR_CUDA and os.environ.get("JETSPEC_FEW_ROWS_LINEAR", "1") != "0"
 FEW_ROWS = (2, 16)
 

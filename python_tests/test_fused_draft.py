@@ -234,6 +234,22 @@ def test_fallbacks():
     assert not HeadDrafter(head, target, depth=DEPTH, fuse_projections=False).fused
 
 
+def test_hooked_fc_is_called():
+    """The fused context extension calls fc's weight through op_select.linear only when fc is a
+    plain bias-free nn.Linear without hooks; a hooked fc (adapters, offloading) is called as a
+    module, so its hook runs, and the result equals the unfused drafter's."""
+    _, head, target = _setup()
+    calls = []
+    head.fc.register_forward_hook(lambda m, i, o: calls.append(1))
+    d = HeadDrafter(head, target, depth=DEPTH)
+    assert d.fused
+    ctx_f, lf = _extend_and_draft(d)
+    assert calls
+    ctx_r, lr = _extend_and_draft(HeadDrafter(head, target, depth=DEPTH, fuse_projections=False))
+    torch.testing.assert_close(lf, lr, **TOL)
+    torch.testing.assert_close(ctx_f, ctx_r, **TOL)
+
+
 def test_training_after_fusing(tmp_path):
     """train_head on a head a drafter fused first: same losses and weights as training an
     unfused copy (the training forward uses the modules' own forward on the view weights);

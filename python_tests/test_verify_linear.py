@@ -162,21 +162,6 @@ def test_cuda_few_rows(cfg, M, N, K, monkeypatch):
     torch.testing.assert_close(op(x, w), out, rtol=0, atol=0)
 
 
-@requires_kernel
-@pytest.mark.parametrize("cfg", ["", "s64", "s128"])
-@pytest.mark.parametrize("M,N,K", [(16, 4096, 4096), (15, 4096, 12288), (3, 1000, 72)])
-def test_cuda_few_rows_residual(cfg, M, N, K, monkeypatch):
-    """The residual in the transposed configurations' epilogue (s64r / s128r: the residual read
-    column-major like the output is written)."""
-    if cfg:
-        monkeypatch.setenv("JETSPEC_VERIFY_CFG", cfg)
-    x, w, r = _residual_case(M, N, K, "cuda", seed=M + K)
-    poison("cuda", 256)
-    out = op(x, w, r)
-    _check_residual_accuracy(out, x, w, r)
-    torch.testing.assert_close(op(x, w, r), out, rtol=0, atol=0)
-
-
 def test_decoder_routing(monkeypatch):
     """op_select.linear sends CUDA bf16 inputs of 65..128 rows with at most 4096 outputs, and of
     2..16 rows with any outputs (the draft head's block), on an sm_90 GPU through verify_linear
@@ -259,11 +244,13 @@ def test_opcheck_residual(device):
 
 
 @requires_kernel
-@pytest.mark.parametrize("cfg", ["", "t128", "p64c2"])
-@pytest.mark.parametrize("M,N,K", [(128, 4096, 4096), (100, 4096, 12288), (65, 1000, 72), (256, 2048, 520)])
+@pytest.mark.parametrize("cfg", ["", "t128", "p64c2", "s64", "s128"])
+@pytest.mark.parametrize("M,N,K", [(128, 4096, 4096), (100, 4096, 12288), (65, 1000, 72), (256, 2048, 520),
+                                   (16, 4096, 4096), (15, 4096, 12288), (3, 1000, 72)])
 def test_cuda_residual(cfg, M, N, K, monkeypatch):
-    """The residual in the epilogue (p64c2 and the default up to 128 rows use the p64c2r
-    variant; t128 and the default beyond 128 rows add it after the GEMM), deterministic."""
+    """The residual in the epilogue (p64c2 / s64 / s128 and the default up to 128 rows use their
+    r variants: the transposed ones read the residual column-major like they write the output;
+    t128 and the default beyond 128 rows add it after the GEMM), deterministic."""
     if cfg:
         monkeypatch.setenv("JETSPEC_VERIFY_CFG", cfg)
     x, w, r = _residual_case(M, N, K, "cuda", seed=M + K)

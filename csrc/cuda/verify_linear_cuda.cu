@@ -45,15 +45,9 @@ constexpr NamedConfig kConfigs[] = {
 // stream-K, split-K or data-parallel was slower than s64 for every shape but the LM head, where
 // they tie); p64c2 up to 128 rows (ping-pong 64x64 tiles, W multicast to the cluster's two M tiles:
 // faster than cuBLAS for Qwen3-8B's o_proj and down_proj at M = 128); t128 beyond.
-const char* default_config(int M, int N) {
-  (void)N;
-  if (M <= 16) return "s64";
-  return M <= 128 ? "p64c2" : "t128";
-}
-
-Config pick_config(int M, int N, bool residual) {
+Config pick_config(int M, bool residual) {
   const std::string v = env_str("JETSPEC_VERIFY_CFG");
-  const std::string want = v.empty() ? default_config(M, N) : v;
+  const std::string want = v.empty() ? (M <= 16 ? "s64" : M <= 128 ? "p64c2" : "t128") : v;
   for (const NamedConfig& c : kConfigs)
     if (want == c.name) return residual && c.with_residual != nullptr ? c.with_residual() : c.plain();
   std::string names;
@@ -97,7 +91,7 @@ at::Tensor verify_linear_cuda(const at::Tensor& x, const at::Tensor& weight,
   at::Tensor out = at::empty({M, N}, x.options());
   // With a residual: a configuration with an epilogue variant adds it there (one rounding); any
   // other adds it afterwards (a kernel of its own, same maths up to that rounding).
-  const Config cfg = pick_config(M, N, residual.has_value());
+  const Config cfg = pick_config(M, residual.has_value());
   verify_gemm::Problem p{};
   p.x = x.data_ptr();
   p.weight = weight.data_ptr();

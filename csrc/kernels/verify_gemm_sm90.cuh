@@ -65,7 +65,7 @@ Config config_p64c2r(); // p64c2 with the residual as the epilogue's C operand
 // Few rows (the draft head's block, M <= 16), transposed (kSwapAB): W's rows fill the tile.
 Config config_s64();    // ping-pong, tile 64 (W rows) x 16 (x rows) x 128, data-parallel
 Config config_s64r();   // s64 with the residual as the epilogue's C operand
-Config config_s128();   // cooperative, tile 128 x 16 x 128, stream-K / split-K (N of 4096 and below)
+Config config_s128();   // cooperative, tile 128 x 16 x 128, stream-K / split-K (tuning: slower than s64)
 Config config_s128r();  // s128 with the residual as the epilogue's C operand
 
 }  // namespace verify_gemm

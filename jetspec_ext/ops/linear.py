@@ -60,7 +60,7 @@ def verify_linear(x: Tensor, weight: Tensor, residual: Optional[Tensor] = None) 
             ``N`` multiples of 8. A non-contiguous weight is an error, never copied.
         residual: optional ``(..., N)`` bf16 with the output's shape (a residual connection):
             added to the fp32 product before the one rounding; on CUDA in the GEMM's epilogue
-            (configs p64c2 and s64), so it costs no kernel of its own.
+            (configs p64c2, s64 and s128), so it costs no kernel of its own.
 
     Returns:
         ``(..., N)`` bf16: fp32 products and sums, one rounding. CUDA (sm_90 only, built with

@@ -282,11 +282,15 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 // cuTensorMapEncodeTiled of a 4-D tensor of T (bf16 / fp16) with a contiguous innermost dim:
 // `dims` innermost first, `strides` of dims 1..3 in elements (multiples of 8: 16 bytes), boxes of
 // `box` elements in the 128-byte swizzle, elements past the dims read as zeros. `what` names the
-// tensor in the error.
+// tensor in the error. A dim of size 1 may carry any stride in torch; TMA wants multiples of 16
+// bytes, so such a stride is replaced by the dense one (it is never stepped).
 template <typename T>
-CUtensorMap encode_tensor_map_4d(const void* base, const int64_t (&dims)[4], const int64_t (&strides)[3],
+CUtensorMap encode_tensor_map_4d(const void* base, const int64_t (&dims)[4], const int64_t (&strides_in)[3],
                                  const uint32_t (&box)[4], const char* what) {
   constexpr int64_t E = sizeof(T);
+  int64_t strides[3] = {strides_in[0], strides_in[1], strides_in[2]};
+  for (int k = 0; k < 3; ++k)
+    if (dims[k + 1] == 1) strides[k] = k == 0 ? dims[0] : strides[k - 1] * dims[k];
   const cuuint64_t gdims[4] = {(cuuint64_t)dims[0], (cuuint64_t)dims[1], (cuuint64_t)dims[2], (cuuint64_t)dims[3]};
   const cuuint64_t gstrides[3] = {(cuuint64_t)(strides[0] * E), (cuuint64_t)(strides[1] * E),
                                   (cuuint64_t)(strides[2] * E)};
@@ -306,15 +310,10 @@ CUtensorMap encode_tensor_map_4d(const void* base, const int64_t (&dims)[4], con
 // TMA descriptor of a K or V cache (B, Hkv, S, D) with element strides (sb, sh, ss) and a
 // contiguous last dim, for split_kernel_ws's tiles: dims innermost first (D, S, Hkv, B), boxes of
 // 64 columns x 64 keys, 128-byte swizzle (= kv_off_sw128), keys past S read as zeros. The launcher
-// has checked 16-byte alignment of the pointer and strides. A dim of size 1 may carry any stride
-// in torch; TMA wants multiples of 16 bytes, so such a stride is replaced by a dense one (it is
-// never stepped).
+// has checked 16-byte alignment of the pointer and strides (size-one dims: encode_tensor_map_4d).
 template <typename T>
 CUtensorMap encode_kv_tensor_map(const void* base, int D, int64_t S, int Hkv, int B, int64_t sb, int64_t sh,
                                  int64_t ss) {
-  if (S == 1) ss = D;
-  if (Hkv == 1) sh = ss * S;
-  if (B == 1) sb = sh * Hkv;
   const int64_t dims[4] = {D, S, Hkv, B};
   const int64_t strides[3] = {ss, sh, sb};
   const uint32_t box[4] = {64, (uint32_t)tree_attn::kBN, 1, 1};
@@ -324,13 +323,10 @@ CUtensorMap encode_kv_tensor_map(const void* base, int D, int64_t S, int Hkv, in
 // TMA descriptor of q (B, N, Hq, D) with element strides (sb, sn, sh) and a contiguous last dim,
 // for split_kernel_ws's Q tiles: dims innermost first (D, Hq, N, B), boxes of 64 columns x G heads
 // x kWsRows / G nodes (one CTA's 128 query rows of one KV head; G divides 128), 128-byte swizzle
-// (= q_off_sw128), nodes past N read as zeros. Size-one dims get dense strides, as for the caches.
+// (= q_off_sw128), nodes past N read as zeros.
 template <typename T>
 CUtensorMap encode_q_tensor_map(const void* base, int D, int Hq, int N, int B, int G, int64_t sb, int64_t sn,
                                 int64_t sh) {
-  if (Hq == 1) sh = D;
-  if (N == 1) sn = sh * Hq;
-  if (B == 1) sb = sn * N;
   const int64_t dims[4] = {D, Hq, N, B};
   const int64_t strides[3] = {sh, sn, sb};
   const uint32_t box[4] = {64, (uint32_t)G, (uint32_t)(tree_attn::kWsRows / G), 1};

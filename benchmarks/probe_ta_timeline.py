@@ -84,31 +84,24 @@ def analyse(tl, label):
         d = (rows[:, b] - rows[:, a]).double() / ghz
         print(f"   {name:<62} p50 {pct(d, .5):7.0f}  p10 {pct(d, .1):7.0f}  p90 {pct(d, .9):7.0f} ns")
     if tl.shape[1] >= CLK_ITER0 + N_ITER_SLOTS:  # builds with the per-iteration slots
-        cells = []
+        scores = tl.shape[1] >= CLK_SCORES0 + N_ITER_SLOTS  # and, later builds, scores landed
+        cells = {"total": [], "wait": [], "softmax": []}
         for i in range(N_ITER_SLOTS):
-            a = CLK_SM0 if i == 0 else CLK_ITER0 + i - 1
-            rows = tl_d[(tl_d[:, a] != 0) & (tl_d[:, CLK_ITER0 + i] != 0)]
+            a, end = CLK_SM0 if i == 0 else CLK_ITER0 + i - 1, CLK_ITER0 + i
+            rows = tl_d[(tl_d[:, a] != 0) & (tl_d[:, end] != 0)]
             if rows.shape[0] == 0:
                 break
-            d = (rows[:, CLK_ITER0 + i] - rows[:, a]).double() / ghz
-            cells.append(f"{i + 1}:{pct(d, .5):.0f}")
-        if cells:
+            p50 = lambda x, y: f"{i + 1}:{pct((rows[:, y] - rows[:, x]).double() / ghz, .5):.0f}"  # noqa: E731
+            cells["total"].append(p50(a, end))
+            if scores:
+                cells["wait"].append(p50(a, CLK_SCORES0 + i))
+                cells["softmax"].append(p50(CLK_SCORES0 + i, end))
+        if cells["total"]:
             print("   key-tile loop per iteration, up to the softmax of the split's tile k (k: p50 ns, "
-                  "CTAs with that many tiles): " + " ".join(cells))
-    if tl.shape[1] >= CLK_SCORES0 + N_ITER_SLOTS:  # builds with the scores-landed slots
-        waits, soft = [], []
-        for i in range(N_ITER_SLOTS):
-            a = CLK_SM0 if i == 0 else CLK_ITER0 + i - 1
-            rows = tl_d[(tl_d[:, a] != 0) & (tl_d[:, CLK_SCORES0 + i] != 0) & (tl_d[:, CLK_ITER0 + i] != 0)]
-            if rows.shape[0] == 0:
-                break
-            w = (rows[:, CLK_SCORES0 + i] - rows[:, a]).double() / ghz
-            f = (rows[:, CLK_ITER0 + i] - rows[:, CLK_SCORES0 + i]).double() / ghz
-            waits.append(f"{i + 1}:{pct(w, .5):.0f}")
-            soft.append(f"{i + 1}:{pct(f, .5):.0f}")
-        if waits:
-            print("     of which: previous softmax -> tile k's scores landed (p50 ns): " + " ".join(waits))
-            print("     and: scores landed -> softmax of tile k done (p50 ns):       " + " ".join(soft))
+                  "CTAs with that many tiles): " + " ".join(cells["total"]))
+        if cells["wait"]:
+            print("     of which: previous softmax -> tile k's scores landed (p50 ns): " + " ".join(cells["wait"]))
+            print("     and: scores landed -> softmax of tile k done (p50 ns):       " + " ".join(cells["softmax"]))
     sys.stdout.flush()
 
 

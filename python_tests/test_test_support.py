@@ -35,11 +35,15 @@ def test_ieee_fp32_matmul_gives_fp32_results_under_tf32():
     a, b = torch.randn(256, 512, generator=g), torch.randn(512, 256, generator=g)
     exact = (a.double() @ b.double())
     ac, bc = a.cuda(), b.cuda()
-    if conftest._NEW_TF32_API:
-        torch.backends.cuda.matmul.fp32_precision = "tf32"
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = True
-    err_tf32 = ((ac @ bc).double().cpu() - exact).abs().max().item()
-    with ieee_fp32_matmul():
-        err_ieee = ((ac @ bc).double().cpu() - exact).abs().max().item()
+    before = conftest._tf32_state()
+    try:  # restored here, so that the leak guard's warning is kept for real leaks
+        if conftest._NEW_TF32_API:
+            torch.backends.cuda.matmul.fp32_precision = "tf32"
+        else:
+            torch.backends.cuda.matmul.allow_tf32 = True
+        err_tf32 = ((ac @ bc).double().cpu() - exact).abs().max().item()
+        with ieee_fp32_matmul():
+            err_ieee = ((ac @ bc).double().cpu() - exact).abs().max().item()
+    finally:
+        conftest._set_tf32_state(before)
     assert err_ieee < 1e-3 < err_tf32, (err_ieee, err_tf32)

@@ -141,6 +141,13 @@ def _extension():
         # jetspec::_tree_attention_timeline reads it (benchmarks/probe_ta_timeline.py).
         nvcc.append("-DJETSPEC_TREE_ATTN_TIMELINE")
         nvcc.append("-lineinfo")
+        # Wrong-result experiments on top of it, to find what bounds the key-tile loop:
+        # JETSPEC_TREE_ATTN_DIAG=NO_EXP (exponentials replaced by one FFMA) or NO_SOFTMAX (no
+        # softmax update at all; the masked scores are the probabilities). Timing only.
+        for item in filter(None, os.environ.get("JETSPEC_TREE_ATTN_DIAG", "").split(",")):
+            if item not in ("NO_EXP", "NO_SOFTMAX"):
+                raise SystemExit(f"JETSPEC_TREE_ATTN_DIAG: unknown item {item!r} (NO_EXP, NO_SOFTMAX)")
+            nvcc.append(f"-DJETSPEC_TREE_ATTN_DIAG_{item}")
     cutlass = _cutlass_include() if "90a" in CUDA_ARCHS else None
     if cutlass:
         include_dirs.append(cutlass)

@@ -315,9 +315,13 @@ constexpr int smem_bytes() {
 // below 2^-126 flush to 0). exp2f adds a range check and two multiplies per call for denormal
 // results, 3 of the ~15 instructions per score in the consumers' per-tile loop.
 __device__ __forceinline__ float fast_exp2(float x) {
+#if defined(JETSPEC_TREE_ATTN_TIMELINE) && defined(JETSPEC_TREE_ATTN_DIAG_NO_EXP)
+  return fmaf(x, 0x1p-20f, 1.f);  // diagnostic build (setup.py): the MUFU's cost taken away; WRONG results
+#else
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
+#endif
 }
 
 // The running max of a row moves only when a tile's max exceeds it by more than this (base 2):
@@ -333,6 +337,11 @@ constexpr float kMaxSlack = 8.f;
 // alpha of O (exactly 1 when m_run did not move), and the probabilities left in s.
 __device__ __forceinline__ void softmax_update(float (&s)[kBN / 8][4], float (&m_run)[2], float (&l_run)[2],
                                                float (&alpha)[2], float scale = 1.f) {
+#if defined(JETSPEC_TREE_ATTN_TIMELINE) && defined(JETSPEC_TREE_ATTN_DIAG_NO_SOFTMAX)
+  // Diagnostic build (setup.py): no softmax update, the scores are the probabilities; WRONG results.
+  alpha[0] = alpha[1] = 1.f;
+  if (m_run[0] == -INFINITY) m_run[0] = m_run[1] = 0.f, l_run[0] = l_run[1] = 1.f;
+#else
   constexpr int NT_S = kBN / 8;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -369,6 +378,7 @@ __device__ __forceinline__ void softmax_update(float (&s)[kBN / 8][4], float (&m
       for (int i = 0; i < w; ++i) part[i] += part[i + w];
     l_run[h] = l_run[h] * alpha[h] + part[0];
   }
+#endif
 }
 // O *= alpha per row (rows gid and gid + 8 of the accumulator fragment).
 template <int NT_O>

@@ -1,6 +1,7 @@
 """Development probe of tree_attention's default path (split kernel + merge kernel) on the
 decoding round's cells (Qwen3-8B heads, batch 1, bf16, CUDA graph of 10 calls). Not part of the
-suite. Modes: --cells (default: auto splits vs one split), --pdl (programmatic launch on / off,
+suite. Modes: --cells (default: auto splits vs one split), --decode (the same for the cells of
+at most 64 query rows per KV head, which split_kernel_pipe runs: decoding, N = 1, and N = 16), --pdl (programmatic launch on / off,
 alternated), --splits (split-count sweep of wgmma_ws_pp and wgmma_pipe), --forced (forced split
 counts with and without the cluster merge), --fixed (per-tile and
 fixed cost: time against key tiles per CTA at N 128 with 4 splits and with 1), --context (the
@@ -38,6 +39,15 @@ def cells():
     # The default path (the launcher's split kernel + merge_kernel) on the round's cells, auto
     # splits and one split (all key tiles in one CTA: exposes the per-tile cost).
     for P, N in ((1024, 1), (1024, 64), (1024, 128), (1024, 256), (4096, 128), (16384, 256)):
+        args = case(P, N=N)
+        print(f"P{P} N{N}  auto={timed(args, ''):.2f}  "
+              f"s1={timed(args, '', '1'):.2f}", flush=True)
+
+
+def decode_cells():
+    # As cells(), for the cells of <= 64 query rows per KV head (split_kernel_pipe): the AR
+    # step's decoding attention (N = 1) at growing prefixes, and N = 16.
+    for P, N in ((1024, 1), (4096, 1), (16384, 1), (32768, 1), (1024, 16), (4096, 16)):
         args = case(P, N=N)
         print(f"P{P} N{N}  auto={timed(args, ''):.2f}  "
               f"s1={timed(args, '', '1'):.2f}", flush=True)
@@ -152,5 +162,7 @@ if __name__ == "__main__":
         forced(tuple(int(x) for x in sys.argv[i].split(",")) if i < len(sys.argv) else (1024,))
     elif "--splits" in sys.argv:
         split_sweep()
+    elif "--decode" in sys.argv:
+        decode_cells()
     else:
         cells()

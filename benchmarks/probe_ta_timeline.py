@@ -25,6 +25,8 @@ GT_ENTRY, CLK_ENTRY, CLK_BARRIER, CLK_PLEN, CLK_ISSUE0, CLK_Q, CLK_K0, CLK_SM0, 
     CLK_CLUSTER1, CLK_MERGED, CLK_MERGE_LOADS, CLK_MERGE_STORES = range(21)
 CLK_ITER0, N_ITER_SLOTS = 21, 16  # consumer 0: key-tile loop iteration i done up to softmax(i + 1)
 CLK_SCORES0 = CLK_ITER0 + N_ITER_SLOTS  # consumer 0: iteration i's scores S(i + 1) landed (later builds)
+CLK_TURN0 = CLK_SCORES0 + N_ITER_SLOTS  # consumer 0: its turn for iteration i taken (later builds)
+CLK_WG1_SCORES0 = CLK_TURN0 + N_ITER_SLOTS  # consumer 1: its scores S(i + 1) landed (later builds)
 
 PHASES = [  # name, from slot, to slot
     ("entry -> CTA barrier", CLK_ENTRY, CLK_BARRIER),
@@ -85,7 +87,8 @@ def analyse(tl, label):
         print(f"   {name:<62} p50 {pct(d, .5):7.0f}  p10 {pct(d, .1):7.0f}  p90 {pct(d, .9):7.0f} ns")
     if tl.shape[1] >= CLK_ITER0 + N_ITER_SLOTS:  # builds with the per-iteration slots
         scores = tl.shape[1] >= CLK_SCORES0 + N_ITER_SLOTS  # and, later builds, scores landed
-        cells = {"total": [], "wait": [], "softmax": []}
+        turns = tl.shape[1] >= CLK_WG1_SCORES0 + N_ITER_SLOTS  # and, later still, turns / consumer 1
+        cells = {"total": [], "wait": [], "softmax": [], "turn": [], "issue": [], "wg1": []}
         for i in range(N_ITER_SLOTS):
             a, end = CLK_SM0 if i == 0 else CLK_ITER0 + i - 1, CLK_ITER0 + i
             rows = tl_d[(tl_d[:, a] != 0) & (tl_d[:, end] != 0)]
@@ -96,12 +99,20 @@ def analyse(tl, label):
             if scores:
                 cells["wait"].append(p50(a, CLK_SCORES0 + i))
                 cells["softmax"].append(p50(CLK_SCORES0 + i, end))
+            if turns and i > 0:  # (iteration 0's turn follows softmax(0), not a loop iteration)
+                cells["turn"].append(p50(a, CLK_TURN0 + i))
+                cells["issue"].append(p50(CLK_TURN0 + i, CLK_SCORES0 + i))
+                cells["wg1"].append(p50(CLK_SCORES0 + i, CLK_WG1_SCORES0 + i))
         if cells["total"]:
             print("   key-tile loop per iteration, up to the softmax of the split's tile k (k: p50 ns, "
                   "CTAs with that many tiles): " + " ".join(cells["total"]))
         if cells["wait"]:
             print("     of which: previous softmax -> tile k's scores landed (p50 ns): " + " ".join(cells["wait"]))
             print("     and: scores landed -> softmax of tile k done (p50 ns):       " + " ".join(cells["softmax"]))
+        if cells["turn"]:
+            print("     the wait split: previous softmax -> turn taken (p50 ns):     " + " ".join(cells["turn"]))
+            print("       and: turn taken -> scores landed (p50 ns):                 " + " ".join(cells["issue"]))
+            print("     consumer 1's scores of tile k land after consumer 0's by (p50 ns):  " + " ".join(cells["wg1"]))
     sys.stdout.flush()
 
 

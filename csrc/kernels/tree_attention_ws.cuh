@@ -149,7 +149,9 @@ constexpr int kTimelineCtas = 1024;
 constexpr int kTimelineIterSlot = 21;  // first of the per-iteration slots (below)
 constexpr int kTimelineIters = 16;
 constexpr int kTimelineScoresSlot = kTimelineIterSlot + kTimelineIters;  // 37 + i (below)
-constexpr int kTimelineSlots = kTimelineScoresSlot + kTimelineIters;
+constexpr int kTimelineTurnSlot = kTimelineScoresSlot + kTimelineIters;  // 53 + i (below)
+constexpr int kTimelineWg1ScoresSlot = kTimelineTurnSlot + kTimelineIters;  // 69 + i (below)
+constexpr int kTimelineSlots = kTimelineWg1ScoresSlot + kTimelineIters;
 // Slots: 0 globaltimer at entry, 1 clock at entry, 2 after the CTA barrier, 3 producer: prefix
 // length known, 4 producer: first K/V tile's copies issued, 5 consumer 0: Q landed, 6: K(0)
 // landed, 7: softmax(0) done, 8: last P V done, 9: epilogue done, 10 globaltimer at consumer 0's
@@ -166,7 +168,11 @@ constexpr int kTimelineSlots = kTimelineScoresSlot + kTimelineIters;
 // P4096 N64, nineteenth session: the clock, twentieth session, which found tree tiles +0.26-0.42
 // us each); 37 + i, consumer 0: the scores of that tile landed in registers (the wait for
 // S(i + 1) done), so an iteration splits into the wait for its products and its softmax (is a
-// tree tile's extra time in the masking softmax or before it?).
+// tree tile's extra time in the masking softmax or before it?); 53 + i, consumer 0: its turn to
+// issue S(i + 1) and P(i) V(i) taken (the named barrier passed), and 69 + i, consumer 1's first
+// thread (warpgroup 2): its scores of the same tile landed. Why: without any softmax an iteration
+// runs at the tensor pipe's rate, and with it each warpgroup's scores wait ~430 ns, about the
+// other warpgroup's products (twenty-first session): are the two warpgroups in turns, or in phase?
 __device__ unsigned long long g_ws_timeline[kTimelineCtas][kTimelineSlots];
 __device__ __forceinline__ unsigned long long timeline_clock() {
   unsigned long long c;
@@ -766,6 +772,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
         mbar_wait(k_full(nxt.stage), nxt.parity);
         mbar_wait(v_full(cur.stage), cur.parity);
         take_turn();
+#ifdef JETSPEC_TREE_ATTN_TIMELINE
+        JETSPEC_TL_CLOCK(ctid == 0 && i < kTimelineIters, kTimelineTurnSlot + i);
+#endif
         wgmma_fence();
         wgmma_qk<D, T>(s, qf, sK + nxt.stage * kStage);
         JETSPEC_WGMMA_COMMIT();
@@ -776,6 +785,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
         fence_regs(s);
 #ifdef JETSPEC_TREE_ATTN_TIMELINE
         JETSPEC_TL_CLOCK(ctid == 0 && i < kTimelineIters, kTimelineScoresSlot + i);
+        JETSPEC_TL_CLOCK(ctid == 128 && i < kTimelineIters, kTimelineWg1ScoresSlot + i);
 #endif
         tile_next += stride;
         softmax(s, tile_next, alpha);

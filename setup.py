@@ -148,6 +148,8 @@ def _extension():
             if item not in ("NO_EXP", "NO_SOFTMAX"):
                 raise SystemExit(f"JETSPEC_TREE_ATTN_DIAG: unknown item {item!r} (NO_EXP, NO_SOFTMAX)")
             nvcc.append(f"-DJETSPEC_TREE_ATTN_DIAG_{item}")
+    elif os.environ.get("JETSPEC_TREE_ATTN_DIAG"):
+        raise SystemExit("JETSPEC_TREE_ATTN_DIAG needs JETSPEC_TREE_ATTN_TIMELINE=1 (diagnostic builds only)")
     cutlass = _cutlass_include() if "90a" in CUDA_ARCHS else None
     if cutlass:
         include_dirs.append(cutlass)

@@ -1,8 +1,8 @@
 """Development probe of tree_attention's default path (split kernel + merge kernel) on the
 decoding round's cells (Qwen3-8B heads, batch 1, bf16, CUDA graph of 10 calls). Not part of the
 suite. Modes: --cells (default: auto splits vs one split), --decode (the same for the cells of
-at most 64 query rows per KV head, which split_kernel_pipe runs: decoding, N = 1, and N = 16), --pdl (programmatic launch on / off,
-alternated), --splits (split-count sweep of wgmma_ws_pp and wgmma_pipe), --forced (forced split
+at most 64 query rows per KV head, which split_kernel_pipe runs: decoding, N = 1, and N = 16),
+--pdl (programmatic launch on / off, alternated), --splits (split-count sweep of wgmma_ws_pp and wgmma_pipe), --forced (forced split
 counts with and without the cluster merge), --fixed (per-tile and
 fixed cost: time against key tiles per CTA at N 128 with 4 splits and with 1), --context (the
 decoder's cell, P1024 in a 1360-slot cache, with L2 warm and with L2 refilled by a 128 MB read

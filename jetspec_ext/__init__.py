@@ -17,6 +17,15 @@ except ImportError as e:  # pragma: no cover - only on a broken install
         f"(torch {torch.__version__}). Original error: {e}"
     ) from e
 
+if hasattr(torch.ops.jetspec, "_diag_build_wrong_tree_attention"):  # pragma: no cover - developer builds
+    import warnings
+
+    warnings.warn(
+        "jetspec_ext: this is a diagnostic build (JETSPEC_TREE_ATTN_DIAG at build time) whose CUDA "
+        "tree_attention gives WRONG results, for timing only. Rebuild without it.",
+        stacklevel=2,
+    )
+
 from . import reference  # noqa: E402,F401
 from .ops import (  # noqa: E402,F401
     build_tree,

@@ -20,25 +20,13 @@ REV=${1:-HEAD}
 TU=${2:-csrc/cuda/tree_attention_cuda.cu}
 shift $(( $# > 2 ? 2 : $# ))
 EXTRA=("$@")
-NINJA=$(ls build/temp.*/build.ninja 2>/dev/null | head -1 || true)
-[ -n "$NINJA" ] || { echo "no build/temp.*/build.ninja: build once with python setup.py build_ext --inplace" >&2; exit 2; }
-CUOBJDUMP=${CUOBJDUMP:-$(command -v cuobjdump || echo /usr/local/cuda/bin/cuobjdump)}
-[ -x "$CUOBJDUMP" ] || { echo "no cuobjdump (set CUOBJDUMP)" >&2; exit 2; }
-NVCC=$(sed -n 's/^nvcc = //p' "$NINJA")
-CFLAGS=$(sed -n 's/^cuda_cflags = //p' "$NINJA")
-POST=$(sed -n 's/^cuda_post_cflags = //p' "$NINJA")
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
-mkdir -p "$TMP/old"
-git archive "$REV" csrc | tar -x -C "$TMP/old"
-sass() {  # $1: the repository root whose csrc to compile, $2: output name
-  # The include path of csrc (the first -I of the build) is swapped for the tree being compiled.
-  local flags=${CFLAGS//-I$PWD\/csrc/-I$1\/csrc}
-  eval "$NVCC" $flags -cubin "$1/$TU" -o "$TMP/$2.cubin" $POST "${EXTRA[@]}" >/dev/null
-  "$CUOBJDUMP" -sass "$TMP/$2.cubin" | sed 's@/\*[0-9a-f]*\*/@@; s@/\* 0x[0-9a-f]* \*/@@' > "$TMP/$2.sass"
-}
-sass "$PWD" new
-sass "$TMP/old" old
+for v in new old; do  # the working tree, then REV (scripts/sass_dump.sh compiles either)
+  src=$([ $v = new ] && echo WT || echo "$REV")
+  scripts/sass_dump.sh "$src" "$TMP/$v.raw" "$TU" "${EXTRA[@]}" >/dev/null
+  sed 's@/\*[0-9a-f]*\*/@@; s@/\* 0x[0-9a-f]* \*/@@' "$TMP/$v.raw" > "$TMP/$v.sass"
+done
 if cmp -s "$TMP/new.sass" "$TMP/old.sass"; then
   echo "SASS identical: $TU, working tree vs $REV ($(grep -c 'Function :' "$TMP/new.sass") functions)"
 else

@@ -90,8 +90,12 @@ def pdl():
 
 
 def split_sweep():
-    # Split-count sweep of the pipelined kernels (merge_kernel combines the splits).
-    for P, N in ((1024, 1), (4096, 1), (16384, 1), (1024, 17), (1024, 128), (1024, 256)):
+    # Split-count sweep of the pipelined kernels (merge_kernel combines the splits). The issue-4
+    # cells that miss their allowance (P1024 N64 / N128 / N256, P4096 N64) are in it: does
+    # wgmma_pipe (64-row CTAs, two per SM; 7-10 % faster per tile since the twenty-first
+    # session) beat wgmma_ws_pp there at some split count?
+    cells = ((1024, 1), (4096, 1), (16384, 1), (1024, 17), (1024, 64), (1024, 128), (1024, 256), (4096, 64))
+    for P, N in cells:
         args = case(P, N=N)
         row = [f"P{P} N{N}"]
         for impl in ("wgmma_ws_pp", "wgmma_pipe"):

@@ -48,7 +48,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
     rotate_half,
 )
 
-from .op_select import linear, linear_add, op
+from .op_select import linear, linear_add, op, plain_linear
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -441,11 +441,10 @@ def extend_layers(head: "JetSpecDraftHead", caches: List[torch.Tensor], ctx_lens
     pos = ctx_lens.to(torch.int64).unsqueeze(1) + torch.arange(n, device=tapped.device)
     rows = torch.arange(B, device=tapped.device).unsqueeze(1)
     fc = head.fc
-    if fused is None or not (type(fc) is nn.Linear and fc.bias is None and not fc._forward_hooks
-                             and not fc._forward_pre_hooks and "forward" not in fc.__dict__):
-        x = head.fuse(tapped)
-    else:  # the same maths with fc through op_select.linear (a few rows: verify_linear)
+    if fused is not None and plain_linear(fc):  # head.fuse's maths, fc through op_select.linear
         x = head.hidden_norm(linear(tapped.to(fc.weight.dtype), fc.weight))
+    else:
+        x = head.fuse(tapped)
     cos, sin = head.rotary_emb(x, pos)
     for i, layer in enumerate(head.layers):
         a = layer.self_attn

@@ -72,6 +72,14 @@ FEW_ROWS_CUDA = VERIFY_LINEAR_CUDA and os.environ.get("JETSPEC_FEW_ROWS_LINEAR",
 FEW_ROWS = (2, 16)
 
 
+def plain_linear(module) -> bool:
+    """Whether ``module`` is a plain bias-free ``nn.Linear`` without forward (pre-)hooks or a
+    patched forward (offloading, adapters): only then may a fused path call :func:`linear` on its
+    weight instead of the module, without skipping anything the module would do."""
+    return (type(module) is torch.nn.Linear and module.bias is None and not module._forward_hooks
+            and not module._forward_pre_hooks and "forward" not in module.__dict__)
+
+
 def _verify_routed(x: torch.Tensor, weight: torch.Tensor) -> bool:
     K = weight.shape[-1]
     if not (VERIFY_LINEAR_CUDA and x.is_cuda and x.dtype == torch.bfloat16 and weight.dtype == x.dtype

@@ -31,7 +31,7 @@ from transformers import AttentionInterface
 from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb
 
 from .draft_head import scatter_slots
-from .op_select import linear, linear_add, op
+from .op_select import linear, linear_add, op, plain_linear
 
 ATTN_NAME = "jetspec"
 SUPPORTED_MODEL_TYPES = ("qwen3", "qwen3_moe")
@@ -184,9 +184,7 @@ def _fusable(cfg, layers, classes=_FUSED_LAYER_CLASSES) -> Optional[str]:
             return f"layer {i}: forward hooks on the layer / attention / MLP module"
         groups = _groups(layer)
         for lin in [m for g in groups for m in g] + [a.o_proj, mlp.down_proj]:
-            # plain bias-free nn.Linear without hooks or a patched forward (offloading, adapters)
-            if (type(lin) is not torch.nn.Linear or lin.bias is not None or lin._forward_hooks
-                    or lin._forward_pre_hooks or "forward" in lin.__dict__):
+            if not plain_linear(lin):
                 return f"layer {i}: projection {type(lin).__name__} is not a plain bias-free nn.Linear"
         for g in groups:
             w0 = g[0].weight
@@ -288,13 +286,10 @@ def _post(norm, lm_head, h, taps: List[Optional[torch.Tensor]], logits_rows: Opt
 
 
 def _lm_head_logits(lm_head, x: torch.Tensor) -> torch.Tensor:
-    """``lm_head(x)``; a plain bias-free ``nn.Linear`` without hooks goes through
+    """``lm_head(x)``; a plain bias-free ``nn.Linear`` (``op_select.plain_linear``) goes through
     ``op_select.linear`` like the layers' projections (one row on CUDA: the skinny_linear
     kernel, 272 vs 297 us for Qwen3-8B's LM head on the H200)."""
-    if (type(lm_head) is torch.nn.Linear and lm_head.bias is None and not lm_head._forward_hooks
-            and not lm_head._forward_pre_hooks):
-        return linear(x, lm_head.weight)
-    return lm_head(x)
+    return linear(x, lm_head.weight) if plain_linear(lm_head) else lm_head(x)
 
 
 def compile_available() -> bool:

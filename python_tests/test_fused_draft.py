@@ -331,3 +331,31 @@ def test_cuda_fused_drafter_few_rows(monkeypatch):
                       (logits.float().cpu() - l_ref).abs().max().item())
     for i in (0, 1):
         assert errs[True][i] <= 2 * errs[False][i] + 1e-3, errs
+
+
+def test_plain_linear_predicate_and_lm_head():
+    """op_select.plain_linear, the one rule by which the fused paths (target layers, the head's
+    fc, the LM heads) call a Linear's weight directly: only a bias-free nn.Linear without hooks or
+    a patched forward; anything else is called as a module (so _lm_head_logits runs a patched
+    forward)."""
+    from torch import nn
+
+    from jetspec_ext.op_select import plain_linear
+    from jetspec_ext.target import _lm_head_logits
+
+    class Sub(nn.Linear):
+        pass
+
+    assert plain_linear(nn.Linear(8, 4, bias=False))
+    assert not plain_linear(nn.Linear(8, 4, bias=True))
+    assert not plain_linear(Sub(8, 4, bias=False))
+    hooked = nn.Linear(8, 4, bias=False)
+    hooked.register_forward_pre_hook(lambda m, i: None)
+    assert not plain_linear(hooked)
+    patched = nn.Linear(8, 4, bias=False)
+    patched.forward = lambda x: torch.zeros(*x.shape[:-1], 4)
+    assert not plain_linear(patched)
+    x = torch.randn(3, 8)
+    assert torch.equal(_lm_head_logits(patched, x), torch.zeros(3, 4))
+    plain = nn.Linear(8, 4, bias=False)
+    torch.testing.assert_close(_lm_head_logits(plain, x), plain(x))

@@ -39,18 +39,15 @@ def ieee_fp32_matmul():
     """fp32 matmuls in full IEEE precision inside the block, whatever the process-wide TF32
     setting: the fp32 references of the accuracy tests (TF32's 10-bit mantissa moves them by more
     than a bf16 / fp16 kernel's error)."""
-    m = torch.backends.cuda.matmul
+    saved = _tf32_state()
     if _NEW_TF32_API:
-        saved, m.fp32_precision = m.fp32_precision, "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
     else:
-        saved, m.allow_tf32 = m.allow_tf32, False
+        torch.backends.cuda.matmul.allow_tf32 = False
     try:
         yield
     finally:
-        if _NEW_TF32_API:
-            m.fp32_precision = saved
-        else:
-            m.allow_tf32 = saved
+        _set_tf32_state(saved)
 
 
 @pytest.fixture(autouse=True)

@@ -99,7 +99,7 @@ def analyse(tl, label):
             if scores:
                 cells["wait"].append(p50(a, CLK_SCORES0 + i))
                 cells["softmax"].append(p50(CLK_SCORES0 + i, end))
-            if turns and i > 0:  # (iteration 0's turn follows softmax(0), not a loop iteration)
+            if turns:
                 cells["turn"].append(p50(a, CLK_TURN0 + i))
                 cells["issue"].append(p50(CLK_TURN0 + i, CLK_SCORES0 + i))
                 cells["wg1"].append(p50(CLK_SCORES0 + i, CLK_WG1_SCORES0 + i))

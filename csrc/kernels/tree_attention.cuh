@@ -335,8 +335,8 @@ constexpr float kMaxSlack = 8.f;
 // `scale` (> 0; 1 when s is already scaled) are base-2 logits: new running max m_run (lazy,
 // kMaxSlack) and sum l_run (per-thread partial, quad-reduced at the end), the rescale factor
 // alpha of O (exactly 1 when m_run did not move), and the probabilities left in s.
-__device__ __forceinline__ void softmax_update(float (&s)[kBN / 8][4], float (&m_run)[2], float (&l_run)[2],
-                                               float (&alpha)[2], float scale = 1.f) {
+__device__ __forceinline__ void softmax_update_moving(float (&s)[kBN / 8][4], float (&m_run)[2], float (&l_run)[2],
+                                                      float (&alpha)[2], float scale = 1.f) {
 #if defined(JETSPEC_TREE_ATTN_TIMELINE) && defined(JETSPEC_TREE_ATTN_DIAG_NO_SOFTMAX)
   // Diagnostic build (setup.py): no softmax update, the scores are the probabilities; WRONG results.
   alpha[0] = alpha[1] = 1.f;
@@ -379,6 +379,49 @@ __device__ __forceinline__ void softmax_update(float (&s)[kBN / 8][4], float (&m
     l_run[h] = l_run[h] * alpha[h] + part[0];
   }
 #endif
+}
+// softmax_update, the same results bit for bit, without the quad shuffles on most tiles. The
+// lazy max (kMaxSlack) leaves every row's m_run where it is on most tiles, and whether it does
+// needs no row max: it holds for the warp exactly when every thread's own scores stay within
+// m_run + kMaxSlack (a row's max is the max of its quad's). So the common path is a max over the
+// thread's 16 scores per row, one warp vote, and the exponentials against m_run; a warp where some
+// row's max moves, or some row has seen no key yet (m_run = -inf: every CTA's first tile), takes
+// softmax_update_moving (shuffles, the new max, alpha).
+__device__ __forceinline__ void softmax_update(float (&s)[kBN / 8][4], float (&m_run)[2], float (&l_run)[2],
+                                               float (&alpha)[2], float scale = 1.f) {
+  constexpr int NT_S = kBN / 8;
+  bool kept = true;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float part[NT_S];
+#pragma unroll
+    for (int i = 0; i < NT_S; ++i) part[i] = fmaxf(s[i][2 * h], s[i][2 * h + 1]);
+#pragma unroll
+    for (int w = NT_S / 2; w > 0; w /= 2)
+#pragma unroll
+      for (int i = 0; i < w; ++i) part[i] = fmaxf(part[i], part[i + w]);
+    kept = kept && !(part[0] * scale > m_run[h] + kMaxSlack) && m_run[h] != -INFINITY;
+  }
+  if (!__all_sync(0xffffffffu, kept)) {
+    softmax_update_moving(s, m_run, l_run, alpha, scale);
+    return;
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    alpha[h] = 1.f;
+    float part[NT_S];
+#pragma unroll
+    for (int i = 0; i < NT_S; ++i) {
+      s[i][2 * h] = fast_exp2(fmaf(s[i][2 * h], scale, -m_run[h]));
+      s[i][2 * h + 1] = fast_exp2(fmaf(s[i][2 * h + 1], scale, -m_run[h]));
+      part[i] = s[i][2 * h] + s[i][2 * h + 1];
+    }
+#pragma unroll
+    for (int w = NT_S / 2; w > 0; w /= 2)
+#pragma unroll
+      for (int i = 0; i < w; ++i) part[i] += part[i + w];
+    l_run[h] = l_run[h] * alpha[h] + part[0];
+  }
 }
 // O *= alpha per row (rows gid and gid + 8 of the accumulator fragment).
 template <int NT_O>
@@ -761,7 +804,7 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
 
     // ---- online softmax (fp32, base 2) ---------------------------------------------------------
     float alpha[2];
-    softmax_update(s, m_run, l_run, alpha);
+    softmax_update_moving(s, m_run, l_run, alpha);  // (split_kernel: as measured)
     scale_o(o, alpha);
 
     // ---- O += P V ------------------------------------------------------------------------------

@@ -389,6 +389,9 @@ __device__ __forceinline__ void softmax_update_moving(float (&s)[kBN / 8][4], fl
 // softmax_update_moving (shuffles, the new max, alpha).
 __device__ __forceinline__ void softmax_update(float (&s)[kBN / 8][4], float (&m_run)[2], float (&l_run)[2],
                                                float (&alpha)[2], float scale = 1.f) {
+#if defined(JETSPEC_TREE_ATTN_TIMELINE) && defined(JETSPEC_TREE_ATTN_DIAG_NO_SOFTMAX)
+  softmax_update_moving(s, m_run, l_run, alpha, scale);  // the diagnostic build's no-op update
+#else
   constexpr int NT_S = kBN / 8;
   bool kept = true;
 #pragma unroll
@@ -422,6 +425,7 @@ __device__ __forceinline__ void softmax_update(float (&s)[kBN / 8][4], float (&m
       for (int i = 0; i < w; ++i) part[i] += part[i + w];
     l_run[h] = l_run[h] * alpha[h] + part[0];
   }
+#endif
 }
 // O *= alpha per row (rows gid and gid + 8 of the accumulator fragment).
 template <int NT_O>

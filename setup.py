@@ -142,12 +142,16 @@ def _extension():
         nvcc.append("-DJETSPEC_TREE_ATTN_TIMELINE")
         nvcc.append("-lineinfo")
         # Wrong-result experiments on top of it, to find what bounds the key-tile loop:
-        # JETSPEC_TREE_ATTN_DIAG=NO_EXP (exponentials replaced by one FFMA) or NO_SOFTMAX (no
-        # softmax update at all; the masked scores are the probabilities). Timing only.
+        # JETSPEC_TREE_ATTN_DIAG=NO_EXP (exponentials replaced by one FFMA), NO_SOFTMAX (no
+        # softmax update at all; the masked scores are the probabilities), NO_MASK_LOAD (tree
+        # tiles' mask words made up instead of loaded) or NO_MASK (tree tiles unmasked), comma
+        # separated. Timing only.
+        diag_items = ("NO_EXP", "NO_SOFTMAX", "NO_MASK_LOAD", "NO_MASK")
         for item in filter(None, os.environ.get("JETSPEC_TREE_ATTN_DIAG", "").split(",")):
-            if item not in ("NO_EXP", "NO_SOFTMAX"):
-                raise SystemExit(f"JETSPEC_TREE_ATTN_DIAG: unknown item {item!r} (NO_EXP, NO_SOFTMAX)")
+            if item not in diag_items:
+                raise SystemExit(f"JETSPEC_TREE_ATTN_DIAG: unknown item {item!r} ({', '.join(diag_items)})")
             nvcc.append(f"-DJETSPEC_TREE_ATTN_DIAG_{item}")
+            nvcc.append("-DJETSPEC_TREE_ATTN_DIAG_ANY")
     elif os.environ.get("JETSPEC_TREE_ATTN_DIAG"):
         raise SystemExit("JETSPEC_TREE_ATTN_DIAG needs JETSPEC_TREE_ATTN_TIMELINE=1 (diagnostic builds only)")
     cutlass = _cutlass_include() if "90a" in CUDA_ARCHS else None

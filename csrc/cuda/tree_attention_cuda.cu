@@ -465,7 +465,7 @@ at::Tensor tree_attention_timeline(const at::Tensor& like, bool reset) {
 
 #ifdef JETSPEC_TREE_ATTN_TIMELINE
 TORCH_LIBRARY_FRAGMENT(jetspec, m) { m.def("_tree_attention_timeline(Tensor like, bool reset) -> Tensor"); }
-#if defined(JETSPEC_TREE_ATTN_DIAG_NO_EXP) || defined(JETSPEC_TREE_ATTN_DIAG_NO_SOFTMAX)
+#ifdef JETSPEC_TREE_ATTN_DIAG_ANY
 // A build whose tree_attention results are WRONG (setup.py, JETSPEC_TREE_ATTN_DIAG): this schema
 // only marks it, so that `import jetspec_ext` warns.
 TORCH_LIBRARY_FRAGMENT(jetspec, m) { m.def("_diag_build_wrong_tree_attention() -> ()"); }

@@ -971,19 +971,31 @@ __device__ __forceinline__ void online_softmax(float (&s)[kBN / 8][4], const Par
       for (int e = 0; e < 4; ++e) s[i][e] *= scale;
     scale = 1.f;
   }
-  if (key0 + kBN > plen) {
+  bool tree = key0 + kBN > plen;  // the tile reaches past the prefix: mask bits
+#if defined(JETSPEC_TREE_ATTN_TIMELINE) && defined(JETSPEC_TREE_ATTN_DIAG_NO_MASK)
+  tree = false;  // diagnostic build (setup.py): tree tiles unmasked; WRONG results
+#endif
+  // (The bit tests below cost ~160 ns per tile at P1024 N256: running them on every tile, with
+  // all-visible words on prefix tiles, made every cell ~10 % slower; twenty-second session.)
+  if (tree) {
     const int jb = key0 - plen;
     const int wlo = max(jb, 0) >> 5;
     uint32_t w0[3], w1[3];
 #pragma unroll
     for (int k = 0; k < 3; ++k) {
       const bool ok = wlo + k < p.W;
+#if defined(JETSPEC_TREE_ATTN_TIMELINE) && defined(JETSPEC_TREE_ATTN_DIAG_NO_MASK_LOAD)
+      // Diagnostic build (setup.py): words made from the row pointers, not loaded; WRONG results.
+      w0[k] = ok ? ~(uint32_t)(uintptr_t)(mrow0 + wlo + k) : 0u;
+      w1[k] = ok ? ~(uint32_t)(uintptr_t)(mrow1 + wlo + k) : 0u;
+#else
       w0[k] = ok ? (uint32_t)__ldg(mrow0 + wlo + k) : 0u;
       w1[k] = ok ? (uint32_t)__ldg(mrow1 + wlo + k) : 0u;
+#endif
     }
-    // Each row's visibility of the tile's 64 keys as one 64-bit word (bit b: key key0 + b), then
-    // one bit test per score. (Per score, comparing against plen and L and picking the mask
-    // word took ~20 instructions, ~670 per tree tile per thread: 1.7x a whole prefix tile.)
+    // Each row's visibility of the tile's 64 keys as one 64-bit word (bit b: key key0 + b),
+    // then one bit test per score. (Per score, comparing against plen and L and picking the
+    // mask word took ~20 instructions, ~670 per tree tile per thread: 1.7x a whole prefix tile.)
     const uint64_t v0 = tile_visibility(w0, jb, L - key0) >> (tig * 2);
     const uint64_t v1 = tile_visibility(w1, jb, L - key0) >> (tig * 2);
 #pragma unroll

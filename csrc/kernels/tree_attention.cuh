@@ -331,6 +331,38 @@ __device__ __forceinline__ float fast_exp2(float x) {
 // and m_run goes into the lse with the sum taken against it, so the results are the same maths.
 constexpr float kMaxSlack = 8.f;
 
+// A thread's max of its 16 scores of row half h (s[i][2h], s[i][2h + 1]) as a pairwise tree (depth
+// 4 instead of a 16-long dependent chain: with two consumer warps per scheduler little else hides
+// the latency).
+__device__ __forceinline__ float thread_row_max(const float (&s)[kBN / 8][4], int h) {
+  constexpr int NT_S = kBN / 8;
+  float part[NT_S];
+#pragma unroll
+  for (int i = 0; i < NT_S; ++i) part[i] = fmaxf(s[i][2 * h], s[i][2 * h + 1]);
+#pragma unroll
+  for (int w = NT_S / 2; w > 0; w /= 2)
+#pragma unroll
+    for (int i = 0; i < w; ++i) part[i] = fmaxf(part[i], part[i + w]);
+  return part[0];
+}
+// The probabilities exp2(s * scale - base) of row half h, left in s, and their sum (this thread's
+// 16, as a pairwise tree).
+__device__ __forceinline__ float exp_row_sum(float (&s)[kBN / 8][4], int h, float scale, float base) {
+  constexpr int NT_S = kBN / 8;
+  float part[NT_S];
+#pragma unroll
+  for (int i = 0; i < NT_S; ++i) {
+    s[i][2 * h] = fast_exp2(fmaf(s[i][2 * h], scale, -base));
+    s[i][2 * h + 1] = fast_exp2(fmaf(s[i][2 * h + 1], scale, -base));
+    part[i] = s[i][2 * h] + s[i][2 * h + 1];
+  }
+#pragma unroll
+  for (int w = NT_S / 2; w > 0; w /= 2)
+#pragma unroll
+    for (int i = 0; i < w; ++i) part[i] += part[i + w];
+  return part[0];
+}
+
 // Online-softmax update of a thread's two rows for one key tile of masked scores s, which times
 // `scale` (> 0; 1 when s is already scaled) are base-2 logits: new running max m_run (lazy,
 // kMaxSlack) and sum l_run (per-thread partial, quad-reduced at the end), the rescale factor
@@ -342,19 +374,9 @@ __device__ __forceinline__ void softmax_update_moving(float (&s)[kBN / 8][4], fl
   alpha[0] = alpha[1] = 1.f;
   if (m_run[0] == -INFINITY) m_run[0] = m_run[1] = 0.f, l_run[0] = l_run[1] = 1.f;
 #else
-  constexpr int NT_S = kBN / 8;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    // Max and sum as pairwise trees (depth 4 instead of a 16-long dependent chain: with two
-    // consumer warps per scheduler little else hides the latency).
-    float part[NT_S];
-#pragma unroll
-    for (int i = 0; i < NT_S; ++i) part[i] = fmaxf(s[i][2 * h], s[i][2 * h + 1]);
-#pragma unroll
-    for (int w = NT_S / 2; w > 0; w /= 2)
-#pragma unroll
-      for (int i = 0; i < w; ++i) part[i] = fmaxf(part[i], part[i + w]);
-    float mx = part[0];
+    float mx = thread_row_max(s, h);
     // The 4 threads of a quad hold the same row.
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
@@ -366,17 +388,7 @@ __device__ __forceinline__ void softmax_update_moving(float (&s)[kBN / 8][4], fl
     const float base = (m_new == -INFINITY) ? 0.f : m_new;
     alpha[h] = m_new == m_run[h] ? 1.f : fast_exp2(m_run[h] - base);
     m_run[h] = m_new;
-#pragma unroll
-    for (int i = 0; i < NT_S; ++i) {
-      s[i][2 * h] = fast_exp2(fmaf(s[i][2 * h], scale, -base));
-      s[i][2 * h + 1] = fast_exp2(fmaf(s[i][2 * h + 1], scale, -base));
-      part[i] = s[i][2 * h] + s[i][2 * h + 1];
-    }
-#pragma unroll
-    for (int w = NT_S / 2; w > 0; w /= 2)
-#pragma unroll
-      for (int i = 0; i < w; ++i) part[i] += part[i + w];
-    l_run[h] = l_run[h] * alpha[h] + part[0];
+    l_run[h] = l_run[h] * alpha[h] + exp_row_sum(s, h, scale, base);
   }
 #endif
 }
@@ -392,18 +404,11 @@ __device__ __forceinline__ void softmax_update(float (&s)[kBN / 8][4], float (&m
 #if defined(JETSPEC_TREE_ATTN_TIMELINE) && defined(JETSPEC_TREE_ATTN_DIAG_NO_SOFTMAX)
   softmax_update_moving(s, m_run, l_run, alpha, scale);  // the diagnostic build's no-op update
 #else
-  constexpr int NT_S = kBN / 8;
   bool kept = true;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    float part[NT_S];
-#pragma unroll
-    for (int i = 0; i < NT_S; ++i) part[i] = fmaxf(s[i][2 * h], s[i][2 * h + 1]);
-#pragma unroll
-    for (int w = NT_S / 2; w > 0; w /= 2)
-#pragma unroll
-      for (int i = 0; i < w; ++i) part[i] = fmaxf(part[i], part[i + w]);
-    kept = kept && !(part[0] * scale > m_run[h] + kMaxSlack) && m_run[h] != -INFINITY;
+    const float mx = thread_row_max(s, h);
+    kept = kept && !(mx * scale > m_run[h] + kMaxSlack) && m_run[h] != -INFINITY;
   }
   if (!__all_sync(0xffffffffu, kept)) {
     softmax_update_moving(s, m_run, l_run, alpha, scale);
@@ -412,18 +417,7 @@ __device__ __forceinline__ void softmax_update(float (&s)[kBN / 8][4], float (&m
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     alpha[h] = 1.f;
-    float part[NT_S];
-#pragma unroll
-    for (int i = 0; i < NT_S; ++i) {
-      s[i][2 * h] = fast_exp2(fmaf(s[i][2 * h], scale, -m_run[h]));
-      s[i][2 * h + 1] = fast_exp2(fmaf(s[i][2 * h + 1], scale, -m_run[h]));
-      part[i] = s[i][2 * h] + s[i][2 * h + 1];
-    }
-#pragma unroll
-    for (int w = NT_S / 2; w > 0; w /= 2)
-#pragma unroll
-      for (int i = 0; i < w; ++i) part[i] += part[i + w];
-    l_run[h] = l_run[h] * alpha[h] + part[0];
+    l_run[h] = l_run[h] * alpha[h] + exp_row_sum(s, h, scale, m_run[h]);
   }
 #endif
 }

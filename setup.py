@@ -147,11 +147,13 @@ def _extension():
         # tiles' mask words made up instead of loaded) or NO_MASK (tree tiles unmasked), comma
         # separated. Timing only.
         diag_items = ("NO_EXP", "NO_SOFTMAX", "NO_MASK_LOAD", "NO_MASK")
-        for item in filter(None, os.environ.get("JETSPEC_TREE_ATTN_DIAG", "").split(",")):
+        chosen = list(filter(None, os.environ.get("JETSPEC_TREE_ATTN_DIAG", "").split(",")))
+        for item in chosen:
             if item not in diag_items:
                 raise SystemExit(f"JETSPEC_TREE_ATTN_DIAG: unknown item {item!r} ({', '.join(diag_items)})")
             nvcc.append(f"-DJETSPEC_TREE_ATTN_DIAG_{item}")
-            nvcc.append("-DJETSPEC_TREE_ATTN_DIAG_ANY")
+        if chosen:
+            nvcc.append("-DJETSPEC_TREE_ATTN_DIAG_ANY")  # marks the build (import jetspec_ext warns)
     elif os.environ.get("JETSPEC_TREE_ATTN_DIAG"):
         raise SystemExit("JETSPEC_TREE_ATTN_DIAG needs JETSPEC_TREE_ATTN_TIMELINE=1 (diagnostic builds only)")
     cutlass = _cutlass_include() if "90a" in CUDA_ARCHS else None

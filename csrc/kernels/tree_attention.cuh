@@ -417,7 +417,7 @@ __device__ __forceinline__ void softmax_update(float (&s)[kBN / 8][4], float (&m
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     alpha[h] = 1.f;
-    l_run[h] = l_run[h] * alpha[h] + exp_row_sum(s, h, scale, m_run[h]);
+    l_run[h] += exp_row_sum(s, h, scale, m_run[h]);
   }
 #endif
 }

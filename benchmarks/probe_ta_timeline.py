@@ -27,6 +27,8 @@ CLK_ITER0, N_ITER_SLOTS = 21, 16  # consumer 0: key-tile loop iteration i done u
 CLK_SCORES0 = CLK_ITER0 + N_ITER_SLOTS  # consumer 0: iteration i's scores S(i + 1) landed (later builds)
 CLK_TURN0 = CLK_SCORES0 + N_ITER_SLOTS  # consumer 0: its turn for iteration i taken (later builds)
 CLK_WG1_SCORES0 = CLK_TURN0 + N_ITER_SLOTS  # consumer 1: its scores S(i + 1) landed (later builds)
+CLK_PV0 = CLK_WG1_SCORES0 + N_ITER_SLOTS  # consumer 0: P(i) V(i) landed (later builds)
+CLK_READY0 = CLK_PV0 + N_ITER_SLOTS  # consumer 0: iteration i's K / V waits passed, before its turn
 
 PHASES = [  # name, from slot, to slot
     ("entry -> CTA barrier", CLK_ENTRY, CLK_BARRIER),
@@ -88,7 +90,9 @@ def analyse(tl, label):
     if tl.shape[1] >= CLK_ITER0 + N_ITER_SLOTS:  # builds with the per-iteration slots
         scores = tl.shape[1] >= CLK_SCORES0 + N_ITER_SLOTS  # and, later builds, scores landed
         turns = tl.shape[1] >= CLK_WG1_SCORES0 + N_ITER_SLOTS  # and, later still, turns / consumer 1
-        cells = {"total": [], "wait": [], "softmax": [], "turn": [], "issue": [], "wg1": []}
+        pv = tl.shape[1] >= CLK_READY0 + N_ITER_SLOTS  # and P V landed / ready for the turn
+        cells = {"total": [], "wait": [], "softmax": [], "turn": [], "issue": [], "wg1": [],
+                 "pv": [], "ready": [], "bar": []}
         for i in range(N_ITER_SLOTS):
             a, end = CLK_SM0 if i == 0 else CLK_ITER0 + i - 1, CLK_ITER0 + i
             rows = tl_d[(tl_d[:, a] != 0) & (tl_d[:, end] != 0)]
@@ -103,6 +107,10 @@ def analyse(tl, label):
                 cells["turn"].append(p50(a, CLK_TURN0 + i))
                 cells["issue"].append(p50(CLK_TURN0 + i, CLK_SCORES0 + i))
                 cells["wg1"].append(p50(CLK_SCORES0 + i, CLK_WG1_SCORES0 + i))
+            if pv and i > 0:  # iteration 0's turn follows softmax(0) with no P V before it
+                cells["pv"].append(p50(a, CLK_PV0 + i - 1))
+                cells["ready"].append(p50(CLK_PV0 + i - 1, CLK_READY0 + i))
+                cells["bar"].append(p50(CLK_READY0 + i, CLK_TURN0 + i))
         if cells["total"]:
             print("   key-tile loop per iteration, up to the softmax of the split's tile k (k: p50 ns, "
                   "CTAs with that many tiles): " + " ".join(cells["total"]))
@@ -113,6 +121,10 @@ def analyse(tl, label):
             print("     the wait split: previous softmax -> turn taken (p50 ns):     " + " ".join(cells["turn"]))
             print("       and: turn taken -> scores landed (p50 ns):                 " + " ".join(cells["issue"]))
             print("     consumer 1's scores of tile k land after consumer 0's by (p50 ns):  " + " ".join(cells["wg1"]))
+        if cells["pv"]:
+            print("     previous softmax -> turn, split: P V landed (p50 ns):            " + " ".join(cells["pv"]))
+            print("       then release / rescale / pack P / K, V waits (p50 ns):         " + " ".join(cells["ready"]))
+            print("       then the turn barrier (p50 ns):                                " + " ".join(cells["bar"]))
     sys.stdout.flush()
 
 

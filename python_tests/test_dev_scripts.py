@@ -21,3 +21,37 @@ def test_load_sets_a_scoreboard_and_its_use_waits_for_it():
     assert t0.startswith("@!P3 LDG") and t1.startswith("IMAD.MOV")
     assert (stall0, wr0, rd0, wait0) == (2, 2, 7, 0)  # sets SB2 when R174 is written, waits for nothing
     assert (stall1, wr1, rd1, wait1) == (1, 7, 7, 1 << 2)  # waits for SB2 before it reads R174
+
+
+def test_timeline_probe_splits_the_time_before_each_turn(capsys):
+    """benchmarks/probe_ta_timeline.py on a synthetic timeline (1 GHz: clock = ns) with known
+    intervals per key-tile iteration: P V landed 50 ns after the softmax, 70 ns more to the K / V
+    waits passed, 40 ns of turn barrier, 280 ns to the scores, 575 ns of softmax."""
+    import torch
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import benchmarks.probe_ta_timeline as pt
+
+    tl = torch.zeros(4, pt.CLK_READY0 + pt.N_ITER_SLOTS, dtype=torch.long)
+    for c in range(4):
+        for k in range(2, 21):
+            tl[c, k] = 100 * k
+        tl[c, pt.GT_ENTRY], tl[c, pt.CLK_ENTRY] = 1000, 1
+        tl[c, pt.GT_EXIT], tl[c, pt.CLK_EPI], tl[c, pt.SMID] = 21000, 20001, c
+        prev = tl[c, pt.CLK_SM0].item()
+        for i in range(5):
+            if i > 0:
+                tl[c, pt.CLK_PV0 + i - 1] = prev + 50
+            ready = prev + 120 if i > 0 else prev + 10
+            tl[c, pt.CLK_READY0 + i] = ready
+            tl[c, pt.CLK_TURN0 + i] = ready + 40
+            tl[c, pt.CLK_SCORES0 + i] = ready + 320
+            tl[c, pt.CLK_WG1_SCORES0 + i] = ready + 680
+            prev = ready + 895
+            tl[c, pt.CLK_ITER0 + i] = prev
+    pt.analyse(tl, "synthetic")
+    out = capsys.readouterr().out
+    assert "P V landed (p50 ns):            2:50 3:50 4:50 5:50" in out
+    assert "K, V waits (p50 ns):         2:70 3:70 4:70 5:70" in out
+    assert "turn barrier (p50 ns):                                2:40 3:40 4:40 5:40" in out
+    assert "previous softmax -> turn taken (p50 ns):     1:50 2:160 3:160" in out

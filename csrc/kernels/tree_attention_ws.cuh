@@ -151,7 +151,9 @@ constexpr int kTimelineIters = 16;
 constexpr int kTimelineScoresSlot = kTimelineIterSlot + kTimelineIters;  // 37 + i (below)
 constexpr int kTimelineTurnSlot = kTimelineScoresSlot + kTimelineIters;  // 53 + i (below)
 constexpr int kTimelineWg1ScoresSlot = kTimelineTurnSlot + kTimelineIters;  // 69 + i (below)
-constexpr int kTimelineSlots = kTimelineWg1ScoresSlot + kTimelineIters;
+constexpr int kTimelinePvSlot = kTimelineWg1ScoresSlot + kTimelineIters;  // 85 + i (below)
+constexpr int kTimelineReadySlot = kTimelinePvSlot + kTimelineIters;  // 101 + i (below)
+constexpr int kTimelineSlots = kTimelineReadySlot + kTimelineIters;
 // Slots: 0 globaltimer at entry, 1 clock at entry, 2 after the CTA barrier, 3 producer: prefix
 // length known, 4 producer: first K/V tile's copies issued, 5 consumer 0: Q landed, 6: K(0)
 // landed, 7: softmax(0) done, 8: last P V done, 9: epilogue done, 10 globaltimer at consumer 0's
@@ -173,6 +175,11 @@ constexpr int kTimelineSlots = kTimelineWg1ScoresSlot + kTimelineIters;
 // thread (warpgroup 2): its scores of the same tile landed. Why: without any softmax an iteration
 // runs at the tensor pipe's rate, and with it each warpgroup's scores wait ~430 ns, about the
 // other warpgroup's products (twenty-first session): are the two warpgroups in turns, or in phase?
+// (Twenty-second session: in turns; ~280 ns from the turn to the scores, ~240 ns from the
+// softmax's end to the turn.) 85 + i, consumer 0: P(i) V(i) landed (the wait after the softmax),
+// and 101 + i: its K / V waits of iteration i passed, just before the turn barrier; so the
+// softmax-to-turn time splits into the wait for P V, the release / rescale / packing of P and
+// the next K / V waits, and the turn barrier itself.
 __device__ unsigned long long g_ws_timeline[kTimelineCtas][kTimelineSlots];
 __device__ __forceinline__ unsigned long long timeline_clock() {
   unsigned long long c;
@@ -771,6 +778,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
         nxt.advance();
         mbar_wait(k_full(nxt.stage), nxt.parity);
         mbar_wait(v_full(cur.stage), cur.parity);
+#ifdef JETSPEC_TREE_ATTN_TIMELINE
+        JETSPEC_TL_CLOCK(ctid == 0 && i < kTimelineIters, kTimelineReadySlot + i);
+#endif
         take_turn();
 #ifdef JETSPEC_TREE_ATTN_TIMELINE
         JETSPEC_TL_CLOCK(ctid == 0 && i < kTimelineIters, kTimelineTurnSlot + i);
@@ -794,6 +804,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
 #endif
         JETSPEC_WGMMA_WAIT(0);  // P(i) V(i) done: stage i is free
         fence_regs(o);
+#ifdef JETSPEC_TREE_ATTN_TIMELINE
+        JETSPEC_TL_CLOCK(ctid == 0 && i < kTimelineIters, kTimelinePvSlot + i);
+#endif
         release(cur.stage);
         rescale_o(o, alpha);  // skipped on most tiles (kMaxSlack)
         pack_probs<T>(s, pa);

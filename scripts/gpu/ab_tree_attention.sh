@@ -7,7 +7,7 @@
 # -C .carry/old_csrc`). (Earlier sessions carried only tree_attention.cuh as .carry/old_ta.cuh.)
 # Further whole csrc trees carried as .carry/alt_csrc, .carry/alt2_csrc, ... and named in
 # AB_ALTS (e.g. AB_ALTS="alt alt2") are built and timed too (new, old, alt, alt2, new, old, alt,
-# alt2); the CUDA tests run on the new one only. Each build is ~50 s of device time. (Only the
+# alt2); the CUDA tests run on the new one only (AB_TEST_ALTS=1: on each alt too, ~50-70 s each). Each build is ~50 s of device time. (Only the
 # named ones: a warm machine keeps the .carry folders of earlier calls, and the seventeenth
 # session lost ~100 s building two stale ones.)
 # AB_PROBE="--cells --context": the probe modes timed per version (default --cells).
@@ -32,6 +32,11 @@ for a in ${AB_ALTS:-}; do  # optional further versions (.carry/alt_csrc, .carry/
   rm -rf csrc && cp -r "$d" csrc && find csrc -name '*.cu*' -exec touch {} +
   echo "$a: csrc content hash $(csrc_hash)" | tee -a "${OUT:-/tmp}/ab_versions.log"
   STEPS="" bash scripts/gpu/call.sh > /tmp/b_$a.log 2>&1 || { tail -20 /tmp/b_$a.log; exit 1; }
+  if [ "${AB_TEST_ALTS:-0}" = 1 ]; then  # the CUDA tests on this version too (its log: $OUT/$a/)
+    mkdir -p "${OUT:-/tmp/out}/$a"
+    OUT="${OUT:-/tmp/out}/$a" REBUILD=0 T_TESTS=290 STEPS=tests TEST1="${AB_TEST1:-test_tree_attention.py -k cuda}" \
+      bash scripts/gpu/call.sh 2>&1 | grep -E "^pytest|passed|failed" | sed "s/^/$a: /"
+  fi
   cp jetspec_ext/_C.abi3.so /tmp/$a.so
   alts="$alts $a"
 done

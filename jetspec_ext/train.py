@@ -265,10 +265,17 @@ class TrainConfig:
     #                                      1..D-1) hold the sequence's true tokens; those slots get no
     #                                      loss (an experiment on what the causal head learns; the
     #                                      decoder's blocks stay all-MASK)
+    block_noise: float = 0.0             # probability that a mask slot of a block holds a token
+    #                                      sampled from the teacher's (kl_temperature-softened)
+    #                                      distribution for that slot instead of MASK, kept in the
+    #                                      loss: noisy drafts in the block, as in Jacobi-Forcing
+    #                                      training (an experiment; the decoder's blocks stay all-MASK)
 
     def __post_init__(self):
         if not 0.0 <= self.block_fill <= 1.0:
             raise ValueError(f"block_fill must be in [0, 1], got {self.block_fill}")
+        if not 0.0 <= self.block_noise <= 1.0:
+            raise ValueError(f"block_noise must be in [0, 1], got {self.block_noise}")
 
 
 class Batcher:
@@ -321,14 +328,23 @@ class Batcher:
             pick = cand[torch.randperm(len(cand), generator=ga)[:K]].sort().values
             anchors[b, : len(pick)] = pick
             valid_anchor[b, : len(pick)] = True
-        if cfg.block_fill == 0:
+        if cfg.block_fill == 0 and cfg.block_noise == 0:
             return ids, att, lens, anchors, valid_anchor
-        # Revealed prefix lengths (0 = an all-MASK block), from their own stream of (seed, step).
-        gf = torch.Generator().manual_seed(cfg.seed * 104729 + 31 + step)
         D = self.block - 1
-        chosen = (torch.rand(B, K, generator=gf) < cfg.block_fill) & valid_anchor
-        fill = torch.where(chosen, torch.randint(1, D, (B, K), generator=gf), torch.zeros(B, K, dtype=torch.long))
-        return ids, att, lens, anchors, valid_anchor, fill
+        fill = None
+        if cfg.block_fill > 0:
+            # Revealed prefix lengths (0 = an all-MASK block), from their own stream of (seed, step).
+            gf = torch.Generator().manual_seed(cfg.seed * 104729 + 31 + step)
+            chosen = (torch.rand(B, K, generator=gf) < cfg.block_fill) & valid_anchor
+            fill = torch.where(chosen, torch.randint(1, D, (B, K), generator=gf), torch.zeros(B, K, dtype=torch.long))
+        if cfg.block_noise == 0:
+            return ids, att, lens, anchors, valid_anchor, fill
+        # Noisy slots and the uniforms their tokens are drawn with (inverse CDF of the teacher in
+        # loss_on_batch), from their own stream of (seed, step): resuming reproduces them.
+        gn = torch.Generator().manual_seed(cfg.seed * 130363 + 53 + step)
+        noisy = (torch.rand(B, K, D, generator=gn) < cfg.block_noise) & valid_anchor.unsqueeze(-1)
+        u = torch.rand(B, K, D, generator=gn)
+        return ids, att, lens, anchors, valid_anchor, fill, (noisy, u)
 
 
 def block_attention_mask(anchors: torch.Tensor, valid_anchor: torch.Tensor, T: int, block: int,
@@ -403,10 +419,14 @@ def _target_features(model, ids, att, layer_ids):
 def loss_on_batch(model, head: JetSpecDraftHead, batch, kl_temperature: float = 1.0, amp: bool = False):
     """Forward KL at every mask slot of every block of the batch. Returns (loss, stats).
     ``batch``: (ids, att, lens, anchors, valid_anchor) from :class:`Batcher`, optionally with a 6th
-    tensor ``fill (B, K)``: block k's first fill[b, k] mask slots hold the true tokens instead
-    (``TrainConfig.block_fill``) and are left out of the loss."""
+    element ``fill (B, K)`` or None: block k's first fill[b, k] mask slots hold the true tokens
+    instead (``TrainConfig.block_fill``) and are left out of the loss; and a 7th, ``(noisy, u)``,
+    bool and float ``(B, K, D)``: the noisy slots (``TrainConfig.block_noise``; revealed ones
+    excepted) hold the token at quantile u of the teacher's distribution for the slot and stay in
+    the loss."""
     ids, att, lens, anchors, valid_anchor = batch[:5]
     fill = batch[5] if len(batch) > 5 else None
+    noise = batch[6] if len(batch) > 6 else None
     dev = model.lm_head.weight.device
     ids, att, lens, anchors, valid_anchor = (t.to(dev) for t in (ids, att, lens, anchors, valid_anchor))
     B, T = ids.shape
@@ -429,6 +449,16 @@ def loss_on_batch(model, head: JetSpecDraftHead, batch, kl_temperature: float = 
             true_tok = ids.gather(1, (tpos + 1).clamp(max=T - 1).view(B, K * D)).view(B, K, D)
             block_tok[:, :, 1:] = torch.where(reveal, true_tok, block_tok[:, :, 1:])
             slot_ok = slot_ok & ~reveal
+        if noise is not None:  # noisy slots: a draw from the teacher for the slot (inverse CDF)
+            noisy, u = noise[0].to(dev) & slot_ok, noise[1].to(dev)
+            sel = noisy.reshape(-1).nonzero().squeeze(1)
+            if sel.numel():
+                cdf = teacher.reshape(B * K * D, -1)[sel].exp().cumsum(-1)
+                q = (u.reshape(-1)[sel] * cdf[:, -1]).unsqueeze(-1)
+                tok = torch.searchsorted(cdf, q).squeeze(1).clamp(max=cdf.shape[1] - 1)
+                slots = block_tok[:, :, 1:].reshape(-1).clone()
+                slots[sel] = tok
+                block_tok[:, :, 1:] = slots.view(B, K, D)
         block_embeds = model.model.embed_tokens(block_tok.view(B, K * N))
         block_pos = (anchors.unsqueeze(-1) + torch.arange(N, device=dev)).view(B, K * N)
         mask = block_attention_mask(anchors, valid_anchor, T, N, head.causal)
@@ -738,6 +768,10 @@ def add_arguments(t) -> None:
     t.add_argument("--block-fill", type=_fraction, default=0.0,
                    help="fraction (0..1) of training blocks whose first j mask slots (j random in 1..D-1) "
                         "hold the true tokens, left out of the loss (experiment; default 0: all-MASK blocks)")
+    t.add_argument("--block-noise", type=_fraction, default=0.0,
+                   help="probability (0..1) that a mask slot of a training block holds a token drawn from "
+                        "the teacher's distribution for that slot (a noisy draft, kept in the loss; "
+                        "Jacobi-Forcing style; experiment; default 0)")
     t.add_argument("--max-epochs", type=float, default=None,
                    help="cap on passes over the regenerated data (steps x batch / sequences); the run ends "
                         "early rather than overfit a small set")
@@ -854,7 +888,8 @@ def run(args) -> dict:
                       anchors=args.anchors, max_len=args.max_len, lr=args.lr, warmup=args.warmup,
                       weight_decay=args.weight_decay, clip=args.clip, kl_temperature=args.kl_temperature,
                       seed=args.seed, save_every=args.save_every, log_every=args.log_every,
-                      save_dtype=args.save_dtype, max_epochs=args.max_epochs, block_fill=args.block_fill)
+                      save_dtype=args.save_dtype, max_epochs=args.max_epochs, block_fill=args.block_fill,
+                      block_noise=args.block_noise)
     summary = {"target": os.path.abspath(args.target), "train": train_head(model, head, samples, cfg, args.out,
                                                                            resume=args.resume)}
     summary["attention"] = "causal" if head.causal else "bidirectional"

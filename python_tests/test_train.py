@@ -298,6 +298,78 @@ def test_batcher_block_fill_lengths():
         Batcher(samples, TrainConfig(batch_size=2, anchors=8, max_len=32, block_fill=0.5), 1, 2)
 
 
+def test_batcher_block_noise_slots():
+    """--block-noise: a 7th element (noisy, u), bool and uniform (B, K, D), noisy only in valid
+    blocks, deterministic per step; the 6th (fill) is None without --block-fill."""
+    samples = [Sample([5, 6, 7], list(range(10, 40))), Sample([5] * 4, [9, 9, 9])]
+    b = Batcher(samples, TrainConfig(batch_size=2, anchors=8, max_len=32, block_noise=0.5), 1, 6)
+    batch = b.batch(3)
+    assert len(batch) == 7 and batch[5] is None
+    noisy, u = batch[6]
+    assert noisy.shape == u.shape == (2, 8, 5) and noisy.dtype == torch.bool
+    assert torch.equal(noisy, b.batch(3)[6][0]) and torch.equal(u, b.batch(3)[6][1])
+    assert not noisy[~batch[4]].any() and noisy[batch[4]].any() and (~noisy[batch[4]]).any()
+    assert ((u >= 0) & (u < 1)).all()
+    both = Batcher(samples, TrainConfig(batch_size=2, anchors=8, max_len=32, block_fill=0.5, block_noise=0.5),
+                   1, 6).batch(3)
+    assert len(both) == 7 and both[5] is not None
+    for bad in (1.5, -0.1):
+        with pytest.raises(ValueError, match="block_noise"):
+            TrainConfig(block_noise=bad)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@torch.no_grad()
+def test_block_noise_draws_teacher_tokens_and_keeps_their_loss(causal):
+    """Noisy slots hold the token at quantile u of the teacher's distribution for the slot (here
+    found by a plain loop over the vocabulary), every existing slot stays in the loss, and the loss
+    is the mean KL of each block computed alone from those hand-built tokens."""
+    model = tiny_model()
+    samples = tiny_samples(model, n=2, R=24)
+    N = 5
+    head = JetSpecDraftHead.for_target(model.config, num_layers=2, block_size=N, mask_token_id=1,
+                                       causal=causal).eval()
+    b = Batcher(samples, TrainConfig(batch_size=2, anchors=5, max_len=40, block_noise=0.6), 1, N)
+    batch = b.batch(0)
+    ids, att, lens, anchors, valid, _, (noisy, u) = batch
+    loss, stats = loss_on_batch(model, head, batch)
+    total, count, drawn = 0.0, 0, 0
+    for r in range(ids.shape[0]):
+        T, L = ids.shape[1], int(lens[r])
+        tapped, _ = _target_features(model, ids[r:r + 1], att[r:r + 1], head.target_layer_ids)
+        t_logits = model(input_ids=ids[r:r + 1], attention_mask=att[r:r + 1]).logits[0].float()
+        for k in range(anchors.shape[1]):
+            if not valid[r, k]:
+                continue
+            a = int(anchors[r, k])
+            toks = [int(ids[r, a])]
+            for i in range(1, N):
+                if noisy[r, k, i - 1] and a + i < L:
+                    probs = torch.softmax(t_logits[a + i - 1], -1).double()
+                    c, target, tok = 0.0, float(u[r, k, i - 1]) * float(probs.sum()), probs.numel() - 1
+                    for v in range(probs.numel()):
+                        c += float(probs[v])
+                        if c >= target:
+                            tok = v
+                            break
+                    toks.append(tok)
+                    drawn += 1
+                else:
+                    toks.append(1)
+            mask = block_attention_mask(torch.tensor([[a]]), torch.tensor([[True]]), T, N, causal)
+            h = dense_block_forward(head, tapped, model.model.embed_tokens(torch.tensor([toks])),
+                                    (a + torch.arange(N)).view(1, N), mask)
+            student = torch.log_softmax(model.lm_head(h[0, 1:]).float(), -1)
+            for i in range(1, N):
+                if a + i >= L:
+                    break
+                teacher = torch.log_softmax(t_logits[a + i - 1], -1)
+                total += float((teacher.exp() * (teacher - student[i - 1])).sum())
+                count += 1
+    assert drawn > 0 and stats["slots"] == count
+    assert math.isclose(float(loss), total / count, rel_tol=1e-4, abs_tol=1e-6)
+
+
 @pytest.mark.parametrize("causal", [True, False])
 @torch.no_grad()
 def test_block_fill_reveals_true_tokens_and_drops_their_loss(causal):

@@ -298,6 +298,36 @@ def test_batcher_block_fill_lengths():
         Batcher(samples, TrainConfig(batch_size=2, anchors=8, max_len=32, block_fill=0.5), 1, 2)
 
 
+def _reference_block_loss(model, head, batch, block_tokens, in_loss):
+    """The mean forward KL over the slots in the loss, each block computed alone from hand-built
+    tokens: block_tokens(r, k, a, L, t_logits) -> the block's N tokens; in_loss(r, k, i) -> slot i
+    (1..N-1) counts (when its token a + i exists). Returns (mean, slot count)."""
+    ids, att, lens, anchors, valid = batch[:5]
+    N = head.block_size
+    total, count = 0.0, 0
+    for r in range(ids.shape[0]):
+        T, L = ids.shape[1], int(lens[r])
+        tapped, _ = _target_features(model, ids[r:r + 1], att[r:r + 1], head.target_layer_ids)
+        t_logits = model(input_ids=ids[r:r + 1], attention_mask=att[r:r + 1]).logits[0].float()
+        for k in range(anchors.shape[1]):
+            if not valid[r, k]:
+                continue
+            a = int(anchors[r, k])
+            toks = block_tokens(r, k, a, L, t_logits)
+            mask = block_attention_mask(torch.tensor([[a]]), torch.tensor([[True]]), T, N, head.causal)
+            h = dense_block_forward(head, tapped, model.model.embed_tokens(torch.tensor([toks])),
+                                    (a + torch.arange(N)).view(1, N), mask)
+            student = torch.log_softmax(model.lm_head(h[0, 1:]).float(), -1)
+            for i in range(1, N):
+                if a + i >= L:
+                    break
+                if in_loss(r, k, i):
+                    teacher = torch.log_softmax(t_logits[a + i - 1], -1)
+                    total += float((teacher.exp() * (teacher - student[i - 1])).sum())
+                    count += 1
+    return total / max(count, 1), count
+
+
 def test_batcher_block_noise_slots():
     """--block-noise: a 7th element (noisy, u), bool and uniform (B, K, D), noisy only in valid
     blocks, deterministic per step; the 6th (fill) is None without --block-fill."""
@@ -333,41 +363,28 @@ def test_block_noise_draws_teacher_tokens_and_keeps_their_loss(causal):
     batch = b.batch(0)
     ids, att, lens, anchors, valid, _, (noisy, u) = batch
     loss, stats = loss_on_batch(model, head, batch)
-    total, count, drawn = 0.0, 0, 0
-    for r in range(ids.shape[0]):
-        T, L = ids.shape[1], int(lens[r])
-        tapped, _ = _target_features(model, ids[r:r + 1], att[r:r + 1], head.target_layer_ids)
-        t_logits = model(input_ids=ids[r:r + 1], attention_mask=att[r:r + 1]).logits[0].float()
-        for k in range(anchors.shape[1]):
-            if not valid[r, k]:
-                continue
-            a = int(anchors[r, k])
-            toks = [int(ids[r, a])]
-            for i in range(1, N):
-                if noisy[r, k, i - 1] and a + i < L:
-                    probs = torch.softmax(t_logits[a + i - 1], -1).double()
-                    c, target, tok = 0.0, float(u[r, k, i - 1]) * float(probs.sum()), probs.numel() - 1
-                    for v in range(probs.numel()):
-                        c += float(probs[v])
-                        if c >= target:
-                            tok = v
-                            break
-                    toks.append(tok)
-                    drawn += 1
-                else:
-                    toks.append(1)
-            mask = block_attention_mask(torch.tensor([[a]]), torch.tensor([[True]]), T, N, causal)
-            h = dense_block_forward(head, tapped, model.model.embed_tokens(torch.tensor([toks])),
-                                    (a + torch.arange(N)).view(1, N), mask)
-            student = torch.log_softmax(model.lm_head(h[0, 1:]).float(), -1)
-            for i in range(1, N):
-                if a + i >= L:
-                    break
-                teacher = torch.log_softmax(t_logits[a + i - 1], -1)
-                total += float((teacher.exp() * (teacher - student[i - 1])).sum())
-                count += 1
-    assert drawn > 0 and stats["slots"] == count
-    assert math.isclose(float(loss), total / count, rel_tol=1e-4, abs_tol=1e-6)
+    drawn = []
+
+    def block_tokens(r, k, a, L, t_logits):
+        toks = [int(ids[r, a])]
+        for i in range(1, N):
+            if noisy[r, k, i - 1] and a + i < L:
+                probs = torch.softmax(t_logits[a + i - 1], -1).double()
+                c, target, tok = 0.0, float(u[r, k, i - 1]) * float(probs.sum()), probs.numel() - 1
+                for v in range(probs.numel()):
+                    c += float(probs[v])
+                    if c >= target:
+                        tok = v
+                        break
+                toks.append(tok)
+                drawn.append(tok)
+            else:
+                toks.append(1)
+        return toks
+
+    ref, count = _reference_block_loss(model, head, batch, block_tokens, lambda r, k, i: True)
+    assert drawn and stats["slots"] == count
+    assert math.isclose(float(loss), ref, rel_tol=1e-4, abs_tol=1e-6)
 
 
 @pytest.mark.parametrize("causal", [True, False])
@@ -384,26 +401,12 @@ def test_block_fill_reveals_true_tokens_and_drops_their_loss(causal):
     batch = b.batch(0)
     ids, att, lens, anchors, valid, fill = batch
     loss, stats = loss_on_batch(model, head, batch)
-    total, count = 0.0, 0
-    for r in range(ids.shape[0]):
-        T, L = ids.shape[1], int(lens[r])
-        tapped, _ = _target_features(model, ids[r:r + 1], att[r:r + 1], head.target_layer_ids)
-        t_logits = model(input_ids=ids[r:r + 1], attention_mask=att[r:r + 1]).logits[0].float()
-        for k in range(anchors.shape[1]):
-            if not valid[r, k]:
-                continue
-            a, j = int(anchors[r, k]), int(fill[r, k])
-            assert 1 <= j <= N - 2
-            toks = [int(ids[r, a])] + [int(ids[r, a + i]) if i <= j and a + i < L else 1 for i in range(1, N)]
-            mask = block_attention_mask(torch.tensor([[a]]), torch.tensor([[True]]), T, N, causal)
-            h = dense_block_forward(head, tapped, model.model.embed_tokens(torch.tensor([toks])),
-                                    (a + torch.arange(N)).view(1, N), mask)
-            student = torch.log_softmax(model.lm_head(h[0, 1:]).float(), -1)
-            for i in range(j + 1, N):
-                if a + i >= L:
-                    break
-                teacher = torch.log_softmax(t_logits[a + i - 1], -1)
-                total += float((teacher.exp() * (teacher - student[i - 1])).sum())
-                count += 1
+
+    def block_tokens(r, k, a, L, t_logits):
+        j = int(fill[r, k])
+        assert 1 <= j <= N - 2
+        return [int(ids[r, a])] + [int(ids[r, a + i]) if i <= j and a + i < L else 1 for i in range(1, N)]
+
+    ref, count = _reference_block_loss(model, head, batch, block_tokens, lambda r, k, i: i > int(fill[r, k]))
     assert stats["slots"] == count > 0
-    assert math.isclose(float(loss), total / count, rel_tol=1e-4, abs_tol=1e-6)
+    assert math.isclose(float(loss), ref, rel_tol=1e-4, abs_tol=1e-6)

@@ -298,6 +298,17 @@ def test_batcher_block_fill_lengths():
         Batcher(samples, TrainConfig(batch_size=2, anchors=8, max_len=32, block_fill=0.5), 1, 2)
 
 
+def _block_case(causal, **cfg):
+    """A tiny target, a 2-layer head with blocks of 5 and the first batch of 2 sequences x 5 anchors
+    (TrainConfig options in cfg)."""
+    model = tiny_model()
+    samples = tiny_samples(model, n=2, R=24)
+    head = JetSpecDraftHead.for_target(model.config, num_layers=2, block_size=5, mask_token_id=1,
+                                       causal=causal).eval()
+    batch = Batcher(samples, TrainConfig(batch_size=2, anchors=5, max_len=40, **cfg), 1, 5).batch(0)
+    return model, head, batch
+
+
 def _reference_block_loss(model, head, batch, block_tokens, in_loss):
     """The mean forward KL over the slots in the loss, each block computed alone from hand-built
     tokens: block_tokens(r, k, a, L, t_logits) -> the block's N tokens; in_loss(r, k, i) -> slot i
@@ -354,13 +365,8 @@ def test_block_noise_draws_teacher_tokens_and_keeps_their_loss(causal):
     """Noisy slots hold the token at quantile u of the teacher's distribution for the slot (here
     found by a plain loop over the vocabulary), every existing slot stays in the loss, and the loss
     is the mean KL of each block computed alone from those hand-built tokens."""
-    model = tiny_model()
-    samples = tiny_samples(model, n=2, R=24)
-    N = 5
-    head = JetSpecDraftHead.for_target(model.config, num_layers=2, block_size=N, mask_token_id=1,
-                                       causal=causal).eval()
-    b = Batcher(samples, TrainConfig(batch_size=2, anchors=5, max_len=40, block_noise=0.6), 1, N)
-    batch = b.batch(0)
+    model, head, batch = _block_case(causal, block_noise=0.6)
+    N = head.block_size
     ids, att, lens, anchors, valid, _, (noisy, u) = batch
     loss, stats = loss_on_batch(model, head, batch)
     drawn = []
@@ -392,13 +398,8 @@ def test_block_noise_draws_teacher_tokens_and_keeps_their_loss(causal):
 def test_block_fill_reveals_true_tokens_and_drops_their_loss(causal):
     """With revealed prefixes the loss is the mean KL over the still-masked slots only, each block
     computed alone from hand-built tokens [anchor, x_a+1 .. x_a+j, MASK ..]."""
-    model = tiny_model()
-    samples = tiny_samples(model, n=2, R=24)
-    N = 5
-    head = JetSpecDraftHead.for_target(model.config, num_layers=2, block_size=N, mask_token_id=1,
-                                       causal=causal).eval()
-    b = Batcher(samples, TrainConfig(batch_size=2, anchors=5, max_len=40, block_fill=1.0), 1, N)
-    batch = b.batch(0)
+    model, head, batch = _block_case(causal, block_fill=1.0)
+    N = head.block_size
     ids, att, lens, anchors, valid, fill = batch
     loss, stats = loss_on_batch(model, head, batch)
 

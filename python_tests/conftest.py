@@ -34,16 +34,21 @@ def _set_tf32_state(state) -> None:
         b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32 = state
 
 
+def _set_matmul_tf32(on: bool) -> None:
+    """TF32 for CUDA fp32 matmuls on or off (the rest of the TF32 state as it is)."""
+    if _NEW_TF32_API:
+        torch.backends.cuda.matmul.fp32_precision = "tf32" if on else "ieee"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = on
+
+
 @contextlib.contextmanager
 def ieee_fp32_matmul():
     """fp32 matmuls in full IEEE precision inside the block, whatever the process-wide TF32
     setting: the fp32 references of the accuracy tests (TF32's 10-bit mantissa moves them by more
     than a bf16 / fp16 kernel's error)."""
     saved = _tf32_state()
-    if _NEW_TF32_API:
-        torch.backends.cuda.matmul.fp32_precision = "ieee"
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = False
+    _set_matmul_tf32(False)
     try:
         yield
     finally:

@@ -37,10 +37,7 @@ def test_ieee_fp32_matmul_gives_fp32_results_under_tf32():
     ac, bc = a.cuda(), b.cuda()
     before = conftest._tf32_state()
     try:  # restored here, so that the leak guard's warning is kept for real leaks
-        if conftest._NEW_TF32_API:
-            torch.backends.cuda.matmul.fp32_precision = "tf32"
-        else:
-            torch.backends.cuda.matmul.allow_tf32 = True
+        conftest._set_matmul_tf32(True)
         err_tf32 = ((ac @ bc).double().cpu() - exact).abs().max().item()
         with ieee_fp32_matmul():
             err_ieee = ((ac @ bc).double().cpu() - exact).abs().max().item()

@@ -7,9 +7,10 @@
 # -C .carry/old_csrc`). (Earlier sessions carried only tree_attention.cuh as .carry/old_ta.cuh.)
 # Further whole csrc trees carried as .carry/alt_csrc, .carry/alt2_csrc, ... and named in
 # AB_ALTS (e.g. AB_ALTS="alt alt2") are built and timed too (new, old, alt, alt2, new, old, alt,
-# alt2); the CUDA tests run on the new one only (AB_TEST_ALTS=1: on each alt too, ~50-70 s each). Each build is ~50 s of device time. (Only the
-# named ones: a warm machine keeps the .carry folders of earlier calls, and the seventeenth
-# session lost ~100 s building two stale ones.)
+# alt2); the CUDA tests run on the new one only (AB_TEST_ALTS=1: on each alt too, ~50-70 s
+# each). Each build is ~50-90 s of device time. (Only the named ones: a warm machine keeps the
+# .carry folders of earlier calls, and the seventeenth session lost ~100 s building two stale
+# ones.)
 # AB_PROBE="--cells --context": the probe modes timed per version (default --cells).
 # AB_DEC_ARGS="--modes compile --budgets 128,256" also runs bench_decoder.py with those arguments
 # for each version in the same order (the decoder rows of each tree; inductor's cache makes the

@@ -552,7 +552,9 @@ def train_head(model, head: JetSpecDraftHead, samples: Sequence[Sample], cfg: Tr
     log(f"train: {batcher.n} sequences, batch {cfg.batch_size} x {cfg.anchors} anchors x block {head.block_size}, "
         f"{sum(p.numel() for p in head.parameters()) / 1e6:.2f} M head params, device {dev}, "
         f"{'causal' if head.causal else 'bidirectional'} in-block attention, steps "
-        f"{cfg.steps if cfg.steps is not None else f'from {cfg.minutes} min'}")
+        f"{cfg.steps if cfg.steps is not None else f'from {cfg.minutes} min'}"
+        + (f", block fill {cfg.block_fill}" if cfg.block_fill else "")
+        + (f", block noise {cfg.block_noise}" if cfg.block_noise else ""))
     logf = open(os.path.join(out_dir, "train_log.jsonl"), "a")
     t0 = time.time()
     budget_s = cfg.minutes * 60 if cfg.minutes else None

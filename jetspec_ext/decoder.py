@@ -23,6 +23,7 @@ stop / length check). State between rounds (:class:`DecodeState`):
 :func:`generate` drives rounds; :func:`generate_ar` is the autoregressive baseline over the same
 static cache and the same ops (a one-node "tree" per step), so speedups compare like with like.
 """
+import gc
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
@@ -487,16 +488,35 @@ class GraphedRound:
             out = self.fn()
         torch.cuda.current_stream().wait_stream(side)
         try:
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                self.out = self.fn()
-            self.graph = g
+            self.graph, self.out = _capture(self.fn)
         except Exception as e:  # noqa: BLE001 - report and keep decoding eagerly
             import warnings
 
             self.error = e
             warnings.warn(f"jetspec: CUDA graph capture of the round failed, running eagerly: {e}")
         return out
+
+
+def _capture(fn: Callable[[], torch.Tensor]) -> tuple:
+    """Capture ``fn`` in a new CUDA graph; returns ``(graph, static output)``.
+
+    Rounds that are no longer reachable (an earlier ``Target`` / drafter and the rounds stored on
+    it form a reference cycle) are freed by Python's cyclic collector whenever it happens to run.
+    Freeing a captured graph while another capture is in progress is an illegal CUDA call that
+    invalidates that capture (``cudaErrorStreamCaptureInvalidated``: seen on the H200 when the
+    demo evaluation moved from one head to the next, whose round then ran eagerly at a tenth of
+    the speed). So collect first, and keep the collector off for the length of the capture."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            out = fn()
+    finally:
+        if enabled:
+            gc.enable()
+    return g, out
 
 
 def generate_ar(target: Target, prompt_ids, **kw) -> GenerationResult:

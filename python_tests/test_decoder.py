@@ -287,3 +287,52 @@ def test_cuda_graph_reused_across_calls(tok):
     dec.release_graphs(drafter)
     dec.release_graphs(target)
     assert not drafter._jetspec_graphs and not target._jetspec_graphs
+
+
+@requires_cuda
+def test_cuda_graph_capture_while_dead_rounds_await_collection(tok, monkeypatch):
+    """A Target / drafter that goes out of scope leaves its captured rounds in a reference cycle
+    for Python's cyclic collector. On the H200 such a collection ran in the middle of the next
+    head's capture (the demo evaluation builds a new Target and drafter per call): freeing a graph
+    during a capture invalidated it, and that head's rounds ran eagerly at a tenth of the speed
+    with only a warning. Here the collector is made to run inside every capture, with a dead
+    pair's rounds waiting for it: the next pair's captures must succeed (warnings are errors) and
+    replay the tokens of eager decoding."""
+    import gc
+    import warnings
+
+    real_graph = torch.cuda.graph
+
+    class CollectInsideCapture(real_graph):
+        def __enter__(self):
+            super().__enter__()
+            gc.collect()  # what the cyclic collector may do at any allocation during a capture
+
+    model = tiny_target(tied=False, seed=5).cuda().to(torch.bfloat16)
+    ids = chat_ids(tok, load_prompts(1)[0])
+
+    def decode_with_fresh_pair(causal):
+        head = JetSpecDraftHead.for_target(model.config, num_layers=2, block_size=8,
+                                           causal=causal).cuda().to(torch.bfloat16)
+        target = Target(model, head.target_layer_ids)
+        drafter = HeadDrafter(head, target)
+        spec = generate(target, drafter, ids, max_new_tokens=24, budget=16, width=4, cuda_graph=True).tokens
+        ar = generate_ar(target, ids, max_new_tokens=24, cuda_graph=True).tokens
+        assert target._jetspec_graphs and drafter._jetspec_graphs  # captured (or eager after a warning)
+        return (spec, generate(target, drafter, ids, max_new_tokens=24, budget=16, width=4).tokens,
+                ar, generate_ar(target, ids, max_new_tokens=24).tokens)  # the pair dies in a cycle here
+
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()  # the first pair's rounds stay uncollected until the second pair's captures
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a failed capture warns: make it a test failure
+            decode_with_fresh_pair(True)
+            monkeypatch.setattr(torch.cuda, "graph", CollectInsideCapture)
+            spec, spec_eager, ar, ar_eager = decode_with_fresh_pair(False)
+    finally:
+        if enabled:
+            gc.enable()
+    assert spec == spec_eager
+    assert ar == ar_eager

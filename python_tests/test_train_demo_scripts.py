@@ -167,3 +167,24 @@ def test_results_table():
                        "bidirectional tree w7 b16": {"error": "boom"}}}
     t = eval_demo_head.render_table(res)
     assert "| causal tree w7 b16 | 7 | 16 | 15 | 2.50 | 20.0 | 2.00 | 2/2 |" in t and "boom" in t
+    # a configuration that ran eagerly after a failed capture is marked, not passed off as graphed
+    res["configs"]["causal tree w7 b16"]["graph_capture_failed"] = "capture failed: ..."
+    t = eval_demo_head.render_table(res)
+    assert "| 2.50 | 20.0 (eager: graph capture failed) | 2.00 |" in t
+
+
+def test_capture_failure_warnings_are_recorded():
+    import warnings
+
+    def round_with(msg):
+        warnings.warn(msg)
+        return 7
+
+    with warnings.catch_warnings(record=True) as passed_on:
+        warnings.simplefilter("always")
+        out, failed = eval_demo_head.recording_capture_failures(
+            lambda: round_with("jetspec: CUDA graph capture of the round failed, running eagerly: boom"))
+        assert out == 7 and failed.endswith("boom")
+        out, failed = eval_demo_head.recording_capture_failures(lambda: round_with("something else"))
+        assert out == 7 and failed is None
+    assert [str(w.message) for w in passed_on] == ["something else"]

@@ -270,12 +270,17 @@ class TrainConfig:
     #                                      distribution for that slot instead of MASK, kept in the
     #                                      loss: noisy drafts in the block, as in Jacobi-Forcing
     #                                      training (an experiment; the decoder's blocks stay all-MASK)
+    block_noise_in_loss: bool = True     # False: the noisy slots get no loss (a noisy slot holds a
+    #                                      draw of the very token its output predicts, so its loss
+    #                                      is partly copying; only the MASK slots are what decoding uses)
 
     def __post_init__(self):
         if not 0.0 <= self.block_fill <= 1.0:
             raise ValueError(f"block_fill must be in [0, 1], got {self.block_fill}")
         if not 0.0 <= self.block_noise <= 1.0:
             raise ValueError(f"block_noise must be in [0, 1], got {self.block_noise}")
+        if not self.block_noise_in_loss and self.block_noise == 0:
+            raise ValueError("block_noise_in_loss=False (--block-noise-no-loss) needs block_noise > 0")
 
 
 class Batcher:
@@ -416,14 +421,15 @@ def _target_features(model, ids, att, layer_ids):
     return tapped, out.last_hidden_state
 
 
-def loss_on_batch(model, head: JetSpecDraftHead, batch, kl_temperature: float = 1.0, amp: bool = False):
+def loss_on_batch(model, head: JetSpecDraftHead, batch, kl_temperature: float = 1.0, amp: bool = False,
+                  noise_in_loss: bool = True):
     """Forward KL at every mask slot of every block of the batch. Returns (loss, stats).
     ``batch``: (ids, att, lens, anchors, valid_anchor) from :class:`Batcher`, optionally with a 6th
     element ``fill (B, K)`` or None: block k's first fill[b, k] mask slots hold the true tokens
     instead (``TrainConfig.block_fill``) and are left out of the loss; and a 7th, ``(noisy, u)``,
     bool and float ``(B, K, D)``: the noisy slots (``TrainConfig.block_noise``; revealed ones
     excepted) hold the token at quantile u of the teacher's distribution for the slot and stay in
-    the loss."""
+    the loss (``noise_in_loss=False``: they are left out of it)."""
     ids, att, lens, anchors, valid_anchor = batch[:5]
     fill = batch[5] if len(batch) > 5 else None
     noise = batch[6] if len(batch) > 6 else None
@@ -459,6 +465,8 @@ def loss_on_batch(model, head: JetSpecDraftHead, batch, kl_temperature: float = 
                 slots = block_tok[:, :, 1:].reshape(-1).clone()
                 slots[sel] = tok
                 block_tok[:, :, 1:] = slots.view(B, K, D)
+            if not noise_in_loss:
+                slot_ok = slot_ok & ~noisy
         block_embeds = model.model.embed_tokens(block_tok.view(B, K * N))
         block_pos = (anchors.unsqueeze(-1) + torch.arange(N, device=dev)).view(B, K * N)
         mask = block_attention_mask(anchors, valid_anchor, T, N, head.causal)
@@ -554,7 +562,8 @@ def train_head(model, head: JetSpecDraftHead, samples: Sequence[Sample], cfg: Tr
         f"{'causal' if head.causal else 'bidirectional'} in-block attention, steps "
         f"{cfg.steps if cfg.steps is not None else f'from {cfg.minutes} min'}"
         + (f", block fill {cfg.block_fill}" if cfg.block_fill else "")
-        + (f", block noise {cfg.block_noise}" if cfg.block_noise else ""))
+        + (f", block noise {cfg.block_noise}" if cfg.block_noise else "")
+        + (" (noisy slots out of the loss)" if cfg.block_noise and not cfg.block_noise_in_loss else ""))
     logf = open(os.path.join(out_dir, "train_log.jsonl"), "a")
     t0 = time.time()
     budget_s = cfg.minutes * 60 if cfg.minutes else None
@@ -574,7 +583,7 @@ def train_head(model, head: JetSpecDraftHead, samples: Sequence[Sample], cfg: Tr
                 stopped = "minutes"
             break
         batch = batcher.batch(step)
-        loss, stats = loss_on_batch(model, head, batch, cfg.kl_temperature, amp)
+        loss, stats = loss_on_batch(model, head, batch, cfg.kl_temperature, amp, cfg.block_noise_in_loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.clip)
@@ -774,6 +783,9 @@ def add_arguments(t) -> None:
                    help="probability (0..1) that a mask slot of a training block holds a token drawn from "
                         "the teacher's distribution for that slot (a noisy draft, kept in the loss; "
                         "Jacobi-Forcing style; experiment; default 0)")
+    t.add_argument("--block-noise-no-loss", action="store_true",
+                   help="with --block-noise: leave the noisy slots out of the loss (a noisy slot holds a draw "
+                        "of the very token its output predicts); only the MASK slots are trained")
     t.add_argument("--max-epochs", type=float, default=None,
                    help="cap on passes over the regenerated data (steps x batch / sequences); the run ends "
                         "early rather than overfit a small set")
@@ -831,6 +843,8 @@ def run(args) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     t_start = time.time()
+    if getattr(args, "block_noise_no_loss", False) and not args.block_noise:
+        raise ValueError("--block-noise-no-loss needs --block-noise P with P > 0")  # before any regeneration
     if args.target is None:
         from .demo import demo_target_dir
         args.target = demo_target_dir()
@@ -891,7 +905,7 @@ def run(args) -> dict:
                       weight_decay=args.weight_decay, clip=args.clip, kl_temperature=args.kl_temperature,
                       seed=args.seed, save_every=args.save_every, log_every=args.log_every,
                       save_dtype=args.save_dtype, max_epochs=args.max_epochs, block_fill=args.block_fill,
-                      block_noise=args.block_noise)
+                      block_noise=args.block_noise, block_noise_in_loss=not args.block_noise_no_loss)
     summary = {"target": os.path.abspath(args.target), "train": train_head(model, head, samples, cfg, args.out,
                                                                            resume=args.resume)}
     summary["attention"] = "causal" if head.causal else "bidirectional"

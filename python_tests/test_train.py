@@ -234,6 +234,26 @@ def _demo_target():
     return demo_dir("target")
 
 
+def test_cli_block_noise_flags_reach_training(tmp_path, capsys):
+    """`--block-noise P --block-noise-no-loss` reach the training config (the train line of the log
+    names the recipe), and `--block-noise-no-loss` without `--block-noise` is refused."""
+    from jetspec_ext.cli import main
+    target = _demo_target()
+    torch.set_num_threads(2)
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"prompt": "def add(a, b):\\n    return a + b\\n"}\n')
+    base = ["train", "--target", target, "--prompts", str(p), "--out", str(tmp_path / "run"), "--steps", "1",
+            "--batch-size", "1", "--anchors", "2", "--num-layers", "1", "--taps", "1,3", "--block-size", "6",
+            "--gen-max-new-tokens", "8", "--device", "cpu", "--eval-num", "0"]
+    capsys.readouterr()
+    assert main(base + ["--block-noise", "0.5", "--block-noise-no-loss"]) == 0
+    logged = capsys.readouterr()
+    assert "block noise 0.5 (noisy slots out of the loss)" in logged.out + logged.err
+    assert main(base + ["--block-noise-no-loss"]) != 0
+    refused = capsys.readouterr()
+    assert "--block-noise-no-loss needs --block-noise" in refused.err and "regenerated" not in refused.out
+
+
 def test_cli_train_then_generate_with_demo_pair(tmp_path, capsys, monkeypatch):
     """`jetspec train` on the demo target (a few steps), then `jetspec generate` with no --target
     picks up the demo pair (JETSPEC_DEMO_DIR pointed at the bundled target + the new head)."""
@@ -357,18 +377,22 @@ def test_batcher_block_noise_slots():
     for bad in (1.5, -0.1):
         with pytest.raises(ValueError, match="block_noise"):
             TrainConfig(block_noise=bad)
+    with pytest.raises(ValueError, match="needs block_noise"):
+        TrainConfig(block_noise_in_loss=False)
 
 
+@pytest.mark.parametrize("noise_in_loss", [True, False])
 @pytest.mark.parametrize("causal", [True, False])
 @torch.no_grad()
-def test_block_noise_draws_teacher_tokens_and_keeps_their_loss(causal):
+def test_block_noise_draws_teacher_tokens_and_keeps_their_loss(causal, noise_in_loss):
     """Noisy slots hold the token at quantile u of the teacher's distribution for the slot (here
-    found by a plain loop over the vocabulary), every existing slot stays in the loss, and the loss
-    is the mean KL of each block computed alone from those hand-built tokens."""
+    found by a plain loop over the vocabulary), every existing slot stays in the loss (with
+    ``noise_in_loss=False``: only the MASK slots), and the loss is the mean KL of each block
+    computed alone from those hand-built tokens."""
     model, head, batch = _block_case(causal, block_noise=0.6)
     N = head.block_size
     ids, att, lens, anchors, valid, _, (noisy, u) = batch
-    loss, stats = loss_on_batch(model, head, batch)
+    loss, stats = loss_on_batch(model, head, batch, noise_in_loss=noise_in_loss)
     drawn = []
 
     def block_tokens(r, k, a, L, t_logits):
@@ -388,8 +412,9 @@ def test_block_noise_draws_teacher_tokens_and_keeps_their_loss(causal):
                 toks.append(1)
         return toks
 
-    ref, count = _reference_block_loss(model, head, batch, block_tokens, lambda r, k, i: True)
-    assert drawn and stats["slots"] == count
+    in_loss = (lambda r, k, i: True) if noise_in_loss else (lambda r, k, i: not bool(noisy[r, k, i - 1]))
+    ref, count = _reference_block_loss(model, head, batch, block_tokens, in_loss)
+    assert drawn and stats["slots"] == count > 0
     assert math.isclose(float(loss), ref, rel_tol=1e-4, abs_tol=1e-6)
 
 

@@ -15,6 +15,7 @@ sys.path.insert(0, str(SCRIPTS))
 
 import eval_demo_head  # noqa: E402
 import extract_prompts  # noqa: E402
+import summarize_pairs  # noqa: E402
 
 MBPP_REC = {"prompt": "Write a function to add  two numbers.", "task_id": 7,
             "code": "import math\r\ndef add_nums(a, b): \r\n    return a + b"}
@@ -188,3 +189,30 @@ def test_capture_failure_warnings_are_recorded():
         out, failed = eval_demo_head.recording_capture_failures(lambda: round_with("something else"))
         assert out == 7 and failed is None
     assert [str(w.message) for w in passed_on] == ["something else"]
+
+
+def test_pairs_table_lists_every_pair(tmp_path):
+    """scripts/demo/summarize_pairs.py: per pair the steps of both heads, tau causal / bidirectional
+    with their ratio per budget and the causal speedup at the largest budget; a pair without a
+    results file is still listed (a recipe comparison must show every recipe that ran)."""
+    def res(c, d, steps):
+        cfg = {}
+        for b, (tc, td) in zip((16, 128), zip(c, d)):
+            cfg[f"causal tree w7 b{b}"] = {"tau": tc, "speedup": 1.5 + b / 1000}
+            cfg[f"bidirectional tree w7 b{b}"] = {"tau": td}
+        return {"budgets": [16, 128], "configs": cfg,
+                "training": {"causal": {"train": {"steps": steps}}, "bidir": {"train": {"steps": steps - 3}}}}
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(res((3.0, 5.5), (2.5, 4.4), 2000)))
+    b.write_text(json.dumps(res((3.0, 5.0), (3.0, 5.0), 1990)))
+    t = summarize_pairs.render([(n, json.loads(p.read_text())) for n, p in (("p50", a), ("p0", b))])
+    assert "| p50 | 2000/1997 | 3.00 / 2.50 (1.20) | 5.50 / 4.40 (1.25) | 1.63x |" in t
+    assert "| p0 | 1990/1987 | 3.00 / 3.00 (1.00) | 5.00 / 5.00 (1.00) | 1.63x |" in t
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert summarize_pairs.main([f"p50={a}", f"gone={tmp_path / 'missing.json'}"]) == 0
+    out = buf.getvalue()
+    assert "| p50 |" in out and "| gone | ?/? |" in out and "gone: no results" in out

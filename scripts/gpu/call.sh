@@ -5,7 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
-export JETSPEC_DATA=$PWD/.carry/data PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+export JETSPEC_DATA=${JETSPEC_DATA:-$PWD/.carry/data} PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 T0=$(date +%s)
 el() { echo "[$(( $(date +%s) - T0 )) s]"; }
 if [ ! -f jetspec_ext/_C.abi3.so ] || [ "${REBUILD:-1}" = 1 ]; then

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Several demo head pairs (causal + bidirectional, trained at the same time by
+# scripts/demo/make_demo_head.sh) on ONE regenerated cache, one pair after the other, fresh heads
+# each time: a controlled comparison of training recipes (same data, seed, step budget and
+# evaluation; only the `jetspec train` arguments of each pair differ). No regeneration: the cache
+# is an earlier run's export (make_demo_head.sh writes $OUT/regen.jsonl.gz; DEMO_RETURN_REGEN=1
+# with call.sh's demo step brings it back).
+#
+#   DEMO_CACHE=.carry/regen/regen.jsonl.gz PAIRS="p0: p50:--block-noise=0.5" \
+#     PAIRS_ARGS="--total-minutes 4.5 --steps 2000 --eval-seconds 70" bash scripts/gpu/demo_pairs.sh
+#
+# PAIRS: space-separated NAME:ARGS items, ARGS = jetspec-train arguments joined by ',' (empty:
+# the default recipe). PAIRS_ARGS: make_demo_head.sh arguments for every pair (give --steps so
+# that every pair trains the same steps, with --total-minutes large enough that no pair stops at
+# its time cap: the table shows the steps). PAIRS_DEVICE (default cuda; cpu with --tiny for a
+# smoke test). Writes $OUT/demo_pairs.tgz (each pair's results, logs; no heads) and
+# $OUT/demo_pairs.md (the table printed last). The heads of the pair named in PAIRS_KEEP come back
+# as $OUT/NAME_demo_head.tar.gz and $OUT/NAME_demo_head_bidir.tar.gz.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+: "${DEMO_CACHE:?DEMO_CACHE=path of a regeneration cache (.jsonl or .jsonl.gz)}"
+: "${PAIRS:?PAIRS=\"NAME:ARGS ...\" (ARGS joined by commas)}"
+WORK="${PAIRS_WORK:-/tmp/demo_pairs}"
+export JETSPEC_DATA="${JETSPEC_DATA:-$PWD/.carry/data}"  # mbpp_test.jsonl (the eval prompts)
+rm -rf "$WORK"; mkdir -p "$WORK"
+case "$DEMO_CACHE" in
+  *.gz) gunzip -c "$DEMO_CACHE" > "$WORK/regen.jsonl" || exit 1 ;;
+  *) cp "$DEMO_CACHE" "$WORK/regen.jsonl" || exit 1 ;;
+esac
+echo "cache: $(wc -l < "$WORK/regen.jsonl") records from $DEMO_CACHE"
+summary=()
+for item in $PAIRS; do
+  name="${item%%:*}"; args="${item#*:}"
+  [[ "$item" == *:* && -n "$name" && "$name" =~ ^[A-Za-z0-9_.-]+$ ]] || { echo "bad PAIRS item '$item' (NAME:ARGS)"; exit 2; }
+  extra=(); [[ -n "$args" ]] && IFS=',' read -r -a extra <<< "$args"
+  mkdir -p "$WORK/build_$name"
+  cp "$WORK/regen.jsonl" "$WORK/build_$name/regen.jsonl"  # a copy each: no pair sees another's writes
+  t0=$(date +%s)
+  bash scripts/demo/make_demo_head.sh --device "${PAIRS_DEVICE:-cuda}" --out "$WORK/$name" --build "$WORK/build_$name" \
+    --gen-seconds 0 ${PAIRS_ARGS:-} -- ${extra[@]+"${extra[@]}"} > "$WORK/$name.log" 2>&1
+  echo "pair $name (${extra[*]:-default recipe}): exit $? in $(( $(date +%s) - t0 )) s"
+  grep -h "steps (stopped\|: [0-9]* steps" "$WORK/$name.log" | tail -2
+  summary+=("$name=$WORK/$name/demo_head_results.json")
+  if [[ "${PAIRS_KEEP:-}" == "$name" ]]; then
+    for f in demo_head.tar.gz demo_head_bidir.tar.gz; do
+      [[ -f "$WORK/$name/$f" ]] && cp "$WORK/$name/$f" "$OUT/${name}_$f"
+    done
+  fi
+done
+tar -C "$WORK" --exclude='*.tar.gz' --exclude='regen.jsonl*' -czf "$OUT/demo_pairs.tgz" \
+  $(cd "$WORK" && for item in $PAIRS; do n="${item%%:*}"; [[ -d "$n" ]] && echo "$n"; echo "$n.log"; done)
+python3 scripts/demo/summarize_pairs.py "${summary[@]}" | tee "$OUT/demo_pairs.md"

@@ -102,10 +102,9 @@ def graphed(fn, setup):
             setup()
             fn()
     torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
     setup()
-    with torch.cuda.graph(g):
-        fn()
+    from jetspec_ext.decoder import capture_graph  # dead rounds collected first, not mid-capture
+    g, _ = capture_graph(fn)
 
     def replay():
         setup()

@@ -488,7 +488,7 @@ class GraphedRound:
             out = self.fn()
         torch.cuda.current_stream().wait_stream(side)
         try:
-            self.graph, self.out = _capture(self.fn)
+            self.graph, self.out = capture_graph(self.fn)
         except Exception as e:  # noqa: BLE001 - report and keep decoding eagerly
             import warnings
 
@@ -497,7 +497,7 @@ class GraphedRound:
         return out
 
 
-def _capture(fn: Callable[[], torch.Tensor]) -> tuple:
+def capture_graph(fn: Callable[[], torch.Tensor]) -> tuple:
     """Capture ``fn`` in a new CUDA graph; returns ``(graph, static output)``.
 
     Rounds that are no longer reachable (an earlier ``Target`` / drafter and the rounds stored on

@@ -280,7 +280,8 @@ class TrainConfig:
         if not 0.0 <= self.block_noise <= 1.0:
             raise ValueError(f"block_noise must be in [0, 1], got {self.block_noise}")
         if not self.block_noise_in_loss and self.block_noise == 0:
-            raise ValueError("block_noise_in_loss=False (--block-noise-no-loss) needs block_noise > 0")
+            raise ValueError("--block-noise-no-loss needs --block-noise P with P > 0 "
+                             "(block_noise_in_loss=False needs block_noise > 0)")
 
 
 class Batcher:
@@ -563,7 +564,7 @@ def train_head(model, head: JetSpecDraftHead, samples: Sequence[Sample], cfg: Tr
         f"{cfg.steps if cfg.steps is not None else f'from {cfg.minutes} min'}"
         + (f", block fill {cfg.block_fill}" if cfg.block_fill else "")
         + (f", block noise {cfg.block_noise}" if cfg.block_noise else "")
-        + (" (noisy slots out of the loss)" if cfg.block_noise and not cfg.block_noise_in_loss else ""))
+        + ("" if cfg.block_noise_in_loss else " (noisy slots out of the loss)"))
     logf = open(os.path.join(out_dir, "train_log.jsonl"), "a")
     t0 = time.time()
     budget_s = cfg.minutes * 60 if cfg.minutes else None
@@ -843,8 +844,14 @@ def run(args) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     t_start = time.time()
-    if getattr(args, "block_noise_no_loss", False) and not args.block_noise:
-        raise ValueError("--block-noise-no-loss needs --block-noise P with P > 0")  # before any regeneration
+    # The training settings first: a bad combination is refused before any model load or regeneration.
+    cfg = TrainConfig(steps=args.steps if args.steps is not None else (None if args.minutes else 1000),
+                      minutes=args.minutes, end_by=args.end_by, batch_size=args.batch_size,
+                      anchors=args.anchors, max_len=args.max_len, lr=args.lr, warmup=args.warmup,
+                      weight_decay=args.weight_decay, clip=args.clip, kl_temperature=args.kl_temperature,
+                      seed=args.seed, save_every=args.save_every, log_every=args.log_every,
+                      save_dtype=args.save_dtype, max_epochs=args.max_epochs, block_fill=args.block_fill,
+                      block_noise=args.block_noise, block_noise_in_loss=not args.block_noise_no_loss)
     if args.target is None:
         from .demo import demo_target_dir
         args.target = demo_target_dir()
@@ -899,13 +906,6 @@ def run(args) -> dict:
                          "--gen-minutes 0 uses only the cache)")
 
     # ---- train
-    cfg = TrainConfig(steps=args.steps if args.steps is not None else (None if args.minutes else 1000),
-                      minutes=args.minutes, end_by=args.end_by, batch_size=args.batch_size,
-                      anchors=args.anchors, max_len=args.max_len, lr=args.lr, warmup=args.warmup,
-                      weight_decay=args.weight_decay, clip=args.clip, kl_temperature=args.kl_temperature,
-                      seed=args.seed, save_every=args.save_every, log_every=args.log_every,
-                      save_dtype=args.save_dtype, max_epochs=args.max_epochs, block_fill=args.block_fill,
-                      block_noise=args.block_noise, block_noise_in_loss=not args.block_noise_no_loss)
     summary = {"target": os.path.abspath(args.target), "train": train_head(model, head, samples, cfg, args.out,
                                                                            resume=args.resume)}
     summary["attention"] = "causal" if head.causal else "bidirectional"

@@ -466,6 +466,11 @@ def _graph_store(owner) -> dict:
     return store
 
 
+class GraphCaptureFailed(UserWarning):
+    """Warned when a round could not be captured in a CUDA graph: ``generate`` goes on with eager
+    rounds (same tokens, much slower), so a caller that reports speed can tell such runs apart."""
+
+
 class GraphedRound:
     """A round function captured in a CUDA graph. The first call runs it eagerly on a side stream
     (a real round that doubles as the warm-up), then captures it (capture records kernels without
@@ -493,7 +498,8 @@ class GraphedRound:
             import warnings
 
             self.error = e
-            warnings.warn(f"jetspec: CUDA graph capture of the round failed, running eagerly: {e}")
+            warnings.warn(f"jetspec: CUDA graph capture of the round failed, running eagerly: {e}",
+                          GraphCaptureFailed)
         return out
 
 

@@ -175,18 +175,22 @@ def test_results_table():
 
 
 def test_capture_failure_warnings_are_recorded():
+    """Only the decoder's GraphCaptureFailed warnings mark a row; other warnings pass through."""
     import warnings
 
-    def round_with(msg):
-        warnings.warn(msg)
+    from jetspec_ext.decoder import GraphCaptureFailed
+
+    def round_with(msg, category):
+        warnings.warn(msg, category)
         return 7
 
     with warnings.catch_warnings(record=True) as passed_on:
         warnings.simplefilter("always")
         out, failed = eval_demo_head.recording_capture_failures(
-            lambda: round_with("jetspec: CUDA graph capture of the round failed, running eagerly: boom"))
+            lambda: round_with("jetspec: CUDA graph capture of the round failed, running eagerly: boom",
+                               GraphCaptureFailed))
         assert out == 7 and failed.endswith("boom")
-        out, failed = eval_demo_head.recording_capture_failures(lambda: round_with("something else"))
+        out, failed = eval_demo_head.recording_capture_failures(lambda: round_with("something else", UserWarning))
         assert out == 7 and failed is None
     assert [str(w.message) for w in passed_on] == ["something else"]
 

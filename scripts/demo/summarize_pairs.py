@@ -14,8 +14,12 @@ import sys
 
 
 def _tau(res, kind, budget):
-    e = res.get("configs", {}).get(f"{kind} tree w7 b{budget}") or {}
-    return e.get("tau"), e
+    """tau and entry of the ``kind`` head's tree row at ``budget`` (eval_demo_head's key
+    ``"{kind} tree w{width} b{budget}"``, whatever the width)."""
+    for key, e in res.get("configs", {}).items():
+        if key.startswith(f"{kind} tree w") and key.endswith(f" b{budget}"):
+            return e.get("tau"), e
+    return None, {}
 
 
 def pair_row(name: str, res: dict) -> str:

@@ -273,6 +273,8 @@ class TrainConfig:
     block_noise_in_loss: bool = True     # False: the noisy slots get no loss (a noisy slot holds a
     #                                      draw of the very token its output predicts, so its loss
     #                                      is partly copying; only the MASK slots are what decoding uses)
+    block_noise_blocks: float = 1.0      # fraction of blocks that get noisy slots; the others stay
+    #                                      all-MASK, as every decoding block is (1.0: every block)
 
     def __post_init__(self):
         if not 0.0 <= self.block_fill <= 1.0:
@@ -282,6 +284,11 @@ class TrainConfig:
         if not self.block_noise_in_loss and self.block_noise == 0:
             raise ValueError("--block-noise-no-loss needs --block-noise P with P > 0 "
                              "(block_noise_in_loss=False needs block_noise > 0)")
+        if not 0.0 < self.block_noise_blocks <= 1.0:
+            raise ValueError(f"block_noise_blocks must be in (0, 1], got {self.block_noise_blocks}")
+        if self.block_noise_blocks < 1.0 and self.block_noise == 0:
+            raise ValueError("--block-noise-blocks needs --block-noise P with P > 0 "
+                             "(block_noise_blocks < 1 needs block_noise > 0)")
 
 
 class Batcher:
@@ -350,6 +357,11 @@ class Batcher:
         gn = torch.Generator().manual_seed(cfg.seed * 130363 + 53 + step)
         noisy = (torch.rand(B, K, D, generator=gn) < cfg.block_noise) & valid_anchor.unsqueeze(-1)
         u = torch.rand(B, K, D, generator=gn)
+        if cfg.block_noise_blocks < 1.0:
+            # Which blocks may hold noise, from a stream of its own so that block_noise_blocks = 1
+            # reproduces the batches of a run without the setting.
+            gb = torch.Generator().manual_seed(cfg.seed * 15485863 + 71 + step)
+            noisy &= (torch.rand(B, K, generator=gb) < cfg.block_noise_blocks).unsqueeze(-1)
         return ids, att, lens, anchors, valid_anchor, fill, (noisy, u)
 
 
@@ -564,6 +576,7 @@ def train_head(model, head: JetSpecDraftHead, samples: Sequence[Sample], cfg: Tr
         f"{cfg.steps if cfg.steps is not None else f'from {cfg.minutes} min'}"
         + (f", block fill {cfg.block_fill}" if cfg.block_fill else "")
         + (f", block noise {cfg.block_noise}" if cfg.block_noise else "")
+        + (f" in a {cfg.block_noise_blocks} fraction of the blocks" if cfg.block_noise_blocks < 1 else "")
         + ("" if cfg.block_noise_in_loss else " (noisy slots out of the loss)"))
     logf = open(os.path.join(out_dir, "train_log.jsonl"), "a")
     t0 = time.time()
@@ -787,6 +800,9 @@ def add_arguments(t) -> None:
     t.add_argument("--block-noise-no-loss", action="store_true",
                    help="with --block-noise: leave the noisy slots out of the loss (a noisy slot holds a draw "
                         "of the very token its output predicts); only the MASK slots are trained")
+    t.add_argument("--block-noise-blocks", type=_fraction, default=1.0,
+                   help="with --block-noise: the fraction (0..1] of training blocks that get noisy slots; "
+                        "the others stay all-MASK, as decoding blocks are (default 1: every block)")
     t.add_argument("--max-epochs", type=float, default=None,
                    help="cap on passes over the regenerated data (steps x batch / sequences); the run ends "
                         "early rather than overfit a small set")
@@ -851,7 +867,8 @@ def run(args) -> dict:
                       weight_decay=args.weight_decay, clip=args.clip, kl_temperature=args.kl_temperature,
                       seed=args.seed, save_every=args.save_every, log_every=args.log_every,
                       save_dtype=args.save_dtype, max_epochs=args.max_epochs, block_fill=args.block_fill,
-                      block_noise=args.block_noise, block_noise_in_loss=not args.block_noise_no_loss)
+                      block_noise=args.block_noise, block_noise_in_loss=not args.block_noise_no_loss,
+                      block_noise_blocks=args.block_noise_blocks)
     if args.target is None:
         from .demo import demo_target_dir
         args.target = demo_target_dir()

@@ -235,8 +235,8 @@ def _demo_target():
 
 
 def test_cli_block_noise_flags_reach_training(tmp_path, capsys):
-    """`--block-noise P --block-noise-no-loss` reach the training config (the train line of the log
-    names the recipe), and `--block-noise-no-loss` without `--block-noise` is refused."""
+    """`--block-noise P --block-noise-no-loss` and `--block-noise-blocks F` reach the training config
+    (the train line of the log names the recipe); either without `--block-noise` is refused."""
     from jetspec_ext.cli import main
     target = _demo_target()
     torch.set_num_threads(2)
@@ -252,6 +252,12 @@ def test_cli_block_noise_flags_reach_training(tmp_path, capsys):
     assert main(base + ["--block-noise-no-loss"]) != 0
     refused = capsys.readouterr()
     assert "--block-noise-no-loss needs --block-noise" in refused.err and "regenerated" not in refused.out
+    assert main(base + ["--block-noise", "0.9", "--block-noise-blocks", "0.5"]) == 0
+    logged = capsys.readouterr()
+    assert "block noise 0.9 in a 0.5 fraction of the blocks" in logged.out + logged.err
+    assert main(base + ["--block-noise-blocks", "0.5"]) != 0
+    refused = capsys.readouterr()
+    assert "--block-noise-blocks needs --block-noise" in refused.err and "regenerated" not in refused.out
 
 
 def test_cli_train_then_generate_with_demo_pair(tmp_path, capsys, monkeypatch):
@@ -379,6 +385,29 @@ def test_batcher_block_noise_slots():
             TrainConfig(block_noise=bad)
     with pytest.raises(ValueError, match="needs block_noise"):
         TrainConfig(block_noise_in_loss=False)
+
+
+def test_batcher_block_noise_blocks_leaves_whole_blocks_clean():
+    """--block-noise-blocks F: noise only in about a fraction F of the valid blocks (whole blocks
+    all-MASK otherwise), a subset of the slots the same seed and step make noisy without it (so
+    F = 1 reproduces a run without the setting); bad values refused."""
+    samples = [Sample([5, 6, 7], list(range(10, 400))) for _ in range(4)]
+    cfg = dict(batch_size=4, anchors=64, max_len=400, block_noise=0.9)
+    every = Batcher(samples, TrainConfig(**cfg), 1, 8).batch(2)
+    half = Batcher(samples, TrainConfig(**cfg, block_noise_blocks=0.5), 1, 8).batch(2)
+    one = Batcher(samples, TrainConfig(**cfg, block_noise_blocks=1.0), 1, 8).batch(2)
+    assert torch.equal(one[6][0], every[6][0]) and torch.equal(half[6][1], every[6][1])
+    noisy_all, noisy_half, valid = every[6][0], half[6][0], every[4]
+    assert not (noisy_half & ~noisy_all).any()           # a subset of the same draws
+    blocks_with_noise = noisy_half.any(-1)[valid].float().mean().item()
+    assert 0.35 < blocks_with_noise < 0.65               # 256 blocks at 0.5 (each ~certain to get
+    kept = noisy_half.any(-1)                            # noise at P 0.9 over 7 slots)
+    assert torch.equal(noisy_half[kept], noisy_all[kept])  # a kept block keeps all its noisy slots
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="block_noise_blocks"):
+            TrainConfig(block_noise=0.5, block_noise_blocks=bad)
+    with pytest.raises(ValueError, match="needs block_noise"):
+        TrainConfig(block_noise_blocks=0.5)
 
 
 @pytest.mark.parametrize("noise_in_loss", [True, False])

@@ -494,7 +494,7 @@ def loss_on_batch(model, head: JetSpecDraftHead, batch, kl_temperature: float = 
     with torch.no_grad():
         top1 = (student.argmax(-1) == t_logits.argmax(-1)).view(B, K, D).float()
         acc_d = (top1 * w).sum((0, 1)) / w.sum((0, 1)).clamp(min=1)
-    return loss, {"slots": int(w.sum()), "top1_by_depth": acc_d.tolist()}
+    return loss, {"slots": int(w.sum()), "top1_by_depth": acc_d.tolist(), "slots_by_depth": w.sum((0, 1)).tolist()}
 
 
 def save_checkpoint(head, opt, sched, state: dict, ckpt_dir: str) -> None:

@@ -444,6 +444,10 @@ def test_block_noise_draws_teacher_tokens_and_keeps_their_loss(causal, noise_in_
     in_loss = (lambda r, k, i: True) if noise_in_loss else (lambda r, k, i: not bool(noisy[r, k, i - 1]))
     ref, count = _reference_block_loss(model, head, batch, block_tokens, in_loss)
     assert drawn and stats["slots"] == count > 0
+    per_depth = [sum(1 for r in range(ids.shape[0]) for k in range(anchors.shape[1])
+                     if valid[r, k] and int(anchors[r, k]) + i < int(lens[r]) and in_loss(r, k, i))
+                 for i in range(1, N)]
+    assert stats["slots_by_depth"] == per_depth
     assert math.isclose(float(loss), ref, rel_tol=1e-4, abs_tol=1e-6)
 
 

@@ -220,3 +220,36 @@ def test_pairs_table_lists_every_pair(tmp_path):
         assert summarize_pairs.main([f"p50={a}", f"gone={tmp_path / 'missing.json'}"]) == 0
     out = buf.getvalue()
     assert "| p50 |" in out and "| gone | ?/? |" in out and "gone: no results" in out
+
+
+def test_noise_reliance_all_mask_matches_diag_accuracy(tmp_path):
+    """diag_noise_reliance's all-MASK per-slot top-1 (Batcher + loss_on_batch, against the
+    teacher's argmax) equals diag_accuracy's (its own block forward, against the greedy answer's
+    next tokens) on the bundled pair; with noise the MASK slots counted are fewer, and the JSON
+    holds every head and noise level."""
+    import torch
+    import diag_accuracy
+    import diag_noise_reliance
+    from jetspec_ext.demo import demo_head_dir, load_demo_target
+    from jetspec_ext.draft_head import JetSpecDraftHead
+    from jetspec_ext.train import load_cache
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "def add(a, b):\\n    \\"\\"\\"Add two numbers.\\"\\"\\"\\n"}\n')
+    out = tmp_path / "rel.json"
+    assert diag_noise_reliance.main(["--head", f"h={demo_head_dir()}", "--prompts", str(prompts), "--num", "1",
+                                     "--noise", "0,0.5", "--gen-max-new-tokens", "24", "--cache-dir",
+                                     str(tmp_path), "--out", str(out)]) == 0
+    res = json.loads(out.read_text())["heads"]["h"]
+    clean, noisy = res["0.0"], res["0.5"]
+    assert sum(noisy["slots_by_depth"]) < sum(clean["slots_by_depth"])
+
+    model, _ = load_demo_target(device="cpu", dtype=torch.float32)
+    head = JetSpecDraftHead.from_pretrained(demo_head_dir(), dtype=torch.float32).eval()
+    (sample,) = load_cache(str(tmp_path / "regen_noise_reliance.jsonl")).values()
+    m = diag_accuracy.slot_metrics(model, head, list(sample.prompt_ids) + list(sample.response_ids),
+                                   len(sample.prompt_ids))
+    ok = m["ok"].double()
+    assert clean["slots_by_depth"] == ok.sum(0).tolist()
+    expect = ((m["top1"].double() * ok).sum(0) / ok.sum(0).clamp(min=1)).tolist()
+    assert clean["top1_by_depth"] == pytest.approx(expect, abs=1e-6)  # fp32 fractions; one slot is >= 1/24

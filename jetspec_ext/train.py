@@ -436,7 +436,9 @@ def _target_features(model, ids, att, layer_ids):
 
 def loss_on_batch(model, head: JetSpecDraftHead, batch, kl_temperature: float = 1.0, amp: bool = False,
                   noise_in_loss: bool = True):
-    """Forward KL at every mask slot of every block of the batch. Returns (loss, stats).
+    """Forward KL at every mask slot of every block of the batch. Returns (loss, stats): stats holds
+    ``slots`` (the slots in the loss), ``slots_by_depth`` and ``top1_by_depth`` (per mask slot
+    1..D: how many are in the loss, and the fraction of those whose argmax is the teacher's).
     ``batch``: (ids, att, lens, anchors, valid_anchor) from :class:`Batcher`, optionally with a 6th
     element ``fill (B, K)`` or None: block k's first fill[b, k] mask slots hold the true tokens
     instead (``TrainConfig.block_fill``) and are left out of the loss; and a 7th, ``(noisy, u)``,

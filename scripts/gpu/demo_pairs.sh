@@ -15,14 +15,24 @@
 # its time cap: the table shows the steps). PAIRS_DEVICE (default cuda; cpu with --tiny for a
 # smoke test). PAIRS_PARALLEL=N runs N pairs at a time (default 1): on the H200 two pairs (four
 # training processes) share the GPU well, but their speedups are then not wall-clock figures
-# (the table says so); give a larger --total-minutes and --eval-seconds, as each runs slower. Writes $OUT/demo_pairs.tgz (each pair's results, logs; no heads) and
-# $OUT/demo_pairs.md (the table printed last). The heads of the pair named in PAIRS_KEEP come back
+# (the table says so); give a larger --total-minutes and --eval-seconds, as each runs slower.
+# Writes $OUT/demo_pairs.tgz (each pair's results, logs; no heads) and $OUT/demo_pairs.md (the table printed last). The heads of the pair named in PAIRS_KEEP come back
 # as $OUT/NAME_demo_head.tar.gz and $OUT/NAME_demo_head_bidir.tar.gz.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 : "${DEMO_CACHE:?DEMO_CACHE=path of a regeneration cache (.jsonl or .jsonl.gz)}"
 : "${PAIRS:?PAIRS=\"NAME:ARGS ...\" (ARGS joined by commas)}"
+PARALLEL="${PAIRS_PARALLEL:-1}"
+[[ "$PARALLEL" =~ ^[1-9][0-9]*$ ]] || { echo "PAIRS_PARALLEL must be a positive integer, got '$PARALLEL'"; exit 2; }
+names=()
+for item in $PAIRS; do  # every item checked before any pair starts
+  name="${item%%:*}"
+  [[ "$item" == *:* && -n "$name" && "$name" =~ ^[A-Za-z0-9_.-]+$ ]] || { echo "bad PAIRS item '$item' (NAME:ARGS)"; exit 2; }
+  [[ " ${names[*]} " == *" $name "* ]] && { echo "PAIRS names pair '$name' twice"; exit 2; }
+  names+=("$name")
+done
+(( PARALLEL > ${#names[@]} )) && PARALLEL=${#names[@]}
 WORK="${PAIRS_WORK:-/tmp/demo_pairs}"
 export JETSPEC_DATA="${JETSPEC_DATA:-$PWD/.carry/data}"  # mbpp_test.jsonl (the eval prompts)
 rm -rf "$WORK"; mkdir -p "$WORK"
@@ -31,7 +41,8 @@ case "$DEMO_CACHE" in
   *) cp "$DEMO_CACHE" "$WORK/regen.jsonl" || exit 1 ;;
 esac
 echo "cache: $(wc -l < "$WORK/regen.jsonl") records from $DEMO_CACHE"
-run_pair() {  # name args...: one pair, fresh heads, its own copy of the cache; prints its lines when done
+run_pair() {  # name args...: one pair, fresh heads, its own copy of the cache; its summary lines
+  #             go to $WORK/NAME.summary (printed in PAIRS order once every pair is done)
   local name="$1"; shift
   mkdir -p "$WORK/build_$name"
   cp "$WORK/regen.jsonl" "$WORK/build_$name/regen.jsonl"  # a copy each: no pair sees another's writes
@@ -47,15 +58,12 @@ run_pair() {  # name args...: one pair, fresh heads, its own copy of the cache; 
     done
   fi
 }
-PARALLEL="${PAIRS_PARALLEL:-1}"
-[[ "$PARALLEL" =~ ^[1-9][0-9]*$ ]] || { echo "PAIRS_PARALLEL must be a positive integer, got '$PARALLEL'"; exit 2; }
-summary=(); names=(); running=0
+summary=(); running=0
 for item in $PAIRS; do
   name="${item%%:*}"; args="${item#*:}"
-  [[ "$item" == *:* && -n "$name" && "$name" =~ ^[A-Za-z0-9_.-]+$ ]] || { echo "bad PAIRS item '$item' (NAME:ARGS)"; exit 2; }
   extra=(); [[ -n "$args" ]] && IFS=',' read -r -a extra <<< "$args"
   run_pair "$name" ${extra[@]+"${extra[@]}"} &
-  names+=("$name"); summary+=("$name=$WORK/$name/demo_head_results.json")
+  summary+=("$name=$WORK/$name/demo_head_results.json")
   running=$((running + 1))
   if (( running >= PARALLEL )); then wait -n; running=$((running - 1)); fi
 done

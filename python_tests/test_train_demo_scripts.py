@@ -246,10 +246,32 @@ def test_noise_reliance_all_mask_matches_diag_accuracy(tmp_path):
 
     model, _ = load_demo_target(device="cpu", dtype=torch.float32)
     head = JetSpecDraftHead.from_pretrained(demo_head_dir(), dtype=torch.float32).eval()
-    (sample,) = load_cache(str(tmp_path / "regen_noise_reliance.jsonl")).values()
+    (sample,) = load_cache(str(tmp_path / "regen_heldout.jsonl")).values()
     m = diag_accuracy.slot_metrics(model, head, list(sample.prompt_ids) + list(sample.response_ids),
                                    len(sample.prompt_ids))
     ok = m["ok"].double()
     assert clean["slots_by_depth"] == ok.sum(0).tolist()
     expect = ((m["top1"].double() * ok).sum(0) / ok.sum(0).clamp(min=1)).tolist()
     assert clean["top1_by_depth"] == pytest.approx(expect, abs=1e-6)  # fp32 fractions; one slot is >= 1/24
+
+
+def test_refine_first_pass_is_the_decoders_chain(tmp_path):
+    """diag_refine's first pass (the decoder's all-MASK block) gives, per anchor, the leading run of
+    diag_accuracy's top-1 hits; later passes are computed (shape) and change the drafts."""
+    import torch
+    import diag_accuracy
+    import diag_refine
+    from jetspec_ext.demo import demo_head_dir, load_demo_target
+    from jetspec_ext.draft_head import JetSpecDraftHead
+    from jetspec_ext.train import regenerate
+
+    model, tok = load_demo_target(device="cpu", dtype=torch.float32)
+    head = JetSpecDraftHead.from_pretrained(demo_head_dir(), dtype=torch.float32).eval()
+    prompt = tok("def add(a, b):\n    \"\"\"Add two numbers.\"\"\"\n")["input_ids"]
+    (s,) = regenerate(model, [prompt], str(tmp_path / "regen.jsonl"), max_new_tokens=24, pad_token_id=tok.pad_token_id or 0)
+    seq, P = list(s.prompt_ids) + list(s.response_ids), len(s.prompt_ids)
+    lens = diag_refine.chain_lengths(model, head, seq, P, passes=2, max_len=384)
+    m = diag_accuracy.slot_metrics(model, head, seq, P)
+    assert lens.shape == (2, m["top1"].shape[0])
+    assert torch.equal(lens[0], (m["top1"] & m["ok"]).long().cumprod(1).sum(1))
+    assert lens[0].max() > 0

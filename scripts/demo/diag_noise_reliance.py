@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     texts = read_prompts(a.prompts)[: a.num]
     pids = [encode_prompt(tok, t, "off")[-(a.max_len // 2):] for t in texts]
     stops = stop_ids_for(tok, model)
-    samples = regenerate(model, pids, os.path.join(a.cache_dir, "regen_noise_reliance.jsonl"),
+    samples = regenerate(model, pids, os.path.join(a.cache_dir, "regen_heldout.jsonl"),
                          max_new_tokens=a.gen_max_new_tokens, batch_size=32, eos_token_id=stops or None,
                          pad_token_id=tok.pad_token_id or 0)
     results = {"prompts": a.prompts, "num": len(samples), "noise": noises, "heads": {}}

@@ -331,6 +331,20 @@ def _as_batch(prompt_ids, device) -> torch.Tensor:
     return t.to(device=device, dtype=torch.int64)
 
 
+def cache_slots(target: Target, prompt_len: int, max_new_tokens: int, budget: Optional[int], depth: int,
+                graphed: bool) -> int:
+    """Slots of the static KV cache that :func:`generate` allocates for a prompt of ``prompt_len``
+    tokens (``max_new_tokens`` already clipped to the context; ``budget`` None for AR). Rounds
+    captured in CUDA graphs or compiled are kept per cache length, so the length is rounded up to
+    a bucket: calls whose lengths share a bucket reuse one capture."""
+    S = prompt_len + max_new_tokens + (budget if budget is not None else 1) + depth + 2
+    if getattr(target, "compiled", False):  # compiled code is specialised on the cache length:
+        S = -(-S // 1024) * 1024           # buckets of 1024 slots, not one compilation per prompt
+    elif graphed:                          # a captured round is reused by later calls whose
+        S = -(-S // 256) * 256             # prompts land in the same bucket of 256 slots
+    return S
+
+
 @torch.inference_mode()
 def generate(target: Target, drafter, prompt_ids, *, max_new_tokens: int = 256, budget: int = 64,
              width: int = 7, policy: str = "accum", temperature: float = 0.0, top_k: int = 0,
@@ -363,13 +377,8 @@ def generate(target: Target, drafter, prompt_ids, *, max_new_tokens: int = 256, 
     if P >= max_context:
         raise ValueError(f"prompt of {P} tokens does not fit the context of {max_context} tokens")
     max_new_tokens = min(max_new_tokens, max_context - P)
-    slack = (budget if drafter is not None else 1) + depth + 2
-    S = P + max_new_tokens + slack
     graphed = cuda_graph and device.type == "cuda"
-    if getattr(target, "compiled", False):  # compiled code is specialised on the cache length:
-        S = -(-S // 1024) * 1024           # buckets of 1024 slots, not one compilation per prompt
-    elif graphed:                          # a captured round is reused by later calls whose
-        S = -(-S // 256) * 256             # prompts land in the same bucket of 256 slots
+    S = cache_slots(target, P, max_new_tokens, budget if drafter is not None else None, depth, graphed)
     profile = (device.type == "cpu") if profile is None else profile
     timer = _Timer(device, profile and not graphed)
     # Graphed rounds are captured once per (shapes, settings) and kept on the drafter (or the

@@ -671,14 +671,17 @@ def evaluate(model, head: Optional[JetSpecDraftHead], prompts_ids: Sequence[Sequ
              max_new_tokens: int = 128, stop_token_ids: Sequence[int] = (), policy: str = "accum",
              cuda_graph: bool = False, measure_ar: bool = False, end_by: Optional[float] = None,
              dtype: Optional[torch.dtype] = None, ar_reference: Optional[List[List[int]]] = None,
-             compile: bool = False) -> dict:
+             compile: bool = False, warmup: bool = False) -> dict:
     """Greedy decoding of each prompt with the head at each budget: mean accepted length (tau,
     totals over all rounds of all prompts), tokens/s (decode only, and with prefill); with
     ``measure_ar`` the autoregressive baseline's tokens/s too (its tokens in ``res["ar_tokens"]``)
     and whether outputs match (also against ``ar_reference``, AR tokens from an earlier call).
     ``compile``: ``Target(compile=True)`` (torch.compile of the target's and the head's round
-    computations, for the AR baseline and the speculative decoder alike)."""
-    from .decoder import HeadDrafter, generate, generate_ar
+    computations, for the AR baseline and the speculative decoder alike). ``warmup``: before timing
+    AR and each budget, decode (untimed, same target and drafter, same settings) the first prompt
+    of each cache-length bucket the prompts fall in (up to 4, the graphs a drafter keeps), so that
+    the CUDA graph captures and compilations happen outside the timed decodes."""
+    from .decoder import HeadDrafter, cache_slots, generate, generate_ar
     from .target import Target
 
     dev = model.lm_head.weight.device
@@ -688,8 +691,22 @@ def evaluate(model, head: Optional[JetSpecDraftHead], prompts_ids: Sequence[Sequ
         head = head.to(device=dev, dtype=dtype or model.lm_head.weight.dtype).eval()
     kw = dict(max_new_tokens=max_new_tokens, stop_token_ids=list(stop_token_ids), cuda_graph=cuda_graph)
     res: dict = {"prompts": len(prompts_ids), "max_new_tokens": max_new_tokens, "width": width, "budgets": {}}
+    graphed = cuda_graph and dev.type == "cuda"
+
+    def warm_up(decode, budget: Optional[int], depth: int) -> None:
+        # one untimed decode per cache bucket (generate keeps a capture per bucket, the last 4)
+        seen = set()
+        for p in prompts_ids:
+            new = min(max_new_tokens, (target.max_positions or len(p) + max_new_tokens) - len(p))
+            S = cache_slots(target, len(p), new, budget, depth, graphed)
+            if S not in seen and len(seen) < 4:
+                seen.add(S)
+                decode(p)
+
     ar_tokens = ar_reference
     if measure_ar:
+        if warmup:
+            warm_up(lambda p: generate_ar(target, p, **kw), None, 0)
         toks, secs, tot = 0, 0.0, 0.0
         ar_tokens = []
         for p in prompts_ids:
@@ -710,6 +727,8 @@ def evaluate(model, head: Optional[JetSpecDraftHead], prompts_ids: Sequence[Sequ
         if end_by is not None and time.time() > end_by:
             res["budgets"][str(bud)] = {"skipped": "time cap"}
             continue
+        if warmup:
+            warm_up(lambda p: generate(target, drafter, p, budget=bud, width=width, policy=policy, **kw), bud, d)
         toks, secs, tot, rounds, acc, same = 0, 0.0, 0.0, 0, 0, 0
         for i, p in enumerate(prompts_ids):
             r = generate(target, drafter, p, budget=bud, width=width, policy=policy, **kw)
@@ -938,7 +957,8 @@ def run(args) -> dict:
         budgets = [int(x) for x in args.eval_budgets.split(",") if x]
         summary["eval"] = evaluate(model, final, ev_ids, budgets=budgets, width=args.eval_width,
                                    max_new_tokens=args.eval_max_new_tokens, stop_token_ids=stops,
-                                   cuda_graph=args.cuda_graph, measure_ar=args.eval_ar)
+                                   cuda_graph=args.cuda_graph, measure_ar=args.eval_ar,
+                                   warmup=args.cuda_graph and model.lm_head.weight.is_cuda)
         _write_json(os.path.join(args.out, "summary.json"), summary)
     summary["wall_s"] = round(time.time() - t_start, 1)
     _write_json(os.path.join(args.out, "summary.json"), summary)

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from conftest import requires_cuda
 from decoder_support import tiny_config
 from jetspec_ext.draft_head import JetSpecDraftHead
 from jetspec_ext.train import (
@@ -225,6 +226,78 @@ def test_evaluate_through_decoder():
                  measure_ar=True)
     assert r["budgets"]["4"]["tau"] >= 1.0 and r["budgets"]["8"]["identical_to_ar"] == "2/2"
     assert r["ar"]["tokens"] == 16
+
+
+def _count_generate_calls(monkeypatch):
+    """Wrap the decoder's generate (evaluate imports it at call time): a list of per-call records."""
+    import jetspec_ext.decoder as dec
+    calls, real = [], dec.generate
+
+    def counted(*a, **k):
+        calls.append(k.get("budget"))
+        return real(*a, **k)
+    monkeypatch.setattr(dec, "generate", counted)
+    return calls
+
+
+def test_evaluate_warmup_decodes_one_prompt_per_cache_bucket_untimed(monkeypatch):
+    """warmup=True decodes, before each timed pass, the first prompt of each cache-length bucket
+    (here: 3 distinct prompt lengths, unrounded on the CPU; 2 of them share a length), and changes
+    no result; without it there are no extra decodes."""
+    model = tiny_model()
+    head = JetSpecDraftHead.for_target(model.config, num_layers=1, block_size=4, mask_token_id=1)
+    prompts = [[3, 4, 5, 6], [7, 8, 9], [10, 11, 12], [5, 6, 7, 8, 9]]
+    kw = dict(budgets=(4, 8), width=2, max_new_tokens=8, measure_ar=True)
+    calls = _count_generate_calls(monkeypatch)
+    cold = evaluate(model, head, prompts, **kw)
+    n_cold = len(calls)
+    warm = evaluate(model, head, prompts, warmup=True, **kw)
+    assert n_cold == 3 * len(prompts)                       # AR + 2 budgets
+    assert len(calls) - n_cold == 3 * len(prompts) + 3 * 3  # + 3 buckets per pass
+    for b in ("4", "8"):
+        for k in ("tau", "tokens", "rounds", "identical_to_ar"):
+            assert warm["budgets"][b][k] == cold["budgets"][b][k]
+    assert warm["ar_tokens"] == cold["ar_tokens"]
+
+
+def test_cache_slots_buckets():
+    from jetspec_ext.decoder import cache_slots
+    from jetspec_ext.target import Target
+    t = Target(tiny_model(), (1,))
+    assert cache_slots(t, 10, 20, 8, 3, graphed=False) == 10 + 20 + 8 + 3 + 2
+    assert cache_slots(t, 10, 20, None, 0, graphed=False) == 10 + 20 + 1 + 2   # AR: one token a step
+    assert cache_slots(t, 10, 20, 8, 3, graphed=True) == 256
+    assert cache_slots(t, 250, 20, 8, 3, graphed=True) == 512
+
+
+@requires_cuda
+def test_cuda_evaluate_warmup_keeps_captures_out_of_the_timed_decodes(monkeypatch):
+    """On CUDA with graphs, every capture happens in the warm-up decodes: the timed ones replay."""
+    import warnings
+
+    import jetspec_ext.decoder as dec
+    model = tiny_model().cuda().to(torch.bfloat16)          # CUDA kernels: bf16 / fp16
+    head = JetSpecDraftHead.for_target(model.config, num_layers=1, block_size=4, mask_token_id=1)
+    prompts = [[3, 4, 5, 6], [7, 8, 9], [3] * 300]         # two buckets of 256 slots
+    captures, phases, real_capture, real_generate = [], [], dec.capture_graph, dec.generate
+
+    def counted_capture(fn):
+        captures.append(1)
+        return real_capture(fn)
+
+    def counted_generate(*a, **k):
+        before = len(captures)
+        r = real_generate(*a, **k)
+        phases.append(len(captures) - before)
+        return r
+    monkeypatch.setattr(dec, "capture_graph", counted_capture)
+    monkeypatch.setattr(dec, "generate", counted_generate)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dec.GraphCaptureFailed)  # a failed capture fails the test
+        evaluate(model, head, prompts, budgets=(4,), width=2, max_new_tokens=8, measure_ar=True,
+                 cuda_graph=True, warmup=True)
+    # per pass (AR, budget 4): 2 warm-up decodes that capture, then 3 timed decodes that do not
+    assert phases == [1, 1, 0, 0, 0] * 2, phases
 
 
 def _demo_target():

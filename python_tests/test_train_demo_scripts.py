@@ -197,22 +197,22 @@ def test_capture_failure_warnings_are_recorded():
 
 def test_pairs_table_lists_every_pair(tmp_path):
     """scripts/demo/summarize_pairs.py: per pair the steps of both heads, tau causal / bidirectional
-    with their ratio per budget and the causal speedup at the largest budget; a pair without a
+    with their ratio per budget, both speedups at the largest budget and AR's tokens/s; a pair without a
     results file is still listed (a recipe comparison must show every recipe that ran)."""
     def res(c, d, steps):
         cfg = {}
         for b, (tc, td) in zip((16, 128), zip(c, d)):
             cfg[f"causal tree w7 b{b}"] = {"tau": tc, "speedup": 1.5 + b / 1000}
-            cfg[f"bidirectional tree w7 b{b}"] = {"tau": td}
-        return {"budgets": [16, 128], "configs": cfg,
+            cfg[f"bidirectional tree w7 b{b}"] = {"tau": td, "speedup": 1.2 + b / 1000}
+        return {"budgets": [16, 128], "configs": cfg, "ar": {"tokens_per_s": 1650.04},
                 "training": {"causal": {"train": {"steps": steps}}, "bidir": {"train": {"steps": steps - 3}}}}
 
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps(res((3.0, 5.5), (2.5, 4.4), 2000)))
     b.write_text(json.dumps(res((3.0, 5.0), (3.0, 5.0), 1990)))
     t = summarize_pairs.render([(n, json.loads(p.read_text())) for n, p in (("p50", a), ("p0", b))])
-    assert "| p50 | 2000/1997 | 3.00 / 2.50 (1.20) | 5.50 / 4.40 (1.25) | 1.63x |" in t
-    assert "| p0 | 1990/1987 | 3.00 / 3.00 (1.00) | 5.00 / 5.00 (1.00) | 1.63x |" in t
+    assert "| p50 | 2000/1997 | 3.00 / 2.50 (1.20) | 5.50 / 4.40 (1.25) | 1.63x / 1.33x | 1650.0 |" in t
+    assert "| p0 | 1990/1987 | 3.00 / 3.00 (1.00) | 5.00 / 5.00 (1.00) | 1.63x / 1.33x | 1650.0 |" in t
     import contextlib
     import io
     buf = io.StringIO()

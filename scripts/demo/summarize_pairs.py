@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """One table for several demo head pairs (``scripts/gpu/demo_pairs.sh``): per pair, the steps
-each head trained, tau of the causal and the bidirectional head per budget, their ratio, and the
-causal head's speedup over AR at the largest budget.
+each head trained, tau of the causal and the bidirectional head per budget, their ratio, both
+heads' speedups over AR at the largest budget and the AR baseline's tokens/s.
 
     python scripts/demo/summarize_pairs.py NAME=DIR/demo_head_results.json [NAME=...]
 
@@ -32,19 +32,22 @@ def pair_row(name: str, res: dict) -> str:
         d, _ = _tau(res, "bidirectional", b)
         ratio = f"{c / d:.2f}" if c and d else "-"
         cells.append(f"{c:.2f} / {d:.2f} ({ratio})" if c and d else f"{c} / {d} ({ratio})")
-    speed = "-"
-    if budgets:
-        _, e = _tau(res, "causal", budgets[-1])
-        if e.get("speedup"):
-            speed = f"{e['speedup']:.2f}x" + (" (eager)" if e.get("graph_capture_failed") else "")
-    return f"| {name} | {steps} | " + " | ".join(cells) + f" | {speed} |"
+    speeds = []
+    for kind in ("causal", "bidirectional"):
+        _, e = _tau(res, kind, budgets[-1]) if budgets else (None, {})
+        speeds.append(f"{e['speedup']:.2f}x" + (" (eager)" if e.get("graph_capture_failed") else "")
+                      if e.get("speedup") else "-")
+    ar = (res.get("ar") or {}).get("tokens_per_s")
+    ar = f"{ar:.1f}" if ar else "-"
+    return f"| {name} | {steps} | " + " | ".join(cells) + f" | {speeds[0]} / {speeds[1]} | {ar} |"
 
 
 def render(pairs: list[tuple[str, dict]]) -> str:
     budgets = next((r.get("budgets") for _, r in pairs if r.get("budgets")), [])
     head = ("| pair | steps causal / bidir | "
-            + " | ".join(f"tau b{b} causal / bidir (ratio)" for b in budgets) + " | causal speedup, largest budget |")
-    rows = [head, "|" + "---|" * (3 + len(budgets))]
+            + " | ".join(f"tau b{b} causal / bidir (ratio)" for b in budgets)
+            + " | speedup causal / bidir, largest budget | AR tokens/s |")
+    rows = [head, "|" + "---|" * (4 + len(budgets))]
     rows += [pair_row(n, r) for n, r in pairs]
     return "\n".join(rows) + "\n"
 

@@ -276,8 +276,10 @@ def test_cuda_evaluate_warmup_keeps_captures_out_of_the_timed_decodes(monkeypatc
     import warnings
 
     import jetspec_ext.decoder as dec
-    model = tiny_model().cuda().to(torch.bfloat16)          # CUDA kernels: bf16 / fp16
-    head = JetSpecDraftHead.for_target(model.config, num_layers=1, block_size=4, mask_token_id=1)
+    from decoder_support import tiny_target
+    # the shapes of test_decoder's graph tests (Qwen3 vocabulary, head dim 128), bf16 for the kernels
+    model = tiny_target(tied=True, seed=9).cuda().to(torch.bfloat16)
+    head = JetSpecDraftHead.for_target(model.config, num_layers=2, block_size=8)
     prompts = [[3, 4, 5, 6], [7, 8, 9], [3] * 300]         # two buckets of 256 slots
     captures, phases, real_capture, real_generate = [], [], dec.capture_graph, dec.generate
 
@@ -294,9 +296,9 @@ def test_cuda_evaluate_warmup_keeps_captures_out_of_the_timed_decodes(monkeypatc
     monkeypatch.setattr(dec, "generate", counted_generate)
     with warnings.catch_warnings():
         warnings.simplefilter("error", dec.GraphCaptureFailed)  # a failed capture fails the test
-        evaluate(model, head, prompts, budgets=(4,), width=2, max_new_tokens=8, measure_ar=True,
+        evaluate(model, head, prompts, budgets=(8,), width=2, max_new_tokens=8, measure_ar=True,
                  cuda_graph=True, warmup=True)
-    # per pass (AR, budget 4): 2 warm-up decodes that capture, then 3 timed decodes that do not
+    # per pass (AR, budget 8): 2 warm-up decodes that capture, then 3 timed decodes that do not
     assert phases == [1, 1, 0, 0, 0] * 2, phases
 
 

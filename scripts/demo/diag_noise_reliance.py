@@ -52,41 +52,66 @@ def slot_accuracy(model, head, samples, noise: float, seed: int, max_len: int):
     return hits, count
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_heldout_arguments(ap, num: int) -> None:
+    """The arguments this script shares with diag_refine.py: heads, held-out prompts, output."""
     ap.add_argument("--head", action="append", required=True, help="NAME=DIR of a head checkpoint (repeat)")
     ap.add_argument("--prompts", required=True, help="held-out prompts (JSONL with 'prompt', or text)")
-    ap.add_argument("--num", type=int, default=30)
-    ap.add_argument("--noise", default="0,0.5,0.9", help="comma-separated noise probabilities (0 = all-MASK)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--num", type=int, default=num)
     ap.add_argument("--max-len", type=int, default=384)
     ap.add_argument("--gen-max-new-tokens", type=int, default=256)
     ap.add_argument("--cache-dir", default="build/diag")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
-    a = ap.parse_args(argv)
-    torch.set_num_threads(a.threads)
 
+
+def load_heldout(a):
+    """(demo target in fp32 on the CPU, {name: (dir, head)}, the target's greedy answers to the
+    first ``a.num`` prompts, cached in ``a.cache_dir``)."""
     from jetspec_ext.demo import load_demo_target
     from jetspec_ext.draft_head import JetSpecDraftHead
     from jetspec_ext.train import encode_prompt, read_prompts, regenerate, stop_ids_for
 
-    noises = [float(x) for x in a.noise.split(",")]
+    torch.set_num_threads(a.threads)
     model, tok = load_demo_target(device="cpu", dtype=torch.float32)
     model.requires_grad_(False)
     heads = {}
     for spec in a.head:
         name, path = spec.split("=", 1)
-        heads[name] = JetSpecDraftHead.from_pretrained(path, dtype=torch.float32).eval()
-    texts = read_prompts(a.prompts)[: a.num]
-    pids = [encode_prompt(tok, t, "off")[-(a.max_len // 2):] for t in texts]
+        heads[name] = (path, JetSpecDraftHead.from_pretrained(path, dtype=torch.float32).eval())
+    pids = [encode_prompt(tok, t, "off")[-(a.max_len // 2):] for t in read_prompts(a.prompts)[: a.num]]
     stops = stop_ids_for(tok, model)
     samples = regenerate(model, pids, os.path.join(a.cache_dir, "regen_heldout.jsonl"),
                          max_new_tokens=a.gen_max_new_tokens, batch_size=32, eos_token_id=stops or None,
                          pad_token_id=tok.pad_token_id or 0)
+    return model, heads, samples
+
+
+def finish(results: dict, lines, out) -> int:
+    """Print the table, keep it in the results and write them to ``out`` (JSON) when given."""
+    table = "\n".join(lines)
+    print(table)
+    results["table"] = table
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_heldout_arguments(ap, num=30)
+    ap.add_argument("--noise", default="0,0.5,0.9", help="comma-separated noise probabilities (0 = all-MASK)")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    noises = [float(x) for x in a.noise.split(",")]
+    model, heads, samples = load_heldout(a)
     results = {"prompts": a.prompts, "num": len(samples), "noise": noises, "heads": {}}
-    for name, head in heads.items():
-        results["heads"][name] = {"dir": dict(s.split("=", 1) for s in a.head)[name], "causal": head.causal}
+    shown = (1, 2, 3, 4, 8, 15)
+    lines = ["| head | noise | mean top-1 (MASK slots) | " + " | ".join(f"slot {i}" for i in shown) + " |",
+             "|---|---|---|" + "---|" * len(shown)]
+    for name, (path, head) in heads.items():
+        results["heads"][name] = {"dir": path, "causal": head.causal}
         for p in noises:
             t0 = time.time()
             hits, count = slot_accuracy(model, head, samples, p, a.seed, a.max_len)
@@ -95,23 +120,9 @@ def main(argv=None) -> int:
             results["heads"][name][str(p)] = {"top1_by_depth": acc, "slots_by_depth": count.tolist(), "mean": mean}
             print(f"{name} noise {p}: mean top-1 on MASK slots {mean:.3f} over {int(count.sum())} slots "
                   f"({time.time() - t0:.0f} s)", flush=True)
-    shown = (1, 2, 3, 4, 8, 15)
-    lines = ["| head | noise | mean top-1 (MASK slots) | " + " | ".join(f"slot {i}" for i in shown) + " |",
-             "|---|---|---|" + "---|" * len(shown)]
-    for name in heads:
-        for p in noises:
-            r = results["heads"][name][str(p)]
-            acc = r["top1_by_depth"]
             cells = [f"{acc[i - 1]:.3f}" if i <= len(acc) else "-" for i in shown]
-            lines.append(f"| {name} | {p} | {r['mean']:.3f} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    print(table)
-    results["table"] = table
-    if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "w") as f:
-            json.dump(results, f, indent=1)
-    return 0
+            lines.append(f"| {name} | {p} | {mean:.3f} | " + " | ".join(cells) + " |")
+    return finish(results, lines, a.out)
 
 
 if __name__ == "__main__":

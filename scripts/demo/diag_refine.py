@@ -19,7 +19,6 @@ CPU, fp32. Writes ``--out`` (JSON) and prints one table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -61,58 +60,29 @@ def chain_lengths(model, head, seq, P, passes: int, max_len: int):
 
 
 def main(argv=None) -> int:
+    from diag_noise_reliance import add_heldout_arguments, finish, load_heldout
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--head", action="append", required=True, help="NAME=DIR of a head checkpoint (repeat)")
-    ap.add_argument("--prompts", required=True)
-    ap.add_argument("--num", type=int, default=24)
+    add_heldout_arguments(ap, num=24)
     ap.add_argument("--passes", type=int, default=4)
-    ap.add_argument("--max-len", type=int, default=384)
-    ap.add_argument("--gen-max-new-tokens", type=int, default=256)
-    ap.add_argument("--cache-dir", default="build/diag")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
-    torch.set_num_threads(a.threads)
-
-    from jetspec_ext.demo import load_demo_target
-    from jetspec_ext.draft_head import JetSpecDraftHead
-    from jetspec_ext.train import encode_prompt, read_prompts, regenerate, stop_ids_for
-
-    model, tok = load_demo_target(device="cpu", dtype=torch.float32)
-    model.requires_grad_(False)
-    texts = read_prompts(a.prompts)[: a.num]
-    pids = [encode_prompt(tok, t, "off")[-(a.max_len // 2):] for t in texts]
-    stops = stop_ids_for(tok, model)
-    samples = regenerate(model, pids, os.path.join(a.cache_dir, "regen_heldout.jsonl"),
-                         max_new_tokens=a.gen_max_new_tokens, batch_size=32, eos_token_id=stops or None,
-                         pad_token_id=tok.pad_token_id or 0)
+    model, heads, samples = load_heldout(a)
     results = {"prompts": a.prompts, "num": len(samples), "passes": a.passes, "heads": {}}
-    for spec in a.head:
-        name, path = spec.split("=", 1)
-        head = JetSpecDraftHead.from_pretrained(path, dtype=torch.float32).eval()
+    lines = ["| head | passes | chain tau (teacher-forced) | P(acc >= 1) | >= 2 | >= 4 | >= 8 |",
+             "|---|---|---|---|---|---|---|"]
+    for name, (path, head) in heads.items():
         t0 = time.time()
         per = [chain_lengths(model, head, list(s.prompt_ids) + list(s.response_ids), len(s.prompt_ids),
                              a.passes, a.max_len) for s in samples]
         lens = torch.cat([p for p in per if p is not None], 1).double()    # (passes, anchors)
+        tau = (1 + lens.mean(1)).tolist()
+        ge = [[float((lens[r] >= k).double().mean()) for k in (1, 2, 4, 8)] for r in range(a.passes)]
         results["heads"][name] = {"dir": path, "causal": head.causal, "anchors": lens.shape[1],
-                                  "chain_tau": (1 + lens.mean(1)).tolist(),
-                                  "p_accept_ge": [[float((lens[r] >= k).double().mean()) for k in (1, 2, 4, 8)]
-                                                  for r in range(a.passes)]}
+                                  "chain_tau": tau, "p_accept_ge": ge}
         print(f"{name}: {lens.shape[1]} anchors, {time.time() - t0:.0f} s", flush=True)
-    lines = ["| head | passes | chain tau (teacher-forced) | P(acc >= 1) | >= 2 | >= 4 | >= 8 |",
-             "|---|---|---|---|---|---|---|"]
-    for name, r in results["heads"].items():
-        for p in range(a.passes):
-            ge = r["p_accept_ge"][p]
-            lines.append(f"| {name} | {p + 1} | {r['chain_tau'][p]:.2f} | " + " | ".join(f"{x:.3f}" for x in ge) + " |")
-    table = "\n".join(lines)
-    print(table)
-    results["table"] = table
-    if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "w") as f:
-            json.dump(results, f, indent=1)
-    return 0
+        lines += [f"| {name} | {r + 1} | {tau[r]:.2f} | " + " | ".join(f"{x:.3f}" for x in ge[r]) + " |"
+                  for r in range(a.passes)]
+    return finish(results, lines, a.out)
 
 
 if __name__ == "__main__":

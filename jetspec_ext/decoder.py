@@ -332,11 +332,13 @@ def _as_batch(prompt_ids, device) -> torch.Tensor:
 
 
 def cache_slots(target: Target, prompt_len: int, max_new_tokens: int, budget: Optional[int], depth: int,
-                graphed: bool) -> int:
+                graphed: bool, max_context: Optional[int] = None) -> int:
     """Slots of the static KV cache that :func:`generate` allocates for a prompt of ``prompt_len``
-    tokens (``max_new_tokens`` already clipped to the context; ``budget`` None for AR). Rounds
-    captured in CUDA graphs or compiled are kept per cache length, so the length is rounded up to
-    a bucket: calls whose lengths share a bucket reuse one capture."""
+    tokens (``budget`` None for AR; ``max_new_tokens`` and ``max_context`` as given to generate).
+    Rounds captured in CUDA graphs or compiled are kept per cache length, so the length is rounded
+    up to a bucket: calls whose lengths share a bucket reuse one capture."""
+    max_context = max_context or target.max_positions or (prompt_len + max_new_tokens)
+    max_new_tokens = min(max_new_tokens, max_context - prompt_len)
     S = prompt_len + max_new_tokens + (budget if budget is not None else 1) + depth + 2
     if getattr(target, "compiled", False):  # compiled code is specialised on the cache length:
         S = -(-S // 1024) * 1024           # buckets of 1024 slots, not one compilation per prompt
@@ -378,7 +380,7 @@ def generate(target: Target, drafter, prompt_ids, *, max_new_tokens: int = 256, 
         raise ValueError(f"prompt of {P} tokens does not fit the context of {max_context} tokens")
     max_new_tokens = min(max_new_tokens, max_context - P)
     graphed = cuda_graph and device.type == "cuda"
-    S = cache_slots(target, P, max_new_tokens, budget if drafter is not None else None, depth, graphed)
+    S = cache_slots(target, P, max_new_tokens, budget if drafter is not None else None, depth, graphed, max_context)
     profile = (device.type == "cpu") if profile is None else profile
     timer = _Timer(device, profile and not graphed)
     # Graphed rounds are captured once per (shapes, settings) and kept on the drafter (or the

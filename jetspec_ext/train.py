@@ -697,8 +697,7 @@ def evaluate(model, head: Optional[JetSpecDraftHead], prompts_ids: Sequence[Sequ
         # one untimed decode per cache bucket (generate keeps a capture per bucket, the last 4)
         seen = set()
         for p in prompts_ids:
-            new = min(max_new_tokens, (target.max_positions or len(p) + max_new_tokens) - len(p))
-            S = cache_slots(target, len(p), new, budget, depth, graphed)
+            S = cache_slots(target, len(p), max_new_tokens, budget, depth, graphed)
             if S not in seen and len(seen) < 4:
                 seen.add(S)
                 decode(p)

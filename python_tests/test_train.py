@@ -268,6 +268,8 @@ def test_cache_slots_buckets():
     assert cache_slots(t, 10, 20, None, 0, graphed=False) == 10 + 20 + 1 + 2   # AR: one token a step
     assert cache_slots(t, 10, 20, 8, 3, graphed=True) == 256
     assert cache_slots(t, 250, 20, 8, 3, graphed=True) == 512
+    assert cache_slots(t, 4090, 20, 8, 3, graphed=False) == 4090 + 6 + 8 + 3 + 2   # clipped to 4096 positions
+    assert cache_slots(t, 100, 20, 8, 3, graphed=False, max_context=110) == 100 + 10 + 8 + 3 + 2
 
 
 @requires_cuda

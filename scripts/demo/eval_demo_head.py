@@ -141,14 +141,15 @@ def main(argv=None):
     write(res, a.out, table)
     kw = dict(max_new_tokens=a.max_new_tokens, stop_token_ids=stops, cuda_graph=graph, compile=a.compile)
 
-    # warm-up (CUDA context, kernels, allocator) so the first timed config is not penalised; on
-    # CUDA every timed evaluate also decodes one prompt per cache bucket untimed first, with the
-    # same target and drafter, so that its graph captures (and compilations) are not timed
+    # On CUDA every timed evaluate first decodes one prompt per cache bucket untimed, with the same
+    # target and drafter, so that the context, kernels, graph captures (and compilations) are not
+    # timed. On the CPU (no captures) one short warm-up decode before the first timed pass.
     warm = dev.type == "cuda"
-    try:
-        evaluate(model, None, ids[:1], budgets=(), measure_ar=True, **{**kw, "max_new_tokens": 8})
-    except Exception:  # noqa: BLE001
-        traceback.print_exc()
+    if not warm:
+        try:
+            evaluate(model, None, ids[:1], budgets=(), measure_ar=True, **{**kw, "max_new_tokens": 8})
+        except Exception:  # noqa: BLE001
+            traceback.print_exc()
     # the AR baseline, once
     ar_tokens = None
     try:

@@ -275,6 +275,8 @@ class TrainConfig:
     #                                      is partly copying; only the MASK slots are what decoding uses)
     block_noise_blocks: float = 1.0      # fraction of blocks that get noisy slots; the others stay
     #                                      all-MASK, as every decoding block is (1.0: every block)
+    block_noise_from: int = 1            # first mask slot (1..D) that may hold noise; the slots before
+    #                                      it stay MASK, as at decoding (1: every slot)
 
     def __post_init__(self):
         if not 0.0 <= self.block_fill <= 1.0:
@@ -289,6 +291,11 @@ class TrainConfig:
         if self.block_noise_blocks < 1.0 and self.block_noise == 0:
             raise ValueError("--block-noise-blocks needs --block-noise P with P > 0 "
                              "(block_noise_blocks < 1 needs block_noise > 0)")
+        if self.block_noise_from < 1:
+            raise ValueError(f"block_noise_from must be >= 1 (mask slots count from 1), got {self.block_noise_from}")
+        if self.block_noise_from > 1 and self.block_noise == 0:
+            raise ValueError("--block-noise-from needs --block-noise P with P > 0 "
+                             "(block_noise_from > 1 needs block_noise > 0)")
 
 
 class Batcher:
@@ -307,6 +314,9 @@ class Batcher:
         if cfg.block_fill > 0 and block < 3:
             raise ValueError(f"block_fill needs a block of at least 3 (anchor + a revealed slot + a "
                              f"masked one), got {block}")
+        if cfg.block_noise_from > block - 1:
+            raise ValueError(f"block_noise_from {cfg.block_noise_from} is past the block's last mask "
+                             f"slot ({block - 1}): no slot could hold noise")
         self.cfg, self.block = cfg, block
         self.n = len(self.seqs)
         self._perm = (None, None)  # (epoch, permutation): computed once per epoch
@@ -362,6 +372,10 @@ class Batcher:
             # reproduces the batches of a run without the setting.
             gb = torch.Generator().manual_seed(cfg.seed * 15485863 + 71 + step)
             noisy &= (torch.rand(B, K, generator=gb) < cfg.block_noise_blocks).unsqueeze(-1)
+        if cfg.block_noise_from > 1:
+            # The first slots stay MASK, as at decoding: noise only deeper in the block (no draws
+            # change, so the other slots match a run without the setting).
+            noisy[..., : cfg.block_noise_from - 1] = False
         return ids, att, lens, anchors, valid_anchor, fill, (noisy, u)
 
 
@@ -579,6 +593,7 @@ def train_head(model, head: JetSpecDraftHead, samples: Sequence[Sample], cfg: Tr
         + (f", block fill {cfg.block_fill}" if cfg.block_fill else "")
         + (f", block noise {cfg.block_noise}" if cfg.block_noise else "")
         + (f" in a {cfg.block_noise_blocks} fraction of the blocks" if cfg.block_noise_blocks < 1 else "")
+        + (f" from mask slot {cfg.block_noise_from} on" if cfg.block_noise_from > 1 else "")
         + ("" if cfg.block_noise_in_loss else " (noisy slots out of the loss)"))
     logf = open(os.path.join(out_dir, "train_log.jsonl"), "a")
     t0 = time.time()
@@ -823,6 +838,9 @@ def add_arguments(t) -> None:
     t.add_argument("--block-noise-blocks", type=_fraction, default=1.0,
                    help="with --block-noise: the fraction (0..1] of training blocks that get noisy slots; "
                         "the others stay all-MASK, as decoding blocks are (default 1: every block)")
+    t.add_argument("--block-noise-from", type=int, default=1,
+                   help="with --block-noise: the first mask slot (1..D) that may hold noise; the slots "
+                        "before it stay MASK, as at decoding (default 1: every slot)")
     t.add_argument("--max-epochs", type=float, default=None,
                    help="cap on passes over the regenerated data (steps x batch / sequences); the run ends "
                         "early rather than overfit a small set")
@@ -888,7 +906,7 @@ def run(args) -> dict:
                       seed=args.seed, save_every=args.save_every, log_every=args.log_every,
                       save_dtype=args.save_dtype, max_epochs=args.max_epochs, block_fill=args.block_fill,
                       block_noise=args.block_noise, block_noise_in_loss=not args.block_noise_no_loss,
-                      block_noise_blocks=args.block_noise_blocks)
+                      block_noise_blocks=args.block_noise_blocks, block_noise_from=args.block_noise_from)
     if args.target is None:
         from .demo import demo_target_dir
         args.target = demo_target_dir()
@@ -908,6 +926,9 @@ def run(args) -> dict:
     head = None if args.regenerate_only else _build_head(args, tok, tcfg)
     if head is not None:
         head.check_target(tcfg)
+        if cfg.block_noise_from > head.block_size - 1:  # refused before any regeneration
+            raise ValueError(f"--block-noise-from {cfg.block_noise_from} is past the head's last mask slot "
+                             f"({head.block_size - 1}, block {head.block_size})")
         log(f"head: {len(head.layers)} layers, taps {head.target_layer_ids}, block {head.block_size}, "
             f"mask id {head.mask_token_id}, {'causal' if head.causal else 'bidirectional'}")
 

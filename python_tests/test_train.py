@@ -312,8 +312,9 @@ def _demo_target():
 
 
 def test_cli_block_noise_flags_reach_training(tmp_path, capsys):
-    """`--block-noise P --block-noise-no-loss` and `--block-noise-blocks F` reach the training config
-    (the train line of the log names the recipe); either without `--block-noise` is refused."""
+    """`--block-noise P --block-noise-no-loss`, `--block-noise-blocks F` and `--block-noise-from S`
+    reach the training config (the train line of the log names the recipe); the first two without
+    `--block-noise`, and S past the block's last mask slot, are refused before regeneration."""
     from jetspec_ext.cli import main
     target = _demo_target()
     torch.set_num_threads(2)
@@ -335,6 +336,12 @@ def test_cli_block_noise_flags_reach_training(tmp_path, capsys):
     assert main(base + ["--block-noise-blocks", "0.5"]) != 0
     refused = capsys.readouterr()
     assert "--block-noise-blocks needs --block-noise" in refused.err and "regenerated" not in refused.out
+    assert main(base + ["--block-noise", "0.9", "--block-noise-from", "3"]) == 0
+    logged = capsys.readouterr()
+    assert "block noise 0.9 from mask slot 3 on" in logged.out + logged.err
+    assert main(base + ["--block-noise", "0.9", "--block-noise-from", "6"]) != 0   # block 6: slots 1..5
+    refused = capsys.readouterr()
+    assert "past the head's last mask slot (5" in refused.err and "regenerated" not in refused.out
 
 
 def test_cli_train_then_generate_with_demo_pair(tmp_path, capsys, monkeypatch):
@@ -485,6 +492,27 @@ def test_batcher_block_noise_blocks_leaves_whole_blocks_clean():
             TrainConfig(block_noise=0.5, block_noise_blocks=bad)
     with pytest.raises(ValueError, match="needs block_noise"):
         TrainConfig(block_noise_blocks=0.5)
+
+
+def test_batcher_block_noise_from_keeps_the_first_slots_mask():
+    """--block-noise-from S: mask slots 1..S-1 never hold noise, slots S.. hold exactly the noise
+    the same seed and step give without the setting (S = 1 reproduces it); bad values refused."""
+    samples = [Sample([5, 6, 7], list(range(10, 400))) for _ in range(4)]
+    cfg = dict(batch_size=4, anchors=64, max_len=400, block_noise=0.9)
+    every = Batcher(samples, TrainConfig(**cfg), 1, 8).batch(2)
+    tail = Batcher(samples, TrainConfig(**cfg, block_noise_from=4), 1, 8).batch(2)
+    one = Batcher(samples, TrainConfig(**cfg, block_noise_from=1), 1, 8).batch(2)
+    assert torch.equal(one[6][0], every[6][0]) and torch.equal(tail[6][1], every[6][1])
+    assert every[6][0][..., :3].any()                    # without it the first slots are noisy too
+    assert not tail[6][0][..., :3].any()                 # slots 1..3 stay MASK
+    assert torch.equal(tail[6][0][..., 3:], every[6][0][..., 3:])
+    with pytest.raises(ValueError, match="past the block's last mask slot"):
+        Batcher(samples, TrainConfig(**cfg, block_noise_from=8), 1, 8)
+    Batcher(samples, TrainConfig(**cfg, block_noise_from=7), 1, 8)  # slot 7 is the last: allowed
+    with pytest.raises(ValueError, match="block_noise_from must be >= 1"):
+        TrainConfig(block_noise=0.5, block_noise_from=0)
+    with pytest.raises(ValueError, match="needs block_noise"):
+        TrainConfig(block_noise_from=2)
 
 
 @pytest.mark.parametrize("noise_in_loss", [True, False])

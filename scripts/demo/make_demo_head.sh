@@ -7,7 +7,7 @@
 #        [--steps 2000] [--init-dir DIR] [--parallel-heads | --sequential-heads] [--eval-seconds 85] [--eval-num 50]
 #        [--eval-max-new-tokens 128] [--policies accum[,ddtree]] [--max-prompts 0]
 #        [--snippets-per-file 4] [--batch-size 64] [--anchors 32] [--max-len 384] [--lr 1e-3]
-#        [--max-epochs 4] [--prompt-roots stdlib,site] [--tiny] [-- extra jetspec-train args]
+#        [--max-epochs 4] [--prompt-roots stdlib,site] [--tiny] [--regen-only] [-- extra jetspec-train args]
 #
 # Stages (each logs, each has a deadline; nothing new starts after its deadline, and results are
 # written as they complete, so a late failure or the time cap loses nothing that is done):
@@ -44,6 +44,9 @@
 # Slack flows forward: a stage that ends early lets the next one start early.
 # --gen-seconds 0: no regeneration (and no export), train on BUILD/regen.jsonl as it is. --init-dir DIR: continue
 # training from DIR/causal/head and DIR/bidir/head (e.g. an earlier run's heads) instead of fresh heads.
+# --regen-only: stages 1-2 only (prompts, regeneration, the $OUT/regen.jsonl.gz export, waited
+# for), e.g. a cache for scripts/gpu/demo_pairs.sh; regeneration then stops 60 s before the cap,
+# which the export needs.
 # --tiny: seconds-long settings for a CPU smoke test (few prompts, few steps, 2 eval prompts).
 # Data: $JETSPEC_DATA/mbpp_test.jsonl (default ../shared/data relative to the repo root).
 # Needs jetspec_ext importable from the repo root (built in place, or installed) with torch and
@@ -81,6 +84,7 @@ LR=1e-3
 MAX_EPOCHS=4
 PROMPT_ROOTS=stdlib,site
 TINY=0
+REGEN_ONLY=0
 INIT_DIR=""
 EXTRA=()
 while [[ $# -gt 0 ]]; do
@@ -109,6 +113,7 @@ while [[ $# -gt 0 ]]; do
     --max-epochs) MAX_EPOCHS="$2"; shift 2 ;;
     --prompt-roots) PROMPT_ROOTS="$2"; shift 2 ;;
     --tiny) TINY=1; shift ;;
+    --regen-only) REGEN_ONLY=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
     *) echo "make_demo_head.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -185,6 +190,10 @@ COMMON=(--prompts "$BUILD/train_prompts.jsonl" --cache "$BUILD/regen.jsonl" --de
 # case so that the heads keep at least 60 s (tiny: 10 s) before their deadline
 MIN_TRAIN=60; [[ "$TINY" == 1 ]] && MIN_TRAIN=10
 GEN_END_BY=$(( TRAIN_END - MIN_TRAIN ))
+if [[ "$REGEN_ONLY" == 1 ]]; then
+  [[ "$GEN_SECONDS" == 0 ]] && { echo "make_demo_head.sh: --regen-only needs --gen-seconds > 0" >&2; exit 2; }
+  GEN_END_BY=$(( T_END - 60 ))  # no heads, no eval: only the export follows
+fi
 stamp "2/4 regenerate: ${GEN_SECONDS} s of generation at most (and not past $(hms $GEN_END_BY)), max_new_tokens $GEN_MAX_NEW, batch $GEN_BATCH"
 T_GEN=$(now)
 regen() {  # extra args (e.g. a smaller batch); the cache is resumable
@@ -212,6 +221,14 @@ else
 fi
 N_SAMPLES=$("$PY" -c "import json; print(json.load(open('$BUILD/regen_stage/summary.json'))['regenerate']['samples'])" 2>/dev/null \
             || cat "$BUILD/regen.jsonl" 2>/dev/null | wc -l)
+if [[ "$REGEN_ONLY" == 1 ]]; then
+  stamp "--regen-only: waiting for the cache export"
+  wait "$P_EXPORT"; rc=$?
+  cat "$OUT_DIR/export_regen.log"
+  [[ $rc == 0 && -s "$OUT_DIR/regen.jsonl.gz" ]] || { stamp "cache export failed (exit $rc)"; exit 1; }
+  stamp "done: $OUT_DIR/regen.jsonl.gz ($N_SAMPLES regenerated samples; the export is capped at 15 MB)"
+  exit 0
+fi
 
 # ---------------------------------------------------------------- 3. heads
 pack() {  # pack BUILD/$1/head as $OUT/$2 (directory "head" inside, drop-in for jetspec_ext/demo_models/)

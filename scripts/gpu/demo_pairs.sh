@@ -4,7 +4,10 @@
 # each time: a controlled comparison of training recipes (same data, seed, step budget and
 # evaluation; only the `jetspec train` arguments of each pair differ). No regeneration: the cache
 # is an earlier run's export (make_demo_head.sh writes $OUT/regen.jsonl.gz; DEMO_RETURN_REGEN=1
-# with call.sh's demo step brings it back).
+# with call.sh's demo step brings it back), or DEMO_CACHE=regenerate: first a regeneration alone
+# (`make_demo_head.sh --regen-only`, REGEN_SECONDS of generation, default 100: ~140 s on the H200
+# in all, about the 15 MB export's 62,762 answers), its export copied to $OUT/regen.jsonl.gz so
+# that later calls can carry it (carried files do not outlive a session).
 #
 #   DEMO_CACHE=.carry/regen/regen.jsonl.gz PAIRS="p0: p50:--block-noise=0.5" \
 #     PAIRS_ARGS="--total-minutes 4.5 --steps 2000 --eval-seconds 70" bash scripts/gpu/demo_pairs.sh
@@ -21,7 +24,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
-: "${DEMO_CACHE:?DEMO_CACHE=path of a regeneration cache (.jsonl or .jsonl.gz)}"
+: "${DEMO_CACHE:?DEMO_CACHE=path of a regeneration cache (.jsonl or .jsonl.gz), or regenerate}"
+REGEN_SECONDS="${REGEN_SECONDS:-100}"
+if [[ "$DEMO_CACHE" == regenerate ]]; then
+  [[ "$REGEN_SECONDS" =~ ^[1-9][0-9]*$ ]] || { echo "REGEN_SECONDS must be a positive integer, got '$REGEN_SECONDS'"; exit 2; }
+elif [[ ! -f "$DEMO_CACHE" ]]; then
+  echo "DEMO_CACHE '$DEMO_CACHE': no such file (give a cache, or DEMO_CACHE=regenerate)"; exit 2
+fi
 : "${PAIRS:?PAIRS=\"NAME:ARGS ...\" (ARGS joined by commas)}"
 PARALLEL="${PAIRS_PARALLEL:-1}"
 [[ "$PARALLEL" =~ ^[1-9][0-9]*$ ]] || { echo "PAIRS_PARALLEL must be a positive integer, got '$PARALLEL'"; exit 2; }
@@ -36,6 +45,19 @@ done
 WORK="${PAIRS_WORK:-/tmp/demo_pairs}"
 export JETSPEC_DATA="${JETSPEC_DATA:-$PWD/.carry/data}"  # mbpp_test.jsonl (the eval prompts)
 rm -rf "$WORK"; mkdir -p "$WORK"
+if [[ "$DEMO_CACHE" == regenerate ]]; then
+  # PAIRS_REGEN_ARGS: more make_demo_head.sh arguments for the regeneration (e.g. --tiny on the CPU)
+  t0=$(date +%s)
+  bash scripts/demo/make_demo_head.sh --regen-only --device "${PAIRS_DEVICE:-cuda}" --out "$WORK/regen_out" \
+    --build "$WORK/build_regen" --gen-seconds "$REGEN_SECONDS" \
+    --total-minutes "$(python3 -c "print(($REGEN_SECONDS + 120) / 60)")" ${PAIRS_REGEN_ARGS:-} > "$WORK/regen.log" 2>&1
+  rc=$?
+  grep -h "export_regen\]\|regen-only\|done:" "$WORK/regen.log" | tail -3
+  [[ $rc == 0 && -f "$WORK/regen_out/regen.jsonl.gz" ]] || { echo "regeneration failed (exit $rc):"; tail -20 "$WORK/regen.log"; exit 1; }
+  cp "$WORK/regen_out/regen.jsonl.gz" "$OUT/regen.jsonl.gz"
+  echo "regenerated in $(( $(date +%s) - t0 )) s; the cache is also at \$OUT/regen.jsonl.gz"
+  DEMO_CACHE="$WORK/regen_out/regen.jsonl.gz"
+fi
 case "$DEMO_CACHE" in
   *.gz) gunzip -c "$DEMO_CACHE" > "$WORK/regen.jsonl" || exit 1 ;;
   *) cp "$DEMO_CACHE" "$WORK/regen.jsonl" || exit 1 ;;

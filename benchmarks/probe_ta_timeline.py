@@ -29,6 +29,7 @@ CLK_TURN0 = CLK_SCORES0 + N_ITER_SLOTS  # consumer 0: its turn for iteration i t
 CLK_WG1_SCORES0 = CLK_TURN0 + N_ITER_SLOTS  # consumer 1: its scores S(i + 1) landed (later builds)
 CLK_PV0 = CLK_WG1_SCORES0 + N_ITER_SLOTS  # consumer 0: P(i) V(i) landed (later builds)
 CLK_READY0 = CLK_PV0 + N_ITER_SLOTS  # consumer 0: iteration i's K / V waits passed, before its turn
+CLK_PACKED0 = CLK_READY0 + N_ITER_SLOTS  # consumer 0: iteration i's release / rescale / pack of P done
 
 PHASES = [  # name, from slot, to slot
     ("entry -> CTA barrier", CLK_ENTRY, CLK_BARRIER),
@@ -91,8 +92,9 @@ def analyse(tl, label):
         scores = tl.shape[1] >= CLK_SCORES0 + N_ITER_SLOTS  # and, later builds, scores landed
         turns = tl.shape[1] >= CLK_WG1_SCORES0 + N_ITER_SLOTS  # and, later still, turns / consumer 1
         pv = tl.shape[1] >= CLK_READY0 + N_ITER_SLOTS  # and P V landed / ready for the turn
+        packed = tl.shape[1] >= CLK_PACKED0 + N_ITER_SLOTS  # and P packed (release / rescale / pack done)
         cells = {"total": [], "wait": [], "softmax": [], "turn": [], "issue": [], "wg1": [],
-                 "pv": [], "ready": [], "bar": []}
+                 "pv": [], "ready": [], "bar": [], "pack": [], "kvwait": []}
         for i in range(N_ITER_SLOTS):
             a, end = CLK_SM0 if i == 0 else CLK_ITER0 + i - 1, CLK_ITER0 + i
             rows = tl_d[(tl_d[:, a] != 0) & (tl_d[:, end] != 0)]
@@ -111,6 +113,9 @@ def analyse(tl, label):
                 cells["pv"].append(p50(a, CLK_PV0 + i - 1))
                 cells["ready"].append(p50(CLK_PV0 + i - 1, CLK_READY0 + i))
                 cells["bar"].append(p50(CLK_READY0 + i, CLK_TURN0 + i))
+                if packed:
+                    cells["pack"].append(p50(CLK_PV0 + i - 1, CLK_PACKED0 + i - 1))
+                    cells["kvwait"].append(p50(CLK_PACKED0 + i - 1, CLK_READY0 + i))
         if cells["total"]:
             print("   key-tile loop per iteration, up to the softmax of the split's tile k (k: p50 ns, "
                   "CTAs with that many tiles): " + " ".join(cells["total"]))
@@ -125,6 +130,9 @@ def analyse(tl, label):
             print("     previous softmax -> turn, split: P V landed (p50 ns):            " + " ".join(cells["pv"]))
             print("       then release / rescale / pack P / K, V waits (p50 ns):         " + " ".join(cells["ready"]))
             print("       then the turn barrier (p50 ns):                                " + " ".join(cells["bar"]))
+        if cells["pack"]:
+            print("     the middle part split: release / rescale / pack P (p50 ns):      " + " ".join(cells["pack"]))
+            print("       then the next K / V waits (p50 ns):                            " + " ".join(cells["kvwait"]))
     sys.stdout.flush()
 
 

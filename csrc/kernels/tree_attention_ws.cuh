@@ -153,7 +153,8 @@ constexpr int kTimelineTurnSlot = kTimelineScoresSlot + kTimelineIters;  // 53 +
 constexpr int kTimelineWg1ScoresSlot = kTimelineTurnSlot + kTimelineIters;  // 69 + i (below)
 constexpr int kTimelinePvSlot = kTimelineWg1ScoresSlot + kTimelineIters;  // 85 + i (below)
 constexpr int kTimelineReadySlot = kTimelinePvSlot + kTimelineIters;  // 101 + i (below)
-constexpr int kTimelineSlots = kTimelineReadySlot + kTimelineIters;
+constexpr int kTimelinePackedSlot = kTimelineReadySlot + kTimelineIters;  // 117 + i (below)
+constexpr int kTimelineSlots = kTimelinePackedSlot + kTimelineIters;
 // Slots: 0 globaltimer at entry, 1 clock at entry, 2 after the CTA barrier, 3 producer: prefix
 // length known, 4 producer: first K/V tile's copies issued, 5 consumer 0: Q landed, 6: K(0)
 // landed, 7: softmax(0) done, 8: last P V done, 9: epilogue done, 10 globaltimer at consumer 0's
@@ -179,7 +180,9 @@ constexpr int kTimelineSlots = kTimelineReadySlot + kTimelineIters;
 // softmax's end to the turn.) 85 + i, consumer 0: P(i) V(i) landed (the wait after the softmax),
 // and 101 + i: its K / V waits of iteration i passed, just before the turn barrier; so the
 // softmax-to-turn time splits into the wait for P V, the release / rescale / packing of P and
-// the next K / V waits, and the turn barrier itself.
+// the next K / V waits, and the turn barrier itself. 117 + i, consumer 0: P(i + 1) packed (the
+// release / rescale / pack of iteration i done), which separates that ALU work (~220 ns with
+// the K / V waits, twenty-fifth session) from the waits for the next tiles' copies.
 __device__ unsigned long long g_ws_timeline[kTimelineCtas][kTimelineSlots];
 __device__ __forceinline__ unsigned long long timeline_clock() {
   unsigned long long c;
@@ -810,6 +813,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
         release(cur.stage);
         rescale_o(o, alpha);  // skipped on most tiles (kMaxSlack)
         pack_probs<T>(s, pa);
+#ifdef JETSPEC_TREE_ATTN_TIMELINE
+        JETSPEC_TL_CLOCK(ctid == 0 && i < kTimelineIters, kTimelinePackedSlot + i);
+#endif
         cur = nxt;
       }
       {  // last tile (cur): O += P V only

@@ -471,15 +471,18 @@ def test_batcher_block_noise_slots():
         TrainConfig(block_noise_in_loss=False)
 
 
+def _noise_batch(**overrides):
+    """Step 2's batch at noise 0.9 (4 sequences x 64 anchors, block 8), with TrainConfig overrides."""
+    samples = [Sample([5, 6, 7], list(range(10, 400))) for _ in range(4)]
+    cfg = TrainConfig(batch_size=4, anchors=64, max_len=400, block_noise=0.9, **overrides)
+    return Batcher(samples, cfg, 1, 8).batch(2)
+
+
 def test_batcher_block_noise_blocks_leaves_whole_blocks_clean():
     """--block-noise-blocks F: noise only in about a fraction F of the valid blocks (whole blocks
     all-MASK otherwise), a subset of the slots the same seed and step make noisy without it (so
     F = 1 reproduces a run without the setting); bad values refused."""
-    samples = [Sample([5, 6, 7], list(range(10, 400))) for _ in range(4)]
-    cfg = dict(batch_size=4, anchors=64, max_len=400, block_noise=0.9)
-    every = Batcher(samples, TrainConfig(**cfg), 1, 8).batch(2)
-    half = Batcher(samples, TrainConfig(**cfg, block_noise_blocks=0.5), 1, 8).batch(2)
-    one = Batcher(samples, TrainConfig(**cfg, block_noise_blocks=1.0), 1, 8).batch(2)
+    every, half, one = (_noise_batch(**kw) for kw in ({}, {"block_noise_blocks": 0.5}, {"block_noise_blocks": 1.0}))
     assert torch.equal(one[6][0], every[6][0]) and torch.equal(half[6][1], every[6][1])
     noisy_all, noisy_half, valid = every[6][0], half[6][0], every[4]
     assert not (noisy_half & ~noisy_all).any()           # a subset of the same draws
@@ -497,18 +500,14 @@ def test_batcher_block_noise_blocks_leaves_whole_blocks_clean():
 def test_batcher_block_noise_from_keeps_the_first_slots_mask():
     """--block-noise-from S: mask slots 1..S-1 never hold noise, slots S.. hold exactly the noise
     the same seed and step give without the setting (S = 1 reproduces it); bad values refused."""
-    samples = [Sample([5, 6, 7], list(range(10, 400))) for _ in range(4)]
-    cfg = dict(batch_size=4, anchors=64, max_len=400, block_noise=0.9)
-    every = Batcher(samples, TrainConfig(**cfg), 1, 8).batch(2)
-    tail = Batcher(samples, TrainConfig(**cfg, block_noise_from=4), 1, 8).batch(2)
-    one = Batcher(samples, TrainConfig(**cfg, block_noise_from=1), 1, 8).batch(2)
+    every, tail, one = (_noise_batch(**kw) for kw in ({}, {"block_noise_from": 4}, {"block_noise_from": 1}))
     assert torch.equal(one[6][0], every[6][0]) and torch.equal(tail[6][1], every[6][1])
     assert every[6][0][..., :3].any()                    # without it the first slots are noisy too
     assert not tail[6][0][..., :3].any()                 # slots 1..3 stay MASK
     assert torch.equal(tail[6][0][..., 3:], every[6][0][..., 3:])
     with pytest.raises(ValueError, match="past the block's last mask slot"):
-        Batcher(samples, TrainConfig(**cfg, block_noise_from=8), 1, 8)
-    Batcher(samples, TrainConfig(**cfg, block_noise_from=7), 1, 8)  # slot 7 is the last: allowed
+        _noise_batch(block_noise_from=8)
+    _noise_batch(block_noise_from=7)                     # block 8: slot 7 is the last, allowed
     with pytest.raises(ValueError, match="block_noise_from must be >= 1"):
         TrainConfig(block_noise=0.5, block_noise_from=0)
     with pytest.raises(ValueError, match="needs block_noise"):

@@ -220,6 +220,32 @@ def test_pairs_table_lists_every_pair(tmp_path):
         assert summarize_pairs.main([f"p50={a}", f"gone={tmp_path / 'missing.json'}"]) == 0
     out = buf.getvalue()
     assert "| p50 |" in out and "| gone | ?/? |" in out and "gone: no results" in out
+    assert "slot 1 causal / bidir" not in out                 # no slot_accuracy.json: no second table
+
+
+def test_pairs_table_adds_the_slot_diagnostic(tmp_path):
+    """A pair directory holding slot_accuracy.json (make_demo_head.sh --slot-diag) adds a second
+    table: both heads' all-MASK top-1 at slots 1, 2, 3, 4, 8, per pair; pairs without it are absent
+    from that table only."""
+    import contextlib
+    import io
+
+    def slot_json(c, b):
+        return {"num": 24, "heads": {"causal": {"0.0": {"top1_by_depth": c}}, "bidir": {"0.0": {"top1_by_depth": b}}}}
+
+    res = {"budgets": [16], "configs": {"causal tree w7 b16": {"tau": 3.0, "speedup": 1.5},
+                                        "bidirectional tree w7 b16": {"tau": 2.5, "speedup": 1.2}}}
+    for name in ("t4", "plain"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "demo_head_results.json").write_text(json.dumps(res))
+    (tmp_path / "t4" / "slot_accuracy.json").write_text(json.dumps(
+        slot_json([0.94, 0.84, 0.58, 0.28, 0.25, 0.2, 0.2, 0.21], [0.91, 0.66, 0.32, 0.26, 0.2, 0.2, 0.2, 0.18])))
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert summarize_pairs.main([f"{n}={tmp_path / n / 'demo_head_results.json'}" for n in ("t4", "plain")]) == 0
+    out = buf.getvalue()
+    assert "| t4 | 24 | 0.94 / 0.91 | 0.84 / 0.66 | 0.58 / 0.32 | 0.28 / 0.26 | 0.21 / 0.18 |" in out
+    assert out.count("| plain |") == 1                          # in the main table only
 
 
 def test_noise_reliance_all_mask_matches_diag_accuracy(tmp_path):

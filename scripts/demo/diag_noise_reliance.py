@@ -17,7 +17,8 @@ earlier slots only; the bidirectional head's are earlier and later slots.
     python scripts/demo/diag_noise_reliance.py --head causal=DIR --head bidir=DIR2 \\
         --prompts build/demo_head/eval_prompts.jsonl --num 30 --noise 0,0.5,0.9 --out rel.json
 
-CPU, fp32. Writes ``--out`` (JSON) and prints one table.
+fp32, on the CPU or (``--device cuda``; scripts/demo/make_demo_head.sh --slot-diag N) the GPU.
+Writes ``--out`` (JSON) and prints one table.
 """
 from __future__ import annotations
 
@@ -64,20 +65,20 @@ def add_heldout_arguments(ap, num: int) -> None:
     ap.add_argument("--out", default=None)
 
 
-def load_heldout(a):
-    """(demo target in fp32 on the CPU, {name: (dir, head)}, the target's greedy answers to the
-    first ``a.num`` prompts, cached in ``a.cache_dir``)."""
+def load_heldout(a, device: str = "cpu"):
+    """(demo target in fp32 on ``device``, {name: (dir, head)} on it too, the target's greedy
+    answers to the first ``a.num`` prompts, cached in ``a.cache_dir``)."""
     from jetspec_ext.demo import load_demo_target
     from jetspec_ext.draft_head import JetSpecDraftHead
     from jetspec_ext.train import encode_prompt, read_prompts, regenerate, stop_ids_for
 
     torch.set_num_threads(a.threads)
-    model, tok = load_demo_target(device="cpu", dtype=torch.float32)
+    model, tok = load_demo_target(device=device, dtype=torch.float32)
     model.requires_grad_(False)
     heads = {}
     for spec in a.head:
         name, path = spec.split("=", 1)
-        heads[name] = (path, JetSpecDraftHead.from_pretrained(path, dtype=torch.float32).eval())
+        heads[name] = (path, JetSpecDraftHead.from_pretrained(path, dtype=torch.float32).to(device).eval())
     pids = [encode_prompt(tok, t, "off")[-(a.max_len // 2):] for t in read_prompts(a.prompts)[: a.num]]
     stops = stop_ids_for(tok, model)
     samples = regenerate(model, pids, os.path.join(a.cache_dir, "regen_heldout.jsonl"),
@@ -103,9 +104,10 @@ def main(argv=None) -> int:
     add_heldout_arguments(ap, num=30)
     ap.add_argument("--noise", default="0,0.5,0.9", help="comma-separated noise probabilities (0 = all-MASK)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (fp32 either way)")
     a = ap.parse_args(argv)
     noises = [float(x) for x in a.noise.split(",")]
-    model, heads, samples = load_heldout(a)
+    model, heads, samples = load_heldout(a, a.device)
     results = {"prompts": a.prompts, "num": len(samples), "noise": noises, "heads": {}}
     shown = (1, 2, 3, 4, 8, 15)
     lines = ["| head | noise | mean top-1 (MASK slots) | " + " | ".join(f"slot {i}" for i in shown) + " |",

@@ -7,7 +7,8 @@
 #        [--steps 2000] [--init-dir DIR] [--parallel-heads | --sequential-heads] [--eval-seconds 85] [--eval-num 50]
 #        [--eval-max-new-tokens 128] [--policies accum[,ddtree]] [--max-prompts 0]
 #        [--snippets-per-file 4] [--batch-size 64] [--anchors 32] [--max-len 384] [--lr 1e-3]
-#        [--max-epochs 4] [--prompt-roots stdlib,site] [--tiny] [--regen-only] [-- extra jetspec-train args]
+#        [--max-epochs 4] [--prompt-roots stdlib,site] [--tiny] [--regen-only] [--slot-diag N]
+#        [-- extra jetspec-train args]
 #
 # Stages (each logs, each has a deadline; nothing new starts after its deadline, and results are
 # written as they complete, so a late failure or the time cap loses nothing that is done):
@@ -44,6 +45,10 @@
 # Slack flows forward: a stage that ends early lets the next one start early.
 # --gen-seconds 0: no regeneration (and no export), train on BUILD/regen.jsonl as it is. --init-dir DIR: continue
 # training from DIR/causal/head and DIR/bidir/head (e.g. an earlier run's heads) instead of fresh heads.
+# --slot-diag N: after the eval, both heads' top-1 agreement per mask slot with all-MASK blocks (the
+# decoding condition) over every anchor of the target's greedy answers to the first N held-out
+# prompts (scripts/demo/diag_noise_reliance.py --noise 0, fp32, on the eval's device) ->
+# $OUT/slot_accuracy.json; ~30 s of the cap are kept for it (default 0: not run).
 # --regen-only: stages 1-2 only (prompts, regeneration, the $OUT/regen.jsonl.gz export, waited
 # for), e.g. a cache for scripts/gpu/demo_pairs.sh; regeneration then stops 60 s before the cap,
 # which the export needs.
@@ -85,6 +90,7 @@ MAX_EPOCHS=4
 PROMPT_ROOTS=stdlib,site
 TINY=0
 REGEN_ONLY=0
+SLOT_DIAG=0
 INIT_DIR=""
 EXTRA=()
 while [[ $# -gt 0 ]]; do
@@ -114,6 +120,7 @@ while [[ $# -gt 0 ]]; do
     --prompt-roots) PROMPT_ROOTS="$2"; shift 2 ;;
     --tiny) TINY=1; shift ;;
     --regen-only) REGEN_ONLY=1; shift ;;
+    --slot-diag) SLOT_DIAG="$2"; shift 2 ;;
     --) shift; EXTRA=("$@"); break ;;
     *) echo "make_demo_head.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -307,6 +314,7 @@ HEADS=()
 [[ -f "$BUILD/bidir/head/config.json" ]] && HEADS+=(--bidir "$BUILD/bidir/head")
 BUDGETS=16,64,128
 EVAL_END=$(( T_END - 8 ))  # a configuration takes ~8 s on the H200
+[[ "$SLOT_DIAG" != 0 ]] && EVAL_END=$(( EVAL_END - 30 ))  # kept for the slot diagnostic
 if [[ ${#HEADS[@]} -gt 0 && -s "$BUILD/eval_prompts.jsonl" ]] && (( $(now) < EVAL_END - 10 )); then
   stamp "4/4 eval: ${EVAL_NUM} MBPP prompts, budgets $BUDGETS, policies $POLICIES, device $DEVICE (nothing new starts after $(hms $EVAL_END))"
   "$PY" "$HERE/eval_demo_head.py" "${HEADS[@]}" --prompts "$BUILD/eval_prompts.jsonl" --num "$EVAL_NUM" \
@@ -315,6 +323,14 @@ if [[ ${#HEADS[@]} -gt 0 && -s "$BUILD/eval_prompts.jsonl" ]] && (( $(now) < EVA
   stamp "eval exit $?"
 else
   stamp "4/4 eval skipped (no head, no eval prompts, or past the deadline)"
+fi
+if [[ "$SLOT_DIAG" != 0 && ${#HEADS[@]} == 4 && -s "$BUILD/eval_prompts.jsonl" ]] && (( $(now) < T_END - 5 )); then
+  stamp "slot diagnostic: ${SLOT_DIAG} held-out prompts, all-MASK blocks, both heads (stops by $(hms $T_END))"
+  timeout $(( T_END - $(now) )) "$PY" "$HERE/diag_noise_reliance.py" --head "causal=$BUILD/causal/head" \
+    --head "bidir=$BUILD/bidir/head" --prompts "$BUILD/eval_prompts.jsonl" --num "$SLOT_DIAG" --noise 0 \
+    --device "$([[ $DEVICE == auto ]] && "$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")' || echo "$DEVICE")" \
+    --cache-dir "$BUILD/slot_diag" --out "$OUT_DIR/slot_accuracy.json" > "$OUT_DIR/slot_diag.log" 2>&1
+  stamp "slot diagnostic exit $? ($(tail -1 "$OUT_DIR/slot_diag.log" | cut -c1-100))"
 fi
 if [[ -n "$P_EXPORT" ]]; then
   if kill -0 "$P_EXPORT" 2>/dev/null; then stamp "waiting for the cache export"; fi

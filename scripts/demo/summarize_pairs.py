@@ -6,11 +6,16 @@ heads' speedups over AR at the largest budget and the AR baseline's tokens/s.
     python scripts/demo/summarize_pairs.py NAME=DIR/demo_head_results.json [NAME=...]
 
 A pair whose results file is missing or holds errors is listed with what it has, never dropped:
-a comparison of recipes must show every recipe that was run."""
+a comparison of recipes must show every recipe that was run. Where a pair's directory also holds
+``slot_accuracy.json`` (make_demo_head.sh --slot-diag), a second table gives both heads' top-1 per
+mask slot with all-MASK blocks, the decoding condition (why a ratio is what it is)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
+
+SLOTS_SHOWN = (1, 2, 3, 4, 8)
 
 
 def _tau(res, kind, budget):
@@ -52,8 +57,22 @@ def render(pairs: list[tuple[str, dict]]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def render_slots(slots: list[tuple[str, dict]]) -> str:
+    """Per pair, the causal and the bidirectional head's all-MASK top-1 at a few mask slots (from
+    diag_noise_reliance.py's JSON: heads "causal" / "bidir", noise "0.0")."""
+    def cells(res, head):
+        acc = (((res.get("heads") or {}).get(head) or {}).get("0.0") or {}).get("top1_by_depth") or []
+        return [f"{acc[i - 1]:.2f}" if i <= len(acc) else "-" for i in SLOTS_SHOWN]
+    rows = ["| pair | held-out answers | " + " | ".join(f"slot {i} causal / bidir" for i in SLOTS_SHOWN) + " |",
+            "|" + "---|" * (2 + len(SLOTS_SHOWN))]
+    for name, res in slots:
+        c, b = cells(res, "causal"), cells(res, "bidir")
+        rows.append(f"| {name} | {res.get('num', '-')} | " + " | ".join(f"{x} / {y}" for x, y in zip(c, b)) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def main(argv=None) -> int:
-    pairs = []
+    pairs, slots = [], []
     for item in argv if argv is not None else sys.argv[1:]:
         name, _, path = item.partition("=")
         try:
@@ -61,7 +80,18 @@ def main(argv=None) -> int:
                 pairs.append((name, json.load(f)))
         except (OSError, ValueError) as e:
             pairs.append((name, {"error": repr(e)}))
+        slot_file = os.path.join(os.path.dirname(path), "slot_accuracy.json")
+        if os.path.isfile(slot_file):
+            try:
+                with open(slot_file) as f:
+                    slots.append((name, json.load(f)))
+            except ValueError as e:
+                print(f"{name}: unreadable {slot_file} ({e!r})")
     print(render(pairs), end="")
+    if slots:
+        print("\nTop-1 agreement with the target per mask slot, all-MASK blocks (the decoding condition), "
+              "every anchor of the target's greedy answers to held-out prompts:\n")
+        print(render_slots(slots), end="")
     for n, r in pairs:
         if "error" in r:
             print(f"{n}: no results ({r['error']})")

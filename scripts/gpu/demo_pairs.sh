@@ -5,7 +5,7 @@
 # evaluation; only the `jetspec train` arguments of each pair differ). No regeneration: the cache
 # is an earlier run's export (make_demo_head.sh writes $OUT/regen.jsonl.gz; DEMO_RETURN_REGEN=1
 # with call.sh's demo step brings it back), or DEMO_CACHE=regenerate: first a regeneration alone
-# (`make_demo_head.sh --regen-only`, REGEN_SECONDS of generation, default 100: ~140 s on the H200
+# (`make_demo_head.sh --regen-only`, REGEN_SECONDS of generation, default 110: ~150 s on the H200
 # in all, about the 15 MB export's 62,762 answers), its export copied to $OUT/regen.jsonl.gz so
 # that later calls can carry it (carried files do not outlive a session).
 #
@@ -25,7 +25,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 : "${DEMO_CACHE:?DEMO_CACHE=path of a regeneration cache (.jsonl or .jsonl.gz), or regenerate}"
-REGEN_SECONDS="${REGEN_SECONDS:-100}"
+REGEN_SECONDS="${REGEN_SECONDS:-110}"
 if [[ "$DEMO_CACHE" == regenerate ]]; then
   [[ "$REGEN_SECONDS" =~ ^[1-9][0-9]*$ ]] || { echo "REGEN_SECONDS must be a positive integer, got '$REGEN_SECONDS'"; exit 2; }
 elif [[ ! -f "$DEMO_CACHE" ]]; then

@@ -48,7 +48,8 @@
 # --slot-diag N: after the eval, both heads' top-1 agreement per mask slot with all-MASK blocks (the
 # decoding condition) over every anchor of the target's greedy answers to the first N held-out
 # prompts (scripts/demo/diag_noise_reliance.py --noise 0, fp32, on the eval's device) ->
-# $OUT/slot_accuracy.json; ~30 s of the cap are kept for it (default 0: not run).
+# $OUT/slot_accuracy.json; the last 30 s of the cap are kept for it (the heads stop 30 s earlier,
+# the eval keeps its --eval-seconds; default 0: not run).
 # --regen-only: stages 1-2 only (prompts, regeneration, the $OUT/regen.jsonl.gz export, waited
 # for), e.g. a cache for scripts/gpu/demo_pairs.sh; regeneration then stops 60 s before the cap,
 # which the export needs.
@@ -141,7 +142,8 @@ cd "$REPO"
 stamp() { echo "[make_demo_head] $(( $(date +%s) - T_START )) s: $*"; }
 # deadlines (unix seconds): the end of the whole run (minus a 10 s reserve), the heads' hard stop
 T_END=$("$PY" -c "print(int($T_START + $TOTAL_MINUTES * 60 - 10))")
-TRAIN_END=$(( T_END - EVAL_SECONDS ))
+DIAG_RESERVE=0; [[ "$SLOT_DIAG" != 0 ]] && DIAG_RESERVE=30  # the slot diagnostic's time, after the eval
+TRAIN_END=$(( T_END - DIAG_RESERVE - EVAL_SECONDS ))
 now() { date +%s; }
 hms() { date -d "@$1" +%T; }
 RES="$OUT_DIR/demo_head_results.json"
@@ -313,8 +315,7 @@ HEADS=()
 [[ -f "$BUILD/causal/head/config.json" ]] && HEADS+=(--causal "$BUILD/causal/head")
 [[ -f "$BUILD/bidir/head/config.json" ]] && HEADS+=(--bidir "$BUILD/bidir/head")
 BUDGETS=16,64,128
-EVAL_END=$(( T_END - 8 ))  # a configuration takes ~8 s on the H200
-[[ "$SLOT_DIAG" != 0 ]] && EVAL_END=$(( EVAL_END - 30 ))  # kept for the slot diagnostic
+EVAL_END=$(( T_END - DIAG_RESERVE - 8 ))  # a configuration takes ~8 s on the H200
 if [[ ${#HEADS[@]} -gt 0 && -s "$BUILD/eval_prompts.jsonl" ]] && (( $(now) < EVAL_END - 10 )); then
   stamp "4/4 eval: ${EVAL_NUM} MBPP prompts, budgets $BUDGETS, policies $POLICIES, device $DEVICE (nothing new starts after $(hms $EVAL_END))"
   "$PY" "$HERE/eval_demo_head.py" "${HEADS[@]}" --prompts "$BUILD/eval_prompts.jsonl" --num "$EVAL_NUM" \

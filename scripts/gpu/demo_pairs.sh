@@ -92,7 +92,8 @@ done
 wait
 for name in "${names[@]}"; do cat "$WORK/$name.summary" 2>/dev/null || echo "pair $name: no summary"; done
 tar -C "$WORK" --exclude='*.tar.gz' --exclude='regen.jsonl*' -czf "$OUT/demo_pairs.tgz" \
-  $(cd "$WORK" && for item in $PAIRS; do n="${item%%:*}"; [[ -d "$n" ]] && echo "$n"; echo "$n.log"; done)
+  $(cd "$WORK" && [[ -d regen_out ]] && echo "regen_out regen.log"  # a regeneration's stats and log (not its cache)
+    for item in $PAIRS; do n="${item%%:*}"; [[ -d "$n" ]] && echo "$n"; echo "$n.log"; done)
 { python3 scripts/demo/summarize_pairs.py "${summary[@]}"
   if (( PARALLEL > 1 )); then
     echo

@@ -301,3 +301,26 @@ def test_refine_first_pass_is_the_decoders_chain(tmp_path):
     assert lens.shape == (2, m["top1"].shape[0])
     assert torch.equal(lens[0], (m["top1"] & m["ok"]).long().cumprod(1).sum(1))
     assert lens[0].max() > 0
+
+
+def test_demo_pairs_refuses_bad_settings_before_any_work(tmp_path):
+    """scripts/gpu/demo_pairs.sh checks its settings first: a cache file that does not exist, a bad
+    REGEN_SECONDS with DEMO_CACHE=regenerate, a malformed PAIRS item each stop it with exit 2 and a
+    message naming the setting, before any regeneration or training (no work folder is made)."""
+    import subprocess
+
+    def run(**env):
+        work = tmp_path / "work"
+        full = {**os.environ, "OUT": str(tmp_path / "out"), "PAIRS_WORK": str(work), **env}
+        r = subprocess.run(["bash", str(REPO / "scripts" / "gpu" / "demo_pairs.sh")], env=full,
+                           capture_output=True, text=True, timeout=60)
+        return r.returncode, r.stdout + r.stderr, work.exists()
+
+    rc, out, made = run(DEMO_CACHE=str(tmp_path / "missing.jsonl.gz"), PAIRS="p0:")
+    assert rc == 2 and "no such file" in out and "DEMO_CACHE=regenerate" in out and not made
+    rc, out, made = run(DEMO_CACHE="regenerate", REGEN_SECONDS="soon", PAIRS="p0:")
+    assert rc == 2 and "REGEN_SECONDS must be a positive integer" in out and not made
+    cache = tmp_path / "c.jsonl"
+    cache.write_text("")
+    rc, out, made = run(DEMO_CACHE=str(cache), PAIRS="p0: bad name:--block-noise=0.5")
+    assert rc == 2 and "bad PAIRS item" in out and not made

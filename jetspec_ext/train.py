@@ -283,19 +283,16 @@ class TrainConfig:
             raise ValueError(f"block_fill must be in [0, 1], got {self.block_fill}")
         if not 0.0 <= self.block_noise <= 1.0:
             raise ValueError(f"block_noise must be in [0, 1], got {self.block_noise}")
-        if not self.block_noise_in_loss and self.block_noise == 0:
-            raise ValueError("--block-noise-no-loss needs --block-noise P with P > 0 "
-                             "(block_noise_in_loss=False needs block_noise > 0)")
         if not 0.0 < self.block_noise_blocks <= 1.0:
             raise ValueError(f"block_noise_blocks must be in (0, 1], got {self.block_noise_blocks}")
-        if self.block_noise_blocks < 1.0 and self.block_noise == 0:
-            raise ValueError("--block-noise-blocks needs --block-noise P with P > 0 "
-                             "(block_noise_blocks < 1 needs block_noise > 0)")
         if self.block_noise_from < 1:
             raise ValueError(f"block_noise_from must be >= 1 (mask slots count from 1), got {self.block_noise_from}")
-        if self.block_noise_from > 1 and self.block_noise == 0:
-            raise ValueError("--block-noise-from needs --block-noise P with P > 0 "
-                             "(block_noise_from > 1 needs block_noise > 0)")
+        # The settings that shape the noise mean nothing without it: refused rather than ignored.
+        for flag, setting, used in (("--block-noise-no-loss", "block_noise_in_loss=False", not self.block_noise_in_loss),
+                                    ("--block-noise-blocks", "block_noise_blocks < 1", self.block_noise_blocks < 1.0),
+                                    ("--block-noise-from", "block_noise_from > 1", self.block_noise_from > 1)):
+            if used and self.block_noise == 0:
+                raise ValueError(f"{flag} needs --block-noise P with P > 0 ({setting} needs block_noise > 0)")
 
 
 class Batcher:

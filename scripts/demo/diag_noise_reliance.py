@@ -27,6 +27,7 @@ import json
 import os
 import sys
 import time
+from typing import Optional
 
 import torch
 
@@ -65,9 +66,9 @@ def add_heldout_arguments(ap, num: int) -> None:
     ap.add_argument("--out", default=None)
 
 
-def load_heldout(a, device: str = "cpu"):
-    """(demo target in fp32 on ``device``, {name: (dir, head)} on it too, the target's greedy
-    answers to the first ``a.num`` prompts, cached in ``a.cache_dir``)."""
+def load_heldout(a, device: Optional[str] = "cpu"):
+    """(demo target in fp32 on ``device`` (None: CUDA when available), {name: (dir, head)} on it
+    too, the target's greedy answers to the first ``a.num`` prompts, cached in ``a.cache_dir``)."""
     from jetspec_ext.demo import load_demo_target
     from jetspec_ext.draft_head import JetSpecDraftHead
     from jetspec_ext.train import encode_prompt, read_prompts, regenerate, stop_ids_for
@@ -78,7 +79,8 @@ def load_heldout(a, device: str = "cpu"):
     heads = {}
     for spec in a.head:
         name, path = spec.split("=", 1)
-        heads[name] = (path, JetSpecDraftHead.from_pretrained(path, dtype=torch.float32).to(device).eval())
+        heads[name] = (path, JetSpecDraftHead.from_pretrained(path, dtype=torch.float32)
+                       .to(model.lm_head.weight.device).eval())
     pids = [encode_prompt(tok, t, "off")[-(a.max_len // 2):] for t in read_prompts(a.prompts)[: a.num]]
     stops = stop_ids_for(tok, model)
     samples = regenerate(model, pids, os.path.join(a.cache_dir, "regen_heldout.jsonl"),
@@ -104,10 +106,11 @@ def main(argv=None) -> int:
     add_heldout_arguments(ap, num=30)
     ap.add_argument("--noise", default="0,0.5,0.9", help="comma-separated noise probabilities (0 = all-MASK)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (fp32 either way)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                    help="fp32 either way; auto: CUDA when available")
     a = ap.parse_args(argv)
     noises = [float(x) for x in a.noise.split(",")]
-    model, heads, samples = load_heldout(a, a.device)
+    model, heads, samples = load_heldout(a, None if a.device == "auto" else a.device)
     results = {"prompts": a.prompts, "num": len(samples), "noise": noises, "heads": {}}
     shown = (1, 2, 3, 4, 8, 15)
     lines = ["| head | noise | mean top-1 (MASK slots) | " + " | ".join(f"slot {i}" for i in shown) + " |",

@@ -329,7 +329,7 @@ if [[ "$SLOT_DIAG" != 0 && ${#HEADS[@]} == 4 && -s "$BUILD/eval_prompts.jsonl" ]
   stamp "slot diagnostic: ${SLOT_DIAG} held-out prompts, all-MASK blocks, both heads (stops by $(hms $T_END))"
   timeout $(( T_END - $(now) )) "$PY" "$HERE/diag_noise_reliance.py" --head "causal=$BUILD/causal/head" \
     --head "bidir=$BUILD/bidir/head" --prompts "$BUILD/eval_prompts.jsonl" --num "$SLOT_DIAG" --noise 0 \
-    --device "$([[ $DEVICE == auto ]] && "$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")' || echo "$DEVICE")" \
+    --device "$DEVICE" \
     --cache-dir "$BUILD/slot_diag" --out "$OUT_DIR/slot_accuracy.json" > "$OUT_DIR/slot_diag.log" 2>&1
   stamp "slot diagnostic exit $? ($(tail -1 "$OUT_DIR/slot_diag.log" | cut -c1-100))"
 fi

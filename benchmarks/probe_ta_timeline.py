@@ -30,6 +30,7 @@ CLK_WG1_SCORES0 = CLK_TURN0 + N_ITER_SLOTS  # consumer 1: its scores S(i + 1) la
 CLK_PV0 = CLK_WG1_SCORES0 + N_ITER_SLOTS  # consumer 0: P(i) V(i) landed (later builds)
 CLK_READY0 = CLK_PV0 + N_ITER_SLOTS  # consumer 0: iteration i's K / V waits passed, before its turn
 CLK_PACKED0 = CLK_READY0 + N_ITER_SLOTS  # consumer 0: iteration i's release / rescale / pack of P done
+CLK_MAY_COPY0 = CLK_PACKED0 + N_ITER_SLOTS  # producer: the split's tile i may be copied (stage free)
 
 PHASES = [  # name, from slot, to slot
     ("entry -> CTA barrier", CLK_ENTRY, CLK_BARRIER),
@@ -93,8 +94,9 @@ def analyse(tl, label):
         turns = tl.shape[1] >= CLK_WG1_SCORES0 + N_ITER_SLOTS  # and, later still, turns / consumer 1
         pv = tl.shape[1] >= CLK_READY0 + N_ITER_SLOTS  # and P V landed / ready for the turn
         packed = tl.shape[1] >= CLK_PACKED0 + N_ITER_SLOTS  # and P packed (release / rescale / pack done)
+        may_copy = tl.shape[1] >= CLK_MAY_COPY0 + N_ITER_SLOTS  # and the producer's copy times
         cells = {"total": [], "wait": [], "softmax": [], "turn": [], "issue": [], "wg1": [],
-                 "pv": [], "ready": [], "bar": [], "pack": [], "kvwait": []}
+                 "pv": [], "ready": [], "bar": [], "pack": [], "kvwait": [], "late": [], "flight": []}
         for i in range(N_ITER_SLOTS):
             a, end = CLK_SM0 if i == 0 else CLK_ITER0 + i - 1, CLK_ITER0 + i
             rows = tl_d[(tl_d[:, a] != 0) & (tl_d[:, end] != 0)]
@@ -116,6 +118,11 @@ def analyse(tl, label):
                 if packed:
                     cells["pack"].append(p50(CLK_PV0 + i - 1, CLK_PACKED0 + i - 1))
                     cells["kvwait"].append(p50(CLK_PACKED0 + i - 1, CLK_READY0 + i))
+                # Tile k = i + 1 reuses tile k - 3's stage (3-stage ring): consumer 0 released it
+                # just after P(k - 3) V(k - 3) landed; iteration i waits for K(k).
+                if may_copy and i >= 2 and i + 1 < N_ITER_SLOTS:
+                    cells["late"].append(p50(CLK_PV0 + i - 2, CLK_MAY_COPY0 + i + 1))
+                    cells["flight"].append(p50(CLK_MAY_COPY0 + i + 1, CLK_READY0 + i))
         if cells["total"]:
             print("   key-tile loop per iteration, up to the softmax of the split's tile k (k: p50 ns, "
                   "CTAs with that many tiles): " + " ".join(cells["total"]))
@@ -133,6 +140,11 @@ def analyse(tl, label):
         if cells["pack"]:
             print("     the middle part split: release / rescale / pack P (p50 ns):      " + " ".join(cells["pack"]))
             print("       then the next K / V waits (p50 ns):                            " + " ".join(cells["kvwait"]))
+        if cells["late"]:
+            print("     producer: consumer 0 released tile k-3's stage -> tile k may be copied (p50 ns): "
+                  + " ".join(cells["late"]))
+            print("       then copies issued -> consumer 0's K(k) / V(k-1) waits passed (p50 ns):     "
+                  + " ".join(cells["flight"]))
     sys.stdout.flush()
 
 

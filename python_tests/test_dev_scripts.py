@@ -55,3 +55,44 @@ def test_timeline_probe_splits_the_time_before_each_turn(capsys):
     assert "K, V waits (p50 ns):         2:70 3:70 4:70 5:70" in out
     assert "turn barrier (p50 ns):                                2:40 3:40 4:40 5:40" in out
     assert "previous softmax -> turn taken (p50 ns):     1:50 2:160 3:160" in out
+
+
+def test_timeline_probe_splits_the_kv_wait_at_the_producers_issue(capsys):
+    """The same probe on a synthetic timeline with every slot: after P V landed, 30 ns of release
+    / rescale / pack, then 90 ns of K / V waits; the producer may copy tile k 25 ns after consumer
+    0's P(k - 3) V(k - 3) landed (it released that stage), and iteration k - 1's K / V waits pass
+    170 ns after its softmax: an iteration (1015 ns) + 170 - 75 = 1110 ns after the copy may start."""
+    import torch
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import benchmarks.probe_ta_timeline as pt
+
+    iters = 8
+    tl = torch.zeros(4, pt.CLK_MAY_COPY0 + pt.N_ITER_SLOTS, dtype=torch.long)
+    for c in range(4):
+        for k in range(2, 21):
+            tl[c, k] = 100 * k
+        tl[c, pt.GT_ENTRY], tl[c, pt.CLK_ENTRY] = 1000, 1
+        tl[c, pt.GT_EXIT], tl[c, pt.CLK_EPI], tl[c, pt.SMID] = 41000, 40001, c
+        prev = tl[c, pt.CLK_SM0].item()
+        for k in range(3):
+            tl[c, pt.CLK_MAY_COPY0 + k] = 500 + k  # the ring starts empty
+        for i in range(iters):
+            if i > 0:
+                tl[c, pt.CLK_PV0 + i - 1] = prev + 50
+                tl[c, pt.CLK_PACKED0 + i - 1] = prev + 80
+                if i + 2 < pt.N_ITER_SLOTS:
+                    tl[c, pt.CLK_MAY_COPY0 + i + 2] = prev + 75  # tile i + 2 reuses tile i - 1's stage
+            ready = prev + 170 if i > 0 else prev + 10
+            tl[c, pt.CLK_READY0 + i] = ready
+            tl[c, pt.CLK_TURN0 + i] = ready + 40
+            tl[c, pt.CLK_SCORES0 + i] = ready + 320
+            tl[c, pt.CLK_WG1_SCORES0 + i] = ready + 680
+            prev = ready + 845
+            tl[c, pt.CLK_ITER0 + i] = prev
+    pt.analyse(tl, "synthetic")
+    out = capsys.readouterr().out
+    assert "release / rescale / pack P (p50 ns):      2:30 3:30 4:30" in out
+    assert "then the next K / V waits (p50 ns):                            2:90 3:90 4:90" in out
+    assert "tile k may be copied (p50 ns): 3:25 4:25 5:25 6:25 7:25 8:25\n" in out
+    assert "K(k) / V(k-1) waits passed (p50 ns):     3:1110 4:1110 5:1110 6:1110 7:1110 8:1110\n" in out

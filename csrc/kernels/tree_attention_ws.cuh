@@ -154,7 +154,8 @@ constexpr int kTimelineWg1ScoresSlot = kTimelineTurnSlot + kTimelineIters;  // 6
 constexpr int kTimelinePvSlot = kTimelineWg1ScoresSlot + kTimelineIters;  // 85 + i (below)
 constexpr int kTimelineReadySlot = kTimelinePvSlot + kTimelineIters;  // 101 + i (below)
 constexpr int kTimelinePackedSlot = kTimelineReadySlot + kTimelineIters;  // 117 + i (below)
-constexpr int kTimelineSlots = kTimelinePackedSlot + kTimelineIters;
+constexpr int kTimelineIssueSlot = kTimelinePackedSlot + kTimelineIters;  // 133 + i (below)
+constexpr int kTimelineSlots = kTimelineIssueSlot + kTimelineIters;
 // Slots: 0 globaltimer at entry, 1 clock at entry, 2 after the CTA barrier, 3 producer: prefix
 // length known, 4 producer: first K/V tile's copies issued, 5 consumer 0: Q landed, 6: K(0)
 // landed, 7: softmax(0) done, 8: last P V done, 9: epilogue done, 10 globaltimer at consumer 0's
@@ -182,7 +183,12 @@ constexpr int kTimelineSlots = kTimelinePackedSlot + kTimelineIters;
 // softmax-to-turn time splits into the wait for P V, the release / rescale / packing of P and
 // the next K / V waits, and the turn barrier itself. 117 + i, consumer 0: P(i + 1) packed (the
 // release / rescale / pack of iteration i done), which separates that ALU work (~220 ns with
-// the K / V waits, twenty-fifth session) from the waits for the next tiles' copies.
+// the K / V waits, twenty-fifth session) from the waits for the next tiles' copies. 133 + i,
+// producer thread 0: the split's tile i may be copied (its stage's empty barrier passed, just
+// before the copies are issued). Why: the consumers still wait ~190 ns per iteration for copies
+// issued about an iteration earlier (twenty-sixth session); with the issue time beside consumer
+// 0's release of the stage (P V landed, 85 + i - 3) and its wait for the tile (101 + i - 1), the
+// wait splits into the producer issuing late (after consumer 1's release) and the copy's flight.
 __device__ unsigned long long g_ws_timeline[kTimelineCtas][kTimelineSlots];
 __device__ __forceinline__ unsigned long long timeline_clock() {
   unsigned long long c;
@@ -660,6 +666,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
       for (int i = 0; i < range.count; ++i, pos.advance(), tile += range.stride) {
         const int st = pos.stage;
         mbar_wait(kv_empty(st), pos.parity ^ 1);  // both consumers done with the stage
+#ifdef JETSPEC_TREE_ATTN_TIMELINE
+        JETSPEC_TL_CLOCK(tid == 0 && i < kTimelineIters, kTimelineIssueSlot + i);
+#endif
         const bool last = i + 1 == range.count;
         if (tid == 0) {
           if (!(i == 0 && k0_early)) tma_load_kv_tile<D, T>(&p.tmap_k, sK + st * kStage, tile, kvh, b, k_full(st));

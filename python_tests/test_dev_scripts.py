@@ -23,38 +23,63 @@ def test_load_sets_a_scoreboard_and_its_use_waits_for_it():
     assert (stall1, wr1, rd1, wait1) == (1, 7, 7, 1 << 2)  # waits for SB2 before it reads R174
 
 
-def test_timeline_probe_splits_the_time_before_each_turn(capsys):
-    """benchmarks/probe_ta_timeline.py on a synthetic timeline (1 GHz: clock = ns) with known
-    intervals per key-tile iteration: P V landed 50 ns after the softmax, 70 ns more to the K / V
-    waits passed, 40 ns of turn barrier, 280 ns to the scores, 575 ns of softmax."""
-    import torch
-
+def _probe():
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import benchmarks.probe_ta_timeline as pt
 
-    tl = torch.zeros(4, pt.CLK_READY0 + pt.N_ITER_SLOTS, dtype=torch.long)
+    return pt
+
+
+def _synthetic_timeline(pt, n_slots, iters, ready_after, softmax_to_next, pv_after=50,
+                        packed_after=None, may_copy_after=None):
+    """A 4-CTA timeline at 1 GHz (clock = ns): phases 2-20 100 ns apart, then `iters` key-tile
+    iterations: P V landed `pv_after` ns after the previous softmax (from iteration 1), P packed
+    `packed_after` ns after it, the K / V waits passed `ready_after` ns after it (10 in iteration
+    0), the turn 40 ns later, the scores 320, consumer 1's scores 680 and the next softmax's end
+    `softmax_to_next` ns after the K / V waits. With `may_copy_after`, the producer may copy
+    tiles 0-2 at once and tile i + 2 that many ns after iteration i's previous softmax."""
+    import torch
+
+    tl = torch.zeros(4, n_slots, dtype=torch.long)
     for c in range(4):
         for k in range(2, 21):
             tl[c, k] = 100 * k
         tl[c, pt.GT_ENTRY], tl[c, pt.CLK_ENTRY] = 1000, 1
-        tl[c, pt.GT_EXIT], tl[c, pt.CLK_EPI], tl[c, pt.SMID] = 21000, 20001, c
+        tl[c, pt.GT_EXIT], tl[c, pt.CLK_EPI], tl[c, pt.SMID] = 41000, 40001, c
         prev = tl[c, pt.CLK_SM0].item()
-        for i in range(5):
+        if may_copy_after is not None:
+            for k in range(3):
+                tl[c, pt.CLK_MAY_COPY0 + k] = 500 + k  # the ring starts empty
+        for i in range(iters):
             if i > 0:
-                tl[c, pt.CLK_PV0 + i - 1] = prev + 50
-            ready = prev + 120 if i > 0 else prev + 10
+                tl[c, pt.CLK_PV0 + i - 1] = prev + pv_after
+                if packed_after is not None:
+                    tl[c, pt.CLK_PACKED0 + i - 1] = prev + packed_after
+                if may_copy_after is not None and i + 2 < pt.N_ITER_SLOTS:
+                    tl[c, pt.CLK_MAY_COPY0 + i + 2] = prev + may_copy_after  # reuses tile i - 1's stage
+            ready = prev + ready_after if i > 0 else prev + 10
             tl[c, pt.CLK_READY0 + i] = ready
             tl[c, pt.CLK_TURN0 + i] = ready + 40
             tl[c, pt.CLK_SCORES0 + i] = ready + 320
             tl[c, pt.CLK_WG1_SCORES0 + i] = ready + 680
-            prev = ready + 895
+            prev = ready + softmax_to_next
             tl[c, pt.CLK_ITER0 + i] = prev
+    return tl
+
+
+def test_timeline_probe_splits_the_time_before_each_turn(capsys):
+    """benchmarks/probe_ta_timeline.py on a synthetic timeline (1 GHz: clock = ns) with known
+    intervals per key-tile iteration: P V landed 50 ns after the softmax, 70 ns more to the K / V
+    waits passed, 40 ns of turn barrier, 280 ns to the scores, 575 ns of softmax."""
+    pt = _probe()
+    tl = _synthetic_timeline(pt, pt.CLK_READY0 + pt.N_ITER_SLOTS, iters=5, ready_after=120, softmax_to_next=895)
     pt.analyse(tl, "synthetic")
     out = capsys.readouterr().out
     assert "P V landed (p50 ns):            2:50 3:50 4:50 5:50" in out
     assert "K, V waits (p50 ns):         2:70 3:70 4:70 5:70" in out
     assert "turn barrier (p50 ns):                                2:40 3:40 4:40 5:40" in out
     assert "previous softmax -> turn taken (p50 ns):     1:50 2:160 3:160" in out
+    assert "may be copied" not in out  # no producer slots in this build's timeline
 
 
 def test_timeline_probe_splits_the_kv_wait_at_the_producers_issue(capsys):
@@ -62,34 +87,9 @@ def test_timeline_probe_splits_the_kv_wait_at_the_producers_issue(capsys):
     / rescale / pack, then 90 ns of K / V waits; the producer may copy tile k 25 ns after consumer
     0's P(k - 3) V(k - 3) landed (it released that stage), and iteration k - 1's K / V waits pass
     170 ns after its softmax: an iteration (1015 ns) + 170 - 75 = 1110 ns after the copy may start."""
-    import torch
-
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import benchmarks.probe_ta_timeline as pt
-
-    iters = 8
-    tl = torch.zeros(4, pt.CLK_MAY_COPY0 + pt.N_ITER_SLOTS, dtype=torch.long)
-    for c in range(4):
-        for k in range(2, 21):
-            tl[c, k] = 100 * k
-        tl[c, pt.GT_ENTRY], tl[c, pt.CLK_ENTRY] = 1000, 1
-        tl[c, pt.GT_EXIT], tl[c, pt.CLK_EPI], tl[c, pt.SMID] = 41000, 40001, c
-        prev = tl[c, pt.CLK_SM0].item()
-        for k in range(3):
-            tl[c, pt.CLK_MAY_COPY0 + k] = 500 + k  # the ring starts empty
-        for i in range(iters):
-            if i > 0:
-                tl[c, pt.CLK_PV0 + i - 1] = prev + 50
-                tl[c, pt.CLK_PACKED0 + i - 1] = prev + 80
-                if i + 2 < pt.N_ITER_SLOTS:
-                    tl[c, pt.CLK_MAY_COPY0 + i + 2] = prev + 75  # tile i + 2 reuses tile i - 1's stage
-            ready = prev + 170 if i > 0 else prev + 10
-            tl[c, pt.CLK_READY0 + i] = ready
-            tl[c, pt.CLK_TURN0 + i] = ready + 40
-            tl[c, pt.CLK_SCORES0 + i] = ready + 320
-            tl[c, pt.CLK_WG1_SCORES0 + i] = ready + 680
-            prev = ready + 845
-            tl[c, pt.CLK_ITER0 + i] = prev
+    pt = _probe()
+    tl = _synthetic_timeline(pt, pt.CLK_MAY_COPY0 + pt.N_ITER_SLOTS, iters=8, ready_after=170,
+                             softmax_to_next=845, packed_after=80, may_copy_after=75)
     pt.analyse(tl, "synthetic")
     out = capsys.readouterr().out
     assert "release / rescale / pack P (p50 ns):      2:30 3:30 4:30" in out

@@ -277,6 +277,10 @@ class TrainConfig:
     #                                      all-MASK, as every decoding block is (1.0: every block)
     block_noise_from: int = 1            # first mask slot (1..D) that may hold noise; the slots before
     #                                      it stay MASK, as at decoding (1: every slot)
+    block_noise_ramp: bool = False       # True: slot j (>= block_noise_from = S) is noisy with
+    #                                      probability block_noise * (j - S + 1) / (D - S + 1), rising
+    #                                      to block_noise at the last slot D: the shallow noisy slots
+    #                                      mostly MASK, as at decoding, the deep ones mostly noise
 
     def __post_init__(self):
         if not 0.0 <= self.block_fill <= 1.0:
@@ -290,7 +294,8 @@ class TrainConfig:
         # The settings that shape the noise mean nothing without it: refused rather than ignored.
         for flag, setting, used in (("--block-noise-no-loss", "block_noise_in_loss=False", not self.block_noise_in_loss),
                                     ("--block-noise-blocks", "block_noise_blocks < 1", self.block_noise_blocks < 1.0),
-                                    ("--block-noise-from", "block_noise_from > 1", self.block_noise_from > 1)):
+                                    ("--block-noise-from", "block_noise_from > 1", self.block_noise_from > 1),
+                                    ("--block-noise-ramp", "block_noise_ramp=True", self.block_noise_ramp)):
             if used and self.block_noise == 0:
                 raise ValueError(f"{flag} needs --block-noise P with P > 0 ({setting} needs block_noise > 0)")
 
@@ -362,8 +367,18 @@ class Batcher:
         # Noisy slots and the uniforms their tokens are drawn with (inverse CDF of the teacher in
         # loss_on_batch), from their own stream of (seed, step): resuming reproduces them.
         gn = torch.Generator().manual_seed(cfg.seed * 130363 + 53 + step)
-        noisy = (torch.rand(B, K, D, generator=gn) < cfg.block_noise) & valid_anchor.unsqueeze(-1)
+        draw = torch.rand(B, K, D, generator=gn)
         u = torch.rand(B, K, D, generator=gn)
+        if cfg.block_noise_ramp:
+            # The same draws against a per-slot probability rising to block_noise at slot D (slots
+            # before block_noise_from get 0 and are cleared below anyway).
+            S = cfg.block_noise_from
+            slot = torch.arange(1, D + 1, dtype=torch.float64)
+            p_slot = (cfg.block_noise * (slot - S + 1) / (D - S + 1)).clamp(min=0).float()
+            noisy = draw < p_slot  # (slot D: the same float32 comparison as without the ramp)
+        else:
+            noisy = draw < cfg.block_noise
+        noisy &= valid_anchor.unsqueeze(-1)
         if cfg.block_noise_blocks < 1.0:
             # Which blocks may hold noise, from a stream of its own so that block_noise_blocks = 1
             # reproduces the batches of a run without the setting.
@@ -591,6 +606,7 @@ def train_head(model, head: JetSpecDraftHead, samples: Sequence[Sample], cfg: Tr
         + (f", block noise {cfg.block_noise}" if cfg.block_noise else "")
         + (f" in a {cfg.block_noise_blocks} fraction of the blocks" if cfg.block_noise_blocks < 1 else "")
         + (f" from mask slot {cfg.block_noise_from} on" if cfg.block_noise_from > 1 else "")
+        + (", rising linearly to the last slot" if cfg.block_noise_ramp else "")
         + ("" if cfg.block_noise_in_loss else " (noisy slots out of the loss)"))
     logf = open(os.path.join(out_dir, "train_log.jsonl"), "a")
     t0 = time.time()
@@ -838,6 +854,9 @@ def add_arguments(t) -> None:
     t.add_argument("--block-noise-from", type=int, default=1,
                    help="with --block-noise: the first mask slot (1..D) that may hold noise; the slots "
                         "before it stay MASK, as at decoding (default 1: every slot)")
+    t.add_argument("--block-noise-ramp", action="store_true",
+                   help="with --block-noise P: the noise probability rises with the slot, from P / (D - S + 1) "
+                        "at the first noisy slot S (--block-noise-from) to P at the last slot D")
     t.add_argument("--max-epochs", type=float, default=None,
                    help="cap on passes over the regenerated data (steps x batch / sequences); the run ends "
                         "early rather than overfit a small set")
@@ -903,7 +922,8 @@ def run(args) -> dict:
                       seed=args.seed, save_every=args.save_every, log_every=args.log_every,
                       save_dtype=args.save_dtype, max_epochs=args.max_epochs, block_fill=args.block_fill,
                       block_noise=args.block_noise, block_noise_in_loss=not args.block_noise_no_loss,
-                      block_noise_blocks=args.block_noise_blocks, block_noise_from=args.block_noise_from)
+                      block_noise_blocks=args.block_noise_blocks, block_noise_from=args.block_noise_from,
+                      block_noise_ramp=args.block_noise_ramp)
     if args.target is None:
         from .demo import demo_target_dir
         args.target = demo_target_dir()

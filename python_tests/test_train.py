@@ -312,9 +312,10 @@ def _demo_target():
 
 
 def test_cli_block_noise_flags_reach_training(tmp_path, capsys):
-    """`--block-noise P --block-noise-no-loss`, `--block-noise-blocks F` and `--block-noise-from S`
-    reach the training config (the train line of the log names the recipe); the first two without
-    `--block-noise`, and S past the block's last mask slot, are refused before regeneration."""
+    """`--block-noise P --block-noise-no-loss`, `--block-noise-blocks F`, `--block-noise-from S` and
+    `--block-noise-ramp` reach the training config (the train line of the log names the recipe);
+    the shaping flags without `--block-noise`, and S past the block's last mask slot, are refused
+    before regeneration."""
     from jetspec_ext.cli import main
     target = _demo_target()
     torch.set_num_threads(2)
@@ -339,6 +340,12 @@ def test_cli_block_noise_flags_reach_training(tmp_path, capsys):
     assert main(base + ["--block-noise", "0.9", "--block-noise-from", "3"]) == 0
     logged = capsys.readouterr()
     assert "block noise 0.9 from mask slot 3 on" in logged.out + logged.err
+    assert main(base + ["--block-noise", "0.9", "--block-noise-from", "3", "--block-noise-ramp"]) == 0
+    logged = capsys.readouterr()
+    assert "block noise 0.9 from mask slot 3 on, rising linearly to the last slot" in logged.out + logged.err
+    assert main(base + ["--block-noise-ramp"]) != 0
+    refused = capsys.readouterr()
+    assert "--block-noise-ramp needs --block-noise" in refused.err and "regenerated" not in refused.out
     assert main(base + ["--block-noise", "0.9", "--block-noise-from", "6"]) != 0   # block 6: slots 1..5
     refused = capsys.readouterr()
     assert "past the head's last mask slot (5" in refused.err and "regenerated" not in refused.out
@@ -512,6 +519,28 @@ def test_batcher_block_noise_from_keeps_the_first_slots_mask():
         TrainConfig(block_noise=0.5, block_noise_from=0)
     with pytest.raises(ValueError, match="needs block_noise"):
         TrainConfig(block_noise_from=2)
+
+
+def test_batcher_block_noise_ramp_rises_with_the_slot():
+    """--block-noise-ramp: slot j (from S on) is noisy with probability P (j - S + 1) / (D - S + 1),
+    from the same draws as without it (so a subset of those slots, and the last slot exactly as
+    without it); the slots before S stay MASK; refused without --block-noise."""
+    D = 7  # block 8
+    every = _noise_batch()
+    for S in (1, 3):
+        ramp = _noise_batch(block_noise_ramp=True, block_noise_from=S)
+        noisy, valid = ramp[6][0], ramp[4]
+        assert torch.equal(ramp[6][1], every[6][1])             # the same token uniforms
+        assert not (noisy & ~every[6][0]).any()                 # a subset of the same draws
+        assert torch.equal(noisy[..., D - 1], every[6][0][..., D - 1])  # slot D: probability P
+        assert not noisy[..., : S - 1].any()
+        freq = noisy[valid].float().mean(0)                     # 256 blocks per slot
+        for j in range(S, D + 1):
+            expect = 0.9 * (j - S + 1) / (D - S + 1)
+            assert abs(freq[j - 1].item() - expect) < 4 * (expect * (1 - expect) / 256) ** 0.5 + 1e-9, (S, j, freq)
+        assert freq[S - 1] < 0.35 and freq[D - 1] > 0.8         # it does rise
+    with pytest.raises(ValueError, match="needs block_noise"):
+        TrainConfig(block_noise_ramp=True)
 
 
 @pytest.mark.parametrize("noise_in_loss", [True, False])

@@ -369,25 +369,19 @@ class Batcher:
         gn = torch.Generator().manual_seed(cfg.seed * 130363 + 53 + step)
         draw = torch.rand(B, K, D, generator=gn)
         u = torch.rand(B, K, D, generator=gn)
-        if cfg.block_noise_ramp:
-            # The same draws against a per-slot probability rising to block_noise at slot D (slots
-            # before block_noise_from get 0 and are cleared below anyway).
-            S = cfg.block_noise_from
-            slot = torch.arange(1, D + 1, dtype=torch.float64)
-            p_slot = (cfg.block_noise * (slot - S + 1) / (D - S + 1)).clamp(min=0).float()
-            noisy = draw < p_slot  # (slot D: the same float32 comparison as without the ramp)
-        else:
-            noisy = draw < cfg.block_noise
-        noisy &= valid_anchor.unsqueeze(-1)
+        # Each slot's noise probability: 0 before block_noise_from (those slots stay MASK, as at
+        # decoding), then block_noise, or with block_noise_ramp rising linearly to it at slot D.
+        # The draws are the same whatever the settings (a float32 comparison, as with the scalar
+        # block_noise), so a slot with probability block_noise matches a run without them.
+        S = cfg.block_noise_from
+        slot = torch.arange(1, D + 1, dtype=torch.float64)
+        share = ((slot - S + 1) / (D - S + 1)).clamp(0, 1) if cfg.block_noise_ramp else (slot >= S).double()
+        noisy = (draw < (cfg.block_noise * share).float()) & valid_anchor.unsqueeze(-1)
         if cfg.block_noise_blocks < 1.0:
             # Which blocks may hold noise, from a stream of its own so that block_noise_blocks = 1
             # reproduces the batches of a run without the setting.
             gb = torch.Generator().manual_seed(cfg.seed * 15485863 + 71 + step)
             noisy &= (torch.rand(B, K, generator=gb) < cfg.block_noise_blocks).unsqueeze(-1)
-        if cfg.block_noise_from > 1:
-            # The first slots stay MASK, as at decoding: noise only deeper in the block (no draws
-            # change, so the other slots match a run without the setting).
-            noisy[..., : cfg.block_noise_from - 1] = False
         return ids, att, lens, anchors, valid_anchor, fill, (noisy, u)
 
 

@@ -1,6 +1,8 @@
-"""Developer scripts that read machine code (scripts/sass_ctrl.py): the control-bit decoding on
-two instructions of a real sm_90a listing (split_kernel_ws, twenty-first session), a global load
-and the first instruction that uses its result."""
+"""Developer scripts: the control-bit decoding of scripts/sass_ctrl.py on two instructions of a
+real sm_90a listing (split_kernel_ws, twenty-first session), a global load and the first
+instruction that uses its result; benchmarks/probe_ta_timeline.py's per-iteration tables on
+synthetic timelines; scripts/gpu/ta_stall_map.py's control flow on the CPU op (every case
+reported; a case that never finishes recorded as a stall and the map going on)."""
 import os
 import sys
 
@@ -96,3 +98,38 @@ def test_timeline_probe_splits_the_kv_wait_at_the_producers_issue(capsys):
     assert "then the next K / V waits (p50 ns):                            2:90 3:90 4:90" in out
     assert "tile k may be copied (p50 ns): 3:25 4:25 5:25 6:25 7:25 8:25\n" in out
     assert "K(k) / V(k-1) waits passed (p50 ns):     3:1110 4:1110 5:1110 6:1110 7:1110 8:1110\n" in out
+
+
+def _stall_map(*args, env=None):
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    full_env = dict(os.environ, PYTHONPATH=root, **(env or {}))
+    return subprocess.run([sys.executable, os.path.join(root, "scripts", "gpu", "ta_stall_map.py"), "--device", "cpu",
+                           "--cells", "70x5,0x3", "--splits", "auto,3", "--clusters", "1", *args],
+                          capture_output=True, text=True, env=full_env, timeout=300)
+
+
+def test_stall_map_reports_every_case():
+    r = _stall_map()
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert [l.split()[0] for l in lines[:-1]] == ["OK"] * 4
+    assert "P70 N5 splits=3 cluster=1" in lines[1]
+    assert lines[-1] == "wgmma_ws_pp on cpu: 4 OK, 0 FAIL, 0 ERROR, 0 STALL of 4 cases"
+
+
+def test_stall_map_kills_a_stalled_case_and_goes_on():
+    # The test hook makes the worker sleep in case 1 (P70 N5, 3 splits): that case is a STALL
+    # after --case-seconds, and a fresh worker runs cases 2 and 3.
+    r = _stall_map("--case-seconds", "2", env={"JETSPEC_STALL_MAP_TEST_SLEEP": "1"})
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert [l.split()[0] for l in lines[:-1]] == ["OK", "STALL", "OK", "OK"], r.stdout
+    assert "P70 N5 splits=3" in lines[1] and "not done in 2 s" in lines[1]
+    assert lines[-1].endswith("3 OK, 0 FAIL, 0 ERROR, 1 STALL of 4 cases")
+
+
+def test_stall_map_refuses_bad_cells():
+    r = _stall_map("--cells", "64")
+    assert r.returncode == 2 and "--cells" in r.stderr

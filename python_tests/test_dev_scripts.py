@@ -133,3 +133,19 @@ def test_stall_map_kills_a_stalled_case_and_goes_on():
 def test_stall_map_refuses_bad_cells():
     r = _stall_map("--cells", "64")
     assert r.returncode == 2 and "--cells" in r.stderr
+
+
+def test_stall_map_records_an_error_and_goes_on_in_a_fresh_worker():
+    r = _stall_map(env={"JETSPEC_STALL_MAP_TEST_RAISE": "2"})
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert [l.split()[0] for l in lines[:-1]] == ["OK", "OK", "ERROR", "OK"], r.stdout
+    assert "P0 N3 splits=auto" in lines[2] and "RuntimeError: test hook" in lines[2]
+    assert lines[-1].endswith("3 OK, 0 FAIL, 1 ERROR, 0 STALL of 4 cases")
+
+
+def test_stall_map_fails_a_case_above_the_tolerance():
+    # bf16 outputs against the fp32 reference are never exact: a zero tolerance fails every case.
+    r = _stall_map("--tolerance", "0")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert [l.split()[0] for l in r.stdout.strip().splitlines()[:-1]] == ["FAIL"] * 4, r.stdout

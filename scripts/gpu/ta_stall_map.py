@@ -72,7 +72,9 @@ def worker(a, start):
     from jetspec_ext.reference.attention import pack_tree_mask, tree_attention as ref
 
     os.environ["JETSPEC_TREE_ATTN_IMPL"] = a.impl
-    stall_test = os.environ.get("JETSPEC_STALL_MAP_TEST_SLEEP")  # test hook: "INDEX" sleeps there
+    # Test hooks (python_tests/test_dev_scripts.py): the case numbered INDEX sleeps / raises.
+    sleep_in = os.environ.get("JETSPEC_STALL_MAP_TEST_SLEEP")
+    raise_in = os.environ.get("JETSPEC_STALL_MAP_TEST_RAISE")
     cases = all_cases(a)
     for i in range(start, len(cases)):
         P, N, splits, cluster = cases[i]
@@ -98,19 +100,20 @@ def worker(a, start):
                 p = parents[p]
         mask = pack_tree_mask(vis.unsqueeze(0)).to(a.device)
         pl = torch.tensor([P], dtype=torch.int32, device=a.device)
-        if stall_test is not None and int(stall_test) == i:
+        if sleep_in is not None and int(sleep_in) == i:
             time.sleep(3600)
         try:
+            if raise_in is not None and int(raise_in) == i:
+                raise RuntimeError("test hook")
             out, _ = jetspec_ext.tree_attention(q, k, v, pl, mask)
             if a.device == "cuda":
                 torch.cuda.synchronize()
             r, _ = ref(q.float(), k.float(), v.float(), pl, mask)
             err = (out.float() - r).abs().max().item()
             print(f"{'OK' if err <= a.tolerance else 'FAIL'} {i} {err:.3g}", flush=True)
-        except Exception as e:  # noqa: BLE001 (reported per case; a CUDA error ends the worker)
+        except Exception as e:  # noqa: BLE001 (reported per case)
             print(f"ERROR {i} {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", flush=True)
-            if a.device == "cuda":
-                return  # the context may be unusable: a fresh worker takes the next case
+            return  # after a CUDA error the context may be unusable: a fresh worker takes the next case
 
 
 # ---- driver ---------------------------------------------------------------------------------------
@@ -120,45 +123,55 @@ def spawn(argv, start):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
+def read_lines(stream, out):
+    """Every line of `stream` into the queue `out`, then None (the worker exited)."""
+    for line in stream:
+        out.put(line)
+    out.put(None)
+
+
 def drive(argv):
     a = parse_args(argv)
     cases = all_cases(a)
     results = {}  # index -> (status, detail)
+
+    def record(idx, status, detail):
+        results[idx] = (status, detail)
+        print(f"{status:5s} {case_name(cases[idx])}: {detail}", flush=True)
+
     nxt = 0
     while nxt < len(cases):
         proc = spawn(argv, nxt)
         lines = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout] + [lines.put(None)], daemon=True).start()
-        current, deadline = None, time.monotonic() + a.case_seconds + 30  # start-up: import torch, CUDA
+        threading.Thread(target=read_lines, args=(proc.stdout, lines), daemon=True).start()
+        current, started = None, False
+        deadline = time.monotonic() + a.case_seconds + 30  # start-up: import torch, CUDA
         while True:
             try:
                 line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                line = "TIMEOUT"
-            if line is None or line == "TIMEOUT":
-                if line == "TIMEOUT":
-                    proc.kill()
+            except queue.Empty:  # the case in progress (or the start-up) did not finish
+                proc.kill()
                 idx = current if current is not None else nxt
-                if idx >= len(cases):  # the worker ran every case and exited
-                    nxt = idx
-                    break
-                if idx not in results:  # the case it was in (or about to start) did not finish
-                    results[idx] = ("STALL", f"not done in {a.case_seconds:g} s") if line == "TIMEOUT" \
-                        else ("ERROR", f"worker exited (code {proc.wait()})")
-                    print(f"{results[idx][0]:5s} {case_name(cases[idx])}: {results[idx][1]}", flush=True)
+                record(idx, "STALL", f"not done in {a.case_seconds:g} s")
                 nxt = idx + 1
                 break
+            if line is None:  # the worker exited
+                code = proc.wait()
+                if current is not None:  # inside a case
+                    record(current, "ERROR", f"worker exited (code {code})")
+                    nxt = current + 1
+                elif not started and nxt < len(cases):  # before its first case: do not retry forever
+                    record(nxt, "ERROR", f"worker exited before its first case (code {code})")
+                    nxt += 1
+                break  # otherwise: all done, or it stopped after an ERROR line: go on from nxt
             parts = line.split(maxsplit=2)
             if len(parts) >= 2 and parts[0] == "START" and parts[1].isdigit():
-                current = int(parts[1])
+                current, started = int(parts[1]), True
                 deadline = time.monotonic() + a.case_seconds
             elif len(parts) >= 2 and parts[0] in ("OK", "FAIL", "ERROR") and parts[1].isdigit():
-                idx = int(parts[1])
-                results[idx] = (parts[0], parts[2].strip() if len(parts) > 2 else "")
-                detail = f"max |err| {results[idx][1]}" if parts[0] != "ERROR" else results[idx][1]
-                print(f"{parts[0]:5s} {case_name(cases[idx])}: {detail}", flush=True)
-                current = None
-                nxt = idx + 1
+                idx, detail = int(parts[1]), parts[2].strip() if len(parts) > 2 else ""
+                record(idx, parts[0], detail if parts[0] == "ERROR" else f"max |err| {detail}")
+                current, nxt = None, idx + 1
             # anything else (warnings, tracebacks) is not a result
         proc.wait()
     counts = {}

@@ -103,8 +103,10 @@ def test_timeline_probe_splits_the_kv_wait_at_the_producers_issue(capsys):
 def _stall_map(*args, env=None):
     import subprocess
 
+    # The script's worker imports jetspec_ext as these tests do (the installed package in CI; a
+    # checkout built in place with PYTHONPATH set): same environment, plus the test hooks.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    full_env = dict(os.environ, PYTHONPATH=root, **(env or {}))
+    full_env = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, os.path.join(root, "scripts", "gpu", "ta_stall_map.py"), "--device", "cpu",
                            "--cells", "70x5,0x3", "--splits", "auto,3", "--clusters", "1", *args],
                           capture_output=True, text=True, env=full_env, timeout=300)

@@ -23,9 +23,6 @@ import sys
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--impl", default="wgmma_ws_pp", help="JETSPEC_TREE_ATTN_IMPL for every case")
@@ -118,9 +115,10 @@ def worker(a, start):
 
 # ---- driver ---------------------------------------------------------------------------------------
 def spawn(argv, start):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # The worker imports jetspec_ext as this process would (PYTHONPATH=. in a checkout with the
+    # extension built in place, or the installed package): same environment.
     return subprocess.Popen([sys.executable, os.path.abspath(__file__), "--_worker-from", str(start)] + argv,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def read_lines(stream, out):

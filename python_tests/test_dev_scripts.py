@@ -151,3 +151,20 @@ def test_stall_map_fails_a_case_above_the_tolerance():
     r = _stall_map("--tolerance", "0")
     assert r.returncode == 1, r.stdout + r.stderr
     assert [l.split()[0] for l in r.stdout.strip().splitlines()[:-1]] == ["FAIL"] * 4, r.stdout
+
+
+def test_stall_map_says_why_a_worker_could_not_start():
+    # A worker that cannot import jetspec_ext (here: a module of that name that raises) exits
+    # before its first case: each case is recorded once, with the worker's last line.
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        os.makedirs(os.path.join(d, "jetspec_ext"))
+        with open(os.path.join(d, "jetspec_ext", "__init__.py"), "w") as f:
+            f.write("raise ImportError('no jetspec_ext here')\n")
+        r = _stall_map(env={"PYTHONPATH": d})
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 5 and all(l.startswith("ERROR") for l in lines[:-1]), r.stdout
+    assert "ImportError: no jetspec_ext here" in lines[0] and "before its first case" in lines[0]
+    assert lines[-1].endswith("0 OK, 0 FAIL, 4 ERROR, 0 STALL of 4 cases")

@@ -142,7 +142,7 @@ def drive(argv):
         proc = spawn(argv, nxt)
         lines = queue.Queue()
         threading.Thread(target=read_lines, args=(proc.stdout, lines), daemon=True).start()
-        current, started = None, False
+        current, started, last_other = None, False, ""  # last_other: its last non-result line
         deadline = time.monotonic() + a.case_seconds + 30  # start-up: import torch, CUDA
         while True:
             try:
@@ -155,11 +155,12 @@ def drive(argv):
                 break
             if line is None:  # the worker exited
                 code = proc.wait()
+                why = f"worker exited (code {code})" + (f": {last_other}" if last_other else "")
                 if current is not None:  # inside a case
-                    record(current, "ERROR", f"worker exited (code {code})")
+                    record(current, "ERROR", why)
                     nxt = current + 1
                 elif not started and nxt < len(cases):  # before its first case: do not retry forever
-                    record(nxt, "ERROR", f"worker exited before its first case (code {code})")
+                    record(nxt, "ERROR", why + " (before its first case)")
                     nxt += 1
                 break  # otherwise: all done, or it stopped after an ERROR line: go on from nxt
             parts = line.split(maxsplit=2)
@@ -170,7 +171,8 @@ def drive(argv):
                 idx, detail = int(parts[1]), parts[2].strip() if len(parts) > 2 else ""
                 record(idx, parts[0], detail if parts[0] == "ERROR" else f"max |err| {detail}")
                 current, nxt = None, idx + 1
-            # anything else (warnings, tracebacks) is not a result
+            elif line.strip():  # warnings, tracebacks: not a result; the last one explains an exit
+                last_other = line.strip()[:300]
         proc.wait()
     counts = {}
     for status, _ in results.values():

@@ -8,10 +8,11 @@ goes on from the next case. So one hang costs one case's timeout, not the whole 
         --cells 4096x1,4096x128,1024x256 --splits auto,3,8,9,16 --clusters 1,0
 
 Each case: Qwen3-8B heads (Hq 32, Hkv 8, D 128), batch 1, bf16, prefix P, N tree tokens with a
-random tree (every node sees its ancestors), the cache slots past the tree NaN, the split count forced through
-JETSPEC_TREE_ATTN_SPLITS (auto: the launcher's choice) and the cluster merge through
-JETSPEC_TREE_ATTN_CLUSTER (1: by the cost model, 0: never); checked against the fp32 reference
-(max |error| of the output; FAIL above --tolerance). Prints one line per case and a summary.
+random tree (every node sees its ancestors), the cache slots past the tree NaN, the split count
+forced through JETSPEC_TREE_ATTN_SPLITS (auto: the launcher's choice) and the cluster merge
+through JETSPEC_TREE_ATTN_CLUSTER (1: by the cost model, 0: never); checked against the fp32
+reference (max |error| of the output; FAIL above --tolerance). Prints one line per case (OK,
+FAIL, ERROR: an exception, or the worker died; STALL) and a summary; exit 0 only if all are OK.
 --device cpu runs the same cases on the CPU op (a smoke test of this script's control flow; the
 variables above then change nothing).
 """
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -12,6 +12,8 @@
 # .carry folders of earlier calls, and the seventeenth session lost ~100 s building two stale
 # ones.)
 # AB_PROBE="--cells --context": the probe modes timed per version (default --cells).
+# AB_T_TESTS: the CUDA tests' time limit in s (default 290; they take ~50-70 s on main, so e.g.
+# 150 bounds what a stalled test costs: a test of next/k-empty stalled the whole 290 s).
 # AB_DEC_ARGS="--modes compile --budgets 128,256" also runs bench_decoder.py with those arguments
 # for each version in the same order (the decoder rows of each tree; inductor's cache makes the
 # runs after the first ~20 s each); AB_CELLS=0 skips the attention cells.
@@ -35,7 +37,7 @@ for a in ${AB_ALTS:-}; do  # optional further versions (.carry/alt_csrc, .carry/
   STEPS="" bash scripts/gpu/call.sh > /tmp/b_$a.log 2>&1 || { tail -20 /tmp/b_$a.log; exit 1; }
   if [ "${AB_TEST_ALTS:-0}" = 1 ]; then  # the CUDA tests on this version too (its log: $OUT/$a/)
     mkdir -p "${OUT:-/tmp/out}/$a"
-    OUT="${OUT:-/tmp/out}/$a" REBUILD=0 T_TESTS=290 STEPS=tests TEST1="${AB_TEST1:-test_tree_attention.py -k cuda}" \
+    OUT="${OUT:-/tmp/out}/$a" REBUILD=0 T_TESTS=${AB_T_TESTS:-290} STEPS=tests TEST1="${AB_TEST1:-test_tree_attention.py -k cuda}" \
       bash scripts/gpu/call.sh 2>&1 | grep -E "^pytest|passed|failed" | sed "s/^/$a: /"
   fi
   cp jetspec_ext/_C.abi3.so /tmp/$a.so
@@ -44,7 +46,7 @@ done
 versions="new old$alts new old$alts"
 rm -rf csrc && cp -r /tmp/new_csrc csrc && find csrc -name '*.cu*' -exec touch {} +
 steps=tests; [ "${AB_TESTS:-1}" = 0 ] && steps=""
-T_TESTS=290 STEPS="$steps" TEST1="${AB_TEST1:-test_tree_attention.py -k cuda}" bash scripts/gpu/call.sh 2>&1 | grep -v "^\[" | tail -20
+T_TESTS=${AB_T_TESTS:-290} STEPS="$steps" TEST1="${AB_TEST1:-test_tree_attention.py -k cuda}" bash scripts/gpu/call.sh 2>&1 | grep -v "^\[" | tail -20
 cp jetspec_ext/_C.abi3.so /tmp/new.so
 if [ "${AB_CELLS:-1}" != 0 ]; then
   for v in $versions; do

@@ -4,10 +4,11 @@ kernel then records the SM clock at its phases and `torch.ops.jetspec._tree_atte
 reads them back; default builds have neither). Not part of the suite.
 
 Usage on the H200: JETSPEC_TREE_ATTN_TIMELINE=1 python setup.py build_ext --inplace, then python
-benchmarks/probe_ta_timeline.py [--cells 1024x128,...]. For each cell (Qwen3-8B heads, bf16, batch
-1, the default launcher: automatic splits, wgmma_ws_pp) one call after warm-up; per phase the median
-and the 10th / 90th percentile over the CTAs, in ns (SM clock converted with the clock rate the CTAs
-themselves show: clock cycles over global-timer ns between entry and exit)."""
+benchmarks/probe_ta_timeline.py [--cells 1024x128,...] [--stages S: a build with kWsStages = S].
+For each cell (Qwen3-8B heads, bf16, batch 1, the default launcher: automatic splits,
+wgmma_ws_pp) one call after warm-up; per phase the median and the 10th / 90th percentile over the
+CTAs, in ns (SM clock converted with the clock rate the CTAs themselves show: clock cycles over
+global-timer ns between entry and exit)."""
 import os
 import sys
 
@@ -60,7 +61,7 @@ def pct(x, q):
     return torch.quantile(x.double(), q).item()
 
 
-def analyse(tl, label):
+def analyse(tl, label, stages=3):
     live = tl[:, CLK_ENTRY] != 0
     done = live & (tl[:, CLK_EPI] != 0) & (tl[:, GT_EXIT] != 0)
     tl_l, tl_d = tl[live], tl[done]
@@ -118,10 +119,10 @@ def analyse(tl, label):
                 if packed:
                     cells["pack"].append(p50(CLK_PV0 + i - 1, CLK_PACKED0 + i - 1))
                     cells["kvwait"].append(p50(CLK_PACKED0 + i - 1, CLK_READY0 + i))
-                # Tile k = i + 1 reuses tile k - 3's stage (3-stage ring): consumer 0 released it
-                # just after P(k - 3) V(k - 3) landed; iteration i waits for K(k).
-                if may_copy and i >= 2 and i + 1 < N_ITER_SLOTS:
-                    cells["late"].append(p50(CLK_PV0 + i - 2, CLK_MAY_COPY0 + i + 1))
+                # Tile k = i + 1 reuses tile k - stages's stage (kWsStages-stage ring): consumer 0
+                # released it just after P(k - stages) V(k - stages) landed; iteration i waits for K(k).
+                if may_copy and i + 1 >= stages and i + 1 < N_ITER_SLOTS:
+                    cells["late"].append(p50(CLK_PV0 + i + 1 - stages, CLK_MAY_COPY0 + i + 1))
                     cells["flight"].append(p50(CLK_MAY_COPY0 + i + 1, CLK_READY0 + i))
         if cells["total"]:
             print("   key-tile loop per iteration, up to the softmax of the split's tile k (k: p50 ns, "
@@ -141,7 +142,7 @@ def analyse(tl, label):
             print("     the middle part split: release / rescale / pack P (p50 ns):      " + " ".join(cells["pack"]))
             print("       then the next K / V waits (p50 ns):                            " + " ".join(cells["kvwait"]))
         if cells["late"]:
-            print("     producer: consumer 0 released tile k-3's stage -> tile k may be copied (p50 ns): "
+            print(f"     producer: consumer 0 released tile k-{stages}'s stage -> tile k may be copied (p50 ns): "
                   + " ".join(cells["late"]))
             print("       then copies issued -> consumer 0's K(k) / V(k-1) waits passed (p50 ns):     "
                   + " ".join(cells["flight"]))
@@ -156,6 +157,9 @@ def main():
     if "--cells" in sys.argv:  # e.g. --cells 1024x128,1024x64 (prefix x tree tokens)
         spec = sys.argv[sys.argv.index("--cells") + 1]
         cells = [tuple(int(v) for v in c.split("x")) for c in spec.split(",")]
+    # --stages S: the build's kWsStages (csrc/kernels/tree_attention_ws.cuh; default 3), which
+    # tile's release frees the stage a copy waits for; the timeline does not record it.
+    stages = int(sys.argv[sys.argv.index("--stages") + 1]) if "--stages" in sys.argv else 3
     for P, N in cells:
         args = case(P, N=N)
         for _ in range(3):
@@ -165,7 +169,7 @@ def main():
         tl = read(args[0], False).cpu()
         torch.cuda.synchronize()
         us = time_us(lambda: jetspec_ext.tree_attention(*args), graph=True)
-        analyse(tl, f"P{P} N{N} (this build, graph-timed: {us:.2f} us per call)")
+        analyse(tl, f"P{P} N{N} (this build, graph-timed: {us:.2f} us per call)", stages)
 
 
 if __name__ == "__main__":

@@ -98,6 +98,12 @@ def test_timeline_probe_splits_the_kv_wait_at_the_producers_issue(capsys):
     assert "then the next K / V waits (p50 ns):                            2:90 3:90 4:90" in out
     assert "tile k may be copied (p50 ns): 3:25 4:25 5:25 6:25 7:25 8:25\n" in out
     assert "K(k) / V(k-1) waits passed (p50 ns):     3:1110 4:1110 5:1110 6:1110 7:1110 8:1110\n" in out
+    # Read as a 4-stage build, tile k's stage was released one iteration (1015 ns) earlier, with
+    # P(k - 4) V(k - 4), and the first tile that waits for a release is tile 4.
+    pt.analyse(tl, "synthetic", stages=4)
+    out = capsys.readouterr().out
+    assert "released tile k-4's stage -> tile k may be copied (p50 ns): 4:1040 5:1040 6:1040 7:1040 8:1040\n" in out
+    assert "K(k) / V(k-1) waits passed (p50 ns):     4:1110 5:1110 6:1110 7:1110 8:1110\n" in out
 
 
 def _stall_map(*args, env=None):

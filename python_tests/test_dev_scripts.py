@@ -118,24 +118,29 @@ def _stall_map(*args, env=None):
                           capture_output=True, text=True, env=full_env, timeout=300)
 
 
-def test_stall_map_reports_every_case():
-    r = _stall_map()
-    assert r.returncode == 0, r.stdout + r.stderr
+def _stall_map_result(*args, rc, env=None):
+    """Run the map, check its exit code; its per-case lines, each case's status, its summary."""
+    r = _stall_map(*args, env=env)
+    assert r.returncode == rc, r.stdout + r.stderr
     lines = r.stdout.strip().splitlines()
-    assert [l.split()[0] for l in lines[:-1]] == ["OK"] * 4
+    return lines[:-1], [l.split()[0] for l in lines[:-1]], lines[-1]
+
+
+def test_stall_map_reports_every_case():
+    lines, statuses, summary = _stall_map_result(rc=0)
+    assert statuses == ["OK"] * 4
     assert "P70 N5 splits=3 cluster=1" in lines[1]
-    assert lines[-1] == "wgmma_ws_pp on cpu: 4 OK, 0 FAIL, 0 ERROR, 0 STALL of 4 cases"
+    assert summary == "wgmma_ws_pp on cpu: 4 OK, 0 FAIL, 0 ERROR, 0 STALL of 4 cases"
 
 
 def test_stall_map_kills_a_stalled_case_and_goes_on():
     # The test hook makes the worker sleep in case 1 (P70 N5, 3 splits): that case is a STALL
     # after --case-seconds (5: slack for a busy CI machine), and a fresh worker runs cases 2 and 3.
-    r = _stall_map("--case-seconds", "5", env={"JETSPEC_STALL_MAP_TEST_SLEEP": "1"})
-    assert r.returncode == 1, r.stdout + r.stderr
-    lines = r.stdout.strip().splitlines()
-    assert [l.split()[0] for l in lines[:-1]] == ["OK", "STALL", "OK", "OK"], r.stdout
+    lines, statuses, summary = _stall_map_result("--case-seconds", "5", rc=1,
+                                                 env={"JETSPEC_STALL_MAP_TEST_SLEEP": "1"})
+    assert statuses == ["OK", "STALL", "OK", "OK"], lines
     assert "P70 N5 splits=3" in lines[1] and "not done in 5 s" in lines[1]
-    assert lines[-1].endswith("3 OK, 0 FAIL, 0 ERROR, 1 STALL of 4 cases")
+    assert summary.endswith("3 OK, 0 FAIL, 0 ERROR, 1 STALL of 4 cases")
 
 
 def test_stall_map_refuses_bad_cells():
@@ -144,19 +149,16 @@ def test_stall_map_refuses_bad_cells():
 
 
 def test_stall_map_records_an_error_and_goes_on_in_a_fresh_worker():
-    r = _stall_map(env={"JETSPEC_STALL_MAP_TEST_RAISE": "2"})
-    assert r.returncode == 1, r.stdout + r.stderr
-    lines = r.stdout.strip().splitlines()
-    assert [l.split()[0] for l in lines[:-1]] == ["OK", "OK", "ERROR", "OK"], r.stdout
+    lines, statuses, summary = _stall_map_result(rc=1, env={"JETSPEC_STALL_MAP_TEST_RAISE": "2"})
+    assert statuses == ["OK", "OK", "ERROR", "OK"], lines
     assert "P0 N3 splits=auto" in lines[2] and "RuntimeError: test hook" in lines[2]
-    assert lines[-1].endswith("3 OK, 0 FAIL, 1 ERROR, 0 STALL of 4 cases")
+    assert summary.endswith("3 OK, 0 FAIL, 1 ERROR, 0 STALL of 4 cases")
 
 
 def test_stall_map_fails_a_case_above_the_tolerance():
     # bf16 outputs against the fp32 reference are never exact: a zero tolerance fails every case.
-    r = _stall_map("--tolerance", "0")
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert [l.split()[0] for l in r.stdout.strip().splitlines()[:-1]] == ["FAIL"] * 4, r.stdout
+    lines, statuses, _ = _stall_map_result("--tolerance", "0", rc=1)
+    assert statuses == ["FAIL"] * 4, lines
 
 
 def test_stall_map_says_why_a_worker_could_not_start():
@@ -168,9 +170,7 @@ def test_stall_map_says_why_a_worker_could_not_start():
         os.makedirs(os.path.join(d, "jetspec_ext"))
         with open(os.path.join(d, "jetspec_ext", "__init__.py"), "w") as f:
             f.write("raise ImportError('no jetspec_ext here')\n")
-        r = _stall_map(env={"PYTHONPATH": d})
-    assert r.returncode == 1, r.stdout + r.stderr
-    lines = r.stdout.strip().splitlines()
-    assert len(lines) == 5 and all(l.startswith("ERROR") for l in lines[:-1]), r.stdout
+        lines, statuses, summary = _stall_map_result(rc=1, env={"PYTHONPATH": d})
+    assert statuses == ["ERROR"] * 4, lines
     assert "ImportError: no jetspec_ext here" in lines[0] and "before its first case" in lines[0]
-    assert lines[-1].endswith("0 OK, 0 FAIL, 4 ERROR, 0 STALL of 4 cases")
+    assert summary.endswith("0 OK, 0 FAIL, 4 ERROR, 0 STALL of 4 cases")

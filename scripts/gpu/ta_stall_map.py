@@ -68,7 +68,9 @@ def case_name(case):
 def worker(a, start):
     import torch
     import jetspec_ext
-    from jetspec_ext.reference.attention import pack_tree_mask, tree_attention as ref
+    import numpy as np
+    from jetspec_ext.reference.attention import tree_attention as ref
+    from jetspec_ext.reference.build_tree import ancestor_mask
 
     os.environ["JETSPEC_TREE_ATTN_IMPL"] = a.impl
     # Test hooks (python_tests/test_dev_scripts.py): the case numbered INDEX sleeps / raises.
@@ -90,14 +92,8 @@ def worker(a, start):
         v = torch.randn(1, Hkv, S, D, generator=g).to(a.device, torch.bfloat16)
         k[:, :, P + N:] = float("nan")  # slots past the tree must never be read (NaN would show)
         v[:, :, P + N:] = float("nan")
-        parents = [-1] + [int(torch.randint(0, j, (1,), generator=g)) for j in range(1, N)]
-        vis = torch.zeros(N, N, dtype=torch.bool)
-        for j in range(N):  # ancestors and itself
-            p = j
-            while p >= 0:
-                vis[j, p] = True
-                p = parents[p]
-        mask = pack_tree_mask(vis.unsqueeze(0)).to(a.device)
+        parents = np.array([-1] + [int(torch.randint(0, j, (1,), generator=g)) for j in range(1, N)])
+        mask = torch.from_numpy(ancestor_mask(parents, N)).unsqueeze(0).to(a.device)  # (1, N, ceil(N/32))
         pl = torch.tensor([P], dtype=torch.int32, device=a.device)
         if sleep_in is not None and int(sleep_in) == i:
             time.sleep(3600)

@@ -2,7 +2,8 @@
 real sm_90a listing (split_kernel_ws, twenty-first session), a global load and the first
 instruction that uses its result; benchmarks/probe_ta_timeline.py's per-iteration tables on
 synthetic timelines; scripts/gpu/ta_stall_map.py's control flow on the CPU op (every case
-reported; a case that never finishes recorded as a stall and the map going on)."""
+reported; a case that never finishes recorded as a stall and the map going on);
+benchmarks/probe_tree_key_union.py's union of the visible tree keys on a chain and a star."""
 import os
 import sys
 
@@ -174,3 +175,35 @@ def test_stall_map_says_why_a_worker_could_not_start():
     assert statuses == ["ERROR"] * 4, lines
     assert "ImportError: no jetspec_ext here" in lines[0] and "before its first case" in lines[0]
     assert summary.endswith("0 OK, 0 FAIL, 4 ERROR, 0 STALL of 4 cases")
+
+
+def _union_probe():
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import benchmarks.probe_tree_key_union as pu
+
+    return pu
+
+
+def test_tree_key_union_of_a_chain_grows_with_the_block_and_of_a_star_stays_small():
+    from jetspec_ext.reference.build_tree import ancestor_mask
+    import numpy as np
+
+    pu = _union_probe()
+    n = 128
+    chain = np.arange(-1, n - 1)  # node i's parent is i - 1: node i sees 0..i
+    stats = pu.union_stats(ancestor_mask(chain, n), n, 32)
+    assert [s["union"] for s in stats] == [32, 64, 96, 128]
+    assert [s["gathered_tiles"] for s in stats] == [1, 1, 2, 2]
+    assert [s["max_key"] for s in stats] == [31, 63, 95, 127]
+    star = np.array([-1] + [0] * (n - 1))  # every node a child of the root: sees {0, itself}
+    stats = pu.union_stats(ancestor_mask(star, n), n, 32)
+    assert [s["union"] for s in stats] == [32, 33, 33, 33]
+    assert [s["gathered_tiles"] for s in stats] == [1, 1, 1, 1]
+
+
+def test_tree_key_union_unpacks_the_sign_bit():
+    import numpy as np
+
+    pu = _union_probe()
+    words = np.array([[np.int32(-2**31)]], dtype=np.int32)  # bit 31 only
+    assert pu.unpack_mask(np.repeat(words, 32, axis=0), 32)[0].nonzero()[0].tolist() == [31]

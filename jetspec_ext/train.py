@@ -281,6 +281,11 @@ class TrainConfig:
     #                                      probability block_noise * (j - S + 1) / (D - S + 1), rising
     #                                      to block_noise at the last slot D: the shallow noisy slots
     #                                      mostly MASK, as at decoding, the deep ones mostly noise
+    slot_weight_gamma: float = 0.0       # per-slot loss weights exp(-(k - 1) / gamma) for mask slot k
+    #                                      (1..D): gamma > 0 weighs the shallow slots more (DFlash's
+    #                                      decaying weights; gamma 7 for block 16), gamma < 0 the deep
+    #                                      ones; 0: uniform (the JetSpec paper). An experiment for the
+    #                                      demo pair: decoding uses every slot's top-W tokens
 
     def __post_init__(self):
         if not 0.0 <= self.block_fill <= 1.0:
@@ -289,6 +294,8 @@ class TrainConfig:
             raise ValueError(f"block_noise must be in [0, 1], got {self.block_noise}")
         if not 0.0 < self.block_noise_blocks <= 1.0:
             raise ValueError(f"block_noise_blocks must be in (0, 1], got {self.block_noise_blocks}")
+        if not math.isfinite(self.slot_weight_gamma):
+            raise ValueError(f"slot_weight_gamma must be finite (0: uniform weights), got {self.slot_weight_gamma}")
         if self.block_noise_from < 1:
             raise ValueError(f"block_noise_from must be >= 1 (mask slots count from 1), got {self.block_noise_from}")
         # The settings that shape the noise mean nothing without it: refused rather than ignored.
@@ -454,9 +461,17 @@ def _target_features(model, ids, att, layer_ids):
     return tapped, out.last_hidden_state
 
 
+def slot_weights(D: int, gamma: float, device=None) -> torch.Tensor:
+    """(D,) float32 loss weights of mask slots 1..D: exp(-(k - 1) / gamma), or ones when gamma is 0
+    (``TrainConfig.slot_weight_gamma``)."""
+    k = torch.arange(D, dtype=torch.float32, device=device)
+    return torch.ones(D, device=device) if gamma == 0 else torch.exp(-k / gamma)
+
+
 def loss_on_batch(model, head: JetSpecDraftHead, batch, kl_temperature: float = 1.0, amp: bool = False,
-                  noise_in_loss: bool = True):
-    """Forward KL at every mask slot of every block of the batch. Returns (loss, stats): stats holds
+                  noise_in_loss: bool = True, slot_weight_gamma: float = 0.0):
+    """Forward KL at every mask slot of every block of the batch, averaged with the weights
+    :func:`slot_weights` (``slot_weight_gamma``; 0: uniform). Returns (loss, stats): stats holds
     ``slots`` (the slots in the loss), ``slots_by_depth`` and ``top1_by_depth`` (per mask slot
     1..D: how many are in the loss, and the fraction of those whose argmax is the teacher's).
     ``batch``: (ids, att, lens, anchors, valid_anchor) from :class:`Batcher`, optionally with a 6th
@@ -512,7 +527,8 @@ def loss_on_batch(model, head: JetSpecDraftHead, batch, kl_temperature: float = 
     student = F.log_softmax(s_logits.float(), dim=-1)
     kl = (teacher.exp() * (teacher - student)).sum(-1).view(B, K, D)
     w = slot_ok.float()
-    loss = (kl * w).sum() / w.sum().clamp(min=1)
+    lw = w * slot_weights(D, slot_weight_gamma, dev) if slot_weight_gamma else w
+    loss = (kl * lw).sum() / lw.sum().clamp(min=1e-12 if slot_weight_gamma else 1)
     with torch.no_grad():
         top1 = (student.argmax(-1) == t_logits.argmax(-1)).view(B, K, D).float()
         acc_d = (top1 * w).sum((0, 1)) / w.sum((0, 1)).clamp(min=1)
@@ -601,7 +617,8 @@ def train_head(model, head: JetSpecDraftHead, samples: Sequence[Sample], cfg: Tr
         + (f" in a {cfg.block_noise_blocks} fraction of the blocks" if cfg.block_noise_blocks < 1 else "")
         + (f" from mask slot {cfg.block_noise_from} on" if cfg.block_noise_from > 1 else "")
         + (", rising linearly to the last slot" if cfg.block_noise_ramp else "")
-        + ("" if cfg.block_noise_in_loss else " (noisy slots out of the loss)"))
+        + ("" if cfg.block_noise_in_loss else " (noisy slots out of the loss)")
+        + (f", slot weights exp(-(k - 1) / {cfg.slot_weight_gamma})" if cfg.slot_weight_gamma else ""))
     logf = open(os.path.join(out_dir, "train_log.jsonl"), "a")
     t0 = time.time()
     budget_s = cfg.minutes * 60 if cfg.minutes else None
@@ -621,7 +638,8 @@ def train_head(model, head: JetSpecDraftHead, samples: Sequence[Sample], cfg: Tr
                 stopped = "minutes"
             break
         batch = batcher.batch(step)
-        loss, stats = loss_on_batch(model, head, batch, cfg.kl_temperature, amp, cfg.block_noise_in_loss)
+        loss, stats = loss_on_batch(model, head, batch, cfg.kl_temperature, amp, cfg.block_noise_in_loss,
+                                    cfg.slot_weight_gamma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.clip)
@@ -851,6 +869,10 @@ def add_arguments(t) -> None:
     t.add_argument("--block-noise-ramp", action="store_true",
                    help="with --block-noise P: the noise probability rises with the slot, from P / (D - S + 1) "
                         "at the first noisy slot S (--block-noise-from) to P at the last slot D")
+    t.add_argument("--slot-weight-gamma", type=float, default=0.0,
+                   help="loss weight exp(-(k - 1) / GAMMA) for mask slot k: GAMMA > 0 weighs the shallow "
+                        "slots more (DFlash's decaying weights, 7 for block 16), GAMMA < 0 the deep ones; "
+                        "0 (default): every slot alike, as in the JetSpec paper (experiment)")
     t.add_argument("--max-epochs", type=float, default=None,
                    help="cap on passes over the regenerated data (steps x batch / sequences); the run ends "
                         "early rather than overfit a small set")
@@ -917,7 +939,7 @@ def run(args) -> dict:
                       save_dtype=args.save_dtype, max_epochs=args.max_epochs, block_fill=args.block_fill,
                       block_noise=args.block_noise, block_noise_in_loss=not args.block_noise_no_loss,
                       block_noise_blocks=args.block_noise_blocks, block_noise_from=args.block_noise_from,
-                      block_noise_ramp=args.block_noise_ramp)
+                      block_noise_ramp=args.block_noise_ramp, slot_weight_gamma=args.slot_weight_gamma)
     if args.target is None:
         from .demo import demo_target_dir
         args.target = demo_target_dir()

@@ -22,6 +22,7 @@ from jetspec_ext.train import (
     loss_on_batch,
     read_prompts,
     regenerate,
+    slot_weights,
     train_head,
     _target_features,
 )
@@ -312,8 +313,9 @@ def _demo_target():
 
 
 def test_cli_block_noise_flags_reach_training(tmp_path, capsys):
-    """`--block-noise P --block-noise-no-loss`, `--block-noise-blocks F`, `--block-noise-from S` and
-    `--block-noise-ramp` reach the training config (the train line of the log names the recipe);
+    """`--block-noise P --block-noise-no-loss`, `--block-noise-blocks F`, `--block-noise-from S`,
+    `--block-noise-ramp` and `--slot-weight-gamma G` reach the training config (the train line of
+    the log names the recipe);
     the shaping flags without `--block-noise`, and S past the block's last mask slot, are refused
     before regeneration."""
     from jetspec_ext.cli import main
@@ -343,6 +345,9 @@ def test_cli_block_noise_flags_reach_training(tmp_path, capsys):
     assert main(base + ["--block-noise", "0.9", "--block-noise-from", "3", "--block-noise-ramp"]) == 0
     logged = capsys.readouterr()
     assert "block noise 0.9 from mask slot 3 on, rising linearly to the last slot" in logged.out + logged.err
+    assert main(base + ["--slot-weight-gamma", "7"]) == 0
+    logged = capsys.readouterr()
+    assert "slot weights exp(-(k - 1) / 7.0)" in logged.out + logged.err
     assert main(base + ["--block-noise-ramp"]) != 0
     refused = capsys.readouterr()
     assert "--block-noise-ramp needs --block-noise" in refused.err and "regenerated" not in refused.out
@@ -426,13 +431,14 @@ def _block_case(causal, **cfg):
     return model, head, batch
 
 
-def _reference_block_loss(model, head, batch, block_tokens, in_loss):
+def _reference_block_loss(model, head, batch, block_tokens, in_loss, weight=lambda i: 1.0):
     """The mean forward KL over the slots in the loss, each block computed alone from hand-built
     tokens: block_tokens(r, k, a, L, t_logits) -> the block's N tokens; in_loss(r, k, i) -> slot i
-    (1..N-1) counts (when its token a + i exists). Returns (mean, slot count)."""
+    (1..N-1) counts (when its token a + i exists); weight(i): slot i's weight in the mean. Returns
+    (mean, slot count)."""
     ids, att, lens, anchors, valid = batch[:5]
     N = head.block_size
-    total, count = 0.0, 0
+    total, count, weights = 0.0, 0, 0.0
     for r in range(ids.shape[0]):
         T, L = ids.shape[1], int(lens[r])
         tapped, _ = _target_features(model, ids[r:r + 1], att[r:r + 1], head.target_layer_ids)
@@ -451,9 +457,10 @@ def _reference_block_loss(model, head, batch, block_tokens, in_loss):
                     break
                 if in_loss(r, k, i):
                     teacher = torch.log_softmax(t_logits[a + i - 1], -1)
-                    total += float((teacher.exp() * (teacher - student[i - 1])).sum())
+                    total += weight(i) * float((teacher.exp() * (teacher - student[i - 1])).sum())
                     count += 1
-    return total / max(count, 1), count
+                    weights += weight(i)
+    return total / max(weights, 1e-12), count
 
 
 def test_batcher_block_noise_slots():
@@ -582,6 +589,29 @@ def test_block_noise_draws_teacher_tokens_and_keeps_their_loss(causal, noise_in_
                  for i in range(1, N)]
     assert stats["slots_by_depth"] == per_depth
     assert math.isclose(float(loss), ref, rel_tol=1e-4, abs_tol=1e-6)
+
+
+@pytest.mark.parametrize("gamma", [3.0, -4.0])
+@torch.no_grad()
+def test_slot_weights_weigh_each_mask_slots_kl(gamma):
+    """--slot-weight-gamma G: the loss is the KL of every mask slot k weighted by exp(-(k - 1) / G)
+    (G > 0: the shallow slots count more, G < 0 the deep ones), each block computed alone; the
+    uniform loss differs from it; the slot statistics do not change."""
+    assert torch.allclose(slot_weights(4, 2.0), torch.exp(-torch.tensor([0.0, 0.5, 1.0, 1.5])))
+    assert torch.equal(slot_weights(3, 0.0), torch.ones(3))
+    model, head, batch = _block_case(True, slot_weight_gamma=gamma)
+    N = head.block_size
+    ids = batch[0]
+    loss, stats = loss_on_batch(model, head, batch, slot_weight_gamma=gamma)
+    ref, count = _reference_block_loss(model, head, batch, lambda r, k, a, L, t: [int(ids[r, a])] + [1] * (N - 1),
+                                       lambda r, k, i: True, weight=lambda i: math.exp(-(i - 1) / gamma))
+    assert stats["slots"] == count > 0
+    assert math.isclose(float(loss), ref, rel_tol=1e-4, abs_tol=1e-6)
+    uniform, uniform_stats = loss_on_batch(model, head, batch)
+    assert not math.isclose(float(loss), float(uniform), rel_tol=1e-3)
+    assert uniform_stats == stats
+    with pytest.raises(ValueError, match="slot_weight_gamma must be finite"):
+        TrainConfig(slot_weight_gamma=float("nan"))
 
 
 @pytest.mark.parametrize("causal", [True, False])

@@ -27,19 +27,13 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-
-
-def unpack_mask(words: np.ndarray, n: int) -> np.ndarray:
-    """(N, ceil(N/32)) int32 packed rows -> (N, n) bool: row i's bit j = node i sees node j."""
-    w = words.astype(np.int64) & 0xFFFFFFFF
-    bits = (w[:, :, None] >> np.arange(32, dtype=np.int64)) & 1
-    return bits.reshape(w.shape[0], -1)[:, :n].astype(bool)
+from jetspec_ext.reference.attention import unpack_tree_mask  # noqa: E402
 
 
 def union_stats(mask_words: np.ndarray, n: int, nodes_per_cta: int) -> list[dict]:
     """Per block of `nodes_per_cta` consecutive query nodes: the union of their visible tree keys
     (its size, the 64-key tiles it needs when gathered, the highest key index it holds)."""
-    vis = unpack_mask(np.asarray(mask_words), n)
+    vis = unpack_tree_mask(torch.as_tensor(np.asarray(mask_words)), n).numpy()
     out = []
     for start in range(0, n, nodes_per_cta):
         u = vis[start:start + nodes_per_cta].any(axis=0)

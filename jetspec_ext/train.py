@@ -527,8 +527,8 @@ def loss_on_batch(model, head: JetSpecDraftHead, batch, kl_temperature: float = 
     student = F.log_softmax(s_logits.float(), dim=-1)
     kl = (teacher.exp() * (teacher - student)).sum(-1).view(B, K, D)
     w = slot_ok.float()
-    lw = w * slot_weights(D, slot_weight_gamma, dev) if slot_weight_gamma else w
-    loss = (kl * lw).sum() / lw.sum().clamp(min=1e-12 if slot_weight_gamma else 1)
+    lw = w * slot_weights(D, slot_weight_gamma, dev)  # (uniform weights: w itself)
+    loss = (kl * lw).sum() / lw.sum().clamp(min=1e-12)
     with torch.no_grad():
         top1 = (student.argmax(-1) == t_logits.argmax(-1)).view(B, K, D).float()
         acc_d = (top1 * w).sum((0, 1)) / w.sum((0, 1)).clamp(min=1)

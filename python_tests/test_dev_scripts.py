@@ -26,11 +26,12 @@ def test_load_sets_a_scoreboard_and_its_use_waits_for_it():
     assert (stall1, wr1, rd1, wait1) == (1, 7, 7, 1 << 2)  # waits for SB2 before it reads R174
 
 
-def _probe():
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import benchmarks.probe_ta_timeline as pt
+def _probe(name="probe_ta_timeline"):
+    """benchmarks/NAME.py as a module (the probes import jetspec_ext from the repo root)."""
+    import importlib
 
-    return pt
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def _synthetic_timeline(pt, n_slots, iters, ready_after, softmax_to_next, pv_after=50,
@@ -177,18 +178,11 @@ def test_stall_map_says_why_a_worker_could_not_start():
     assert summary.endswith("0 OK, 0 FAIL, 4 ERROR, 0 STALL of 4 cases")
 
 
-def _union_probe():
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import benchmarks.probe_tree_key_union as pu
-
-    return pu
-
-
 def test_tree_key_union_of_a_chain_grows_with_the_block_and_of_a_star_stays_small():
     from jetspec_ext.reference.build_tree import ancestor_mask
     import numpy as np
 
-    pu = _union_probe()
+    pu = _probe("probe_tree_key_union")
     n = 128
     chain = np.arange(-1, n - 1)  # node i's parent is i - 1: node i sees 0..i
     stats = pu.union_stats(ancestor_mask(chain, n), n, 32)
@@ -201,9 +195,9 @@ def test_tree_key_union_of_a_chain_grows_with_the_block_and_of_a_star_stays_smal
     assert [s["gathered_tiles"] for s in stats] == [1, 1, 1, 1]
 
 
-def test_tree_key_union_unpacks_the_sign_bit():
+def test_tree_key_union_reads_the_sign_bit():
     import numpy as np
 
-    pu = _union_probe()
-    words = np.array([[np.int32(-2**31)]], dtype=np.int32)  # bit 31 only
-    assert pu.unpack_mask(np.repeat(words, 32, axis=0), 32)[0].nonzero()[0].tolist() == [31]
+    pu = _probe("probe_tree_key_union")
+    words = np.full((32, 1), np.int32(-2**31), dtype=np.int32)  # every row: bit 31 only
+    assert [(s["union"], s["max_key"]) for s in pu.union_stats(words, 32, 32)] == [(1, 31)]

@@ -768,19 +768,22 @@ def evaluate(model, head: Optional[JetSpecDraftHead], prompts_ids: Sequence[Sequ
             continue
         if warmup:
             warm_up(lambda p: generate(target, drafter, p, budget=bud, width=width, policy=policy, **kw), bud, d)
-        toks, secs, tot, rounds, acc, same = 0, 0.0, 0.0, 0, 0, 0
+        toks, secs, tot, same = 0, 0.0, 0.0, 0
+        pp_acc, pp_rounds = [], []  # per prompt: tokens accepted, rounds (for intervals over prompts)
         for i, p in enumerate(prompts_ids):
             r = generate(target, drafter, p, budget=bud, width=width, policy=policy, **kw)
             toks += len(r.tokens[0])
             secs += r.decode_s
             tot += r.decode_s + r.prefill_s
-            rounds += len(r.rounds)
-            acc += sum(x.accept_len[0] for x in r.rounds)
+            pp_rounds.append(len(r.rounds))
+            pp_acc.append(int(sum(x.accept_len[0] for x in r.rounds)))
             if ar_tokens is not None:
                 same += int(r.tokens[0] == ar_tokens[i])
+        rounds, acc = sum(pp_rounds), sum(pp_acc)
         e = {"tau": acc / rounds if rounds else None, "depth": d, "rounds": rounds, "tokens": toks,
              "decode_s": round(secs, 4), "tokens_per_s": toks / secs if secs else None,
-             "tokens_per_s_incl_prefill": toks / tot if tot else None}
+             "tokens_per_s_incl_prefill": toks / tot if tot else None,
+             "per_prompt_accepted": pp_acc, "per_prompt_rounds": pp_rounds}
         if ar_tokens is not None:
             e["identical_to_ar"] = f"{same}/{len(prompts_ids)}"
             if (res.get("ar") or {}).get("tokens_per_s"):
@@ -789,6 +792,42 @@ def evaluate(model, head: Optional[JetSpecDraftHead], prompts_ids: Sequence[Sequ
         log(f"eval budget {bud} width {width}: tau {e['tau']:.3f}, {e['tokens_per_s']:.1f} tok/s"
             + (f", speedup {e.get('speedup', float('nan')):.2f}x" if "speedup" in e else ""))
     return res
+
+
+def tau_ratio_interval(num: dict, den: dict, *, level: float = 0.95, n_boot: int = 10000,
+                       seed: int = 0) -> dict:
+    """The ratio of two heads' mean accepted lengths on the SAME prompts (``tau = sum accepted /
+    sum rounds`` each, as ``evaluate`` computes it) and a paired bootstrap interval over the prompts:
+    ``n_boot`` resamples of the prompt indices with replacement, the same indices for both heads (a
+    prompt that is easy for one head is easy for the other), percentiles ``(1 -+ level) / 2`` of
+    the resampled ratios. ``num`` / ``den``: ``evaluate`` budget entries (or any dicts) with
+    ``per_prompt_accepted`` and ``per_prompt_rounds`` (lists of ints, one per prompt, same order).
+    Returns ``{"ratio", "lo", "hi", "level", "prompts", "n_boot"}``. Raises ValueError when the
+    entries lack per-prompt records (results from before they were kept) or disagree in length."""
+    import numpy as np
+
+    arrays = []
+    for name, e in (("num", num), ("den", den)):
+        a, r = e.get("per_prompt_accepted"), e.get("per_prompt_rounds")
+        if a is None or r is None:
+            raise ValueError(f"{name}: no per_prompt_accepted / per_prompt_rounds (evaluate keeps them since "
+                             "the thirtieth session)")
+        if len(a) != len(r) or not len(a):
+            raise ValueError(f"{name}: per-prompt lists of lengths {len(a)} / {len(r)}")
+        arrays.append((np.asarray(a, dtype=np.float64), np.asarray(r, dtype=np.float64)))
+    (na, nr), (da, dr) = arrays
+    if len(na) != len(da):
+        raise ValueError(f"the two entries cover {len(na)} and {len(da)} prompts; a paired interval needs the same")
+    if not 0.0 < level < 1.0 or n_boot < 1:
+        raise ValueError(f"level must be in (0, 1) and n_boot >= 1, got {level}, {n_boot}")
+    if nr.sum() == 0 or dr.sum() == 0 or da.sum() == 0:
+        raise ValueError("a head with no rounds or nothing accepted has no tau ratio")
+    ratio = (na.sum() / nr.sum()) / (da.sum() / dr.sum())
+    idx = np.random.default_rng(seed).integers(0, len(na), size=(n_boot, len(na)))
+    boot = (na[idx].sum(1) / nr[idx].sum(1)) / (da[idx].sum(1) / dr[idx].sum(1))
+    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return {"ratio": float(ratio), "lo": float(lo), "hi": float(hi), "level": level, "prompts": len(na),
+            "n_boot": n_boot}
 
 
 def stop_ids_for(tok, model) -> List[int]:

@@ -227,6 +227,73 @@ def test_evaluate_through_decoder():
                  measure_ar=True)
     assert r["budgets"]["4"]["tau"] >= 1.0 and r["budgets"]["8"]["identical_to_ar"] == "2/2"
     assert r["ar"]["tokens"] == 16
+    for e in r["budgets"].values():  # per-prompt records add up to the totals
+        assert len(e["per_prompt_accepted"]) == len(e["per_prompt_rounds"]) == 2
+        assert sum(e["per_prompt_rounds"]) == e["rounds"]
+        assert sum(e["per_prompt_accepted"]) / e["rounds"] == pytest.approx(e["tau"], rel=0, abs=1e-12)
+        assert all(r_ >= 1 for r_ in e["per_prompt_rounds"])
+
+
+def _entry(acc, rounds):
+    return {"per_prompt_accepted": list(acc), "per_prompt_rounds": list(rounds)}
+
+
+def test_tau_ratio_interval_point_and_degenerate_cases():
+    """The ratio is (sum acc / sum rounds) / (sum acc / sum rounds), not a mean of per-prompt
+    ratios; a head against itself, or a head that accepts exactly twice as much on every prompt,
+    has a zero-width interval."""
+    from jetspec_ext.train import tau_ratio_interval
+
+    a = _entry([60, 10, 33], [10, 5, 11])
+    b = _entry([30, 20, 22], [10, 5, 11])
+    iv = tau_ratio_interval(a, b, n_boot=500)
+    assert iv["ratio"] == pytest.approx((103 / 26) / (72 / 26))
+    assert iv["lo"] <= iv["ratio"] <= iv["hi"] and iv["lo"] < iv["hi"] and iv["prompts"] == 3
+    same = tau_ratio_interval(a, a, n_boot=200)
+    assert same["ratio"] == same["lo"] == same["hi"] == pytest.approx(1.0)
+    twice = tau_ratio_interval(_entry([20, 8, 44], [10, 5, 11]), _entry([10, 4, 22], [10, 5, 11]), n_boot=200)
+    assert twice["lo"] == pytest.approx(2.0) and twice["hi"] == pytest.approx(2.0)
+
+
+def test_tau_ratio_interval_is_a_paired_bootstrap():
+    """Same seed: the interval equals a plain loop over the same resampled indices (the SAME
+    indices for both heads), and a different seed moves it only a little."""
+    import numpy as np
+
+    from jetspec_ext.train import tau_ratio_interval
+
+    g = np.random.default_rng(3)
+    rounds_a = g.integers(10, 40, 40)
+    rounds_b = g.integers(10, 40, 40)
+    a = _entry(rounds_a * g.uniform(3, 7, 40) // 1, rounds_a)
+    b = _entry(rounds_b * g.uniform(2, 6, 40) // 1, rounds_b)
+    iv = tau_ratio_interval(a, b, n_boot=300, seed=11, level=0.9)
+    idx = np.random.default_rng(11).integers(0, 40, size=(300, 40))
+    ref = []
+    for row in idx:
+        ta = sum(a["per_prompt_accepted"][i] for i in row) / sum(a["per_prompt_rounds"][i] for i in row)
+        tb = sum(b["per_prompt_accepted"][i] for i in row) / sum(b["per_prompt_rounds"][i] for i in row)
+        ref.append(ta / tb)
+    lo, hi = np.quantile(ref, [0.05, 0.95])
+    assert iv["lo"] == pytest.approx(lo, rel=1e-12) and iv["hi"] == pytest.approx(hi, rel=1e-12)
+    other = tau_ratio_interval(a, b, n_boot=4000, seed=12, level=0.9)
+    assert abs(other["lo"] - iv["lo"]) < 0.1 and abs(other["hi"] - iv["hi"]) < 0.1
+
+
+def test_tau_ratio_interval_rejects_what_it_cannot_pair():
+    from jetspec_ext.train import tau_ratio_interval
+
+    a = _entry([6, 4], [2, 2])
+    with pytest.raises(ValueError, match="per_prompt"):
+        tau_ratio_interval({"tau": 3.0}, a)
+    with pytest.raises(ValueError, match="same"):
+        tau_ratio_interval(a, _entry([6, 4, 5], [2, 2, 2]))
+    with pytest.raises(ValueError, match="lengths"):
+        tau_ratio_interval(_entry([6, 4], [2]), a)
+    with pytest.raises(ValueError, match="level"):
+        tau_ratio_interval(a, a, level=1.0)
+    with pytest.raises(ValueError, match="no tau ratio"):
+        tau_ratio_interval(a, _entry([0, 0], [2, 2]))
 
 
 def _count_generate_calls(monkeypatch):

@@ -223,6 +223,30 @@ def test_pairs_table_lists_every_pair(tmp_path):
     assert "slot 1 causal / bidir" not in out                 # no slot_accuracy.json: no second table
 
 
+def test_tables_give_the_ratio_interval_where_results_hold_per_prompt_records(tmp_path):
+    """eval_demo_head's table ends with each budget's causal / bidirectional ratio and its paired
+    bootstrap interval, and summarize_pairs adds ``[lo, hi]`` to the largest budget's ratio, when
+    the rows hold per-prompt records; results without them render as before."""
+    from jetspec_ext.train import tau_ratio_interval
+
+    def row(kind, acc, rounds):
+        return {"tau": sum(acc) / sum(rounds), "speedup": 2.0, "width": 7, "budget": 128, "depth": 15,
+                "tokens_per_s": 1.0, "per_prompt_accepted": acc, "per_prompt_rounds": rounds}
+
+    c = row("causal", [60, 50, 40, 70], [10, 10, 10, 10])
+    d = row("bidirectional", [50, 45, 40, 50], [10, 10, 10, 10])
+    res = {"budgets": [128], "prompts": 4, "configs": {"causal tree w7 b128": c, "bidirectional tree w7 b128": d}}
+    iv = tau_ratio_interval(c, d)
+    t = eval_demo_head.render_table(res)
+    assert (f"- budget 128: causal / bidirectional tau {iv['ratio']:.3f}, 95 % paired bootstrap interval "
+            f"over the 4 prompts {iv['lo']:.3f} - {iv['hi']:.3f}") in t
+    assert f"({iv['ratio']:.2f}) [{iv['lo']:.2f}, {iv['hi']:.2f}] |" in summarize_pairs.render([("p", res)])
+    for e in (c, d):
+        del e["per_prompt_accepted"]
+    assert "bootstrap" not in eval_demo_head.render_table(res)
+    assert "[" not in summarize_pairs.pair_row("p", res)
+
+
 def test_pairs_table_adds_the_slot_diagnostic(tmp_path):
     """A pair directory holding slot_accuracy.json (make_demo_head.sh --slot-diag) adds a second
     table: both heads' all-MASK top-1 at slots 1, 2, 3, 4, 8, per pair; pairs without it are absent

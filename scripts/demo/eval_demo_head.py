@@ -82,7 +82,34 @@ def render_table(res) -> str:
     head = (f"Demo heads, greedy, {res.get('prompts')} held-out MBPP prompts, max {res.get('max_new_tokens')} "
             f"new tokens, device {res.get('device')}, dtype {res.get('dtype')}, CUDA graphs "
             f"{res.get('cuda_graph')}, torch.compile {res.get('compile', False)}.\n\n")
-    return head + "\n".join(rows) + "\n"
+    return head + "\n".join(rows) + "\n" + render_ratios(res)
+
+
+def tree_entry(res, kind: str, budget: int) -> dict:
+    """The ``kind`` head's (``causal`` / ``bidirectional``) accum-tree row at ``budget``, whatever
+    the width; {} when there is none."""
+    for key, e in res.get("configs", {}).items():
+        if key.startswith(f"{kind} tree w") and key.endswith(f" b{budget}"):
+            return e
+    return {}
+
+
+def render_ratios(res) -> str:
+    """Per budget with both heads' tree rows: the causal / bidirectional tau ratio with its 95 %
+    paired bootstrap interval over the prompts (``jetspec_ext.train.tau_ratio_interval``); empty
+    when the rows lack per-prompt records."""
+    from jetspec_ext.train import tau_ratio_interval
+
+    lines = []
+    for b in res.get("budgets") or []:
+        c, d = tree_entry(res, "causal", b), tree_entry(res, "bidirectional", b)
+        try:
+            iv = tau_ratio_interval(c, d)
+        except ValueError:
+            continue
+        lines.append(f"- budget {b}: causal / bidirectional tau {iv['ratio']:.3f}, 95 % paired bootstrap "
+                     f"interval over the {iv['prompts']} prompts {iv['lo']:.3f} - {iv['hi']:.3f}")
+    return ("\nTau ratio with its uncertainty over prompts:\n\n" + "\n".join(lines) + "\n") if lines else ""
 
 
 def main(argv=None):

@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """One table for several demo head pairs (``scripts/gpu/demo_pairs.sh``): per pair, the steps
 each head trained, tau of the causal and the bidirectional head per budget, their ratio, both
-heads' speedups over AR at the largest budget and the AR baseline's tokens/s.
+heads' speedups over AR at the largest budget and the AR baseline's tokens/s. The largest
+budget's ratio carries its 95 % paired bootstrap interval over the prompts, ``[lo, hi]``, where
+the results hold per-prompt records (evaluate keeps them since the thirtieth session).
 
     python scripts/demo/summarize_pairs.py NAME=DIR/demo_head_results.json [NAME=...]
 
@@ -14,6 +16,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from jetspec_ext.train import tau_ratio_interval  # noqa: E402
 
 SLOTS_SHOWN = (1, 2, 3, 4, 8)
 
@@ -37,6 +42,12 @@ def pair_row(name: str, res: dict) -> str:
         d, _ = _tau(res, "bidirectional", b)
         ratio = f"{c / d:.2f}" if c and d else "-"
         cells.append(f"{c:.2f} / {d:.2f} ({ratio})" if c and d else f"{c} / {d} ({ratio})")
+    if budgets:  # the largest budget's ratio with its 95 % paired bootstrap interval over prompts
+        try:
+            iv = tau_ratio_interval(_tau(res, "causal", budgets[-1])[1], _tau(res, "bidirectional", budgets[-1])[1])
+            cells[-1] += f" [{iv['lo']:.2f}, {iv['hi']:.2f}]"
+        except ValueError:  # no per-prompt records (older results) or a missing row
+            pass
     speeds = []
     for kind in ("causal", "bidirectional"):
         _, e = _tau(res, kind, budgets[-1]) if budgets else (None, {})

@@ -348,3 +348,31 @@ def test_demo_pairs_refuses_bad_settings_before_any_work(tmp_path):
     cache.write_text("")
     rc, out, made = run(DEMO_CACHE=str(cache), PAIRS="p0: bad name:--block-noise=0.5")
     assert rc == 2 and "bad PAIRS item" in out and not made
+
+
+def test_eval_demo_head_tau_only_on_the_bundled_pair(tmp_path):
+    """eval_demo_head.py end to end on the CPU with the bundled demo target and head (real parts):
+    --no-ar records the baseline as skipped (no speedup, no identical-to-AR), --no-chain leaves the
+    chain row out, every tree row keeps per-prompt records that add up to its tau, and the same head
+    in both slots gives a ratio of exactly 1 with a zero-width interval."""
+    pytest.importorskip("transformers")
+    from jetspec_ext.demo import demo_head_dir
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in (
+        'def add(a, b):\n    """Return a + b."""\n', 'def is_even(n):\n    """True if n is even."""\n')) + "\n")
+    out = tmp_path / "r.json"
+    head = demo_head_dir()
+    assert eval_demo_head.main(["--causal", head, "--bidir", head, "--prompts", str(prompts), "--num", "2",
+                                "--budgets", "16", "--max-new-tokens", "8", "--device", "cpu", "--no-ar",
+                                "--no-chain", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["ar"] == {"skipped": "--no-ar"}
+    assert sorted(res["configs"]) == ["bidirectional tree w7 b16", "causal tree w7 b16"]
+    for e in res["configs"].values():
+        assert "speedup" not in e and "identical_to_ar" not in e
+        assert len(e["per_prompt_rounds"]) == 2
+        assert sum(e["per_prompt_accepted"]) / sum(e["per_prompt_rounds"]) == pytest.approx(e["tau"])
+    table = (tmp_path / "r.md").read_text()
+    assert "| autoregressive | - | - | - | skipped (--no-ar) |" in table
+    assert "causal / bidirectional tau 1.000, 95 % paired bootstrap interval over the 2 prompts 1.000 - 1.000" in table

@@ -71,7 +71,9 @@ def render_table(res) -> str:
     rows = ["| config | width | budget | depth | tau | tokens/s | speedup vs AR | identical to AR |",
             "|---|---|---|---|---|---|---|---|"]
     ar = res.get("ar") or {}
-    if ar:
+    if ar.get("skipped"):
+        rows.append(f"| autoregressive | - | - | - | skipped ({ar['skipped']}) | | | |")
+    elif ar:
         rows.append(f"| autoregressive | - | - | - | 1.00 | {_tps(ar)} | 1.00 | - |")
     for name, e in res.get("configs", {}).items():
         if "error" in e or "skipped" in e:
@@ -131,6 +133,10 @@ def main(argv=None):
                     help="torch.compile the target's and the heads' round computations (AR baseline too; "
                          "each shape compiles on its warm-up call)")
     ap.add_argument("--end-by", type=float, default=None, help="unix time: skip what would start after it")
+    ap.add_argument("--no-ar", action="store_true",
+                    help="tau only: no autoregressive baseline (so no speedups and no identical-to-AR column), "
+                         "e.g. for many prompts on the CPU")
+    ap.add_argument("--no-chain", action="store_true", help="leave out the causal head's chain row")
     ap.add_argument("--out", required=True)
     ap.add_argument("--table", default=None)
     ap.add_argument("--extra", default=None, help="JSON file merged into the results (e.g. training summaries)")
@@ -179,17 +185,20 @@ def main(argv=None):
             traceback.print_exc()
     # the AR baseline, once
     ar_tokens = None
-    try:
-        r, failed = recording_capture_failures(
-            lambda: evaluate(model, None, ids, budgets=(), measure_ar=True, warmup=warm, **kw))
-        res["ar"] = r["ar"]
-        if failed:
-            res["ar"]["graph_capture_failed"] = failed
-        ar_tokens = r["ar_tokens"]
-        log(f"AR baseline: {r['ar']['tokens_per_s']:.1f} tokens/s ({r['ar']['tokens']} tokens)")
-    except Exception as e:  # noqa: BLE001
-        traceback.print_exc()
-        res["ar"] = {"error": repr(e)}
+    if a.no_ar:
+        res["ar"] = {"skipped": "--no-ar"}
+    else:
+        try:
+            r, failed = recording_capture_failures(
+                lambda: evaluate(model, None, ids, budgets=(), measure_ar=True, warmup=warm, **kw))
+            res["ar"] = r["ar"]
+            if failed:
+                res["ar"]["graph_capture_failed"] = failed
+            ar_tokens = r["ar_tokens"]
+            log(f"AR baseline: {r['ar']['tokens_per_s']:.1f} tokens/s ({r['ar']['tokens']} tokens)")
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            res["ar"] = {"error": repr(e)}
     write(res, a.out, table)
     ar_tps = (res.get("ar") or {}).get("tokens_per_s")
 
@@ -209,7 +218,7 @@ def main(argv=None):
         for name, path in (("causal", a.causal), ("bidirectional", a.bidir)):
             if path:
                 plan += [(f"{name} {label}", path, a.width, b, pol) for b in budgets]
-        if i == 0 and a.causal:
+        if i == 0 and a.causal and not a.no_chain:
             plan.append(("causal chain", a.causal, 1, None, "accum"))
     heads = {}
     for name, path, width, budget, policy in plan:

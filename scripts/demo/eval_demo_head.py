@@ -243,7 +243,8 @@ def main(argv=None):
             if ar_tps and e.get("tokens_per_s"):
                 e["speedup"] = e["tokens_per_s"] / ar_tps
             res["configs"][key] = e
-            log(f"{key}: tau {e['tau']:.3f}, {e['tokens_per_s']:.1f} tokens/s, speedup {e.get('speedup', float('nan')):.2f}x")
+            log(f"{key}: tau {e['tau']:.3f}, {e['tokens_per_s']:.1f} tokens/s"
+                + (f", speedup {e['speedup']:.2f}x" if "speedup" in e else ""))
         except Exception as ex:  # noqa: BLE001 - record and go on
             traceback.print_exc()
             res["configs"][key] = {"error": repr(ex)[:300]}

@@ -18,6 +18,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from eval_demo_head import tree_entry  # noqa: E402
 from jetspec_ext.train import tau_ratio_interval  # noqa: E402
 
 SLOTS_SHOWN = (1, 2, 3, 4, 8)
@@ -26,10 +28,8 @@ SLOTS_SHOWN = (1, 2, 3, 4, 8)
 def _tau(res, kind, budget):
     """tau and entry of the ``kind`` head's tree row at ``budget`` (eval_demo_head's key
     ``"{kind} tree w{width} b{budget}"``, whatever the width)."""
-    for key, e in res.get("configs", {}).items():
-        if key.startswith(f"{kind} tree w") and key.endswith(f" b{budget}"):
-            return e.get("tau"), e
-    return None, {}
+    e = tree_entry(res, kind, budget)
+    return e.get("tau"), e
 
 
 def pair_row(name: str, res: dict) -> str:

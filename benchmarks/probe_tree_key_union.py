@@ -50,21 +50,20 @@ def main():
     ap.add_argument("--nodes-per-cta", type=int, default=32, help="128 rows / G (G = 4 for Qwen3-8B)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--eval-prompts", required=True,
-                    help="JSONL with a 'prompt' field, e.g. scripts/demo/extract_prompts.py's --eval-out")
+                    help="prompts file in any format jetspec train reads (e.g. scripts/demo/extract_prompts.py's "
+                         "--eval-out JSONL)")
     ap.add_argument("--json", default=None, help="write the per-round statistics here")
     args = ap.parse_args()
 
     import jetspec_ext.decoder as dec
     from jetspec_ext.demo import load_demo_head, load_demo_target
     from jetspec_ext.target import Target
-    from jetspec_ext.train import encode_prompt
+    from jetspec_ext.train import encode_prompt, read_prompts
 
     model, tok = load_demo_target(device="cpu", dtype=torch.float32)
     head = load_demo_head(device="cpu", dtype=torch.float32).eval()
     target = Target(model, head.target_layer_ids)
-    with open(args.eval_prompts) as f:
-        texts = [json.loads(line)["prompt"] for line in f][: args.prompts]
-    prompts = [encode_prompt(tok, t) for t in texts]
+    prompts = [encode_prompt(tok, t) for t in read_prompts(args.eval_prompts, args.prompts)]
 
     recorded = []
     real_build_tree = dec.build_tree

@@ -8,6 +8,9 @@
 # (`make_demo_head.sh --regen-only`, REGEN_SECONDS of generation, default 110: ~150 s on the H200
 # in all, about the 15 MB export's 62,762 answers), its export copied to $OUT/regen.jsonl.gz so
 # that later calls can carry it (carried files do not outlive a session).
+# The export is capped at 15 MB (a uniform prefix of the answers); the whole cache is BUILD/regen.jsonl
+# of `make_demo_head.sh --regen-only --build BUILD` (142,007 answers, 156 MB, in ~200 s on the H200):
+# too large to carry, but a later call on the same warm machine can pass it as DEMO_CACHE.
 #
 #   DEMO_CACHE=.carry/regen/regen.jsonl.gz PAIRS="p0: p50:--block-noise=0.5" \
 #     PAIRS_ARGS="--total-minutes 4.5 --steps 2000 --eval-seconds 70" bash scripts/gpu/demo_pairs.sh

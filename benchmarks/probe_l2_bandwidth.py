@@ -95,7 +95,7 @@ def main():
     print(f"a call of 128 CTAs reading 8 KB each (the fixed cost of a call here): {empty_us:.2f} us")
     for buf_mb, ctas, per_cta, share in cases:
         buf = torch.randint(0, 1 << 30, (buf_mb * (1 << 20) // 4,), dtype=torch.int32, device="cuda")
-        us = per_call_us(lambda: ext.launch_l2_read(buf, per_cta, ctas, share, sink))
+        us = per_call_us(lambda buf=buf: ext.launch_l2_read(buf, per_cta, ctas, share, sink))
         total = ctas * per_cta
         print(f"{buf_mb:>6}MB {ctas:>6} {per_cta // 1024:>7}KB {share:>5} {total / 2**20:>8.1f} {us:>8.2f} "
               f"{total / us / 1e6:>6.2f}  (less the fixed cost: {total / max(us - empty_us, 1e-3) / 1e6:.2f})")

@@ -275,7 +275,7 @@ def main(argv=None):
         pool = None
         _init_worker(opts)
         results = map(process_file, paths)
-    seen_files, seen, prompts, kinds = set(), set(), [], []
+    seen_files, seen, prompts = set(), set(), []
     n_files = n_dup_files = n_excl = n_seen = 0
     capped = False
     try:

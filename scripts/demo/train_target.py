@@ -35,7 +35,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,5 +1,5 @@
-"""A/B of split_kernel_ws's tile rebalancing (JETSPEC_TREE_ATTN_REBALANCE=1, the default, against
-0: plain interleaving) on the issue's tree-attention cells, Qwen3-8B shapes (Hq 32, Hkv 8, Dh 128,
+"""A/B of split_kernel_ws's tile rebalancing (JETSPEC_TREE_ATTN_REBALANCE=1 against 0, plain
+interleaving, the default) on the issue's tree-attention cells, Qwen3-8B shapes (Hq 32, Hkv 8, Dh 128,
 bf16), the default split count. Per cell and setting: CUDA-graph time (10 calls per replay), the
 median of --rounds interleaved rounds (one round: each setting once, so neither is favoured by its
 position), and whether the outputs of both settings match the fp32 reference within the

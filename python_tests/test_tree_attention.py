@@ -471,7 +471,7 @@ REBALANCE_CASES = [  # B, N, Hq, Hkv, D, plens, kind; at most 8 clusters
 @pytest.mark.parametrize("case", REBALANCE_CASES,
                          ids=lambda c: f"B{c[0]}N{c[1]}Hq{c[2]}Hkv{c[3]}D{c[4]}P{c[5][0]}{c[6]}")
 def test_cuda_ws_rebalanced_splits(case, splits, cluster, rebalance, monkeypatch):
-    """With JETSPEC_TREE_ATTN_REBALANCE (default on) the split holding the key range's last tile
+    """With JETSPEC_TREE_ATTN_REBALANCE=1 (default off until timed) the split holding the key range's last tile
     gives its second-to-last tile to the next split when it has one tile more than that split and
     at least 3: a sequence with a gap (the donor) and one with an out-of-order last tile (the
     receiver). Both settings, both merge paths, against the reference; the donor's last tile is

@@ -125,15 +125,16 @@ bool q_tma_allowed() {
   return e != "0";
 }
 
-// JETSPEC_TREE_ATTN_REBALANCE (read per call): unset or 1: split_kernel_ws moves one prefix tile
-// from the split holding the key range's last tile to the next split where that shortens the
-// longest split (split_tiles_interleaved); 0: plain interleaving (A/B timing, tests of both).
+// JETSPEC_TREE_ATTN_REBALANCE (read per call): 1: split_kernel_ws moves one prefix tile from the
+// split holding the key range's last tile to the next split where that shortens the longest split
+// (split_tiles_interleaved); unset or 0: plain interleaving. Off by default until it is timed on
+// the H200 (benchmarks/probe_ta_rebalance.py; docs/tree_attention.md); tests run both.
 bool rebalance_allowed() {
   const char* env = std::getenv("JETSPEC_TREE_ATTN_REBALANCE");
-  if (env == nullptr) return true;
+  if (env == nullptr) return false;
   const std::string e(env);
   TORCH_CHECK(e.empty() || e == "0" || e == "1", "JETSPEC_TREE_ATTN_REBALANCE must be 0 or 1, got '", e, "'");
-  return e != "0";
+  return e == "1";
 }
 
 // Clusters of s CTAs (s = 2..kMaxClusterSplits; entries 0 and 1 unused) of `kernel` resident at

@@ -82,7 +82,8 @@ struct Params {
   int cluster_merge;
   // split_kernel_ws only: 1 when a split holding the key range's last tile (a tree tile, which
   // costs ~1.4 prefix tiles) and one more tile than the next split gives one of its prefix tiles
-  // to that split (split_tiles_interleaved); 0: plain interleaving.
+  // to that split (split_tiles_interleaved); 0: plain interleaving (the default: the launcher sets
+  // 1 only with JETSPEC_TREE_ATTN_REBALANCE=1).
   int rebalance;
   float scale_log2;  // softmax scale * log2(e)
 };

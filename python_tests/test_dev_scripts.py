@@ -201,9 +201,3 @@ def test_tree_key_union_reads_the_sign_bit():
     pu = _probe("probe_tree_key_union")
     words = np.full((32, 1), np.int32(-2**31), dtype=np.int32)  # every row: bit 31 only
     assert [(s["union"], s["max_key"]) for s in pu.union_stats(words, 32, 32)] == [(1, 31)]
-
-
-def test_rebalance_probe_reads_cells():
-    """benchmarks/probe_ta_rebalance.py's --cells: PxN (batch 1) or B:PxN."""
-    pr = _probe("probe_ta_rebalance")
-    assert pr.parse_cells("1024x64,8:4096x64") == [(1, 1024, 64), (8, 4096, 64)]

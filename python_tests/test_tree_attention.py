@@ -456,37 +456,8 @@ def test_cuda_cluster_merge(case, splits, cluster, monkeypatch):
                 seed=case[1] + case[0])
 
 
-REBALANCE_CASES = [  # B, N, Hq, Hkv, D, plens, kind; at most 8 clusters
-    (1, 64, 8, 2, 128, [1000], "random"),        # 17 tiles, the last partial: a donor at 3..8 splits
-    (1, 128, 4, 1, 64, [900], "chain"),          # 17 tiles, 3 of them touch the tree; head dim 64
-    (2, 40, 8, 2, 128, [1000, 300], "deep"),     # 17 and 6 tiles: a donor in one batch row only
-]
-
-
 @requires_cuda_kernel
-@pytest.mark.skipif("wgmma_ws_pp" not in IMPLS, reason="split_kernel_ws needs sm_90")
-@pytest.mark.parametrize("rebalance", ["1", "0"])
-@pytest.mark.parametrize("cluster", ["require", "0"])
-@pytest.mark.parametrize("splits", ["3", "4", "5", "6", "8"])
-@pytest.mark.parametrize("case", REBALANCE_CASES,
-                         ids=lambda c: f"B{c[0]}N{c[1]}Hq{c[2]}Hkv{c[3]}D{c[4]}P{c[5][0]}{c[6]}")
-def test_cuda_ws_rebalanced_splits(case, splits, cluster, rebalance, monkeypatch):
-    """With JETSPEC_TREE_ATTN_REBALANCE=1 (default off until timed) the split holding the key range's last tile
-    gives its second-to-last tile to the next split when it has one tile more than that split and
-    at least 3: a sequence with a gap (the donor) and one with an out-of-order last tile (the
-    receiver). Both settings, both merge paths, against the reference; the donor's last tile is
-    the partial one whose V is zero-filled."""
-    ns, n_nodes = int(splits), case[1]
-    tiles = [-(-(plen + n_nodes) // 64) for plen in case[5]]
-    # the rule of split_tiles_interleaved: this case must have a donor in some batch row
-    assert any(t % ns and (t - 1) // ns + 1 >= 3 for t in tiles), (tiles, ns)
-    run_ws_case(case, monkeypatch, {"JETSPEC_TREE_ATTN_SPLITS": splits, "JETSPEC_TREE_ATTN_CLUSTER": cluster,
-                                    "JETSPEC_TREE_ATTN_REBALANCE": rebalance}, seed=case[1] + int(splits))
-
-
-@requires_cuda_kernel
-@pytest.mark.parametrize("setting", ["JETSPEC_TREE_ATTN_CLUSTER", "JETSPEC_TREE_ATTN_Q_TMA",
-                                     "JETSPEC_TREE_ATTN_REBALANCE"])
+@pytest.mark.parametrize("setting", ["JETSPEC_TREE_ATTN_CLUSTER", "JETSPEC_TREE_ATTN_Q_TMA"])
 def test_cuda_ws_setting_is_checked(setting, monkeypatch):
     """split_kernel_ws's settings (the cluster merge with 4 forced splits; Q by TMA) refuse a value
     they do not know instead of ignoring it."""

@@ -125,18 +125,6 @@ bool q_tma_allowed() {
   return e != "0";
 }
 
-// JETSPEC_TREE_ATTN_REBALANCE (read per call): 1: split_kernel_ws moves one prefix tile from the
-// split holding the key range's last tile to the next split where that shortens the longest split
-// (split_tiles_interleaved); unset or 0: plain interleaving. Off by default until it is timed on
-// the H200 (benchmarks/probe_ta_rebalance.py; docs/tree_attention.md); tests run both.
-bool rebalance_allowed() {
-  const char* env = std::getenv("JETSPEC_TREE_ATTN_REBALANCE");
-  if (env == nullptr) return false;
-  const std::string e(env);
-  TORCH_CHECK(e.empty() || e == "0" || e == "1", "JETSPEC_TREE_ATTN_REBALANCE must be 0 or 1, got '", e, "'");
-  return e == "1";
-}
-
 // Clusters of s CTAs (s = 2..kMaxClusterSplits; entries 0 and 1 unused) of `kernel` resident at
 // once on `device`, 0 where none fits. Queried once per kernel and device (static facts,
 // CUDA-graph safe), so a launch costs one cache lookup.
@@ -354,7 +342,6 @@ void launch_ws(tree_attn::Params& p, int64_t S, int device, cudaStream_t stream,
   // Q by TMA when a CTA's 128 rows are whole nodes (G divides 128; q is 16-byte aligned, see
   // tree_attention_cuda); otherwise cp.async.
   p.q_tma = q_tma_allowed() && tree_attn::kWsRows % p.G == 0;
-  p.rebalance = rebalance_allowed() ? 1 : 0;
   if (p.q_tma) p.tmap_q = encode_q_tensor_map<T>(p.q, D, p.Hq, p.N, p.B, p.G, p.q_sb, p.q_sn, p.q_sh);
   static bool configured[64] = {false};
   launch_split<D, T, T>(tree_attn::split_kernel_ws<D, T>, tree_attn::kWsThreads, tree_attn::ws_smem_bytes<D>(),

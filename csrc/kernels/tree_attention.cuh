@@ -26,7 +26,6 @@
 #include <cuda.h>  // CUtensorMap (a type only: no driver library is linked)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <climits>
 #include <stdint.h>
 
 #include <type_traits>
@@ -80,11 +79,6 @@ struct Params {
   // cluster and merge their partials through distributed shared memory at the end of the kernel
   // (no o_part / lse_part, no merge_kernel); 0: partials in global memory, merge_kernel.
   int cluster_merge;
-  // split_kernel_ws only: 1 when a split holding the key range's last tile (a tree tile, which
-  // costs ~1.4 prefix tiles) and one more tile than the next split gives one of its prefix tiles
-  // to that split (split_tiles_interleaved); 0: plain interleaving (the default: the launcher sets
-  // 1 only with JETSPEC_TREE_ATTN_REBALANCE=1).
-  int rebalance;
   float scale_log2;  // softmax scale * log2(e)
 };
 
@@ -285,26 +279,10 @@ __device__ __forceinline__ SplitRange split_range(const Params& p, int b, int sp
 // Measured on the H200 (fourteenth session, benchmarks/RESULTS.md): interleaving alone was up to
 // 0.6 us slower at prefix <= 4096 (6 us at P16384 N256); with the length loaded first and
 // K(first) copied early, 0.4-0.7 us faster at prefix 1024 and 4096, 2-8 us slower at P16384 N256.
-// `count` tiles from `first` with stride `stride` (split_tile_at gives the i-th), empty when
-// count == 0; with p.rebalance one split's sequence skips its element `skip` and the next split's
-// ends with that tile (`extra`) instead.
-//
-// Why rebalance: the splits' tile counts differ by at most one, and the key range's last tile,
-// which holds the tree (mask words, more arithmetic: ~1.4 prefix tiles, twentieth session), lands
-// in the last split with the larger count. At P1024 N64 (17 tiles, 6 splits) split 4 holds tiles
-// 4, 10, 16 (~3.4 tile-times) and split 5 holds 5, 11 (2): the cluster waits for split 4. Moving
-// tile 10 to split 5 leaves 4, 16 (~2.4) and 5, 11, 10 (3): ~0.4 tile-times less on the critical
-// path. The donor keeps its first tile (its K copy starts before the prefix length lands) and its
-// last (the partial tile whose V the producers zero-fill), so it needs >= 3 tiles.
+// `count` tiles from `first` with stride `stride`; empty when count == 0.
 struct SplitTiles {
   int plen, L, first, count, stride;
-  int skip;   // the donor: index of the element its sequence leaves out (INT_MAX: none)
-  int extra;  // the receiver: the tile appended as its last element (-1: none)
 };
-__device__ __forceinline__ int split_tile_at(const SplitTiles& r, int i) {
-  if (i == r.count - 1 && r.extra >= 0) return r.extra;
-  return r.first + (i >= r.skip ? i + 1 : i) * r.stride;
-}
 // (plen_raw: prefix_lens[b], loaded by the caller as early as it may: the first K/V copies wait
 // for it, so its latency should overlap the CTA's set-up and the Q copies.)
 __device__ __forceinline__ SplitTiles split_tiles_interleaved(const Params& p, int plen_raw, int split) {
@@ -315,20 +293,6 @@ __device__ __forceinline__ SplitTiles split_tiles_interleaved(const Params& p, i
   r.first = split;
   r.stride = p.num_splits;
   r.count = split < num_tiles ? (num_tiles - 1 - split) / p.num_splits + 1 : 0;
-  r.skip = INT_MAX;
-  r.extra = -1;
-  const int donor = (num_tiles - 1) % p.num_splits;   // holds the last tile
-  const int donor_count = (num_tiles - 1) / p.num_splits + 1;
-  // a receiver with one tile fewer exists iff the tiles do not fill the last round of splits
-  if (p.rebalance && num_tiles % p.num_splits != 0 && donor_count >= 3) {
-    if (split == donor) {
-      r.skip = donor_count - 2;  // its second-to-last element
-      r.count = donor_count - 1;
-    } else if (split == donor + 1) {
-      r.extra = donor + (donor_count - 2) * p.num_splits;
-      r.count += 1;
-    }
-  }
   return r;
 }
 // Rows of an empty split: lse = -inf partials, which the merge skips (their O is never read).

@@ -657,13 +657,13 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
       // copy: its rows past L must read as zeros (their P is 0, but 0 * NaN is NaN) and those rows
       // lie inside the cache. All 128 producer threads copy it with zero-filling cp.async, wait for
       // their copies, fence them into the async proxy and meet at a barrier; then one arrival.
-      const int last_tile = split_tile_at(range, range.count - 1);
+      const int last_tile = range.first + (range.count - 1) * range.stride;
       const bool v_last_zeroed = (last_tile + 1) * kBN > L;  // this split holds that tile (CTA-uniform)
       RingPos pos;
+      int tile = range.first;
       // Every producer thread waits for each stage in ring order (a wait for a phase two ahead of
       // the barrier's would pass at once); thread 0 issues the copies.
-      for (int i = 0; i < range.count; ++i, pos.advance()) {
-        const int tile = split_tile_at(range, i);
+      for (int i = 0; i < range.count; ++i, pos.advance(), tile += range.stride) {
         const int st = pos.stage;
         mbar_wait(kv_empty(st), pos.parity ^ 1);  // both consumers done with the stage
 #ifdef JETSPEC_TREE_ATTN_TIMELINE
@@ -701,7 +701,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
     const int tig = lane & 3;
 
     const SplitTiles range = split_tiles_interleaved(p, plen_raw, split);
-    const int plen = range.plen, L = range.L;
+    const int plen = range.plen, L = range.L, stride = range.stride;
 #ifdef JETSPEC_TREE_ATTN_TIMELINE
     if (ctid == 255) {  // a thread off the critical path (its warp waits for K(0) next)
       timeline_touch(15, L);  // waits for the prefix length (L depends on it)
@@ -809,7 +809,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
         JETSPEC_TL_CLOCK(ctid == 0 && i < kTimelineIters, kTimelineScoresSlot + i);
         JETSPEC_TL_CLOCK(ctid == 128 && i < kTimelineIters, kTimelineWg1ScoresSlot + i);
 #endif
-        tile_next = split_tile_at(range, i + 1);
+        tile_next += stride;
         softmax(s, tile_next, alpha);
 #ifdef JETSPEC_TREE_ATTN_TIMELINE
         JETSPEC_TL_CLOCK(ctid == 0 && i < kTimelineIters, kTimelineIterSlot + i);

@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--width", type=int, default=7, help="top-W candidate tokens per depth")
     g.add_argument("--depth", type=int, default=None, help="draft depth D (default: block_size - 1)")
     g.add_argument("--policy", choices=["accum", "topn"], default="accum")
+    g.add_argument("--draft-temperature", type=float, default=1.0,
+                   help="the tree is built from softmax(draft logits / T): below 1 it follows the head's top "
+                        "tokens deeper, above 1 it spreads wider; changes speed only, never the output")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--top-p", type=float, default=1.0)
@@ -233,7 +236,8 @@ def _generate(args) -> int:
     stops = _stop_ids(tok, model)
     gen_kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                   top_p=args.top_p, seed=args.seed, stop_token_ids=stops, cuda_graph=args.cuda_graph)
-    spec_kw = dict(budget=args.budget, width=args.width, policy=args.policy)
+    spec_kw = dict(budget=args.budget, width=args.width, policy=args.policy,
+                   draft_temperature=args.draft_temperature)
     totals = dict(tokens=0, secs=0.0, rounds=0, accepted=0, ar_tokens=0, ar_secs=0.0)
     results = []
     for i, text in enumerate(prompts):
@@ -274,7 +278,8 @@ def _generate(args) -> int:
     print(f"prompts: {len(prompts)}  tokens: {totals['tokens']}  time: {totals['secs']:.2f} s  tokens/s: {tps:.2f}")
     if drafter is not None and totals["rounds"]:
         print(f"rounds: {totals['rounds']}  mean accepted length (tau): {totals['accepted'] / totals['rounds']:.2f}"
-              f"  (budget {args.budget}, width {args.width}, depth {drafter.depth}, policy {args.policy})")
+              f"  (budget {args.budget}, width {args.width}, depth {drafter.depth}, policy {args.policy}"
+              + (f", draft temperature {args.draft_temperature:g}" if args.draft_temperature != 1.0 else "") + ")")
     if args.stats and results:
         r0 = results[-1]
         print("per-depth acceptance (last prompt): " + " ".join(f"{a:.2f}" for a in r0.per_depth_acceptance()))

@@ -24,6 +24,7 @@ stop / length check). State between rounds (:class:`DecodeState`):
 static cache and the same ops (a one-node "tree" per step), so speedups compare like with like.
 """
 import gc
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
@@ -200,9 +201,11 @@ def draft(drafter, st: DecodeState) -> torch.Tensor:
     return drafter.draft(st.ctx, st.prefix_lens, st.anchor)
 
 
-def build_tree(draft_logits: torch.Tensor, anchor: torch.Tensor, width: int, budget: int, policy: str) -> Tree:
-    """Best-first tree of `budget` nodes (root = anchor) from the top-`width` tokens per depth."""
-    out = op("build_tree", draft_logits.device)(draft_logits, anchor, width, budget, policy, 1.0)
+def build_tree(draft_logits: torch.Tensor, anchor: torch.Tensor, width: int, budget: int, policy: str,
+               draft_temperature: float = 1.0) -> Tree:
+    """Best-first tree of `budget` nodes (root = anchor) from the top-`width` tokens per depth,
+    scored by cumulative log-probs under softmax(draft_logits / draft_temperature)."""
+    out = op("build_tree", draft_logits.device)(draft_logits, anchor, width, budget, policy, draft_temperature)
     tokens, parents, depths, _scores, mask = out[:5]
     return Tree(tokens, parents, depths, mask)
 
@@ -240,11 +243,11 @@ def commit(target: Target, drafter, st: DecodeState, tree: Tree, tapped: Optiona
     return emitted
 
 
-def spec_round(target, drafter, st, width, budget, policy, sp, timer):
+def spec_round(target, drafter, st, width, budget, policy, sp, timer, draft_temperature: float = 1.0):
     """draft -> build_tree -> verify -> accept -> commit. Returns (emitted (B, D+1), length (B,)),
     both on the device; ``timer(name, fn)`` runs (and optionally times) each stage."""
     draft_logits = timer("draft", lambda: draft(drafter, st))
-    tree = timer("build_tree", lambda: build_tree(draft_logits, st.anchor, width, budget, policy))
+    tree = timer("build_tree", lambda: build_tree(draft_logits, st.anchor, width, budget, policy, draft_temperature))
     logits, tapped = timer("verify", lambda: verify(target, st, tree))
     acc = timer("accept", lambda: accept(logits, tree, drafter.depth, st, sp))
     emitted = timer("commit", lambda: commit(target, drafter, st, tree, tapped, acc))
@@ -352,7 +355,8 @@ def generate(target: Target, drafter, prompt_ids, *, max_new_tokens: int = 256, 
              width: int = 7, policy: str = "accum", temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, seed: int = 0, stop_token_ids: Sequence[int] = (),
              max_context: Optional[int] = None, profile: Optional[bool] = None, cuda_graph: bool = False,
-             on_tokens: Optional[Callable[[int, List[int]], None]] = None) -> GenerationResult:
+             on_tokens: Optional[Callable[[int, List[int]], None]] = None,
+             draft_temperature: float = 1.0) -> GenerationResult:
     """Speculative generation. ``drafter=None`` runs the autoregressive baseline instead.
 
     prompt_ids: list of ints, list of equal-length lists, or an int64 tensor ``(B, P)``.
@@ -367,6 +371,10 @@ def generate(target: Target, drafter, prompt_ids, *, max_new_tokens: int = 256, 
     AR), one per (batch, cache bucket of 256 slots, budget, width, policy, sampling settings), the
     last 4 of them, so later calls with prompts in the same bucket replay it without capturing;
     :func:`release_graphs` frees them (each holds its KV cache).
+    ``draft_temperature`` (> 0, default 1): the tree is built from softmax(draft logits /
+    draft_temperature). It changes only the tree's shape, never the output (verification decides):
+    below 1 the best-first expansion follows the head's top tokens deeper, above 1 it spreads wider.
+    A head whose deep mask slots are reliable gains from < 1.
     """
     device = target.device
     prompt = _as_batch(prompt_ids, device)
@@ -375,6 +383,9 @@ def generate(target: Target, drafter, prompt_ids, *, max_new_tokens: int = 256, 
     depth = drafter.depth if drafter is not None else 0
     if drafter is not None and budget < 2:
         raise ValueError("budget must be >= 2 (the root plus at least one draft node)")
+    draft_temperature = float(draft_temperature)
+    if not (math.isfinite(draft_temperature) and draft_temperature > 0):
+        raise ValueError(f"draft_temperature must be a finite number > 0, got {draft_temperature}")
     max_context = max_context or target.max_positions or (P + max_new_tokens)
     if P >= max_context:
         raise ValueError(f"prompt of {P} tokens does not fit the context of {max_context} tokens")
@@ -386,7 +397,7 @@ def generate(target: Target, drafter, prompt_ids, *, max_new_tokens: int = 256, 
     # Graphed rounds are captured once per (shapes, settings) and kept on the drafter (or the
     # target, for AR) with their state, so later calls replay them; the state is reset in place.
     graphs = _graph_store(drafter if drafter is not None else target) if graphed else {}
-    key = (B, S, width, budget, policy, sp.temperature, sp.top_k, sp.top_p)
+    key = (B, S, width, budget, policy, draft_temperature, sp.temperature, sp.top_k, sp.top_p)
     entry = graphs.pop(key, None)
     if entry is None:
         st = DecodeState(
@@ -396,7 +407,7 @@ def generate(target: Target, drafter, prompt_ids, *, max_new_tokens: int = 256, 
             rng=torch.empty(2, dtype=torch.int64, device=device),
             ctx=drafter.new_context(B, S) if drafter is not None else None,
             cap=torch.empty(B, dtype=torch.int32, device=device))
-        run = _round_fn(target, drafter, st, width, budget, policy, sp, timer)
+        run = _round_fn(target, drafter, st, width, budget, policy, sp, timer, draft_temperature)
         entry = (st, GraphedRound(run) if graphed else run)
     st, run = entry
     st.prefix_lens.zero_()
@@ -445,12 +456,13 @@ def generate(target: Target, drafter, prompt_ids, *, max_new_tokens: int = 256, 
     return res
 
 
-def _round_fn(target, drafter, st, width, budget, policy, sp, timer) -> Callable[[], torch.Tensor]:
+def _round_fn(target, drafter, st, width, budget, policy, sp, timer,
+              draft_temperature: float = 1.0) -> Callable[[], torch.Tensor]:
     """One round (speculative, or an AR step when ``drafter`` is None) as a function of nothing:
     returns ``(B, 1 + k)`` int64 rows ``[n, emitted tokens...]``."""
     def one_round():
         if drafter is not None:
-            emitted, length = spec_round(target, drafter, st, width, budget, policy, sp, timer)
+            emitted, length = spec_round(target, drafter, st, width, budget, policy, sp, timer, draft_temperature)
         else:
             emitted, length = timer("ar_step", lambda: ar_step(target, st, sp))
         return torch.cat([length.to(torch.int64).unsqueeze(1), emitted], dim=1)
@@ -538,7 +550,7 @@ def capture_graph(fn: Callable[[], torch.Tensor]) -> tuple:
 
 def generate_ar(target: Target, prompt_ids, **kw) -> GenerationResult:
     """The autoregressive baseline (same static cache, same ops, one token per step)."""
-    for k in ("budget", "width", "policy"):
+    for k in ("budget", "width", "policy", "draft_temperature"):
         kw.pop(k, None)
     return generate(target, None, prompt_ids, **kw)
 

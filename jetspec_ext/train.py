@@ -711,7 +711,7 @@ def evaluate(model, head: Optional[JetSpecDraftHead], prompts_ids: Sequence[Sequ
              max_new_tokens: int = 128, stop_token_ids: Sequence[int] = (), policy: str = "accum",
              cuda_graph: bool = False, measure_ar: bool = False, end_by: Optional[float] = None,
              dtype: Optional[torch.dtype] = None, ar_reference: Optional[List[List[int]]] = None,
-             compile: bool = False, warmup: bool = False) -> dict:
+             compile: bool = False, warmup: bool = False, draft_temperature: float = 1.0) -> dict:
     """Greedy decoding of each prompt with the head at each budget: mean accepted length (tau,
     totals over all rounds of all prompts), tokens/s (decode only, and with prefill); with
     ``measure_ar`` the autoregressive baseline's tokens/s too (its tokens in ``res["ar_tokens"]``)
@@ -720,7 +720,8 @@ def evaluate(model, head: Optional[JetSpecDraftHead], prompts_ids: Sequence[Sequ
     computations, for the AR baseline and the speculative decoder alike). ``warmup``: before timing
     AR and each budget, decode (untimed, same target and drafter, same settings) the first prompt
     of each cache-length bucket the prompts fall in (up to 4, the graphs a drafter keeps), so that
-    the CUDA graph captures and compilations happen outside the timed decodes."""
+    the CUDA graph captures and compilations happen outside the timed decodes.
+    ``draft_temperature``: :func:`jetspec_ext.decoder.generate`'s (the tree's shape only)."""
     from .decoder import HeadDrafter, cache_slots, generate, generate_ar
     from .target import Target
 
@@ -730,7 +731,8 @@ def evaluate(model, head: Optional[JetSpecDraftHead], prompts_ids: Sequence[Sequ
     if head is not None:
         head = head.to(device=dev, dtype=dtype or model.lm_head.weight.dtype).eval()
     kw = dict(max_new_tokens=max_new_tokens, stop_token_ids=list(stop_token_ids), cuda_graph=cuda_graph)
-    res: dict = {"prompts": len(prompts_ids), "max_new_tokens": max_new_tokens, "width": width, "budgets": {}}
+    res: dict = {"prompts": len(prompts_ids), "max_new_tokens": max_new_tokens, "width": width,
+                 "draft_temperature": draft_temperature, "budgets": {}}
     graphed = cuda_graph and dev.type == "cuda"
 
     def warm_up(decode, budget: Optional[int], depth: int) -> None:
@@ -767,11 +769,13 @@ def evaluate(model, head: Optional[JetSpecDraftHead], prompts_ids: Sequence[Sequ
             res["budgets"][str(bud)] = {"skipped": "time cap"}
             continue
         if warmup:
-            warm_up(lambda p: generate(target, drafter, p, budget=bud, width=width, policy=policy, **kw), bud, d)
+            warm_up(lambda p: generate(target, drafter, p, budget=bud, width=width, policy=policy,
+                                       draft_temperature=draft_temperature, **kw), bud, d)
         toks, secs, tot, same = 0, 0.0, 0.0, 0
         pp_acc, pp_rounds = [], []  # per prompt: tokens accepted, rounds (for intervals over prompts)
         for i, p in enumerate(prompts_ids):
-            r = generate(target, drafter, p, budget=bud, width=width, policy=policy, **kw)
+            r = generate(target, drafter, p, budget=bud, width=width, policy=policy,
+                         draft_temperature=draft_temperature, **kw)
             toks += len(r.tokens[0])
             secs += r.decode_s
             tot += r.decode_s + r.prefill_s

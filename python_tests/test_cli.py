@@ -52,6 +52,16 @@ def test_default_budget_on_cpu(ckpts, capsys):
     assert "(budget 64," in capsys.readouterr().out
 
 
+def test_generate_draft_temperature(ckpts, capsys):
+    """--draft-temperature reaches the summary (and the decoder); 0 is a clean error."""
+    base = ["generate", "--target", str(ckpts / "target"), "--draft", str(ckpts / "draft"), "--prompt", "Hello",
+            "--max-new-tokens", "6", "--budget", "16", "--width", "2", "--device", "cpu"]
+    assert main(base + ["--draft-temperature", "0.5"]) == 0
+    assert "draft temperature 0.5)" in capsys.readouterr().out
+    assert main(base + ["--draft-temperature", "0"]) == 2
+    assert "draft_temperature must be" in capsys.readouterr().err
+
+
 def test_errors(ckpts, tmp_path, capsys):
     base = ["generate", "--prompt", "hi", "--device", "cpu", "--max-new-tokens", "4"]
     # missing target / draft

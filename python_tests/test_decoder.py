@@ -75,6 +75,31 @@ def test_greedy_oracle_absent_token_stops_early(setup):
     assert max(r.accept_len[0] for r in res.rounds) == 3
 
 
+def test_draft_temperature_shapes_the_tree_not_the_output(setup):
+    """The draft temperature reaches build_tree: with every true token top-1 (rank gaps of 1 logit),
+    a small budget and a low temperature the best-first expansion follows the top-1 chain deeper
+    (longer accepted paths), a high one spreads the tree wide (shorter); the output never changes."""
+    model, prompts, refs = setup
+    target = Target(model)
+    ids, ref = prompts[0], refs[0]
+    D, W = 6, 3
+    tau = {}
+    for t in (0.2, 1.0, 5.0):
+        oracle = OracleDrafter(ids + ref, model.config.vocab_size, D, W)
+        res = generate(target, oracle, ids, max_new_tokens=NEW, budget=16, width=W, draft_temperature=t)
+        assert res.tokens[0] == ref[:NEW], t
+        tau[t] = res.mean_accept_len
+    assert tau[0.2] > tau[1.0] > tau[5.0], tau
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_draft_temperature_must_be_positive(setup, bad):
+    model, prompts, _ = setup
+    target, drafter = _head_drafter(model)
+    with pytest.raises(ValueError, match="draft_temperature"):
+        generate(target, drafter, prompts[0], max_new_tokens=4, budget=16, width=3, draft_temperature=bad)
+
+
 def test_ar_baseline_matches_hf(setup):
     model, prompts, refs = setup
     res = generate_ar(Target(model), prompts[0], max_new_tokens=NEW)

@@ -376,3 +376,25 @@ def test_eval_demo_head_tau_only_on_the_bundled_pair(tmp_path):
     table = (tmp_path / "r.md").read_text()
     assert "| autoregressive | - | - | - | skipped (--no-ar) |" in table
     assert "causal / bidirectional tau 1.000, 95 % paired bootstrap interval over the 2 prompts 1.000 - 1.000" in table
+
+
+def test_eval_demo_head_draft_temperatures(tmp_path):
+    """--draft-temperature / --bidir-draft-temperature reach each head's rows (recorded and shown in
+    the table); a temperature <= 0 is refused before anything loads."""
+    pytest.importorskip("transformers")
+    from jetspec_ext.demo import demo_head_dir
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": 'def add(a, b):\n    """Return a + b."""\n'}) + "\n")
+    out = tmp_path / "r.json"
+    head = demo_head_dir()
+    args = ["--causal", head, "--bidir", head, "--prompts", str(prompts), "--num", "1", "--budgets", "16",
+            "--max-new-tokens", "8", "--device", "cpu", "--no-ar", "--no-chain", "--out", str(out)]
+    assert eval_demo_head.main(args + ["--draft-temperature", "0.5", "--bidir-draft-temperature", "2"]) == 0
+    res = json.loads(out.read_text())
+    assert res["configs"]["causal tree w7 b16"]["draft_temperature"] == 0.5
+    assert res["configs"]["bidirectional tree w7 b16"]["draft_temperature"] == 2.0
+    table = (tmp_path / "r.md").read_text()
+    assert "| causal tree w7 b16, draft T 0.5 |" in table and "| bidirectional tree w7 b16, draft T 2 |" in table
+    with pytest.raises(SystemExit):
+        eval_demo_head.main(args + ["--bidir-draft-temperature", "0"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -79,7 +80,9 @@ def render_table(res) -> str:
         if "error" in e or "skipped" in e:
             rows.append(f"| {name} | - | - | - | {e.get('error') or e.get('skipped')} | | | |")
             continue
-        rows.append(f"| {name} | {e['width']} | {e['budget']} | {e['depth']} | {_f(e['tau'])} | "
+        t = e.get("draft_temperature", 1.0)
+        label = name if t == 1.0 else f"{name}, draft T {t:g}"
+        rows.append(f"| {label} | {e['width']} | {e['budget']} | {e['depth']} | {_f(e['tau'])} | "
                     f"{_tps(e)} | {_f(e.get('speedup'))} | {e.get('identical_to_ar', '-')} |")
     head = (f"Demo heads, greedy, {res.get('prompts')} held-out MBPP prompts, max {res.get('max_new_tokens')} "
             f"new tokens, device {res.get('device')}, dtype {res.get('dtype')}, CUDA graphs "
@@ -126,6 +129,12 @@ def main(argv=None):
     ap.add_argument("--policies", default="accum",
                     help="tree policies, comma-separated: accum (JetSpec: expand the best node, W children at "
                          "a time) and/or ddtree (= topn: the N best nodes one at a time)")
+    ap.add_argument("--draft-temperature", type=float, default=1.0,
+                    help="both heads' trees are built from softmax(draft logits / T) (decoder.generate's "
+                         "draft_temperature; the tree's shape only)")
+    ap.add_argument("--bidir-draft-temperature", type=float, default=None,
+                    help="the bidirectional head's draft temperature instead (default: --draft-temperature), "
+                         "e.g. to compare each head at its best")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--cuda-graph", choices=["auto", "on", "off"], default="auto")
@@ -141,6 +150,10 @@ def main(argv=None):
     ap.add_argument("--table", default=None)
     ap.add_argument("--extra", default=None, help="JSON file merged into the results (e.g. training summaries)")
     a = ap.parse_args(argv)
+    bidir_t = a.draft_temperature if a.bidir_draft_temperature is None else a.bidir_draft_temperature
+    for t in (a.draft_temperature, bidir_t):
+        if not (math.isfinite(t) and t > 0):
+            ap.error(f"draft temperatures must be finite and > 0, got {t}")
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -215,13 +228,13 @@ def main(argv=None):
     plan = []
     for i, pol in enumerate(policies):
         label = "tree" if pol == "accum" else "ddtree"
-        for name, path in (("causal", a.causal), ("bidirectional", a.bidir)):
+        for name, path, t in (("causal", a.causal, a.draft_temperature), ("bidirectional", a.bidir, bidir_t)):
             if path:
-                plan += [(f"{name} {label}", path, a.width, b, pol) for b in budgets]
+                plan += [(f"{name} {label}", path, a.width, b, pol, t) for b in budgets]
         if i == 0 and a.causal and not a.no_chain:
-            plan.append(("causal chain", a.causal, 1, None, "accum"))
+            plan.append(("causal chain", a.causal, 1, None, "accum", a.draft_temperature))
     heads = {}
-    for name, path, width, budget, policy in plan:
+    for name, path, width, budget, policy, draft_t in plan:
         key = f"{name} w{width} b{budget if budget else 'D+1'}"
         if a.end_by is not None and time.time() > a.end_by:
             res["configs"][key] = {"skipped": "time cap"}
@@ -235,11 +248,11 @@ def main(argv=None):
             b = budget if budget else D + 1
             r, failed = recording_capture_failures(
                 lambda: evaluate(model, head, ids, budgets=(b,), width=width, policy=policy,
-                                 ar_reference=ar_tokens, warmup=warm, **kw))
+                                 ar_reference=ar_tokens, warmup=warm, draft_temperature=draft_t, **kw))
             e = dict(r["budgets"][str(b)])
             if failed:
                 e["graph_capture_failed"] = failed
-            e.update(width=width, budget=b, head=path, causal=head.causal, policy=policy)
+            e.update(width=width, budget=b, head=path, causal=head.causal, policy=policy, draft_temperature=draft_t)
             if ar_tps and e.get("tokens_per_s"):
                 e["speedup"] = e["tokens_per_s"] / ar_tps
             res["configs"][key] = e

@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--policy", choices=["accum", "topn"], default="accum")
     g.add_argument("--draft-temperature", type=float, default=1.0,
                    help="the tree is built from softmax(draft logits / T): below 1 it follows the head's top "
-                        "tokens deeper, above 1 it spreads wider; changes speed only, never the output")
+                        "tokens deeper, above 1 it spreads wider; changes speed only (greedy output is unchanged)")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--top-p", type=float, default=1.0)

@@ -369,8 +369,8 @@ def generate(target: Target, drafter, prompt_ids, *, max_new_tokens: int = 256, 
     it; falls back to eager rounds with a warning if the capture fails (e.g. an op without a CUDA
     kernel). The captured round and its state (caches) are kept on the drafter (the target for
     AR), one per (batch, cache bucket of 256 slots, budget, width, policy, draft temperature, sampling
-    settings), the
-    last 4 of them, so later calls with prompts in the same bucket replay it without capturing;
+    settings), the last 4 of them, so later calls with prompts in the same bucket replay it without
+    capturing;
     :func:`release_graphs` frees them (each holds its KV cache).
     ``draft_temperature`` (> 0, default 1): the tree is built from softmax(draft logits /
     draft_temperature). It changes only the tree's shape (greedy output is unchanged; sampled output

@@ -243,6 +243,15 @@ def commit(target: Target, drafter, st: DecodeState, tree: Tree, tapped: Optiona
     return emitted
 
 
+def check_draft_temperature(t) -> float:
+    """``t`` as a float if it is a valid draft temperature (finite, > 0), else ValueError. The
+    build_tree op checks the same, but only once a round runs (after the prefill, inside a capture)."""
+    t = float(t)
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(f"draft_temperature must be a finite number > 0, got {t}")
+    return t
+
+
 def spec_round(target, drafter, st, width, budget, policy, sp, timer, draft_temperature: float = 1.0):
     """draft -> build_tree -> verify -> accept -> commit. Returns (emitted (B, D+1), length (B,)),
     both on the device; ``timer(name, fn)`` runs (and optionally times) each stage."""
@@ -385,9 +394,7 @@ def generate(target: Target, drafter, prompt_ids, *, max_new_tokens: int = 256, 
     depth = drafter.depth if drafter is not None else 0
     if drafter is not None and budget < 2:
         raise ValueError("budget must be >= 2 (the root plus at least one draft node)")
-    draft_temperature = float(draft_temperature)
-    if not (math.isfinite(draft_temperature) and draft_temperature > 0):
-        raise ValueError(f"draft_temperature must be a finite number > 0, got {draft_temperature}")
+    draft_temperature = check_draft_temperature(draft_temperature)
     max_context = max_context or target.max_positions or (P + max_new_tokens)
     if P >= max_context:
         raise ValueError(f"prompt of {P} tokens does not fit the context of {max_context} tokens")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -151,9 +150,13 @@ def main(argv=None):
     ap.add_argument("--extra", default=None, help="JSON file merged into the results (e.g. training summaries)")
     a = ap.parse_args(argv)
     bidir_t = a.draft_temperature if a.bidir_draft_temperature is None else a.bidir_draft_temperature
-    for t in (a.draft_temperature, bidir_t):
-        if not (math.isfinite(t) and t > 0):
-            ap.error(f"draft temperatures must be finite and > 0, got {t}")
+    from jetspec_ext.decoder import check_draft_temperature
+
+    try:  # before the model loads
+        for t in (a.draft_temperature, bidir_t):
+            check_draft_temperature(t)
+    except ValueError as e:
+        ap.error(str(e))
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -21,6 +21,12 @@ from __future__ import annotations
 import os
 
 PARTS = ("target", "head")
+
+# The draft temperature ``jetspec generate`` uses with the bundled head when none is given: the
+# best of 0.5 / 0.7 / 0.85 / 1.0 for this head on an H200 (500 held-out MBPP prompts, budget 128,
+# greedy; tau 6.22 / 6.31 / 6.25 / 6.11), see benchmarks/RESULTS.md, thirty-fourth session. It
+# shapes the tree only: the output is the same at any temperature.
+DEMO_DRAFT_TEMPERATURE = 0.7
 REQUIRED_FILES = {
     "target": ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"),
     "head": ("config.json", "model.safetensors"),

@@ -834,6 +834,75 @@ def tau_ratio_interval(num: dict, den: dict, *, level: float = 0.95, n_boot: int
             "n_boot": n_boot}
 
 
+def _records(e: dict, name: str):
+    import numpy as np
+
+    a, r = e.get("per_prompt_accepted"), e.get("per_prompt_rounds")
+    if a is None or r is None or len(a) != len(r) or not len(a):
+        raise ValueError(f"{name}: needs per_prompt_accepted / per_prompt_rounds of one non-zero length")
+    return np.asarray(a, dtype=np.float64), np.asarray(r, dtype=np.float64)
+
+
+def tau_ratio_cross_validated(num_by_setting: dict, den_by_setting: dict, *, folds: str = "halves",
+                              level: float = 0.95, n_boot: int = 10000, seed: int = 0) -> dict:
+    """The causal / bidirectional tau ratio when each head's setting (e.g. its draft temperature)
+    is CHOSEN on some prompts and MEASURED on others, so that picking each head's best setting on
+    the evaluation prompts themselves does not flatter either head.
+
+    ``num_by_setting`` / ``den_by_setting``: {setting: ``evaluate`` budget entry} for the two heads,
+    every entry with ``per_prompt_accepted`` / ``per_prompt_rounds`` over the SAME prompts in the
+    same order. Two folds (``folds="halves"``: first / second half of the prompts; ``"parity"``:
+    even / odd indices): on each fold each head takes the setting with the highest tau there (ties:
+    the first in the dict's order), and the OTHER fold's per-prompt records of that setting are
+    kept. The kept records (every prompt once, each measured with a setting chosen without it)
+    give the ratio and its paired bootstrap interval (:func:`tau_ratio_interval`). Returns that
+    interval dict plus ``"chosen"``: per fold ``{"fold", "num", "den", "num_tau", "den_tau"}``
+    (the settings chosen on that fold and their taus on the fold they were measured on), and
+    ``"num_tau"`` / ``"den_tau"`` of the kept records."""
+    import numpy as np
+
+    if not num_by_setting or not den_by_setting:
+        raise ValueError("each head needs at least one setting")
+    recs = {}
+    for side, d in (("num", num_by_setting), ("den", den_by_setting)):
+        recs[side] = {k: _records(e, f"{side}[{k!r}]") for k, e in d.items()}
+    n = {len(a) for side in recs.values() for a, _ in side.values()}
+    if len(n) != 1:
+        raise ValueError(f"the entries cover different numbers of prompts {sorted(n)}; selection needs the same")
+    n = n.pop()
+    if n < 2:
+        raise ValueError("two folds need at least 2 prompts")
+    idx = np.arange(n)
+    if folds == "halves":
+        parts = (idx[: n // 2], idx[n // 2:])
+    elif folds == "parity":
+        parts = (idx[0::2], idx[1::2])
+    else:
+        raise ValueError(f"folds must be 'halves' or 'parity', got {folds!r}")
+
+    def tau(rec, where):
+        a, r = rec
+        return a[where].sum() / r[where].sum() if r[where].sum() > 0 else float("-inf")
+
+    kept = {side: (np.zeros(n), np.zeros(n)) for side in recs}
+    chosen = []
+    for f, (pick_on, measure_on) in enumerate(((parts[0], parts[1]), (parts[1], parts[0]))):
+        row = {"fold": f}
+        for side in ("num", "den"):
+            best = max(recs[side], key=lambda k: tau(recs[side][k], pick_on))
+            a, r = recs[side][best]
+            kept[side][0][measure_on], kept[side][1][measure_on] = a[measure_on], r[measure_on]
+            row[side], row[f"{side}_tau"] = best, float(tau(recs[side][best], measure_on))
+        chosen.append(row)
+    entries = {side: {"per_prompt_accepted": kept[side][0].tolist(), "per_prompt_rounds": kept[side][1].tolist()}
+               for side in kept}
+    iv = tau_ratio_interval(entries["num"], entries["den"], level=level, n_boot=n_boot, seed=seed)
+    iv["chosen"] = chosen
+    for side in kept:
+        iv[f"{side}_tau"] = float(kept[side][0].sum() / kept[side][1].sum())
+    return iv
+
+
 def stop_ids_for(tok, model) -> List[int]:
     ids = set()
     if tok.eos_token_id is not None:

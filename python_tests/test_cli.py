@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from decoder_support import TOKENIZER_DIR, tiny_config, tiny_target
+from decoder_support import TOKENIZER_DIR, tiny_target
 from jetspec_ext.cli import main
 from jetspec_ext.draft_head import JetSpecDraftHead
 
@@ -52,12 +52,31 @@ def test_default_budget_on_cpu(ckpts, capsys):
     assert "(budget 64," in capsys.readouterr().out
 
 
+def test_warmup_decodes_untimed_and_changes_no_output(ckpts, capsys):
+    """--warmup (default on CUDA only) decodes the first prompt once before the timed runs; the
+    answers, tau and the AR check are those of a run without it, and the summary says so."""
+    base = ["generate", "--target", str(ckpts / "target"), "--draft", str(ckpts / "draft"), "--prompt", "Hello",
+            "--max-new-tokens", "10", "--budget", "16", "--width", "3", "--device", "cpu", "--no-stream",
+            "--compare-ar"]
+    assert main(base) == 0
+    cold = capsys.readouterr().out
+    assert main(base + ["--warmup"]) == 0
+    warm = capsys.readouterr().out
+    assert "untimed warm-up" in warm and "untimed warm-up" not in cold
+    answer = lambda o: o.split("--- summary ---")[0]                      # noqa: E731
+    tau = lambda o: o.split("mean accepted length (tau): ")[1].split()[0]  # noqa: E731
+    assert answer(warm) == answer(cold) and tau(warm) == tau(cold)
+    assert "[AR baseline: identical output]" in warm
+
+
 def test_generate_draft_temperature(ckpts, capsys):
     """--draft-temperature reaches the summary (and the decoder); 0 is a clean error."""
     base = ["generate", "--target", str(ckpts / "target"), "--draft", str(ckpts / "draft"), "--prompt", "Hello",
             "--max-new-tokens", "6", "--budget", "16", "--width", "2", "--device", "cpu"]
     assert main(base + ["--draft-temperature", "0.5"]) == 0
     assert "draft temperature 0.5)" in capsys.readouterr().out
+    assert main(base) == 0                      # a head given with --draft: 1.0 unless told
+    assert "draft temperature" not in capsys.readouterr().out
     assert main(base + ["--draft-temperature", "0"]) == 2
     assert "draft_temperature must be" in capsys.readouterr().err
 

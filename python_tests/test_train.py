@@ -280,6 +280,49 @@ def test_tau_ratio_interval_is_a_paired_bootstrap():
     assert abs(other["lo"] - iv["lo"]) < 0.1 and abs(other["hi"] - iv["hi"]) < 0.1
 
 
+def test_tau_ratio_cross_validated_measures_each_pick_on_the_other_fold():
+    """Each head's setting is chosen on one fold and its records are kept on the OTHER fold: a
+    setting that is best only on the prompts it was chosen on gains nothing. Hand-computed on 4
+    prompts (halves: prompts 0-1 / 2-3; parity: 0, 2 / 1, 3)."""
+    from jetspec_ext.train import tau_ratio_cross_validated, tau_ratio_interval
+
+    r = [10, 10, 10, 10]
+    num = {0.5: _entry([80, 80, 40, 40], r),      # best on the first half only
+           1.0: _entry([50, 50, 50, 50], r)}      # best on the second half
+    den = {1.0: _entry([40, 40, 40, 40], r)}
+    cv = tau_ratio_cross_validated(num, den, folds="halves", n_boot=200)
+    # chosen on 0-1: T 0.5, measured on 2-3 (40, 40); chosen on 2-3: T 1.0, measured on 0-1 (50, 50)
+    assert [(p["num"], p["den"]) for p in cv["chosen"]] == [(0.5, 1.0), (1.0, 1.0)]
+    assert cv["num_tau"] == pytest.approx(180 / 40) and cv["den_tau"] == pytest.approx(4.0)
+    assert cv["ratio"] == pytest.approx((180 / 40) / 4.0) and cv["prompts"] == 4
+    assert cv["chosen"][0]["num_tau"] == pytest.approx(4.0) and cv["chosen"][1]["num_tau"] == pytest.approx(5.0)
+    in_sample = max(tau_ratio_interval(e, den[1.0])["ratio"] for e in num.values())
+    assert cv["ratio"] < in_sample                 # 1.125 against T 0.5's 1.5 in-sample
+    par = tau_ratio_cross_validated(num, den, folds="parity", n_boot=200)
+    # chosen on 0, 2: T 0.5 (tau 6 vs 5), kept on 1, 3 (80, 40); chosen on 1, 3: T 0.5 again, kept on 0, 2
+    assert [p["num"] for p in par["chosen"]] == [0.5, 0.5] and par["ratio"] == pytest.approx(1.5)
+    # one setting per head: the plain paired interval, same resamples
+    one = tau_ratio_cross_validated({1.0: num[1.0]}, den, n_boot=300, seed=5)
+    ref = tau_ratio_interval(num[1.0], den[1.0], n_boot=300, seed=5)
+    assert (one["ratio"], one["lo"], one["hi"]) == pytest.approx((ref["ratio"], ref["lo"], ref["hi"]))
+
+
+def test_tau_ratio_cross_validated_rejects_what_it_cannot_split():
+    from jetspec_ext.train import tau_ratio_cross_validated
+
+    a = _entry([6, 4, 5, 5], [2, 2, 2, 2])
+    with pytest.raises(ValueError, match="different numbers of prompts"):
+        tau_ratio_cross_validated({1.0: a}, {1.0: _entry([6, 4], [2, 2])})
+    with pytest.raises(ValueError, match="folds"):
+        tau_ratio_cross_validated({1.0: a}, {1.0: a}, folds="thirds")
+    with pytest.raises(ValueError, match="at least one setting"):
+        tau_ratio_cross_validated({}, {1.0: a})
+    with pytest.raises(ValueError, match="per_prompt"):
+        tau_ratio_cross_validated({1.0: {"tau": 3.0}}, {1.0: a})
+    with pytest.raises(ValueError, match="at least 2 prompts"):
+        tau_ratio_cross_validated({1.0: _entry([3], [1])}, {1.0: _entry([3], [1])})
+
+
 def test_tau_ratio_interval_rejects_what_it_cannot_pair():
     from jetspec_ext.train import tau_ratio_interval
 
@@ -466,6 +509,12 @@ def test_cli_train_then_generate_with_demo_pair(tmp_path, capsys, monkeypatch):
     assert main(["generate", "--max-new-tokens", "8", "--device", "cpu", "--budget", "8", "--compare-ar"]) == 0
     o = capsys.readouterr().out
     assert "def fibonacci" in o and "mean accepted length" in o and "identical output" in o
+    # the demo head's default draft temperature, unless one is given
+    from jetspec_ext.demo import DEMO_DRAFT_TEMPERATURE
+    assert f"draft temperature {DEMO_DRAFT_TEMPERATURE:g})" in o and DEMO_DRAFT_TEMPERATURE != 1.0
+    assert main(["generate", "--max-new-tokens", "8", "--device", "cpu", "--budget", "8",
+                 "--draft-temperature", "1"]) == 0
+    assert "draft temperature" not in capsys.readouterr().out
 
 
 def test_batcher_block_fill_lengths():

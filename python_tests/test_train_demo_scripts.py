@@ -15,6 +15,7 @@ sys.path.insert(0, str(SCRIPTS))
 
 import eval_demo_head  # noqa: E402
 import extract_prompts  # noqa: E402
+import select_draft_temperature  # noqa: E402
 import summarize_pairs  # noqa: E402
 
 MBPP_REC = {"prompt": "Write a function to add  two numbers.", "task_id": 7,
@@ -245,6 +246,49 @@ def test_tables_give_the_ratio_interval_where_results_hold_per_prompt_records(tm
         del e["per_prompt_accepted"]
     assert "bootstrap" not in eval_demo_head.render_table(res)
     assert "[" not in summarize_pairs.pair_row("p", res)
+
+
+def test_select_draft_temperature_reports_in_sample_and_cross_validated_ratios(tmp_path, capsys):
+    """Several eval_demo_head result files of one pair at different draft temperatures: the
+    per-temperature table, each head at its in-sample best, and the cross-validated ratios
+    (jetspec_ext.train.tau_ratio_cross_validated); a repeated setting with other per-prompt
+    records, or no budget with both heads, is refused."""
+    from jetspec_ext.train import tau_ratio_cross_validated, tau_ratio_interval
+
+    def row(t, acc):
+        return {"tau": sum(acc) / 40, "width": 7, "budget": 128, "depth": 15, "policy": "accum",
+                "draft_temperature": t, "per_prompt_accepted": acc, "per_prompt_rounds": [10] * 4}
+
+    runs = [({"causal": [80, 80, 40, 40], "bidirectional": [40, 40, 40, 40]}, 0.6),
+            ({"causal": [50, 50, 50, 50], "bidirectional": [45, 45, 40, 40]}, 1.0)]
+    files = []
+    for i, (accs, t) in enumerate(runs):
+        res = {"prompts": 4, "budgets": [128], "configs": {
+            f"{k} tree w7 b128": row(t, a) for k, a in accs.items()}}
+        res["configs"]["causal chain w1 bD+1"] = row(t, [1, 1, 1, 1])      # not a tree row: ignored
+        files.append(tmp_path / f"r{i}.json")
+        files[-1].write_text(json.dumps(res))
+    dup = tmp_path / "dup.json"                                            # the first run again
+    dup.write_text(files[0].read_text())
+    assert select_draft_temperature.main([str(f) for f in files + [dup]]) == 0
+    out = capsys.readouterr().out
+    c = {t: row(t, a["causal"]) for a, t in runs}
+    d = {t: row(t, a["bidirectional"]) for a, t in runs}
+    assert "| 0.6 | 6.0000 | 4.0000 |" in out and "| 1 | 5.0000 | 4.2500 |" in out
+    iv = tau_ratio_interval(c[0.6], d[1.0])
+    assert f"causal T 0.6 6.0000 / bidirectional T 1 4.2500 = ratio {iv['ratio']:.4f}" in out
+    cv = tau_ratio_cross_validated(c, d, folds="halves")
+    assert f"Cross-validated (halves; fold 0: causal T 0.6, bidirectional T 1; fold 1: causal T 1, " \
+           f"bidirectional T 0.6): {cv['num_tau']:.4f} / {cv['den_tau']:.4f} = ratio {cv['ratio']:.4f}" in out
+    bad = json.loads(files[0].read_text())
+    bad["configs"]["causal tree w7 b128"]["per_prompt_accepted"] = [1, 2, 3, 4]
+    dup.write_text(json.dumps(bad))
+    assert select_draft_temperature.main([str(files[0]), str(dup)]) == 2
+    assert "different per-prompt records" in capsys.readouterr().err
+    lone = {"prompts": 4, "budgets": [128], "configs": {"causal tree w7 b128": row(1.0, [5, 5, 5, 5])}}
+    dup.write_text(json.dumps(lone))
+    assert select_draft_temperature.main([str(dup)]) == 2
+    assert "both heads" in capsys.readouterr().err
 
 
 def test_pairs_table_adds_the_slot_diagnostic(tmp_path):

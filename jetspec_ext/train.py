@@ -808,18 +808,28 @@ def tau_ratio_interval(num: dict, den: dict, *, level: float = 0.95, n_boot: int
     ``per_prompt_accepted`` and ``per_prompt_rounds`` (lists of ints, one per prompt, same order).
     Returns ``{"ratio", "lo", "hi", "level", "prompts", "n_boot"}``. Raises ValueError when the
     entries lack per-prompt records (results from before they were kept) or disagree in length."""
+    (na, nr), (da, dr) = _per_prompt_records(num, "num"), _per_prompt_records(den, "den")
+    return _paired_ratio_interval(na, nr, da, dr, level=level, n_boot=n_boot, seed=seed)
+
+
+def _per_prompt_records(e: dict, name: str):
+    """``e``'s per-prompt (accepted, rounds) as float64 arrays; ValueError when it has none or
+    they disagree in length."""
     import numpy as np
 
-    arrays = []
-    for name, e in (("num", num), ("den", den)):
-        a, r = e.get("per_prompt_accepted"), e.get("per_prompt_rounds")
-        if a is None or r is None:
-            raise ValueError(f"{name}: no per_prompt_accepted / per_prompt_rounds (evaluate keeps them since "
-                             "the thirtieth session)")
-        if len(a) != len(r) or not len(a):
-            raise ValueError(f"{name}: per-prompt lists of lengths {len(a)} / {len(r)}")
-        arrays.append((np.asarray(a, dtype=np.float64), np.asarray(r, dtype=np.float64)))
-    (na, nr), (da, dr) = arrays
+    a, r = e.get("per_prompt_accepted"), e.get("per_prompt_rounds")
+    if a is None or r is None:
+        raise ValueError(f"{name}: no per_prompt_accepted / per_prompt_rounds (evaluate keeps them since "
+                         "the thirtieth session)")
+    if len(a) != len(r) or not len(a):
+        raise ValueError(f"{name}: per-prompt lists of lengths {len(a)} / {len(r)}")
+    return np.asarray(a, dtype=np.float64), np.asarray(r, dtype=np.float64)
+
+
+def _paired_ratio_interval(na, nr, da, dr, *, level: float, n_boot: int, seed: int) -> dict:
+    """:func:`tau_ratio_interval` on per-prompt arrays (accepted / rounds of each head)."""
+    import numpy as np
+
     if len(na) != len(da):
         raise ValueError(f"the two entries cover {len(na)} and {len(da)} prompts; a paired interval needs the same")
     if not 0.0 < level < 1.0 or n_boot < 1:
@@ -832,15 +842,6 @@ def tau_ratio_interval(num: dict, den: dict, *, level: float = 0.95, n_boot: int
     lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
     return {"ratio": float(ratio), "lo": float(lo), "hi": float(hi), "level": level, "prompts": len(na),
             "n_boot": n_boot}
-
-
-def _records(e: dict, name: str):
-    import numpy as np
-
-    a, r = e.get("per_prompt_accepted"), e.get("per_prompt_rounds")
-    if a is None or r is None or len(a) != len(r) or not len(a):
-        raise ValueError(f"{name}: needs per_prompt_accepted / per_prompt_rounds of one non-zero length")
-    return np.asarray(a, dtype=np.float64), np.asarray(r, dtype=np.float64)
 
 
 def tau_ratio_cross_validated(num_by_setting: dict, den_by_setting: dict, *, folds: str = "halves",
@@ -865,7 +866,7 @@ def tau_ratio_cross_validated(num_by_setting: dict, den_by_setting: dict, *, fol
         raise ValueError("each head needs at least one setting")
     recs = {}
     for side, d in (("num", num_by_setting), ("den", den_by_setting)):
-        recs[side] = {k: _records(e, f"{side}[{k!r}]") for k, e in d.items()}
+        recs[side] = {k: _per_prompt_records(e, f"{side}[{k!r}]") for k, e in d.items()}
     n = {len(a) for side in recs.values() for a, _ in side.values()}
     if len(n) != 1:
         raise ValueError(f"the entries cover different numbers of prompts {sorted(n)}; selection needs the same")
@@ -894,9 +895,7 @@ def tau_ratio_cross_validated(num_by_setting: dict, den_by_setting: dict, *, fol
             kept[side][0][measure_on], kept[side][1][measure_on] = a[measure_on], r[measure_on]
             row[side], row[f"{side}_tau"] = best, float(tau(recs[side][best], measure_on))
         chosen.append(row)
-    entries = {side: {"per_prompt_accepted": kept[side][0].tolist(), "per_prompt_rounds": kept[side][1].tolist()}
-               for side in kept}
-    iv = tau_ratio_interval(entries["num"], entries["den"], level=level, n_boot=n_boot, seed=seed)
+    iv = _paired_ratio_interval(*kept["num"], *kept["den"], level=level, n_boot=n_boot, seed=seed)
     iv["chosen"] = chosen
     for side in kept:
         iv[f"{side}_tau"] = float(kept[side][0].sum() / kept[side][1].sum())

@@ -442,3 +442,32 @@ def test_eval_demo_head_draft_temperatures(tmp_path):
     assert "| causal tree w7 b16, draft T 0.5 |" in table and "| bidirectional tree w7 b16, draft T 2 |" in table
     with pytest.raises(SystemExit):
         eval_demo_head.main(args + ["--bidir-draft-temperature", "0"])
+
+
+def test_eval_demo_head_depth(tmp_path):
+    """--depth D drafts D depths in the tree rows (at most budget - 1) and gives the chain row budget
+    D + 1; a depth the head cannot draft (past block - 1) or below 1 is refused before the target
+    loads (argparse exits with status 2)."""
+    pytest.importorskip("transformers")
+    from jetspec_ext.demo import demo_head_dir
+    from jetspec_ext.draft_head import JetSpecDraftHead
+
+    head = demo_head_dir()
+    block = JetSpecDraftHead.from_pretrained(head).block_size
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": 'def add(a, b):\n    """Return a + b."""\n'}) + "\n")
+    out = tmp_path / "r.json"
+    args = ["--causal", head, "--prompts", str(prompts), "--num", "1", "--budgets", "16,4",
+            "--max-new-tokens", "8", "--device", "cpu", "--no-ar", "--out", str(out)]
+    assert eval_demo_head.main(args + ["--depth", "5"]) == 0
+    cfg = json.loads(out.read_text())["configs"]
+    assert cfg["causal tree w7 b16"]["depth"] == 5
+    assert cfg["causal tree w7 b4"]["depth"] == 3  # budget - 1
+    assert cfg["causal chain w1 bD+1"]["budget"] == 6 and cfg["causal chain w1 bD+1"]["depth"] == 5
+    assert eval_demo_head.main(args) == 0  # default: the head's block - 1
+    cfg = json.loads(out.read_text())["configs"]
+    assert cfg["causal tree w7 b16"]["depth"] == block - 1 and cfg["causal chain w1 bD+1"]["budget"] == block
+    for bad in (str(block), "0"):
+        with pytest.raises(SystemExit) as e:
+            eval_demo_head.main(args + ["--depth", bad])
+        assert e.value.code == 2

@@ -125,6 +125,10 @@ def main(argv=None):
     ap.add_argument("--num", type=int, default=50)
     ap.add_argument("--budgets", default="16,64,128")
     ap.add_argument("--width", type=int, default=7)
+    ap.add_argument("--depth", type=int, default=None,
+                    help="tree depth D (default: each head's block size - 1; at most that, and at most "
+                         "budget - 1); the chain row's budget is D + 1. E.g. to compare a head trained with "
+                         "a larger block with one of block 16 at depth 15")
     ap.add_argument("--policies", default="accum",
                     help="tree policies, comma-separated: accum (JetSpec: expand the best node, W children at "
                          "a time) and/or ddtree (= topn: the N best nodes one at a time)")
@@ -149,6 +153,8 @@ def main(argv=None):
     ap.add_argument("--table", default=None)
     ap.add_argument("--extra", default=None, help="JSON file merged into the results (e.g. training summaries)")
     a = ap.parse_args(argv)
+    if a.depth is not None and a.depth < 1:
+        ap.error(f"--depth must be at least 1, got {a.depth}")
     bidir_t = a.draft_temperature if a.bidir_draft_temperature is None else a.bidir_draft_temperature
     from jetspec_ext.decoder import check_draft_temperature
 
@@ -162,6 +168,14 @@ def main(argv=None):
 
     from jetspec_ext.draft_head import JetSpecDraftHead
     from jetspec_ext.train import encode_prompt, evaluate, read_prompts, stop_ids_for
+
+    heads = {}
+    if a.depth is not None:  # before the target loads: a head drafts at most block - 1 depths
+        for path in filter(None, dict.fromkeys((a.causal, a.bidir))):
+            heads[path] = JetSpecDraftHead.from_pretrained(path)
+            if a.depth > heads[path].block_size - 1:
+                ap.error(f"--depth {a.depth} is deeper than {path} can draft (block {heads[path].block_size}: "
+                         f"depth at most {heads[path].block_size - 1})")
 
     table = a.table or os.path.splitext(a.out)[0] + ".md"
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
@@ -236,7 +250,6 @@ def main(argv=None):
                 plan += [(f"{name} {label}", path, a.width, b, pol, t) for b in budgets]
         if i == 0 and a.causal and not a.no_chain:
             plan.append(("causal chain", a.causal, 1, None, "accum", a.draft_temperature))
-    heads = {}
     for name, path, width, budget, policy, draft_t in plan:
         key = f"{name} w{width} b{budget if budget else 'D+1'}"
         if a.end_by is not None and time.time() > a.end_by:
@@ -247,10 +260,10 @@ def main(argv=None):
             if path not in heads:
                 heads[path] = JetSpecDraftHead.from_pretrained(path)
             head = heads[path]
-            D = head.block_size - 1
+            D = head.block_size - 1 if a.depth is None else a.depth
             b = budget if budget else D + 1
             r, failed = recording_capture_failures(
-                lambda: evaluate(model, head, ids, budgets=(b,), width=width, policy=policy,
+                lambda: evaluate(model, head, ids, budgets=(b,), width=width, depth=D, policy=policy,
                                  ar_reference=ar_tokens, warmup=warm, draft_temperature=draft_t, **kw))
             e = dict(r["budgets"][str(b)])
             if failed:

@@ -90,14 +90,17 @@ def test_loads_published_style_checkpoint(tmp_path):
     for k, v in st.items():
         assert torch.equal(head.state_dict()[k], v), k
     head.check_target(tiny_config(tied=False, vocab=V, layers=L, hidden=H))
-    # errors: missing weights, bidirectional head, mismatched target
+    assert head.causal
+    # a bidirectional (DFlash-style) head: the same files with causal_head false load, as such
+    raw["dflash_config"]["causal_head"] = False
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    bidir = JetSpecDraftHead.from_pretrained(str(tmp_path))
+    assert not bidir.causal
+    assert all(torch.equal(bidir.state_dict()[k], v) for k, v in st.items())
+    # errors: a missing weight (named), mismatched target
     del st["fc.weight"]
     save_file(st, str(tmp_path / "model.safetensors"))
-    with pytest.raises(ValueError, match="missing"):
-        JetSpecDraftHead.from_pretrained(str(tmp_path))
-    raw["dflash_config"]["causal_head"] = False  # a bidirectional (DFlash-style) head loads
-    (tmp_path / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(ValueError, match=r"missing.*fc\.weight"):
         JetSpecDraftHead.from_pretrained(str(tmp_path))
     with pytest.raises(ValueError, match="out of range"):
         head.check_target(tiny_config(tied=False, vocab=V, layers=6, hidden=H))

@@ -86,7 +86,9 @@ def test_cuda_tensor_core_path_for_few_rows(M, monkeypatch):
 def test_cuda_tilings_and_k_splits(cfg, ksplit, monkeypatch):
     """Every tiling (JETSPEC_SKINNY_CFG) with the automatic, no, and forced K splits across CTAs
     (JETSPEC_SKINNY_KSPLIT; 5 does not divide the 128 k blocks), twice in a row (the split-K
-    arrival counters must be back at zero after each launch)."""
+    arrival counters must be back at zero after each launch). JETSPEC_SKINNY_GEMV=0: one row would
+    otherwise take the CUDA-core kernel, which has no tiling or K split."""
+    monkeypatch.setenv("JETSPEC_SKINNY_GEMV", "0")
     monkeypatch.setenv("JETSPEC_SKINNY_CFG", cfg)
     monkeypatch.setenv("JETSPEC_SKINNY_KSPLIT", ksplit)
     for M in (1, 16):
@@ -99,8 +101,10 @@ def test_cuda_tilings_and_k_splits(cfg, ksplit, monkeypatch):
 
 @requires_cuda
 def test_cuda_split_k_graph_replay(monkeypatch):
+    """The K-split arrival counters under CUDA-graph replay: 8 rows, the tensor-core kernel (1..4
+    rows take the CUDA-core kernel, which never splits K)."""
     monkeypatch.setenv("JETSPEC_SKINNY_KSPLIT", "4")
-    x, w = inputs(3, 1024, 4096, torch.bfloat16, "cuda", seed=8)
+    x, w = inputs(8, 1024, 4096, torch.bfloat16, "cuda", seed=8)
     expect = op(x, w)  # grows the counter buffer outside the capture
     g = torch.cuda.CUDAGraph()
     s = torch.cuda.Stream()
@@ -132,14 +136,16 @@ def test_bad_tuning_env(monkeypatch):
 
 @requires_cuda
 def test_cuda_large_values_and_rows_beyond_m():
-    """Rows of the m16 tile past M must not leak into the output (their x loads are skipped);
-    large magnitudes keep fp32 accumulation honest."""
-    x, w = inputs(3, 296, 256, torch.bfloat16, "cuda", seed=11)
+    """Rows of the m16 tile past M must not leak into the output (their x loads are skipped):
+    7 rows (the tensor-core kernel; 1..4 rows take the CUDA-core one), then the same rows with 9
+    huge ones after them, which must not change the first 7 bit for bit; large magnitudes keep fp32
+    accumulation honest."""
+    x, w = inputs(7, 296, 256, torch.bfloat16, "cuda", seed=11)
     x = x * 50
     out = op(x, w)
     _check_accuracy(out, x, w)
-    full = torch.cat([x, torch.full((13, 256), 1e4, dtype=x.dtype, device="cuda")])
-    torch.testing.assert_close(op(full, w)[:3], out, rtol=0, atol=0)
+    full = torch.cat([x, torch.full((9, 256), 1e4, dtype=x.dtype, device="cuda")])
+    torch.testing.assert_close(op(full, w)[:7], out, rtol=0, atol=0)
 
 
 @requires_cuda
@@ -182,13 +188,25 @@ def test_decoder_routing(monkeypatch):
     else:
         assert sel.SKINNY_LINEAR_CUDA is has_cuda_kernel
     assert sel.ROUTED_MAX_ROWS == 1
+    # which path ran is counted, not inferred from the values (at K = 64 the kernel and F.linear
+    # round to the same bf16 outputs, so equal values would not show the routing)
+    calls = {"n": 0}
+
+    def counted(*a, **k):
+        calls["n"] += 1
+        return op(*a, **k)
+    monkeypatch.setattr(jetspec_ext, "skinny_linear", counted)
     x, w = inputs(1, 64, 64, torch.bfloat16, "cpu", seed=4)
     torch.testing.assert_close(sel.linear(x, w), F.linear(x, w), rtol=0, atol=0)
+    assert calls["n"] == 0  # CPU tensors: F.linear
     if torch.cuda.is_available() and jetspec_ext.cuda_compiled():
         monkeypatch.setattr(sel, "SKINNY_LINEAR_CUDA", True)
         xc, wc = x.cuda(), w.cuda()
         torch.testing.assert_close(sel.linear(xc, wc), op(xc, wc), rtol=0, atol=0)
-        x2 = torch.randn(2, 64, device="cuda").to(torch.bfloat16)  # more than one row: F.linear
-        torch.testing.assert_close(sel.linear(x2, wc), F.linear(x2, wc), rtol=0, atol=0)
+        assert calls["n"] == 1  # one row: the op
+        x2 = torch.randn(2, 64, device="cuda").to(torch.bfloat16)  # more than one row: not this op
+        sel.linear(x2, wc)
+        assert calls["n"] == 1
         monkeypatch.setattr(sel, "SKINNY_LINEAR_CUDA", False)
         torch.testing.assert_close(sel.linear(xc, wc), F.linear(xc, wc), rtol=0, atol=0)
+        assert calls["n"] == 1  # switched off: F.linear

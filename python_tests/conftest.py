@@ -126,3 +126,42 @@ def check_programmatic_launch(op_call, cases, monkeypatch):
         load(k)
         g.replay()
         check(outs, k)
+
+
+def _tensors(out):
+    return [out] if isinstance(out, torch.Tensor) else [t for t in out if isinstance(t, torch.Tensor)]
+
+
+def call_poisoned(fn, fill_byte=0xFF, attempts=3):
+    """``fn()`` (an op call returning a tensor or a tuple / list of tensors) such that, on CUDA,
+    every output starts as garbage: whatever a kernel leaves unwritten reads as ``fill_byte``
+    repeated (0xFF: NaN in bf16 / fp16 / fp32, -1 in integers; pass another byte where -1 is a
+    valid output). On the CPU: ``fn()``, once.
+
+    Why not a large freed NaN block: PyTorch's caching allocator serves requests of at most 1 MiB
+    from a separate small pool that a freed large block never backs, so most outputs of these
+    tests would never see it. Instead this relies on the allocator being deterministic: fn runs
+    once to settle it (first-call workspaces, new segments), once more to find the blocks of its
+    outputs, which are filled with ``fill_byte`` and freed, and once again, which must get exactly
+    those blocks back (checked by pointer; up to ``attempts`` rounds, then the test fails rather
+    than pass unpoisoned)."""
+    import gc
+
+    first = fn()
+    if not any(t.is_cuda for t in _tensors(first)):
+        return first
+    del first
+    gc.collect()  # no garbage freed between the rounds below
+    for _ in range(attempts):
+        out = fn()
+        ptrs = [t.data_ptr() for t in _tensors(out)]
+        for t in _tensors(out):
+            if t.numel():
+                torch.empty(0, dtype=torch.uint8, device=t.device).set_(t.untyped_storage()).fill_(fill_byte)
+        del out, t
+        res = fn()
+        if [t.data_ptr() for t in _tensors(res)] == ptrs:
+            return res
+        del res
+    raise AssertionError(f"call_poisoned: the op's outputs did not get the poisoned blocks back in "
+                         f"{attempts} rounds (the caching allocator's state kept changing between calls)")

@@ -1,5 +1,5 @@
-"""Shared by the linear-layer op tests (test_skinny_linear.py, test_verify_linear.py): inputs,
-output poisoning, and the accuracy rule.
+"""Shared by the linear-layer op tests (test_skinny_linear.py, test_verify_linear.py): inputs and
+the accuracy rule (outputs are poisoned with conftest.call_poisoned).
 
 Accuracy rule (as for attention, FlashAttention's): the kernel's error against an fp32 reference
 of the same inputs is at most twice that of PyTorch's own F.linear in the same dtype (cuBLAS on
@@ -16,14 +16,6 @@ def inputs(M, N, K, dtype, device, seed=0, lead=None):
     x = torch.randn(*(lead or (M,)), K, generator=g).to(dtype).to(device)
     w = (torch.randn(N, K, generator=g) * K ** -0.5).to(dtype).to(device)
     return x, w
-
-
-def poison(device, mib=128):
-    """Fill ``mib`` MiB of freed cached CUDA memory with NaN, so an output element a kernel
-    leaves unwritten shows."""
-    if device == "cuda":
-        junk = torch.full((mib << 18,), float("nan"), dtype=torch.float32, device=device)
-        del junk
 
 
 def check_accuracy(out, x, w):

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 import jetspec_ext
-from conftest import requires_cuda
+from conftest import call_poisoned, requires_cuda
 from linear_support import check_accuracy as _check_accuracy
-from linear_support import inputs, poison
+from linear_support import inputs
 
 op = jetspec_ext.skinny_linear
 ref = jetspec_ext.reference.skinny_linear
@@ -63,8 +63,7 @@ def test_cuda_matches_reference(M, N, K, dtype):
     """M <= 4 runs the CUDA-core kernel (skinny_gemv.cuh), more rows the tensor-core one; N not
     a multiple of the rows per CTA, K not a multiple of the 256-element chunk."""
     x, w = inputs(M, N, K, dtype, "cuda", seed=M * 7 + N % 97)
-    poison("cuda")
-    out = op(x, w)
+    out = call_poisoned(lambda: op(x, w))
     assert out.shape == (M, N)
     _check_accuracy(out, x, w)
 
@@ -76,8 +75,7 @@ def test_cuda_tensor_core_path_for_few_rows(M, monkeypatch):
     monkeypatch.setenv("JETSPEC_SKINNY_GEMV", "0")
     for N, K in ((4096, 4096), (1001, 96)):
         x, w = inputs(M, N, K, torch.bfloat16, "cuda", seed=M + N)
-        poison("cuda")
-        _check_accuracy(op(x, w), x, w)
+        _check_accuracy(call_poisoned(lambda: op(x, w)), x, w)
 
 
 @requires_cuda
@@ -93,8 +91,7 @@ def test_cuda_tilings_and_k_splits(cfg, ksplit, monkeypatch):
     monkeypatch.setenv("JETSPEC_SKINNY_KSPLIT", ksplit)
     for M in (1, 16):
         x, w = inputs(M, 4096 + 40, 4096, torch.bfloat16, "cuda", seed=M + int(ksplit))
-        poison("cuda")
-        a = op(x, w)
+        a = call_poisoned(lambda: op(x, w))
         _check_accuracy(a, x, w)
         torch.testing.assert_close(op(x, w), a, rtol=0, atol=0)  # deterministic split order
 

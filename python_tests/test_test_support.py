@@ -1,11 +1,12 @@
-"""The test suite's own helpers that guard the accuracy tests' fp32 references (conftest):
-ieee_fp32_matmul (full fp32 inside, the previous TF32 setting after), and the TF32 state the
-autouse leak guard saves and restores."""
+"""The test suite's own helpers (conftest): those that guard the accuracy tests' fp32 references
+(ieee_fp32_matmul: full fp32 inside, the previous TF32 setting after; the TF32 state the autouse
+leak guard saves and restores), and call_poisoned, which makes an op's CUDA outputs start as
+garbage."""
 import pytest
 import torch
 
 import conftest
-from conftest import HAS_CUDA, ieee_fp32_matmul
+from conftest import HAS_CUDA, call_poisoned, ieee_fp32_matmul
 
 
 def test_ieee_fp32_matmul_sets_and_restores():
@@ -44,3 +45,25 @@ def test_ieee_fp32_matmul_gives_fp32_results_under_tf32():
     finally:
         conftest._set_tf32_state(before)
     assert err_ieee < 1e-3 < err_tf32, (err_ieee, err_tf32)
+
+
+def test_call_poisoned_on_the_cpu_is_one_call():
+    calls = []
+    out = call_poisoned(lambda: calls.append(1) or torch.zeros(3))
+    assert calls == [1] and torch.equal(out, torch.zeros(3))
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="the poisoning works on the CUDA caching allocator")
+@pytest.mark.parametrize("numel", [7, 200_000, 3 << 20])  # small pool (<= 1 MiB) and large pool
+def test_call_poisoned_reaches_every_output(numel):
+    """Outputs a function allocates and never writes read as the fill: every tensor of a tuple,
+    small-pool and large-pool sizes, with earlier results still alive; integers with another byte."""
+    def unwritten():
+        return (torch.empty(numel, device="cuda"), torch.empty(numel // 2 + 1, dtype=torch.bfloat16, device="cuda"))
+    kept = []
+    for _ in range(2):
+        a, b = call_poisoned(unwritten)
+        assert torch.isnan(a).all() and torch.isnan(b).all()
+        kept.append((a, b))
+    i = call_poisoned(lambda: torch.empty(numel, dtype=torch.int32, device="cuda"), fill_byte=0x5A)
+    assert (i == 0x5A5A5A5A).all()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import jetspec_ext
-from conftest import check_programmatic_launch, ieee_fp32_matmul
+from conftest import call_poisoned, check_programmatic_launch, ieee_fp32_matmul
 from jetspec_ext.reference.attention import (dense_visibility, pack_tree_mask,
                                              tree_attention as ref_tree_attention,
                                              unpack_tree_mask)
@@ -171,16 +171,9 @@ def check_against_reference(out, lse, q, k, v, plens, mask, scale=None, refs=Non
     return err
 
 
-def poison_allocator(device, nbytes):
-    """Leave NaN-filled blocks in the CUDA caching allocator so that uninitialised outputs show."""
-    if device == "cuda":
-        blocks = [torch.full((nbytes // 4 + 1024,), float("nan"), device=device) for _ in range(4)]
-        del blocks
-
-
 def run_op(q, k, v, plens, mask, scale=None):
-    poison_allocator(q.device.type, q.numel() * 4 * 8)
-    return jetspec_ext.tree_attention(q, k, v, plens, mask, scale)
+    """The op with its outputs poisoned (NaN) before the launch on CUDA (conftest.call_poisoned)."""
+    return call_poisoned(lambda: jetspec_ext.tree_attention(q, k, v, plens, mask, scale))
 
 
 # ----------------------------------------------------------------------------------------------

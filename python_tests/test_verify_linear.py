@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 import jetspec_ext
-from conftest import check_programmatic_launch, ieee_fp32_matmul, requires_cuda
+from conftest import call_poisoned, check_programmatic_launch, ieee_fp32_matmul, requires_cuda
 from linear_support import check_accuracy as _check_accuracy
-from linear_support import inputs, poison
+from linear_support import inputs
 
 op = jetspec_ext.verify_linear
 ref = jetspec_ext.reference.verify_linear
@@ -83,8 +83,7 @@ def test_cuda_matches_reference(M, N, K):
     """Default configuration; M not a multiple of the 128-row tile, N not a multiple of the tile's
     columns, K not a multiple of the 64-wide k block (the TMA boxes' out-of-bounds fill)."""
     x, w = _bf16_inputs(M, N, K, "cuda", seed=M * 7 + N % 97)
-    poison("cuda", 256)
-    out = op(x, w)
+    out = call_poisoned(lambda: op(x, w))
     assert out.shape == (M, N)
     _check_accuracy(out, x, w)
 
@@ -102,8 +101,7 @@ def test_cuda_configs_and_schedules(cfg, sched, splits, monkeypatch):
         monkeypatch.setenv("JETSPEC_VERIFY_SPLITS", splits)
     for M, N, K in ((128, 4096 + 40, 4096), (77, 2048, 12288), (256, 1000, 520)):
         x, w = _bf16_inputs(M, N, K, "cuda", seed=M + N)
-        poison("cuda", 256)
-        a = op(x, w)
+        a = call_poisoned(lambda: op(x, w))
         _check_accuracy(a, x, w)
         torch.testing.assert_close(op(x, w), a, rtol=0, atol=0)
 
@@ -155,8 +153,7 @@ def test_cuda_few_rows(cfg, M, N, K, monkeypatch):
     if cfg:
         monkeypatch.setenv("JETSPEC_VERIFY_CFG", cfg)
     x, w = _bf16_inputs(M, N, K, "cuda", seed=M * 13 + N + K)
-    poison("cuda", 256)
-    out = op(x, w)
+    out = call_poisoned(lambda: op(x, w))
     assert out.shape == (M, N)
     _check_accuracy(out, x, w)
     torch.testing.assert_close(op(x, w), out, rtol=0, atol=0)
@@ -254,8 +251,7 @@ def test_cuda_residual(cfg, M, N, K, monkeypatch):
     if cfg:
         monkeypatch.setenv("JETSPEC_VERIFY_CFG", cfg)
     x, w, r = _residual_case(M, N, K, "cuda", seed=M + K)
-    poison("cuda", 256)
-    out = op(x, w, r)
+    out = call_poisoned(lambda: op(x, w, r))
     _check_residual_accuracy(out, x, w, r)
     torch.testing.assert_close(op(x, w, r), out, rtol=0, atol=0)
 

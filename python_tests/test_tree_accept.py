@@ -17,7 +17,7 @@ import jetspec_ext
 from jetspec_ext.reference import accept as ref_accept
 from jetspec_ext.reference import rng as ref_rng
 
-from conftest import requires_cuda
+from conftest import call_poisoned, requires_cuda
 from trees import plant_agreement, random_logits, random_tree_batch
 
 op = torch.ops.jetspec.tree_accept.default
@@ -44,9 +44,18 @@ def make_case(B, N, V, dtype, seed, *, plant=None, chain_bias=0.3, pad_frac=0.1,
 
 
 def run_op(device, logits, toks, par, D, state, T=0.0, k=0, p=1.0):
-    st = state.clone().to(device)
-    out = op(logits.to(device), toks.to(device), par.to(device), D, st, T, k, p)
-    return [o.cpu() for o in out], st.cpu()
+    """The op from ``state`` (cloned; the clone advanced by the op is returned), on CUDA with its
+    outputs poisoned (0x5A bytes) before the launch (conftest.call_poisoned runs it several times,
+    each from a fresh clone of ``state``)."""
+    args = (logits.to(device), toks.to(device), par.to(device))
+    box = {}
+
+    def call():
+        box.clear()  # the previous call's state freed first: every call sees the same allocator state
+        box["st"] = state.clone().to(device)
+        return op(*args, D, box["st"], T, k, p)
+    out = call_poisoned(call, fill_byte=0x5A)
+    return [o.cpu() for o in out], box["st"].cpu()
 
 
 def run_ref(logits, toks, par, D, state, T=0.0, k=0, p=1.0):

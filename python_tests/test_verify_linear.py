@@ -174,8 +174,17 @@ def test_decoder_routing(monkeypatch):
         assert sel.VERIFY_LINEAR_CUDA is torch._C._dispatch_has_kernel_for_dispatch_key(
             "jetspec::verify_linear", "CUDA")
     assert sel.VERIFY_ROWS == (65, 128) and sel.VERIFY_MAX_N == 4096
+    # which path ran is counted, not only inferred from the values (at small K the kernel and
+    # F.linear can round to the same bf16 outputs)
+    calls = {"n": 0}
+
+    def counted(*a, **k):
+        calls["n"] += 1
+        return op(*a, **k)
+    monkeypatch.setattr(jetspec_ext, "verify_linear", counted)
     x, w = _bf16_inputs(128, 64, 64, "cpu", seed=4)
     torch.testing.assert_close(sel.linear(x, w), F.linear(x, w), rtol=0, atol=0)
+    assert calls["n"] == 0  # CPU tensors: F.linear
     if _has_cuda_kernel():
         monkeypatch.setattr(sel, "VERIFY_LINEAR_CUDA", True)
         monkeypatch.setattr(sel, "FEW_ROWS_CUDA", True)
@@ -184,9 +193,12 @@ def test_decoder_routing(monkeypatch):
                              (128, 4104, False), (16, 8192, True), (2, 64, True), (17, 4096, False)):
             xc, wc = _bf16_inputs(M, N, 256, "cuda", seed=M + N)
             expect = op(xc, wc) if routed else F.linear(xc, wc)
+            before = calls["n"]
             torch.testing.assert_close(sel.linear(xc.unsqueeze(0), wc), expect.unsqueeze(0), rtol=0, atol=0)
+            assert calls["n"] - before == int(routed), (M, N, routed)
         xc, wc = _bf16_inputs(16, 4096, 256, "cuda", seed=3)
         wc.requires_grad_(True)  # a gradient is wanted: F.linear (verify_linear has no backward)
+        before = calls["n"]
         torch.testing.assert_close(sel.linear(xc, wc), F.linear(xc, wc), rtol=0, atol=0)
         monkeypatch.setattr(sel, "FEW_ROWS_CUDA", False)
         xc, wc = _bf16_inputs(16, 4096, 256, "cuda", seed=2)
@@ -194,6 +206,7 @@ def test_decoder_routing(monkeypatch):
         monkeypatch.setattr(sel, "VERIFY_LINEAR_CUDA", False)
         xc, wc = _bf16_inputs(128, 4096, 256, "cuda", seed=1)
         torch.testing.assert_close(sel.linear(xc, wc), F.linear(xc, wc), rtol=0, atol=0)
+        assert calls["n"] == before  # gradient wanted, few rows off, verify_linear off: F.linear
 
 
 def _residual_case(M, N, K, device, seed):

@@ -145,14 +145,11 @@ def call_poisoned(fn, fill_byte=0xFF, attempts=3):
     outputs, which are filled with ``fill_byte`` and freed, and once again, which must get exactly
     those blocks back (checked by pointer; up to ``attempts`` rounds, then the test fails rather
     than pass unpoisoned)."""
-    import gc
-
     first = fn()
     if not any(t.is_cuda for t in _tensors(first)):
         return first
     del first
-    gc.collect()  # no garbage freed between the rounds below
-    for _ in range(attempts):
+    for _ in range(attempts):  # another round if something else freed memory in between
         out = fn()
         ptrs = [t.data_ptr() for t in _tensors(out)]
         for t in _tensors(out):

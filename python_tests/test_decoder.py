@@ -120,6 +120,40 @@ def test_stop_token_and_batch(setup):
     assert res.tokens == [ref[:12], ref[:12]]
 
 
+def test_batch_rows_that_advance_apart(setup, tok):
+    """Two different prompts in one batch, row 0 drafted by an oracle (long acceptance), row 1 by
+    useless random drafts (about one token per round): each row must equal its own HF greedy
+    output although the rows advance at different speeds, and row 0 reaches max_new_tokens rounds
+    before row 1 (its length must stay capped while row 1 goes on). A batch of one prompt twice
+    (above) cannot show rows mixed up or a finished row running past its cap."""
+    model, _, _ = setup
+    p = [chat_ids(tok, t, max_tokens=30) for t in load_prompts(2)]
+    assert len(p[0]) == len(p[1]) and p[0] != p[1]
+    refs = [hf_greedy(model, x, NEW) for x in p]
+    oracle = OracleDrafter(p[0] + refs[0], model.config.vocab_size, 6, 3)
+
+    class MixedDrafter:  # the drafter interface generate() uses (as OracleDrafter)
+        depth = 6
+
+        def new_context(self, batch, max_len):
+            return None
+
+        def extend(self, ctx, ctx_lens, tapped):
+            pass
+
+        def draft(self, ctx, ctx_lens, anchor):
+            good = oracle.draft(ctx, ctx_lens[:1], anchor[:1])
+            return torch.cat([good, torch.randn_like(good)])  # row 1: useless drafts
+
+    res = generate(Target(model), MixedDrafter(), p, max_new_tokens=NEW, budget=32, width=3)
+    assert res.tokens == [refs[0], refs[1]]
+    # the rows really advanced apart: row 0 had all its tokens within the first half of the
+    # rounds (the prefill gives the first), row 1 did not
+    acc = [[int(r.accept_len[b]) for r in res.rounds] for b in (0, 1)]
+    half = len(res.rounds) // 2
+    assert sum(acc[0][:half]) >= NEW - 1 > sum(acc[1][:half]), acc
+
+
 def test_streaming_callback(setup):
     model, prompts, refs = setup
     got = []
@@ -213,8 +247,12 @@ def test_sampling_matches_target_distribution(temperature, top_k, top_p):
     for i, (c, p) in enumerate(checks):
         stat, df = _chi2(c, p, R)
         assert stat < _chi2_crit(df, alpha), (i, stat, df)
-    # speculation did happen: some rounds accepted drafted tokens
-    assert max(max(r.accept_len) for r in res.rounds) > 1
+    # speculation did happen, often enough for the checks above to cover accepted drafts (a
+    # decoder that never accepts a draft passes every distribution check): in the first round
+    # (every row live) a sizeable share of the rows accepted one drafted token (measured ~25 %)
+    # and some two (~3-4 %)
+    first = torch.as_tensor(res.rounds[0].accept_len)
+    assert (first >= 2).float().mean() >= 0.15 and (first >= 3).float().mean() >= 0.01, first.bincount()
 
 
 # ------------------------------------------------------------------------------------------

@@ -53,16 +53,26 @@ def _spy(monkeypatch):
 
 @torch.inference_mode()
 def _extend_and_draft(drafter, seed=0, S=40, P=9):
-    """Random context cache, one extension by D+1 tokens, one draft: (ctx, logits)."""
+    """Random context cache, one extension by D+1 tokens, one draft: (ctx, logits). Checks the
+    cache writes themselves (fused and unfused paths share them, so comparing the two would not
+    see them missing): every key / value vector of the extension's slots [P, P+D+1) changed from
+    its random start in every layer and head, and nothing outside [P, P+2(D+1)) (the extension
+    and the draft block's scratch slots after it) changed."""
     g = torch.Generator().manual_seed(seed)
     ctx = drafter.new_context(1, S)
     dev = ctx.device
     ctx.copy_(torch.randn(ctx.shape, generator=g))
+    start = ctx.clone()
     lens = torch.full((1,), P, dtype=torch.int32, device=dev)
     F_ = len(drafter.head.target_layer_ids) * drafter.head.config.hidden_size
     drafter.extend(ctx, lens, torch.randn(1, DEPTH + 1, F_, generator=g).to(dev, ctx.dtype))
     lens += DEPTH + 1
     logits = drafter.draft(ctx, lens, torch.tensor([17], device=dev))
+    # ctx: (L_draft, 2, B, Hkv, S, Dh)
+    assert (ctx[..., P:P + DEPTH + 1, :] != start[..., P:P + DEPTH + 1, :]).any(dim=-1).all()
+    outside = torch.ones(S, dtype=torch.bool)
+    outside[P:P + 2 * (DEPTH + 1)] = False
+    assert torch.equal(ctx[..., outside.to(dev), :], start[..., outside.to(dev), :])
     return ctx, logits
 
 

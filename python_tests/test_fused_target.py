@@ -68,7 +68,10 @@ def test_fused_forward_matches_hf_layer(N):
     torch.testing.assert_close(lf, lr, **TOL)
     torch.testing.assert_close(tf, tr, **TOL)
     torch.testing.assert_close(kv_f, kv, **TOL)
-    assert not torch.allclose(kv[..., 6:6 + N, :], torch.zeros_like(kv[..., 6:6 + N, :]))
+    # every new slot written: each key / value vector changed from its random start (the cache
+    # _forward_both began with), in every layer and head
+    start = torch.randn(kv.shape, generator=torch.Generator().manual_seed(0))
+    assert (kv[..., 6:6 + N, :] != start[..., 6:6 + N, :]).any(dim=-1).all()
     # the prefill keeps HF's layer.forward (the module-level function, not the spied one)
     with torch.inference_mode():
         fus.forward(kv_f, torch.zeros(1, dtype=torch.int32), torch.tensor([PROMPT]),

@@ -36,12 +36,30 @@ def test_generate_with_compare_ar(ckpts, capsys, tmp_path):
     assert out.count("[AR baseline: identical output]") == 2
 
 
-def test_generate_single_prompt_sampling(ckpts, capsys):
+def _recording_generate(monkeypatch):
+    """Wraps jetspec_ext.decoder.generate (the CLI imports it at call time): the keyword arguments
+    of every call, in order."""
+    import jetspec_ext.decoder as dec
+
+    seen, real = [], dec.generate
+
+    def recording(*a, **k):
+        seen.append(k)
+        return real(*a, **k)
+    monkeypatch.setattr(dec, "generate", recording)
+    return seen
+
+
+def test_generate_single_prompt_sampling(ckpts, capsys, monkeypatch):
+    """The sampling settings reach the decoder."""
+    seen = _recording_generate(monkeypatch)
     rc = main(["generate", "--target", str(ckpts / "target"), "--draft", str(ckpts / "draft"),
                "--prompt", "Hello", "--max-new-tokens", "8", "--budget", "8", "--width", "2",
-               "--temperature", "0.7", "--top-p", "0.9", "--seed", "3", "--device", "cpu"])
+               "--temperature", "0.7", "--top-p", "0.9", "--top-k", "5", "--seed", "3", "--device", "cpu"])
     assert rc == 0
     assert "tokens: 8" in capsys.readouterr().out
+    assert seen and all((k["temperature"], k["top_p"], k["top_k"], k["seed"], k["budget"], k["width"])
+                        == (0.7, 0.9, 5, 3, 8, 2) for k in seen), seen
 
 
 def test_default_budget_on_cpu(ckpts, capsys):
@@ -69,14 +87,18 @@ def test_warmup_decodes_untimed_and_changes_no_output(ckpts, capsys):
     assert "[AR baseline: identical output]" in warm
 
 
-def test_generate_draft_temperature(ckpts, capsys):
-    """--draft-temperature reaches the summary (and the decoder); 0 is a clean error."""
+def test_generate_draft_temperature(ckpts, capsys, monkeypatch):
+    """--draft-temperature reaches the summary and the decoder; 0 is a clean error."""
+    seen = _recording_generate(monkeypatch)
     base = ["generate", "--target", str(ckpts / "target"), "--draft", str(ckpts / "draft"), "--prompt", "Hello",
             "--max-new-tokens", "6", "--budget", "16", "--width", "2", "--device", "cpu"]
     assert main(base + ["--draft-temperature", "0.5"]) == 0
     assert "draft temperature 0.5)" in capsys.readouterr().out
+    assert seen and all(k["draft_temperature"] == 0.5 for k in seen), seen
+    seen.clear()
     assert main(base) == 0                      # a head given with --draft: 1.0 unless told
     assert "draft temperature" not in capsys.readouterr().out
+    assert seen and all(k.get("draft_temperature", 1.0) == 1.0 for k in seen), seen
     assert main(base + ["--draft-temperature", "0"]) == 2
     assert "draft_temperature must be" in capsys.readouterr().err
 

@@ -128,6 +128,21 @@ def check_programmatic_launch(op_call, cases, monkeypatch):
         check(outs, k)
 
 
+def record_calls(monkeypatch, module, name):
+    """Replace ``module.name`` (a function looked up at call time, e.g. ``jetspec_ext.verify_linear``
+    from op_select or ``jetspec_ext.decoder.generate`` from the CLI) by a wrapper that records the
+    keyword arguments of every call and then calls the original. Returns the list of records:
+    its length is the number of calls. Tests use it to check which path ran, where equal values
+    would not show it."""
+    seen, real = [], getattr(module, name)
+
+    def recording(*a, **k):
+        seen.append(k)
+        return real(*a, **k)
+    monkeypatch.setattr(module, name, recording)
+    return seen
+
+
 def _tensors(out):
     return [out] if isinstance(out, torch.Tensor) else [t for t in out if isinstance(t, torch.Tensor)]
 

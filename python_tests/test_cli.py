@@ -5,6 +5,7 @@ import shutil
 import pytest
 import torch
 
+from conftest import record_calls
 from decoder_support import TOKENIZER_DIR, tiny_target
 from jetspec_ext.cli import main
 from jetspec_ext.draft_head import JetSpecDraftHead
@@ -37,17 +38,11 @@ def test_generate_with_compare_ar(ckpts, capsys, tmp_path):
 
 
 def _recording_generate(monkeypatch):
-    """Wraps jetspec_ext.decoder.generate (the CLI imports it at call time): the keyword arguments
-    of every call, in order."""
+    """The keyword arguments of every jetspec_ext.decoder.generate call (the CLI imports it at
+    call time)."""
     import jetspec_ext.decoder as dec
 
-    seen, real = [], dec.generate
-
-    def recording(*a, **k):
-        seen.append(k)
-        return real(*a, **k)
-    monkeypatch.setattr(dec, "generate", recording)
-    return seen
+    return record_calls(monkeypatch, dec, "generate")
 
 
 def test_generate_single_prompt_sampling(ckpts, capsys, monkeypatch):

@@ -13,6 +13,7 @@ weights. (The compiled fused drafter is checked against the eager one in test_co
 import pytest
 import torch
 
+from conftest import record_calls
 from decoder_support import hf_greedy, tiny_target
 from jetspec_ext.decoder import HeadDrafter, generate
 from jetspec_ext.draft_head import JetSpecDraftHead, block_layers, extend_layers, layer_caches
@@ -320,13 +321,7 @@ def test_cuda_fused_drafter_few_rows(monkeypatch):
     import jetspec_ext
 
     model, head, target = _setup()
-    calls = {"n": 0}
-    orig = jetspec_ext.verify_linear
-
-    def counted(*a, **k):
-        calls["n"] += 1
-        return orig(*a, **k)
-    monkeypatch.setattr(jetspec_ext, "verify_linear", counted)
+    calls = record_calls(monkeypatch, jetspec_ext, "verify_linear")
     ctx_ref, l_ref = _extend_and_draft(HeadDrafter(head, target, depth=DEPTH, fuse_projections=False))
     errs = {}
     for fuse in (False, True):
@@ -334,9 +329,9 @@ def test_cuda_fused_drafter_few_rows(monkeypatch):
         h = copy.deepcopy(head).to("cuda", torch.bfloat16)
         d = HeadDrafter(h, Target(m, h.target_layer_ids), depth=DEPTH, fuse_projections=fuse)
         assert d.fused == fuse
-        before = calls["n"]
+        before = len(calls)
         ctx, logits = _extend_and_draft(d)
-        assert (calls["n"] > before) == fuse  # routed only on the fused path
+        assert (len(calls) > before) == fuse  # routed only on the fused path
         errs[fuse] = ((ctx.float().cpu() - ctx_ref).abs().max().item(),
                       (logits.float().cpu() - l_ref).abs().max().item())
     for i in (0, 1):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import jetspec_ext
-from conftest import call_poisoned, requires_cuda
+from conftest import call_poisoned, record_calls, requires_cuda
 from linear_support import check_accuracy as _check_accuracy
 from linear_support import inputs
 
@@ -187,23 +187,18 @@ def test_decoder_routing(monkeypatch):
     assert sel.ROUTED_MAX_ROWS == 1
     # which path ran is counted, not inferred from the values (at K = 64 the kernel and F.linear
     # round to the same bf16 outputs, so equal values would not show the routing)
-    calls = {"n": 0}
-
-    def counted(*a, **k):
-        calls["n"] += 1
-        return op(*a, **k)
-    monkeypatch.setattr(jetspec_ext, "skinny_linear", counted)
+    calls = record_calls(monkeypatch, jetspec_ext, "skinny_linear")
     x, w = inputs(1, 64, 64, torch.bfloat16, "cpu", seed=4)
     torch.testing.assert_close(sel.linear(x, w), F.linear(x, w), rtol=0, atol=0)
-    assert calls["n"] == 0  # CPU tensors: F.linear
+    assert len(calls) == 0  # CPU tensors: F.linear
     if torch.cuda.is_available() and jetspec_ext.cuda_compiled():
         monkeypatch.setattr(sel, "SKINNY_LINEAR_CUDA", True)
         xc, wc = x.cuda(), w.cuda()
         torch.testing.assert_close(sel.linear(xc, wc), op(xc, wc), rtol=0, atol=0)
-        assert calls["n"] == 1  # one row: the op
+        assert len(calls) == 1  # one row: the op
         x2 = torch.randn(2, 64, device="cuda").to(torch.bfloat16)  # more than one row: not this op
         sel.linear(x2, wc)
-        assert calls["n"] == 1
+        assert len(calls) == 1
         monkeypatch.setattr(sel, "SKINNY_LINEAR_CUDA", False)
         torch.testing.assert_close(sel.linear(xc, wc), F.linear(xc, wc), rtol=0, atol=0)
-        assert calls["n"] == 1  # switched off: F.linear
+        assert len(calls) == 1  # switched off: F.linear

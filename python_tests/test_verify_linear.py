@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import jetspec_ext
-from conftest import call_poisoned, check_programmatic_launch, ieee_fp32_matmul, requires_cuda
+from conftest import call_poisoned, check_programmatic_launch, ieee_fp32_matmul, record_calls
 from linear_support import check_accuracy as _check_accuracy
 from linear_support import inputs
 
@@ -176,15 +176,10 @@ def test_decoder_routing(monkeypatch):
     assert sel.VERIFY_ROWS == (65, 128) and sel.VERIFY_MAX_N == 4096
     # which path ran is counted, not only inferred from the values (at small K the kernel and
     # F.linear can round to the same bf16 outputs)
-    calls = {"n": 0}
-
-    def counted(*a, **k):
-        calls["n"] += 1
-        return op(*a, **k)
-    monkeypatch.setattr(jetspec_ext, "verify_linear", counted)
+    calls = record_calls(monkeypatch, jetspec_ext, "verify_linear")
     x, w = _bf16_inputs(128, 64, 64, "cpu", seed=4)
     torch.testing.assert_close(sel.linear(x, w), F.linear(x, w), rtol=0, atol=0)
-    assert calls["n"] == 0  # CPU tensors: F.linear
+    assert len(calls) == 0  # CPU tensors: F.linear
     if _has_cuda_kernel():
         monkeypatch.setattr(sel, "VERIFY_LINEAR_CUDA", True)
         monkeypatch.setattr(sel, "FEW_ROWS_CUDA", True)
@@ -193,12 +188,12 @@ def test_decoder_routing(monkeypatch):
                              (128, 4104, False), (16, 8192, True), (2, 64, True), (17, 4096, False)):
             xc, wc = _bf16_inputs(M, N, 256, "cuda", seed=M + N)
             expect = op(xc, wc) if routed else F.linear(xc, wc)
-            before = calls["n"]
+            before = len(calls)
             torch.testing.assert_close(sel.linear(xc.unsqueeze(0), wc), expect.unsqueeze(0), rtol=0, atol=0)
-            assert calls["n"] - before == int(routed), (M, N, routed)
+            assert len(calls) - before == int(routed), (M, N, routed)
         xc, wc = _bf16_inputs(16, 4096, 256, "cuda", seed=3)
         wc.requires_grad_(True)  # a gradient is wanted: F.linear (verify_linear has no backward)
-        before = calls["n"]
+        before = len(calls)
         torch.testing.assert_close(sel.linear(xc, wc), F.linear(xc, wc), rtol=0, atol=0)
         monkeypatch.setattr(sel, "FEW_ROWS_CUDA", False)
         xc, wc = _bf16_inputs(16, 4096, 256, "cuda", seed=2)
@@ -206,7 +201,7 @@ def test_decoder_routing(monkeypatch):
         monkeypatch.setattr(sel, "VERIFY_LINEAR_CUDA", False)
         xc, wc = _bf16_inputs(128, 4096, 256, "cuda", seed=1)
         torch.testing.assert_close(sel.linear(xc, wc), F.linear(xc, wc), rtol=0, atol=0)
-        assert calls["n"] == before  # gradient wanted, few rows off, verify_linear off: F.linear
+        assert len(calls) == before  # gradient wanted, few rows off, verify_linear off: F.linear
 
 
 def _residual_case(M, N, K, device, seed):

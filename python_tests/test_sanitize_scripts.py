@@ -1,0 +1,123 @@
+"""The compute-sanitizer driver (scripts/gpu/sanitize_ops.py, scripts/gpu/sanitize.sh).
+
+The sanitizer itself needs the GPU (its runs are in benchmarks/RESULTS.md); here: every case is a
+valid call of the op (run on the CPU ops), the case list reaches every kernel variant the launchers
+can pick, and sanitize.sh's verdicts (negative control, initcheck's expected merge_kernel reports)
+are right, on the output of a stand-in sanitizer that prints canned reports."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts", "gpu"))
+import sanitize_ops  # noqa: E402
+
+
+def test_every_case_is_a_valid_call_on_the_cpu_ops(capsys):
+    assert sanitize_ops.main(["--device", "cpu", "--quick", "--only", "tree_attention,tree,linear"]) == 0
+    out = capsys.readouterr().out
+    n = out.count("case: ")
+    assert n >= 20 and f"sanitize_ops: {n} cases done" in out
+
+
+def test_case_list_reaches_every_kernel_variant(capsys):
+    assert sanitize_ops.main(["--list"]) == 0
+    names = capsys.readouterr().out.splitlines()
+    ta = [n for n in names if n.startswith("tree_attention")]
+    for impl in ("mma", "wgmma_pipe", "wgmma_ws_pp"):
+        assert any(f"IMPL={impl}" in n for n in ta), impl
+    assert any("CLUSTER=require" in n for n in ta) and any("CLUSTER=0" in n for n in ta)
+    assert any("Q_TMA=0" in n for n in ta) and any("D64" in n for n in ta) and any("D128" in n for n in ta)
+    assert any("P[0," in n for n in ta), "a row with no prefix"
+    # build_tree: tiled and streaming statistics (V above kTileElems * kMaxSplits), K 8 and 16
+    tree = [n for n in names if n.startswith("build_tree")]
+    tiled_max = 8192 * 32
+    vs = [int(re.search(r" V(\d+) ", n).group(1)) for n in tree]
+    ws = [int(re.search(r" W(\d+) ", n).group(1)) for n in tree]
+    assert min(vs) <= tiled_max < max(vs) and min(ws) <= 8 < max(ws)
+    assert any("accum" in n for n in tree) and any("topn" in n for n in tree)
+    assert any(" T0.0 " in n for n in tree) and any(" k50 " in n for n in tree)
+    # verify_linear: every tile configuration the launcher knows (read from its source)
+    src = open(os.path.join(ROOT, "csrc", "cuda", "verify_linear_cuda.cu")).read()
+    configs = re.findall(r'\{"(\w+)", verify_gemm::config_', src)
+    assert len(configs) >= 6
+    vl = [n for n in names if n.startswith("verify_linear")]
+    defaults = {"s64": "M16 ", "p64c2": "M128 ", "t128": "M200 "}  # picked by row count
+    for c in configs:
+        assert any(f"'{c}'" in n for n in vl) or any(n.startswith("verify_linear " + defaults.get(c, "?"))
+                                                     for n in vl), c
+    assert any("residual=True" in n for n in vl)
+    # skinny_linear: the CUDA-core kernel (1..4 rows), the tensor-core one with each tiling and a K split
+    sk = [n for n in names if n.startswith("skinny_linear")]
+    rows = [int(re.search(r" M(\d+) ", n).group(1)) for n in sk]
+    assert min(rows) <= 4 < max(rows)
+    for s in ("GEMV': '0'", "2x4", "1x8", "KSPLIT"):
+        assert any(s in n for n in sk), s
+
+
+FAKE_SANITIZER = r"""#!/usr/bin/env bash
+# Stand-in for compute-sanitizer: prints canned reports for the tool named after --tool.
+tool=memcheck
+while [ $# -gt 0 ]; do case $1 in --tool) tool=$2; shift;; --version) echo "fake 1.0"; exit 0;; esac; shift; done
+echo "========= COMPUTE-SANITIZER"
+case "$tool" in
+  memcheck)
+    echo "case: x"; echo "  ok (0.0 s)"
+    if [ "${FAKE_MEMCHECK_ERRORS:-0}" != 0 ]; then
+      echo "========= Invalid __global__ write of size 4 bytes"; echo "=========     at void k()+0x10"
+    fi
+    echo "sanitize_ops: 1 cases done"; echo "========= ERROR SUMMARY: ${FAKE_MEMCHECK_ERRORS:-0} errors"
+    [ "${FAKE_MEMCHECK_ERRORS:-0}" = 0 ] || exit 9 ;;
+  initcheck)
+    echo "case: x"; echo "  ok (0.0 s)"
+    for k in ${FAKE_INIT_KERNELS:-}; do
+      echo "========= Uninitialized __global__ memory read of size 16 bytes"
+      echo "=========     at void jetspec::tree_attn::${k}<(int)128, float>(jetspec::tree_attn::Params)+0xa20"
+    done
+    n=$(echo ${FAKE_INIT_KERNELS:-} | wc -w)
+    echo "sanitize_ops: 1 cases done"; echo "========= ERROR SUMMARY: $n errors"
+    [ "$n" = 0 ] || exit 9 ;;
+esac
+"""
+
+
+def _run_sanitize_sh(tmp_path, **env):
+    fake = tmp_path / "compute-sanitizer"
+    fake.write_text(FAKE_SANITIZER)
+    fake.chmod(0o755)
+    e = dict(os.environ, COMPUTE_SANITIZER=str(fake), OUT=str(tmp_path / "out"), SAN_TOOLS="memcheck initcheck")
+    e.update(env)
+    p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu", "sanitize.sh")], env=e,
+                       capture_output=True, text=True, timeout=60)
+    return p.returncode, p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("init_kernels, want_rc", [
+    ("", 0),                                  # clean
+    ("merge_kernel merge_kernel", 0),         # the merge's documented empty-split loads
+    ("merge_kernel split_kernel_ws", 1),      # anything else fails
+])
+def test_sanitize_sh_initcheck_verdicts(tmp_path, init_kernels, want_rc):
+    # The stand-in's memcheck reports an error, so the negative control passes.
+    rc, out = _run_sanitize_sh(tmp_path, FAKE_MEMCHECK_ERRORS="1", FAKE_INIT_KERNELS=init_kernels,
+                               SAN_TOOLS="initcheck")
+    assert "negative control reported (1 errors)" in out
+    assert rc == want_rc, out
+    if init_kernels:
+        other = sum(k != "merge_kernel" for k in init_kernels.split())
+        assert "outside merge_kernel's empty-split loads" in out and f"others: {other})" in out
+
+
+def test_sanitize_sh_fails_when_the_control_is_not_reported(tmp_path):
+    rc, out = _run_sanitize_sh(tmp_path, FAKE_MEMCHECK_ERRORS="0", SAN_TOOLS="memcheck")
+    assert rc == 1 and "NEGATIVE CONTROL NOT REPORTED" in out
+    assert re.search(r"^memcheck\s+\|\s+0\s+\|\s+0 ", out, re.M), out  # the tool itself was clean
+
+
+def test_sanitize_sh_fails_on_a_memcheck_error(tmp_path):
+    rc, out = _run_sanitize_sh(tmp_path, FAKE_MEMCHECK_ERRORS="1", SAN_TOOLS="memcheck")
+    assert "negative control reported" in out
+    assert rc == 1 and re.search(r"^memcheck\s+\|\s+9\s+\|\s+1 ", out, re.M), out

@@ -16,7 +16,8 @@ wgmma_pipe / wgmma_ws_pp, one split, the cluster merge, merge_kernel, Q by cp.as
 tiled and streaming statistics, K = 8 and 16; tree_accept: greedy and sampling with top-k / top-p;
 skinny_linear: the CUDA-core kernel, the tensor-core kernel with each tiling and a K split;
 verify_linear: every tile configuration and schedule, with and without the residual), plus a few
-rounds of the decoder (eager and CUDA-graphed) on a tiny random Qwen3 target and head. Each case
+rounds of the decoder on a tiny random Qwen3 target and head (eager; CUDA-graphed too when the
+caching allocator is on, since graph capture cannot cudaMalloc). Each case
 synchronises and checks its outputs for NaN where NaN cannot be right, so an error is reported
 against the case that caused it. Prints one line per case and "sanitize_ops: N cases done".
 """

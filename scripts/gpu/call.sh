@@ -45,7 +45,7 @@ for s in ${STEPS:-}; do
             --prompts build/demo_head/eval_prompts.jsonl --num 50 --budgets 16,64,128 --device cuda --compile ${DE_ARGS:-} \
             --out "$OUT/demo_compiled.json" > "$OUT/demoeval.log" 2>&1; echo "demoeval rc $?"; tail -16 "$OUT/demoeval.log" ;;
     san) # compute-sanitizer (memcheck, racecheck, synccheck, initcheck) over scripts/gpu/sanitize_ops.py
-         timeout ${T_SAN:-560} bash scripts/gpu/sanitize.sh > "$OUT/san.log" 2>&1; echo "san rc $?"; tail -${SAN_TAIL:-40} "$OUT/san.log" ;;
+         timeout ${T_SAN:-500} bash scripts/gpu/sanitize.sh > "$OUT/san.log" 2>&1; echo "san rc $?"; tail -${SAN_TAIL:-40} "$OUT/san.log" ;;
     sk) timeout ${T_SK:-90} python3 benchmarks/bench_skinny_linear.py > "$OUT/sk.log" 2>&1; echo "sk rc $?"; tail -20 "$OUT/sk.log" ;;
     ncuta) OUT=$OUT/ncuta timeout ${T_NCU:-150} bash benchmarks/ncu_tree_attention.sh ${NCU_P:-1024} ${NCU_N:-128} > "$OUT/ncuta.log" 2>&1; echo "ncuta rc $?"; tail -60 "$OUT/ncuta.log" ;;
     ncu) OUT=$OUT/ncu timeout ${T_NCU:-120} bash benchmarks/ncu_build_tree.sh ${NCU_B:-8} accum > "$OUT/ncu.log" 2>&1; echo "ncu rc $?"; tail -45 "$OUT/ncu.log" ;;

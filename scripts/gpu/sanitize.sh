@@ -9,7 +9,10 @@
 #                                                        default: all cases for memcheck, --quick
 #                                                        without the decoder for the others, and
 #                                                        for racecheck without wgmma_ws_pp)
-#   SAN_T_<tool>=seconds                                 (time limit per tool; default 150)
+#   SAN_T_<tool>=seconds                                 (time limit per tool; default memcheck 150,
+#                                                        the others 90, the control 60: 480 s in all,
+#                                                        which a cold device call's 600 s fits after
+#                                                        the ~80 s build)
 #   SAN_EXTRA_<tool>="..."                               (more compute-sanitizer flags per tool)
 #   SAN_PRINT_LIMIT=n                                    (reports printed per tool; default 200,
 #                                                        initcheck 5000;
@@ -30,7 +33,7 @@ rows=()
 # Negative control first: memcheck must report a Triton kernel's write one element past a tensor's
 # end (sanitize_ops.py --only control). If it does not, clean runs below would mean nothing.
 log="$OUT/san_control.log"
-timeout "${SAN_T_control:-90}" "$SAN" --tool memcheck --error-exitcode 9 --print-limit 5 \
+timeout "${SAN_T_control:-60}" "$SAN" --tool memcheck --error-exitcode 9 --print-limit 5 \
   python3 scripts/gpu/sanitize_ops.py --only control > "$log" 2>&1
 rc=$?
 errs=$(grep -Eo "ERROR SUMMARY: [0-9]+" "$log" | tail -1 | grep -Eo "[0-9]+$" || true)
@@ -45,6 +48,7 @@ for tool in ${SAN_TOOLS:-memcheck racecheck synccheck initcheck}; do
   # racecheck did not finish one wgmma_ws_pp case (prefix 1000, one tree node) in 95 s on the H200
   # (thirty-sixth session): its mbarrier spin loops under racecheck's serialisation.
   [ "$tool" = racecheck ] && default_args="$default_args --impls mma,wgmma_pipe"
+  tdefault=90; [ "$tool" = memcheck ] && tdefault=150
   limit=${SAN_PRINT_LIMIT:-200}
   [ "$tool" = initcheck ] && limit=${SAN_PRINT_LIMIT:-5000}  # merge_kernel's expected reports (below)
   args=${!argsvar:-$default_args}
@@ -54,7 +58,7 @@ for tool in ${SAN_TOOLS:-memcheck racecheck synccheck initcheck}; do
   [ -n "${!evar:-}" ] && extra+=(${!evar})
   log="$OUT/san_$tool.log"
   t0=$(date +%s)
-  timeout "${!tvar:-150}" "$SAN" --tool "$tool" --error-exitcode 9 --print-limit "$limit" \
+  timeout "${!tvar:-$tdefault}" "$SAN" --tool "$tool" --error-exitcode 9 --print-limit "$limit" \
     --show-backtrace device "${extra[@]}" \
     python3 scripts/gpu/sanitize_ops.py $args > "$log" 2>&1
   rc=$?

@@ -5,7 +5,7 @@
 # Env: SUITE_TESTS=0 skips pytest; SUITE_BENCH="accept attention" limits the benchmarks
 # (substrings of benchmarks/bench_*.py); PYTEST_ARGS adds pytest arguments (split on spaces);
 # PYTEST_K is passed as one -k expression (may contain spaces). SUITE_BUILD_ONLY=1 stops after
-# the build (scripts/gpu/call.sh uses it).
+# the build (scripts/gpu/call.sh uses it). SUITE_SAN=1 adds the compute-sanitizer runs after pytest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR="$(realpath -m "${OUT:-benchmarks/out}")"
@@ -51,6 +51,11 @@ if [ "${SUITE_TESTS:-1}" = "1" ]; then
   rc=$?
   grep -E "FAILED|ERROR|Fatal|passed|failed" "$OUTDIR/pytest.log" | tail -n 30
   echo "pytest exit $rc ($(( $(date +%s) - t0 )) s)"
+fi
+
+# compute-sanitizer over every kernel variant (off by default: ~8 minutes; scripts/gpu/sanitize.sh).
+if [ "${SUITE_SAN:-0}" = "1" ]; then
+  OUT="$OUTDIR" bash scripts/gpu/sanitize.sh 2>&1 | tail -n 12
 fi
 
 # Benchmarks: all of them, or those named in SUITE_BENCH, in the order named there.

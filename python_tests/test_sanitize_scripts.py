@@ -34,7 +34,9 @@ def test_case_list_reaches_every_kernel_variant(capsys):
     assert any("P[0," in n for n in ta), "a row with no prefix"
     # build_tree: tiled and streaming statistics (V above kTileElems * kMaxSplits), K 8 and 16
     tree = [n for n in names if n.startswith("build_tree")]
-    tiled_max = 8192 * 32
+    hdr = open(os.path.join(ROOT, "csrc", "kernels", "build_tree.cuh")).read()
+    tiled_max = (int(re.search(r"constexpr int kTileElems = (\d+);", hdr).group(1))
+                 * int(re.search(r"constexpr int kMaxSplits = (\d+);", hdr).group(1)))
     vs = [int(re.search(r" V(\d+) ", n).group(1)) for n in tree]
     ws = [int(re.search(r" W(\d+) ", n).group(1)) for n in tree]
     assert min(vs) <= tiled_max < max(vs) and min(ws) <= 8 < max(ws)

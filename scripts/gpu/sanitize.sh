@@ -68,7 +68,6 @@ for tool in ${SAN_TOOLS:-memcheck racecheck synccheck initcheck}; do
   all_done=$(grep -Eo "sanitize_ops: [0-9]+ cases done" "$log" || echo "not finished")
   first=$(grep -m1 -E "^========= (Invalid|Uninitialized|Error|Race|Barrier|Warning)" "$log" | cut -c1-90 || true)
   [ -n "$first" ] || first=-
-  rows+=("$(printf '%-10s | %4s | %6s | %-28s | %s %s' "$tool" "$rc" "${errs:-?}" "$done_cases ($all_done)" "$first" "$races") [$(( $(date +%s) - t0 )) s]")
   ok=0; [ "$rc" = 0 ] && [ "${errs:-1}" = 0 ] && ok=1
   if [ "$tool" = initcheck ] && [ "$ok" = 0 ] && grep -q "cases done" "$log"; then
     # tree_attn::merge_kernel loads every split's O partial before it knows which splits are
@@ -81,11 +80,11 @@ for tool in ${SAN_TOOLS:-memcheck racecheck synccheck initcheck}; do
     echo "initcheck: $shown reports shown, $other outside merge_kernel's empty-split loads"
     [ "$other" = 0 ] && [ "$shown" -lt "$limit" ] && ok=1
     first="$first (merge_kernel empty-split loads: expected; others: $other)"
-    rows[${#rows[@]}-1]="$(printf '%-10s | %4s | %6s | %-28s | %s' "$tool" "$rc" "${errs:-?}" "$done_cases ($all_done)" "$first") [$(( $(date +%s) - t0 )) s]"
   fi
+  rows+=("$(printf '%-10s | %4s | %6s | %-28s | %s %s' "$tool" "$rc" "${errs:-?}" "$done_cases ($all_done)" "$first" "$races") [$(( $(date +%s) - t0 )) s]")
   [ "$ok" = 1 ] || status=1
   echo "---- $tool: exit $rc, $(( $(date +%s) - t0 )) s; kernels named in its reports (count):"
-  grep -E "^=========     (at|Read|Write|Read Thread|Write Thread)" "$log" | grep -Eo "at (void )?[A-Za-z_:]+[A-Za-z_]" \
+  grep -E "^=========     (at|Read|Write)" "$log" | grep -Eo "at (void )?[A-Za-z_:]+[A-Za-z_]" \
     | sort | uniq -c | sort -rn | head -8
   echo "  log tail:"; tail -6 "$log"
 done

@@ -27,10 +27,11 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 
 import jetspec_ext
-from jetspec_ext.reference.attention import pack_tree_mask
+from jetspec_ext.reference.build_tree import ancestor_mask
 
 DEV = "cuda"  # --device cpu runs the same cases on the CPU ops (a check of this script itself)
 
@@ -59,18 +60,10 @@ def random_tree_mask(B, N, gen, kind="random"):
     """(B, N, ceil(N/32)) i32 ancestor masks of random trees (kind: random, chain, flat)."""
     masks = []
     for _ in range(B):
-        par = [-1]
-        for i in range(1, N):
-            par.append(i - 1 if kind == "chain" else 0 if kind == "flat"
-                       else int(torch.randint(i, (1,), generator=gen)))
-        m = torch.zeros(N, N, dtype=torch.bool)
-        for i in range(N):
-            j = i
-            while j >= 0:
-                m[i, j] = True
-                j = par[j]
-        masks.append(m)
-    return pack_tree_mask(torch.stack(masks))
+        par = [-1] + [i - 1 if kind == "chain" else 0 if kind == "flat"
+                      else int(torch.randint(i, (1,), generator=gen)) for i in range(1, N)]
+        masks.append(torch.from_numpy(ancestor_mask(np.array(par), N)))
+    return torch.stack(masks)
 
 
 # ---- tree_attention ---------------------------------------------------------------------------

@@ -764,6 +764,12 @@ __device__ __forceinline__ void expand_accum(ExpandSmem& sm_in, int D, int W, in
     k[0] = accum_key(__fsub_rn(__fadd_rn(0.0f, sm.e[0]), Cd), 1u << 4);
   }
   unsigned long long bk = k[0];
+  // Lanes read what other lanes stored (sm.A / link / cnt / nxt / aprev). The redux.sync and
+  // shuffle intrinsics converge the warp but do not order shared memory between its lanes (CUDA
+  // memory model; compute-sanitizer racecheck reports these as warp-level RAW / WAR hazards), so
+  // a __syncwarp separates each round's stores from the next round's loads (and the set-up above
+  // from the first round's), and one more its loads from its own stores (step 3).
+  __syncwarp();
   // The previous pop's key writes, applied in the next round (see above).
   int ur = 0;
   bool uwa = false, uwb = false, uwc = false;
@@ -825,6 +831,9 @@ __device__ __forceinline__ void expand_accum(ExpandSmem& sm_in, int D, int W, in
     const unsigned long long vc =
         accum_key(__fsub_rn(__fadd_rn(Ap, ec0), Cd),
                   (static_cast<uint32_t>(e) << 9) | static_cast<uint32_t>((u & ~15) + 16));
+    // All lanes' loads above before any lane's stores below: the winner's store to sm.aprev[u]
+    // overwrites the slot every lane has just read (pvr; racecheck's warp-level WAR hazard).
+    __syncwarp();
     // 3. Stores (predicated). Node records are derived from (link, cnt, A) after the loop.
     if (winner) sm.aprev[u] = kMaxDepth + e1;
     if (child) sm.nxt[tail] = NextParent{kMaxDepth + e, Ap};
@@ -847,6 +856,7 @@ __device__ __forceinline__ void expand_accum(ExpandSmem& sm_in, int D, int W, in
     if (winner && r == 0) r0x = nx.e == kEndSlot;
     if (child) r0x = false;
     ++nexp;
+    __syncwarp();  // this round's stores before the next round's loads (see above)
   }
   if (lane == 0) sm.count = min(N, 1 + nexp * W);
 }

@@ -295,7 +295,8 @@ __device__ __forceinline__ SplitTiles split_tiles_interleaved(const Params& p, i
   r.count = split < num_tiles ? (num_tiles - 1 - split) / p.num_splits + 1 : 0;
   return r;
 }
-// Rows of an empty split: lse = -inf partials, which the merge skips (their O is never read).
+// Rows of an empty split: lse = -inf partials. Their O is never written: merge_kernel loads it
+// anyway (before it knows which splits are empty) and drops it with a select on the weight.
 __device__ __forceinline__ void write_empty_split(const Params& p, int split, int bh, int m_base, int bm,
                                                   int tid, int nthreads) {
   for (int r = tid; r < bm; r += nthreads) {

@@ -651,6 +651,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
 #endif
     if (range.count == 0) {  // empty split: the consumers never wait; let our copies land first
       mbar_wait(q_full, 0);
+      // The cluster merge's bulk push (async proxy) reads these sQ rows; cp.async wrote them
+      // through the generic proxy. (Their values are dropped: this split's lse is -inf.)
+      if (!p.q_tma) fence_proxy_async_smem();
       if (k0_early) mbar_wait(k_full(0), 0);
     } else {
       // V of the key range's last tile, when L is not a multiple of kBN, is the one tile TMA cannot
@@ -760,9 +763,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
       mbar_wait(q_full, 0);
       JETSPEC_TL_CLOCK(ctid == 0, 5);
       // (The epilogue stages O in sQ in another layout, each warp over bytes that held other
-      // warps' Q here, with no CTA barrier. Safe: a warpgroup's wgmma is collective, so all its
-      // warps loaded Q before its first product; warpgroup 1's first turn follows warpgroup 0's,
-      // and warpgroup 0 (at least two turns) cannot take its second before warpgroup 1's first.)
+      // warps' Q here, with no CTA barrier. Ordered by the turn barriers, not by wgmma (whose
+      // .sync waits for its own warp only): a warpgroup's first bar.sync follows all its warps'
+      // Q loads; warpgroup 1's first turn follows warpgroup 0's first arrive, and warpgroup 0
+      // (at least two turns) cannot take its second before warpgroup 1's first end-of-turn arrive.)
       load_q_fragments<D, kBM>(qf, sQ, warp, lane);
       float s[NT_S][4];
 #pragma unroll

@@ -170,6 +170,15 @@ def cases_tree_pipeline(quick):
         yield name, lambda s=s: tree_pipeline_case(*s)
 
 
+# initcheck does not see stores made by the TMA (cp.async.bulk.tensor, the async proxy): memory
+# that only a TMA store wrote reads as uninitialized (scripts/gpu/initcheck_tma_probe.py shows it
+# on a Triton kernel, thirty-seventh session). verify_linear's CUTLASS epilogue stores its output
+# that way, so under initcheck (sanitize.sh passes --skip-tma-output-reads) its output is not read
+# back: initcheck still checks the kernel's own reads. That every output element is written is
+# what the poisoned-output tests check (python_tests/test_verify_linear.py).
+SKIP_TMA_OUTPUT_READS = False
+
+
 # ---- skinny_linear / verify_linear --------------------------------------------------------------
 def linear_case(op, M, K, N, dtype=torch.bfloat16, residual=False, seed=0):
     gen = torch.Generator().manual_seed(seed)
@@ -181,6 +190,8 @@ def linear_case(op, M, K, N, dtype=torch.bfloat16, residual=False, seed=0):
         r = torch.randn(M, N, generator=gen).to(DEV, dtype) if residual else None
         out = jetspec_ext.verify_linear(x, w, r)
     sync()
+    if op == "verify" and SKIP_TMA_OUTPUT_READS:
+        return  # (see SKIP_TMA_OUTPUT_READS)
     assert not out.isnan().any(), "NaN in linear output"
 
 
@@ -287,6 +298,9 @@ def main(argv=None):
                     help="tree_attention variants to keep, e.g. mma,wgmma_pipe (default: all)")
     ap.add_argument("--list", action="store_true", help="print the cases' names only (no GPU needed)")
     ap.add_argument("--only", default="tree_attention,tree,linear,decoder", help=f"comma-separated groups of {list(GROUPS)}")
+    ap.add_argument("--skip-tma-output-reads", action="store_true",
+                    help="do not read back op outputs written by TMA stores (for initcheck, which does not "
+                         "track them; not the decoder group, whose later kernels read every output)")
     args = ap.parse_args(argv)
     impls = None if args.impls is None else set(args.impls.split(","))
 
@@ -297,6 +311,8 @@ def main(argv=None):
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
         ap.error(f"unknown groups {unknown}; known: {list(GROUPS)}")
+    global SKIP_TMA_OUTPUT_READS
+    SKIP_TMA_OUTPUT_READS = args.skip_tma_output_reads
     if args.list:
         for g in groups:
             for name, _ in cases(g):

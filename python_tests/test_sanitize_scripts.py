@@ -164,3 +164,11 @@ def test_skip_tma_output_reads_still_launches_every_linear_case(capsys):
     names = [ln for ln in plain.splitlines() if ln.startswith("case: ")]
     assert any("verify_linear" in n for n in names)
     assert names == [ln for ln in skipping.splitlines() if ln.startswith("case: ")]
+
+
+def test_match_keeps_only_the_named_cases(capsys):
+    assert sanitize_ops.main(["--list", "--quick"]) == 0
+    every = capsys.readouterr().out.splitlines()
+    assert sanitize_ops.main(["--list", "--quick", "--match", "SPLITS=16,verify_linear"]) == 0
+    kept = capsys.readouterr().out.splitlines()
+    assert kept and kept == [n for n in every if "SPLITS=16" in n or "verify_linear" in n]

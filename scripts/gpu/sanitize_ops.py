@@ -298,14 +298,20 @@ def main(argv=None):
                     help="tree_attention variants to keep, e.g. mma,wgmma_pipe (default: all)")
     ap.add_argument("--list", action="store_true", help="print the cases' names only (no GPU needed)")
     ap.add_argument("--only", default="tree_attention,tree,linear,decoder", help=f"comma-separated groups of {list(GROUPS)}")
+    ap.add_argument("--match", default=None,
+                    help="keep only cases whose name contains one of these comma-separated strings, "
+                         "e.g. SPLITS=16,verify_linear")
     ap.add_argument("--skip-tma-output-reads", action="store_true",
                     help="do not read back op outputs written by TMA stores (for initcheck, which does not "
                          "track them; not the decoder group, whose later kernels read every output)")
     args = ap.parse_args(argv)
     impls = None if args.impls is None else set(args.impls.split(","))
 
+    match = None if args.match is None else [m for m in args.match.split(",") if m]
+
     def cases(g):
-        return GROUPS[g](args.quick, impls) if g == "tree_attention" else GROUPS[g](args.quick)
+        cs = GROUPS[g](args.quick, impls) if g == "tree_attention" else GROUPS[g](args.quick)
+        return (c for c in cs if match is None or any(m in c[0] for m in match))
 
     groups = [g for g in args.only.split(",") if g]
     unknown = [g for g in groups if g not in GROUPS]

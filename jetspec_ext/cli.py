@@ -19,7 +19,20 @@ class CLIError(Exception):
     """A user-facing error: printed as ``jetspec: error: ...`` with exit status 2."""
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
 def _parser() -> argparse.ArgumentParser:
+    from .ops.build_tree import MAX_WIDTH
+
     p = argparse.ArgumentParser(prog="jetspec", description="JetSpec causal parallel tree speculative decoding")
     sub = p.add_subparsers(dest="command")
     g = sub.add_parser("generate", help="generate text with a target model and a JetSpec draft head")
@@ -31,25 +44,29 @@ def _parser() -> argparse.ArgumentParser:
     src = g.add_mutually_exclusive_group(required=False)
     src.add_argument("--prompt", help="one user prompt")
     src.add_argument("--prompts", help="jsonl file of prompts (keys: prompt / question / turns[0] / text)")
-    g.add_argument("--num-prompts", type=int, default=None, help="use only the first N prompts of --prompts")
+    g.add_argument("--num-prompts", type=_positive_int, default=None, help="use only the first N prompts of --prompts")
     g.add_argument("--tokenizer", default=None, help="tokenizer directory (default: --target)")
-    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--max-new-tokens", type=_positive_int, default=256,
+                   help="new tokens per prompt at most (default 256; fewer if the context ends first)")
     g.add_argument("--budget", type=int, default=None,
                    help="tree size in nodes, root included (default: 128 on CUDA, 64 on the CPU, where "
                         "verifying a tree costs compute: the bundled demo pair measured 2.57x at 128 on an "
                         "H200 (500 prompts, draft temperature 0.7) and 1.42-1.50x at 64 on a 2-core CPU, where the chain --width 1 --budget 16 "
                         "measured 1.69-1.92x)")
-    g.add_argument("--width", type=int, default=7, help="top-W candidate tokens per depth")
+    g.add_argument("--width", type=int, default=7,
+                   help=f"top-W candidate tokens per depth, 1..{MAX_WIDTH} (default 7)")
     g.add_argument("--depth", type=int, default=None, help="draft depth D (default: block_size - 1)")
-    g.add_argument("--policy", choices=["accum", "topn"], default="accum")
+    g.add_argument("--policy", choices=["accum", "topn"], default="accum",
+                   help="tree expansion: accum (best-first by cumulative draft log-prob, W children per "
+                        "expansion; default) or topn (one node per expansion, slower to build)")
     g.add_argument("--draft-temperature", type=float, default=None,
                    help="the tree is built from softmax(draft logits / T): below 1 it follows the head's top "
                         "tokens deeper, above 1 it spreads wider; changes speed only (greedy output is unchanged). "
                         "Default: 0.7 with the bundled demo head (its best measured on an H200: tau 6.31 against "
                         "6.11 at 1.0 over 500 held-out prompts at budget 128), else 1.0")
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature, >= 0 (default 0 = greedy)")
+    g.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens only (default 0 = off)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1] (default 1 = off)")
     g.add_argument("--seed", type=int, default=0)
     th = g.add_mutually_exclusive_group()
     th.add_argument("--thinking", dest="thinking", action="store_true", default=True,
@@ -163,15 +180,23 @@ def _load(args):
     from .draft_head import JetSpecDraftHead
     from .target import SUPPORTED_MODEL_TYPES, Target
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    try:
+        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                              ("cpu" if args.device == "auto" else args.device))
+    except RuntimeError:
+        raise CLIError(f"--device {args.device!r}: expected cpu, cuda, cuda:N or auto")
+    if device.type not in ("cpu", "cuda"):
+        raise CLIError(f"--device {args.device!r}: jetspec runs on cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CLIError("--device cuda requested but no CUDA GPU is available")
     dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "bfloat16": torch.bfloat16,
              "float16": torch.float16, "float32": torch.float32}[args.dtype]
     if not os.path.isfile(os.path.join(args.target, "config.json")):
         raise CLIError(f"target {args.target!r}: no config.json (expected a Hugging Face model directory)")
-    cfg = AutoConfig.from_pretrained(args.target)
+    try:
+        cfg = AutoConfig.from_pretrained(args.target)
+    except (OSError, ValueError) as e:
+        raise CLIError(f"target {args.target!r}: cannot read its config.json ({_first_line(e)})")
     if cfg.model_type not in SUPPORTED_MODEL_TYPES:
         raise CLIError(f"target model type {cfg.model_type!r} is not supported (supported: "
                        f"{', '.join(SUPPORTED_MODEL_TYPES)})")
@@ -182,16 +207,26 @@ def _load(args):
             head.check_target(cfg)
         except (FileNotFoundError, ValueError) as e:
             raise CLIError(str(e))
+    try:  # before the weights: a wrong tokenizer path should not wait for a large model to load
+        tok = AutoTokenizer.from_pretrained(args.tokenizer or args.target)
+        # (transformers 5 builds an empty tokenizer, one token, for a model directory without
+        # tokenizer files: every prompt would encode to nothing)
+        if len(tok) <= 1:
+            raise OSError("no tokenizer files there")
+    except (OSError, ValueError) as e:
+        if args.tokenizer is not None:
+            raise CLIError(f"--tokenizer {args.tokenizer!r}: cannot load a tokenizer ({_first_line(e)})")
+        raise CLIError(f"no tokenizer in the target directory {args.target!r} (pass --tokenizer DIR): "
+                       f"{_first_line(e)}")
     try:
         model = AutoModelForCausalLM.from_pretrained(args.target, dtype=dtype).to(device).eval()
     except OSError as e:
         raise CLIError(f"target {args.target!r}: cannot load weights ({e})")
     try:
-        tok = AutoTokenizer.from_pretrained(args.tokenizer or args.target)
-    except (OSError, ValueError) as e:
-        raise CLIError(f"no tokenizer in {args.tokenizer or args.target!r} (pass --tokenizer DIR): {e}")
-    target = Target(model, head.target_layer_ids if head is not None else (), compile=args.compile,
-                    fuse_projections=args.fuse)
+        target = Target(model, head.target_layer_ids if head is not None else (), compile=args.compile,
+                        fuse_projections=args.fuse)
+    except ValueError as e:
+        raise CLIError(str(e))
     drafter = None
     if head is not None:
         head = head.to(device=device, dtype=dtype).eval()
@@ -200,6 +235,11 @@ def _load(args):
         except ValueError as e:
             raise CLIError(str(e))
     return tok, model, target, drafter
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's message up to its first line break (library errors run to many lines)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _stop_ids(tok, model) -> List[int]:
@@ -240,12 +280,28 @@ def _encode(tok, text: str, args) -> List[int]:
     return tok(text, add_special_tokens=False).input_ids
 
 
+def _check_settings(args) -> None:
+    """The decoding settings, checked before anything is loaded (a large target takes a while)."""
+    from .decoder import check_draft_temperature, check_generation_settings
+
+    tree = None
+    if args.draft is not None:
+        tree = dict(budget=2 if args.budget is None else args.budget, width=args.width, policy=args.policy)
+    try:
+        check_generation_settings(args.max_new_tokens, args.temperature, args.top_k, args.top_p, tree)
+        check_draft_temperature(args.draft_temperature)
+    except ValueError as e:  # the messages start with the parameter's name: say the option instead
+        name, _, rest = str(e).partition(" ")
+        raise CLIError(f"--{name.replace('_', '-')} {rest}")
+
+
 def _generate(args) -> int:
     from .decoder import generate, generate_ar
 
     _use_demo(args)
     if args.draft_temperature is None:
         args.draft_temperature = 1.0
+    _check_settings(args)
     prompts = _read_prompts(args)
     tok, model, target, drafter = _load(args)
     cuda = target.device.type == "cuda"
@@ -274,6 +330,11 @@ def _generate(args) -> int:
         if args.stream and not getattr(tok, "chat_template", None):
             sys.stdout.write(text)  # a base model completes the raw text: show it first
         ids = _encode(tok, text, args)
+        ctx = target.max_positions
+        if ctx and len(ids) < ctx < len(ids) + args.max_new_tokens:
+            print(f"jetspec: note: the context of {ctx} tokens leaves room for {ctx - len(ids)} new tokens "
+                  f"after this prompt ({len(ids)} tokens), fewer than --max-new-tokens {args.max_new_tokens}",
+                  file=sys.stderr)
         if len(prompts) > 1:
             print(f"\n=== prompt {i + 1}/{len(prompts)} ({len(ids)} tokens) ===")
         stream = _Streamer(tok, args.stream)

@@ -49,6 +49,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
 )
 
 from .op_select import linear, linear_add, op, plain_linear
+from .ops.attention import SUPPORTED_HEAD_DIMS
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -368,16 +369,25 @@ class JetSpecDraftHead(nn.Module):
         dc = self.config.dflash_config
         L = tc.num_hidden_layers
         problems = []
-        if dc["target_hidden_size"] != tc.hidden_size:
-            problems.append(f"target hidden size {tc.hidden_size} != head's target_hidden_size {dc['target_hidden_size']}")
-        if self.config.hidden_size != tc.hidden_size:
+        if dc["target_hidden_size"] == self.config.hidden_size != tc.hidden_size:  # one mismatch, said once
             problems.append(f"head hidden size {self.config.hidden_size} != target hidden size {tc.hidden_size} "
-                            "(the head borrows the target's embedding and LM head)")
+                            "(the head reads the target's features and borrows its embedding and LM head)")
+        else:
+            if dc["target_hidden_size"] != tc.hidden_size:
+                problems.append(f"target hidden size {tc.hidden_size} != head's target_hidden_size "
+                                f"{dc['target_hidden_size']}")
+            if self.config.hidden_size != tc.hidden_size:
+                problems.append(f"head hidden size {self.config.hidden_size} != target hidden size {tc.hidden_size} "
+                                "(the head borrows the target's embedding and LM head)")
         if self.config.vocab_size != tc.vocab_size:
             problems.append(f"head vocab {self.config.vocab_size} != target vocab {tc.vocab_size}")
         bad = [i for i in self.target_layer_ids if not 0 <= i < L]
         if bad:
             problems.append(f"tapped layers {bad} out of range for a {L}-layer target (valid: 0..{L - 1})")
+        hd = self.layers[0].self_attn.head_dim
+        if hd not in SUPPORTED_HEAD_DIMS:  # the head attends with tree_attention (chain mask)
+            problems.append(f"head's attention head dim {hd} is not supported (tree_attention handles "
+                            f"{' and '.join(map(str, SUPPORTED_HEAD_DIMS))})")
         if not 0 <= self.mask_token_id < tc.vocab_size:
             problems.append(f"mask_token_id {self.mask_token_id} outside the vocabulary ({tc.vocab_size})")
         if problems:

@@ -95,7 +95,7 @@ def test_generate_draft_temperature(ckpts, capsys, monkeypatch):
     assert "draft temperature" not in capsys.readouterr().out
     assert seen and all(k.get("draft_temperature", 1.0) == 1.0 for k in seen), seen
     assert main(base + ["--draft-temperature", "0"]) == 2
-    assert "draft_temperature must be" in capsys.readouterr().err
+    assert "--draft-temperature must be" in capsys.readouterr().err
 
 
 def test_errors(ckpts, tmp_path, capsys):
@@ -132,3 +132,97 @@ def test_errors(ckpts, tmp_path, capsys):
 def test_train_needs_arguments(capsys):
     with pytest.raises(SystemExit):
         main(["train"])
+
+
+BAD_SETTINGS = [  # (extra arguments, the start of the error message)
+    (["--width", "0"], "--width must be in [1, 16], got 0"),
+    (["--width", "17"], "--width must be in [1, 16], got 17"),
+    (["--temperature", "-1"], "--temperature must be a finite number >= 0"),
+    (["--temperature", "nan"], "--temperature must be a finite number >= 0"),
+    (["--temperature", "1", "--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    (["--top-k", "-2"], "--top-k must be an integer >= 0"),
+    (["--budget", "1"], "--budget must be >= 2"),
+    (["--draft-temperature", "0"], "--draft-temperature must be a finite number > 0"),
+    (["--device", "bogus"], "--device 'bogus': expected cpu, cuda, cuda:N or auto"),
+    (["--device", "meta"], "--device 'meta': jetspec runs on cpu or cuda"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD_SETTINGS, ids=[" ".join(e) for e, _ in BAD_SETTINGS])
+def test_bad_settings_are_refused_before_the_target_loads(ckpts, capsys, monkeypatch, extra, message):
+    """Settings the ops would refuse only once a round runs (a traceback after the prefill, the
+    thirty-seventh session's audit) are refused first, with the option's name, and without
+    loading the target's weights (slow for a large model)."""
+    import transformers
+
+    def no_load(*a, **k):
+        raise AssertionError("the target's weights were loaded before the settings were checked")
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_load)
+    args = ["generate", "--target", str(ckpts / "target"), "--draft", str(ckpts / "draft"), "--prompt", "hi",
+            "--max-new-tokens", "4", "--device", "cpu"]
+    assert main(args + extra) == 2
+    err = capsys.readouterr().err
+    assert f"jetspec: error: {message}" in err, err
+
+
+@pytest.mark.parametrize("option", ["--max-new-tokens", "--num-prompts"])
+@pytest.mark.parametrize("value", ["0", "-3", "x"])
+def test_counts_must_be_positive(ckpts, capsys, option, value):
+    # (0 new tokens used to print an empty answer with exit 0; --num-prompts 0 used every prompt)
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--target", str(ckpts / "target"), "--prompt", "hi", option, value])
+    assert e.value.code == 2
+    assert f"{option}: expected an integer >= 1" in capsys.readouterr().err
+
+
+def test_unreadable_config_and_missing_tokenizer(ckpts, tmp_path, capsys):
+    base = ["generate", "--prompt", "hi", "--device", "cpu", "--max-new-tokens", "4"]
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{ not json")
+    assert main(base + ["--target", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read its config.json" in err and "Traceback" not in err
+    assert main(base + ["--target", str(ckpts / "target"), "--tokenizer", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert f"--tokenizer '{tmp_path / 'nope'}': cannot load a tokenizer" in err and len(err.splitlines()) == 1, err
+    no_tok = tmp_path / "no_tok"
+    shutil.copytree(ckpts / "target", no_tok, ignore=shutil.ignore_patterns("tokenizer*"))
+    assert main(base + ["--target", str(no_tok)]) == 2
+    assert "no tokenizer in the target directory" in capsys.readouterr().err
+
+
+def test_unsupported_head_dim_is_a_clear_error(tmp_path, capsys):
+    """A Qwen3 target whose head dim the tree_attention kernels do not handle used to decode its
+    prompt and then fail with the op's RuntimeError."""
+    model = tiny_target(tied=True, head_dim=32)
+    model.save_pretrained(tmp_path / "t32")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(f"{TOKENIZER_DIR}/{f}", tmp_path / "t32" / f)
+    assert main(["generate", "--target", str(tmp_path / "t32"), "--prompt", "hi", "--device", "cpu",
+                 "--max-new-tokens", "4"]) == 2
+    assert "target head dim 32 is not supported" in capsys.readouterr().err
+
+
+def test_hidden_size_mismatch_is_said_once(ckpts, tmp_path, capsys):
+    other = tiny_target(tied=True, hidden=32)
+    JetSpecDraftHead.for_target(other.config, num_layers=1, block_size=4).save_pretrained(tmp_path / "h32")
+    assert main(["generate", "--target", str(ckpts / "target"), "--draft", str(tmp_path / "h32"), "--prompt", "hi",
+                 "--device", "cpu", "--max-new-tokens", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("hidden size") == 2 and "head hidden size 32 != target hidden size 64" in err, err
+
+
+def test_a_context_too_short_for_max_new_tokens_is_noted(ckpts, tmp_path, capsys):
+    short = tmp_path / "short"
+    shutil.copytree(ckpts / "target", short)
+    cfg = json.loads((short / "config.json").read_text())
+    cfg["max_position_embeddings"] = 40
+    (short / "config.json").write_text(json.dumps(cfg))
+    assert main(["generate", "--target", str(short), "--prompt", "hi", "--no-thinking", "--device", "cpu",
+                 "--max-new-tokens", "200", "--no-stream"]) == 0
+    cap = capsys.readouterr()
+    assert "leaves room for" in cap.err and "fewer than --max-new-tokens 200" in cap.err
+    room = int(cap.err.split("leaves room for ")[1].split()[0])
+    assert f"tokens: {room}" in cap.out

@@ -3,6 +3,7 @@ generate(do_sample=False) (fp32, CPU) for tiny random Qwen3 targets, with an unt
 (short acceptance) and an oracle drafter that copies the target (long acceptance); sampled
 output follows the target's distribution."""
 import math
+import re
 
 import pytest
 import torch
@@ -399,3 +400,56 @@ def test_cuda_graph_capture_while_dead_rounds_await_collection(tok, monkeypatch)
             gc.enable()
     assert spec == spec_eager
     assert ar == ar_eager
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(max_new_tokens=0), "max_new_tokens must be an integer >= 1"),
+    (dict(max_new_tokens=2.5), "max_new_tokens must be an integer >= 1"),
+    (dict(temperature=-0.5), "temperature must be a finite number >= 0"),
+    (dict(temperature=float("inf")), "temperature must be a finite number >= 0"),
+    (dict(top_k=-1), "top_k must be an integer >= 0"),
+    (dict(top_p=0.0), "top_p must be in (0, 1]"),
+    (dict(width=0), "width must be in [1, 16]"),
+    (dict(width=17), "width must be in [1, 16]"),
+    (dict(policy="greedy"), "policy must be 'accum' or 'topn'"),
+    (dict(budget=1), "budget must be >= 2"),
+])
+def test_generate_refuses_bad_settings_before_decoding(kw, message, monkeypatch):
+    """The ops refuse these too, but only once a round runs (after the prefill, inside a CUDA-graph
+    capture on the GPU); generate checks them first, before any cache is allocated."""
+    import jetspec_ext.decoder as dec
+
+    target = Target(tiny_target(tied=True))
+    head = JetSpecDraftHead.for_target(target.config, num_layers=1, block_size=4)
+    drafter = HeadDrafter(head, target)
+
+    def no_state(*a, **k):
+        raise AssertionError("a decode state was allocated before the settings were checked")
+    monkeypatch.setattr(dec, "DecodeState", no_state)
+    args = dict(max_new_tokens=4, budget=8, width=2)
+    args.update(kw)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        generate(target, drafter, [1, 2, 3], **args)
+    if "width" not in kw and "policy" not in kw and "budget" not in kw:  # the AR baseline too
+        with pytest.raises(ValueError):
+            generate_ar(target, [1, 2, 3], **args)
+
+
+def test_limits_in_python_match_the_kernels_headers():
+    """MAX_WIDTH and SUPPORTED_HEAD_DIMS repeat limits of the C++ ops for early, clear errors."""
+    import os
+
+    from jetspec_ext.ops.attention import SUPPORTED_HEAD_DIMS
+    from jetspec_ext.ops.build_tree import MAX_WIDTH
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    bt = open(os.path.join(root, "csrc", "build_tree_common.h")).read()
+    assert int(re.search(r"kBuildTreeMaxWidth = (\d+);", bt).group(1)) == MAX_WIDTH
+    ta = open(os.path.join(root, "csrc", "tree_attention_common.h")).read()
+    dims = re.search(r"TORCH_CHECK\(s\.D == (\d+) \|\| s\.D == (\d+),", ta).groups()
+    assert tuple(sorted(map(int, dims))) == SUPPORTED_HEAD_DIMS
+
+
+def test_target_with_an_unsupported_head_dim_is_refused():
+    with pytest.raises(ValueError, match="target head dim 32 is not supported"):
+        Target(tiny_target(tied=True, head_dim=32))

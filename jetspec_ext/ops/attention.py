@@ -5,6 +5,10 @@ from typing import Optional, Tuple
 
 import torch
 
+# Head dims the tree_attention op accepts (csrc/tree_attention_common.h): its kernels are
+# instantiated for these two, on the CPU as well as on CUDA.
+SUPPORTED_HEAD_DIMS = (64, 128)
+
 Tensor = torch.Tensor
 
 

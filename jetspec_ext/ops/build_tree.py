@@ -5,6 +5,10 @@ import torch
 
 Tensor = torch.Tensor
 
+# The largest `width` the op accepts (kBuildTreeMaxWidth in csrc/build_tree_common.h): the
+# per-depth top-W tables are sized for it.
+MAX_WIDTH = 16
+
 
 @torch.library.register_fake("jetspec::build_tree")
 def _build_tree_fake(draft_logits, root_tokens, width, budget, policy, temperature=1.0):

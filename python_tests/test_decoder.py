@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from decoder_support import (OracleDrafter, chat_ids, hf_greedy, load_prompts, tiny_config,
+from decoder_support import (OracleDrafter, chat_ids, hf_greedy, load_prompts,
                              tiny_target, tokenizer)
 from jetspec_ext.decoder import HeadDrafter, generate, generate_ar
 from jetspec_ext.draft_head import JetSpecDraftHead

@@ -31,7 +31,7 @@ def _positive_int(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .ops.build_tree import MAX_WIDTH
+    from .ops.build_tree import MAX_WIDTH, POLICIES
 
     p = argparse.ArgumentParser(prog="jetspec", description="JetSpec causal parallel tree speculative decoding")
     sub = p.add_subparsers(dest="command")
@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--width", type=int, default=7,
                    help=f"top-W candidate tokens per depth, 1..{MAX_WIDTH} (default 7)")
     g.add_argument("--depth", type=int, default=None, help="draft depth D (default: block_size - 1)")
-    g.add_argument("--policy", choices=["accum", "topn"], default="accum",
+    g.add_argument("--policy", choices=POLICIES, default="accum",
                    help="tree expansion: accum (best-first by cumulative draft log-prob, W children per "
                         "expansion; default) or topn (one node per expansion, slower to build)")
     g.add_argument("--draft-temperature", type=float, default=None,
@@ -284,11 +284,9 @@ def _check_settings(args) -> None:
     """The decoding settings, checked before anything is loaded (a large target takes a while)."""
     from .decoder import check_draft_temperature, check_generation_settings
 
-    tree = None
-    if args.draft is not None:
-        tree = dict(budget=2 if args.budget is None else args.budget, width=args.width, policy=args.policy)
+    tree = dict(budget=args.budget, width=args.width, policy=args.policy) if args.draft is not None else {}
     try:
-        check_generation_settings(args.max_new_tokens, args.temperature, args.top_k, args.top_p, tree)
+        check_generation_settings(args.max_new_tokens, args.temperature, args.top_k, args.top_p, **tree)
         check_draft_temperature(args.draft_temperature)
     except ValueError as e:  # the messages start with the parameter's name: say the option instead
         name, _, rest = str(e).partition(" ")

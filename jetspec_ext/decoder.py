@@ -33,7 +33,7 @@ import torch
 
 from .draft_head import JetSpecDraftHead, block_layers, extend_layers, layer_caches
 from .op_select import op
-from .ops.build_tree import MAX_WIDTH
+from .ops.build_tree import MAX_WIDTH, POLICIES
 from .target import FusedProjections, Target, _lm_head_logits
 
 # what _draft_layer_fused expects of every head layer (else the drafter keeps the layers' forward)
@@ -253,10 +253,12 @@ def check_draft_temperature(t) -> float:
     return t
 
 
-def check_generation_settings(max_new_tokens, temperature, top_k, top_p, tree: Optional[dict] = None) -> None:
+def check_generation_settings(max_new_tokens, temperature, top_k, top_p, budget: Optional[int] = None,
+                              width: Optional[int] = None, policy: Optional[str] = None) -> None:
     """ValueError for settings :func:`generate` cannot run with, before anything is allocated or
     decoded (the ops check the same, but only once a round runs: after the prefill, inside a
-    capture). ``tree``: ``dict(budget=, width=, policy=)`` for speculative decoding, None for AR."""
+    capture). The tree's ``budget`` / ``width`` / ``policy``: checked when given (speculative
+    decoding; None for the AR baseline). Each message starts with the parameter's name."""
     if isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     t, p = float(temperature), float(top_p)
@@ -266,13 +268,12 @@ def check_generation_settings(max_new_tokens, temperature, top_k, top_p, tree: O
         raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k}")
     if not 0 < p <= 1:
         raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
-    if tree is not None:
-        if tree["budget"] < 2:
-            raise ValueError("budget must be >= 2 (the root plus at least one draft node)")
-        if not 1 <= tree["width"] <= MAX_WIDTH:
-            raise ValueError(f"width must be in [1, {MAX_WIDTH}], got {tree['width']}")
-        if tree["policy"] not in ("accum", "topn"):
-            raise ValueError(f"policy must be 'accum' or 'topn', got {tree['policy']!r}")
+    if budget is not None and budget < 2:
+        raise ValueError("budget must be >= 2 (the root plus at least one draft node)")
+    if width is not None and not 1 <= width <= MAX_WIDTH:
+        raise ValueError(f"width must be in [1, {MAX_WIDTH}], got {width}")
+    if policy is not None and policy not in POLICIES:
+        raise ValueError(f"policy must be {' or '.join(map(repr, POLICIES))}, got {policy!r}")
 
 
 def spec_round(target, drafter, st, width, budget, policy, sp, timer, draft_temperature: float = 1.0):
@@ -413,8 +414,8 @@ def generate(target: Target, drafter, prompt_ids, *, max_new_tokens: int = 256, 
     device = target.device
     prompt = _as_batch(prompt_ids, device)
     B, P = prompt.shape
-    check_generation_settings(max_new_tokens, temperature, top_k, top_p,
-                              dict(budget=budget, width=width, policy=policy) if drafter is not None else None)
+    tree = dict(budget=budget, width=width, policy=policy) if drafter is not None else {}
+    check_generation_settings(max_new_tokens, temperature, top_k, top_p, **tree)
     sp = SamplingParams(float(temperature), int(top_k), float(top_p))
     depth = drafter.depth if drafter is not None else 0
     draft_temperature = check_draft_temperature(draft_temperature)

@@ -49,7 +49,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
 )
 
 from .op_select import linear, linear_add, op, plain_linear
-from .ops.attention import SUPPORTED_HEAD_DIMS
+from .ops.attention import head_dim_problem
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -384,10 +384,9 @@ class JetSpecDraftHead(nn.Module):
         bad = [i for i in self.target_layer_ids if not 0 <= i < L]
         if bad:
             problems.append(f"tapped layers {bad} out of range for a {L}-layer target (valid: 0..{L - 1})")
-        hd = self.layers[0].self_attn.head_dim
-        if hd not in SUPPORTED_HEAD_DIMS:  # the head attends with tree_attention (chain mask)
-            problems.append(f"head's attention head dim {hd} is not supported (tree_attention handles "
-                            f"{' and '.join(map(str, SUPPORTED_HEAD_DIMS))})")
+        hd_problem = head_dim_problem(self.layers[0].self_attn.head_dim, "draft head's attention")  # attends with tree_attention
+        if hd_problem:
+            problems.append(hd_problem)
         if not 0 <= self.mask_token_id < tc.vocab_size:
             problems.append(f"mask_token_id {self.mask_token_id} outside the vocabulary ({tc.vocab_size})")
         if problems:

@@ -32,7 +32,7 @@ from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb
 
 from .draft_head import scatter_slots
 from .op_select import linear, linear_add, op, plain_linear
-from .ops.attention import SUPPORTED_HEAD_DIMS
+from .ops.attention import head_dim_problem
 
 ATTN_NAME = "jetspec"
 SUPPORTED_MODEL_TYPES = ("qwen3", "qwen3_moe")
@@ -389,9 +389,9 @@ class Target:
         self.num_layers = L
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        if self.head_dim not in SUPPORTED_HEAD_DIMS:  # every forward attends with tree_attention
-            raise ValueError(f"target head dim {self.head_dim} is not supported: jetspec's tree_attention "
-                             f"handles head dims {' and '.join(map(str, SUPPORTED_HEAD_DIMS))}")
+        problem = head_dim_problem(self.head_dim, "target")  # every forward attends with tree_attention
+        if problem:
+            raise ValueError(problem)
         self.vocab_size = cfg.vocab_size
         self.max_positions = getattr(cfg, "max_position_embeddings", None)
         _set_attn_impl(model, ATTN_NAME)

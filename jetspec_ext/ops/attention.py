@@ -9,6 +9,16 @@ import torch
 # instantiated for these two, on the CPU as well as on CUDA.
 SUPPORTED_HEAD_DIMS = (64, 128)
 
+
+def head_dim_problem(head_dim: int, whose: str) -> Optional[str]:
+    """The error message for a model part (``whose``: "target", "draft head's attention") whose attention
+    head dim tree_attention does not handle, or None: checked where the model is set up, so that
+    it does not surface as the op's error after a prefill."""
+    if head_dim in SUPPORTED_HEAD_DIMS:
+        return None
+    return (f"{whose} head dim {head_dim} is not supported: jetspec's tree_attention handles head dims "
+            f"{' and '.join(map(str, SUPPORTED_HEAD_DIMS))}")
+
 Tensor = torch.Tensor
 
 

@@ -8,6 +8,7 @@ Tensor = torch.Tensor
 # The largest `width` the op accepts (kBuildTreeMaxWidth in csrc/build_tree_common.h): the
 # per-depth top-W tables are sized for it.
 MAX_WIDTH = 16
+POLICIES = ("accum", "topn")  # JetSpec's best-first expansion, DDTree's one-node-at-a-time
 
 
 @torch.library.register_fake("jetspec::build_tree")

@@ -68,7 +68,7 @@ for tool in ${SAN_TOOLS:-memcheck racecheck synccheck initcheck}; do
     python3 scripts/gpu/sanitize_ops.py $args > "$log" 2>&1
   rc=$?
   errs=$(grep -Eo "ERROR SUMMARY: [0-9]+" "$log" | tail -1 | grep -Eo "[0-9]+$" || true)
-  races=$(grep -Eo "RACECHECK SUMMARY: [0-9]+ hazard" "$log" | tail -1 || true)
+  races=""
   # racecheck ends with its own summary line, not ERROR SUMMARY ("RACECHECK SUMMARY: 20 hazards
   # displayed (0 errors, 282 warnings)"): every hazard found counts, errors and warnings alike
   # (the warp-level hazards racecheck calls warnings are races in the CUDA memory model).
@@ -77,6 +77,7 @@ for tool in ${SAN_TOOLS:-memcheck racecheck synccheck initcheck}; do
     re_=$(echo "$rsum" | grep -Eo "[0-9]+ errors" | grep -Eo "[0-9]+" || true)
     rw_=$(echo "$rsum" | grep -Eo "[0-9]+ warnings" | grep -Eo "[0-9]+" || true)
     [ -n "$re_" ] && [ -n "$rw_" ] && errs=$(( re_ + rw_ ))
+    races=$(echo "$rsum" | grep -Eo "RACECHECK SUMMARY: [0-9]+ hazard" || true)
   fi
   done_cases=$(grep -c "^  ok" "$log" || true)
   all_done=$(grep -Eo "sanitize_ops: [0-9]+ cases done" "$log" || echo "not finished")

@@ -384,7 +384,8 @@ class JetSpecDraftHead(nn.Module):
         bad = [i for i in self.target_layer_ids if not 0 <= i < L]
         if bad:
             problems.append(f"tapped layers {bad} out of range for a {L}-layer target (valid: 0..{L - 1})")
-        hd_problem = head_dim_problem(self.layers[0].self_attn.head_dim, "draft head's attention")  # attends with tree_attention
+        # the head attends with tree_attention too (chain mask over its block)
+        hd_problem = head_dim_problem(self.layers[0].self_attn.head_dim, "draft head's attention")
         if hd_problem:
             problems.append(hd_problem)
         if not 0 <= self.mask_token_id < tc.vocab_size:

@@ -295,14 +295,22 @@ __device__ __forceinline__ SplitTiles split_tiles_interleaved(const Params& p, i
   r.count = split < num_tiles ? (num_tiles - 1 - split) / p.num_splits + 1 : 0;
   return r;
 }
-// Rows of an empty split: lse = -inf partials. Their O is never written: merge_kernel loads it
-// anyway (before it knows which splits are empty) and drops it with a select on the weight.
+// Rows of an empty split: lse = -inf partials, and O partials of zeros. merge_kernel loads every
+// split's O before it knows which splits are empty (one round trip to L2) and drops an empty
+// split's with a select on the weight, so the zeros are never used: they are written so that no
+// kernel reads memory nobody wrote (compute-sanitizer initcheck reported each such load, and the
+// flood of reports made its runs too slow to finish). Costs bm x D x sizeof(PartT) bytes of
+// stores, in empty splits only (forced split counts, or short rows of a batch split for its
+// longest row). PartT: the split kernel's partial type (float; T for split_kernel_ws).
+template <int D, typename PartT>
 __device__ __forceinline__ void write_empty_split(const Params& p, int split, int bh, int m_base, int bm,
                                                   int tid, int nthreads) {
-  for (int r = tid; r < bm; r += nthreads) {
-    const int grow = m_base + r;
-    if (grow < p.rows) p.lse_part[((int64_t)split * p.B * p.Hkv + bh) * p.rows + grow] = -INFINITY;
-  }
+  const int64_t row0 = ((int64_t)split * p.B * p.Hkv + bh) * p.rows + m_base;
+  const int nrows = min(bm, p.rows - m_base);
+  for (int r = tid; r < nrows; r += nthreads) p.lse_part[row0 + r] = -INFINITY;
+  constexpr int kChunksPerRow = D * (int)sizeof(PartT) / 16;  // 16-byte stores (rows 16-aligned)
+  uint4* o = reinterpret_cast<uint4*>(static_cast<PartT*>(p.o_part) + row0 * D);
+  for (int i = tid; i < nrows * kChunksPerRow; i += nthreads) o[i] = make_uint4(0u, 0u, 0u, 0u);
 }
 
 template <int D, int NWARPS>
@@ -646,7 +654,7 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
   const SplitRange range = split_range(p, b, split);
   const int plen = range.plen, L = range.L, t_begin = range.t_begin, t_end = range.t_end;
   if (t_begin >= t_end) {
-    write_empty_split(p, split, bh, m_base, kBM, tid, kThreads);
+    write_empty_split<D, float>(p, split, bh, m_base, kBM, tid, kThreads);
     return;
   }
 
@@ -1097,7 +1105,7 @@ __global__ void __launch_bounds__(NWARPS * 32, NWARPS == 4 ? 2 : 1) split_kernel
   const SplitRange range = split_range(p, b, split);
   const int plen = range.plen, L = range.L, t_begin = range.t_begin, t_end = range.t_end;
   if (t_begin >= t_end) {
-    write_empty_split(p, split, bh, m_base, kBM, tid, kThreads);
+    write_empty_split<D, float>(p, split, bh, m_base, kBM, tid, kThreads);
     cp_async_commit();  // Q's copies (issued above) must land before the CTA exits
     cp_async_wait<0>();
     return;
@@ -1265,8 +1273,8 @@ __global__ void __launch_bounds__(128, D == 64 ? 10 : 8) merge_kernel(const Para
   // Latency-bound (a few KB per warp), so the common case (ns <= 32) makes ONE round trip to L2:
   // lane l loads the lse of split l and, before any lse is used, every lane loads its VEC floats
   // of the first min(ns, 8) O partials. They are loaded unconditionally: an empty split's
-  // (lse = -inf) o_s may never have been written, so its garbage is dropped by a select on
-  // w > 0, never by a multiply (0 * NaN = NaN). Splits 8.. follow in groups of 8 loads in flight;
+  // (lse = -inf) O is zeros (write_empty_split), dropped by a select on w > 0 all the same,
+  // never by a multiply (0 * NaN = NaN would matter if it ever held anything else). Splits 8.. follow in groups of 8 loads in flight;
   // ns > 32 reloads the lse of splits 32.. (max first, then the weights of each 32-split chunk).
   const float ls = lane < ns ? lse_src[lane * split_stride] : -INFINITY;
   float v[kGroup][VEC];

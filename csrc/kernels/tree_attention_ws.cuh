@@ -720,7 +720,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
     // code of the epilogue, is emitted once.
     if (range.count == 0) {
       if (!p.cluster_merge) {
-        write_empty_split(p, split, bh, m_base, kBM, ctid, 256);
+        write_empty_split<D, T>(p, split, bh, m_base, kBM, ctid, 256);
         return;
       }
       for (int r = ctid; r < kBM; r += 256) s_lse[r] = -INFINITY;  // no rows: lse -inf (weight 0)

@@ -6,7 +6,12 @@ read means initcheck did not see the store that initialised the memory.
   plain  Triton tl.store (generic proxy)            -> expected: no report
   tma    Triton tensor-descriptor store (TMA, async) -> the question
   verify jetspec_ext.verify_linear (CUTLASS TMA-store epilogue)
-Usage: python3 scripts/gpu/initcheck_tma_probe.py {plain,tma,verify}
+  cublas torch.nn.functional.linear in bf16 (cuBLAS), at the shape of the sanitizer's tiny decoder
+         target's q_proj (37 x 128 @ 128 x 512) and at one Qwen3-8B-sized shape (128 x 4096 @ 4096
+         x 4096): whether cuBLAS's own Hopper kernels store through the TMA too
+  hf     one forward of the sanitizer's tiny random Qwen3 target (bf16) through transformers alone,
+         no jetspec op: reports here are not the decoder's
+Usage: python3 scripts/gpu/initcheck_tma_probe.py {plain,tma,verify,cublas,hf}
 """
 import sys
 import torch
@@ -35,13 +40,30 @@ def main(mode):
     elif mode == "tma":
         from triton.tools.tensor_descriptor import TensorDescriptor
         fill_tma[(M // 16,)](TensorDescriptor.from_tensor(out, [16, N]), N, 16)
+    elif mode == "cublas":
+        for m, k, n in ((37, 128, 512), (128, 4096, 4096)):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+            y = torch.nn.functional.linear(x, w).float()  # the .float() read is the check
+            torch.cuda.synchronize()
+            print(f"cublas {m}x{k} @ {k}x{n} done (reports above this line are its reads)", flush=True)
+        out = y
+    elif mode == "hf":
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+        torch.manual_seed(0)
+        cfg = Qwen3Config(hidden_size=128, intermediate_size=256, num_hidden_layers=1, num_attention_heads=4,
+                          num_key_value_heads=2, head_dim=128, vocab_size=1024, max_position_embeddings=512,
+                          tie_word_embeddings=False)
+        model = Qwen3ForCausalLM(cfg).eval().to("cuda", torch.bfloat16)
+        with torch.no_grad():
+            out = model(torch.randint(1024, (1, 37), device="cuda")).logits.float()
     else:
         import jetspec_ext
         x = torch.randn(M, 4096, device="cuda", dtype=torch.bfloat16)
         w = torch.randn(N * 8, 4096, device="cuda", dtype=torch.bfloat16)
         out = jetspec_ext.verify_linear(x, w, None).float()  # the .float() read is the check
     torch.cuda.synchronize()
-    print(mode, "sum", float(out.sum()), "expected", M * N if mode != "verify" else "(any)")
+    print(mode, "sum", float(out.sum()), "expected", M * N if mode in ("plain", "tma") else "(any)")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,7 @@
 #                                                        which a cold device call's 600 s fits after
 #                                                        the ~80 s build)
 #   SAN_EXTRA_<tool>="..."                               (more compute-sanitizer flags per tool)
-#   SAN_PRINT_LIMIT=n                                    (reports printed per tool; default 200,
-#                                                        initcheck 5000;
+#   SAN_PRINT_LIMIT=n                                    (reports printed per tool; default 200;
 #                                                        device backtraces only, to keep logs short)
 # Exit status: 0 when the control was reported and every tool ran to the end with 0 errors, else 1.
 set -uo pipefail
@@ -52,10 +51,11 @@ for tool in ${SAN_TOOLS:-memcheck racecheck synccheck initcheck}; do
   [ "$tool" = racecheck ] && default_args="$default_args --impls mma,wgmma_pipe"
   tdefault=90; [ "$tool" = memcheck ] && tdefault=150
   limit=${SAN_PRINT_LIMIT:-200}
-  [ "$tool" = initcheck ] && limit=${SAN_PRINT_LIMIT:-5000}  # merge_kernel's expected reports (below)
   args=${!argsvar:-$default_args}
   # initcheck does not see TMA stores (scripts/gpu/initcheck_tma_probe.py): outputs written only by
-  # one (verify_linear's) would read as uninitialized when the case checks them.
+  # one (verify_linear's) would read as uninitialized when the case checks them. Nor cuBLAS's on
+  # Hopper (the probe's cublas and hf modes: every element of a bf16 F.linear output is reported
+  # when read), so initcheck cannot judge the decoder group (every layer reads cuBLAS outputs).
   [ "$tool" = initcheck ] && args="$args --skip-tma-output-reads"
   extra=()
   [ "$tool" = racecheck ] && extra=(--racecheck-report all)
@@ -84,18 +84,6 @@ for tool in ${SAN_TOOLS:-memcheck racecheck synccheck initcheck}; do
   first=$(grep -m1 -E "^========= (Invalid|Uninitialized|Error|Race|Barrier|Warning)" "$log" | cut -c1-90 || true)
   [ -n "$first" ] || first=-
   ok=0; [ "$rc" = 0 ] && [ "${errs:-1}" = 0 ] && grep -q "cases done" "$log" && ok=1
-  if [ "$tool" = initcheck ] && [ "$ok" = 0 ] && grep -q "cases done" "$log"; then
-    # tree_attn::merge_kernel loads every split's O partial before it knows which splits are
-    # empty (one round trip to L2) and drops an empty split's never-written O with a select (see
-    # the kernel): initcheck reports each such load. Those reports are expected; any other
-    # uninitialized read fails. (Excluding merge_kernel with --kernel-name-exclude does not work:
-    # its writes of the output are then untracked and every later read of it is reported.)
-    other=$(awk '/^========= Uninitialized/{u=1; next} u && /^=========     at/{if ($0 !~ /merge_kernel/) n++; u=0} END{print n+0}' "$log")
-    shown=$(grep -c "^========= Uninitialized" "$log" || true)
-    echo "initcheck: $shown reports shown, $other outside merge_kernel's empty-split loads"
-    [ "$other" = 0 ] && [ "$shown" -lt "$limit" ] && ok=1
-    first="$first (merge_kernel empty-split loads: expected; others: $other)"
-  fi
   rows+=("$(printf '%-10s | %4s | %6s | %-28s | %s %s' "$tool" "$rc" "${errs:-?}" "$done_cases ($all_done)" "$first" "$races") [$(( $(date +%s) - t0 )) s]")
   [ "$ok" = 1 ] || status=1
   echo "---- $tool: exit $rc, $(( $(date +%s) - t0 )) s; kernels named in its reports (count):"

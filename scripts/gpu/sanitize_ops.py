@@ -303,7 +303,8 @@ def main(argv=None):
                          "e.g. SPLITS=16,verify_linear")
     ap.add_argument("--skip-tma-output-reads", action="store_true",
                     help="do not read back op outputs written by TMA stores (for initcheck, which does not "
-                         "track them; not the decoder group, whose later kernels read every output)")
+                         "track them); refused with the decoder group, whose layers read cuBLAS outputs, "
+                         "which Hopper's cuBLAS kernels store by TMA too")
     args = ap.parse_args(argv)
     impls = None if args.impls is None else set(args.impls.split(","))
 
@@ -317,6 +318,13 @@ def main(argv=None):
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
         ap.error(f"unknown groups {unknown}; known: {list(GROUPS)}")
+    if args.skip_tma_output_reads and "decoder" in groups:
+        # Measured on the H200 (thirty-eighth session, scripts/gpu/initcheck_tma_probe.py cublas / hf):
+        # initcheck reports every element of a bf16 F.linear output when it is read, and 80,896
+        # reads in one forward of the tiny Qwen3 target through transformers alone.
+        ap.error("--skip-tma-output-reads (initcheck) cannot cover the decoder group: its layers read cuBLAS "
+                 "outputs, which initcheck does not see stored on Hopper; run the decoder under memcheck, "
+                 "racecheck or synccheck")
     global SKIP_TMA_OUTPUT_READS
     SKIP_TMA_OUTPUT_READS = args.skip_tma_output_reads
     if args.list:

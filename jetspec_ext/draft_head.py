@@ -369,16 +369,13 @@ class JetSpecDraftHead(nn.Module):
         dc = self.config.dflash_config
         L = tc.num_hidden_layers
         problems = []
-        if dc["target_hidden_size"] == self.config.hidden_size != tc.hidden_size:  # one mismatch, said once
+        if self.config.hidden_size != tc.hidden_size:
             problems.append(f"head hidden size {self.config.hidden_size} != target hidden size {tc.hidden_size} "
-                            "(the head reads the target's features and borrows its embedding and LM head)")
-        else:
-            if dc["target_hidden_size"] != tc.hidden_size:
-                problems.append(f"target hidden size {tc.hidden_size} != head's target_hidden_size "
-                                f"{dc['target_hidden_size']}")
-            if self.config.hidden_size != tc.hidden_size:
-                problems.append(f"head hidden size {self.config.hidden_size} != target hidden size {tc.hidden_size} "
-                                "(the head borrows the target's embedding and LM head)")
+                            "(the head borrows the target's embedding and LM head)")
+        # target_hidden_size equal to the head's own hidden size is the mismatch just said: not again
+        if dc["target_hidden_size"] not in (tc.hidden_size, self.config.hidden_size):
+            problems.append(f"target hidden size {tc.hidden_size} != head's target_hidden_size "
+                            f"{dc['target_hidden_size']}")
         if self.config.vocab_size != tc.vocab_size:
             problems.append(f"head vocab {self.config.vocab_size} != target vocab {tc.vocab_size}")
         bad = [i for i in self.target_layer_ids if not 0 <= i < L]

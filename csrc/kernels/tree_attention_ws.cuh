@@ -486,6 +486,16 @@ __device__ __forceinline__ void tma_load_box(uint32_t dst, const CUtensorMap* ma
       : "memory");
 #endif
 }
+// Fetch a TMA descriptor (a __grid_constant__ kernel parameter) into the SM's descriptor cache
+// ahead of its first copy. Why: a CTA's first TMA copy otherwise fetches its 128-byte descriptor
+// from memory first, a round trip on the path to Q and K(0) (which land ~0.7 / ~0.95 us after the
+// CTA barrier, timeline); the descriptors do not depend on the previous kernel's writes, so this
+// runs before the grid-dependency wait, under it (CUTLASS's producers do the same).
+__device__ __forceinline__ void prefetch_tensormap(const CUtensorMap* map) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+#endif
+}
 // A whole K or V tile (kBN keys from tile * kBN) by TMA into `dst`, in the kv_off_sw128 layout
 // (D / 64 boxes of 64 columns, 8 KB apart), signalled on `bar` (expected bytes and the one
 // arrival of its phase, by the calling thread).
@@ -585,6 +595,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
 #endif
 
   if (tid == 0) {
+    if (p.q_tma) prefetch_tensormap(&p.tmap_q);
+    prefetch_tensormap(&p.tmap_k);
+    prefetch_tensormap(&p.tmap_v);
     mbar_init(q_full, p.q_tma ? 1 : kProducers);  // one TMA arrival, or one per producer thread's cp.async
     for (int s = 0; s < kStages; ++s) {
       mbar_init(k_full(s), 1);  // one arrival (with the TMA bytes) per phase

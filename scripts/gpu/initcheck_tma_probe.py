@@ -9,10 +9,12 @@ read means initcheck did not see the store that initialised the memory.
   cublas torch.nn.functional.linear in bf16 (cuBLAS), at the shape of the sanitizer's tiny decoder
          target's q_proj (37 x 128 @ 128 x 512) and at one Qwen3-8B-sized shape (128 x 4096 @ 4096
          x 4096): whether cuBLAS's own Hopper kernels store through the TMA too
-  hf     one forward of the sanitizer's tiny random Qwen3 target (bf16) through transformers alone,
-         no jetspec op: reports here are not the decoder's
+  hf     one forward of the sanitizer's tiny random Qwen3 target (bf16, sanitize_ops.tiny_qwen3_target,
+         1 layer) through transformers alone: jetspec_ext is imported, none of its ops runs, so
+         reports here are not the decoder's
 Usage: python3 scripts/gpu/initcheck_tma_probe.py {plain,tma,verify,cublas,hf}
 """
+import os
 import sys
 import torch
 import triton
@@ -50,12 +52,9 @@ def main(mode):
             print(f"cublas {m}x{k} @ {k}x{n} done (reports above this line are its reads)", flush=True)
         out = y
     elif mode == "hf":
-        from transformers import Qwen3Config, Qwen3ForCausalLM
-        torch.manual_seed(0)
-        cfg = Qwen3Config(hidden_size=128, intermediate_size=256, num_hidden_layers=1, num_attention_heads=4,
-                          num_key_value_heads=2, head_dim=128, vocab_size=1024, max_position_embeddings=512,
-                          tie_word_embeddings=False)
-        model = Qwen3ForCausalLM(cfg).eval().to("cuda", torch.bfloat16)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from sanitize_ops import tiny_qwen3_target
+        model = tiny_qwen3_target(num_layers=1, device="cuda")
         with torch.no_grad():
             out = model(torch.randint(1024, (1, 37), device="cuda")).logits.float()
     else:

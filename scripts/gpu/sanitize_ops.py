@@ -232,20 +232,26 @@ def cases_linear(quick):
 
 
 # ---- the decoder --------------------------------------------------------------------------------
+def tiny_qwen3_target(num_layers=4, device=None):
+    """The decoder case's tiny random Qwen3 target (bf16, head dim 128, GQA 2, vocab 1024, untied),
+    seeded; also initcheck_tma_probe.py's `hf` mode (one layer)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen3Config(hidden_size=128, intermediate_size=256, num_hidden_layers=num_layers, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=128, vocab_size=1024, max_position_embeddings=512,
+                      tie_word_embeddings=False)
+    return Qwen3ForCausalLM(cfg).eval().to(device or DEV, torch.bfloat16)
+
+
 def decoder_case(cuda_graph):
     """A few speculative rounds and AR steps on a tiny random Qwen3 target (bf16, head dim 128,
     GQA 2) and a fresh 2-layer head: every op as the decoder calls it, Triton kernels included."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
     from jetspec_ext.decoder import HeadDrafter, generate, generate_ar
     from jetspec_ext.draft_head import JetSpecDraftHead
     from jetspec_ext.target import Target
 
-    torch.manual_seed(0)
-    cfg = Qwen3Config(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-                      num_key_value_heads=2, head_dim=128, vocab_size=1024, max_position_embeddings=512,
-                      tie_word_embeddings=False)
-    model = Qwen3ForCausalLM(cfg).eval().to(DEV, torch.bfloat16)
+    model = tiny_qwen3_target()
     head = JetSpecDraftHead.for_target(model.config, num_layers=2, block_size=8).to(DEV, torch.bfloat16)
     target = Target(model, head.target_layer_ids)
     drafter = HeadDrafter(head, target)

@@ -3,9 +3,11 @@
 The sanitizer itself needs the GPU (its runs are in benchmarks/RESULTS.md); here: every case is a
 valid call of the op (run on the CPU ops), the case list reaches every kernel variant the launchers
 can pick, and sanitize.sh's verdicts (negative control, racecheck's own summary, initcheck failing
-on any report) are right, on the output of a stand-in sanitizer that prints canned reports."""
+on any report) are right, on the output of a stand-in sanitizer that prints canned reports; and the
+stand-alone racecheck probe (scripts/gpu/racecheck_cluster_probe.cu) compiles for sm_90a."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -183,3 +185,19 @@ def test_match_keeps_only_the_named_cases(capsys):
     assert sanitize_ops.main(["--list", "--quick", "--match", "SPLITS=16,verify_linear"]) == 0
     kept = capsys.readouterr().out.splitlines()
     assert kept and kept == [n for n in every if "SPLITS=16" in n or "verify_linear" in n]
+
+
+def _nvcc():
+    path = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
+    return path if os.path.exists(path) else shutil.which("nvcc")
+
+
+@pytest.mark.skipif(_nvcc() is None, reason="needs nvcc")
+def test_racecheck_cluster_probe_compiles_for_sm90a(tmp_path):
+    # The probe runs only on the H200 (racecheck_cluster_probe.sh); here its source must still
+    # build, with the same flags, so that a device call is not spent on a compile error.
+    src = os.path.join(ROOT, "scripts", "gpu", "racecheck_cluster_probe.cu")
+    p = subprocess.run([_nvcc(), "-O2", "-arch=sm_90a", "-o", str(tmp_path / "probe"), src],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (tmp_path / "probe").stat().st_size > 0

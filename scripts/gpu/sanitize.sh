@@ -50,8 +50,12 @@ for tool in ${SAN_TOOLS:-memcheck racecheck synccheck initcheck}; do
   # that same selection ran its 9 cases in 9 s with 0 hazards in the thirty-seventh. Thirty-ninth
   # session: it stalled again (200 s), while the 8 other ws_pp cases, the N1 P1000 ones with
   # forced splits among them, ran with 0 hazards; by the launcher's model it is the only case here
-  # launched as clusters of 8 CTAs. Out of the default until the cause is known (every other tool
-  # and every test run pass that case).
+  # launched as clusters of 8 CTAs. Fortieth session: the stall needs Q copied by TMA and a
+  # cluster of 5-8 CTAs (also at N128 P1024 with 5 splits); clusters of 2-4, 8 splits through
+  # merge_kernel, and a cluster of 5 with JETSPEC_TREE_ATTN_Q_TMA=0 pass in seconds, and a
+  # stand-alone kernel with the cluster merge's protocol passes at every size
+  # (racecheck_cluster_probe.sh). Out of the default until the cause is known (every other tool
+  # and every test run pass those cases).
   [ "$tool" = racecheck ] && default_args="$default_args --impls mma,wgmma_pipe"
   tdefault=90; [ "$tool" = memcheck ] && tdefault=150
   limit=${SAN_PRINT_LIMIT:-200}

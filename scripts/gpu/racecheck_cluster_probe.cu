@@ -46,6 +46,22 @@ __device__ __forceinline__ uint32_t map_rank(uint32_t addr, int rank) {
 __device__ __forceinline__ void cluster_sync_all() {
   asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
 }
+// The one arrival of `bar`'s phase, expecting `bytes` of asynchronous copies on it.
+__device__ __forceinline__ void arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("{\n.reg .b64 s;\nmbarrier.arrive.expect_tx.shared::cta.b64 s, [%0], %1;\n}\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+// Spin until phase 0 of `bar` has completed (as split_kernel_ws's mbar_wait does).
+__device__ __forceinline__ void wait_phase0(uint32_t bar) {
+  uint32_t done = 0;
+  while (!done) {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(0u)
+        : "memory");
+  }
+}
 __device__ __forceinline__ int cluster_rank() {
   uint32_t r;
   asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
@@ -74,9 +90,7 @@ __global__ void __launch_bounds__(384, 1) probe_kernel(int mode, int cs, unsigne
     const int R = (128 + cs - 1) / cs;  // rows per share (the last share may be shorter)
     if (mode >= 2) {
       if (tid == 0) {
-        asm volatile("{\n.reg .b64 s;\nmbarrier.arrive.expect_tx.shared::cta.b64 s, [%0], %1;\n}\n" ::"r"(load_bar),
-                     "r"(128 * 256)
-                     : "memory");
+        arrive_expect_tx(load_bar, 128 * 256);
         if (mode == 2) {
           asm volatile(
               "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
@@ -92,14 +106,7 @@ __global__ void __launch_bounds__(384, 1) probe_kernel(int mode, int cs, unsigne
                 : "memory");
         }
       }
-      uint32_t landed = 0;
-      while (!landed) {
-        asm volatile(
-            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-            : "=r"(landed)
-            : "r"(load_bar), "r"(0u)
-            : "memory");
-      }
+      wait_phase0(load_bar);
       uint32_t x = 0;  // read what landed (the kernel's wgmma reads Q), then overwrite it below
       for (int i = tid; i < 128 * 64; i += 384) x ^= stage[i];
       if (x == 0xdeadbeefu) sums[0] = 1;  // keeps the reads
@@ -111,9 +118,7 @@ __global__ void __launch_bounds__(384, 1) probe_kernel(int mode, int cs, unsigne
     const int my_rows = max(0, min(R, 128 - rank * R));
     if (tid == 0) {
       const uint32_t expect = (uint32_t)((cs - 1) * my_rows * 256);
-      asm volatile("{\n.reg .b64 s;\nmbarrier.arrive.expect_tx.shared::cta.b64 s, [%0], %1;\n}\n" ::"r"(bar_a),
-                   "r"(expect)
-                   : "memory");
+      arrive_expect_tx(bar_a, expect);
       for (int to = 0; to < cs; ++to) {
         if (to == rank) continue;
         const int rows = max(0, min(R, 128 - to * R));
@@ -130,14 +135,7 @@ __global__ void __launch_bounds__(384, 1) probe_kernel(int mode, int cs, unsigne
       asm volatile("cp.async.bulk.commit_group;\ncp.async.bulk.wait_group.read 0;\n" ::: "memory");
     }
     // Wait for the shares pushed to this CTA (phase 0 of its barrier).
-    uint32_t done = 0;
-    while (!done) {
-      asm volatile(
-          "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-          : "=r"(done)
-          : "r"(bar_a), "r"(0u)
-          : "memory");
-    }
+    wait_phase0(bar_a);
     unsigned long long s = 0;
     for (int i = tid; i < (cs - 1) * my_rows * 64; i += 384) {
       const int slot = i / (my_rows * 64), within = i - slot * my_rows * 64;

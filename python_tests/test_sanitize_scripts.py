@@ -195,9 +195,10 @@ def _nvcc():
 @pytest.mark.skipif(_nvcc() is None, reason="needs nvcc")
 def test_racecheck_cluster_probe_compiles_for_sm90a(tmp_path):
     # The probe runs only on the H200 (racecheck_cluster_probe.sh); here its source must still
-    # build, with the same flags, so that a device call is not spent on a compile error.
+    # build, with the same flags, against the kernel header whose merge helpers it calls, so that
+    # a device call is not spent on a compile error.
     src = os.path.join(ROOT, "scripts", "gpu", "racecheck_cluster_probe.cu")
-    p = subprocess.run([_nvcc(), "-O2", "-arch=sm_90a", "-o", str(tmp_path / "probe"), src],
-                       capture_output=True, text=True, timeout=300)
+    cmd = [_nvcc(), "-O2", "-arch=sm_90a", "-I", os.path.join(ROOT, "csrc"), "-o", str(tmp_path / "probe"), src]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert (tmp_path / "probe").stat().st_size > 0

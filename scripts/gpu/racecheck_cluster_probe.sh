@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../.."
 export OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 SAN=${COMPUTE_SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)}
 BIN=/tmp/racecheck_cluster_probe
-/usr/local/cuda/bin/nvcc -O2 -arch=sm_90a -o "$BIN" scripts/gpu/racecheck_cluster_probe.cu || exit 2
+/usr/local/cuda/bin/nvcc -O2 -arch=sm_90a -I csrc -o "$BIN" scripts/gpu/racecheck_cluster_probe.cu || exit 2
 CL=${RCP_CLUSTERS:-8}
 echo "-- plain"
 for cs in 2 3 4 5 6 7 8; do for m in ${RCP_MODES:-0 1 2 3}; do timeout 20 "$BIN" $m $cs $CL; echo "   rc $?"; done; done
@@ -18,9 +18,10 @@ for tool in racecheck synccheck; do
   echo "-- $tool (limit ${RCP_T:-25} s per run)"
   for cs in ${RCP_SIZES:-2 4 5 8}; do for m in ${RCP_MODES:-0 1 2 3}; do
     t0=$(date +%s%N)
-    timeout "${RCP_T:-25}" "$SAN" --tool $tool --error-exitcode 9 --print-limit 5 "$BIN" $m $cs $CL > "$OUT/rcp_${tool}_m${m}_c${cs}.log" 2>&1
+    log="$OUT/rcp_${tool}_m${m}_c${cs}.log"
+    timeout "${RCP_T:-25}" "$SAN" --tool $tool --error-exitcode 9 --print-limit 5 "$BIN" $m $cs $CL > "$log" 2>&1
     rc=$?
     printf '%s mode %d cluster %d: rc %d, %d ms, %s\n' $tool $m $cs $rc $(( ($(date +%s%N) - t0) / 1000000 )) \
-      "$(grep -E 'SUMMARY|: ok|WRONG' "$OUT/rcp_${tool}_m${m}_c${cs}.log" | tr '\n' ' ' | cut -c1-120)"
+      "$(grep -E 'SUMMARY|: ok|WRONG' "$log" | tr '\n' ' ' | cut -c1-120)"
   done; done
 done

@@ -44,18 +44,11 @@ for tool in ${SAN_TOOLS:-memcheck racecheck synccheck initcheck}; do
   argsvar=SAN_ARGS_$tool; tvar=SAN_T_$tool
   default_args="--quick --only tree_attention,tree,linear"
   [ "$tool" = memcheck ] && default_args=""
-  # racecheck sometimes does not finish one wgmma_ws_pp case (prefix 1000, one tree node) on the H200:
-  # not in 95 s (thirty-sixth session, after two other cases), nor in 60 s as the first case of
-  # SAN_ARGS_racecheck="--only tree_attention --impls wgmma_ws_pp --quick" (thirty-eighth), while
-  # that same selection ran its 9 cases in 9 s with 0 hazards in the thirty-seventh. Thirty-ninth
-  # session: it stalled again (200 s), while the 8 other ws_pp cases, the N1 P1000 ones with
-  # forced splits among them, ran with 0 hazards; by the launcher's model it is the only case here
-  # launched as clusters of 8 CTAs. Fortieth session: the stall needs Q copied by TMA and a
-  # cluster of 5-8 CTAs (also at N128 P1024 with 5 splits); clusters of 2-4, 8 splits through
-  # merge_kernel, and a cluster of 5 with JETSPEC_TREE_ATTN_Q_TMA=0 pass in seconds, and a
-  # stand-alone kernel with the cluster merge's protocol passes at every size
-  # (racecheck_cluster_probe.sh). Out of the default until the cause is known (every other tool
-  # and every test run pass those cases).
+  # racecheck does not finish (60-200 s) any wgmma_ws_pp case that copies Q by TMA and merges in a
+  # cluster of 5-8 CTAs (e.g. N1 P1000 with auto splits: 8); clusters of 2-4, merge_kernel, and
+  # JETSPEC_TREE_ATTN_Q_TMA=0 at 5 pass in seconds with 0 hazards, as does the merge protocol alone
+  # (racecheck_cluster_probe.sh). Out of the default until the cause is known (every other tool and
+  # every test run pass those cases). History: benchmarks/RESULTS.md, sessions 36-40.
   [ "$tool" = racecheck ] && default_args="$default_args --impls mma,wgmma_pipe"
   tdefault=90; [ "$tool" = memcheck ] && tdefault=150
   limit=${SAN_PRINT_LIMIT:-200}

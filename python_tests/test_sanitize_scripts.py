@@ -70,6 +70,7 @@ while [ $# -gt 0 ]; do case $1 in --tool) tool=$2; shift;; --version) echo "fake
 echo "========= COMPUTE-SANITIZER"
 case "$tool" in
   memcheck)
+    echo "q_tma: ${JETSPEC_TREE_ATTN_Q_TMA-unset}"
     echo "case: x"; echo "  ok (0.0 s)"
     if [ "${FAKE_MEMCHECK_ERRORS:-0}" != 0 ]; then
       echo "========= Invalid __global__ write of size 4 bytes"; echo "=========     at void k()+0x10"
@@ -87,6 +88,7 @@ case "$tool" in
     echo "sanitize_ops: 1 cases done"; echo "========= ERROR SUMMARY: $n errors"
     [ "$n" = 0 ] || exit 9 ;;
   racecheck)  # racecheck's exit status stays 0 on warnings; its summary line is its own
+    echo "args: $all_args"; echo "q_tma: ${JETSPEC_TREE_ATTN_Q_TMA-unset}"
     echo "case: x"; echo "  ok (0.0 s)"
     w=${FAKE_RACE_WARNINGS:-0}
     [ "$w" = 0 ] || echo "========= Warning: (Warp Level Programming) Potential RAW hazard detected at __shared__ 0x1504"
@@ -202,3 +204,21 @@ def test_racecheck_cluster_probe_compiles_for_sm90a(tmp_path):
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert (tmp_path / "probe").stat().st_size > 0
+
+
+@pytest.mark.parametrize("caller_q_tma, want", [(None, "0"), ("1", "1")])
+def test_sanitize_sh_racecheck_copies_q_by_cp_async(tmp_path, monkeypatch, caller_q_tma, want):
+    # racecheck does not finish wgmma_ws_pp's cases that copy Q by TMA into a cluster of 5-8 CTAs
+    # (RESULTS, sessions 40-41), so its run sets JETSPEC_TREE_ATTN_Q_TMA=0 (a caller's value wins)
+    # and keeps every kernel variant in its default set; the other tools see the caller's setting.
+    env = {"FAKE_MEMCHECK_ERRORS": "1", "SAN_TOOLS": "racecheck memcheck"}
+    monkeypatch.delenv("JETSPEC_TREE_ATTN_Q_TMA", raising=False)
+    if caller_q_tma is not None:
+        env["JETSPEC_TREE_ATTN_Q_TMA"] = caller_q_tma
+    _run_sanitize_sh(tmp_path, **env)
+    race = (tmp_path / "out" / "san_racecheck.log").read_text()
+    mem = (tmp_path / "out" / "san_memcheck.log").read_text()
+    assert f"q_tma: {want}" in race, race
+    assert f"q_tma: {caller_q_tma or 'unset'}" in mem, mem
+    args = re.search(r"^args: (.*)$", race, re.M).group(1)
+    assert "--quick" in args and "--impls" not in args, args

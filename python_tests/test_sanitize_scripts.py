@@ -222,3 +222,33 @@ def test_sanitize_sh_racecheck_copies_q_by_cp_async(tmp_path, monkeypatch, calle
     assert f"q_tma: {caller_q_tma or 'unset'}" in mem, mem
     args = re.search(r"^args: (.*)$", race, re.M).group(1)
     assert "--quick" in args and "--impls" not in args, args
+
+
+@pytest.mark.parametrize("fake_sleeps", [False, True])
+def test_racecheck_case_map_runs_its_cases(tmp_path, fake_sleeps):
+    # The script's case lines reach sanitize_ops.tree_attention_case (here on the CPU ops, through a
+    # stand-in for compute-sanitizer that runs the program it is given), and a run the limit kills
+    # is reported as not finished rather than as a pass.
+    fake = tmp_path / "compute-sanitizer"
+    fake.write_text("#!/usr/bin/env bash\n"
+                    "while [ $# -gt 0 ]; do case $1 in python3) break;; esac; shift; done\n"
+                    + ("sleep 30\n" if fake_sleeps else "") +
+                    "echo '========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)'\n"
+                    "exec \"$@\"\n")
+    fake.chmod(0o755)
+    env = dict(os.environ, COMPUTE_SANITIZER=str(fake), OUT=str(tmp_path / "out"), RCM_DEVICE="cpu",
+               RCM_T="2" if fake_sleeps else "60", RCM_CASES="1 3 4 2 64 5 2 require 0")
+    p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu", "racecheck_case_map.sh")], env=env,
+                       capture_output=True, text=True, timeout=120)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out
+    row = [r for r in out.splitlines() if r.startswith("B1 N3 Hq4 Hkv2 D64 P5 splits 2 cluster require")][-1]
+    assert "| case ok " in row, row  # the plain run
+    assert ("NOT FINISHED in 2 s" in row) == fake_sleeps and ("finished, rc 0" in row) != fake_sleeps, row
+
+
+def test_racecheck_case_map_refuses_a_bad_case_line(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path / "out"), RCM_DEVICE="cpu", RCM_CASES="1 x 4 2 64 5 2 require 0")
+    p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu", "racecheck_case_map.sh")], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "numbers expected, got 'x'" in p.stdout, p.stdout + p.stderr

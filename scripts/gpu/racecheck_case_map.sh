@@ -13,8 +13,12 @@
 # Usage on the GPU (after a build): bash scripts/gpu/racecheck_case_map.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-export OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 PYTORCH_NO_CUDA_MEMORY_CACHING=1
+export OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
+ROOT=$PWD
+export PYTHONUNBUFFERED=1 PYTORCH_NO_CUDA_MEMORY_CACHING=1
+# The checkout's jetspec_ext where it was built in place (the device: call.sh / gpu_suite.sh), else
+# the installed one; the cases run from $OUT so that the unbuilt source tree is never imported.
+ls jetspec_ext/_C*.so > /dev/null 2>&1 && export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 SAN=${COMPUTE_SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)}
 DEVICE=${RCM_DEVICE:-cuda}
 # Default: the stalling case at 2 / 3 / 4 splits, without the cluster, with 8 clusters (one wave:
@@ -36,18 +40,18 @@ while read -r B N Hq Hkv D P SPLITS CLUSTER QTMA; do
     [[ "$v" =~ ^[0-9]+$ ]] || { echo "RCM_CASES line $i: numbers expected, got '$v'"; exit 2; }
   done
   [[ "$CLUSTER" =~ ^(require|0|1)$ ]] || { echo "RCM_CASES line $i: CLUSTER must be require, 0 or 1"; exit 2; }
-  py="import sys, torch; sys.path.insert(0, 'scripts/gpu'); import sanitize_ops as s; s.DEV = '$DEVICE'
+  py="import sys, torch; sys.path.insert(0, '$ROOT/scripts/gpu'); import sanitize_ops as s; s.DEV = '$DEVICE'
 s.tree_attention_case($B, $N, $Hq, $Hkv, $D, [$P], torch.bfloat16, 'random'); s.sync(); print('case ok')
 import os; sys.stdout.flush(); os._exit(0)"
   envs=(env JETSPEC_TREE_ATTN_IMPL="${RCM_IMPL:-wgmma_ws_pp}" JETSPEC_TREE_ATTN_CLUSTER="$CLUSTER"
         JETSPEC_TREE_ATTN_Q_TMA="$QTMA")
   [ "$SPLITS" = 0 ] || envs+=(JETSPEC_TREE_ATTN_SPLITS="$SPLITS")
   name="B$B N$N Hq$Hq Hkv$Hkv D$D P$P splits $SPLITS cluster $CLUSTER q_tma $QTMA"
-  plain=$(timeout 60 "${envs[@]}" python3 -c "$py" 2>&1 | tail -1)
+  plain=$(cd "$OUT" && timeout 60 "${envs[@]}" python3 -c "$py" 2>&1 | tail -1)
   log="$OUT/rcm_$i.log"
   t0=$(date +%s)
-  timeout "${RCM_T:-45}" "${envs[@]}" "$SAN" --tool racecheck --racecheck-report all --print-limit 5 \
-    python3 -c "$py" > "$log" 2>&1
+  (cd "$OUT" && timeout "${RCM_T:-45}" "${envs[@]}" "$SAN" --tool racecheck --racecheck-report all \
+    --print-limit 5 python3 -c "$py") > "$log" 2>&1
   rc=$?
   dt=$(( $(date +%s) - t0 ))
   verdict="rc $rc"

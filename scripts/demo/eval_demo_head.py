@@ -25,7 +25,7 @@ import warnings
 import torch
 
 # The checkout's jetspec_ext when run as `python3 scripts/demo/eval_demo_head.py` without
-# PYTHONPATH (as the benchmarks do; the forty-first session's first device call of it failed so).
+# PYTHONPATH, as the benchmarks do.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 

@@ -41,7 +41,7 @@ while read -r B N Hq Hkv D P SPLITS CLUSTER QTMA; do
   done
   [[ "$CLUSTER" =~ ^(require|0|1)$ ]] || { echo "RCM_CASES line $i: CLUSTER must be require, 0 or 1"; exit 2; }
   py="import sys, torch; sys.path.insert(0, '$ROOT/scripts/gpu'); import sanitize_ops as s; s.DEV = '$DEVICE'
-s.tree_attention_case($B, $N, $Hq, $Hkv, $D, [$P], torch.bfloat16, 'random'); s.sync(); print('case ok')
+s.tree_attention_case($B, $N, $Hq, $Hkv, $D, [$P], torch.bfloat16, 'random'); print('case ok')
 import os; sys.stdout.flush(); os._exit(0)"
   envs=(env JETSPEC_TREE_ATTN_IMPL="${RCM_IMPL:-wgmma_ws_pp}" JETSPEC_TREE_ATTN_CLUSTER="$CLUSTER"
         JETSPEC_TREE_ATTN_Q_TMA="$QTMA")

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../.."
 export OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 SAN=${COMPUTE_SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)}
 BIN=/tmp/racecheck_cluster_probe
-/usr/local/cuda/bin/nvcc -O2 -arch=sm_90a -I csrc -o "$BIN" scripts/gpu/racecheck_cluster_probe.cu || exit 2
+"${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" -O2 -arch=sm_90a -I csrc -o "$BIN" scripts/gpu/racecheck_cluster_probe.cu || exit 2
 CL=${RCP_CLUSTERS:-8}
 echo "-- plain"
 for cs in 2 3 4 5 6 7 8; do for m in ${RCP_MODES:-0 1 2 3}; do timeout 20 "$BIN" $m $cs $CL; echo "   rc $?"; done; done

@@ -4,7 +4,9 @@ The sanitizer itself needs the GPU (its runs are in benchmarks/RESULTS.md); here
 valid call of the op (run on the CPU ops), the case list reaches every kernel variant the launchers
 can pick, and sanitize.sh's verdicts (negative control, racecheck's own summary, initcheck failing
 on any report) are right, on the output of a stand-in sanitizer that prints canned reports; and the
-stand-alone racecheck probe (scripts/gpu/racecheck_cluster_probe.cu) compiles for sm_90a."""
+stand-alone racecheck probe (scripts/gpu/racecheck_cluster_probe.cu) compiles for sm_90a. The hang /
+determinism stress script (scripts/gpu/stress_tree_attention.py) runs on the CPU op: its comparison
+catches a changed output and its watchdog a launch chunk that does not complete."""
 import os
 import re
 import shutil
@@ -252,3 +254,53 @@ def test_racecheck_case_map_refuses_a_bad_case_line(tmp_path):
     p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu", "racecheck_case_map.sh")], env=env,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "numbers expected, got 'x'" in p.stdout, p.stdout + p.stderr
+
+
+STRESS = os.path.join(ROOT, "scripts", "gpu", "stress_tree_attention.py")
+
+
+def _stress(*args, timeout=120):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, STRESS, "--device", "cpu", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_stress_script_reports_identical_outputs():
+    p = _stress("--iters", "6", "--seeds", "2", "--chunk", "2", "--check-every", "1",
+                "--cases", "1 3 4 2 64 5 2 require 0 wgmma_ws_pp;2 37 12 4 64 131 0 1 1 wgmma_ws_pp")
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out
+    assert out.count("| ok") == 2 and "all cases finished, outputs identical" in out, out
+
+
+def test_stress_script_watchdog_reports_a_chunk_that_does_not_complete():
+    # ~30 ms per CPU call: a chunk of 100 calls is far over a 0.05 s limit.
+    p = _stress("--iters", "100", "--seeds", "1", "--chunk", "100", "--hang-s", "0.05",
+                "--cases", "1 300 16 2 64 70 4 require 0 wgmma_ws_pp")
+    assert p.returncode == 1 and "HANG: B1 N300" in p.stdout, p.stdout + p.stderr
+
+
+def test_stress_script_counts_a_changed_output(monkeypatch, capsys):
+    import stress_tree_attention as stress
+
+    real, calls = stress.jetspec_ext.tree_attention, []
+
+    def every_third_call_off(*a):
+        out, lse = real(*a)
+        calls.append(1)
+        return (out + 1 if len(calls) % 3 == 0 else out), lse
+
+    monkeypatch.setattr(stress.jetspec_ext, "tree_attention", every_third_call_off)
+    for k in ("JETSPEC_TREE_ATTN_IMPL", "JETSPEC_TREE_ATTN_CLUSTER", "JETSPEC_TREE_ATTN_Q_TMA",
+              "JETSPEC_TREE_ATTN_SPLITS"):
+        monkeypatch.setenv(k, "0")  # run_case sets them; monkeypatch restores them after the test
+    args = stress.argparse.Namespace(device="cpu", seeds=1, iters=6, chunk=3, check_every=1)
+    dog = stress.Watchdog(60)
+    case = stress.parse_cases("1 3 4 2 64 5 2 require 0 wgmma_ws_pp")[0]
+    assert not stress.run_case(case, args, dog, None)
+    assert "2 MISMATCHES" in capsys.readouterr().out  # calls 3 and 6 of 7 (the first is the reference)
+
+
+def test_stress_script_refuses_a_bad_case_line():
+    p = _stress("--cases", "1 3 4 2 64 5 2 require 0")
+    assert p.returncode != 0 and "10 fields expected" in p.stderr, p.stdout + p.stderr

@@ -26,7 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jetspec_ext  # noqa: E402
 from sanitize_ops import random_tree_mask  # noqa: E402
 
-# The racecheck map's shapes (scripts/gpu/racecheck_case_map.sh) and the issue-4 cells.
+# The racecheck map's shapes (scripts/gpu/racecheck_case_map.sh), the issue-4 cells (B8 with prefix
+# lengths 4096 down to 3837) and the other two kernels with batch rows apart.
 DEFAULT_CASES = """1 300 16 2 64 70 4 require 0 wgmma_ws_pp
 1 300 16 2 64 70 8 require 0 wgmma_ws_pp
 1 300 32 4 64 70 4 require 0 wgmma_ws_pp
@@ -36,7 +37,10 @@ DEFAULT_CASES = """1 300 16 2 64 70 4 require 0 wgmma_ws_pp
 1 64 32 8 128 1024 0 1 1 wgmma_ws_pp
 1 64 32 8 128 4096 0 1 1 wgmma_ws_pp
 1 256 32 8 128 1024 0 1 1 wgmma_ws_pp
-1 128 32 8 128 1024 16 0 1 wgmma_ws_pp"""
+1 128 32 8 128 1024 16 0 1 wgmma_ws_pp
+8 64 32 8 128 4096 0 1 1 wgmma_ws_pp
+3 45 12 4 64 777 0 1 1 wgmma_pipe
+3 45 12 4 64 777 5 0 1 mma"""
 
 
 def parse_cases(text):
@@ -100,7 +104,8 @@ def run_case(c, args, dog, noise):
         q = torch.randn(c["B"], c["N"], c["Hq"], c["D"], generator=gen).to(dev, torch.bfloat16)
         k = torch.randn(c["B"], c["Hkv"], S, c["D"], generator=gen).to(dev, torch.bfloat16)
         v = torch.randn(c["B"], c["Hkv"], S, c["D"], generator=gen).to(dev, torch.bfloat16)
-        plen = torch.full((c["B"],), c["P"], dtype=torch.int32, device=dev)
+        # Batch rows with different prefix lengths: P, P - 37, P - 74, ... (at least 0).
+        plen = torch.tensor([max(c["P"] - 37 * b, 0) for b in range(c["B"])], dtype=torch.int32, device=dev)
         mask = random_tree_mask(c["B"], c["N"], gen, "random").to(dev)
         dog.arm(f"{name} seed {seed}: first launch")
         ref_out, ref_lse = jetspec_ext.tree_attention(q, k, v, plen, mask, c["D"] ** -0.5)

@@ -260,7 +260,10 @@ STRESS = os.path.join(ROOT, "scripts", "gpu", "stress_tree_attention.py")
 
 
 def _stress(*args, timeout=120):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # The jetspec_ext this test session imports (CI: the installed package, not the unbuilt checkout).
+    env = dict(os.environ)
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(sanitize_ops.jetspec_ext.__file__)))
+    env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, STRESS, "--device", "cpu", *args], env=env, capture_output=True,
                           text=True, timeout=timeout)
 

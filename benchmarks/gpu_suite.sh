@@ -5,7 +5,8 @@
 # Env: SUITE_TESTS=0 skips pytest; SUITE_BENCH="accept attention" limits the benchmarks
 # (substrings of benchmarks/bench_*.py); PYTEST_ARGS adds pytest arguments (split on spaces);
 # PYTEST_K is passed as one -k expression (may contain spaces). SUITE_BUILD_ONLY=1 stops after
-# the build (scripts/gpu/call.sh uses it). SUITE_SAN=1 adds the compute-sanitizer runs after pytest.
+# the build (scripts/gpu/call.sh uses it). SUITE_SAN=1 adds the compute-sanitizer runs after pytest;
+# SUITE_STRESS=0 skips the tree-attention stress run (SUITE_STRESS_ITERS launches per case).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR="$(realpath -m "${OUT:-benchmarks/out}")"
@@ -51,6 +52,14 @@ if [ "${SUITE_TESTS:-1}" = "1" ]; then
   rc=$?
   grep -E "FAILED|ERROR|Fatal|passed|failed" "$OUTDIR/pytest.log" | tail -n 30
   echo "pytest exit $rc ($(( $(date +%s) - t0 )) s)"
+fi
+
+# Hang / determinism stress of the tree-attention kernels (scripts/gpu/stress_tree_attention.py:
+# every kernel path launched SUITE_STRESS_ITERS times per case under a watchdog, outputs compared
+# bit for bit; python-bound, ~25 us a launch, so ~10 s at the default). SUITE_STRESS=0 skips it.
+if [ "${SUITE_STRESS:-1}" = "1" ]; then
+  timeout 300 python3 scripts/gpu/stress_tree_attention.py --iters "${SUITE_STRESS_ITERS:-20000}" 2>&1 \
+    | tee "$OUTDIR/stress.log" | tail -n 3
 fi
 
 # compute-sanitizer over every kernel variant (off by default: ~8 minutes; scripts/gpu/sanitize.sh).

@@ -46,6 +46,8 @@ for s in ${STEPS:-}; do
             --out "$OUT/demo_compiled.json" > "$OUT/demoeval.log" 2>&1; echo "demoeval rc $?"; tail -16 "$OUT/demoeval.log" ;;
     san) # compute-sanitizer (memcheck, racecheck, synccheck, initcheck) over scripts/gpu/sanitize_ops.py
          timeout ${T_SAN:-500} bash scripts/gpu/sanitize.sh > "$OUT/san.log" 2>&1; echo "san rc $?"; tail -${SAN_TAIL:-40} "$OUT/san.log" ;;
+    stress) # hang / determinism stress of tree_attention (STRESS_ARGS, e.g. "--iters 200000 --noise")
+            timeout ${T_STRESS:-300} python3 scripts/gpu/stress_tree_attention.py ${STRESS_ARGS:-} > "$OUT/stress.log" 2>&1; echo "stress rc $?"; tail -20 "$OUT/stress.log" ;;
     sk) timeout ${T_SK:-90} python3 benchmarks/bench_skinny_linear.py > "$OUT/sk.log" 2>&1; echo "sk rc $?"; tail -20 "$OUT/sk.log" ;;
     ncuta) OUT=$OUT/ncuta timeout ${T_NCU:-150} bash benchmarks/ncu_tree_attention.sh ${NCU_P:-1024} ${NCU_N:-128} > "$OUT/ncuta.log" 2>&1; echo "ncuta rc $?"; tail -60 "$OUT/ncuta.log" ;;
     ncu) OUT=$OUT/ncu timeout ${T_NCU:-120} bash benchmarks/ncu_build_tree.sh ${NCU_B:-8} accum > "$OUT/ncu.log" 2>&1; echo "ncu rc $?"; tail -45 "$OUT/ncu.log" ;;

@@ -8,7 +8,9 @@ inputs once per seed, launches the op ``--iters`` times (optionally while a seco
 memory, to vary SM scheduling and cluster placement), synchronises every ``--chunk`` launches under
 a watchdog, and compares every ``--check-every``-th output bit for bit with the first (the split
 merge has a fixed order, so the kernel is deterministic). Exit status 1 on a hang (the process is
-killed by the watchdog) or a mismatch.
+killed by the watchdog) or a mismatch. (benchmarks/probe_ta_determinism.py is the closer look at
+determinism: a few hundred calls alternating with other inputs, each checked against the fp32
+reference's error bound; this script is about hangs, over 10^5 launches per case.)
 
 Usage (on the GPU, after a build): python3 scripts/gpu/stress_tree_attention.py [--iters 50000]
   [--noise] [--cases "B N Hq Hkv D P SPLITS CLUSTER Q_TMA IMPL;..."]  (SPLITS 0 = launcher's choice)

@@ -249,6 +249,28 @@ def test_racecheck_case_map_runs_its_cases(tmp_path, fake_sleeps):
     assert ("NOT FINISHED in 2 s" in row) == fake_sleeps and ("finished, rc 0" in row) != fake_sleeps, row
 
 
+def test_racecheck_case_map_repeats_each_case(tmp_path):
+    fake = tmp_path / "compute-sanitizer"
+    fake.write_text("#!/usr/bin/env bash\n"
+                    "while [ $# -gt 0 ]; do case $1 in python3) break;; esac; shift; done\n"
+                    "echo '========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)'\n"
+                    "exec \"$@\"\n")
+    fake.chmod(0o755)
+    env = dict(os.environ, COMPUTE_SANITIZER=str(fake), OUT=str(tmp_path / "out"), RCM_DEVICE="cpu",
+               RCM_T="60", RCM_REPEAT="3", RCM_CASES="1 3 4 2 64 5 2 require 0")
+    p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu", "racecheck_case_map.sh")], env=env,
+                       capture_output=True, text=True, timeout=180)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out
+    table = out.split("\ncase ")[-1]  # the closing table: one row per run
+    assert table.count("B1 N3 Hq4 Hkv2 D64 P5 splits 2 cluster require") == 3, out
+    assert sorted(os.listdir(tmp_path / "out")) == ["rcm_1_1.log", "rcm_1_2.log", "rcm_1_3.log"]
+    env["RCM_REPEAT"] = "0"
+    p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu", "racecheck_case_map.sh")], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "RCM_REPEAT must be a positive number" in p.stdout, p.stdout + p.stderr
+
+
 def test_racecheck_case_map_refuses_a_bad_case_line(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path / "out"), RCM_DEVICE="cpu", RCM_CASES="1 x 4 2 64 5 2 require 0")
     p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu", "racecheck_case_map.sh")], env=env,

@@ -9,6 +9,7 @@
 #
 # RCM_CASES: lines "B N Hq Hkv D P SPLITS CLUSTER Q_TMA" (CLUSTER: require | 0 | 1; SPLITS 0 = the
 #            launcher's choice); default below. RCM_T: seconds per racecheck run (default 45).
+# RCM_REPEAT: racecheck runs per case (default 1; the stalls come and go from run to run).
 # RCM_IMPL (default wgmma_ws_pp). RCM_DEVICE=cpu: the CPU ops (checks this script, not the kernels).
 # Usage on the GPU (after a build): bash scripts/gpu/racecheck_case_map.sh
 set -uo pipefail
@@ -31,6 +32,8 @@ CASES=${RCM_CASES:-"1 300 16 2 64 70 4 require 0
 1 300 16 2 128 70 4 require 0
 1 128 32 8 128 1024 4 require 0
 1 128 32 8 128 1024 4 require 1"}
+REPEAT=${RCM_REPEAT:-1}
+[[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || { echo "RCM_REPEAT must be a positive number, got '$REPEAT'"; exit 2; }
 rows=()
 i=0
 while read -r B N Hq Hkv D P SPLITS CLUSTER QTMA; do
@@ -48,18 +51,20 @@ import os; sys.stdout.flush(); os._exit(0)"
   [ "$SPLITS" = 0 ] || envs+=(JETSPEC_TREE_ATTN_SPLITS="$SPLITS")
   name="B$B N$N Hq$Hq Hkv$Hkv D$D P$P splits $SPLITS cluster $CLUSTER q_tma $QTMA"
   plain=$(cd "$OUT" && timeout 60 "${envs[@]}" python3 -c "$py" 2>&1 | tail -1)
-  log="$OUT/rcm_$i.log"
-  t0=$(date +%s)
-  (cd "$OUT" && timeout "${RCM_T:-45}" "${envs[@]}" "$SAN" --tool racecheck --racecheck-report all \
-    --print-limit 5 python3 -c "$py") > "$log" 2>&1
-  rc=$?
-  dt=$(( $(date +%s) - t0 ))
-  verdict="rc $rc"
-  [ "$rc" = 0 ] && grep -q "^case ok" "$log" && verdict="finished, rc 0"
-  [ "$rc" = 124 ] && verdict="NOT FINISHED in ${RCM_T:-45} s"
-  summary=$(grep -Eo "RACECHECK SUMMARY: .*" "$log" | tail -1 || true)
-  rows+=("$(printf '%-62s | %-8s | %-26s | %4s s | %s' "$name" "${plain:0:8}" "$verdict" "$dt" "${summary:--}")")
-  echo "${rows[-1]}"
+  for rep in $(seq 1 "$REPEAT"); do  # racecheck's stalls come and go from run to run
+    log="$OUT/rcm_$i.log"; [ "$REPEAT" = 1 ] || log="$OUT/rcm_${i}_$rep.log"
+    t0=$(date +%s)
+    (cd "$OUT" && timeout "${RCM_T:-45}" "${envs[@]}" "$SAN" --tool racecheck --racecheck-report all \
+      --print-limit 5 python3 -c "$py") > "$log" 2>&1
+    rc=$?
+    dt=$(( $(date +%s) - t0 ))
+    verdict="rc $rc"
+    [ "$rc" = 0 ] && grep -q "^case ok" "$log" && verdict="finished, rc 0"
+    [ "$rc" = 124 ] && verdict="NOT FINISHED in ${RCM_T:-45} s"
+    summary=$(grep -Eo "RACECHECK SUMMARY: .*" "$log" | tail -1 || true)
+    rows+=("$(printf '%-62s | %-8s | %-26s | %4s s | %s' "$name" "${plain:0:8}" "$verdict" "$dt" "${summary:--}")")
+    echo "${rows[-1]}"
+  done
 done <<< "$CASES"
 echo
 printf '%-62s | %-8s | %-26s | %6s | %s\n' case plain racecheck time summary

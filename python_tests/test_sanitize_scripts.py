@@ -305,7 +305,15 @@ def test_stress_script_watchdog_reports_a_chunk_that_does_not_complete():
     assert p.returncode == 1 and "HANG: B1 N300" in p.stdout, p.stdout + p.stderr
 
 
-def test_stress_script_counts_a_changed_output(monkeypatch, capsys):
+@pytest.fixture
+def launcher_env(monkeypatch):
+    """run_case sets the launcher's variables in os.environ; monkeypatch restores them afterwards."""
+    for k in ("JETSPEC_TREE_ATTN_IMPL", "JETSPEC_TREE_ATTN_CLUSTER", "JETSPEC_TREE_ATTN_Q_TMA",
+              "JETSPEC_TREE_ATTN_SPLITS"):
+        monkeypatch.setenv(k, "0")
+
+
+def test_stress_script_counts_a_changed_output(monkeypatch, capsys, launcher_env):
     import stress_tree_attention as stress
 
     real, calls = stress.jetspec_ext.tree_attention, []
@@ -316,14 +324,32 @@ def test_stress_script_counts_a_changed_output(monkeypatch, capsys):
         return (out + 1 if len(calls) % 3 == 0 else out), lse
 
     monkeypatch.setattr(stress.jetspec_ext, "tree_attention", every_third_call_off)
-    for k in ("JETSPEC_TREE_ATTN_IMPL", "JETSPEC_TREE_ATTN_CLUSTER", "JETSPEC_TREE_ATTN_Q_TMA",
-              "JETSPEC_TREE_ATTN_SPLITS"):
-        monkeypatch.setenv(k, "0")  # run_case sets them; monkeypatch restores them after the test
     args = stress.argparse.Namespace(device="cpu", seeds=1, iters=6, chunk=3, check_every=1)
     dog = stress.Watchdog(60)
     case = stress.parse_cases("1 3 4 2 64 5 2 require 0 wgmma_ws_pp")[0]
     assert not stress.run_case(case, args, dog, None)
     assert "2 MISMATCHES" in capsys.readouterr().out  # calls 3 and 6 of 7 (the first is the reference)
+
+
+def test_stress_script_skips_a_required_cluster_the_launcher_refuses(monkeypatch, capsys, launcher_env):
+    import stress_tree_attention as stress
+
+    def refuse(*a):
+        raise RuntimeError("tree_attention: JETSPEC_TREE_ATTN_CLUSTER=require, but 32 clusters of 4 CTAs would "
+                           "take 2 waves against 1 without (clusters resident at once: 30)")
+
+    monkeypatch.setattr(stress.jetspec_ext, "tree_attention", refuse)
+    args = stress.argparse.Namespace(device="cpu", seeds=1, iters=4, chunk=2, check_every=1)
+    case = stress.parse_cases("1 3 4 2 64 5 2 require 0 wgmma_ws_pp")[0]
+    assert stress.run_case(case, args, stress.Watchdog(60), None)
+    assert "skipped: tree_attention: JETSPEC_TREE_ATTN_CLUSTER=require, but" in capsys.readouterr().out
+
+    def other_error(*a):
+        raise RuntimeError("tree_attention: something else")
+
+    monkeypatch.setattr(stress.jetspec_ext, "tree_attention", other_error)
+    with pytest.raises(RuntimeError, match="something else"):
+        stress.run_case(case, args, stress.Watchdog(60), None)
 
 
 def test_stress_script_refuses_a_bad_case_line():

@@ -110,7 +110,16 @@ def run_case(c, args, dog, noise):
         plen = torch.tensor([max(c["P"] - 37 * b, 0) for b in range(c["B"])], dtype=torch.int32, device=dev)
         mask = random_tree_mask(c["B"], c["N"], gen, "random").to(dev)
         dog.arm(f"{name} seed {seed}: first launch")
-        ref_out, ref_lse = jetspec_ext.tree_attention(q, k, v, plen, mask, c["D"] ** -0.5)
+        try:
+            ref_out, ref_lse = jetspec_ext.tree_attention(q, k, v, plen, mask, c["D"] ** -0.5)
+        except RuntimeError as e:
+            # A required cluster the launcher refuses on this GPU (it would take more CTA waves than
+            # the plain path, e.g. with fewer SMs than the H200): a setting that does not apply here.
+            if "JETSPEC_TREE_ATTN_CLUSTER=require, but" not in str(e):
+                raise
+            dog.disarm()
+            print(f"{name:<72} | skipped: {str(e).splitlines()[0]}", flush=True)
+            return True
         sync(dev)
         dog.disarm()
         per_seed = args.iters // args.seeds

@@ -49,4 +49,3 @@ def test_bench_decoder_ratio_goal_is_not_fooled_by_rounding():
     assert bd.ratio_goal(8.97 / 4.35, 256) == "2.062 <= 2.1: met"
     assert bd.ratio_goal(2.1004, 256) == "2.100 > 2.1: MISSED"
     assert bd.ratio_goal(1.2, 64) == "" and bd.ratio_goal(float("nan"), 128) == ""
-

@@ -226,22 +226,32 @@ def test_sanitize_sh_racecheck_copies_q_by_cp_async(tmp_path, monkeypatch, calle
     assert "--quick" in args and "--impls" not in args, args
 
 
+CASE_MAP = os.path.join(ROOT, "scripts", "gpu", "racecheck_case_map.sh")
+
+
+def _case_map(tmp_path, timeout=120, sanitizer_sleeps=None, **env_vars):
+    """racecheck_case_map.sh on the CPU ops; with ``sanitizer_sleeps`` (True / False) through a
+    stand-in for compute-sanitizer that runs the program it is given (after 30 s if True)."""
+    env = dict(os.environ, OUT=str(tmp_path / "out"), RCM_DEVICE="cpu", **env_vars)
+    if sanitizer_sleeps is not None:
+        fake = tmp_path / "compute-sanitizer"
+        fake.write_text("#!/usr/bin/env bash\n"
+                        "while [ $# -gt 0 ]; do case $1 in python3) break;; esac; shift; done\n"
+                        + ("sleep 30\n" if sanitizer_sleeps else "") +
+                        "echo '========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)'\n"
+                        "exec \"$@\"\n")
+        fake.chmod(0o755)
+        env["COMPUTE_SANITIZER"] = str(fake)
+    return subprocess.run(["bash", CASE_MAP], env=env, capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.mark.parametrize("fake_sleeps", [False, True])
 def test_racecheck_case_map_runs_its_cases(tmp_path, fake_sleeps):
     # The script's case lines reach sanitize_ops.tree_attention_case (here on the CPU ops, through a
     # stand-in for compute-sanitizer that runs the program it is given), and a run the limit kills
     # is reported as not finished rather than as a pass.
-    fake = tmp_path / "compute-sanitizer"
-    fake.write_text("#!/usr/bin/env bash\n"
-                    "while [ $# -gt 0 ]; do case $1 in python3) break;; esac; shift; done\n"
-                    + ("sleep 30\n" if fake_sleeps else "") +
-                    "echo '========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)'\n"
-                    "exec \"$@\"\n")
-    fake.chmod(0o755)
-    env = dict(os.environ, COMPUTE_SANITIZER=str(fake), OUT=str(tmp_path / "out"), RCM_DEVICE="cpu",
-               RCM_T="2" if fake_sleeps else "60", RCM_CASES="1 3 4 2 64 5 2 require 0")
-    p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu", "racecheck_case_map.sh")], env=env,
-                       capture_output=True, text=True, timeout=120)
+    p = _case_map(tmp_path, sanitizer_sleeps=fake_sleeps, RCM_T="2" if fake_sleeps else "60",
+                  RCM_CASES="1 3 4 2 64 5 2 require 0")
     out = p.stdout + p.stderr
     assert p.returncode == 0, out
     row = [r for r in out.splitlines() if r.startswith("B1 N3 Hq4 Hkv2 D64 P5 splits 2 cluster require")][-1]
@@ -250,31 +260,19 @@ def test_racecheck_case_map_runs_its_cases(tmp_path, fake_sleeps):
 
 
 def test_racecheck_case_map_repeats_each_case(tmp_path):
-    fake = tmp_path / "compute-sanitizer"
-    fake.write_text("#!/usr/bin/env bash\n"
-                    "while [ $# -gt 0 ]; do case $1 in python3) break;; esac; shift; done\n"
-                    "echo '========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)'\n"
-                    "exec \"$@\"\n")
-    fake.chmod(0o755)
-    env = dict(os.environ, COMPUTE_SANITIZER=str(fake), OUT=str(tmp_path / "out"), RCM_DEVICE="cpu",
-               RCM_T="60", RCM_REPEAT="3", RCM_CASES="1 3 4 2 64 5 2 require 0")
-    p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu", "racecheck_case_map.sh")], env=env,
-                       capture_output=True, text=True, timeout=180)
+    p = _case_map(tmp_path, timeout=180, sanitizer_sleeps=False, RCM_T="60", RCM_REPEAT="3",
+                  RCM_CASES="1 3 4 2 64 5 2 require 0")
     out = p.stdout + p.stderr
     assert p.returncode == 0, out
     table = out.split("\ncase ")[-1]  # the closing table: one row per run
     assert table.count("B1 N3 Hq4 Hkv2 D64 P5 splits 2 cluster require") == 3, out
     assert sorted(os.listdir(tmp_path / "out")) == ["rcm_1_1.log", "rcm_1_2.log", "rcm_1_3.log"]
-    env["RCM_REPEAT"] = "0"
-    p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu", "racecheck_case_map.sh")], env=env,
-                       capture_output=True, text=True, timeout=60)
+    p = _case_map(tmp_path, timeout=60, RCM_REPEAT="0", RCM_CASES="1 3 4 2 64 5 2 require 0")
     assert p.returncode == 2 and "RCM_REPEAT must be a positive number" in p.stdout, p.stdout + p.stderr
 
 
 def test_racecheck_case_map_refuses_a_bad_case_line(tmp_path):
-    env = dict(os.environ, OUT=str(tmp_path / "out"), RCM_DEVICE="cpu", RCM_CASES="1 x 4 2 64 5 2 require 0")
-    p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu", "racecheck_case_map.sh")], env=env,
-                       capture_output=True, text=True, timeout=60)
+    p = _case_map(tmp_path, timeout=60, RCM_CASES="1 x 4 2 64 5 2 require 0")
     assert p.returncode == 2 and "numbers expected, got 'x'" in p.stdout, p.stdout + p.stderr
 
 

@@ -5,7 +5,8 @@
 # Why: racecheck stalls on some warp-specialised (wgmma_ws_pp) cluster-merge cases. The fortieth
 # session tied it to Q copied by TMA x clusters of 5-8; the forty-first found a case that stalls with
 # Q by cp.async too (B1 N300 Hq16 Hkv2 D64 P70, 4 splits in clusters of 4: 38 clusters, two waves).
-# This separates the suspects (cluster waves, head dim, G, split count, Q's copy) one run each.
+# This separates the suspects (cluster waves, head dim, G, split count, Q's copy). The forty-second
+# session found that the same case stalls in one run and not the next: repeat runs (RCM_REPEAT).
 #
 # RCM_CASES: lines "B N Hq Hkv D P SPLITS CLUSTER Q_TMA" (CLUSTER: require | 0 | 1; SPLITS 0 = the
 #            launcher's choice); default below. RCM_T: seconds per racecheck run (default 45).

@@ -67,14 +67,22 @@ def random_tree_mask(B, N, gen, kind="random"):
 
 
 # ---- tree_attention ---------------------------------------------------------------------------
-def tree_attention_case(B, N, Hq, Hkv, D, plens, dtype=torch.bfloat16, kind="random", seed=0):
+def tree_attention_inputs(B, N, Hq, Hkv, D, plens, dtype=torch.bfloat16, kind="random", seed=0, device=None):
+    """(q, k_cache, v_cache, prefix_lens, tree_mask) of one seeded case on ``device`` (default DEV);
+    also used by stress_tree_attention.py."""
+    device = device or DEV
     gen = torch.Generator().manual_seed(seed)
     S = max(plens) + N  # tight: no slot past the longest row's tree
-    q = torch.randn(B, N, Hq, D, generator=gen).to(DEV, dtype)
-    k = torch.randn(B, Hkv, S, D, generator=gen).to(DEV, dtype)
-    v = torch.randn(B, Hkv, S, D, generator=gen).to(DEV, dtype)
-    plen = torch.tensor(plens, dtype=torch.int32, device=DEV)
-    mask = random_tree_mask(B, N, gen, kind).to(DEV)
+    q = torch.randn(B, N, Hq, D, generator=gen).to(device, dtype)
+    k = torch.randn(B, Hkv, S, D, generator=gen).to(device, dtype)
+    v = torch.randn(B, Hkv, S, D, generator=gen).to(device, dtype)
+    plen = torch.tensor(plens, dtype=torch.int32, device=device)
+    mask = random_tree_mask(B, N, gen, kind).to(device)
+    return q, k, v, plen, mask
+
+
+def tree_attention_case(B, N, Hq, Hkv, D, plens, dtype=torch.bfloat16, kind="random", seed=0):
+    q, k, v, plen, mask = tree_attention_inputs(B, N, Hq, Hkv, D, plens, dtype, kind, seed)
     out, lse = jetspec_ext.tree_attention(q, k, v, plen, mask, D ** -0.5)
     sync()
     assert not out.isnan().any() and not lse.isnan().any(), "NaN in tree_attention output"

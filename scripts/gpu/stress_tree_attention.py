@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jetspec_ext  # noqa: E402
-from sanitize_ops import random_tree_mask  # noqa: E402
+from sanitize_ops import tree_attention_inputs  # noqa: E402
 
 # The racecheck map's shapes (scripts/gpu/racecheck_case_map.sh), the issue-4 cells (B8 with prefix
 # lengths 4096 down to 3837) and the other two kernels with batch rows apart.
@@ -101,14 +101,10 @@ def run_case(c, args, dog, noise):
     name = "B{B} N{N} Hq{Hq} Hkv{Hkv} D{D} P{P} splits {splits} cluster {cluster} q_tma {q_tma} {impl}".format(**c)
     mismatches, launches, t0 = 0, 0, time.perf_counter()
     for seed in range(args.seeds):
-        gen = torch.Generator().manual_seed(seed)
-        S = c["P"] + c["N"]
-        q = torch.randn(c["B"], c["N"], c["Hq"], c["D"], generator=gen).to(dev, torch.bfloat16)
-        k = torch.randn(c["B"], c["Hkv"], S, c["D"], generator=gen).to(dev, torch.bfloat16)
-        v = torch.randn(c["B"], c["Hkv"], S, c["D"], generator=gen).to(dev, torch.bfloat16)
         # Batch rows with different prefix lengths: P, P - 37, P - 74, ... (at least 0).
-        plen = torch.tensor([max(c["P"] - 37 * b, 0) for b in range(c["B"])], dtype=torch.int32, device=dev)
-        mask = random_tree_mask(c["B"], c["N"], gen, "random").to(dev)
+        plens = [max(c["P"] - 37 * b, 0) for b in range(c["B"])]
+        q, k, v, plen, mask = tree_attention_inputs(c["B"], c["N"], c["Hq"], c["Hkv"], c["D"], plens,
+                                                    seed=seed, device=dev)
         dog.arm(f"{name} seed {seed}: first launch")
         try:
             ref_out, ref_lse = jetspec_ext.tree_attention(q, k, v, plen, mask, c["D"] ** -0.5)

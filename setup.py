@@ -156,6 +156,15 @@ def _extension():
             nvcc.append("-DJETSPEC_TREE_ATTN_DIAG_ANY")  # marks the build (import jetspec_ext warns)
     elif os.environ.get("JETSPEC_TREE_ATTN_DIAG"):
         raise SystemExit("JETSPEC_TREE_ATTN_DIAG needs JETSPEC_TREE_ATTN_TIMELINE=1 (diagnostic builds only)")
+    no_setmaxnreg = os.environ.get("JETSPEC_TREE_ATTN_NO_SETMAXNREG", "0")
+    if no_setmaxnreg not in ("0", "1"):
+        raise SystemExit(f"JETSPEC_TREE_ATTN_NO_SETMAXNREG must be 0 or 1, got {no_setmaxnreg!r}")
+    if no_setmaxnreg == "1":
+        # Diagnostic build (racecheck, scripts/gpu/sanitize.sh): split_kernel_ws without setmaxnreg
+        # (tree_attention_ws.cuh); correct results, 1.2-1.4x slower (the consumers spill);
+        # `import jetspec_ext` warns on it.
+        nvcc.append("-DJETSPEC_TREE_ATTN_NO_SETMAXNREG")
+        print("jetspec_ext: diagnostic build, split_kernel_ws without setmaxnreg")
     cutlass = _cutlass_include() if "90a" in CUDA_ARCHS else None
     if cutlass:
         include_dirs.append(cutlass)

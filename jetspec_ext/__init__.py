@@ -26,6 +26,16 @@ if hasattr(torch.ops.jetspec, "_diag_build_wrong_tree_attention"):  # pragma: no
         stacklevel=2,
     )
 
+if hasattr(torch.ops.jetspec, "_diag_build_no_setmaxnreg"):  # pragma: no cover - developer builds
+    import warnings
+
+    warnings.warn(
+        "jetspec_ext: this is a diagnostic build (JETSPEC_TREE_ATTN_NO_SETMAXNREG=1 at build time) "
+        "for compute-sanitizer racecheck: CUDA tree_attention results are correct but 1.2-1.4x slower. "
+        "Do not benchmark it; rebuild without it.",
+        stacklevel=2,
+    )
+
 from . import reference  # noqa: E402,F401
 from .ops import (  # noqa: E402,F401
     build_tree,

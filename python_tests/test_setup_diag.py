@@ -1,6 +1,7 @@
 """setup.py's diagnostic-build switches (docs/tree_attention.md, "Diagnostics"): the items of
 JETSPEC_TREE_ATTN_DIAG are checked, and the variable is refused without the timeline flag, so a
-typo cannot silently produce a normal build or a wrong-results build without the import warning.
+typo cannot silently produce a normal build or a wrong-results build without the import warning;
+JETSPEC_TREE_ATTN_NO_SETMAXNREG (racecheck diagnostics) takes 0 or 1 only.
 The checks run where setup.py builds CUDA code (nvcc present, a CUDA build of torch,
 JETSPEC_FORCE_CPU unset)."""
 import os
@@ -42,3 +43,13 @@ def test_known_items_are_accepted():
     r = run_setup(JETSPEC_TREE_ATTN_TIMELINE="1", JETSPEC_TREE_ATTN_DIAG="NO_MASK_LOAD,NO_MASK")
     assert r.returncode == 0, r.stderr
     assert "jetspec" in r.stdout
+
+
+def test_no_setmaxnreg_switch_takes_0_or_1():
+    r = run_setup(JETSPEC_TREE_ATTN_NO_SETMAXNREG="yes")
+    assert r.returncode != 0 and "must be 0 or 1, got 'yes'" in r.stderr + r.stdout
+    r = run_setup(JETSPEC_TREE_ATTN_NO_SETMAXNREG="1")
+    assert r.returncode == 0, r.stderr
+    assert "without setmaxnreg" in r.stdout
+    r = run_setup(JETSPEC_TREE_ATTN_NO_SETMAXNREG="0")
+    assert r.returncode == 0 and "without setmaxnreg" not in r.stdout, r.stderr

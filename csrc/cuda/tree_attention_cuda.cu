@@ -472,6 +472,14 @@ TORCH_LIBRARY_FRAGMENT(jetspec, m) { m.def("_diag_build_wrong_tree_attention() -
 #endif
 #endif
 
+#ifdef JETSPEC_TREE_ATTN_NO_SETMAXNREG
+// A build whose split_kernel_ws runs without setmaxnreg (setup.py, JETSPEC_TREE_ATTN_NO_SETMAXNREG=1):
+// correct results, 1.2-1.4x slower; for compute-sanitizer racecheck, which stalls now and then on
+// the setmaxnreg build. This schema marks it: `import jetspec_ext` warns and sanitize.sh runs the
+// whole tree_attention racecheck set on it.
+TORCH_LIBRARY_FRAGMENT(jetspec, m) { m.def("_diag_build_no_setmaxnreg() -> ()"); }
+#endif
+
 TORCH_LIBRARY_IMPL(jetspec, CUDA, m) {
   m.impl("tree_attention", &tree_attention_cuda);
 #ifdef JETSPEC_TREE_ATTN_TIMELINE

@@ -46,6 +46,14 @@ for s in ${STEPS:-}; do
             --out "$OUT/demo_compiled.json" > "$OUT/demoeval.log" 2>&1; echo "demoeval rc $?"; tail -16 "$OUT/demoeval.log" ;;
     san) # compute-sanitizer (memcheck, racecheck, synccheck, initcheck) over scripts/gpu/sanitize_ops.py
          timeout ${T_SAN:-500} bash scripts/gpu/sanitize.sh > "$OUT/san.log" 2>&1; echo "san rc $?"; tail -${SAN_TAIL:-40} "$OUT/san.log" ;;
+    racews) # racecheck of every tree_attention case on a build without setmaxnreg (racecheck stalls
+            # now and then with it; sanitize.sh), then the default build back for the steps after
+            JETSPEC_TREE_ATTN_NO_SETMAXNREG=1 SUITE_BUILD_ONLY=1 bash benchmarks/gpu_suite.sh > "$OUT/racews_build.log" 2>&1 \
+              || { echo "racews: build failed"; tail -20 "$OUT/racews_build.log"; exit 1; }
+            SAN_TOOLS=racecheck SAN_T_racecheck=${T_RACEWS:-240} OUT=$OUT/racews bash scripts/gpu/sanitize.sh > "$OUT/racews.log" 2>&1
+            echo "racews rc $?"; tail -8 "$OUT/racews.log"
+            SUITE_BUILD_ONLY=1 bash benchmarks/gpu_suite.sh > "$OUT/racews_build.log" 2>&1 \
+              || { echo "racews: default rebuild failed"; tail -20 "$OUT/racews_build.log"; exit 1; } ;;
     stress) # hang / determinism stress of tree_attention (STRESS_ARGS, e.g. "--iters 200000 --noise")
             timeout ${T_STRESS:-300} python3 scripts/gpu/stress_tree_attention.py ${STRESS_ARGS:-} > "$OUT/stress.log" 2>&1; echo "stress rc $?"; tail -20 "$OUT/stress.log" ;;
     sk) timeout ${T_SK:-90} python3 benchmarks/bench_skinny_linear.py > "$OUT/sk.log" 2>&1; echo "sk rc $?"; tail -20 "$OUT/sk.log" ;;

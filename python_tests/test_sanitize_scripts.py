@@ -226,6 +226,22 @@ def test_sanitize_sh_racecheck_copies_q_by_cp_async(tmp_path, monkeypatch, calle
     assert "--quick" in args and "--impls" not in args, args
 
 
+def test_sanitize_sh_racecheck_on_a_build_without_setmaxnreg(tmp_path, monkeypatch):
+    # On a JETSPEC_TREE_ATTN_NO_SETMAXNREG=1 build racecheck finishes every tree_attention case
+    # (forty-third session), so it runs all of them (no --quick) with Q by TMA as the default build
+    # copies it; the detection asks the build, SAN_NO_SETMAXNREG overrides it.
+    monkeypatch.delenv("JETSPEC_TREE_ATTN_Q_TMA", raising=False)
+    rc, out = _run_sanitize_sh(tmp_path, FAKE_MEMCHECK_ERRORS="1", SAN_TOOLS="racecheck", SAN_NO_SETMAXNREG="1")
+    assert rc == 0, out
+    assert "build without setmaxnreg" in out
+    race = (tmp_path / "out" / "san_racecheck.log").read_text()
+    assert "q_tma: unset" in race, race
+    args = re.search(r"^args: (.*)$", race, re.M).group(1)
+    assert "--only tree_attention" in args and "--quick" not in args, args
+    rc, out = _run_sanitize_sh(tmp_path, SAN_TOOLS="racecheck", SAN_NO_SETMAXNREG="yes")
+    assert rc == 2 and "SAN_NO_SETMAXNREG must be auto, 0 or 1" in out, out
+
+
 CASE_MAP = os.path.join(ROOT, "scripts", "gpu", "racecheck_case_map.sh")
 
 

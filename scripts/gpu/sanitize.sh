@@ -15,6 +15,9 @@
 #                                                        which a cold device call's 600 s fits after
 #                                                        the ~80 s build)
 #   SAN_EXTRA_<tool>="..."                               (more compute-sanitizer flags per tool)
+#   SAN_NO_SETMAXNREG=auto|0|1                          (a build without setmaxnreg: racecheck runs
+#                                                        every tree_attention case, Q by TMA;
+#                                                        default auto: asks the build)
 #   SAN_PRINT_LIMIT=n                                    (reports printed per tool; default 200;
 #                                                        device backtraces only, to keep logs short)
 # Exit status: 0 when the control was reported and every tool ran to the end with 0 errors, else 1.
@@ -44,8 +47,13 @@ if [ "${errs:-0}" -ge 1 ] 2>/dev/null; then echo "negative control reported ($er
 # A build without setmaxnreg (setup.py, JETSPEC_TREE_ATTN_NO_SETMAXNREG=1; `import jetspec_ext`
 # warns on it): racecheck finishes every tree_attention case there (see below), so on it racecheck
 # runs all of them, Q by TMA as in the default build.
-no_setmaxnreg=$(python3 -W ignore -c "import torch, jetspec_ext
+# SAN_NO_SETMAXNREG=0 / 1 overrides the detection (default: auto).
+no_setmaxnreg=${SAN_NO_SETMAXNREG:-auto}
+if [ "$no_setmaxnreg" = auto ]; then
+  no_setmaxnreg=$(python3 -W ignore -c "import torch, jetspec_ext
 print(int(hasattr(torch.ops.jetspec, '_diag_build_no_setmaxnreg')))" 2>/dev/null || echo 0)
+fi
+[[ "$no_setmaxnreg" =~ ^[01]$ ]] || { echo "sanitize.sh: SAN_NO_SETMAXNREG must be auto, 0 or 1, got '$no_setmaxnreg'"; exit 2; }
 [ "$no_setmaxnreg" = 1 ] && echo "sanitize.sh: build without setmaxnreg: racecheck runs every tree_attention case, Q by TMA"
 for tool in ${SAN_TOOLS:-memcheck racecheck synccheck initcheck}; do
   argsvar=SAN_ARGS_$tool; tvar=SAN_T_$tool

@@ -1,5 +1,4 @@
 """tree_attention: CPU and CUDA kernels against the fp32 reference (FlashAttention rule)."""
-import math
 import os
 
 import pytest

@@ -17,24 +17,20 @@ except ImportError as e:  # pragma: no cover - only on a broken install
         f"(torch {torch.__version__}). Original error: {e}"
     ) from e
 
-if hasattr(torch.ops.jetspec, "_diag_build_wrong_tree_attention"):  # pragma: no cover - developer builds
-    import warnings
+# Diagnostic builds (setup.py) register a marker schema; importing one warns.
+_DIAG_BUILD_WARNINGS = {
+    "_diag_build_wrong_tree_attention":
+        "(JETSPEC_TREE_ATTN_DIAG at build time) whose CUDA tree_attention gives WRONG results, for timing "
+        "only. Rebuild without it.",
+    "_diag_build_no_setmaxnreg":
+        "(JETSPEC_TREE_ATTN_NO_SETMAXNREG=1 at build time) for compute-sanitizer racecheck: CUDA "
+        "tree_attention results are correct but 1.2-1.4x slower. Do not benchmark it; rebuild without it.",
+}
+for _marker, _what in _DIAG_BUILD_WARNINGS.items():
+    if hasattr(torch.ops.jetspec, _marker):  # pragma: no cover - developer builds
+        import warnings
 
-    warnings.warn(
-        "jetspec_ext: this is a diagnostic build (JETSPEC_TREE_ATTN_DIAG at build time) whose CUDA "
-        "tree_attention gives WRONG results, for timing only. Rebuild without it.",
-        stacklevel=2,
-    )
-
-if hasattr(torch.ops.jetspec, "_diag_build_no_setmaxnreg"):  # pragma: no cover - developer builds
-    import warnings
-
-    warnings.warn(
-        "jetspec_ext: this is a diagnostic build (JETSPEC_TREE_ATTN_NO_SETMAXNREG=1 at build time) "
-        "for compute-sanitizer racecheck: CUDA tree_attention results are correct but 1.2-1.4x slower. "
-        "Do not benchmark it; rebuild without it.",
-        stacklevel=2,
-    )
+        warnings.warn(f"jetspec_ext: this is a diagnostic build {_what}", stacklevel=2)
 
 from . import reference  # noqa: E402,F401
 from .ops import (  # noqa: E402,F401

@@ -1,4 +1,5 @@
-"""The extension registers every op of DESIGN §3 with a CPU kernel and a fake kernel."""
+"""The extension registers every op of DESIGN §3 with a CPU kernel and a fake kernel; importing a
+diagnostic build (a marker schema registered) warns."""
 import pytest
 import torch
 
@@ -23,3 +24,30 @@ def test_mutated_arguments_are_annotated():
     assert "Tensor(a!) rng_state" in str(torch.ops.jetspec.tree_accept.default._schema)
     s = str(torch.ops.jetspec.commit_kv.default._schema)
     assert "Tensor(a!) kv_cache" in s and "Tensor(b!) prefix_lens" in s
+
+
+@pytest.mark.parametrize("marker, says", [
+    ("_diag_build_wrong_tree_attention", "gives WRONG results"),
+    ("_diag_build_no_setmaxnreg", "JETSPEC_TREE_ATTN_NO_SETMAXNREG=1 at build time"),
+    ("_not_a_diag_marker", None),
+])
+def test_import_warns_on_a_diagnostic_build(marker, says):
+    # A diagnostic build registers its marker schema (csrc/cuda/tree_attention_cuda.cu); here one is
+    # defined before the import, in a fresh interpreter importing the jetspec_ext this session uses.
+    import os
+    import subprocess
+    import sys
+
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(jetspec_ext.__file__)))
+    code = ("import warnings, torch\n"
+            "lib = torch.library.Library('jetspec', 'FRAGMENT')  # kept: its definitions die with it\n"
+            f"lib.define('{marker}() -> ()')\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    import jetspec_ext\n"
+            "print('|'.join(str(x.message) for x in w if 'diagnostic build' in str(x.message)))\n")
+    env = dict(os.environ, PYTHONPATH=pkg_root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    last = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
+    assert (says in last) if says else last == "", p.stdout

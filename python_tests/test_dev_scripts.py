@@ -4,7 +4,7 @@ instruction that uses its result; benchmarks/probe_ta_timeline.py's per-iteratio
 synthetic timelines; scripts/gpu/ta_stall_map.py's control flow on the CPU op (every case
 reported; a case that never finishes recorded as a stall and the map going on);
 benchmarks/probe_tree_key_union.py's union of the visible tree keys on a chain and a star; the
-patches kept in docs/patches still apply to the checkout."""
+patches kept in docs/patches still apply to the checkout; the op test files gpu_suite.sh names exist."""
 import os
 import sys
 
@@ -225,3 +225,21 @@ def test_kept_patches_still_apply_to_the_checkout():
         if r.returncode != 0:
             failed[os.path.basename(p)] = r.stderr.strip()
     assert not failed, failed
+
+
+def test_gpu_suite_kernel_test_files_exist():
+    """benchmarks/gpu_suite.sh runs the op test files (KERNEL_TEST_FILES) in one pytest process and
+    ignores them in the second: a renamed or removed file would silently move its tests to the
+    second process or fail the first, so every name must be a test file here."""
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = open(os.path.join(root, "benchmarks", "gpu_suite.sh")).read()
+    m = re.search(r'^KERNEL_TEST_FILES="([^"]*)"', text, re.M)
+    assert m, "KERNEL_TEST_FILES not found in gpu_suite.sh"
+    names = m.group(1).split()
+    assert len(names) >= 5
+    here = os.path.dirname(os.path.abspath(__file__))
+    missing = [n for n in names if not os.path.isfile(os.path.join(here, n))]
+    assert not missing, missing
+    assert "test_tree_attention.py" in names and "test_decoder.py" not in names

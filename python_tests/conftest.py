@@ -1,6 +1,7 @@
 """Shared fixtures: the devices each op is tested on (CPU always; CUDA when a GPU is present and
 the package carries CUDA kernels)."""
 import contextlib
+import os
 import warnings
 
 import pytest
@@ -17,6 +18,16 @@ requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a 
 # TF32 settings (torch >= 2.9: `fp32_precision`; reading the legacy `allow_tf32` flags raises
 # there once anything has used the new API, e.g. transformers' enable_tf32).
 _NEW_TF32_API = hasattr(torch.backends.cuda.matmul, "fp32_precision")
+
+
+def env_importing_this_jetspec_ext(base=None) -> dict:
+    """An environment (a copy of ``base``, default os.environ) whose Python subprocesses import the
+    jetspec_ext this test session imported (CI: the installed package, not the unbuilt checkout;
+    here: the checkout built in place): its parent folder goes first on PYTHONPATH."""
+    env = dict(os.environ if base is None else base)
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(jetspec_ext.__file__)))
+    env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
+    return env
 
 
 def _tf32_state():

@@ -3,7 +3,8 @@ diagnostic build (a marker schema registered) warns."""
 import pytest
 import torch
 
-import jetspec_ext
+import jetspec_ext  # noqa: F401  (registers the torch.ops.jetspec schemas these tests read)
+from conftest import env_importing_this_jetspec_ext
 
 OPS = ["build_tree", "tree_attention", "tree_accept", "commit_kv", "skinny_linear"]
 
@@ -34,11 +35,9 @@ def test_mutated_arguments_are_annotated():
 def test_import_warns_on_a_diagnostic_build(marker, says):
     # A diagnostic build registers its marker schema (csrc/cuda/tree_attention_cuda.cu); here one is
     # defined before the import, in a fresh interpreter importing the jetspec_ext this session uses.
-    import os
     import subprocess
     import sys
 
-    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(jetspec_ext.__file__)))
     code = ("import warnings, torch\n"
             "lib = torch.library.Library('jetspec', 'FRAGMENT')  # kept: its definitions die with it\n"
             f"lib.define('{marker}() -> ()')\n"
@@ -46,8 +45,8 @@ def test_import_warns_on_a_diagnostic_build(marker, says):
             "    warnings.simplefilter('always')\n"
             "    import jetspec_ext\n"
             "print('|'.join(str(x.message) for x in w if 'diagnostic build' in str(x.message)))\n")
-    env = dict(os.environ, PYTHONPATH=pkg_root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    p = subprocess.run([sys.executable, "-c", code], env=env_importing_this_jetspec_ext(), capture_output=True,
+                       text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     last = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
     assert (says in last) if says else last == "", p.stdout

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import env_importing_this_jetspec_ext
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts", "gpu"))
@@ -296,12 +297,9 @@ STRESS = os.path.join(ROOT, "scripts", "gpu", "stress_tree_attention.py")
 
 
 def _stress(*args, timeout=120):
-    # The jetspec_ext this test session imports (CI: the installed package, not the unbuilt checkout).
-    env = dict(os.environ)
-    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(sanitize_ops.jetspec_ext.__file__)))
-    env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, STRESS, "--device", "cpu", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    # The subprocess imports the jetspec_ext this test session uses (CI: the installed package).
+    return subprocess.run([sys.executable, STRESS, "--device", "cpu", *args], env=env_importing_this_jetspec_ext(),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_stress_script_reports_identical_outputs():

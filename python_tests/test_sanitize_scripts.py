@@ -360,8 +360,11 @@ def test_stress_script_skips_a_required_cluster_the_launcher_refuses(monkeypatch
         raise RuntimeError("tree_attention: something else")
 
     monkeypatch.setattr(stress.jetspec_ext, "tree_attention", other_error)
+    dog = stress.Watchdog(60)
     with pytest.raises(RuntimeError, match="something else"):
-        stress.run_case(case, args, stress.Watchdog(60), None)
+        stress.run_case(case, args, dog, None)
+    # Left armed, its thread would end this whole pytest process (os._exit) 60 s later.
+    assert dog.deadline is None, "run_case left the watchdog armed after an error"
 
 
 def test_stress_script_refuses_a_bad_case_line():

@@ -367,6 +367,27 @@ def test_stress_script_skips_a_required_cluster_the_launcher_refuses(monkeypatch
     assert dog.deadline is None, "run_case left the watchdog armed after an error"
 
 
+def test_stress_script_disarms_after_an_error_among_the_launches(monkeypatch, launcher_env):
+    """An error in the launch loop (not the first launch) leaves the watchdog disarmed too."""
+    import stress_tree_attention as stress
+
+    real, calls = stress.jetspec_ext.tree_attention, []
+
+    def fails_on_the_third_call(*a):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("tree_attention: launch 3 failed")
+        return real(*a)
+
+    monkeypatch.setattr(stress.jetspec_ext, "tree_attention", fails_on_the_third_call)
+    args = stress.argparse.Namespace(device="cpu", seeds=1, iters=6, chunk=3, check_every=1)
+    dog = stress.Watchdog(60)
+    case = stress.parse_cases("1 3 4 2 64 5 2 require 0 wgmma_ws_pp")[0]
+    with pytest.raises(RuntimeError, match="launch 3 failed"):
+        stress.run_case(case, args, dog, None)
+    assert len(calls) == 3 and dog.deadline is None, "run_case left the watchdog armed after an error"
+
+
 def test_stress_script_refuses_a_bad_case_line():
     p = _stress("--cases", "1 3 4 2 64 5 2 require 0")
     assert p.returncode != 0 and "10 fields expected" in p.stderr, p.stdout + p.stderr

@@ -17,6 +17,7 @@ Usage (on the GPU, after a build): python3 scripts/gpu/stress_tree_attention.py 
   --device cpu runs the CPU op instead (checks this script, not the kernels).
 """
 import argparse
+import contextlib
 import os
 import sys
 import threading
@@ -81,6 +82,18 @@ class Watchdog:
     def disarm(self):
         self.deadline = None
 
+    @contextlib.contextmanager
+    def armed(self, what):
+        """Armed over the block, disarmed on every way out of it. (Left armed after an error, the
+        watchdog outlives the call that armed it and kills the process later: forty-fifth
+        session, a pytest process that imported this script ended with exit 1 and no summary 60 s
+        after a test in which the first launch raised.)"""
+        self.arm(what)
+        try:
+            yield
+        finally:
+            self.disarm()
+
     def _run(self):
         while True:
             time.sleep(0.2)
@@ -105,37 +118,30 @@ def run_case(c, args, dog, noise):
         plens = [max(c["P"] - 37 * b, 0) for b in range(c["B"])]
         q, k, v, plen, mask = tree_attention_inputs(c["B"], c["N"], c["Hq"], c["Hkv"], c["D"], plens,
                                                     seed=seed, device=dev)
-        dog.arm(f"{name} seed {seed}: first launch")
         try:
-            ref_out, ref_lse = jetspec_ext.tree_attention(q, k, v, plen, mask, c["D"] ** -0.5)
-        except BaseException as e:
-            # Disarmed on every way out: an armed watchdog outlives this call and kills the process
-            # (os._exit) later, e.g. a pytest process that imported this script (forty-fifth
-            # session: the whole suite in one process ended with exit 1 and no summary, 60 s after
-            # a test in which this call raised).
-            dog.disarm()
+            with dog.armed(f"{name} seed {seed}: first launch"):
+                ref_out, ref_lse = jetspec_ext.tree_attention(q, k, v, plen, mask, c["D"] ** -0.5)
+                sync(dev)
+        except RuntimeError as e:
             # A required cluster the launcher refuses on this GPU (it would take more CTA waves than
             # the plain path, e.g. with fewer SMs than the H200): a setting that does not apply here.
-            if not isinstance(e, RuntimeError) or "JETSPEC_TREE_ATTN_CLUSTER=require, but" not in str(e):
+            if "JETSPEC_TREE_ATTN_CLUSTER=require, but" not in str(e):
                 raise
             print(f"{name:<72} | skipped: {str(e).splitlines()[0]}", flush=True)
             return True
-        sync(dev)
-        dog.disarm()
         per_seed = args.iters // args.seeds
         for i in range(0, per_seed, args.chunk):
             # Armed over the launches too: with a hung kernel the launch queue fills and a launch blocks.
-            dog.arm(f"{name} seed {seed}: launches {i}..{i + args.chunk}")
-            if noise is not None:
-                with torch.cuda.stream(noise[0]):
-                    noise[2].copy_(noise[1])  # a concurrent copy on another stream
-            for j in range(min(args.chunk, per_seed - i)):
-                out, lse = jetspec_ext.tree_attention(q, k, v, plen, mask, c["D"] ** -0.5)
-                if (i + j) % args.check_every == 0:
-                    same = torch.equal(out, ref_out) and torch.equal(lse, ref_lse)  # syncs
-                    mismatches += not same
-            sync(dev)
-            dog.disarm()
+            with dog.armed(f"{name} seed {seed}: launches {i}..{i + args.chunk}"):
+                if noise is not None:
+                    with torch.cuda.stream(noise[0]):
+                        noise[2].copy_(noise[1])  # a concurrent copy on another stream
+                for j in range(min(args.chunk, per_seed - i)):
+                    out, lse = jetspec_ext.tree_attention(q, k, v, plen, mask, c["D"] ** -0.5)
+                    if (i + j) % args.check_every == 0:
+                        same = torch.equal(out, ref_out) and torch.equal(lse, ref_lse)  # syncs
+                        mismatches += not same
+                sync(dev)
             launches += min(args.chunk, per_seed - i)
     dt = time.perf_counter() - t0
     verdict = "ok" if mismatches == 0 else f"{mismatches} MISMATCHES"

@@ -325,6 +325,12 @@ def launcher_env(monkeypatch):
         monkeypatch.setenv(k, "0")
 
 
+def _cpu_case(stress, iters, chunk):
+    """run_case's arguments for one small case on the CPU op: (args, case)."""
+    args = stress.argparse.Namespace(device="cpu", seeds=1, iters=iters, chunk=chunk, check_every=1)
+    return args, stress.parse_cases("1 3 4 2 64 5 2 require 0 wgmma_ws_pp")[0]
+
+
 def test_stress_script_counts_a_changed_output(monkeypatch, capsys, launcher_env):
     import stress_tree_attention as stress
 
@@ -336,9 +342,8 @@ def test_stress_script_counts_a_changed_output(monkeypatch, capsys, launcher_env
         return (out + 1 if len(calls) % 3 == 0 else out), lse
 
     monkeypatch.setattr(stress.jetspec_ext, "tree_attention", every_third_call_off)
-    args = stress.argparse.Namespace(device="cpu", seeds=1, iters=6, chunk=3, check_every=1)
+    args, case = _cpu_case(stress, iters=6, chunk=3)
     dog = stress.Watchdog(60)
-    case = stress.parse_cases("1 3 4 2 64 5 2 require 0 wgmma_ws_pp")[0]
     assert not stress.run_case(case, args, dog, None)
     assert "2 MISMATCHES" in capsys.readouterr().out  # calls 3 and 6 of 7 (the first is the reference)
 
@@ -351,8 +356,7 @@ def test_stress_script_skips_a_required_cluster_the_launcher_refuses(monkeypatch
                            "take 2 waves against 1 without (clusters resident at once: 30)")
 
     monkeypatch.setattr(stress.jetspec_ext, "tree_attention", refuse)
-    args = stress.argparse.Namespace(device="cpu", seeds=1, iters=4, chunk=2, check_every=1)
-    case = stress.parse_cases("1 3 4 2 64 5 2 require 0 wgmma_ws_pp")[0]
+    args, case = _cpu_case(stress, iters=4, chunk=2)
     assert stress.run_case(case, args, stress.Watchdog(60), None)
     assert "skipped: tree_attention: JETSPEC_TREE_ATTN_CLUSTER=require, but" in capsys.readouterr().out
 
@@ -380,9 +384,8 @@ def test_stress_script_disarms_after_an_error_among_the_launches(monkeypatch, la
         return real(*a)
 
     monkeypatch.setattr(stress.jetspec_ext, "tree_attention", fails_on_the_third_call)
-    args = stress.argparse.Namespace(device="cpu", seeds=1, iters=6, chunk=3, check_every=1)
+    args, case = _cpu_case(stress, iters=6, chunk=3)
     dog = stress.Watchdog(60)
-    case = stress.parse_cases("1 3 4 2 64 5 2 require 0 wgmma_ws_pp")[0]
     with pytest.raises(RuntimeError, match="launch 3 failed"):
         stress.run_case(case, args, dog, None)
     assert len(calls) == 3 and dog.deadline is None, "run_case left the watchdog armed after an error"

@@ -76,23 +76,17 @@ class Watchdog:
         self.limit_s, self.deadline, self.what = limit_s, None, ""
         threading.Thread(target=self._run, daemon=True).start()
 
-    def arm(self, what):
-        self.what, self.deadline = what, time.monotonic() + self.limit_s
-
-    def disarm(self):
-        self.deadline = None
-
     @contextlib.contextmanager
     def armed(self, what):
         """Armed over the block, disarmed on every way out of it. (Left armed after an error, the
         watchdog outlives the call that armed it and kills the process later: forty-fifth
         session, a pytest process that imported this script ended with exit 1 and no summary 60 s
         after a test in which the first launch raised.)"""
-        self.arm(what)
+        self.what, self.deadline = what, time.monotonic() + self.limit_s
         try:
             yield
         finally:
-            self.disarm()
+            self.deadline = None
 
     def _run(self):
         while True:

@@ -6,7 +6,8 @@ at most 64 query rows per KV head, which split_kernel_pipe runs: decoding, N = 1
 counts with and without the cluster merge), --fixed (per-tile and
 fixed cost: time against key tiles per CTA at N 128 with 4 splits and with 1), --context (the
 decoder's cell, P1024 in a 1360-slot cache, with L2 warm and with L2 refilled by a 128 MB read
-between calls as the round's weight streams do)."""
+between calls as the round's weight streams do; with --impls A,B instead of the split sweep: each
+named JETSPEC_TREE_ATTN_IMPL side by side, auto splits, the 1360-slot cache, alternated twice)."""
 import os
 import sys
 
@@ -123,7 +124,7 @@ def fixed_cost():
                   f"[nopdl profiler: {kern}]", flush=True)
 
 
-def in_context():
+def in_context(impls=None):
     # bench_decoder's round runs each layer's tree attention at prefix ~1024 in a 1360-slot cache
     # (the launcher sizes its splits from the cache length) right after the layer's GEMMs have
     # streamed weights through L2. The cells above use cache = P + N + 64 and a warm L2. Here, per
@@ -137,6 +138,22 @@ def in_context():
         return fn, time_us(fn, graph=True)
     readers = {"ctl": reader(1), "cold": reader(128)}
     print("read times (us): " + "  ".join(f"{k}={t:.1f}" for k, (_, t) in readers.items()))
+    if impls:  # implementations side by side in the decoder's cache (auto splits), two alternated passes
+        for N in (64, 128, 256):
+            args = case(1024, N=N, S=1360)
+            row = []
+            for rep in range(2):
+                for impl in impls:
+                    t = [timed(args, impl)]
+                    for fn, t_read in readers.values():
+                        def both(fn=fn):
+                            fn()
+                            jetspec_ext.tree_attention(*args)
+                        t.append(time_us(both, graph=True) - t_read)
+                    row.append(f"{impl}=" + "/".join(f"{x:.2f}" for x in t))
+            os.environ.pop("JETSPEC_TREE_ATTN_IMPL", None)
+            print(f"P1024 N{N} S1360 (warm/ctl/cold us)  " + "  ".join(row), flush=True)
+        return
     # N 1 is the AR step's call: an L2 prefetch of the prefix helps the ratio only where the round's
     # cold penalty exceeds the AR step's by more than the prefetch costs.
     for N in (1, 64, 128, 256):
@@ -158,7 +175,8 @@ def in_context():
 
 if __name__ == "__main__":
     if "--context" in sys.argv:
-        in_context()
+        impls = sys.argv[sys.argv.index("--impls") + 1].split(",") if "--impls" in sys.argv else None
+        in_context(impls)
     elif "--fixed" in sys.argv:
         fixed_cost()
     elif "--pdl" in sys.argv:

@@ -138,19 +138,20 @@ def in_context(impls=None):
         return fn, time_us(fn, graph=True)
     readers = {"ctl": reader(1), "cold": reader(128)}
     print("read times (us): " + "  ".join(f"{k}={t:.1f}" for k, (_, t) in readers.items()))
+
+    def warm_ctl_cold(args, impl, splits=""):  # "warm/ctl/cold" us of one implementation / split count
+        t = [timed(args, impl, splits)]  # (timed leaves its settings in the environment for the rest)
+        for fn, t_read in readers.values():
+            def both(fn=fn):
+                fn()
+                jetspec_ext.tree_attention(*args)
+            t.append(time_us(both, graph=True) - t_read)
+        return "/".join(f"{x:.2f}" for x in t)
+
     if impls:  # implementations side by side in the decoder's cache (auto splits), two alternated passes
         for N in (64, 128, 256):
             args = case(1024, N=N, S=1360)
-            row = []
-            for rep in range(2):
-                for impl in impls:
-                    t = [timed(args, impl)]
-                    for fn, t_read in readers.values():
-                        def both(fn=fn):
-                            fn()
-                            jetspec_ext.tree_attention(*args)
-                        t.append(time_us(both, graph=True) - t_read)
-                    row.append(f"{impl}=" + "/".join(f"{x:.2f}" for x in t))
+            row = [f"{impl}={warm_ctl_cold(args, impl)}" for _ in range(2) for impl in impls]
             os.environ.pop("JETSPEC_TREE_ATTN_IMPL", None)
             print(f"P1024 N{N} S1360 (warm/ctl/cold us)  " + "  ".join(row), flush=True)
         return
@@ -162,13 +163,7 @@ def in_context(impls=None):
             row = []
             for splits in ("", "2", "3", "4", "6"):
                 os.environ.pop("JETSPEC_TREE_ATTN_CLUSTER", None)
-                t = [timed(args, "", splits)]
-                for fn, t_read in readers.values():
-                    def both(fn=fn):
-                        fn()
-                        jetspec_ext.tree_attention(*args)
-                    t.append(time_us(both, graph=True) - t_read)
-                row.append(f"{splits or 'auto'}=" + "/".join(f"{x:.2f}" for x in t))
+                row.append(f"{splits or 'auto'}={warm_ctl_cold(args, '', splits)}")
             os.environ.pop("JETSPEC_TREE_ATTN_SPLITS", None)
             print(f"P1024 N{N} S{S} (warm/ctl/cold us)  " + "  ".join(row), flush=True)
 

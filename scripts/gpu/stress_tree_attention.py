@@ -125,18 +125,19 @@ def run_case(c, args, dog, noise):
             return True
         per_seed = args.iters // args.seeds
         for i in range(0, per_seed, args.chunk):
+            n = min(args.chunk, per_seed - i)  # launches in this chunk
             # Armed over the launches too: with a hung kernel the launch queue fills and a launch blocks.
-            with dog.armed(f"{name} seed {seed}: launches {i}..{i + args.chunk}"):
+            with dog.armed(f"{name} seed {seed}: launches {i}..{i + n}"):
                 if noise is not None:
                     with torch.cuda.stream(noise[0]):
                         noise[2].copy_(noise[1])  # a concurrent copy on another stream
-                for j in range(min(args.chunk, per_seed - i)):
+                for j in range(n):
                     out, lse = jetspec_ext.tree_attention(q, k, v, plen, mask, c["D"] ** -0.5)
                     if (i + j) % args.check_every == 0:
                         same = torch.equal(out, ref_out) and torch.equal(lse, ref_lse)  # syncs
                         mismatches += not same
                 sync(dev)
-            launches += min(args.chunk, per_seed - i)
+            launches += n
     dt = time.perf_counter() - t0
     verdict = "ok" if mismatches == 0 else f"{mismatches} MISMATCHES"
     print(f"{name:<72} | {launches:>7} launches | {dt:6.1f} s | {verdict}", flush=True)

@@ -28,7 +28,12 @@ GEMM per head layer in the block forward, one k|v GEMM per layer in the context 
 ``eager_unfused`` / ``compile_unfused`` (or ``--unfused``, which adds the unfused twin of every
 mode) run HF's own ``layer.forward`` and the head layers' own forward (fuse_projections=False on
 both); ``eager_draft_unfused`` / ``compile_draft_unfused`` keep the target fused and unfuse only the
-head (a separate Target, so a compiled one compiles its own graphs).
+head (a separate Target, so a compiled one compiles its own graphs). ``eager_draft_fp8`` /
+``compile_draft_fp8``: the drafter with fp8 weight copies (``HeadDrafter(fp8=True)``; the draft's
+GEMMs and LM head read e4m3), on the SAME Target object as ``eager`` / ``compile`` when that mode
+runs too (so the two rounds differ only in the drafter):
+
+    python benchmarks/bench_decoder.py --modes compile,compile_draft_fp8 --budgets 128,256 --no-stages --clocks
 """
 import argparse
 import os
@@ -156,7 +161,8 @@ def main(argv=None):
     modes = [m.strip() for m in (args.modes or ("eager,compile" if args.compile else "eager")).split(",") if m.strip()]
     if args.unfused:
         modes += [m + "_unfused" for m in modes if not m.endswith("_unfused") and m + "_unfused" not in modes]
-    known = ("eager", "compile", "eager_unfused", "compile_unfused", "eager_draft_unfused", "compile_draft_unfused")
+    known = ("eager", "compile", "eager_unfused", "compile_unfused", "eager_draft_unfused", "compile_draft_unfused",
+             "eager_draft_fp8", "compile_draft_fp8")
     bad = [m for m in modes if m not in known]
     if bad:
         print(f"bench_decoder: unknown mode(s) {bad} ({', '.join(known)})")
@@ -191,8 +197,12 @@ def main(argv=None):
     for mode in modes:
         try:
             t_unfused = mode.endswith("_unfused") and not mode.endswith("_draft_unfused")
-            targets[mode] = Target(model, head.target_layer_ids, compile=mode.startswith("compile"),
-                                   compile_mode=args.compile_mode, fuse_projections=not t_unfused)
+            base = mode[:-len("_draft_fp8")] if mode.endswith("_draft_fp8") else None
+            if base in targets:  # the same target (its compiled graphs too); only the drafter differs
+                targets[mode] = targets[base]
+            else:
+                targets[mode] = Target(model, head.target_layer_ids, compile=mode.startswith("compile"),
+                                       compile_mode=args.compile_mode, fuse_projections=not t_unfused)
             t = targets[mode]
             print(f"[{mode}] projections: " + ("fused (q|k|v, gate|up: 4 GEMMs per layer)" if t.fused
                                                else f"HF layer.forward, 7 GEMMs per layer ({t.fuse_note})"))
@@ -200,11 +210,20 @@ def main(argv=None):
             print(f"bench_decoder: mode {mode} n/a ({type(e).__name__}: {e})")
     if not targets:
         return 0
-    drafters = {m: HeadDrafter(head, t, depth=15, fuse_projections=not m.endswith("_unfused"))
-                for m, t in targets.items()}
+    drafters = {}
+    for m, t in targets.items():
+        try:
+            drafters[m] = HeadDrafter(head, t, depth=15, fuse_projections=not m.endswith("_unfused"),
+                                      fp8=m.endswith("_draft_fp8"))
+        except ValueError as e:
+            print(f"bench_decoder: mode {m} n/a ({e})")
+    targets = {m: t for m, t in targets.items() if m in drafters}
+    if not targets:
+        return 0
     for m, d in drafters.items():
         print(f"[{m}] draft head projections: " + ("fused (q|k|v, gate|up: 4 GEMMs per layer; context k|v: 1)"
-                                                   if d.fused else f"the head layers' forward ({d.fuse_note})"))
+                                                   if d.fused else f"the head layers' forward ({d.fuse_note})")
+              + ("; fp8 (e4m3) weight copies for every draft GEMM and the LM head" if d.fp8 else ""))
     any_t = next(iter(targets.values()))
     P, D = args.prefix, drafters[next(iter(drafters))].depth
     S = P + max(budgets) + D + 64

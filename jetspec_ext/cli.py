@@ -83,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="run the target's decode / verify forwards through HF's layer.forward and the draft "
                         "head through its layers' own forward instead of the fused q|k|v and gate|up "
                         "projections (default: fused, Qwen3 dense targets and stock heads)")
+    g.add_argument("--fp8-draft", action="store_true",
+                   help="the draft head's GEMMs and its LM head read e4m3 copies of their weights (made at "
+                        "start; ~1 byte per weight of extra memory): at batch 1 the draft is a weight stream, "
+                        "so a round reads half its bytes. The output is still the target's (every token is "
+                        "verified); acceptance may change slightly. CUDA needs compute capability 8.9+ "
+                        "(on the CPU it runs the same maths in fp32, slower: for testing)")
     g.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="capture the decoding round in a CUDA graph after the first round and replay it "
                         "(default: on for CUDA; --no-cuda-graph runs eager rounds, which --stats needs "
@@ -231,9 +237,11 @@ def _load(args):
     if head is not None:
         head = head.to(device=device, dtype=dtype).eval()
         try:
-            drafter = HeadDrafter(head, target, depth=args.depth, fuse_projections=args.fuse)
+            drafter = HeadDrafter(head, target, depth=args.depth, fuse_projections=args.fuse, fp8=args.fp8_draft)
         except ValueError as e:
             raise CLIError(str(e))
+    elif args.fp8_draft:
+        raise CLIError("--fp8-draft needs a draft head (--draft)")
     return tok, model, target, drafter
 
 

@@ -32,7 +32,8 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 import torch
 
 from .draft_head import JetSpecDraftHead, block_layers, extend_layers, layer_caches
-from .op_select import op
+from .fp8 import SCALED_MM_ALIGN, fp8_cuda_supported, quantize_weight
+from .op_select import linear, op, plain_linear
 from .ops.build_tree import MAX_WIDTH, POLICIES
 from .target import FusedProjections, Target, _lm_head_logits
 
@@ -43,14 +44,19 @@ _DRAFT_LAYER_CLASSES = ("DraftLayer", "DraftAttention", "Qwen3MLP")
 # --------------------------------------------------------------------------------------------
 # Drafters
 # --------------------------------------------------------------------------------------------
-def _draft_body(head, embed_tokens, lm_head, caches, ctx_lens, anchor, fill, mask, attn, fused=None):
+def _draft_body(head, embed_tokens, lm_head, caches, ctx_lens, anchor, fill, mask, attn, fused=None,
+                lm_head_weight=None):
     """[anchor, MASK x D] -> target embeddings -> head block forward -> lm_head on rows 1..D.
-    fused: per-layer ``(w_qkv, w_gate_up)`` of the head (see :class:`HeadDrafter`) or None."""
+    fused: per-layer ``(w_qkv, w_gate_up[, w_o, w_down])`` of the head (see :class:`HeadDrafter`)
+    or None. lm_head_weight: what the LM head's GEMM reads instead of ``lm_head.weight`` (with
+    ``fused``; the fp8 drafter's copy) or None."""
     block = torch.cat([anchor.unsqueeze(1), fill], dim=1)  # [anchor, MASK x D]
     h = block_layers(head, caches, ctx_lens, embed_tokens(block), mask, attn, fused)
     h = h[:, 1:].to(lm_head.weight.dtype)
     # (B, D, V) for depths 1..D; fused: a plain Linear LM head through op_select.linear
-    return lm_head(h) if fused is None else _lm_head_logits(lm_head, h)
+    if fused is None:
+        return lm_head(h)
+    return _lm_head_logits(lm_head, h) if lm_head_weight is None else linear(h, lm_head_weight)
 
 
 class HeadDrafter:
@@ -70,10 +76,25 @@ class HeadDrafter:
     unfused path (``self.fused`` says which, ``self.fuse_note`` why not; checked at construction,
     so hooks added later are not seen). Moving / casting the head after construction gives the
     parameters separate storage again: the next draft / extend notices (data pointers) and fuses
-    again."""
+    again.
+
+    fp8 (default False): the draft forward and the context extension read e4m3 copies of every
+    weight they stream (the head layers' q|k|v, o, gate|up and down, ``fc``, and the target's LM
+    head), made once here; activations are quantized per row at each GEMM
+    (:mod:`jetspec_ext.fp8`: ``torch._scaled_mm`` on CUDA, compute capability 8.9+; the same maths
+    in fp32 elsewhere, slower than the plain path there: meant for tests). Why: at batch 1 the
+    draft is a weight stream (~3.3 GB per round on Qwen3-8B shapes), and fp8 halves it. The
+    output is unchanged in kind (the target verifies every token: greedy output stays the
+    target's own); the acceptance length may change, since the draft's logits do. Costs one e4m3
+    byte per weight of GPU memory on top of the model (~1.6 GB for Qwen3-8B and a 5-layer head).
+    Needs the fused projections (a stock head, ``fuse_projections=True``) and plain bias-free
+    ``nn.Linear`` ``fc`` and LM head; else ValueError. The copies are made again when a weight
+    moves to new storage (``.to``, ``load_state_dict(assign=True)``; data pointers checked per
+    draft / extend, not on CUDA-graph replays); in-place changes to the weights (training) are
+    not seen: call :meth:`refresh_fp8` or build a new drafter."""
 
     def __init__(self, head: JetSpecDraftHead, target: Target, depth: Optional[int] = None,
-                 compile: Optional[bool] = None, fuse_projections: bool = True):
+                 compile: Optional[bool] = None, fuse_projections: bool = True, fp8: bool = False):
         head.check_target(target.config)
         self.head = head
         self.target = target
@@ -81,6 +102,13 @@ class HeadDrafter:
         if not 1 <= self.depth <= head.block_size - 1:
             raise ValueError(f"depth must be in [1, {head.block_size - 1}] for this head (block_size {head.block_size})")
         self._proj = FusedProjections(head.config, head.layers, fuse_projections, _DRAFT_LAYER_CLASSES)
+        self.fp8 = bool(fp8)
+        self._fp8 = None  # (source key, per-layer 4-tuples, fc, LM head) of Fp8Weight
+        if self.fp8:
+            why = self._fp8_problem()
+            if why is not None:
+                raise ValueError(f"fp8 drafting: {why}")
+            self._fp8_weights()
         self._static = {}
         self.compiled = getattr(target, "compiled", False) if compile is None else bool(compile)
         self._draft, self._extend = _draft_body, extend_layers
@@ -98,13 +126,62 @@ class HeadDrafter:
     def fuse_note(self):
         return self._proj.note
 
+    def _fp8_problem(self) -> Optional[str]:
+        if not self.fused:
+            return f"needs the fused projections ({self.fuse_note})"
+        lm_head = self.target.model.lm_head
+        for name, mod in (("fc", self.head.fc), ("the LM head", lm_head)):
+            if not plain_linear(mod):
+                return f"{name} must be a plain bias-free nn.Linear without hooks"
+        dev = lm_head.weight.device
+        why = fp8_cuda_supported(dev)
+        if why is not None:
+            return why
+        if dev.type == "cuda":
+            for l in self.head.layers:
+                for m in (l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.o_proj, l.mlp.gate_proj,
+                          l.mlp.down_proj):
+                    if m.weight.shape[0] % SCALED_MM_ALIGN or m.weight.shape[1] % SCALED_MM_ALIGN:
+                        return (f"on CUDA every projection's sizes must be multiples of {SCALED_MM_ALIGN} "
+                                f"(torch._scaled_mm); got {tuple(m.weight.shape)}")
+            for name, w in (("fc", self.head.fc.weight), ("the LM head", lm_head.weight)):
+                if w.shape[0] % SCALED_MM_ALIGN or w.shape[1] % SCALED_MM_ALIGN:
+                    return f"{name}'s sizes must be multiples of {SCALED_MM_ALIGN} on CUDA; got {tuple(w.shape)}"
+        return None
+
+    def _fp8_sources(self):
+        per_layer = self._proj.weights()
+        layers = [(w_qkv, w_gate_up, l.self_attn.o_proj.weight, l.mlp.down_proj.weight)
+                  for (w_qkv, w_gate_up), l in zip(per_layer, self.head.layers)]
+        return layers, self.head.fc.weight, self.target.model.lm_head.weight
+
+    def _fp8_weights(self):
+        """(per-layer ``(w_qkv, w_gate_up, w_o, w_down)``, fc, LM head) as Fp8Weight, quantized
+        again when a source tensor moved (data pointer, dtype or shape)."""
+        layers, fc_w, lm_w = self._fp8_sources()
+        key = tuple((t.data_ptr(), t.dtype, tuple(t.shape)) for t in [w for lw in layers for w in lw] + [fc_w, lm_w])
+        if self._fp8 is None or self._fp8[0] != key:
+            self._fp8 = (key, [tuple(quantize_weight(w) for w in lw) for lw in layers],
+                         quantize_weight(fc_w), quantize_weight(lm_w))
+        return self._fp8[1:]
+
+    def refresh_fp8(self) -> None:
+        """Quantize the fp8 copies again (after in-place changes to the weights)."""
+        if self.fp8:
+            self._fp8 = None
+            self._fp8_weights()
+
     def new_context(self, batch: int, max_len: int) -> torch.Tensor:
         return self.head.new_context_cache(batch, max_len, device=self.target.device)
 
     def extend(self, ctx: torch.Tensor, ctx_lens: torch.Tensor, tapped: torch.Tensor) -> None:
         # compiled for the round's fixed D+1 rows only (the prefill's length varies per prompt)
         fn = self._extend if tapped.shape[1] == self.depth + 1 else extend_layers
-        fn(self.head, layer_caches(ctx), ctx_lens, tapped, self._proj.weights())
+        if self.fp8:
+            layers, fc_w, _ = self._fp8_weights()
+            fn(self.head, layer_caches(ctx), ctx_lens, tapped, layers, fc_w)
+        else:
+            fn(self.head, layer_caches(ctx), ctx_lens, tapped, self._proj.weights())
 
     def draft(self, ctx: torch.Tensor, ctx_lens: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
         B, D = anchor.shape[0], self.depth
@@ -115,6 +192,10 @@ class HeadDrafter:
                                  op("tree_attention", anchor.device, self.head.fc.weight.dtype))
         mask, fill, attn = self._static[key]
         m = self.target.model
+        if self.fp8:
+            layers, _, lm_w = self._fp8_weights()
+            return self._draft(self.head, m.model.embed_tokens, m.lm_head, layer_caches(ctx), ctx_lens, anchor,
+                               fill, mask, attn, layers, lm_w)
         return self._draft(self.head, m.model.embed_tokens, m.lm_head, layer_caches(ctx), ctx_lens, anchor,
                            fill, mask, attn, self._proj.weights())
 

@@ -48,6 +48,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
     rotate_half,
 )
 
+from .fp8 import Fp8Weight
 from .op_select import linear, linear_add, op, plain_linear
 from .ops.attention import head_dim_problem
 
@@ -440,16 +441,18 @@ def layer_caches(cache: torch.Tensor) -> List[torch.Tensor]:
 
 
 def extend_layers(head: "JetSpecDraftHead", caches: List[torch.Tensor], ctx_lens: torch.Tensor,
-                  tapped: torch.Tensor, fused: Optional[Sequence] = None) -> None:
+                  tapped: torch.Tensor, fused: Optional[Sequence] = None, fc_weight=None) -> None:
     """:meth:`JetSpecDraftHead.extend_context` on per-layer views (see :func:`layer_caches`).
-    ``fused``: per layer ``(w_qkv, w_gate_up)`` (see :func:`_draft_layer_fused`): each layer's
-    context k|v is then ONE GEMM with the k|v rows of ``w_qkv``."""
+    ``fused``: per layer ``(w_qkv, w_gate_up, ...)`` (see :func:`_draft_layer_fused`): each
+    layer's context k|v is then ONE GEMM with the k|v rows of ``w_qkv``. ``fc_weight``: what
+    ``fc``'s GEMM reads instead of ``fc.weight`` (with ``fused``; e.g. an
+    :class:`jetspec_ext.fp8.Fp8Weight` copy)."""
     B, n, _ = tapped.shape
     pos = ctx_lens.to(torch.int64).unsqueeze(1) + torch.arange(n, device=tapped.device)
     rows = torch.arange(B, device=tapped.device).unsqueeze(1)
     fc = head.fc
     if fused is not None and plain_linear(fc):  # head.fuse's maths, fc through op_select.linear
-        x = head.hidden_norm(linear(tapped.to(fc.weight.dtype), fc.weight))
+        x = head.hidden_norm(linear(tapped.to(fc.weight.dtype), fc.weight if fc_weight is None else fc_weight))
     else:
         x = head.fuse(tapped)
     cos, sin = head.rotary_emb(x, pos)
@@ -460,7 +463,8 @@ def extend_layers(head: "JetSpecDraftHead", caches: List[torch.Tensor], ctx_lens
         else:
             w_qkv = fused[i][0]
             nq, nkv = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
-            k, v = linear(x, w_qkv.narrow(0, nq, 2 * nkv)).split([nkv, nkv], dim=-1)
+            w_kv = w_qkv.narrow_rows(nq, 2 * nkv) if isinstance(w_qkv, Fp8Weight) else w_qkv.narrow(0, nq, 2 * nkv)
+            k, v = linear(x, w_kv).split([nkv, nkv], dim=-1)
             k, v = a.kv_heads(k, v, cos, sin)
         scatter_slots(caches[2 * i], pos, k, rows)
         scatter_slots(caches[2 * i + 1], pos, v, rows)
@@ -472,17 +476,22 @@ def extend_layers(head: "JetSpecDraftHead", caches: List[torch.Tensor], ctx_lens
 # Parameters become views of the fused tensors, so nothing is copied and training, save and
 # load see the same modules) and come in as tensor arguments. Maths: DraftLayer.forward's.
 def _draft_layer_fused(layer: DraftLayer, w_qkv: torch.Tensor, w_gate_up: torch.Tensor, x, cos, sin,
-                       k_cache, v_cache, ctx_lens, slots, mask, attn, rows):
+                       k_cache, v_cache, ctx_lens, slots, mask, attn, rows, w_o=None, w_down=None):
     """:class:`DraftLayer` forward with ``w_qkv`` ``(Hq*Dh + 2*Hkv*Dh, H)`` (rows q | k | v)
-    and ``w_gate_up`` ``(2*I, H)`` (rows gate | up) instead of the five separate projections."""
+    and ``w_gate_up`` ``(2*I, H)`` (rows gate | up) instead of the five separate projections;
+    ``w_o`` / ``w_down``: what o_proj / down_proj read instead of their modules' weights (None:
+    the modules'). Any of the four may be an :class:`jetspec_ext.fp8.Fp8Weight` copy
+    (``op_select.linear`` dispatches)."""
     a, mlp = layer.self_attn, layer.mlp
+    w_o = a.o_proj.weight if w_o is None else w_o
+    w_down = mlp.down_proj.weight if w_down is None else w_down
     nq, nkv = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
     q, k, v = linear(layer.input_layernorm(x), w_qkv).split([nq, nkv, nkv], dim=-1)
     k, v = a.kv_heads(k, v, cos, sin)
     o = a.attend(a.q_heads(q, cos, sin), k, v, k_cache, v_cache, ctx_lens, slots, mask, attn, rows, project=False)
-    x = linear_add(x, o, a.o_proj.weight)  # plain bias-free Linears (_fusable)
+    x = linear_add(x, o, w_o)  # plain bias-free Linears (_fusable)
     gate, up = linear(layer.post_attention_layernorm(x), w_gate_up).chunk(2, dim=-1)
-    return linear_add(x, mlp.act_fn(gate) * up, mlp.down_proj.weight)
+    return linear_add(x, mlp.act_fn(gate) * up, w_down)
 
 
 def block_layers(head: "JetSpecDraftHead", caches: List[torch.Tensor], ctx_lens: torch.Tensor,
@@ -490,7 +499,8 @@ def block_layers(head: "JetSpecDraftHead", caches: List[torch.Tensor], ctx_lens:
                  fused: Optional[Sequence] = None) -> torch.Tensor:
     """:meth:`JetSpecDraftHead.forward_block` on per-layer views, with the tree_attention
     implementation ``attn`` given. ``fused``: per layer ``(w_qkv, w_gate_up)`` to run
-    :func:`_draft_layer_fused` instead of the layer's forward."""
+    :func:`_draft_layer_fused` instead of the layer's forward (4-tuples ``(w_qkv, w_gate_up,
+    w_o, w_down)`` also give o_proj's and down_proj's weights, e.g. fp8 copies)."""
     B, N, _ = block_embeds.shape
     pos = ctx_lens.to(torch.int64).unsqueeze(1) + torch.arange(N, device=block_embeds.device)
     rows = torch.arange(B, device=block_embeds.device).unsqueeze(1)
@@ -501,5 +511,5 @@ def block_layers(head: "JetSpecDraftHead", caches: List[torch.Tensor], ctx_lens:
             x = layer(x, cos, sin, caches[2 * i], caches[2 * i + 1], ctx_lens, pos, mask, attn, rows)
         else:
             x = _draft_layer_fused(layer, fused[i][0], fused[i][1], x, cos, sin, caches[2 * i],
-                                   caches[2 * i + 1], ctx_lens, pos, mask, attn, rows)
+                                   caches[2 * i + 1], ctx_lens, pos, mask, attn, rows, *fused[i][2:])
     return head.norm(x)

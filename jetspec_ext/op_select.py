@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import jetspec_ext
+from jetspec_ext.fp8 import Fp8Weight, fp8_linear
 from jetspec_ext.ops import linear as linear_ops
 
 _DISPATCH_KEY = {"cpu": "CPU", "cuda": "CUDA"}
@@ -99,7 +100,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     ``ROUTED_MAX_ROWS``), ``in_features`` a multiple of 32 and a contiguous weight; through
     ``jetspec_ext.verify_linear`` for bf16 tree-verification shapes where it wins (see
     ``VERIFY_ROWS`` / ``VERIFY_MAX_N``) and for 2..16 rows (the draft head's block, ``FEW_ROWS``),
-    when no gradient is wanted (the op has no backward). Everything else: ``F.linear``."""
+    when no gradient is wanted (the op has no backward). Everything else: ``F.linear``.
+    ``weight`` may also be an :class:`jetspec_ext.fp8.Fp8Weight` (the fp8 drafter's copies):
+    then :func:`jetspec_ext.fp8.fp8_linear`."""
+    if isinstance(weight, Fp8Weight):
+        return fp8_linear(x, weight)
     K = weight.shape[-1]
     if (SKINNY_LINEAR_CUDA and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
             and weight.dtype == x.dtype and weight.dim() == 2 and x.numel() <= ROUTED_MAX_ROWS * K
@@ -115,7 +120,10 @@ def linear_add(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) ->
     where :func:`linear` routes to ``verify_linear``, the residual is added in that GEMM's
     epilogue (no elementwise kernel of its own, one rounding); otherwise exactly
     ``residual + linear(x, weight)``. ``residual`` has the output's shape.
-    JETSPEC_VERIFY_RESIDUAL=0 keeps the add separate (side-by-side timing)."""
+    JETSPEC_VERIFY_RESIDUAL=0 keeps the add separate (side-by-side timing). An
+    :class:`jetspec_ext.fp8.Fp8Weight` ``weight``: ``residual + fp8_linear(x, weight)``."""
+    if isinstance(weight, Fp8Weight):
+        return residual + fp8_linear(x, weight)
     if (VERIFY_RESIDUAL and _verify_routed(x, weight) and residual.dtype == x.dtype
             and residual.shape[-1] == weight.shape[0]):
         return jetspec_ext.verify_linear(x, weight, residual)

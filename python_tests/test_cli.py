@@ -226,3 +226,21 @@ def test_a_context_too_short_for_max_new_tokens_is_noted(ckpts, tmp_path, capsys
     assert "leaves room for" in cap.err and "fewer than --max-new-tokens 200" in cap.err
     room = int(cap.err.split("leaves room for ")[1].split()[0])
     assert f"tokens: {room}" in cap.out
+
+
+def test_generate_fp8_draft(ckpts, capsys, monkeypatch):
+    """--fp8-draft builds the drafter with fp8 weight copies; the output stays the target's own
+    (the AR baseline's, token for token); without a draft head it is a clean error."""
+    import jetspec_ext.decoder as dec
+
+    made = record_calls(monkeypatch, dec, "HeadDrafter")
+    rc = main(["generate", "--target", str(ckpts / "target"), "--draft", str(ckpts / "draft"), "--prompt", "Hello",
+               "--max-new-tokens", "10", "--budget", "16", "--width", "3", "--no-thinking", "--compare-ar",
+               "--device", "cpu", "--fp8-draft"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert made and all(k.get("fp8") is True for k in made), made
+    assert "[AR baseline: identical output]" in out
+    assert main(["generate", "--target", str(ckpts / "target"), "--prompt", "hi", "--device", "cpu",
+                 "--max-new-tokens", "4", "--fp8-draft"]) == 2
+    assert "--fp8-draft needs a draft head" in capsys.readouterr().err

@@ -158,6 +158,34 @@ def test_compiled_drafter_matches_eager(models):
 
 
 @torch.inference_mode()
+def test_compiled_fp8_drafter_matches_eager(models):
+    """HeadDrafter(fp8=True) compiled (its Fp8Weight copies go in as graph inputs) against the
+    same drafter eager: the same quantized maths, so equal up to the compiled kernels' rounding
+    (a scale computed in another order can move an activation by one e4m3 step)."""
+    _, head, eager, comp = models
+    de = HeadDrafter(head, eager, depth=DEPTH, fp8=True)
+    dc = HeadDrafter(head, comp, depth=DEPTH, fp8=True)
+    assert dc.compiled and not de.compiled and dc.fp8 and de.fp8
+    S = _cache_len(BUDGET)
+    g = torch.Generator().manual_seed(8)
+    ctx = de.new_context(1, S)
+    ctx.copy_(torch.randn(ctx.shape, generator=g))
+    ctx_c = ctx.clone()
+    lens = torch.full((1,), 9, dtype=torch.int32)
+    tapped = torch.randn(1, DEPTH + 1, 2 * model_hidden(eager), generator=g)
+    anchor = torch.tensor([17])
+    _, breaks_before = _counters()
+    de.extend(ctx, lens, tapped)
+    dc.extend(ctx_c, lens, tapped)
+    torch.testing.assert_close(ctx_c, ctx, rtol=2e-2, atol=2e-2)
+    le, lc = de.draft(ctx, lens, anchor), dc.draft(ctx_c, lens, anchor)
+    assert lc.shape == (1, DEPTH, VOCAB)
+    scale = le.abs().max()
+    assert (lc - le).abs().max() <= 2e-2 * scale
+    assert _counters()[1] == breaks_before, "graph breaks"
+
+
+@torch.inference_mode()
 def test_compiled_unfused_forward_matches_eager(models):
     """Target(compile=True, fuse_projections=False): HF's layer.forward compiled (one new layer
     graph for the AR shape; the prologue / epilogue graphs are the fused target's)."""

@@ -38,6 +38,7 @@ def main():
     ap.add_argument("--rows", default="15,16,32")
     ap.add_argument("--vocab", type=int, default=151936)
     ap.add_argument("--hidden", type=int, default=4096)
+    ap.add_argument("--shapes-only", action="store_true", help="only the draft GEMM table")
     a = ap.parse_args()
     if not torch.cuda.is_available():
         print("probe_fp8_lm_head: needs a GPU")
@@ -107,8 +108,11 @@ def draft_shapes(rows: int = 16):
     shapes = [("q|k|v", 6144, 4096, 5), ("o_proj", 4096, 4096, 5), ("gate|up", 24576, 4096, 5),
               ("down", 4096, 12288, 5), ("fc", 4096, 20480, 1), ("k|v ctx", 2048, 4096, 5), ("lm_head", 151936, 4096, 1)]
     print(f"\ndraft GEMMs at {rows} rows (the LM head at {rows - 1}), µs per call; per round = x calls")
-    print(f"{'shape':10s} {'calls':>5s} {'floor bf16':>10s} {'linear':>8s} {'F.linear':>8s} {'floor fp8':>9s} {'fp8':>8s}")
-    tot = {"linear": 0.0, "F.linear": 0.0, "fp8": 0.0, "fb": 0.0, "f8": 0.0}
+    print("linear = op_select.linear (bf16, the plain drafter's); fp8 = fp8_linear eager (quantize, GEMM, scale: "
+          "several kernels); fp8c = the same torch.compile'd; mm = torch._scaled_mm alone on pre-quantized x")
+    print(f"{'shape':10s} {'calls':>5s} {'floor bf16':>10s} {'linear':>8s} {'F.linear':>8s} {'floor fp8':>9s} {'fp8':>8s}"
+          f" {'fp8c':>8s} {'mm':>8s}")
+    tot = {"linear": 0.0, "F.linear": 0.0, "fp8": 0.0, "fp8c": 0.0, "mm": 0.0, "fb": 0.0, "f8": 0.0}
     for name, N, K, calls in shapes:
         M = rows - 1 if name == "lm_head" else rows
         ws = cold_weight_copies(N, K)
@@ -121,19 +125,28 @@ def draft_shapes(rows: int = 16):
         r["F.linear"] = time_us(lambda: F.linear(x, next(it)), 10, 100, None, True)
         it8 = itertools.cycle(w8s)
         r["fp8"] = time_us(lambda: fp8_linear(x, next(it8)), 10, 100, None, True)
+        comp = torch.compile(fp8_linear, dynamic=False)
+        it8 = itertools.cycle(w8s)
+        r["fp8c"] = time_us(lambda: comp(x, next(it8)), 10, 100, None, True)
+        x8 = quant_rows(x)[0]
+        it8 = itertools.cycle(w8s)
+        r["mm"] = time_us(lambda: (lambda w: torch._scaled_mm(x8, w.q.t(), scale_a=w.unit, scale_b=w.unit,
+                                                             out_dtype=torch.float32))(next(it8)), 10, 100, None, True)
         fb, f8 = floor_us(N * K * 2), floor_us(N * K)
-        for k in ("linear", "F.linear", "fp8"):
+        for k in ("linear", "F.linear", "fp8", "fp8c", "mm"):
             tot[k] += calls * r[k]
         tot["fb"] += calls * fb
         tot["f8"] += calls * f8
-        print(f"{name:10s} {calls:5d} {fb:10.2f} {r['linear']:8.2f} {r['F.linear']:8.2f} {f8:9.2f} {r['fp8']:8.2f}", flush=True)
+        print(f"{name:10s} {calls:5d} {fb:10.2f} {r['linear']:8.2f} {r['F.linear']:8.2f} {f8:9.2f} {r['fp8']:8.2f}"
+              f" {r['fp8c']:8.2f} {r['mm']:8.2f}", flush=True)
         del ws, w8s
         torch.cuda.empty_cache()
     print(f"{'per round':10s} {'':5s} {tot['fb']:10.1f} {tot['linear']:8.1f} {tot['F.linear']:8.1f} {tot['f8']:9.1f} "
-          f"{tot['fp8']:8.1f}")
+          f"{tot['fp8']:8.1f} {tot['fp8c']:8.1f} {tot['mm']:8.1f}")
 
 
 if __name__ == "__main__":
-    main()
+    if "--shapes-only" not in sys.argv:
+        main()
     if torch.cuda.is_available():
         draft_shapes()

@@ -24,6 +24,7 @@ argmax; a divergence to a token that is not near the top is flagged NOT A NEAR-T
 
     python benchmarks/bench_match_rate.py                       # GPU, bf16, 64 prompts x 128 tokens
     python benchmarks/bench_match_rate.py --device cpu --num-prompts 3 --max-new-tokens 16   # smoke
+    python benchmarks/bench_match_rate.py --fp8-draft            # the drafter with fp8 weight copies
 
 Exit status 0 whatever the outcome (it reports); JSON lines via $JETSPEC_BENCH_JSON (harness).
 """
@@ -124,6 +125,7 @@ def main(argv=None):
     ap.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false")
     ap.add_argument("--compile", action="store_true", help="Target(compile=True) (default: eager regions)")
     ap.add_argument("--tie-ulps", type=float, default=4.0, help="near-tie threshold k (see the docstring)")
+    ap.add_argument("--fp8-draft", action="store_true", help="HeadDrafter(fp8=True): the draft reads e4m3 weight copies")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     dev = torch.device(a.device)
@@ -149,7 +151,7 @@ def main(argv=None):
     head = JetSpecDraftHead.from_pretrained(hdir).to(device=dev, dtype=dtype).eval()
     target = Target(model, head.target_layer_ids, compile=a.compile)
     depth = a.depth or min(head.block_size - 1, a.budget - 1)
-    drafter = HeadDrafter(head, target, depth=depth)
+    drafter = HeadDrafter(head, target, depth=depth, fp8=a.fp8_draft)
     stops = stop_ids_for(tok, model)
     data = data_dir(a.data)
     ids = [encode_prompt(tok, t, "off") for t in mbpp_prompts(os.path.join(data, "mbpp_test.jsonl"), a.num_prompts)]
@@ -159,7 +161,8 @@ def main(argv=None):
              for n in ("build_tree", "tree_attention", "tree_accept", "commit_kv")}
     print(f"bench_match_rate: target {tdir}, head {hdir}; {len(ids)} MBPP prompts from {data}; {dev} {a.dtype}; "
           f"budget {a.budget} width {a.width} depth {depth}; max_new_tokens {a.max_new_tokens}; cuda_graph "
-          f"{graph}; compile {a.compile}; fused {target.fused}; ops {impls}; stops {stops}; torch {torch.__version__}")
+          f"{graph}; compile {a.compile}; fused {target.fused}; fp8 draft {drafter.fp8}; ops {impls}; stops {stops}; "
+          f"torch {torch.__version__}")
     sys.stdout.flush()
 
     n_same = n_match = n_cmp = n_tok_ar = n_tok_spec = rounds = acc = 0

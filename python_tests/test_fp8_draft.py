@@ -90,9 +90,13 @@ def _cuda_fp8():
 @pytest.mark.parametrize("shape", [(1, 15, 4096, 151936), (1, 16, 256, 512), (2, 3, 128, 48)])
 def test_fp8_linear_cuda(shape):
     """torch._scaled_mm path against the same maths in fp64 from the operands the GPU quantized
-    (fresh random inputs; the output is a new tensor, so there is nothing to poison): fp32
-    accumulation of exact e4m3 products, scales after, bf16 output. Also: the GPU's quantizer
-    gives the CPU's codes up to one e4m3 step on a small share of elements (reported)."""
+    (fresh random inputs; the output is a new tensor, so there is nothing to poison). Bound: the
+    bf16 output's rounding (2^-8 |y|) plus 2^-9 of sum |x_q w_q| s_x s_w: Hopper's fp8 MMA keeps
+    fewer accumulator bits than fp32 inside its instructions (cuBLASLt promotes to fp32 between
+    them); measured on the H200 up to 9e-4 of that sum (first run of this test), ~30x below the
+    fp8 quantization's own error. A wrong scale, layout or operand would be off by O(sum).
+    Also: the GPU's quantizer against the CPU's (the GPU divides by 448 as a multiply by its
+    rounded reciprocal: scales 1 ulp apart, so a code may differ by one e4m3 step)."""
     B, M, K, N = shape
     g = torch.Generator(device="cuda").manual_seed(2)
     W = (torch.randn(N, K, device="cuda", generator=g) * K ** -0.5).to(torch.bfloat16)
@@ -106,12 +110,12 @@ def test_fp8_linear_cuda(shape):
     exact = ((x8 @ wq.t()) * sx[:, None] * sw[None, :]).reshape(B, M, N)
     mag = ((x8.abs() @ wq.abs().t()) * sx[:, None] * sw[None, :]).reshape(B, M, N)
     err = (y.cpu().double() - exact).abs()
-    ok = err <= 2.0 ** -8 * exact.abs() + 1e-5 * mag + 1e-30
+    ok = err <= 2.0 ** -8 * exact.abs() + 2.0 ** -9 * mag + 1e-30
     assert ok.all(), (f"max err {err.max().item():.3e}; worst / |exact| {(err / exact.abs()).max().item():.3e}, "
                       f"/ mag {(err / mag).max().item():.3e}; {int((~ok).sum())} of {ok.numel()} outside")
     # the GPU quantizer against the CPU one (same function): codes within one e4m3 step
     x8_cpu, sx_cpu = quantize_rows(x.cpu().reshape(-1, K))
-    torch.testing.assert_close(sx_cpu.double(), sx, rtol=0, atol=0)
+    torch.testing.assert_close(sx_cpu.double(), sx, rtol=2.5e-7, atol=0)
     diff = (x8_cpu.double() - x8).abs()
     assert (diff <= x8.abs() * 2.0 ** -3 + 2.0 ** -9).all()
     print(f"GPU vs CPU quantizer: {int((diff > 0).sum())} of {diff.numel()} codes differ")

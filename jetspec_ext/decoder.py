@@ -83,10 +83,10 @@ class HeadDrafter:
     head), made once here; activations are quantized per row at each GEMM
     (:mod:`jetspec_ext.fp8`: ``torch._scaled_mm`` on CUDA, compute capability 8.9+; the same maths
     in fp32 elsewhere, slower than the plain path there: meant for tests). Why: at batch 1 the
-    draft is a weight stream (~3.3 GB per round on Qwen3-8B shapes), and fp8 halves it. The
+    draft is a weight stream (~3.4 GB per round on Qwen3-8B shapes), and fp8 halves it. The
     output is unchanged in kind (the target verifies every token: greedy output stays the
     target's own); the acceptance length may change, since the draft's logits do. Costs one e4m3
-    byte per weight of GPU memory on top of the model (~1.6 GB for Qwen3-8B and a 5-layer head).
+    byte per weight of GPU memory on top of the model (~1.67 GB for Qwen3-8B and a 5-layer head).
     Needs the fused projections (a stock head, ``fuse_projections=True``) and plain bias-free
     ``nn.Linear`` ``fc`` and LM head; else ValueError. The copies are made again when a weight
     moves to new storage (``.to``, ``load_state_dict(assign=True)``; data pointers checked per
@@ -138,9 +138,9 @@ class HeadDrafter:
         if why is not None:
             return why
         if dev.type == "cuda":
-            for l in self.head.layers:
-                for m in (l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.o_proj, l.mlp.gate_proj,
-                          l.mlp.down_proj):
+            for layer in self.head.layers:
+                for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.o_proj,
+                          layer.mlp.gate_proj, layer.mlp.down_proj):
                     if m.weight.shape[0] % SCALED_MM_ALIGN or m.weight.shape[1] % SCALED_MM_ALIGN:
                         return (f"on CUDA every projection's sizes must be multiples of {SCALED_MM_ALIGN} "
                                 f"(torch._scaled_mm); got {tuple(m.weight.shape)}")
@@ -151,8 +151,8 @@ class HeadDrafter:
 
     def _fp8_sources(self):
         per_layer = self._proj.weights()
-        layers = [(w_qkv, w_gate_up, l.self_attn.o_proj.weight, l.mlp.down_proj.weight)
-                  for (w_qkv, w_gate_up), l in zip(per_layer, self.head.layers)]
+        layers = [(w_qkv, w_gate_up, layer.self_attn.o_proj.weight, layer.mlp.down_proj.weight)
+                  for (w_qkv, w_gate_up), layer in zip(per_layer, self.head.layers)]
         return layers, self.head.fc.weight, self.target.model.lm_head.weight
 
     def _fp8_weights(self):

@@ -130,6 +130,16 @@ def test_compiled_forward_matches_eager(models, N):
     torch.testing.assert_close(kv_c[..., keep, :], fresh[..., keep, :], rtol=0, atol=0)
 
 
+def _draft_inputs(drafter, target, seed):
+    """A random context cache (and its copy for the second drafter), lengths, tapped features of
+    D+1 tokens and an anchor, at the generate test's shapes (so no new compilation)."""
+    g = torch.Generator().manual_seed(seed)
+    ctx = drafter.new_context(1, _cache_len(BUDGET))
+    ctx.copy_(torch.randn(ctx.shape, generator=g))
+    tapped = torch.randn(1, DEPTH + 1, 2 * model_hidden(target), generator=g)
+    return ctx, ctx.clone(), torch.full((1,), 9, dtype=torch.int32), tapped, torch.tensor([17])
+
+
 @torch.inference_mode()
 def test_compiled_drafter_matches_eager(models):
     """The head's block forward (draft logits, block KV) and context extension (context KV)."""
@@ -137,14 +147,7 @@ def test_compiled_drafter_matches_eager(models):
     de = HeadDrafter(head, eager, depth=DEPTH, fuse_projections=False)  # the layers' own forward
     dc = HeadDrafter(head, comp, depth=DEPTH)  # fused q|k|v, gate|up, context k|v (the default)
     assert dc.compiled and not de.compiled and dc.fused and not de.fused
-    S = _cache_len(BUDGET)  # the generate test's shapes: no new compilation
-    g = torch.Generator().manual_seed(7)
-    ctx = de.new_context(1, S)
-    ctx.copy_(torch.randn(ctx.shape, generator=g))
-    ctx_c = ctx.clone()
-    lens = torch.full((1,), 9, dtype=torch.int32)
-    tapped = torch.randn(1, DEPTH + 1, 2 * model_hidden(eager), generator=g)
-    anchor = torch.tensor([17])
+    ctx, ctx_c, lens, tapped, anchor = _draft_inputs(de, eager, seed=7)
     before, _ = _counters()
     de.extend(ctx, lens, tapped)
     dc.extend(ctx_c, lens, tapped)
@@ -166,14 +169,7 @@ def test_compiled_fp8_drafter_matches_eager(models):
     de = HeadDrafter(head, eager, depth=DEPTH, fp8=True)
     dc = HeadDrafter(head, comp, depth=DEPTH, fp8=True)
     assert dc.compiled and not de.compiled and dc.fp8 and de.fp8
-    S = _cache_len(BUDGET)
-    g = torch.Generator().manual_seed(8)
-    ctx = de.new_context(1, S)
-    ctx.copy_(torch.randn(ctx.shape, generator=g))
-    ctx_c = ctx.clone()
-    lens = torch.full((1,), 9, dtype=torch.int32)
-    tapped = torch.randn(1, DEPTH + 1, 2 * model_hidden(eager), generator=g)
-    anchor = torch.tensor([17])
+    ctx, ctx_c, lens, tapped, anchor = _draft_inputs(de, eager, seed=8)
     _, breaks_before = _counters()
     de.extend(ctx, lens, tapped)
     dc.extend(ctx_c, lens, tapped)

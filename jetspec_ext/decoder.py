@@ -32,7 +32,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 import torch
 
 from .draft_head import JetSpecDraftHead, block_layers, extend_layers, layer_caches
-from .fp8 import SCALED_MM_ALIGN, fp8_cuda_supported, quantize_weight
+from .fp8 import fp8_cuda_supported, quantize_weight, scaled_mm_shape_problem
 from .op_select import linear, op, plain_linear
 from .ops.build_tree import MAX_WIDTH, POLICIES
 from .target import FusedProjections, Target, _lm_head_logits
@@ -88,7 +88,8 @@ class HeadDrafter:
     target's own); the acceptance length may change, since the draft's logits do. Costs one e4m3
     byte per weight of GPU memory on top of the model (~1.67 GB for Qwen3-8B and a 5-layer head).
     Needs the fused projections (a stock head, ``fuse_projections=True``) and plain bias-free
-    ``nn.Linear`` ``fc`` and LM head; else ValueError. The copies are made again when a weight
+    ``nn.Linear`` ``fc`` and LM head, and every projection's sizes multiples of 16 (the CUDA
+    path's rule, enforced on every device); else ValueError. The copies are made again when a weight
     moves to new storage (``.to``, ``load_state_dict(assign=True)``; data pointers checked per
     draft / extend, not on CUDA-graph replays); in-place changes to the weights (training) are
     not seen: call :meth:`refresh_fp8` or build a new drafter."""
@@ -137,17 +138,12 @@ class HeadDrafter:
         why = fp8_cuda_supported(dev)
         if why is not None:
             return why
-        if dev.type == "cuda":
-            for layer in self.head.layers:
-                for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.o_proj,
-                          layer.mlp.gate_proj, layer.mlp.down_proj):
-                    if m.weight.shape[0] % SCALED_MM_ALIGN or m.weight.shape[1] % SCALED_MM_ALIGN:
-                        return (f"on CUDA every projection's sizes must be multiples of {SCALED_MM_ALIGN} "
-                                f"(torch._scaled_mm); got {tuple(m.weight.shape)}")
-            for name, w in (("fc", self.head.fc.weight), ("the LM head", lm_head.weight)):
-                if w.shape[0] % SCALED_MM_ALIGN or w.shape[1] % SCALED_MM_ALIGN:
-                    return f"{name}'s sizes must be multiples of {SCALED_MM_ALIGN} on CUDA; got {tuple(w.shape)}"
-        return None
+        # the CUDA path's size rule, on every device: the same settings fail the same way anywhere
+        named = [(f"layer {i} {n}", m.weight) for i, layer in enumerate(self.head.layers)
+                 for n, m in (("q_proj", layer.self_attn.q_proj), ("k_proj", layer.self_attn.k_proj),
+                              ("o_proj", layer.self_attn.o_proj), ("gate_proj", layer.mlp.gate_proj),
+                              ("down_proj", layer.mlp.down_proj))]
+        return scaled_mm_shape_problem(named + [("fc", self.head.fc.weight), ("the LM head", lm_head.weight)])
 
     def _fp8_sources(self):
         per_layer = self._proj.weights()

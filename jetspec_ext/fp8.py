@@ -84,12 +84,16 @@ def fp8_cuda_supported(device) -> Optional[str]:
     return None
 
 
-def check_fp8_shape(weight: Fp8Weight, what: str = "weight") -> None:
-    """ValueError unless ``weight``'s N and K are multiples of 16 (torch._scaled_mm's rule)."""
-    N, K = weight.q.shape
-    if N % SCALED_MM_ALIGN or K % SCALED_MM_ALIGN:
-        raise ValueError(f"fp8 {what}: out and in features must be multiples of {SCALED_MM_ALIGN} "
-                         f"(got {N} x {K})")
+def scaled_mm_shape_problem(named_weights) -> Optional[str]:
+    """None if every ``(name, weight (N, K))`` has N and K multiples of 16 (torch._scaled_mm's
+    rule for the CUDA path; HeadDrafter enforces it on every device), else what is wrong with the
+    first that does not."""
+    for name, w in named_weights:
+        N, K = w.shape
+        if N % SCALED_MM_ALIGN or K % SCALED_MM_ALIGN:
+            return (f"{name}: out and in features must be multiples of {SCALED_MM_ALIGN} "
+                    f"(torch._scaled_mm's rule); got {N} x {K}")
+    return None
 
 
 def fp8_linear_reference(x8: torch.Tensor, sx: torch.Tensor, w: Fp8Weight, dtype: torch.dtype) -> torch.Tensor:

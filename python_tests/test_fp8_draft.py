@@ -194,6 +194,23 @@ def test_fp8_drafter_bad_settings():
     head.fc.register_forward_hook(lambda m, i, o: o)
     with pytest.raises(ValueError, match="fp8 drafting: fc must be a plain"):
         HeadDrafter(head, target, depth=DEPTH, fp8=True)
+    # sizes torch._scaled_mm cannot take (an MLP width of 40): refused on every device alike
+    model = tiny_target(tied=False, vocab=VOCAB, layers=3, hidden=64, head_dim=64, seed=4)
+    cfg = model.config
+    head = JetSpecDraftHead.for_target(cfg, num_layers=1, block_size=DEPTH + 1, target_layer_ids=[0, 1],
+                                       intermediate_size=40)
+    with pytest.raises(ValueError, match="layer 0 gate_proj: .* multiples of 16.*40 x 64"):
+        HeadDrafter(head, Target(model, head.target_layer_ids), depth=DEPTH, fp8=True)
+    HeadDrafter(head, Target(model, head.target_layer_ids), depth=DEPTH)  # the plain drafter takes it
+
+
+def test_scaled_mm_shape_rule():
+    """The CUDA path's size rule (checked by HeadDrafter(fp8=True) on CUDA, before anything runs)."""
+    from jetspec_ext.fp8 import scaled_mm_shape_problem
+    assert scaled_mm_shape_problem([("a", torch.zeros(32, 64)), ("b", torch.zeros(151936, 4096))]) is None
+    why = scaled_mm_shape_problem([("a", torch.zeros(32, 64)), ("fc", torch.zeros(48, 40))])
+    assert why is not None and why.startswith("fc:") and "48 x 40" in why
+    assert "100 x 64" in scaled_mm_shape_problem([("lm", torch.zeros(100, 64))])
 
 
 def test_fp8_copies_follow_the_weights():

@@ -372,7 +372,8 @@ def _generate(args) -> int:
     if drafter is not None and totals["rounds"]:
         print(f"rounds: {totals['rounds']}  mean accepted length (tau): {totals['accepted'] / totals['rounds']:.2f}"
               f"  (budget {args.budget}, width {args.width}, depth {drafter.depth}, policy {args.policy}"
-              + (f", draft temperature {args.draft_temperature:g}" if args.draft_temperature != 1.0 else "") + ")")
+              + (f", draft temperature {args.draft_temperature:g}" if args.draft_temperature != 1.0 else "")
+              + (", fp8 draft" if drafter.fp8 else "") + ")")
     if args.stats and results:
         r0 = results[-1]
         print("per-depth acceptance (last prompt): " + " ".join(f"{a:.2f}" for a in r0.per_depth_acceptance()))

@@ -240,7 +240,7 @@ def test_generate_fp8_draft(ckpts, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert made and all(k.get("fp8") is True for k in made), made
-    assert "[AR baseline: identical output]" in out
+    assert "[AR baseline: identical output]" in out and ", fp8 draft)" in out
     assert main(["generate", "--target", str(ckpts / "target"), "--prompt", "hi", "--device", "cpu",
                  "--max-new-tokens", "4", "--fp8-draft"]) == 2
     assert "--fp8-draft needs a draft head" in capsys.readouterr().err

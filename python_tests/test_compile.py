@@ -140,6 +140,15 @@ def _draft_inputs(drafter, target, seed):
     return ctx, ctx.clone(), torch.full((1,), 9, dtype=torch.int32), tapped, torch.tensor([17])
 
 
+def _extend_and_draft_both(de, dc, seed):
+    """One context extension and one draft by each drafter on the same inputs (:func:`_draft_inputs`,
+    ``de``'s target shapes): ``(ctx, ctx_c, logits_e, logits_c)``."""
+    ctx, ctx_c, lens, tapped, anchor = _draft_inputs(de, de.target, seed)
+    de.extend(ctx, lens, tapped)
+    dc.extend(ctx_c, lens, tapped)
+    return ctx, ctx_c, de.draft(ctx, lens, anchor), dc.draft(ctx_c, lens, anchor)
+
+
 @torch.inference_mode()
 def test_compiled_drafter_matches_eager(models):
     """The head's block forward (draft logits, block KV) and context extension (context KV)."""
@@ -147,12 +156,8 @@ def test_compiled_drafter_matches_eager(models):
     de = HeadDrafter(head, eager, depth=DEPTH, fuse_projections=False)  # the layers' own forward
     dc = HeadDrafter(head, comp, depth=DEPTH)  # fused q|k|v, gate|up, context k|v (the default)
     assert dc.compiled and not de.compiled and dc.fused and not de.fused
-    ctx, ctx_c, lens, tapped, anchor = _draft_inputs(de, eager, seed=7)
     before, _ = _counters()
-    de.extend(ctx, lens, tapped)
-    dc.extend(ctx_c, lens, tapped)
-    torch.testing.assert_close(ctx_c, ctx, rtol=1e-5, atol=1e-5)
-    le, lc = de.draft(ctx, lens, anchor), dc.draft(ctx_c, lens, anchor)
+    ctx, ctx_c, le, lc = _extend_and_draft_both(de, dc, seed=7)
     after, _ = _counters()
     assert after.get("unique_graphs", 0) == before.get("unique_graphs", 0), "recompiled"
     assert lc.shape == (1, DEPTH, VOCAB)
@@ -169,12 +174,9 @@ def test_compiled_fp8_drafter_matches_eager(models):
     de = HeadDrafter(head, eager, depth=DEPTH, fp8=True)
     dc = HeadDrafter(head, comp, depth=DEPTH, fp8=True)
     assert dc.compiled and not de.compiled and dc.fp8 and de.fp8
-    ctx, ctx_c, lens, tapped, anchor = _draft_inputs(de, eager, seed=8)
     _, breaks_before = _counters()
-    de.extend(ctx, lens, tapped)
-    dc.extend(ctx_c, lens, tapped)
+    ctx, ctx_c, le, lc = _extend_and_draft_both(de, dc, seed=8)
     torch.testing.assert_close(ctx_c, ctx, rtol=2e-2, atol=2e-2)
-    le, lc = de.draft(ctx, lens, anchor), dc.draft(ctx_c, lens, anchor)
     assert lc.shape == (1, DEPTH, VOCAB)
     scale = le.abs().max()
     assert (lc - le).abs().max() <= 2e-2 * scale

@@ -22,15 +22,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.harness import floor_us, time_us  # noqa: E402
-
-E4M3_MAX = 448.0
+from jetspec_ext.fp8 import E4M3_MAX, quantize_rows  # noqa: E402
 
 
 def quant_rows(t: torch.Tensor):
-    """(R, K) -> e4m3 (R, K), fp32 scales (R, 1) with t ~= q * scale."""
-    amax = t.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12)
-    scale = amax / E4M3_MAX
-    return (t.float() / scale).to(torch.float8_e4m3fn), scale
+    """jetspec_ext.fp8.quantize_rows with its scale as a column, (R, 1): torch._scaled_mm's shape
+    for per-row / per-column scales."""
+    q, scale = quantize_rows(t)
+    return q, scale.unsqueeze(1)
 
 
 def main():

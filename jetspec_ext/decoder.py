@@ -32,7 +32,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 import torch
 
 from .draft_head import JetSpecDraftHead, block_layers, extend_layers, layer_caches
-from .fp8 import fp8_cuda_supported, quantize_weight, scaled_mm_shape_problem
+from .fp8 import fp8_cuda_problem, quantize_weight, scaled_mm_shape_problem
 from .op_select import linear, op, plain_linear
 from .ops.build_tree import MAX_WIDTH, POLICIES
 from .target import FusedProjections, Target, _lm_head_logits
@@ -135,7 +135,7 @@ class HeadDrafter:
             if not plain_linear(mod):
                 return f"{name} must be a plain bias-free nn.Linear without hooks"
         dev = lm_head.weight.device
-        why = fp8_cuda_supported(dev)
+        why = fp8_cuda_problem(dev)
         if why is not None:
             return why
         # the CUDA path's size rule, on every device: the same settings fail the same way anywhere
@@ -167,17 +167,21 @@ class HeadDrafter:
             self._fp8 = None
             self._fp8_weights()
 
+    def _weights(self):
+        """What the draft's GEMMs read: (per-layer weights or None, fc weight, LM head weight);
+        the last two None where the modules' own weights are read (the plain drafter)."""
+        if self.fp8:
+            return self._fp8_weights()
+        return self._proj.weights(), None, None
+
     def new_context(self, batch: int, max_len: int) -> torch.Tensor:
         return self.head.new_context_cache(batch, max_len, device=self.target.device)
 
     def extend(self, ctx: torch.Tensor, ctx_lens: torch.Tensor, tapped: torch.Tensor) -> None:
         # compiled for the round's fixed D+1 rows only (the prefill's length varies per prompt)
         fn = self._extend if tapped.shape[1] == self.depth + 1 else extend_layers
-        if self.fp8:
-            layers, fc_w, _ = self._fp8_weights()
-            fn(self.head, layer_caches(ctx), ctx_lens, tapped, layers, fc_w)
-        else:
-            fn(self.head, layer_caches(ctx), ctx_lens, tapped, self._proj.weights())
+        layers, fc_w, _ = self._weights()
+        fn(self.head, layer_caches(ctx), ctx_lens, tapped, layers, fc_w)
 
     def draft(self, ctx: torch.Tensor, ctx_lens: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
         B, D = anchor.shape[0], self.depth
@@ -188,12 +192,9 @@ class HeadDrafter:
                                  op("tree_attention", anchor.device, self.head.fc.weight.dtype))
         mask, fill, attn = self._static[key]
         m = self.target.model
-        if self.fp8:
-            layers, _, lm_w = self._fp8_weights()
-            return self._draft(self.head, m.model.embed_tokens, m.lm_head, layer_caches(ctx), ctx_lens, anchor,
-                               fill, mask, attn, layers, lm_w)
+        layers, _, lm_w = self._weights()
         return self._draft(self.head, m.model.embed_tokens, m.lm_head, layer_caches(ctx), ctx_lens, anchor,
-                           fill, mask, attn, self._proj.weights())
+                           fill, mask, attn, layers, lm_w)
 
 
 # --------------------------------------------------------------------------------------------

@@ -48,7 +48,6 @@ from transformers.models.qwen3.modeling_qwen3 import (
     rotate_half,
 )
 
-from .fp8 import Fp8Weight
 from .op_select import linear, linear_add, op, plain_linear
 from .ops.attention import head_dim_problem
 
@@ -463,8 +462,7 @@ def extend_layers(head: "JetSpecDraftHead", caches: List[torch.Tensor], ctx_lens
         else:
             w_qkv = fused[i][0]
             nq, nkv = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
-            w_kv = w_qkv.narrow_rows(nq, 2 * nkv) if isinstance(w_qkv, Fp8Weight) else w_qkv.narrow(0, nq, 2 * nkv)
-            k, v = linear(x, w_kv).split([nkv, nkv], dim=-1)
+            k, v = linear(x, w_qkv.narrow(0, nq, 2 * nkv)).split([nkv, nkv], dim=-1)
             k, v = a.kv_heads(k, v, cos, sin)
         scatter_slots(caches[2 * i], pos, k, rows)
         scatter_slots(caches[2 * i + 1], pos, v, rows)

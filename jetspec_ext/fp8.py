@@ -17,9 +17,8 @@ The sum runs over exact e4m3 products: on CUDA by ``torch._scaled_mm`` with unit
 scales are applied afterwards in one elementwise pass; Hopper's fp8 MMA keeps fewer accumulator
 bits than fp32 inside an instruction, measured up to 9e-4 of sum |q_x q_w| s_x s_w, ~30x below
 the quantization's own error), elsewhere by :func:`fp8_linear_reference` (fp32 matmuls, in row
-chunks). Rows of ``x``
-that are all zero give zero outputs; a non-finite ``x`` gives non-finite outputs, as the bf16
-GEMM would.
+chunks). Rows of ``x`` that are all zero give zero outputs; a non-finite ``x`` gives non-finite
+outputs, as the bf16 GEMM would.
 """
 from typing import NamedTuple, Optional, Tuple
 
@@ -41,12 +40,11 @@ class Fp8Weight(NamedTuple):
     scale: torch.Tensor
     unit: torch.Tensor
 
-    @property
-    def shape(self) -> torch.Size:
-        return self.q.shape
-
-    def narrow_rows(self, start: int, length: int) -> "Fp8Weight":
-        """Rows ``[start, start + length)`` (views; e.g. the k|v rows of a fused q|k|v weight)."""
+    def narrow(self, dim: int, start: int, length: int) -> "Fp8Weight":
+        """Rows ``[start, start + length)`` as views, like ``Tensor.narrow(0, ...)`` on the weight
+        (e.g. the k|v rows of a fused q|k|v weight); only ``dim = 0`` (whole output rows)."""
+        if dim != 0:
+            raise ValueError("Fp8Weight.narrow: only dim 0 (output rows, each with its scale)")
         return Fp8Weight(self.q.narrow(0, start, length), self.scale.narrow(0, start, length), self.unit)
 
 
@@ -72,7 +70,7 @@ def quantize_weight(weight: torch.Tensor) -> Fp8Weight:
     return Fp8Weight(q.contiguous(), scale.contiguous(), torch.ones((), dtype=torch.float32, device=weight.device))
 
 
-def fp8_cuda_supported(device) -> Optional[str]:
+def fp8_cuda_problem(device) -> Optional[str]:
     """None if ``torch._scaled_mm`` runs e4m3 GEMMs on ``device`` (CUDA, compute capability
     8.9 or newer), else why not. Other devices use the reference (no check needed)."""
     device = torch.device(device)

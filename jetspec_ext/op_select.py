@@ -121,10 +121,8 @@ def linear_add(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) ->
     epilogue (no elementwise kernel of its own, one rounding); otherwise exactly
     ``residual + linear(x, weight)``. ``residual`` has the output's shape.
     JETSPEC_VERIFY_RESIDUAL=0 keeps the add separate (side-by-side timing). An
-    :class:`jetspec_ext.fp8.Fp8Weight` ``weight``: ``residual + fp8_linear(x, weight)``."""
-    if isinstance(weight, Fp8Weight):
-        return residual + fp8_linear(x, weight)
-    if (VERIFY_RESIDUAL and _verify_routed(x, weight) and residual.dtype == x.dtype
-            and residual.shape[-1] == weight.shape[0]):
+    :class:`jetspec_ext.fp8.Fp8Weight` ``weight`` takes the separate add (``linear`` dispatches)."""
+    if (VERIFY_RESIDUAL and not isinstance(weight, Fp8Weight) and _verify_routed(x, weight)
+            and residual.dtype == x.dtype and residual.shape[-1] == weight.shape[0]):
         return jetspec_ext.verify_linear(x, weight, residual)
     return residual + linear(x, weight)

@@ -63,6 +63,50 @@ def hf_greedy(model, ids, n):
     return out[0, len(ids):].tolist()
 
 
+def tiny_draft_pair(head_layers: int = 2, seed: int = 0, vocab: int = 512, block_size: int = 6, **head_kw):
+    """(model, head, Target) for the drafter tests: a tiny 3-layer target (hidden 64, head dim 64,
+    untied) and a fresh head tapping layers 0 and 1, its norms drawn from [0.5, 1.5] (not all
+    ones, so they matter)."""
+    from jetspec_ext.draft_head import JetSpecDraftHead
+    from jetspec_ext.target import Target
+
+    model = tiny_target(tied=False, vocab=vocab, layers=3, hidden=64, head_dim=64, seed=4)
+    torch.manual_seed(seed)
+    head = JetSpecDraftHead.for_target(model.config, num_layers=head_layers, block_size=block_size,
+                                       target_layer_ids=[0, 1], **head_kw)
+    with torch.no_grad():
+        for p in head.parameters():
+            if p.dim() == 1:
+                p.uniform_(0.5, 1.5)
+    return model, head, Target(model, head.target_layer_ids)
+
+
+@torch.inference_mode()
+def extend_and_draft(drafter, seed=0, S=40, P=9):
+    """Random context cache, one extension by a block of tokens (the head's block size, D + 1),
+    one draft: (ctx, logits). Checks the cache writes themselves (two drafters compared with each
+    other would not see them missing): every key / value vector of the extension's slots
+    [P, P+n) changed from its random start in every layer and head, and nothing outside
+    [P, P+2n) (the extension and the draft block's scratch slots after it) changed."""
+    n = drafter.head.block_size
+    g = torch.Generator().manual_seed(seed)
+    ctx = drafter.new_context(1, S)
+    dev = ctx.device
+    ctx.copy_(torch.randn(ctx.shape, generator=g))
+    start = ctx.clone()
+    lens = torch.full((1,), P, dtype=torch.int32, device=dev)
+    F_ = len(drafter.head.target_layer_ids) * drafter.head.config.hidden_size
+    drafter.extend(ctx, lens, torch.randn(1, n, F_, generator=g).to(dev, ctx.dtype))
+    lens += n
+    logits = drafter.draft(ctx, lens, torch.tensor([17], device=dev))
+    # ctx: (L_draft, 2, B, Hkv, S, Dh)
+    assert (ctx[..., P:P + n, :] != start[..., P:P + n, :]).any(dim=-1).all()
+    outside = torch.ones(S, dtype=torch.bool)
+    outside[P:P + 2 * n] = False
+    assert torch.equal(ctx[..., outside.to(dev), :], start[..., outside.to(dev), :])
+    return ctx, logits
+
+
 class OracleDrafter:
     """Test-only drafter that "copies the target": it knows the target's greedy continuation
     ``ref`` (prompt + tokens) and proposes it with the true token at rank ``ranks[d]`` among

@@ -14,14 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from conftest import record_calls
-from decoder_support import hf_greedy, tiny_target
+from decoder_support import extend_and_draft, hf_greedy, tiny_draft_pair
 from jetspec_ext import fp8 as fp8_mod
 from jetspec_ext.decoder import HeadDrafter, generate
-from jetspec_ext.draft_head import JetSpecDraftHead
 from jetspec_ext.fp8 import E4M3_MAX, Fp8Weight, fp8_linear, quantize_rows, quantize_weight
 from jetspec_ext.target import Target
 
-VOCAB, DEPTH = 512, 5
+DEPTH = 5  # tiny_draft_pair's heads: block size DEPTH + 1
 PROMPT = [5, 9, 200, 31, 7, 77, 300, 12, 3, 99, 41]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -44,6 +43,11 @@ def test_quantize_rows_bounds():
     amax_q = q.float().abs().amax(dim=1)
     assert torch.equal(amax_q[torch.arange(64) != 5], torch.full((63,), E4M3_MAX))
     assert torch.equal(deq[5], torch.zeros(96, dtype=torch.float64))
+    w8 = quantize_weight(w.float())
+    rows = w8.narrow(0, 2, 3)  # the k|v rows of a fused weight, with their own scales
+    assert torch.equal(rows.q.float(), w8.q[2:5].float()) and torch.equal(rows.scale, w8.scale[2:5])
+    with pytest.raises(ValueError, match="only dim 0"):
+        w8.narrow(1, 0, 16)
     with pytest.raises(ValueError, match="2-D"):
         quantize_weight(torch.zeros(3, 4, 5))
     bad = torch.ones(4, 16)
@@ -83,7 +87,7 @@ def test_fp8_linear_cpu(dtype):
 
 
 def _cuda_fp8():
-    return torch.cuda.is_available() and fp8_mod.fp8_cuda_supported("cuda") is None
+    return torch.cuda.is_available() and fp8_mod.fp8_cuda_problem("cuda") is None
 
 
 @pytest.mark.skipif(not _cuda_fp8(), reason="needs a CUDA GPU with fp8 tensor cores (sm_89+)")
@@ -121,41 +125,17 @@ def test_fp8_linear_cuda(shape):
     print(f"GPU vs CPU quantizer: {int((diff > 0).sum())} of {diff.numel()} codes differ")
 
 
-def _setup(head_layers=2, seed=0):
-    model = tiny_target(tied=False, vocab=VOCAB, layers=3, hidden=64, head_dim=64, seed=4)
-    torch.manual_seed(seed)
-    head = JetSpecDraftHead.for_target(model.config, num_layers=head_layers, block_size=DEPTH + 1,
-                                       target_layer_ids=[0, 1])
-    with torch.no_grad():
-        for p in head.parameters():
-            if p.dim() == 1:
-                p.uniform_(0.5, 1.5)
-    return model, head, Target(model, head.target_layer_ids)
-
-
-@torch.inference_mode()
-def _extend_and_draft(drafter, seed=0, S=40, P=9):
-    g = torch.Generator().manual_seed(seed)
-    ctx = drafter.new_context(1, S)
-    ctx.copy_(torch.randn(ctx.shape, generator=g))
-    lens = torch.full((1,), P, dtype=torch.int32)
-    F_ = len(drafter.head.target_layer_ids) * drafter.head.config.hidden_size
-    drafter.extend(ctx, lens, torch.randn(1, DEPTH + 1, F_, generator=g))
-    lens += DEPTH + 1
-    return ctx, drafter.draft(ctx, lens, torch.tensor([17]))
-
-
 def test_fp8_drafter_runs_every_gemm_in_fp8(monkeypatch):
-    _, head, target = _setup(head_layers=2)
+    _, head, target = tiny_draft_pair(head_layers=2)
     d = HeadDrafter(head, target, depth=DEPTH, fp8=True)
     calls = record_calls(monkeypatch, fp8_mod, "fp8_linear")
     import jetspec_ext.op_select as sel
     monkeypatch.setattr(sel, "fp8_linear", fp8_mod.fp8_linear)  # the name op_select calls
-    ctx_8, logits_8 = _extend_and_draft(d)
+    ctx_8, logits_8 = extend_and_draft(d)
     # extension: fc + one k|v GEMM per layer; draft: q|k|v, o, gate|up, down per layer + LM head
     assert len(calls) == (1 + 2) + (4 * 2 + 1)
     ref = HeadDrafter(head, target, depth=DEPTH)
-    ctx_r, logits_r = _extend_and_draft(ref)
+    ctx_r, logits_r = extend_and_draft(ref)
     assert logits_8.shape == logits_r.shape and logits_8.dtype == logits_r.dtype
     assert not torch.equal(logits_8, logits_r) and not torch.equal(ctx_8, ctx_r)
     scale = logits_r.abs().max()
@@ -163,7 +143,7 @@ def test_fp8_drafter_runs_every_gemm_in_fp8(monkeypatch):
 
 
 def test_fp8_drafter_greedy_is_the_targets_output():
-    model, head, target = _setup(head_layers=1)
+    model, head, target = tiny_draft_pair(head_layers=1)
     ref_hf = hf_greedy(model, PROMPT, 20)
     kw = dict(max_new_tokens=20, budget=8, width=2)
     r = generate(target, HeadDrafter(head, target, depth=3, fp8=True), PROMPT, **kw)
@@ -187,21 +167,18 @@ def test_fp8_drafter_on_the_demo_pair():
 
 
 def test_fp8_drafter_bad_settings():
-    _, head, target = _setup()
+    _, head, target = tiny_draft_pair()
     with pytest.raises(ValueError, match="fp8 drafting: needs the fused projections"):
         HeadDrafter(head, target, depth=DEPTH, fuse_projections=False, fp8=True)
-    _, head, target = _setup()
+    _, head, target = tiny_draft_pair()
     head.fc.register_forward_hook(lambda m, i, o: o)
     with pytest.raises(ValueError, match="fp8 drafting: fc must be a plain"):
         HeadDrafter(head, target, depth=DEPTH, fp8=True)
     # sizes torch._scaled_mm cannot take (an MLP width of 40): refused on every device alike
-    model = tiny_target(tied=False, vocab=VOCAB, layers=3, hidden=64, head_dim=64, seed=4)
-    cfg = model.config
-    head = JetSpecDraftHead.for_target(cfg, num_layers=1, block_size=DEPTH + 1, target_layer_ids=[0, 1],
-                                       intermediate_size=40)
+    _, head, target = tiny_draft_pair(head_layers=1, intermediate_size=40)
     with pytest.raises(ValueError, match="layer 0 gate_proj: .* multiples of 16.*40 x 64"):
-        HeadDrafter(head, Target(model, head.target_layer_ids), depth=DEPTH, fp8=True)
-    HeadDrafter(head, Target(model, head.target_layer_ids), depth=DEPTH)  # the plain drafter takes it
+        HeadDrafter(head, target, depth=DEPTH, fp8=True)
+    HeadDrafter(head, target, depth=DEPTH)  # the plain drafter takes it
 
 
 def test_scaled_mm_shape_rule():
@@ -214,18 +191,18 @@ def test_scaled_mm_shape_rule():
 
 
 def test_fp8_copies_follow_the_weights():
-    model, head, target = _setup()
+    model, head, target = tiny_draft_pair()
     d = HeadDrafter(head, target, depth=DEPTH, fp8=True)
-    _, l0 = _extend_and_draft(d)
+    _, l0 = extend_and_draft(d)
     with torch.no_grad():  # in place: not seen until refresh_fp8
         model.lm_head.weight.mul_(2.0)
-    _, l1 = _extend_and_draft(d)
+    _, l1 = extend_and_draft(d)
     assert torch.equal(l1, l0)
     d.refresh_fp8()
-    _, l2 = _extend_and_draft(d)
+    _, l2 = extend_and_draft(d)
     torch.testing.assert_close(l2, 2 * l0, rtol=1e-5, atol=1e-5)  # power-of-two scale: same codes
     # a weight moved to new storage: quantized again on the next call
     with torch.no_grad():
         model.lm_head.weight.data = model.lm_head.weight.detach() * 0.5
-    _, l3 = _extend_and_draft(d)
+    _, l3 = extend_and_draft(d)
     torch.testing.assert_close(l3, l0, rtol=1e-5, atol=1e-5)

@@ -14,30 +14,18 @@ import pytest
 import torch
 
 from conftest import record_calls
-from decoder_support import hf_greedy, tiny_target
+from decoder_support import extend_and_draft, hf_greedy, tiny_draft_pair
 from jetspec_ext.decoder import HeadDrafter, generate
 from jetspec_ext.draft_head import JetSpecDraftHead, block_layers, extend_layers, layer_caches
 from jetspec_ext.op_select import op
 from jetspec_ext.target import Target
 
-VOCAB, TARGET_LAYERS, DEPTH = 512, 3, 5
+DEPTH = 5  # tiny_draft_pair's heads: block size DEPTH + 1
 TOL = dict(rtol=1e-5, atol=1e-5)
 PROMPT = [5, 9, 200, 31, 7, 77, 300, 12, 3, 99, 41]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _setup(head_layers=2, seed=0, **head_kw):
-    model = tiny_target(tied=False, vocab=VOCAB, layers=TARGET_LAYERS, hidden=64, head_dim=64, seed=4)
-    torch.manual_seed(seed)
-    head = JetSpecDraftHead.for_target(model.config, num_layers=head_layers, block_size=DEPTH + 1,
-                                       target_layer_ids=[0, 1], **head_kw)
-    with torch.no_grad():  # non-trivial norms
-        for n, p in head.named_parameters():
-            if p.dim() == 1:
-                p.uniform_(0.5, 1.5)
-    return model, head, Target(model, head.target_layer_ids)
 
 
 def _spy(monkeypatch):
@@ -52,40 +40,15 @@ def _spy(monkeypatch):
     return calls
 
 
-@torch.inference_mode()
-def _extend_and_draft(drafter, seed=0, S=40, P=9):
-    """Random context cache, one extension by D+1 tokens, one draft: (ctx, logits). Checks the
-    cache writes themselves (fused and unfused paths share them, so comparing the two would not
-    see them missing): every key / value vector of the extension's slots [P, P+D+1) changed from
-    its random start in every layer and head, and nothing outside [P, P+2(D+1)) (the extension
-    and the draft block's scratch slots after it) changed."""
-    g = torch.Generator().manual_seed(seed)
-    ctx = drafter.new_context(1, S)
-    dev = ctx.device
-    ctx.copy_(torch.randn(ctx.shape, generator=g))
-    start = ctx.clone()
-    lens = torch.full((1,), P, dtype=torch.int32, device=dev)
-    F_ = len(drafter.head.target_layer_ids) * drafter.head.config.hidden_size
-    drafter.extend(ctx, lens, torch.randn(1, DEPTH + 1, F_, generator=g).to(dev, ctx.dtype))
-    lens += DEPTH + 1
-    logits = drafter.draft(ctx, lens, torch.tensor([17], device=dev))
-    # ctx: (L_draft, 2, B, Hkv, S, Dh)
-    assert (ctx[..., P:P + DEPTH + 1, :] != start[..., P:P + DEPTH + 1, :]).any(dim=-1).all()
-    outside = torch.ones(S, dtype=torch.bool)
-    outside[P:P + 2 * (DEPTH + 1)] = False
-    assert torch.equal(ctx[..., outside.to(dev), :], start[..., outside.to(dev), :])
-    return ctx, logits
-
-
 def test_fused_drafter_matches_unfused(monkeypatch):
-    _, head, target = _setup()
+    _, head, target = tiny_draft_pair()
     ref = HeadDrafter(head, target, depth=DEPTH, fuse_projections=False)
     fus = HeadDrafter(head, target, depth=DEPTH)
     assert fus.fused and fus.fuse_note is None and not ref.fused
     calls = _spy(monkeypatch)
-    ctx_r, lr = _extend_and_draft(ref)
+    ctx_r, lr = extend_and_draft(ref)
     assert calls["fused"] == 0
-    ctx_f, lf = _extend_and_draft(fus)
+    ctx_f, lf = extend_and_draft(fus)
     assert calls["fused"] == len(head.layers)
     torch.testing.assert_close(ctx_f, ctx_r, **TOL)  # context KV (extension) + block KV (draft)
     torch.testing.assert_close(lf, lr, **TOL)
@@ -98,7 +61,7 @@ def test_block_and_extend_functions_match_unfused():
     bidirectional head too), and vs. the head's methods (which stay unfused). The heads are
     built under inference_mode here (inference-tensor Parameters: fused as inference tensors)."""
     for causal in (True, False):
-        _, head, target = _setup(causal=causal, seed=1)
+        _, head, target = tiny_draft_pair(causal=causal, seed=1)
         fused = HeadDrafter(head, target, depth=DEPTH)._proj.per_layer
         g = torch.Generator().manual_seed(3)
         B, S, N, H = 2, 32, DEPTH + 1, head.config.hidden_size
@@ -123,7 +86,7 @@ def test_block_and_extend_functions_match_unfused():
 
 
 def test_generate_identical_fused_and_unfused():
-    model, head, target = _setup(head_layers=1)
+    model, head, target = tiny_draft_pair(head_layers=1)
     ref_hf = hf_greedy(model, PROMPT, 20)
     kw = dict(max_new_tokens=20, budget=8, width=2)
     r_off = generate(target, HeadDrafter(head, target, depth=3, fuse_projections=False), PROMPT, **kw)
@@ -135,7 +98,7 @@ def test_generate_identical_fused_and_unfused():
 
 
 def test_fused_head_shares_storage(tmp_path):
-    _, head, target = _setup()
+    _, head, target = tiny_draft_pair()
     before = {n: p.detach().clone() for n, p in head.named_parameters()}
     params = list(head.parameters())
     d = HeadDrafter(head, target, depth=DEPTH)
@@ -175,15 +138,15 @@ def test_fused_head_shares_storage(tmp_path):
 def test_refuse_after_head_moved():
     """head.to(dtype) and back gives the parameters separate storage: the drafter notices and
     fuses again, so it never drafts with stale fused weights."""
-    _, head, target = _setup()
+    _, head, target = tiny_draft_pair()
     fus = HeadDrafter(head, target, depth=DEPTH)
-    ctx0, l0 = _extend_and_draft(fus)
+    ctx0, l0 = extend_and_draft(fus)
     head.to(torch.bfloat16).to(torch.float32)  # values rounded to bf16, storage replaced
     a = head.layers[0].self_attn
     assert a.q_proj.weight.untyped_storage().data_ptr() != a.k_proj.weight.untyped_storage().data_ptr()
     ref = HeadDrafter(head, target, depth=DEPTH, fuse_projections=False)
-    ctx_r, lr = _extend_and_draft(ref)
-    ctx_f, lf = _extend_and_draft(fus)
+    ctx_r, lr = extend_and_draft(ref)
+    ctx_f, lf = extend_and_draft(fus)
     torch.testing.assert_close(lf, lr, **TOL)
     torch.testing.assert_close(ctx_f, ctx_r, **TOL)
     assert not torch.allclose(lf, l0, rtol=0, atol=0)  # the bf16-rounded weights were used
@@ -192,15 +155,15 @@ def test_refuse_after_head_moved():
     with torch.no_grad():
         for layer in head.layers:
             layer.mlp.up_proj.weight.data = layer.mlp.up_proj.weight.detach() * 1.5
-    ctx_r, lr = _extend_and_draft(ref)
-    ctx_f, lf = _extend_and_draft(fus)
+    ctx_r, lr = extend_and_draft(ref)
+    ctx_f, lf = extend_and_draft(fus)
     torch.testing.assert_close(lf, lr, **TOL)
     # Parameters replaced by new objects (load_state_dict(assign=True))
     sd = {k: v.detach().clone() * (0.5 if "q_proj" in k else 1.0) for k, v in head.state_dict().items()}
     head.load_state_dict(sd, assign=True)
     assert a.q_proj.weight.data_ptr() == sd["layers.0.self_attn.q_proj.weight"].data_ptr()
-    ctx_r, lr = _extend_and_draft(ref)
-    ctx_f, lf = _extend_and_draft(fus)
+    ctx_r, lr = extend_and_draft(ref)
+    ctx_f, lf = extend_and_draft(fus)
     torch.testing.assert_close(lf, lr, **TOL)
     torch.testing.assert_close(ctx_f, ctx_r, **TOL)
     assert a.q_proj.weight.untyped_storage().data_ptr() == a.k_proj.weight.untyped_storage().data_ptr()
@@ -208,33 +171,33 @@ def test_refuse_after_head_moved():
 
 def test_fallbacks():
     # attention bias: the fused GEMMs have no bias; weights left alone
-    _, head, target = _setup(attention_bias=True)
+    _, head, target = tiny_draft_pair(attention_bias=True)
     ptr = head.layers[0].self_attn.q_proj.weight.data_ptr()
     d = HeadDrafter(head, target, depth=DEPTH)
     assert not d.fused and "attention_bias" in d.fuse_note and d._proj.weights() is None
     assert head.layers[0].self_attn.q_proj.weight.data_ptr() == ptr
-    _extend_and_draft(d)
+    extend_and_draft(d)
     # a hooked projection (adapters, offloading): not a plain nn.Linear call
-    _, head, target = _setup()
+    _, head, target = tiny_draft_pair()
     head.layers[1].mlp.up_proj.register_forward_hook(lambda m, i, o: o)
     d = HeadDrafter(head, target, depth=DEPTH)
     assert not d.fused and "layer 1" in d.fuse_note
-    ctx_f, lf = _extend_and_draft(d)
-    ctx_r, lr = _extend_and_draft(HeadDrafter(head, target, depth=DEPTH, fuse_projections=False))
+    ctx_f, lf = extend_and_draft(d)
+    ctx_r, lr = extend_and_draft(HeadDrafter(head, target, depth=DEPTH, fuse_projections=False))
     torch.testing.assert_close(lf, lr, rtol=0, atol=0)
     # a hook on a layer / attention / MLP module (the fused path would skip it silently)
     for where in ("layer", "self_attn", "mlp"):
-        _, head, target = _setup()
+        _, head, target = tiny_draft_pair()
         calls = []
         layer = head.layers[1]
         mod = layer if where == "layer" else getattr(layer, where)
         mod.register_forward_pre_hook(lambda m, i: calls.append(1))
         d = HeadDrafter(head, target, depth=DEPTH)
         assert not d.fused and "hooks" in d.fuse_note, where
-        _extend_and_draft(d)
+        extend_and_draft(d)
         assert calls, where  # the unfused path ran the hook
     # a subclassed layer (its forward could differ)
-    _, head, target = _setup()
+    _, head, target = tiny_draft_pair()
     from jetspec_ext.draft_head import DraftLayer
 
     class MyLayer(DraftLayer):
@@ -249,14 +212,14 @@ def test_hooked_fc_is_called():
     """The fused context extension calls fc's weight through op_select.linear only when fc is a
     plain bias-free nn.Linear without hooks; a hooked fc (adapters, offloading) is called as a
     module, so its hook runs, and the result equals the unfused drafter's."""
-    _, head, target = _setup()
+    _, head, target = tiny_draft_pair()
     calls = []
     head.fc.register_forward_hook(lambda m, i, o: calls.append(1))
     d = HeadDrafter(head, target, depth=DEPTH)
     assert d.fused
-    ctx_f, lf = _extend_and_draft(d)
+    ctx_f, lf = extend_and_draft(d)
     assert calls
-    ctx_r, lr = _extend_and_draft(HeadDrafter(head, target, depth=DEPTH, fuse_projections=False))
+    ctx_r, lr = extend_and_draft(HeadDrafter(head, target, depth=DEPTH, fuse_projections=False))
     torch.testing.assert_close(lf, lr, **TOL)
     torch.testing.assert_close(ctx_f, ctx_r, **TOL)
 
@@ -320,9 +283,9 @@ def test_cuda_fused_drafter_few_rows(monkeypatch):
 
     import jetspec_ext
 
-    model, head, target = _setup()
+    model, head, target = tiny_draft_pair()
     calls = record_calls(monkeypatch, jetspec_ext, "verify_linear")
-    ctx_ref, l_ref = _extend_and_draft(HeadDrafter(head, target, depth=DEPTH, fuse_projections=False))
+    ctx_ref, l_ref = extend_and_draft(HeadDrafter(head, target, depth=DEPTH, fuse_projections=False))
     errs = {}
     for fuse in (False, True):
         m = copy.deepcopy(model).to("cuda", torch.bfloat16)
@@ -330,7 +293,7 @@ def test_cuda_fused_drafter_few_rows(monkeypatch):
         d = HeadDrafter(h, Target(m, h.target_layer_ids), depth=DEPTH, fuse_projections=fuse)
         assert d.fused == fuse
         before = len(calls)
-        ctx, logits = _extend_and_draft(d)
+        ctx, logits = extend_and_draft(d)
         assert (len(calls) > before) == fuse  # routed only on the fused path
         errs[fuse] = ((ctx.float().cpu() - ctx_ref).abs().max().item(),
                       (logits.float().cpu() - l_ref).abs().max().item())

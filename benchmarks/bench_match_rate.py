@@ -41,19 +41,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "scripts", "demo"))
 
-from benchmarks.harness import print_table  # noqa: E402
-
-
-def data_dir(explicit=None):
-    """$JETSPEC_DATA, else the first of ../shared/data, shared/data, .carry/data (repo-relative)
-    that holds mbpp_test.jsonl."""
-    cands = [explicit or os.environ.get("JETSPEC_DATA")] + [
-        os.path.join(REPO, p) for p in (os.path.join("..", "shared", "data"), os.path.join("shared", "data"),
-                                        os.path.join(".carry", "data"))]
-    for c in cands:
-        if c and os.path.isfile(os.path.join(c, "mbpp_test.jsonl")):
-            return c
-    raise FileNotFoundError(f"mbpp_test.jsonl not found in any of {[c for c in cands if c]} (set JETSPEC_DATA)")
+from benchmarks.harness import data_dir, print_table  # noqa: E402
 
 
 def mbpp_prompts(path, n):

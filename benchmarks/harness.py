@@ -18,6 +18,19 @@ import torch
 
 HBM_BYTES_PER_S = 4.3e12
 BF16_FLOPS_PER_S = 790e12
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def data_dir(explicit=None):
+    """$JETSPEC_DATA, else the first of ../shared/data, shared/data, .carry/data (repo-relative)
+    that holds mbpp_test.jsonl."""
+    cands = [explicit or os.environ.get("JETSPEC_DATA")] + [
+        os.path.join(_REPO, p) for p in (os.path.join("..", "shared", "data"), os.path.join("shared", "data"),
+                                        os.path.join(".carry", "data"))]
+    for c in cands:
+        if c and os.path.isfile(os.path.join(c, "mbpp_test.jsonl")):
+            return c
+    raise FileNotFoundError(f"mbpp_test.jsonl not found in any of {[c for c in cands if c]} (set JETSPEC_DATA)")
 
 
 def cold_weight_copies(N: int, K: int, min_bytes: int = 160 * 2**20) -> List[torch.Tensor]:

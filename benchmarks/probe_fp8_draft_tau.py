@@ -14,11 +14,12 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.harness import data_dir  # noqa: E402
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--prompts", default=None, help="JSONL prompts (default: ../shared/data/mbpp_test.jsonl)")
+    ap.add_argument("--prompts", default=None, help="JSONL prompts (default: mbpp_test.jsonl of benchmarks.harness.data_dir())")
     ap.add_argument("--num", type=int, default=50)
     ap.add_argument("--skip", type=int, default=0, help="prompts skipped at the file's start")
     ap.add_argument("--budget", type=int, default=128)
@@ -39,10 +40,7 @@ def main(argv=None):
     model, tok = load_demo_target(device=dev)
     head = load_demo_head(device=dev, dtype=model.dtype)
     target = Target(model, head.target_layer_ids)
-    path = a.prompts or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
-                                     "data", "mbpp_test.jsonl")
-    if not os.path.isfile(path) and os.environ.get("JETSPEC_DATA"):
-        path = os.path.join(os.environ["JETSPEC_DATA"], "mbpp_test.jsonl")
+    path = a.prompts or os.path.join(data_dir(), "mbpp_test.jsonl")
     texts = read_prompts(path, a.skip + a.num)[a.skip:]
     ids = [encode_prompt(tok, t, "off") for t in texts]
     T = DEMO_DRAFT_TEMPERATURE if a.draft_temperature is None else a.draft_temperature

@@ -42,7 +42,13 @@ def main():
     if not torch.cuda.is_available():
         print("probe_fp8_lm_head: needs a GPU")
         return
-    N, K = a.vocab, a.hidden
+    if not a.shapes_only:
+        lm_head_table([int(r) for r in a.rows.split(",")], a.vocab, a.hidden)
+    draft_shapes()
+
+
+def lm_head_table(rows, N: int, K: int):
+    """The LM head ``(N, K)`` at each row count of ``rows``: bf16 / fp8_row / fp8_tensor timings and errors."""
     torch.manual_seed(0)
     w = torch.randn(N, K, device="cuda").mul_(K ** -0.5).to(torch.bfloat16)
     w8, sw = quant_rows(w)          # (N, K) e4m3, (N, 1)
@@ -51,7 +57,7 @@ def main():
         (w.abs().amax().float() / E4M3_MAX).reshape(())
     print(f"{'rows':>5s} {'floor bf16':>10s} {'bf16':>8s} {'floor fp8':>10s} {'fp8_row':>8s} {'fp8_tensor':>10s}"
           f" {'err bf16':>9s} {'err row':>9s} {'err tens':>9s} {'top8 bf16':>9s} {'top8 row':>9s} {'top8 tens':>9s}")
-    for M in [int(r) for r in a.rows.split(",")]:
+    for M in rows:
         x = torch.randn(M, K, device="cuda").to(torch.bfloat16)
         res = {}
         res["bf16"] = time_us(lambda: F.linear(x, w), 10, 100, None, True)
@@ -145,7 +151,4 @@ def draft_shapes(rows: int = 16):
 
 
 if __name__ == "__main__":
-    if "--shapes-only" not in sys.argv:
-        main()
-    if torch.cuda.is_available():
-        draft_shapes()
+    main()

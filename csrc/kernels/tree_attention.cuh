@@ -354,8 +354,10 @@ __device__ __forceinline__ float thread_row_max(const float (&s)[kBN / 8][4], in
     for (int i = 0; i < w; ++i) part[i] = fmaxf(part[i], part[i + w]);
   return part[0];
 }
-// The probabilities exp2(s * scale - base) of row half h, left in s, and their sum (this thread's
-// 16, as a pairwise tree).
+// The probabilities exp2(s * scale - base) of row half h, left in s, and (kRowSums) their sum
+// (this thread's 16, as a pairwise tree; 0 without kRowSums: the caller sums on the tensor cores,
+// wgmma_row_sums).
+template <bool kRowSums = true>
 __device__ __forceinline__ float exp_row_sum(float (&s)[kBN / 8][4], int h, float scale, float base) {
   constexpr int NT_S = kBN / 8;
   float part[NT_S];
@@ -365,17 +367,24 @@ __device__ __forceinline__ float exp_row_sum(float (&s)[kBN / 8][4], int h, floa
     s[i][2 * h + 1] = fast_exp2(fmaf(s[i][2 * h + 1], scale, -base));
     part[i] = s[i][2 * h] + s[i][2 * h + 1];
   }
+  if constexpr (kRowSums) {
 #pragma unroll
-  for (int w = NT_S / 2; w > 0; w /= 2)
+    for (int w = NT_S / 2; w > 0; w /= 2)
 #pragma unroll
-    for (int i = 0; i < w; ++i) part[i] += part[i + w];
-  return part[0];
+      for (int i = 0; i < w; ++i) part[i] += part[i + w];
+    return part[0];
+  } else {
+    return 0.f;
+  }
 }
 
 // Online-softmax update of a thread's two rows for one key tile of masked scores s, which times
 // `scale` (> 0; 1 when s is already scaled) are base-2 logits: new running max m_run (lazy,
 // kMaxSlack) and sum l_run (per-thread partial, quad-reduced at the end), the rescale factor
-// alpha of O (exactly 1 when m_run did not move), and the probabilities left in s.
+// alpha of O (exactly 1 when m_run did not move), and the probabilities left in s. Without
+// kRowSums, l_run is left alone (the caller sums P on the tensor cores and rescales those sums
+// with O).
+template <bool kRowSums = true>
 __device__ __forceinline__ void softmax_update_moving(float (&s)[kBN / 8][4], float (&m_run)[2], float (&l_run)[2],
                                                       float (&alpha)[2], float scale = 1.f) {
 #if defined(JETSPEC_TREE_ATTN_TIMELINE) && defined(JETSPEC_TREE_ATTN_DIAG_NO_SOFTMAX)
@@ -397,7 +406,10 @@ __device__ __forceinline__ void softmax_update_moving(float (&s)[kBN / 8][4], fl
     const float base = (m_new == -INFINITY) ? 0.f : m_new;
     alpha[h] = m_new == m_run[h] ? 1.f : fast_exp2(m_run[h] - base);
     m_run[h] = m_new;
-    l_run[h] = l_run[h] * alpha[h] + exp_row_sum(s, h, scale, base);
+    if constexpr (kRowSums)
+      l_run[h] = l_run[h] * alpha[h] + exp_row_sum(s, h, scale, base);
+    else
+      exp_row_sum<false>(s, h, scale, base);
   }
 #endif
 }
@@ -408,10 +420,11 @@ __device__ __forceinline__ void softmax_update_moving(float (&s)[kBN / 8][4], fl
 // thread's 16 scores per row, one warp vote, and the exponentials against m_run; a warp where some
 // row's max moves, or some row has seen no key yet (m_run = -inf: every CTA's first tile), takes
 // softmax_update_moving (shuffles, the new max, alpha).
+template <bool kRowSums = true>
 __device__ __forceinline__ void softmax_update(float (&s)[kBN / 8][4], float (&m_run)[2], float (&l_run)[2],
                                                float (&alpha)[2], float scale = 1.f) {
 #if defined(JETSPEC_TREE_ATTN_TIMELINE) && defined(JETSPEC_TREE_ATTN_DIAG_NO_SOFTMAX)
-  softmax_update_moving(s, m_run, l_run, alpha, scale);  // the diagnostic build's no-op update
+  softmax_update_moving<kRowSums>(s, m_run, l_run, alpha, scale);  // the diagnostic build's no-op update
 #else
   bool kept = true;
 #pragma unroll
@@ -420,13 +433,16 @@ __device__ __forceinline__ void softmax_update(float (&s)[kBN / 8][4], float (&m
     kept = kept && !(mx * scale > m_run[h] + kMaxSlack) && m_run[h] != -INFINITY;
   }
   if (!__all_sync(0xffffffffu, kept)) {
-    softmax_update_moving(s, m_run, l_run, alpha, scale);
+    softmax_update_moving<kRowSums>(s, m_run, l_run, alpha, scale);
     return;
   }
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     alpha[h] = 1.f;
-    l_run[h] += exp_row_sum(s, h, scale, m_run[h]);
+    if constexpr (kRowSums)
+      l_run[h] += exp_row_sum(s, h, scale, m_run[h]);
+    else
+      exp_row_sum<false>(s, h, scale, m_run[h]);
   }
 #endif
 }
@@ -448,6 +464,13 @@ template <int NT_O>
 __device__ __forceinline__ void rescale_o(float (&o)[NT_O][4], const float (&alpha)[2]) {
   if (!__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) return;
   scale_o(o, alpha);
+}
+// rescale_o of O and of the row sums kept on the tensor cores (wgmma_row_sums), together.
+template <int NT_O>
+__device__ __forceinline__ void rescale_o(float (&o)[NT_O][4], float (&l_sum)[1][4], const float (&alpha)[2]) {
+  if (!__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) return;
+  scale_o(o, alpha);
+  scale_o(l_sum, alpha);
 }
 // Whether a warp must rescale O (scale_o) after a tile: some row of the warp moved its max
 // (alpha != 1; most tiles keep it, kMaxSlack). A warp vote, for a warp-uniform branch. It also
@@ -944,6 +967,26 @@ __device__ __forceinline__ void wgmma_pv(float (&o)[D / 8][4], const uint32_t (&
       wgmma_m64n64k16_nmajor<T>(&o[0][0], pa[ks], desc, 1);
   }
 }
+// Row sums of P on the tensor cores: l += P 1, as a 64 x 8 product with a B tile of ones (every
+// column of l then holds the row's sum: l[0] for row gid, l[2] for row gid + 8), issued with the
+// P V product and rescaled with O. It replaces the softmax's 30 FADDs per thread per tile (the
+// softmax, not the tensor pipe, bounds the tile loop) with 4 small wgmmas, and sums the same
+// rounded P that multiplies V. `ones` is the shared-memory address of kRowSumOnesBytes bytes of
+// T(1): a no-swizzle descriptor whose strides stay inside them (any element read is a one).
+constexpr int kRowSumOnesBytes = 512;
+__device__ __forceinline__ uint64_t row_sum_ones_desc(uint32_t ones) {
+  return (uint64_t)((ones & 0x3FFFF) >> 4) | ((uint64_t)(128 >> 4) << 16) | ((uint64_t)(256 >> 4) << 32);
+}
+template <typename T>
+__device__ __forceinline__ void wgmma_row_sums(float (&l)[1][4], const uint32_t (&pa)[kBN / 16][4], uint64_t ones_desc) {
+#pragma unroll
+  for (int ks = 0; ks < kBN / 16; ++ks) wgmma_m64n8k16<T>(&l[0][0], pa[ks], ones_desc);
+}
+// The 16-bit pattern of T(1), two per word, for filling the ones tile.
+template <typename T>
+constexpr uint32_t kOnesPair = 0x3F803F80u;  // bf16 1.0
+template <>
+constexpr uint32_t kOnesPair<__half> = 0x3C003C00u;  // fp16 1.0
 // Visibility of a key tile (keys key0 .. key0 + 63) for one query row: bit b set iff key key0 + b
 // is visible. jb = key0 - plen (negative when the tile starts inside the prefix, > -64), w = the
 // row's tree-mask words wlo = max(jb, 0) / 32 .. wlo + 2 (0 past the row's last word), n_valid
@@ -960,7 +1003,9 @@ __device__ __forceinline__ uint64_t tile_visibility(const uint32_t (&w)[3], int 
 // online-softmax update of m_run / l_run for key tile t; returns the rescale factor of O in
 // alpha and leaves the probabilities in s. A positive scale goes into the exponent's FFMA (one
 // instruction per score fewer); a zero or negative one (allowed: only finiteness is required;
-// the max of the scaled scores is then not the scaled max) is applied first.
+// the max of the scaled scores is then not the scaled max) is applied first. kRowSums: see
+// softmax_update_moving.
+template <bool kRowSums = true>
 __device__ __forceinline__ void online_softmax(float (&s)[kBN / 8][4], const Params& p, int t, int plen, int L,
                                                const int32_t* mrow0, const int32_t* mrow1, int tig,
                                                float (&m_run)[2], float (&l_run)[2], float (&alpha)[2]) {
@@ -1009,7 +1054,7 @@ __device__ __forceinline__ void online_softmax(float (&s)[kBN / 8][4], const Par
         if (!vis) s[i][e] = -INFINITY;
       }
   }
-  softmax_update(s, m_run, l_run, alpha, scale);
+  softmax_update<kRowSums>(s, m_run, l_run, alpha, scale);
 }
 // The probabilities in the A-operand register layout of the P V product.
 template <typename T>

@@ -61,10 +61,10 @@ template <int D>
 constexpr int ws_smem_bytes() {
   // Q tile + kWsStages stages of K and of V (rows x D 16-bit elements), the mbarriers (rounded up
   // to 16 bytes), the cluster merge's own lse (kWsRows fp32), received lse (kClusterRecvRows
-  // fp32) and received rows (kClusterRecvRows x D 16-bit), and 1 KB of slack to align the stages
-  // to 1024 bytes (wgmma swizzle atoms).
+  // fp32) and received rows (kClusterRecvRows x D 16-bit), the ones tile of the row sums
+  // (wgmma_row_sums), and 1 KB of slack to align the stages to 1024 bytes (wgmma swizzle atoms).
   return (kWsRows + 2 * kWsStages * kBN) * D * 2 + (kWsBarriers * 8 + 15) / 16 * 16 + kWsRows * 4 +
-         kClusterRecvRows * 4 + kClusterRecvRows * D * 2 + 1024;
+         kClusterRecvRows * 4 + kClusterRecvRows * D * 2 + kRowSumOnesBytes + 1024;
 }
 constexpr int kWsMaxSmem = 232448;  // shared memory an sm_90 block may have (227 KiB)
 static_assert(ws_smem_bytes<128>() <= kWsMaxSmem, "the ring fits an sm_90 block");
@@ -571,6 +571,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
                                                 (kWsBarriers * 8 + 15) / 16 * 16);  // kBM
   float* const recv_lse = s_lse + kBM;                                     // kClusterRecvRows
   uint4* const recv_o = reinterpret_cast<uint4*>(recv_lse + kClusterRecvRows);  // kClusterRecvRows x CH
+  uint4* const s_ones = recv_o + kClusterRecvRows * CH;  // kRowSumOnesBytes of T(1) (wgmma_row_sums)
   // Ring position of a tile: its stage and the phase parity of the stage's barriers. Stepped per
   // tile (a modulo by kStages per wait cost ~8 uniform instructions in the consumers' loop).
   struct RingPos {
@@ -600,6 +601,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
   }
 #endif
 
+  // The ones tile of the row sums (generic-proxy stores, fenced into the async proxy that wgmma
+  // reads through; the CTA barrier below orders them before every consumer's first product).
+  if (tid < kRowSumOnesBytes / 16) {
+    s_ones[tid] = make_uint4(kOnesPair<T>, kOnesPair<T>, kOnesPair<T>, kOnesPair<T>);
+    fence_proxy_async_smem();
+  }
   if (tid == 0) {
     if (p.q_tma) prefetch_tensormap(&p.tmap_q);
     prefetch_tensormap(&p.tmap_k);
@@ -751,7 +758,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
 #pragma unroll
       for (int i = 0; i < NT_O; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
       float m_run[2] = {-INFINITY, -INFINITY};
-      float l_run[2] = {0.f, 0.f};
+      float l_run[2] = {0.f, 0.f};  // (set from l_sum after the loop)
+      float l_sum[1][4] = {{0.f, 0.f, 0.f, 0.f}};  // row sums of P, on the tensor cores
+      const uint64_t ones_desc = row_sum_ones_desc(smem_u32(s_ones));
       int node[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) node[h] = min((m_base + warp * 16 + gid + h * 8) / p.G, p.N - 1);
@@ -759,7 +768,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
       const int32_t* mrow1 = p.mask + ((int64_t)b * p.N + node[1]) * p.W;
 
       auto softmax = [&](float (&s)[NT_S][4], int t, float (&alpha)[2]) {
-        online_softmax(s, p, t, plen, L, mrow0, mrow1, tig, m_run, l_run, alpha);
+        online_softmax<false>(s, p, t, plen, L, mrow0, mrow1, tig, m_run, l_run, alpha);
       };
       // Ping-pong turns: warpgroup cw issues its wgmma groups between waiting on named barrier
       // 1 + cw and arriving on the other's. Every warpgroup issues n_tiles + 1 groups (S(0), then
@@ -824,6 +833,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
         wgmma_qk<D, T>(s, qf, sK + nxt.stage * kStage);
         JETSPEC_WGMMA_COMMIT();
         wgmma_pv<D, T>(o, pa, sV + cur.stage * kStage);
+        wgmma_row_sums<T>(l_sum, pa, ones_desc);
         JETSPEC_WGMMA_COMMIT();
         end_turn();
         JETSPEC_WGMMA_WAIT(1);  // S(i+1) done
@@ -839,11 +849,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
 #endif
         JETSPEC_WGMMA_WAIT(0);  // P(i) V(i) done: stage i is free
         fence_regs(o);
+        fence_regs(l_sum);
 #ifdef JETSPEC_TREE_ATTN_TIMELINE
         JETSPEC_TL_CLOCK(ctid == 0 && i < kTimelineIters, kTimelinePvSlot + i);
 #endif
         release(cur.stage);
-        rescale_o(o, alpha);  // skipped on most tiles (kMaxSlack)
+        rescale_o(o, l_sum, alpha);  // skipped on most tiles (kMaxSlack)
         pack_probs<T>(s, pa);
 #ifdef JETSPEC_TREE_ATTN_TIMELINE
         JETSPEC_TL_CLOCK(ctid == 0 && i < kTimelineIters, kTimelinePackedSlot + i);
@@ -855,11 +866,16 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
         take_turn();
         wgmma_fence();
         wgmma_pv<D, T>(o, pa, sV + cur.stage * kStage);
+        wgmma_row_sums<T>(l_sum, pa, ones_desc);
         JETSPEC_WGMMA_COMMIT();
         end_turn();
         JETSPEC_WGMMA_WAIT(0);
         fence_regs(o);
+        fence_regs(l_sum);
       }
+      // Every column of l_sum holds its row's sum; the epilogue adds a row's four quad partials.
+      l_run[0] = tig == 0 ? l_sum[0][0] : 0.f;
+      l_run[1] = tig == 0 ? l_sum[0][2] : 0.f;
       JETSPEC_TL_CLOCK(ctid == 0, 8);
 
       if (!p.cluster_merge) {

@@ -386,6 +386,24 @@ def test_cuda_negative_scale_and_uneven_splits(impl, scale, monkeypatch):
 
 
 @requires_cuda_kernel
+@pytest.mark.parametrize("shift", [20.0, 6.0])
+def test_cuda_scores_far_below_zero(impl, shift, monkeypatch):
+    """Rows whose every score is far below zero. The lazy running max's common path tests a
+    tile's scores against m_run + 8 through an integer max of their bit patterns, exact only
+    when that limit is >= 0 (thread_row_max_if_nonneg): with shift 20 every scaled logit is
+    around -50 (log2 units), so every tile must take the moving path and still be right; with
+    shift 6 the rows sit around the limit's sign change. 3 forced splits, some heads unshifted."""
+    monkeypatch.setenv("JETSPEC_TREE_ATTN_SPLITS", "3")
+    q, k, v, pl, mask = make_case(1, 64, 32, 8, 128, [700], device="cuda", seed=23)
+    q, k = q.clone(), k.clone()
+    q[:, :, :24, 0] -= shift  # query heads 0..23 (KV heads 0..5): scores about -shift^2 lower
+    k[:, :6, :, 0] += shift
+    out, lse = run_op(q, k, v, pl, mask)
+    torch.cuda.synchronize()
+    check_against_reference(out, lse, q, k, v, pl, mask)
+
+
+@requires_cuda_kernel
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_split_partials_hold_large_values(impl, dtype, monkeypatch):
     """split_kernel_ws stores its split partials in the input dtype (the other kernels in fp32). A

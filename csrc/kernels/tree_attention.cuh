@@ -1067,13 +1067,23 @@ __device__ __forceinline__ void online_softmax(float (&s)[kBN / 8][4], const Par
     // Each row's visibility of the tile's 64 keys as one 64-bit word (bit b: key key0 + b),
     // then one bit test per score. (Per score, comparing against plen and L and picking the
     // mask word took ~20 instructions, ~670 per tree tile per thread: 1.7x a whole prefix tile.)
-    const uint64_t v0 = tile_visibility(w0, jb, L - key0) >> (tig * 2);
-    const uint64_t v1 = tile_visibility(w1, jb, L - key0) >> (tig * 2);
+    // The thread's columns are 8 i + 2 tig + {0, 1}: shift each row's word by 2 tig once, as two
+    // 32-bit halves pinned by an empty asm, so that each score is one test of a constant bit and
+    // a select. (Left to itself, nvcc shifted each tested constant by 2 tig as a 64-bit value
+    // and tested both halves: ~217 instructions per tree tile against ~120; fiftieth session.)
+    uint32_t vw[2][2];  // [row half][low / high 32 bits]
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const uint64_t v = tile_visibility(h == 0 ? w0 : w1, jb, L - key0) >> (tig * 2);
+      vw[h][0] = (uint32_t)v;
+      vw[h][1] = (uint32_t)(v >> 32);
+      asm("" : "+r"(vw[h][0]), "+r"(vw[h][1]));
+    }
 #pragma unroll
     for (int i = 0; i < NT_S; ++i)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const bool vis = (((e < 2) ? v0 : v1) >> (i * 8 + (e & 1))) & 1u;
+        const bool vis = (vw[e >> 1][i >> 2] >> ((i & 3) * 8 + (e & 1))) & 1u;
         if (!vis) s[i][e] = -INFINITY;
       }
   }

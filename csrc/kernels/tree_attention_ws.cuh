@@ -28,8 +28,10 @@
 // split s takes the interleaved key tiles s, s + ns, ... (split_tiles_interleaved), so the
 // producer can copy K of its first tile before the prefix length lands; merge_kernel combines
 // the splits (the merge does not depend on which tiles a split held). The per-tile maths (wgmma_qk,
-// wgmma_pv, online_softmax, pack_probs) are split_kernel_pipe's; its epilogue stages O through
-// shared memory and writes T partials (stage_rows / store_staged_rows; merge_kernel<D, T, T>).
+// wgmma_pv, online_softmax, pack_probs) are split_kernel_pipe's, except that the row sums of P
+// are taken on the tensor cores (wgmma_row_sums, issued with each P V product) instead of in the
+// softmax; its epilogue stages O through shared memory and writes T partials (stage_rows /
+// store_staged_rows; merge_kernel<D, T, T>).
 #pragma once
 
 #include "tree_attention.cuh"

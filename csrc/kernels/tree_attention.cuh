@@ -359,8 +359,10 @@ __device__ __forceinline__ float thread_row_max(const float (&s)[kBN / 8][4], in
 // Non-negative floats order like their bit patterns as signed integers, and every negative
 // float's pattern is a negative integer, so the result is the true max whenever that is >= +0
 // (-inf, a masked score, never wins then); otherwise it is some negative score, and the caller
-// must not rely on it (softmax_update: only when m_run + kMaxSlack >= 0). A NaN score (positive
-// pattern above +inf's) can win: the caller's > test is then false, as fmaxf would have dropped it.
+// must not rely on it (softmax_update: only when m_run + kMaxSlack >= 0). A NaN score (a pattern
+// above +inf's) can win and hide the row's other scores from the test; such a row's output is NaN
+// whichever path it takes (its exponential is NaN), as with the fmaxf test before. (Keys past L,
+// whose scores may be NaN, are masked to -inf before this test.)
 __device__ __forceinline__ float thread_row_max_if_nonneg(const float (&s)[kBN / 8][4], int h) {
   static_assert(kBN / 8 == 8, "16 scores per row half");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

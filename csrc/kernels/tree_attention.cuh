@@ -482,15 +482,9 @@ __device__ __forceinline__ void scale_o(float (&o)[NT_O][4], const float (&alpha
     o[k][3] *= alpha[1];
   }
 }
-// scale_o, skipped when no row of the warp moved its max (alpha exactly 1: most tiles,
-// kMaxSlack; a warp-uniform branch, decided by a vote). split_kernel_ws's form; see below for
-// split_kernel_pipe's.
-template <int NT_O>
-__device__ __forceinline__ void rescale_o(float (&o)[NT_O][4], const float (&alpha)[2]) {
-  if (!__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) return;
-  scale_o(o, alpha);
-}
-// rescale_o of O and of the row sums kept on the tensor cores (wgmma_row_sums), together.
+// scale_o of O and of its row sums kept on the tensor cores (wgmma_row_sums), skipped when no
+// row of the warp moved its max (alpha exactly 1: most tiles, kMaxSlack; a warp-uniform branch,
+// decided by a vote). split_kernel_ws's form; see below for split_kernel_pipe's.
 template <int NT_O>
 __device__ __forceinline__ void rescale_o(float (&o)[NT_O][4], float (&l_sum)[1][4], const float (&alpha)[2]) {
   if (!__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) return;
@@ -1007,7 +1001,8 @@ __device__ __forceinline__ void wgmma_row_sums(float (&l)[1][4], const uint32_t 
 #pragma unroll
   for (int ks = 0; ks < kBN / 16; ++ks) wgmma_m64n8k16<T>(&l[0][0], pa[ks], ones_desc);
 }
-// The 16-bit pattern of T(1), two per word, for filling the ones tile.
+// The 16-bit pattern of T(1), two per word, for filling the ones tile (constants: building it with
+// TypeTraits<T>::pack(1.f, 1.f) costs a conversion per CTA, which nvcc does not fold).
 template <typename T>
 constexpr uint32_t kOnesPair = 0x3F803F80u;  // bf16 1.0
 template <>

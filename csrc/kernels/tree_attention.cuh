@@ -986,7 +986,8 @@ __device__ __forceinline__ void wgmma_pv(float (&o)[D / 8][4], const uint32_t (&
       wgmma_m64n64k16_nmajor<T>(&o[0][0], pa[ks], desc, 1);
   }
 }
-// Row sums of P on the tensor cores: l += P 1, as a 64 x 8 product with a B tile of ones (every
+// Row sums of P on the tensor cores (split_kernel_ws at D 64; D 128 folds them into the P V
+// product, wgmma_pv_row_sums below): l += P 1, as a 64 x 8 product with a B tile of ones (every
 // column of l then holds the row's sum: l[0] for row gid, l[2] for row gid + 8), issued with the
 // P V product and rescaled with O. It replaces the softmax's 30 FADDs per thread per tile (the
 // softmax, not the tensor pipe, bounds the tile loop) with 4 small wgmmas, and sums the same
@@ -1000,6 +1001,17 @@ template <typename T>
 __device__ __forceinline__ void wgmma_row_sums(float (&l)[1][4], const uint32_t (&pa)[kBN / 16][4], uint64_t ones_desc) {
 #pragma unroll
   for (int ks = 0; ks < kBN / 16; ++ks) wgmma_m64n8k16<T>(&l[0][0], pa[ks], ones_desc);
+}
+// D 128: O += P V and l += P 1 in one m64n136k16 product per k-step; `sv` is a V tile followed by
+// a 64-column chunk of ones at kBN * 128 bytes per 64 columns (the descriptor's leading offset),
+// so columns 128..135 of B are ones and l gets the same layout as wgmma_row_sums'.
+template <typename T>
+__device__ __forceinline__ void wgmma_pv_row_sums(float (&o)[16][4], float (&l)[1][4], const uint32_t (&pa)[kBN / 16][4],
+                                                  const uint4* sv) {
+  const uint64_t desc0 = make_desc_sw128(smem_u32(sv), kBN * 128, 1024);
+#pragma unroll
+  for (int ks = 0; ks < kBN / 16; ++ks)
+    wgmma_m64n136k16_nmajor<T>(&o[0][0], &l[0][0], pa[ks], desc_advance(desc0, ks * 16 * 128));
 }
 // The 16-bit pattern of T(1), two per word, for filling the ones tile (constants: building it with
 // TypeTraits<T>::pack(1.f, 1.f) costs a conversion per CTA, which nvcc does not fold).
@@ -1050,7 +1062,7 @@ __device__ __forceinline__ void online_softmax(float (&s)[kBN / 8][4], const Par
     const int wlo = max(jb, 0) >> 5;
     uint32_t w0[3], w1[3];
 #pragma unroll
-    for (int k = 0; k < 3; ++k) {
+    for (int k = 0; k < 2; ++k) {
       const bool ok = wlo + k < p.W;
 #if defined(JETSPEC_TREE_ATTN_TIMELINE) && defined(JETSPEC_TREE_ATTN_DIAG_NO_MASK_LOAD)
       // Diagnostic build (setup.py): words made from the row pointers, not loaded; WRONG results.
@@ -1069,13 +1081,35 @@ __device__ __forceinline__ void online_softmax(float (&s)[kBN / 8][4], const Par
     // a select. (Left to itself, nvcc shifted each tested constant by 2 tig as a 64-bit value
     // and tested both halves: ~217 instructions per tree tile against ~120; fiftieth session.)
     uint32_t vw[2][2];  // [row half][low / high 32 bits]
+    if (jb >= 0 && (jb & 31) == 0 && L - key0 >= kBN) {
+      // The common tree tile (prefix length a multiple of 32, all 64 keys tree keys): the
+      // visibility is the row's words wlo and wlo + 1 as they are (both inside the row, as
+      // jb + 64 <= N <= 32 W). tile_visibility's general case costs ~55 SASS instructions more
+      // per tree tile and a third word per row (P1024 N256 -0.17 us on the H200, fifty-first
+      // session).
+      const uint32_t sh = (uint32_t)tig * 2;
+      vw[0][0] = __funnelshift_r(w0[0], w0[1], sh);
+      vw[0][1] = w0[1] >> sh;
+      vw[1][0] = __funnelshift_r(w1[0], w1[1], sh);
+      vw[1][1] = w1[1] >> sh;
+    } else {
+      const bool ok = wlo + 2 < p.W;
+#if defined(JETSPEC_TREE_ATTN_TIMELINE) && defined(JETSPEC_TREE_ATTN_DIAG_NO_MASK_LOAD)
+      w0[2] = ok ? ~(uint32_t)(uintptr_t)(mrow0 + wlo + 2) : 0u;
+      w1[2] = ok ? ~(uint32_t)(uintptr_t)(mrow1 + wlo + 2) : 0u;
+#else
+      w0[2] = ok ? (uint32_t)__ldg(mrow0 + wlo + 2) : 0u;
+      w1[2] = ok ? (uint32_t)__ldg(mrow1 + wlo + 2) : 0u;
+#endif
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const uint64_t v = tile_visibility(h == 0 ? w0 : w1, jb, L - key0) >> (tig * 2);
-      vw[h][0] = (uint32_t)v;
-      vw[h][1] = (uint32_t)(v >> 32);
-      asm("" : "+r"(vw[h][0]), "+r"(vw[h][1]));
+      for (int h = 0; h < 2; ++h) {
+        const uint64_t v = tile_visibility(h == 0 ? w0 : w1, jb, L - key0) >> (tig * 2);
+        vw[h][0] = (uint32_t)v;
+        vw[h][1] = (uint32_t)(v >> 32);
+      }
     }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) asm("" : "+r"(vw[h][0]), "+r"(vw[h][1]));
 #pragma unroll
     for (int i = 0; i < NT_S; ++i)
 #pragma unroll

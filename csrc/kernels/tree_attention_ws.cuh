@@ -29,8 +29,9 @@
 // producer can copy K of its first tile before the prefix length lands; merge_kernel combines
 // the splits (the merge does not depend on which tiles a split held). The per-tile maths (wgmma_qk,
 // wgmma_pv, online_softmax, pack_probs) are split_kernel_pipe's, except that the row sums of P
-// are taken on the tensor cores (wgmma_row_sums, issued with each P V product) instead of in the
-// softmax; its epilogue stages O through shared memory and writes T partials (stage_rows /
+// are taken on the tensor cores instead of in the softmax: at D 128 in the P V product itself
+// (wgmma_pv_row_sums: m64n136k16, each V stage followed by a chunk of ones), at D 64 by
+// wgmma_row_sums issued with it; its epilogue stages O through shared memory and writes T partials (stage_rows /
 // store_staged_rows; merge_kernel<D, T, T>).
 #pragma once
 
@@ -64,9 +65,11 @@ constexpr int ws_smem_bytes() {
   // Q tile + kWsStages stages of K and of V (rows x D 16-bit elements), the mbarriers (rounded up
   // to 16 bytes), the cluster merge's own lse (kWsRows fp32), received lse (kClusterRecvRows
   // fp32) and received rows (kClusterRecvRows x D 16-bit), the ones tile of the row sums
-  // (wgmma_row_sums), and 1 KB of slack to align the stages to 1024 bytes (wgmma swizzle atoms).
+  // (wgmma_row_sums, D 64), 1 KB of slack to align the stages to 1024 bytes (wgmma swizzle
+  // atoms) and, at D 128, a 64-column chunk of ones after each V stage (wgmma_pv_row_sums).
   return (kWsRows + 2 * kWsStages * kBN) * D * 2 + (kWsBarriers * 8 + 15) / 16 * 16 + kWsRows * 4 +
-         kClusterRecvRows * 4 + kClusterRecvRows * D * 2 + kRowSumOnesBytes + 1024;
+         kClusterRecvRows * 4 + kClusterRecvRows * D * 2 + kRowSumOnesBytes + 1024 +
+         (D == 128 ? kWsStages * kBN * 128 : 0);  // D 128: a ones chunk after each V stage
 }
 constexpr int kWsMaxSmem = 232448;  // shared memory an sm_90 block may have (227 KiB)
 static_assert(ws_smem_bytes<128>() <= kWsMaxSmem, "the ring fits an sm_90 block");
@@ -555,12 +558,19 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
   constexpr int NT_O = D / 8;
   constexpr int PV_KSTEPS = kBN / 16;
   constexpr int kStage = kBN * CH;        // chunks of one K or V tile
+  // D 128: each V stage is followed by a 64-column chunk of ones (8 KB; the stage stride is then
+  // kVStage), so that one m64n136k16 product per k-step gives O and the row sums of P together
+  // (wgmma_pv_row_sums). Against the four m64n8k16 products of wgmma_row_sums per tile, this took
+  // 0.1-0.4 us off the issue-4 cells and 4-9 us off P16384 N256 on the H200 (fifty-first
+  // session, benchmarks/RESULTS.md), for 24 KB more shared memory (still one CTA per SM).
+  constexpr bool kOnesInV = D == 128;
+  constexpr int kVStage = kStage + (kOnesInV ? kBN * 8 : 0);
   constexpr int kProducers = 128;
   extern __shared__ __align__(1024) uint4 smem_raw[];
   uint4* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023) / 16;
   uint4* sK = smem;                        // kStages * kStage chunks
-  uint4* sV = sK + kStages * kStage;       // kStages * kStage
-  uint4* sQ = sV + kStages * kStage;       // kBM * CH
+  uint4* sV = sK + kStages * kStage;       // kStages * kVStage
+  uint4* sQ = sV + kStages * kVStage;      // kBM * CH
   const uint32_t bar0 = smem_u32(sQ + kBM * CH);  // kWsBarriers x 8 bytes
   const uint32_t q_full = bar0;
   auto k_full = [&](int s) { return bar0 + 8u * (1 + s); };
@@ -603,9 +613,17 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
   }
 #endif
 
-  // The ones tile of the row sums (generic-proxy stores, fenced into the async proxy that wgmma
-  // reads through; the CTA barrier below orders them before every consumer's first product).
-  if (tid < kRowSumOnesBytes / 16) {
+  // The ones of the row sums: D 128, the chunk after each V stage (the TMA copies never write
+  // it); D 64, the ones tile (generic-proxy stores, fenced into the async proxy that wgmma reads
+  // through; the CTA barrier below orders them before every consumer's first product).
+  if constexpr (kOnesInV) {
+#pragma unroll
+    for (int i = tid; i < kStages * kBN * 8; i += kWsThreads) {
+      const int st = i / (kBN * 8);
+      sV[st * kVStage + kStage + (i - st * kBN * 8)] = make_uint4(kOnesPair<T>, kOnesPair<T>, kOnesPair<T>, kOnesPair<T>);
+    }
+    fence_proxy_async_smem();
+  } else if (tid < kRowSumOnesBytes / 16) {
     s_ones[tid] = make_uint4(kOnesPair<T>, kOnesPair<T>, kOnesPair<T>, kOnesPair<T>);
     fence_proxy_async_smem();
   }
@@ -703,10 +721,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
         const bool last = i + 1 == range.count;
         if (tid == 0) {
           if (!(i == 0 && k0_early)) tma_load_kv_tile<D, T>(&p.tmap_k, sK + st * kStage, tile, kvh, b, k_full(st));
-          if (!(last && v_last_zeroed)) tma_load_kv_tile<D, T>(&p.tmap_v, sV + st * kStage, tile, kvh, b, v_full(st));
+          if (!(last && v_last_zeroed)) tma_load_kv_tile<D, T>(&p.tmap_v, sV + st * kVStage, tile, kvh, b, v_full(st));
         }
         if (last && v_last_zeroed) {
-          copy_kv_tile<D, T, kProducers>(vg, p.v_ss, sV + st * kStage, tile, L, r0, c_chunk);
+          copy_kv_tile<D, T, kProducers>(vg, p.v_ss, sV + st * kVStage, tile, L, r0, c_chunk);
           cp_async_wait_all();
           fence_proxy_async_smem();  // cp.async (generic proxy) data -> wgmma (async proxy)
           producers_bar_sync();
@@ -834,8 +852,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
         wgmma_fence();
         wgmma_qk<D, T>(s, qf, sK + nxt.stage * kStage);
         JETSPEC_WGMMA_COMMIT();
-        wgmma_pv<D, T>(o, pa, sV + cur.stage * kStage);
-        wgmma_row_sums<T>(l_sum, pa, ones_desc);
+        if constexpr (kOnesInV) {
+          wgmma_pv_row_sums<T>(o, l_sum, pa, sV + cur.stage * kVStage);
+        } else {
+          wgmma_pv<D, T>(o, pa, sV + cur.stage * kVStage);
+          wgmma_row_sums<T>(l_sum, pa, ones_desc);
+        }
         JETSPEC_WGMMA_COMMIT();
         end_turn();
         JETSPEC_WGMMA_WAIT(1);  // S(i+1) done
@@ -867,8 +889,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
         mbar_wait(v_full(cur.stage), cur.parity);
         take_turn();
         wgmma_fence();
-        wgmma_pv<D, T>(o, pa, sV + cur.stage * kStage);
-        wgmma_row_sums<T>(l_sum, pa, ones_desc);
+        if constexpr (kOnesInV) {
+          wgmma_pv_row_sums<T>(o, l_sum, pa, sV + cur.stage * kVStage);
+        } else {
+          wgmma_pv<D, T>(o, pa, sV + cur.stage * kVStage);
+          wgmma_row_sums<T>(l_sum, pa, ones_desc);
+        }
         JETSPEC_WGMMA_COMMIT();
         end_turn();
         JETSPEC_WGMMA_WAIT(0);

@@ -1060,18 +1060,20 @@ __device__ __forceinline__ void online_softmax(float (&s)[kBN / 8][4], const Par
   if (tree) {
     const int jb = key0 - plen;
     const int wlo = max(jb, 0) >> 5;
+    // Word wlo + k of a row's mask (0 past the row's last word).
+    auto mask_word = [&](const int32_t* mrow, int k) -> uint32_t {
+      const bool ok = wlo + k < p.W;
+#if defined(JETSPEC_TREE_ATTN_TIMELINE) && defined(JETSPEC_TREE_ATTN_DIAG_NO_MASK_LOAD)
+      return ok ? ~(uint32_t)(uintptr_t)(mrow + wlo + k) : 0u;  // diagnostic build (setup.py): not loaded; WRONG results
+#else
+      return ok ? (uint32_t)__ldg(mrow + wlo + k) : 0u;
+#endif
+    };
     uint32_t w0[3], w1[3];
 #pragma unroll
     for (int k = 0; k < 2; ++k) {
-      const bool ok = wlo + k < p.W;
-#if defined(JETSPEC_TREE_ATTN_TIMELINE) && defined(JETSPEC_TREE_ATTN_DIAG_NO_MASK_LOAD)
-      // Diagnostic build (setup.py): words made from the row pointers, not loaded; WRONG results.
-      w0[k] = ok ? ~(uint32_t)(uintptr_t)(mrow0 + wlo + k) : 0u;
-      w1[k] = ok ? ~(uint32_t)(uintptr_t)(mrow1 + wlo + k) : 0u;
-#else
-      w0[k] = ok ? (uint32_t)__ldg(mrow0 + wlo + k) : 0u;
-      w1[k] = ok ? (uint32_t)__ldg(mrow1 + wlo + k) : 0u;
-#endif
+      w0[k] = mask_word(mrow0, k);
+      w1[k] = mask_word(mrow1, k);
     }
     // Each row's visibility of the tile's 64 keys as one 64-bit word (bit b: key key0 + b),
     // then one bit test per score. (Per score, comparing against plen and L and picking the
@@ -1093,14 +1095,8 @@ __device__ __forceinline__ void online_softmax(float (&s)[kBN / 8][4], const Par
       vw[1][0] = __funnelshift_r(w1[0], w1[1], sh);
       vw[1][1] = w1[1] >> sh;
     } else {
-      const bool ok = wlo + 2 < p.W;
-#if defined(JETSPEC_TREE_ATTN_TIMELINE) && defined(JETSPEC_TREE_ATTN_DIAG_NO_MASK_LOAD)
-      w0[2] = ok ? ~(uint32_t)(uintptr_t)(mrow0 + wlo + 2) : 0u;
-      w1[2] = ok ? ~(uint32_t)(uintptr_t)(mrow1 + wlo + 2) : 0u;
-#else
-      w0[2] = ok ? (uint32_t)__ldg(mrow0 + wlo + 2) : 0u;
-      w1[2] = ok ? (uint32_t)__ldg(mrow1 + wlo + 2) : 0u;
-#endif
+      w0[2] = mask_word(mrow0, 2);
+      w1[2] = mask_word(mrow1, 2);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const uint64_t v = tile_visibility(h == 0 ? w0 : w1, jb, L - key0) >> (tig * 2);

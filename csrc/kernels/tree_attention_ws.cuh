@@ -31,8 +31,8 @@
 // wgmma_pv, online_softmax, pack_probs) are split_kernel_pipe's, except that the row sums of P
 // are taken on the tensor cores instead of in the softmax: at D 128 in the P V product itself
 // (wgmma_pv_row_sums: m64n136k16, each V stage followed by a chunk of ones), at D 64 by
-// wgmma_row_sums issued with it; its epilogue stages O through shared memory and writes T partials (stage_rows /
-// store_staged_rows; merge_kernel<D, T, T>).
+// wgmma_row_sums issued with it. Its epilogue stages O through shared memory and writes T
+// partials (stage_rows / store_staged_rows; merge_kernel<D, T, T>).
 #pragma once
 
 #include "tree_attention.cuh"
@@ -64,12 +64,12 @@ template <int D>
 constexpr int ws_smem_bytes() {
   // Q tile + kWsStages stages of K and of V (rows x D 16-bit elements), the mbarriers (rounded up
   // to 16 bytes), the cluster merge's own lse (kWsRows fp32), received lse (kClusterRecvRows
-  // fp32) and received rows (kClusterRecvRows x D 16-bit), the ones tile of the row sums
-  // (wgmma_row_sums, D 64), 1 KB of slack to align the stages to 1024 bytes (wgmma swizzle
-  // atoms) and, at D 128, a 64-column chunk of ones after each V stage (wgmma_pv_row_sums).
+  // fp32) and received rows (kClusterRecvRows x D 16-bit), 1 KB of slack to align the stages to
+  // 1024 bytes (wgmma swizzle atoms), and the ones of the row sums: at D 128 a 64-column chunk
+  // after each V stage (wgmma_pv_row_sums), at D 64 the ones tile (wgmma_row_sums).
   return (kWsRows + 2 * kWsStages * kBN) * D * 2 + (kWsBarriers * 8 + 15) / 16 * 16 + kWsRows * 4 +
-         kClusterRecvRows * 4 + kClusterRecvRows * D * 2 + kRowSumOnesBytes + 1024 +
-         (D == 128 ? kWsStages * kBN * 128 : 0);  // D 128: a ones chunk after each V stage
+         kClusterRecvRows * 4 + kClusterRecvRows * D * 2 + 1024 +
+         (D == 128 ? kWsStages * kBN * 128 : kRowSumOnesBytes);
 }
 constexpr int kWsMaxSmem = 232448;  // shared memory an sm_90 block may have (227 KiB)
 static_assert(ws_smem_bytes<128>() <= kWsMaxSmem, "the ring fits an sm_90 block");
@@ -583,7 +583,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
                                                 (kWsBarriers * 8 + 15) / 16 * 16);  // kBM
   float* const recv_lse = s_lse + kBM;                                     // kClusterRecvRows
   uint4* const recv_o = reinterpret_cast<uint4*>(recv_lse + kClusterRecvRows);  // kClusterRecvRows x CH
-  uint4* const s_ones = recv_o + kClusterRecvRows * CH;  // kRowSumOnesBytes of T(1) (wgmma_row_sums)
+  uint4* const s_ones = recv_o + kClusterRecvRows * CH;  // D 64: kRowSumOnesBytes of T(1) (wgmma_row_sums)
   // Ring position of a tile: its stage and the phase parity of the stage's barriers. Stepped per
   // tile (a modulo by kStages per wait cost ~8 uniform instructions in the consumers' loop).
   struct RingPos {

@@ -821,6 +821,15 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
       for (int i = 0; i < NT_S; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
       uint32_t pa[PV_KSTEPS][4];
       float alpha[2];
+      // O += P V of the tile in `stage` and l_sum += P 1 (kOnesInV: both in one product).
+      auto pv_and_row_sums = [&](int stage) {
+        if constexpr (kOnesInV) {
+          wgmma_pv_row_sums<T>(o, l_sum, pa, sV + stage * kVStage);
+        } else {
+          wgmma_pv<D, T>(o, pa, sV + stage * kVStage);
+          wgmma_row_sums<T>(l_sum, pa, ones_desc);
+        }
+      };
       mbar_wait(k_full(0), 0);  // (K and V arrive through the async proxy: no proxy fence here)
       JETSPEC_TL_CLOCK(ctid == 0, 6);
       take_turn();
@@ -852,12 +861,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
         wgmma_fence();
         wgmma_qk<D, T>(s, qf, sK + nxt.stage * kStage);
         JETSPEC_WGMMA_COMMIT();
-        if constexpr (kOnesInV) {
-          wgmma_pv_row_sums<T>(o, l_sum, pa, sV + cur.stage * kVStage);
-        } else {
-          wgmma_pv<D, T>(o, pa, sV + cur.stage * kVStage);
-          wgmma_row_sums<T>(l_sum, pa, ones_desc);
-        }
+        pv_and_row_sums(cur.stage);
         JETSPEC_WGMMA_COMMIT();
         end_turn();
         JETSPEC_WGMMA_WAIT(1);  // S(i+1) done
@@ -889,12 +893,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
         mbar_wait(v_full(cur.stage), cur.parity);
         take_turn();
         wgmma_fence();
-        if constexpr (kOnesInV) {
-          wgmma_pv_row_sums<T>(o, l_sum, pa, sV + cur.stage * kVStage);
-        } else {
-          wgmma_pv<D, T>(o, pa, sV + cur.stage * kVStage);
-          wgmma_row_sums<T>(l_sum, pa, ones_desc);
-        }
+        pv_and_row_sums(cur.stage);
         JETSPEC_WGMMA_COMMIT();
         end_turn();
         JETSPEC_WGMMA_WAIT(0);

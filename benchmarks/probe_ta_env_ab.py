@@ -26,6 +26,27 @@ CELLS = [(1, 1024, 64), (1, 1024, 128), (1, 1024, 256), (1, 4096, 64), (1, 4096,
          (1, 16384, 64), (1, 16384, 128), (1, 16384, 256), (8, 4096, 64)]
 
 
+def parse_cells(text):
+    """'B:P:N,...' -> [(B, P, N), ...]; '' -> the ten issue-4 cells."""
+    if not text:
+        return list(CELLS)
+    cells = []
+    for item in text.split(","):
+        parts = item.split(":")
+        if len(parts) != 3 or not all(x.isdigit() and int(x) > 0 for x in parts[:1] + parts[2:]) \
+                or not parts[1].isdigit():
+            raise SystemExit(f"probe_ta_env_ab: cell {item!r} is not B:P:N (B, N >= 1, P >= 0)")
+        cells.append(tuple(int(x) for x in parts))
+    return cells
+
+
+def round_order(values, r):
+    """The values' order in round r: rotated by r, so over len(values) rounds each value takes
+    every position once."""
+    k = r % len(values)
+    return values[k:] + values[:k]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--env", required=True, help="the launcher's environment variable to vary")
@@ -38,7 +59,7 @@ def main(argv=None):
     values = args.values.split(",")
     if len(values) < 2:
         raise SystemExit("probe_ta_env_ab: give at least two values")
-    cells = [tuple(int(x) for x in c.split(":")) for c in args.cells.split(",")] if args.cells else CELLS
+    cells = parse_cells(args.cells)
     saved = os.environ.get(args.env)
 
     def set_value(v):
@@ -54,8 +75,7 @@ def main(argv=None):
             inputs = make_inputs(B, P, N, "cuda", torch.bfloat16)
             samples = {v: [] for v in values}
             for r in range(args.rounds):
-                order = values[r % len(values):] + values[:r % len(values)]
-                for v in order:
+                for v in round_order(values, r):
                     set_value(v)
                     samples[v].append(time_us(lambda: jetspec_ext.tree_attention(*inputs), warmup=10, iters=100,
                                               graph=True))

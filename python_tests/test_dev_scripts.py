@@ -204,6 +204,26 @@ def test_tree_key_union_reads_the_sign_bit():
     assert [(s["union"], s["max_key"]) for s in pu.union_stats(words, 32, 32)] == [(1, 31)]
 
 
+def test_env_ab_probe_rotates_the_values_and_parses_cells():
+    """benchmarks/probe_ta_env_ab.py times each value once per round in a rotated order, so over
+    as many rounds as values each value takes every position once (no value favoured by coming
+    first after the cell's warm-up); --cells B:P:N lists parse, bad ones are refused."""
+    import pytest
+
+    pe = _probe("probe_ta_env_ab")
+    vals = ["1", "0", "unset"]
+    orders = [pe.round_order(vals, r) for r in range(3)]
+    assert orders[0] == vals and all(sorted(o) == sorted(vals) for o in orders)
+    for pos in range(3):
+        assert sorted(o[pos] for o in orders) == sorted(vals)
+    assert pe.round_order(vals, 3) == vals
+    assert pe.parse_cells("") == pe.CELLS and len(pe.CELLS) == 10
+    assert pe.parse_cells("1:1024:64,8:0:5") == [(1, 1024, 64), (8, 0, 5)]
+    for bad in ("1:1024", "0:1024:64", "1:x:64", "1:1024:0"):
+        with pytest.raises(SystemExit, match="is not B:P:N"):
+            pe.parse_cells(bad)
+
+
 def test_kept_patches_still_apply_to_the_checkout():
     """docs/patches/*.patch are changes measured (or prepared) on the H200 but kept off main; the
     roadmap's next calls start with `git apply` of them, so one that no longer applies is found

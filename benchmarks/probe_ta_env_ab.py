@@ -19,11 +19,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jetspec_ext  # noqa: E402
-from benchmarks.bench_tree_attention import make_inputs  # noqa: E402
+from benchmarks.bench_tree_attention import ISSUE4_CELLS as CELLS, make_inputs  # noqa: E402
 from benchmarks.harness import time_us  # noqa: E402
-
-CELLS = [(1, 1024, 64), (1, 1024, 128), (1, 1024, 256), (1, 4096, 64), (1, 4096, 128), (1, 4096, 256),
-         (1, 16384, 64), (1, 16384, 128), (1, 16384, 256), (8, 4096, 64)]
 
 
 def parse_cells(text):
@@ -33,10 +30,10 @@ def parse_cells(text):
     cells = []
     for item in text.split(","):
         parts = item.split(":")
-        if len(parts) != 3 or not all(x.isdigit() and int(x) > 0 for x in parts[:1] + parts[2:]) \
-                or not parts[1].isdigit():
+        cell = tuple(int(x) for x in parts) if len(parts) == 3 and all(x.isdigit() for x in parts) else None
+        if cell is None or cell[0] < 1 or cell[2] < 1:
             raise SystemExit(f"probe_ta_env_ab: cell {item!r} is not B:P:N (B, N >= 1, P >= 0)")
-        cells.append(tuple(int(x) for x in parts))
+        cells.append(cell)
     return cells
 
 

@@ -60,18 +60,43 @@ __global__ void latency_kernel(const int* p, volatile long long* out, volatile i
   out[blockIdx.x * 3 + 2] = t3 - t2;
 }
 
+// An empty kernel that also meets its cluster at the end (arrive.release / wait.acquire, as
+// split_kernel_ws's cluster merge does before its pushes): what the cluster barrier adds.
+__global__ void empty_cluster_sync_kernel() {
+  wait_for_previous_grid();
+  signal_dependents_may_launch();
+  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+}
+
 template <typename... Args>
-static void launch(bool pdl, dim3 grid, dim3 block, cudaStream_t s, void (*k)(Args...), Args... args) {
+static void launch_ex(bool pdl, dim3 grid, dim3 block, int smem, int cluster_y, cudaStream_t s, void (*k)(Args...),
+                      Args... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
   cfg.stream = s;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attr[2];
+  int n = 0;
+  if (pdl) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
+  if (cluster_y > 1) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = 1;
+    attr[n].val.clusterDim.y = cluster_y;
+    attr[n].val.clusterDim.z = 1;
+    ++n;
+  }
   cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
+  cfg.numAttrs = n;
   CK(cudaLaunchKernelEx(&cfg, k, args...));
+}
+template <typename... Args>
+static void launch(bool pdl, dim3 grid, dim3 block, cudaStream_t s, void (*k)(Args...), Args... args) {
+  launch_ex(pdl, grid, block, 0, 1, s, k, args...);
 }
 
 // Captures body() (which enqueues `kernels` launches) into a graph, replays it; median us per kernel.
@@ -123,6 +148,33 @@ int main() {
   for (const Shape& sh : shapes)
     for (int pdl = 0; pdl < 2; ++pdl) {
       const double us = time_graph(s, K, [&] { for (int i = 0; i < K; ++i) launch(pdl, sh.grid, sh.block, s, empty_kernel); });
+      printf("   %-44s %-5s %7.2f\n", sh.name, pdl ? "PDL" : "plain", us);
+    }
+
+  // The launch shapes of split_kernel_ws at P1024 (grid row tiles x splits x KV heads, 384
+  // threads, its ~184 KB of dynamic shared memory: one CTA per SM), with and without the cluster
+  // of its splits, and with a cluster barrier at the end: what the boundary of the real launch
+  // costs before any work (fifty-fifth session).
+  const int ws_smem = 188480;  // ws_smem_bytes<128>() (csrc/kernels/tree_attention_ws.cuh)
+  CK(cudaFuncSetAttribute(empty_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ws_smem));
+  CK(cudaFuncSetAttribute(empty_cluster_sync_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ws_smem));
+  struct WsShape { const char* name; dim3 grid; int cluster_y; bool sync; int smem; };
+  const WsShape ws_shapes[] = {
+      {"N64: 2 x 6 x 8, 184 KB, no cluster", dim3(2, 6, 8), 1, false, ws_smem},
+      {"N64: 2 x 6 x 8, 184 KB, cluster 6", dim3(2, 6, 8), 6, false, ws_smem},
+      {"N64: 2 x 6 x 8, 184 KB, cluster 6 + barrier", dim3(2, 6, 8), 6, true, ws_smem},
+      {"N128: 4 x 3 x 8, 184 KB, no cluster", dim3(4, 3, 8), 1, false, ws_smem},
+      {"N128: 4 x 3 x 8, 184 KB, cluster 3", dim3(4, 3, 8), 3, false, ws_smem},
+      {"N128: 4 x 3 x 8, 184 KB, cluster 3 + barrier", dim3(4, 3, 8), 3, true, ws_smem},
+      {"P4096 N64: 2 x 8 x 8, 184 KB, no cluster", dim3(2, 8, 8), 1, false, ws_smem},
+      {"N64: 2 x 6 x 8, no smem, no cluster", dim3(2, 6, 8), 1, false, 0}};
+  printf("-- chain: %d empty kernels per graph launched like split_kernel_ws at P1024, us per kernel\n", K);
+  for (const WsShape& sh : ws_shapes)
+    for (int pdl = 0; pdl < 2; ++pdl) {
+      const double us = time_graph(s, K, [&] {
+        for (int i = 0; i < K; ++i)
+          launch_ex(pdl, sh.grid, dim3(384), sh.smem, sh.cluster_y, s, sh.sync ? empty_cluster_sync_kernel : empty_kernel);
+      });
       printf("   %-44s %-5s %7.2f\n", sh.name, pdl ? "PDL" : "plain", us);
     }
 

@@ -153,21 +153,19 @@ int64_t cluster_waves(int64_t base, int resident) {
 }
 
 // Cost model of the split choice with the cluster merge available, in units of one 64-key tile
-// of one CTA (~0.95 us on the H200): waves x tiles per split, plus the merge. Tiles per split are
-// counted fractionally (S / 64 / splits): S is the cache length, an upper bound of the key range
-// (the launcher never reads the prefix lengths: CUDA-graph safe), and the real range is shorter
-// by an unknown part of a tile or more, so whether a split's count rounds up is a guess either
-// way. What matters is the difference of the two merges. Measured on the H200 (sixteenth
-// session, Qwen3-8B heads, prefix 1024, forced split counts in one call:
-// `probe_decode_attention.py --forced`): the cluster merge (after its per-split-count merge,
-// cluster_merge_share_n) against merge_kernel saved 1.65 us at N 64 (6 clustered splits against 8
-// plain ones, 3 tiles each: 8.30 / 9.95 us), 1.7 us at N 128 (3 clustered splits of 6 tiles
-// against 4 plain ones of 4-5 tiles: 11.45 / 12.16 us, i.e. 0.7 us net of the extra tile) and
-// 3.4 us at N 256 (2 splits of 10 tiles: 15.91 / 19.28 us): 1.74-3.6 tiles, taken as 1.8. (The
-// decoder benchmark's budget-128 call, Qwen3-8B heads with a 1360-token cache, then sits 0.03
-// tiles on the cluster side: 3 clustered splits against 4 plain ones.)
-constexpr double kMergeKernelTiles = 2.0;
-constexpr double kClusterMergeTiles = 0.2;
+// of one 128-row CTA (t = 0.75-0.78 us on the H200): CTA waves x tiles of the longest split, plus
+// what each way of merging adds to a call over no split at all. A call is F + n t with n the
+// tiles per split, measured within 0.06 us at batch 1, Qwen3-8B heads (RESULTS fifty-fourth and
+// fifty-fifth sessions): F = 5.0-5.3 us with the cluster merge, 7.2-7.4 us with merge_kernel, and
+// F0 = 4.0-4.4 us with one split (no merge): 0.9-1.6 and 4.2-4.6 tiles over F0, taken as 1.4, 4.2.
+// A split's tiles are counted as the kernel deals them, ceil(ceil(S / 64) / splits): S is the cache
+// length, an upper bound of the key range (the launcher never reads the prefix lengths: CUDA-graph
+// safe), so with a cache sized to the keys the count is exact, and a longer one over-counts every
+// candidate alike. Splits of one tile are allowed (the line holds down to n = 1). Against the
+// earlier model (fractional tiles, >= 2 per split, merges 2.0 / 0.2 tiles apart) on the H200:
+// P4096 N64 13.39 vs 13.80 us, P64 N128 5.74 vs 6.41, P256 N64 5.75 vs 6.99 (fifty-fifth session).
+constexpr double kMergeKernelTiles = 4.2;
+constexpr double kClusterMergeTiles = 1.4;
 
 struct SplitChoice {
   int splits;
@@ -178,11 +176,11 @@ struct SplitChoice {
 // without splitting (row tiles x B x Hkv), S the cache length (the largest key range).
 SplitChoice choose_cluster_splits(const ClusterCounts& resident, int64_t base, int64_t S, int plain, int device) {
   const int sms = sm_count(device);
-  const double tiles = std::max(1.0, (double)S / tree_attn::kBN);
-  auto tiles_per = [&](int64_t s) { return tiles / (double)s; };
+  const int64_t tiles = std::max<int64_t>(1, ceil_div(S, (int64_t)tree_attn::kBN));
+  auto tiles_per = [&](int64_t s) { return (double)ceil_div(tiles, s); };
   SplitChoice best{plain, false};
   double best_cost = (double)ceil_div(base * plain, sms) * tiles_per(plain) + (plain > 1 ? kMergeKernelTiles : 0.0);
-  const int max_s = (int)std::min<int64_t>(tree_attn::kMaxClusterSplits, (int64_t)(tiles / 2));
+  const int max_s = (int)std::min<int64_t>(tree_attn::kMaxClusterSplits, tiles);
   for (int s = 2; s <= max_s; ++s) {
     if (resident[s] == 0) continue;
     const double cost = (double)cluster_waves(base, resident[s]) * tiles_per(s) + kClusterMergeTiles;

@@ -18,6 +18,7 @@
 #include <algorithm>
 
 #include "kernels/grid_dependency.cuh"
+#include "kernels/tree_attention_ws.cuh"  // ws_smem_bytes: the real launch's shared memory
 
 using jetspec::signal_dependents_may_launch;
 using jetspec::wait_for_previous_grid;
@@ -155,7 +156,7 @@ int main() {
   // threads, its ~184 KB of dynamic shared memory: one CTA per SM), with and without the cluster
   // of its splits, and with a cluster barrier at the end: what the boundary of the real launch
   // costs before any work (fifty-fifth session).
-  const int ws_smem = 188480;  // ws_smem_bytes<128>() (csrc/kernels/tree_attention_ws.cuh)
+  const int ws_smem = jetspec::tree_attn::ws_smem_bytes<128>();  // 188480 B at D 128
   CK(cudaFuncSetAttribute(empty_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ws_smem));
   CK(cudaFuncSetAttribute(empty_cluster_sync_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ws_smem));
   struct WsShape { const char* name; dim3 grid; int cluster_y; bool sync; int smem; };

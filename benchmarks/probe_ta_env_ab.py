@@ -9,6 +9,7 @@ part of the suite); the launcher reads e.g. JETSPEC_TREE_ATTN_Q_MULTICAST, JETSP
 JETSPEC_TREE_ATTN_CLUSTER per call, so one build times both sides.
 
   python3 benchmarks/probe_ta_env_ab.py --env JETSPEC_TREE_ATTN_Q_MULTICAST --values 1,0 [--rounds 3]
+      [--cells B:P:N,...] [--heads HQ:HKV:DH (default 32:8:128, Qwen3-8B)]
 """
 import argparse
 import os
@@ -19,7 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jetspec_ext  # noqa: E402
-from benchmarks.bench_tree_attention import ISSUE4_CELLS as CELLS, make_inputs  # noqa: E402
+from benchmarks.bench_tree_attention import HKV, HQ, DH, ISSUE4_CELLS as CELLS, random_tree_mask  # noqa: E402
 from benchmarks.harness import time_us  # noqa: E402
 
 
@@ -37,6 +38,29 @@ def parse_cells(text):
     return cells
 
 
+def parse_heads(text):
+    """'HQ:HKV:DH' -> (HQ, HKV, DH): HKV divides HQ, DH 64 or 128 (what the CUDA kernel takes)."""
+    parts = text.split(":")
+    if len(parts) != 3 or not all(x.isdigit() for x in parts):
+        raise SystemExit(f"probe_ta_env_ab: --heads {text!r} is not HQ:HKV:DH")
+    hq, hkv, dh = (int(x) for x in parts)
+    if hkv < 1 or hq % hkv or dh not in (64, 128):
+        raise SystemExit(f"probe_ta_env_ab: --heads {text!r}: HKV must divide HQ and DH be 64 or 128")
+    return hq, hkv, dh
+
+
+def make_inputs(B, P, N, heads, dtype=torch.bfloat16):
+    """The inputs of benchmarks/bench_tree_attention.py's make_inputs (same seed, cache sized to
+    the keys, the decoder's strided query view) with the given heads."""
+    hq, hkv, dh = heads
+    gen = torch.Generator().manual_seed(P * 7 + N + B)
+    q = torch.randn(B, hq, N, dh, device="cuda", dtype=dtype).transpose(1, 2)
+    k = torch.randn(B, hkv, P + N, dh, device="cuda", dtype=dtype)
+    v = torch.randn(B, hkv, P + N, dh, device="cuda", dtype=dtype)
+    plens = torch.full((B,), P, dtype=torch.int32, device="cuda")
+    return q, k, v, plens, random_tree_mask(B, N, gen).to("cuda")
+
+
 def round_order(values, r):
     """The values' order in round r: rotated by r, so over len(values) rounds each value takes
     every position once."""
@@ -50,6 +74,7 @@ def main(argv=None):
     ap.add_argument("--values", required=True, help="comma-separated values; 'unset' removes the variable")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cells", default="", help="B:P:N,... (default: the ten issue-4 cells)")
+    ap.add_argument("--heads", default=f"{HQ}:{HKV}:{DH}", help="HQ:HKV:DH (default: Qwen3-8B's)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("probe_ta_env_ab: needs a CUDA GPU")
@@ -57,6 +82,7 @@ def main(argv=None):
     if len(values) < 2:
         raise SystemExit("probe_ta_env_ab: give at least two values")
     cells = parse_cells(args.cells)
+    heads = parse_heads(args.heads)
     saved = os.environ.get(args.env)
 
     def set_value(v):
@@ -65,11 +91,13 @@ def main(argv=None):
         else:
             os.environ[args.env] = v
 
+    print(f"heads Hq {heads[0]} Hkv {heads[1]} Dh {heads[2]}, bf16, cache sized to the keys; "
+          f"median us of {args.rounds} interleaved rounds (CUDA graphs of 10 calls)", flush=True)
     print(f"{'cell':<18}" + "".join(f"{args.env.split('_')[-1] + '=' + v:>16}" for v in values)
           + "".join(f"{'d(' + v + ')':>10}" for v in values[1:]), flush=True)
     try:
         for B, P, N in cells:
-            inputs = make_inputs(B, P, N, "cuda", torch.bfloat16)
+            inputs = make_inputs(B, P, N, heads)
             samples = {v: [] for v in values}
             for r in range(args.rounds):
                 for v in round_order(values, r):

@@ -385,6 +385,15 @@ template <int D, int NS>
 __host__ __device__ constexpr int cluster_chunks_per_item() {
   return cluster_rows_per(NS) * (D / 8) <= kMergeThreads ? 1 : cluster_rows_per(NS) * (D / 16) <= kMergeThreads ? 2 : 4;
 }
+// The item's loads: this CTA's own row first, then the NS - 1 received copies of it, slot s at a
+// compile-time offset from one base (each an LDS with an immediate offset; the split order of
+// the sum does not matter). No select drops the weight-0 splits' words: a staged row is finite
+// wherever the V rows the split read are (a row that saw no key stages 0 x O = 0, an empty split
+// stages zeros: see the consumers), so a weight of 0 adds 0. Against the
+// earlier form (per-split addresses, own row at its split's place, a select per word; 360-504
+// SASS instructions per split count, now 279-382) on the H200: -0.18 to -0.29 us in every
+// cluster-merged cell, e.g. P1024 N64 / N128 / N256 7.29 / 9.56 / 12.85 against 7.48 / 9.76 /
+// 13.14 (fifty-sixth session, benchmarks/RESULTS.md).
 template <int D, typename T, int NS>
 __device__ __forceinline__ void cluster_merge_share_n(const Params& p, int rank, const uint4* stage, const float* s_lse,
                                                       const uint4* recv_o, const float* recv_lse, int b, int kvh,
@@ -398,20 +407,22 @@ __device__ __forceinline__ void cluster_merge_share_n(const Params& p, int rank,
   const ClusterShare sh = cluster_share(NS, rank);
   const int count = min(sh.count, p.rows - m_base - sh.first);  // rows past p.rows are padding
   if (tid >= count * kGroups) return;
-  const int k = tid / kGroups;  // row within the share
+  const int k = tid / kGroups;  // row within the share (and within each received slot)
   const int g = tid - k * kGroups;
   const int r = sh.first + k;   // row within the row tile
-  // Split j's rows: this CTA's own staged rows (j == rank) or those received from CTA j.
+  const int sw = r & 7;         // chunk c of row r sits at c ^ sw (swz), in the copies too
   float l[NS];
   uint4 v[NS][CPI];
+  l[0] = s_lse[r];
+  const float* rl = recv_lse + k;
+  const uint4* ro = recv_o + k * CH;
 #pragma unroll
-  for (int j = 0; j < NS; ++j) {
-    const bool own = j == rank;
-    const int slot_row = cluster_slot(j, rank) * R + k;
-    l[j] = own ? s_lse[r] : recv_lse[slot_row];
-    const uint4* src = own ? stage + r * CH : recv_o + slot_row * CH;
+  for (int q = 0; q < CPI; ++q) v[0][q] = stage[r * CH + ((q * kGroups + g) ^ sw)];
 #pragma unroll
-    for (int q = 0; q < CPI; ++q) v[j][q] = src[(q * kGroups + g) ^ (r & 7)];  // swz position of chunk q * kGroups + g
+  for (int s = 0; s < NS - 1; ++s) {
+    l[s + 1] = rl[s * R];
+#pragma unroll
+    for (int q = 0; q < CPI; ++q) v[s + 1][q] = ro[s * R * CH + ((q * kGroups + g) ^ sw)];
   }
 #ifdef JETSPEC_TREE_ATTN_TIMELINE
   if (tid == 0) {  // a store of every loaded word folded together: waits for all the loads
@@ -436,7 +447,9 @@ __device__ __forceinline__ void cluster_merge_share_n(const Params& p, int rank,
     w[j] = mx == -INFINITY ? 0.f : fast_exp2(l[j] - mx);  // -inf (no keys, empty split) -> 0
     wsum += w[j];
   }
-  const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
+  // wsum is 0 (no keys) or in [1, NS] (the largest weight is exactly 1): the fast reciprocal is
+  // within 2 ulp there.
+  const float inv = wsum > 0.f ? __fdividef(1.f, wsum) : 0.f;
   const int grow = m_base + r;
   const int n = grow / p.G;
   const int hq = kvh * p.G + (grow - n * p.G);
@@ -446,11 +459,7 @@ __device__ __forceinline__ void cluster_merge_share_n(const Params& p, int rank,
     float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
 #pragma unroll
     for (int j = 0; j < NS; ++j) {
-      // A split of weight 0 (an empty split, a row with no keys in it) contributes zeros, never
-      // a product: its staged O may be anything, even NaN (0 * NaN = NaN).
-      const bool use = w[j] > 0.f;
-      const uint32_t words[4] = {use ? v[j][q].x : 0u, use ? v[j][q].y : 0u, use ? v[j][q].z : 0u,
-                                 use ? v[j][q].w : 0u};
+      const uint32_t words[4] = {v[j][q].x, v[j][q].y, v[j][q].z, v[j][q].w};
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const float2 f = TypeTraits<T>::unpack(words[e]);
@@ -770,6 +779,11 @@ __global__ void __launch_bounds__(kWsThreads, 1) split_kernel_ws(const __grid_co
         return;
       }
       for (int r = ctid; r < kBM; r += 256) s_lse[r] = -INFINITY;  // no rows: lse -inf (weight 0)
+      // The merge multiplies every staged row by its weight (0 here) without a select, so this
+      // split stages zeros, not the Q bytes the tile holds (a NaN in Q would reach other rows);
+      // after Q landed (its copies write these bytes). The fence below hands them to the pushes.
+      mbar_wait(q_full, 0);
+      for (int i = ctid; i < kBM * CH; i += 256) sQ[i] = make_uint4(0u, 0u, 0u, 0u);
     } else {
       const int n_tiles = range.count;
 

@@ -467,6 +467,37 @@ def test_cuda_cluster_merge(case, splits, cluster, monkeypatch):
 
 
 @requires_cuda_kernel
+@pytest.mark.skipif("wgmma_ws_pp" not in IMPLS, reason="split_kernel_ws needs sm_90")
+@pytest.mark.parametrize("q_tma", ["1", "0"])
+def test_cuda_cluster_merge_empty_split_stages_zeros(q_tma, monkeypatch):
+    """The cluster merge multiplies every split's staged row by its weight with no select, so an
+    empty split (weight 0) must stage zeros, not leave the Q bytes its tile holds: 0 x NaN is NaN.
+    Batch row 0 has prefix 0 (one key tile for 4 forced clustered splits: 3 of them empty) and
+    one NaN query row (node 10, head 0: row 40 of its row tile, whose bytes sit where the staged
+    rows 20 and 84, nodes 5 and 21, go). Every other row must match the reference, NaN-free; the
+    NaN row itself is not checked (its reference is NaN)."""
+    ok, log = wgmma_canary("wgmma_ws_pp")
+    if not ok:
+        pytest.fail(f"wgmma_ws_pp crashed in a subprocess; not run in-process:\n{log}")
+    for name, value in {"JETSPEC_TREE_ATTN_IMPL": "wgmma_ws_pp", "JETSPEC_TREE_ATTN_SPLITS": "4",
+                        "JETSPEC_TREE_ATTN_CLUSTER": "require", "JETSPEC_TREE_ATTN_Q_TMA": q_tma}.items():
+        monkeypatch.setenv(name, value)
+    q, k, v, pl, mask = make_case(2, 64, 8, 2, 128, [0, 900], device="cuda", seed=11)
+    q[0, 10, 0] = float("nan")
+    out, lse = run_op(q, k, v, pl, mask)
+    torch.cuda.synchronize()
+    ref32, ref_lse, low = references(q, k, v, pl, mask)
+    keep = torch.ones(out.shape[:3], dtype=torch.bool, device=out.device)  # (B, N, Hq)
+    keep[0, 10, 0] = False
+    assert torch.isfinite(ref32[keep]).all() and not torch.isfinite(ref32[0, 10, 0]).any()
+    assert not torch.isnan(out[keep]).any(), "NaN outside the NaN query row (an empty split's Q bytes)"
+    torch.testing.assert_close(lse.transpose(1, 2)[keep], ref_lse.transpose(1, 2)[keep], atol=2e-3, rtol=1e-3)
+    err = (out.float() - ref32)[keep].abs().max().item()
+    base = (low.float() - ref32)[keep].abs().max().item()
+    assert err <= 2 * base + 1e-4, f"max error {err} > 2 x low-precision error {base} + 1e-4"
+
+
+@requires_cuda_kernel
 @pytest.mark.parametrize("setting", ["JETSPEC_TREE_ATTN_CLUSTER", "JETSPEC_TREE_ATTN_Q_TMA"])
 def test_cuda_ws_setting_is_checked(setting, monkeypatch):
     """split_kernel_ws's settings (the cluster merge with 4 forced splits; Q by TMA) refuse a value

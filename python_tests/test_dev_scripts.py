@@ -4,7 +4,8 @@ instruction that uses its result; benchmarks/probe_ta_timeline.py's per-iteratio
 synthetic timelines; scripts/gpu/ta_stall_map.py's control flow on the CPU op (every case
 reported; a case that never finishes recorded as a stall and the map going on);
 benchmarks/probe_tree_key_union.py's union of the visible tree keys on a chain and a star; the
-patches kept in docs/patches still apply to the checkout; the op test files gpu_suite.sh names exist."""
+patches kept in docs/patches still apply to the checkout; the op test files gpu_suite.sh names exist;
+scripts/gpu/pack_out.sh packs more than 8 result files into one archive."""
 import os
 import sys
 
@@ -263,3 +264,46 @@ def test_gpu_suite_kernel_test_files_exist():
     missing = [n for n in names if not os.path.isfile(os.path.join(here, n))]
     assert not missing, missing
     assert "test_tree_attention.py" in names and "test_decoder.py" not in names
+
+
+def test_pack_out_packs_more_than_eight_files_into_one_archive(tmp_path):
+    """scripts/gpu/pack_out.sh (run last by scripts/gpu/call.sh): the device returns at most 8
+    files from $OUT, so 9 or more (subfolders included) become one logs.tgz holding every one of
+    them, byte for byte; 8 or fewer stay as they are."""
+    import shutil
+    import subprocess
+    import tarfile
+
+    import pytest
+
+    if shutil.which("tar") is None or shutil.which("bash") is None:
+        pytest.skip("needs bash and tar")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "scripts", "gpu", "pack_out.sh")
+
+    def fill(out, n):
+        files = {}
+        for i in range(n):
+            rel = os.path.join("sub", f"f{i}.log") if i % 3 == 0 else f"f{i}.log"
+            os.makedirs(os.path.join(out, os.path.dirname(rel)), exist_ok=True)
+            with open(os.path.join(out, rel), "w") as f:
+                f.write(f"log {i}\n" * (i + 1))
+            files[rel] = f"log {i}\n" * (i + 1)
+        return files
+
+    env = {k: v for k, v in os.environ.items() if k != "PACK_MAX"}  # the default limit, 8
+    few = tmp_path / "few"
+    files = fill(str(few), 8)
+    subprocess.run(["bash", script], env={**env, "OUT": str(few)}, check=True, capture_output=True)
+    kept = {os.path.relpath(os.path.join(d, f), few) for d, _, fs in os.walk(few) for f in fs}
+    assert kept == set(files)
+
+    many = tmp_path / "many"
+    files = fill(str(many), 11)
+    r = subprocess.run(["bash", script], env={**env, "OUT": str(many)}, check=True,
+                       capture_output=True, text=True)
+    assert "11 files" in r.stdout
+    assert sorted(os.listdir(many)) == ["logs.tgz"]
+    with tarfile.open(many / "logs.tgz") as tar:
+        got = {os.path.normpath(m.name): tar.extractfile(m).read().decode() for m in tar.getmembers() if m.isfile()}
+    assert got == files

@@ -20,6 +20,7 @@
 # Leaves the new .so in place. Usage on the H200: bash scripts/gpu/ab_tree_attention.sh
 set -u
 export PYTHONPATH=$PWD
+export PACK_OUT=0  # the inner call.sh runs leave $OUT alone; packed once at the end (pack_out.sh)
 csrc_hash() { bash scripts/csrc_hash.sh --tree; }
 echo "new: csrc content hash $(csrc_hash)" | tee -a "${OUT:-/tmp}/ab_versions.log"
 rm -rf /tmp/new_csrc && cp -r csrc /tmp/new_csrc
@@ -61,4 +62,5 @@ if [ -n "${AB_DEC_ARGS:-}" ]; then
   done 2>&1 | tee $OUT/ab_dec.log
 fi
 cp /tmp/new.so jetspec_ext/_C.abi3.so
-cp /tmp/out/*.log $OUT/ 2>/dev/null; true
+cp /tmp/out/*.log $OUT/ 2>/dev/null
+bash scripts/gpu/pack_out.sh; true

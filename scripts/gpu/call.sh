@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call with chosen parts of the GPU suite: build (benchmarks/gpu_suite.sh, the one
 # place the H200 build is set up), then the steps named in STEPS (space separated), each with its
-# own timeout, logs under $OUT. Usage on the H200: STEPS="tests probe bt dec" bash scripts/gpu/call.sh
+# own timeout, logs under $OUT (packed into $OUT/logs.tgz at the end when there are more than 8:
+# scripts/gpu/pack_out.sh). Usage on the H200: STEPS="tests probe bt dec" bash scripts/gpu/call.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -63,3 +64,6 @@ for s in ${STEPS:-}; do
   esac
   echo "step $s done $(el)"
 done
+# More than 8 files under $OUT: one archive (the device returns 8). PACK_OUT=0: not (a caller
+# such as ab_tree_attention.sh that writes more logs after this call and packs at its end).
+if [ "${PACK_OUT:-1}" = 1 ]; then bash scripts/gpu/pack_out.sh; fi

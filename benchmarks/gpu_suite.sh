@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU suite: build for sm_90a, run the pytest suite on the GPU, run every benchmark, print a
 # short table last. Run on the H200 machine from the repo root:
-#   bash benchmarks/gpu_suite.sh            (writes logs and JSON to ${OUT:-benchmarks/out})
+#   bash benchmarks/gpu_suite.sh            (writes logs and JSON to ${OUT:-benchmarks/out}; with OUT
+#                                            set, more than 8 files end packed into $OUT/logs.tgz)
 # Env: SUITE_TESTS=0 skips pytest; SUITE_BENCH="accept attention" limits the benchmarks
 # (substrings of benchmarks/bench_*.py); PYTEST_ARGS: pytest arguments (split on spaces) for one
 # process instead of the default two (see below);
@@ -109,3 +110,6 @@ for r in rows:
     extra = " ".join(f"{k}={v:.1f}" for k, v in r.items() if k.endswith("_us") and k != "floor_us")
     print(f"{r['bench'][:38]:38s} {r['shape'][:34]:34s} {r['us']:9.1f} floor {r['floor_us']:7.1f} {extra}")
 PY
+# The device returns at most 8 files from $OUT: pack them when there are more (scripts/gpu/pack_out.sh;
+# silent, so that the table above stays the last thing printed).
+if [ -n "${OUT:-}" ]; then OUT="$OUTDIR" bash scripts/gpu/pack_out.sh > /dev/null; fi

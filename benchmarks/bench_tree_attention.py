@@ -45,12 +45,14 @@ def random_tree_mask(B, N, gen):
     return pack_tree_mask(torch.stack(masks))
 
 
-def make_inputs(B, P, N, device, dtype):
+def make_inputs(B, P, N, device, dtype, heads=(HQ, HKV, DH)):
+    """q, k, v, prefix lengths, packed tree mask; `heads` = (Hq, Hkv, Dh), Qwen3-8B's by default."""
+    hq, hkv, dh = heads
     gen = torch.Generator().manual_seed(P * 7 + N + B)
     S = P + N
-    q = torch.randn(B, HQ, N, DH, device=device, dtype=dtype).transpose(1, 2)  # decoder's view
-    k = torch.randn(B, HKV, S, DH, device=device, dtype=dtype)
-    v = torch.randn(B, HKV, S, DH, device=device, dtype=dtype)
+    q = torch.randn(B, hq, N, dh, device=device, dtype=dtype).transpose(1, 2)  # decoder's view
+    k = torch.randn(B, hkv, S, dh, device=device, dtype=dtype)
+    v = torch.randn(B, hkv, S, dh, device=device, dtype=dtype)
     plens = torch.full((B,), P, dtype=torch.int32, device=device)
     mask = random_tree_mask(B, N, gen).to(device)
     return q, k, v, plens, mask

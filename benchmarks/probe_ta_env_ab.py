@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jetspec_ext  # noqa: E402
-from benchmarks.bench_tree_attention import HKV, HQ, DH, ISSUE4_CELLS as CELLS, random_tree_mask  # noqa: E402
+from benchmarks.bench_tree_attention import HKV, HQ, DH, ISSUE4_CELLS as CELLS, make_inputs  # noqa: E402
 from benchmarks.harness import time_us  # noqa: E402
 
 
@@ -47,18 +47,6 @@ def parse_heads(text):
     if hkv < 1 or hq % hkv or dh not in (64, 128):
         raise SystemExit(f"probe_ta_env_ab: --heads {text!r}: HKV must divide HQ and DH be 64 or 128")
     return hq, hkv, dh
-
-
-def make_inputs(B, P, N, heads, dtype=torch.bfloat16):
-    """The inputs of benchmarks/bench_tree_attention.py's make_inputs (same seed, cache sized to
-    the keys, the decoder's strided query view) with the given heads."""
-    hq, hkv, dh = heads
-    gen = torch.Generator().manual_seed(P * 7 + N + B)
-    q = torch.randn(B, hq, N, dh, device="cuda", dtype=dtype).transpose(1, 2)
-    k = torch.randn(B, hkv, P + N, dh, device="cuda", dtype=dtype)
-    v = torch.randn(B, hkv, P + N, dh, device="cuda", dtype=dtype)
-    plens = torch.full((B,), P, dtype=torch.int32, device="cuda")
-    return q, k, v, plens, random_tree_mask(B, N, gen).to("cuda")
 
 
 def round_order(values, r):
@@ -97,7 +85,7 @@ def main(argv=None):
           + "".join(f"{'d(' + v + ')':>10}" for v in values[1:]), flush=True)
     try:
         for B, P, N in cells:
-            inputs = make_inputs(B, P, N, heads)
+            inputs = make_inputs(B, P, N, "cuda", torch.bfloat16, heads)
             samples = {v: [] for v in values}
             for r in range(args.rounds):
                 for v in round_order(values, r):

@@ -420,9 +420,8 @@ def test_cuda_split_partials_hold_large_values(impl, dtype, monkeypatch):
     check_against_reference(out, lse, q, k, v, pl, mask)
 
 
-def run_ws_case(case, monkeypatch, env, **make_kw):
-    """split_kernel_ws (after its subprocess canary) on `case` = (B, N, Hq, Hkv, D, plens, kind)
-    with the settings `env` (None: unset) against the reference; make_kw go to make_case."""
+def use_ws(monkeypatch, env):
+    """Select split_kernel_ws (after its subprocess canary) with the settings `env` (None: unset)."""
     ok, log = wgmma_canary("wgmma_ws_pp")
     if not ok:
         pytest.fail(f"wgmma_ws_pp crashed in a subprocess; not run in-process:\n{log}")
@@ -432,6 +431,12 @@ def run_ws_case(case, monkeypatch, env, **make_kw):
             monkeypatch.delenv(name, raising=False)
         else:
             monkeypatch.setenv(name, value)
+
+
+def run_ws_case(case, monkeypatch, env, **make_kw):
+    """split_kernel_ws on `case` = (B, N, Hq, Hkv, D, plens, kind) with the settings `env` (None:
+    unset) against the reference; make_kw go to make_case."""
+    use_ws(monkeypatch, env)
     B, N, Hq, Hkv, D, plens, kind = case
     q, k, v, pl, mask = make_case(B, N, Hq, Hkv, D, plens, device="cuda", kind=kind, **make_kw)
     out, lse = run_op(q, k, v, pl, mask)
@@ -476,12 +481,8 @@ def test_cuda_cluster_merge_empty_split_stages_zeros(q_tma, monkeypatch):
     one NaN query row (node 10, head 0: row 40 of its row tile, whose bytes sit where the staged
     rows 20 and 84, nodes 5 and 21, go). Every other row must match the reference, NaN-free; the
     NaN row itself is not checked (its reference is NaN)."""
-    ok, log = wgmma_canary("wgmma_ws_pp")
-    if not ok:
-        pytest.fail(f"wgmma_ws_pp crashed in a subprocess; not run in-process:\n{log}")
-    for name, value in {"JETSPEC_TREE_ATTN_IMPL": "wgmma_ws_pp", "JETSPEC_TREE_ATTN_SPLITS": "4",
-                        "JETSPEC_TREE_ATTN_CLUSTER": "require", "JETSPEC_TREE_ATTN_Q_TMA": q_tma}.items():
-        monkeypatch.setenv(name, value)
+    use_ws(monkeypatch, {"JETSPEC_TREE_ATTN_SPLITS": "4", "JETSPEC_TREE_ATTN_CLUSTER": "require",
+                         "JETSPEC_TREE_ATTN_Q_TMA": q_tma})
     q, k, v, pl, mask = make_case(2, 64, 8, 2, 128, [0, 900], device="cuda", seed=11)
     q[0, 10, 0] = float("nan")
     out, lse = run_op(q, k, v, pl, mask)

@@ -498,6 +498,76 @@ def test_cuda_cluster_merge_empty_split_stages_zeros(q_tma, monkeypatch):
     assert err <= 2 * base + 1e-4, f"max error {err} > 2 x low-precision error {base} + 1e-4"
 
 
+NAN_PATHS = {  # the split settings of each path a row's result can take (None: unset)
+    "one_split": {"JETSPEC_TREE_ATTN_SPLITS": "1"},
+    "merge_kernel": {"JETSPEC_TREE_ATTN_SPLITS": "5", "JETSPEC_TREE_ATTN_CLUSTER": "0"},
+    "cluster_merge": {"JETSPEC_TREE_ATTN_SPLITS": "4", "JETSPEC_TREE_ATTN_CLUSTER": "require"},
+}
+
+
+def check_nan_score_rows(device, monkeypatch, env):
+    """A NaN in a row's scores (its query, or a key it sees) makes that row's output and lse NaN,
+    as in the reference, and touches no other row. Batch row 0 has prefix 0 (with 4 clustered
+    splits, 3 of them empty) and a NaN query row (node 10, head 0) and a NaN tree key (node 20
+    of KV head 1: NaN for the heads 4-7 of node 20's descendants only; the others mask it);
+    batch row 1 (prefix 900) a NaN query row (node 37, head 5) and a NaN prefix key (slot 300 of
+    KV head 1: every row of heads 4-7). Until the fifty-seventh session the split merges took
+    the lse max with fmaxf, which drops a NaN, so such a row came out 0 or finite (merge_kernel
+    selected the NaN split's weight away) and its lse -inf on every path."""
+    for name, value in env.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    q, k, v, pl, mask = make_case(2, 64, 8, 2, 128, [0, 900], device=device, seed=5)
+    q[0, 10, 0] = float("nan")
+    q[1, 37, 5] = float("nan")
+    k[0, 1, 20] = float("nan")
+    k[1, 1, 300] = float("nan")
+    out, lse = run_op(q, k, v, pl, mask)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    ref32, ref_lse, low = references(q, k, v, pl, mask)
+    nan_rows = torch.isnan(ref_lse).transpose(1, 2)  # (B, N, Hq)
+    assert nan_rows[0, 10, 0] and nan_rows[1, 37, 5] and nan_rows[1, :, 4:].all()
+    assert nan_rows[0, 20, 4:].all() and not nan_rows[0, 19, 4:].any() and int(nan_rows[0, :, :4].sum()) == 1
+    assert torch.equal(torch.isnan(ref32).all(-1), nan_rows) and not torch.isnan(ref32[~nan_rows]).any()
+    got_nan_lse = torch.isnan(lse).transpose(1, 2)
+    assert torch.equal(got_nan_lse, nan_rows), (
+        f"lse NaN rows differ: {int((got_nan_lse & ~nan_rows).sum())} extra, "
+        f"{int((nan_rows & ~got_nan_lse).sum())} missing of {int(nan_rows.sum())}")
+    assert torch.isnan(out[nan_rows]).all(), (
+        f"{int((~torch.isnan(out[nan_rows])).sum())} non-NaN output elements in NaN score rows")
+    keep = ~nan_rows
+    assert not torch.isnan(out[keep]).any(), "NaN outside the NaN score rows"
+    torch.testing.assert_close(lse.transpose(1, 2)[keep], ref_lse.transpose(1, 2)[keep], atol=2e-3, rtol=1e-3)
+    err = (out.float() - ref32)[keep].abs().max().item()
+    if low is None:
+        assert err <= 1e-4, f"fp32 max error {err}"
+        return
+    base = (low.float() - ref32)[keep].abs().max().item()
+    assert err <= 2 * base + 1e-4, f"max error {err} > 2 x low-precision error {base} + 1e-4"
+
+
+def test_cpu_nan_score_rows_come_out_nan(monkeypatch):
+    """check_nan_score_rows on the CPU implementation (bf16 inputs)."""
+    check_nan_score_rows("cpu", monkeypatch, {})
+
+
+@requires_cuda_kernel
+@pytest.mark.parametrize("path", list(NAN_PATHS))
+def test_cuda_nan_score_rows_come_out_nan(path, impl, monkeypatch):
+    """check_nan_score_rows on every CUDA kernel variant and every way a row's result is made:
+    one split (written by the split kernel), split partials merged by merge_kernel, and (split_kernel_ws) the
+    cluster merge."""
+    if path == "cluster_merge" and impl != "wgmma_ws_pp":
+        pytest.skip("the cluster merge is split_kernel_ws's")
+    env = dict(NAN_PATHS[path])
+    if impl != "wgmma_ws_pp":
+        env.pop("JETSPEC_TREE_ATTN_CLUSTER", None)
+    check_nan_score_rows("cuda", monkeypatch, env)
+
+
 @requires_cuda_kernel
 @pytest.mark.parametrize("setting", ["JETSPEC_TREE_ATTN_CLUSTER", "JETSPEC_TREE_ATTN_Q_TMA"])
 def test_cuda_ws_setting_is_checked(setting, monkeypatch):

@@ -339,6 +339,19 @@ __device__ __forceinline__ float fast_exp2(float x) {
 // skipped on most tiles (warp-uniform: see rescale_o). Softmax is invariant to the base,
 // and m_run goes into the lse with the sum taken against it, so the results are the same maths.
 constexpr float kMaxSlack = 8.f;
+// max of two floats that is NaN when either is (fmaxf returns the other operand). The split
+// merges take the max of the splits' lse with it, so that a row whose scores hold a NaN (a NaN in
+// its query, or in a key it sees) comes out NaN, as from the reference, instead of the merge
+// dropping the NaN split's weight (out 0 or the other splits' result, lse -inf).
+__device__ __forceinline__ float nan_max(float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  float y;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(y) : "f"(a), "f"(b));
+  return y;
+#else
+  return (a != a || b != b) ? a + b : fmaxf(a, b);
+#endif
+}
 
 // A thread's max of its 16 scores of row half h (s[i][2h], s[i][2h + 1]) as a pairwise tree (depth
 // 4 instead of a 16-long dependent chain: with two consumer warps per scheduler little else hides
@@ -528,8 +541,9 @@ __device__ __forceinline__ void write_rows(const Params& p, const float (&o)[D /
     const int grow = row0 + h * 8;
     if (grow >= p.rows) continue;
     const float l = l_run[h];
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    const float lse_v = l > 0.f ? (m_run[h] + __log2f(l)) * kLn2 : -INFINITY;
+    // l is 0 (the row saw no key), > 0, or NaN (a NaN score): NaN goes on into out and lse.
+    const float inv = l != 0.f ? 1.f / l : 0.f;
+    const float lse_v = l != 0.f ? (m_run[h] + __log2f(l)) * kLn2 : -INFINITY;
     const int n = grow / p.G;
     const int hq = kvh * p.G + (grow - n * p.G);
     if (p.num_splits == 1) {
@@ -598,7 +612,8 @@ __device__ __forceinline__ void stage_rows(const Params& p, const float (&o)[D /
   const int gid = lane >> 2, tig = lane & 3;
   quad_sum_row_sums(l_run);
   constexpr float kLn2 = 0.6931471805599453f;
-  const float inv[2] = {l_run[0] > 0.f ? 1.f / l_run[0] : 0.f, l_run[1] > 0.f ? 1.f / l_run[1] : 0.f};
+  // (l != 0: a NaN sum goes on into the partials and lse, as in write_rows.)
+  const float inv[2] = {l_run[0] != 0.f ? 1.f / l_run[0] : 0.f, l_run[1] != 0.f ? 1.f / l_run[1] : 0.f};
   stage_fragments<D, T>(o, inv, stage, lane);
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -606,7 +621,7 @@ __device__ __forceinline__ void stage_rows(const Params& p, const float (&o)[D /
     const int grow = warp_row0 + r;
     const float l = l_run[h];
     if (tig == 0 && grow < p.rows) {
-      const float lse_v = l > 0.f ? (m_run[h] + __log2f(l)) * kLn2 : -INFINITY;
+      const float lse_v = l != 0.f ? (m_run[h] + __log2f(l)) * kLn2 : -INFINITY;
       if (p.num_splits == 1) {
         const int n = grow / p.G;
         const int hq = kvh * p.G + (grow - n * p.G);
@@ -1378,9 +1393,11 @@ __global__ void __launch_bounds__(128, D == 64 ? 10 : 8) merge_kernel(const Para
   // Latency-bound (a few KB per warp), so the common case (ns <= 32) makes ONE round trip to L2:
   // lane l loads the lse of split l and, before any lse is used, every lane loads its VEC floats
   // of the first min(ns, 8) O partials. They are loaded unconditionally: an empty split's
-  // (lse = -inf) O is zeros (write_empty_split), dropped by a select on w > 0 all the same,
-  // never by a multiply (0 * NaN = NaN would matter if it ever held anything else). Splits 8.. follow in groups of 8 loads in flight;
-  // ns > 32 reloads the lse of splits 32.. (max first, then the weights of each 32-split chunk).
+  // (lse = -inf) O is zeros (write_empty_split), dropped by a select on w != 0 all the same,
+  // never by a multiply (0 * NaN = NaN would matter if it ever held anything else). The select
+  // keeps a NaN weight (a split whose lse is NaN makes mx NaN, nan_max), so such a row comes out
+  // NaN. Splits 8.. follow in groups of 8 loads in flight; ns > 32 reloads the lse of splits 32..
+  // (max first, then the weights of each 32-split chunk).
   const float ls = lane < ns ? lse_src[lane * split_stride] : -INFINITY;
   float v[kGroup][VEC];
 #pragma unroll
@@ -1390,9 +1407,9 @@ __global__ void __launch_bounds__(128, D == 64 ? 10 : 8) merge_kernel(const Para
     if (j < ns) load_part_vec<VEC, PartT>(v[j], o_src + j * o_stride);
   }
   float mx = ls;
-  for (int s = lane + 32; s < ns; s += 32) mx = fmaxf(mx, lse_src[s * split_stride]);
+  for (int s = lane + 32; s < ns; s += 32) mx = nan_max(mx, lse_src[s * split_stride]);
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+  for (int off = 16; off > 0; off >>= 1) mx = nan_max(mx, __shfl_xor_sync(0xffffffffu, mx, off));
 
   float acc[VEC];
 #pragma unroll
@@ -1407,7 +1424,7 @@ __global__ void __launch_bounds__(128, D == 64 ? 10 : 8) merge_kernel(const Para
       for (int j = 0; j < kGroup; ++j) {
         const float w = __shfl_sync(0xffffffffu, w_chunk, (s0 + j) & 31);  // 0 past ns
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) acc[i] += w > 0.f ? w * v[j][i] : 0.f;
+        for (int i = 0; i < VEC; ++i) acc[i] += w != 0.f ? w * v[j][i] : 0.f;  // (NaN w kept)
       }
       s0 += kGroup;
       if (s0 >= ns) break;
@@ -1423,7 +1440,7 @@ __global__ void __launch_bounds__(128, D == 64 ? 10 : 8) merge_kernel(const Para
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) wsum += __shfl_xor_sync(0xffffffffu, wsum, off);
   }
-  const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
+  const float inv = wsum != 0.f ? 1.f / wsum : 0.f;  // wsum 0 (no keys), >= 1 or NaN (nan_max)
   T* dst = static_cast<T*>(p.out) + (((int64_t)b * p.N + n) * p.Hq + hq) * D + lane * VEC;
   if constexpr (VEC == 4) {
     uint2 o;
@@ -1434,7 +1451,7 @@ __global__ void __launch_bounds__(128, D == 64 ? 10 : 8) merge_kernel(const Para
     *reinterpret_cast<uint32_t*>(dst) = TypeTraits<T>::pack(acc[0] * inv, acc[1] * inv);
   }
   if (lane == 0)
-    p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = wsum > 0.f ? mx + __logf(wsum) : -INFINITY;
+    p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = wsum != 0.f ? mx + __logf(wsum) : -INFINITY;
 }
 
 }  // namespace tree_attn

@@ -320,13 +320,13 @@ __device__ __forceinline__ void cluster_stage_rows(const float (&o)[D / 8][4], f
   constexpr int CH = D / 8;
   const int gid = lane >> 2, tig = lane & 3;
   quad_sum_row_sums(l_run);
-  const float inv[2] = {l_run[0] > 0.f ? 1.f / l_run[0] : 0.f, l_run[1] > 0.f ? 1.f / l_run[1] : 0.f};
+  const float inv[2] = {l_run[0] != 0.f ? 1.f / l_run[0] : 0.f, l_run[1] != 0.f ? 1.f / l_run[1] : 0.f};
   stage_fragments<D, T>(o, inv, stage + warp_row0 * CH, lane);
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = warp_row0 + gid + h * 8;
     const float l = l_run[h];
-    if (tig == 0) s_lse[r] = l > 0.f ? m_run[h] + __log2f(l) : -INFINITY;
+    if (tig == 0) s_lse[r] = l != 0.f ? m_run[h] + __log2f(l) : -INFINITY;  // (NaN l: NaN, see nan_max)
   }
 }
 
@@ -439,7 +439,7 @@ __device__ __forceinline__ void cluster_merge_share_n(const Params& p, int rank,
 #endif
   float mx = l[0];
 #pragma unroll
-  for (int j = 1; j < NS; ++j) mx = fmaxf(mx, l[j]);
+  for (int j = 1; j < NS; ++j) mx = nan_max(mx, l[j]);  // a NaN split makes the row NaN
   float w[NS];
   float wsum = 0.f;
 #pragma unroll
@@ -447,9 +447,9 @@ __device__ __forceinline__ void cluster_merge_share_n(const Params& p, int rank,
     w[j] = mx == -INFINITY ? 0.f : fast_exp2(l[j] - mx);  // -inf (no keys, empty split) -> 0
     wsum += w[j];
   }
-  // wsum is 0 (no keys) or in [1, NS] (the largest weight is exactly 1): the fast reciprocal is
-  // within 2 ulp there.
-  const float inv = wsum > 0.f ? __fdividef(1.f, wsum) : 0.f;
+  // wsum is 0 (no keys), NaN (a NaN split), or in [1, NS] (the largest weight is exactly 1): the
+  // fast reciprocal is within 2 ulp there.
+  const float inv = wsum != 0.f ? __fdividef(1.f, wsum) : 0.f;
   const int grow = m_base + r;
   const int n = grow / p.G;
   const int hq = kvh * p.G + (grow - n * p.G);
@@ -475,7 +475,7 @@ __device__ __forceinline__ void cluster_merge_share_n(const Params& p, int rank,
     *reinterpret_cast<uint4*>(out_row + (q * kGroups + g) * 8) = packed;
   }
   JETSPEC_TL_CLOCK(tid == 0, 20);
-  if (g == 0) p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = wsum > 0.f ? (mx + __log2f(wsum)) * kLn2 : -INFINITY;
+  if (g == 0) p.lse[((int64_t)b * p.Hq + hq) * p.N + n] = wsum != 0.f ? (mx + __log2f(wsum)) * kLn2 : -INFINITY;
 }
 // cluster_merge_share_n for the launch's split count (2..kMaxClusterSplits).
 template <int D, typename T>

@@ -33,14 +33,18 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noh
 # The device's copy of the working tree carries stale git metadata (its `git log` named an older
 # commit in every call of the seventeenth session), so the sources are named by content
 # (`bash scripts/csrc_hash.sh REV` gives a commit's value).
-echo "csrc content hash $(bash scripts/csrc_hash.sh --tree)" \
+CSRC_HASH=$(bash scripts/csrc_hash.sh --tree)
+echo "csrc content hash $CSRC_HASH" \
   "(git metadata here, possibly stale: $(git log -1 --format=%h 2>/dev/null))"
+# A warm machine may hold objects of other sources with newer times (scripts/gpu/touch_if_csrc_changed.sh).
+bash scripts/gpu/touch_if_csrc_changed.sh "$CSRC_HASH"
 
 t0=$(date +%s)
 if ! python3 setup.py build_ext --inplace > "$OUTDIR/build.log" 2>&1; then
   grep -E "error|Error" "$OUTDIR/build.log" | head -40
   echo "BUILD FAILED"; exit 1
 fi
+mkdir -p build && echo "$CSRC_HASH" > build/csrc_hash_of_last_build
 echo "build: $(( $(date +%s) - t0 )) s"
 grep -h "jetspec_ext: CUTLASS" "$OUTDIR/build.log" || true
 # ptxas's spill reports (-Xptxas=-warn-spills); ninja's command lines, which carry that flag, left out

@@ -5,7 +5,8 @@ synthetic timelines; scripts/gpu/ta_stall_map.py's control flow on the CPU op (e
 reported; a case that never finishes recorded as a stall and the map going on);
 benchmarks/probe_tree_key_union.py's union of the visible tree keys on a chain and a star; the
 patches kept in docs/patches still apply to the checkout; the op test files gpu_suite.sh names exist;
-scripts/gpu/pack_out.sh packs more than 8 result files into one archive."""
+scripts/gpu/pack_out.sh packs more than 8 result files into one archive; scripts/gpu/touch_if_csrc_changed.sh
+touches the sources when the last build here was of other sources."""
 import os
 import sys
 
@@ -307,3 +308,38 @@ def test_pack_out_packs_more_than_eight_files_into_one_archive(tmp_path):
     with tarfile.open(many / "logs.tgz") as tar:
         got = {os.path.normpath(m.name): tar.extractfile(m).read().decode() for m in tar.getmembers() if m.isfile()}
     assert got == files
+
+
+def test_touch_if_csrc_changed_forces_a_rebuild_only_after_other_sources(tmp_path):
+    """scripts/gpu/touch_if_csrc_changed.sh (benchmarks/gpu_suite.sh, before its build): with no
+    build/ nothing happens; with build/ and a recorded hash equal to the given one the sources keep
+    their times; with a different or missing record every file under csrc/ gets a new time (newer
+    than the objects, so ninja rebuilds them)."""
+    import subprocess
+    import time
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "scripts", "gpu", "touch_if_csrc_changed.sh")
+    src = tmp_path / "csrc" / "kernels" / "k.cuh"
+    src.parent.mkdir(parents=True)
+    src.write_text("// kernel\n")
+    old = time.time() - 3600
+    os.utime(src, (old, old))
+
+    def run(h):
+        r = subprocess.run(["bash", script, h], cwd=tmp_path, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return r.stdout, src.stat().st_mtime
+
+    out, mtime = run("aaa")  # no build/: a first build, nothing to touch
+    assert out == "" and mtime == old
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "csrc_hash_of_last_build").write_text("aaa\n")
+    out, mtime = run("aaa")
+    assert out == "" and mtime == old
+    out, mtime = run("bbb")
+    assert "differs" in out and mtime > old + 3000
+    os.utime(src, (old, old))
+    (tmp_path / "build" / "csrc_hash_of_last_build").unlink()
+    out, mtime = run("aaa")
+    assert "unrecorded" in out and mtime > old + 3000

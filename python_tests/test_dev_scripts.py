@@ -343,3 +343,47 @@ def test_touch_if_csrc_changed_forces_a_rebuild_only_after_other_sources(tmp_pat
     (tmp_path / "build" / "csrc_hash_of_last_build").unlink()
     out, mtime = run("aaa")
     assert "unrecorded" in out and mtime > old + 3000
+
+
+def test_negative_control_swaps_csrc_and_puts_the_checkout_back(tmp_path):
+    """scripts/gpu/negative_control.sh in a scratch repository whose build step
+    (benchmarks/gpu_suite.sh) only prints the hash of csrc/ and whose test passes only on the
+    checkout's source: exit 0 when the control fails and the checkout passes, csrc/ back byte for
+    byte afterwards; exit 1 when the control passes too (a test that cannot fail)."""
+    import shutil
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = tmp_path / "repo"
+    (repo / "scripts" / "gpu").mkdir(parents=True)
+    shutil.copy(os.path.join(root, "scripts", "gpu", "negative_control.sh"), repo / "scripts" / "gpu")
+    (repo / "benchmarks").mkdir()
+    (repo / "benchmarks" / "gpu_suite.sh").write_text(
+        'echo "csrc content hash $(cat csrc/kernels/k.cuh | md5sum | cut -c1-12)"\n')
+    (repo / "csrc" / "kernels").mkdir(parents=True)
+    (repo / "csrc" / "kernels" / "k.cuh").write_text("// fixed\n")
+    (repo / "csrc" / "other.cpp").write_text("// unchanged\n")
+    (repo / "python_tests").mkdir()
+    (repo / "python_tests" / "test_k.py").write_text(
+        "def test_fixed():\n    assert 'fixed' in open('../csrc/kernels/k.cuh').read()\n")
+    control = tmp_path / "control"
+    shutil.copytree(repo / "csrc", control)
+    (control / "kernels" / "k.cuh").write_text("// broken\n")
+    before = {p: (repo / "csrc" / p).read_bytes() for p in ("kernels/k.cuh", "other.cpp")}
+
+    def run():
+        return subprocess.run(["bash", "scripts/gpu/negative_control.sh", str(control), "test_k.py"],
+                              cwd=repo, env={**os.environ, "OUT": str(tmp_path / "out")},
+                              capture_output=True, text=True)
+
+    r = run()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "control pytest rc 1" in r.stdout and "checkout pytest rc 0" in r.stdout
+    assert "control: 1 failed" in r.stdout and "checkout: 1 passed" in r.stdout
+    assert {p: (repo / "csrc" / p).read_bytes() for p in before} == before
+    assert sorted(os.listdir(repo / "csrc")) == ["kernels", "other.cpp"]
+
+    (control / "kernels" / "k.cuh").write_text("// fixed too\n")
+    r = run()
+    assert r.returncode == 1 and "control pytest rc 0" in r.stdout
+    assert {p: (repo / "csrc" / p).read_bytes() for p in before} == before

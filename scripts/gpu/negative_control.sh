@@ -13,8 +13,10 @@ set -uo pipefail
 control=${1:?usage: negative_control.sh CONTROL_CSRC 'pytest args'}
 tests=${2:?usage: negative_control.sh CONTROL_CSRC 'pytest args'}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+put_csrc() { rm -rf csrc && mkdir csrc && cp -rp "$1/." csrc/; }  # csrc/ := a copy of tree $1
 saved=$(mktemp -d)
 cp -rp csrc/. "$saved/"
+trap 'put_csrc "$saved"; rm -rf "$saved"' EXIT  # the checkout's csrc back even when interrupted
 build_and_test() {  # $1: label; prints the hash built, the build time and pytest's summary
   find csrc -type f -exec touch -d 2020-01-01 {} +
   SUITE_BUILD_ONLY=1 bash benchmarks/gpu_suite.sh > "$OUT/negctl_build_$1.log" 2>&1 \
@@ -25,9 +27,9 @@ build_and_test() {  # $1: label; prints the hash built, the build time and pytes
   grep -E "^FAILED|^ERROR|passed|failed" "$OUT/negctl_pytest_$1.log" | cut -c1-200 | sed "s/^/$1: /" | tail -20
   return $rc
 }
-rm -rf csrc && mkdir csrc && cp -rp "$control/." csrc/
+put_csrc "$control"
 build_and_test control; control_rc=$?
-rm -rf csrc && mkdir csrc && cp -rp "$saved/." csrc/
+put_csrc "$saved"
 build_and_test checkout; checkout_rc=$?
 echo "negative control: control pytest rc $control_rc (must be 1), checkout pytest rc $checkout_rc (must be 0)"
 [ "$control_rc" = 1 ] && [ "$checkout_rc" = 0 ]

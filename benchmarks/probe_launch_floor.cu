@@ -9,10 +9,15 @@
 //            kernel's partials at P1024 N64), like split -> merge;
 //   latency  one dependent global load per CTA right after the wait (clock64 around it), first
 //            and second touch of the same word, plain and through L2 only (ld.global.cg).
+//   skeleton split_kernel_ws's launch and data movement with no key tile: the start's copies
+//            (Q and K(0), 48 KB per CTA by bulk copy), then the real cluster epilogue (stage,
+//            push, merge, store: the package's own functions) on made-up O rows; what the fixed
+//            part F of a call costs before any attention maths (fifty-ninth session).
 //   nvcc -std=c++17 -O3 -arch=sm_90a -Icsrc benchmarks/probe_launch_floor.cu -o /tmp/plf && /tmp/plf
 // The device side uses the package's torch-free kernels/grid_dependency.cuh; the host launch is
 // written out here because jetspec::launch_kernel (csrc/cuda_utils.cuh) needs ATen.
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <vector>
 #include <algorithm>
@@ -67,6 +72,167 @@ __global__ void empty_cluster_sync_kernel() {
   wait_for_previous_grid();
   signal_dependents_may_launch();
   asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+}
+
+// ---- skeleton: split_kernel_ws without its key tiles -----------------------------------------
+// The same launch (grid row tiles x NS x 8 KV heads, clusters of the NS splits, 384 threads, one
+// CTA per SM by its shared memory, PDL), the same start (Q 32 KB and K(0) 16 KB into shared
+// memory by one thread's bulk copies, every thread waiting for them), and the same cluster
+// epilogue (cluster_stage_rows, cluster_push_shares, cluster_merge_share_n: the package's code),
+// on O rows made up from the loaded K so that the epilogue waits for the start. LOAD / EPI switch
+// the two parts. What is left of the real kernel is its attention maths: S(0), softmax(0), the
+// key tiles and the last P V, and the prefix-length load.
+namespace ta = jetspec::tree_attn;
+__device__ __forceinline__ void bulk_copy_global_to_shared(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+// EPI: 0 none; 1 stage the rows (consumers), fence, CTA barrier; 2 + the cluster wait; 3 + the
+// pushes and the wait for the received shares; 4 + the merge and its stores (the whole epilogue);
+// 5 = 1 + every staged row stored to global memory by the CTA itself (the partials' write of the
+// merge_kernel path, in T), no cluster; 6: no staging, every consumer thread sends its fragment
+// rows that other CTAs own straight from registers with st.async (the row bytes of the pushes of
+// 3, not the lse)
+// and all wait for their received shares (the exchange of the fragment-exchange form); 7: the
+// exchange through L2, no cluster: 1 + the rows other CTAs own written to global memory, a
+// per-row-tile arrival counter (atomicAdd, then an acquire spin until all NS splits of this call
+// arrived: every CTA is resident at these launches, 1 per SM and 96 in all), the own share read back from the
+// NS - 1 others (ld.global.cg) and stored (no weights: the data movement only); 8: 6 + the
+// staged form's merge and store (cluster_merge_share_n) with the own rows not staged (a floor).
+__device__ __forceinline__ void st_async_v4(uint32_t dst, uint4 v, uint32_t bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];\n" ::"r"(dst),
+               "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w), "r"(bar)
+               : "memory");
+}
+__device__ __forceinline__ unsigned ld_acquire_gpu(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+template <bool LOAD, int EPI, int NS>
+__global__ void __launch_bounds__(384, 1) skeleton_kernel(const __grid_constant__ ta::Params p, const uint4* __restrict__ src) {
+  using T = __nv_bfloat16;
+  constexpr int D = 128, CH = D / 8;
+  constexpr bool kCluster = (EPI >= 2 && EPI <= 4) || EPI == 6 || EPI == 8;
+  extern __shared__ __align__(1024) uint4 smem_raw[];
+  uint4* smem = smem_raw + ((1024 - (ta::smem_u32(smem_raw) & 1023)) & 1023) / 16;
+  uint4* sQ = smem;                   // 128 rows (32 KB); the staged O rows after the start
+  uint4* sK = sQ + ta::kWsRows * CH;  // 64 keys (16 KB)
+  const uint32_t bar0 = ta::smem_u32(sK + ta::kBN * CH);
+  const uint32_t load_full = bar0, recv_full = bar0 + 8;
+  float* s_lse = reinterpret_cast<float*>(sK + ta::kBN * CH + 1);
+  float* recv_lse = s_lse + ta::kWsRows;
+  uint4* recv_o = reinterpret_cast<uint4*>(recv_lse + ta::kClusterRecvRows);
+  const int tid = threadIdx.x, split = blockIdx.y, kvh = blockIdx.z, m_base = blockIdx.x * ta::kWsRows;
+  if (tid == 0) {
+    ta::mbar_init(load_full, 1);
+    ta::mbar_init(recv_full, 1);
+    ta::mbar_init_fence();
+  }
+  wait_for_previous_grid();
+  signal_dependents_may_launch();
+  __syncthreads();
+  if (kCluster) ta::cluster_arrive_relaxed();
+  if (LOAD) {
+    if (tid == 0) {
+      ta::mbar_arrive_expect_tx(load_full, (ta::kWsRows + ta::kBN) * D * 2);
+      bulk_copy_global_to_shared(ta::smem_u32(sQ), src + (size_t)(kvh * gridDim.x + blockIdx.x) * ta::kWsRows * CH,
+                                 ta::kWsRows * D * 2, load_full);
+      bulk_copy_global_to_shared(ta::smem_u32(sK), src + (1 << 16) + (size_t)(kvh * gridDim.y + split) * ta::kBN * CH,
+                                 ta::kBN * D * 2, load_full);
+    }
+    ta::mbar_wait(load_full, 0);
+  }
+  if (EPI == 0) return;
+  if (EPI == 6 || EPI == 8) {
+    constexpr int R = ta::cluster_rows_per(NS);
+    ta::cluster_wait();  // every CTA's receive barrier is initialised
+    if (tid == 0) ta::mbar_arrive_expect_tx(recv_full, (uint32_t)((NS - 1) * ta::cluster_share(NS, split).count * D * 2));
+    if (tid >= 128) {
+      const int ctid = tid - 128, warp = ctid >> 5, lane = ctid & 31, gid = lane >> 2, tig = lane & 3;
+      const uint4 kw = sK[ctid];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = warp * 16 + gid + 8 * h, owner = r / R;
+        if (owner == split) continue;
+        const int slot = ta::cluster_slot(split, owner);
+        const uint32_t dst = ta::cluster_map(ta::smem_u32(recv_o + (slot * R + (r - owner * R)) * CH + tig * 4), owner);
+        const uint32_t bar = ta::cluster_map(recv_full, owner);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) st_async_v4(dst + q * 16, make_uint4(kw.x + q, kw.y, kw.z, kw.w + h), bar);
+      }
+    }
+    ta::mbar_wait(recv_full, 0);
+    if (EPI == 8) {  // the merge and store of the staged form, its own rows read where Q was (not staged: a floor)
+      const int mtid = tid >= 128 ? tid - 128 : tid + 256;
+      ta::cluster_merge_share_n<D, T, NS>(p, split, sQ, s_lse, recv_o, recv_lse, 0, kvh, m_base, mtid);
+    }
+    return;
+  }
+  if (tid >= 128) {  // the consumers: made-up O rows (finite, from the loaded K), staged as the kernel does
+    const int ctid = tid - 128, warp = ctid >> 5, lane = ctid & 31;
+    const uint4 kw = sK[ctid];
+    float o[D / 8][4];
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) o[i][j] = (float)((kw.x >> (i + j)) & 255u);
+    float l_run[2] = {1.f, 1.f};
+    const float m_run[2] = {0.f, 0.f};
+    ta::cluster_stage_rows<D, T>(o, l_run, m_run, sQ, s_lse, warp * 16, lane);
+    ta::fence_proxy_async_smem();
+  }
+  ta::all_warps_bar_sync();
+  if (EPI == 5) {  // own rows to global memory (16-byte stores, whole rows per 16 threads)
+    uint4* dst = static_cast<uint4*>(p.o_part) + ((size_t)(split * gridDim.z + kvh) * gridDim.x + blockIdx.x) * ta::kWsRows * CH;
+    for (int i = tid; i < ta::kWsRows * CH; i += 384) dst[i] = sQ[i];
+    return;
+  }
+  if (EPI == 7) {
+    constexpr int R = ta::cluster_rows_per(NS);
+    const size_t tile = (size_t)kvh * gridDim.x + blockIdx.x;
+    uint4* slots = static_cast<uint4*>(p.o_part) + tile * NS * ta::kWsRows * CH;  // [split][row][chunk]
+    for (int i = tid; i < ta::kWsRows * CH; i += 384)
+      if ((i / CH) / R != split) slots[split * ta::kWsRows * CH + i] = sQ[i];
+    __threadfence();
+    ta::all_warps_bar_sync();
+    unsigned* count = reinterpret_cast<unsigned*>(p.lse_part) + tile;
+    if (tid == 0) {
+      const unsigned target = (atomicAdd(count, 1u) / NS + 1) * NS;
+      while (ld_acquire_gpu(count) < target) {
+      }
+    }
+    ta::all_warps_bar_sync();
+    const ta::ClusterShare sh = ta::cluster_share(NS, split);
+    uint4* out = static_cast<uint4*>(p.out) + tile * ta::kWsRows * CH;
+    for (int i = tid; i < sh.count * CH; i += 384) {
+      const int r = sh.first + i / CH;
+      uint4 acc = sQ[r * CH + i % CH];
+#pragma unroll
+      for (int j = 0; j < NS; ++j) {
+        if (j == split) continue;
+        const uint4 v = __ldcg(slots + (size_t)j * ta::kWsRows * CH + r * CH + i % CH);
+        acc.x ^= v.x; acc.y ^= v.y; acc.z ^= v.z; acc.w ^= v.w;
+      }
+      out[r * CH + i % CH] = acc;
+    }
+    return;
+  }
+  if (EPI == 1) return;
+  ta::cluster_wait();
+  if (EPI == 2) return;
+  const bool lead = tid == 128;
+  if (lead) {
+    ta::mbar_arrive_expect_tx(recv_full, ta::cluster_recv_bytes<D>(NS, split));
+    ta::cluster_push_shares<D>(NS, split, sQ, s_lse, recv_o, recv_lse, recv_full);
+  }
+  ta::mbar_wait(recv_full, 0);
+  if (EPI == 4) {
+    const int mtid = tid >= 128 ? tid - 128 : tid + 256;
+    ta::cluster_merge_share_n<D, T, NS>(p, split, sQ, s_lse, recv_o, recv_lse, 0, kvh, m_base, mtid);
+  }
+  if (lead) ta::bulk_wait_read();
 }
 
 template <typename... Args>
@@ -178,6 +344,76 @@ int main() {
       });
       printf("   %-44s %-5s %7.2f\n", sh.name, pdl ? "PDL" : "plain", us);
     }
+
+
+  // Skeleton (fifty-ninth session): split_kernel_ws's launch, start copies and cluster epilogue
+  // with no key tile, at the P1024 N64 (6 splits) and N128 (3 splits) launches, PDL.
+  {
+    uint4* src = nullptr;
+    CK(cudaMalloc(&src, 4 << 20));
+    CK(cudaMemset(src, 0, 4 << 20));
+    struct Sk { const char* name; int N, row_tiles, ns; };
+    const Sk cells[] = {{"N64: 2 x 6 x 8, cluster 6", 64, 2, 6}, {"N128: 4 x 3 x 8, cluster 3", 128, 4, 3}};
+    struct Var { const char* name; bool load; int epi; };
+    const Var vars[] = {{"launch only", false, 0},
+                        {"start: Q and K(0) landed", true, 0},
+                        {"stage (+ fence, CTA barrier)", false, 1},
+                        {"stage + cluster wait", false, 2},
+                        {"stage + wait + push / receive", false, 3},
+                        {"epilogue: + merge and store", false, 4},
+                        {"start + epilogue", true, 4},
+                        {"stage + own rows to global (no cluster)", false, 5},
+                        {"exchange by st.async, no stage", false, 6},
+                        {"stage + exchange through L2 + store", false, 7},
+                        {"st.async exchange + merge and store", false, 8},
+                        {"start + st.async exchange + merge, store", true, 8},
+                        {"start + stage + L2 exchange + store", true, 7}};
+    printf("-- skeleton: %d calls per graph launched like split_kernel_ws (PDL), no key tile, us per call\n", K);
+    for (const Sk& c : cells) {
+      ta::Params p;
+      memset(&p, 0, sizeof(p));
+      p.B = 1; p.N = c.N; p.Hq = 32; p.Hkv = 8; p.G = 4; p.rows = c.N * 4; p.num_splits = c.ns; p.cluster_merge = 1;
+      CK(cudaMalloc(&p.out, (size_t)c.N * 32 * 128 * 2));
+      CK(cudaMalloc(&p.lse, (size_t)c.N * 32 * 4));
+      CK(cudaMalloc(&p.o_part, (size_t)c.ns * 8 * c.row_tiles * 128 * 128 * 2));
+      CK(cudaMalloc(&p.lse_part, 8 * c.row_tiles * sizeof(unsigned)));  // EPI 7's arrival counters
+      CK(cudaMemset(p.lse_part, 0, 8 * c.row_tiles * sizeof(unsigned)));
+      for (const Var& v : vars) {
+        void (*k)(ta::Params, const uint4*) = nullptr;
+#define SK_PICK(NS_)                                                                                      \
+  k = v.load ? (v.epi == 0   ? skeleton_kernel<true, 0, NS_>                                              \
+                : v.epi == 4 ? skeleton_kernel<true, 4, NS_>                                              \
+                : v.epi == 7 ? skeleton_kernel<true, 7, NS_>                                              \
+                             : skeleton_kernel<true, 8, NS_>)                                             \
+             : (v.epi == 0   ? skeleton_kernel<false, 0, NS_>                                             \
+                : v.epi == 1 ? skeleton_kernel<false, 1, NS_>                                             \
+                : v.epi == 2 ? skeleton_kernel<false, 2, NS_>                                             \
+                : v.epi == 3 ? skeleton_kernel<false, 3, NS_>                                             \
+                : v.epi == 4 ? skeleton_kernel<false, 4, NS_>                                             \
+                : v.epi == 5 ? skeleton_kernel<false, 5, NS_>                                             \
+                : v.epi == 6 ? skeleton_kernel<false, 6, NS_>                                             \
+                : v.epi == 7 ? skeleton_kernel<false, 7, NS_>                                             \
+                             : skeleton_kernel<false, 8, NS_>);
+        if (c.ns == 6) { SK_PICK(6) } else { SK_PICK(3) }
+#undef SK_PICK
+        const int cluster = (v.epi >= 2 && v.epi <= 4) || v.epi == 6 || v.epi == 8 ? c.ns : 1;
+        CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, ws_smem));
+        const double us = time_graph(s, K, [&] {
+          for (int i = 0; i < K; ++i)
+            launch_ex(true, dim3(c.row_tiles, c.ns, 8), dim3(384), ws_smem, cluster, s, k, p, (const uint4*)src);
+        });
+        CK(cudaStreamSynchronize(s));
+        CK(cudaGetLastError());
+        printf("   %-28s %-42s %7.2f\n", c.name, v.name, us);
+      }
+      CK(cudaFree(p.out));
+      CK(cudaFree(p.lse));
+      CK(cudaFree(p.o_part));
+      CK(cudaFree(p.lse_part));
+    }
+    printf("   (the real calls' fixed part F: 5.27 us at N64 / 6 splits, 5.04 at N128 / 3 splits, fifty-fourth session)\n");
+    CK(cudaFree(src));
+  }
 
   const long words = (4l << 20) / 16;  // 4 MB
   int4 *a = nullptr, *b = nullptr;

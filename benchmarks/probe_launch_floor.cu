@@ -13,6 +13,7 @@
 //            (Q and K(0), 48 KB per CTA by bulk copy), then the real cluster epilogue (stage,
 //            push, merge, store: the package's own functions) on made-up O rows; what the fixed
 //            part F of a call costs before any attention maths (fifty-ninth session).
+//   skeleton64 the same for the key-split form's 64-row CTAs with a cluster merge.
 //   nvcc -std=c++17 -O3 -arch=sm_90a -Icsrc benchmarks/probe_launch_floor.cu -o /tmp/plf && /tmp/plf
 // The device side uses the package's torch-free kernels/grid_dependency.cuh; the host launch is
 // written out here because jetspec::launch_kernel (csrc/cuda_utils.cuh) needs ATen.
@@ -235,6 +236,149 @@ __global__ void __launch_bounds__(384, 1) skeleton_kernel(const __grid_constant_
   if (lead) ta::bulk_wait_read();
 }
 
+
+// ---- skeleton64: the key-split form's 64-row CTAs, with a cluster merge ----------------------
+// The forty-fifth session's key-split form (docs/patches/key_split.patch) gives a CTA 64 query
+// rows whose two consumer warpgroups take alternate key tiles; it had no cluster merge. This is
+// the data movement such a form would have with one (fifty-ninth session), for its floor:
+// LEVEL 0 the launch; 1 + the start (Q 16 KB and each warpgroup's first K tile, 2 x 16 KB);
+// 2 + the hand-over (warpgroup 1's fp32 O, m and l through shared memory in the patch's
+// per-thread layout, warpgroup 0 adds them in); 3 + the exchange (warpgroup 0's threads send
+// the rows other CTAs own with st.async, 16 bytes per instruction, and stage their own) and the
+// merge and store of this CTA's share on all 384 threads (own row + NS - 1 received, unpacked,
+// summed, packed, stored); 4 = 3 without the hand-over. Made-up values; no lse exchanged (a floor).
+constexpr int kSk64Rows = 64;
+template <int NS, int LEVEL>
+__global__ void __launch_bounds__(384, 1) skeleton64_kernel(const __grid_constant__ ta::Params p, const uint4* __restrict__ src) {
+  constexpr int D = 128, CH = D / 8;
+  constexpr int R = ((kSk64Rows + NS - 1) / NS + 3) & ~3;  // rows per share (as cluster_rows_per)
+  extern __shared__ __align__(1024) uint4 smem_raw[];
+  uint4* smem = smem_raw + ((1024 - (ta::smem_u32(smem_raw) & 1023)) & 1023) / 16;
+  uint4* sQ = smem;                    // 64 rows (16 KB); later this CTA's own rows, staged
+  uint4* sK = sQ + kSk64Rows * CH;     // two 64-key tiles (32 KB)
+  float4* hand = reinterpret_cast<float4*>(sK + 2 * ta::kBN * CH);  // 17 x 128 float4 (34 KB)
+  uint4* recv_o = reinterpret_cast<uint4*>(hand + 17 * 128);        // (NS - 1) x R rows
+  const uint32_t bar0 = ta::smem_u32(recv_o + (NS - 1) * R * CH);
+  const uint32_t load_full = bar0, recv_full = bar0 + 8;
+  const int tid = threadIdx.x, split = blockIdx.y, kvh = blockIdx.z;
+  if (tid == 0) {
+    ta::mbar_init(load_full, 1);
+    ta::mbar_init(recv_full, 1);
+    ta::mbar_init_fence();
+  }
+  wait_for_previous_grid();
+  signal_dependents_may_launch();
+  __syncthreads();
+  if (LEVEL >= 3) ta::cluster_arrive_relaxed();
+  if (LEVEL == 0) return;
+  if (tid == 0) {
+    ta::mbar_arrive_expect_tx(load_full, (kSk64Rows + 2 * ta::kBN) * D * 2);
+    bulk_copy_global_to_shared(ta::smem_u32(sQ), src + (size_t)(kvh * gridDim.x + blockIdx.x) * kSk64Rows * CH,
+                               kSk64Rows * D * 2, load_full);
+    bulk_copy_global_to_shared(ta::smem_u32(sK), src + (1 << 16) + (size_t)(kvh * gridDim.y + split) * 2 * ta::kBN * CH,
+                               2 * ta::kBN * D * 2, load_full);
+  }
+  ta::mbar_wait(load_full, 0);
+  if (LEVEL == 1) return;
+  const int ctid = tid - 128, cw = ctid >> 7, t = ctid & 127;
+  float o[D / 8][4];
+  float m = 0.f, l = 1.f;
+  if (tid >= 128) {
+    const uint4 kw = sK[ctid];
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) o[i][j] = (float)((kw.x >> (i + j)) & 255u);
+    m = (float)(kw.y & 15u);
+  }
+  if (LEVEL == 2 || LEVEL == 3) {  // the hand-over between the consumer warpgroups
+    if (tid >= 128) {
+      if (cw == 1) {
+#pragma unroll
+        for (int k = 0; k < D / 8; ++k) hand[k * 128 + t] = make_float4(o[k][0], o[k][1], o[k][2], o[k][3]);
+        hand[16 * 128 + t] = make_float4(m, m, l, l);
+        asm volatile("bar.arrive 5, 256;\n" ::: "memory");
+      } else {
+        asm volatile("bar.sync 5, 256;\n" ::: "memory");
+        const float4 ml = hand[16 * 128 + t];
+        const float mm = fmaxf(m, ml.x);
+        const float wo = exp2f(m - mm), wx = exp2f(ml.x - mm);
+        l = l * wo + ml.z * wx;
+#pragma unroll
+        for (int k = 0; k < D / 8; ++k) {
+          const float4 x = hand[k * 128 + t];
+          o[k][0] = o[k][0] * wo + x.x * wx;
+          o[k][1] = o[k][1] * wo + x.y * wx;
+          o[k][2] = o[k][2] * wo + x.z * wx;
+          o[k][3] = o[k][3] * wo + x.w * wx;
+        }
+      }
+    }
+    if (LEVEL == 2) return;
+  }
+  ta::cluster_wait();  // every CTA's receive barrier is initialised
+  const int own_count = max(0, min(R, kSk64Rows - split * R));
+  if (tid == 0) ta::mbar_arrive_expect_tx(recv_full, (uint32_t)((NS - 1) * own_count * D * 2));
+  if (tid >= 128 && cw == 0) {  // warpgroup 0: 4 warps x 16 rows; 2 rows per thread
+    const int warp = t >> 5, lane = t & 31, gid = lane >> 2, tig = lane & 3;
+    const float inv = 1.f / l;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = warp * 16 + gid + 8 * h, owner = r / R;
+      uint4 v[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        v[q].x = ta::TypeTraits<__nv_bfloat16>::pack(o[4 * q][2 * h] * inv, o[4 * q][2 * h + 1] * inv);
+        v[q].y = ta::TypeTraits<__nv_bfloat16>::pack(o[4 * q + 1][2 * h] * inv, o[4 * q + 1][2 * h + 1] * inv);
+        v[q].z = ta::TypeTraits<__nv_bfloat16>::pack(o[4 * q + 2][2 * h] * inv, o[4 * q + 2][2 * h + 1] * inv);
+        v[q].w = ta::TypeTraits<__nv_bfloat16>::pack(o[4 * q + 3][2 * h] * inv, o[4 * q + 3][2 * h + 1] * inv);
+      }
+      if (owner == split) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) sQ[r * CH + tig * 4 + q] = v[q];
+      } else {
+        const int slot = ta::cluster_slot(split, owner);
+        const uint32_t dst = ta::cluster_map(ta::smem_u32(recv_o + (slot * R + (r - owner * R)) * CH + tig * 4), owner);
+        const uint32_t bar = ta::cluster_map(recv_full, owner);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) st_async_v4(dst + q * 16, v[q], bar);
+      }
+    }
+  }
+  ta::mbar_wait(recv_full, 0);
+  __syncthreads();  // the own rows staged by warpgroup 0
+  uint4* out = static_cast<uint4*>(p.out) + ((size_t)kvh * gridDim.x + blockIdx.x) * kSk64Rows * CH;
+  for (int i = tid; i < own_count * CH; i += 384) {
+    const int k = i / CH, c = i - k * CH, r = split * R + k;
+    const uint4 own = sQ[r * CH + c];
+    float acc[8];
+    const uint32_t w0[4] = {own.x, own.y, own.z, own.w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float2 f = ta::TypeTraits<__nv_bfloat16>::unpack(w0[e]);
+      acc[2 * e] = f.x;
+      acc[2 * e + 1] = f.y;
+    }
+#pragma unroll
+    for (int s = 0; s < NS - 1; ++s) {
+      const uint4 v = recv_o[(s * R + k) * CH + c];
+      const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float2 f = ta::TypeTraits<__nv_bfloat16>::unpack(w[e]);
+        acc[2 * e] += 0.5f * f.x;
+        acc[2 * e + 1] += 0.5f * f.y;
+      }
+    }
+    uint4 pk;
+    pk.x = ta::TypeTraits<__nv_bfloat16>::pack(acc[0], acc[1]);
+    pk.y = ta::TypeTraits<__nv_bfloat16>::pack(acc[2], acc[3]);
+    pk.z = ta::TypeTraits<__nv_bfloat16>::pack(acc[4], acc[5]);
+    pk.w = ta::TypeTraits<__nv_bfloat16>::pack(acc[6], acc[7]);
+    out[r * CH + c] = pk;
+  }
+}
+
 template <typename... Args>
 static void launch_ex(bool pdl, dim3 grid, dim3 block, int smem, int cluster_y, cudaStream_t s, void (*k)(Args...),
                       Args... args) {
@@ -412,6 +556,34 @@ int main() {
       CK(cudaFree(p.lse_part));
     }
     printf("   (the real calls' fixed part F: 5.27 us at N64 / 6 splits, 5.04 at N128 / 3 splits, fifty-fourth session)\n");
+    CK(cudaFree(src));
+  }
+
+  // Skeleton of the key-split form's 64-row CTAs with a cluster merge (fifty-ninth session), at
+  // P1024 N64: 4 row tiles of 64 x 3 splits x 8 KV heads (96 CTAs, clusters of 3).
+  {
+    uint4* src = nullptr;
+    CK(cudaMalloc(&src, 4 << 20));
+    CK(cudaMemset(src, 0, 4 << 20));
+    ta::Params p;
+    memset(&p, 0, sizeof(p));
+    p.B = 1; p.N = 64; p.Hq = 32; p.Hkv = 8; p.G = 4; p.rows = 256; p.num_splits = 3;
+    CK(cudaMalloc(&p.out, (size_t)64 * 32 * 128 * 2));
+    const char* names[5] = {"launch only", "start: Q and both K(0) landed", "start + hand-over",
+                            "start + hand-over + exchange + merge, store", "start + exchange + merge, store"};
+    void (*ks[5])(ta::Params, const uint4*) = {skeleton64_kernel<3, 0>, skeleton64_kernel<3, 1>, skeleton64_kernel<3, 2>,
+                                               skeleton64_kernel<3, 3>, skeleton64_kernel<3, 4>};
+    printf("-- skeleton64: the key-split form's 64-row CTAs with a cluster merge, 4 x 3 x 8, clusters of 3 (PDL), us per call\n");
+    for (int v = 0; v < 5; ++v) {
+      CK(cudaFuncSetAttribute(ks[v], cudaFuncAttributeMaxDynamicSharedMemorySize, ws_smem));
+      const double us = time_graph(s, K, [&] {
+        for (int i = 0; i < K; ++i) launch_ex(true, dim3(4, 3, 8), dim3(384), ws_smem, v >= 3 ? 3 : 1, s, ks[v], p, (const uint4*)src);
+      });
+      CK(cudaStreamSynchronize(s));
+      CK(cudaGetLastError());
+      printf("   %-50s %7.2f\n", names[v], us);
+    }
+    CK(cudaFree(p.out));
     CK(cudaFree(src));
   }
 

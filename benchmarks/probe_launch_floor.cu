@@ -111,6 +111,27 @@ __device__ __forceinline__ unsigned ld_acquire_gpu(const unsigned* p) {
   asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
   return v;
 }
+// The skeletons' common start: the two mbarriers initialised, the grid-dependency wait, a CTA
+// barrier, and (cluster launches) the arrival every CTA's later cluster wait pairs with.
+__device__ __forceinline__ void skeleton_prologue(uint32_t load_full, uint32_t recv_full, bool cluster) {
+  if (threadIdx.x == 0) {
+    ta::mbar_init(load_full, 1);
+    ta::mbar_init(recv_full, 1);
+    ta::mbar_init_fence();
+  }
+  wait_for_previous_grid();
+  signal_dependents_may_launch();
+  __syncthreads();
+  if (cluster) ta::cluster_arrive_relaxed();
+}
+// Made-up O fragments (finite) from a word of the loaded K, so that what follows waits for the start.
+template <int D>
+__device__ __forceinline__ void made_up_o(uint32_t word, float (&o)[D / 8][4]) {
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) o[i][j] = (float)((word >> (i + j)) & 255u);
+}
 template <bool LOAD, int EPI, int NS>
 __global__ void __launch_bounds__(384, 1) skeleton_kernel(const __grid_constant__ ta::Params p, const uint4* __restrict__ src) {
   using T = __nv_bfloat16;
@@ -126,15 +147,10 @@ __global__ void __launch_bounds__(384, 1) skeleton_kernel(const __grid_constant_
   float* recv_lse = s_lse + ta::kWsRows;
   uint4* recv_o = reinterpret_cast<uint4*>(recv_lse + ta::kClusterRecvRows);
   const int tid = threadIdx.x, split = blockIdx.y, kvh = blockIdx.z, m_base = blockIdx.x * ta::kWsRows;
-  if (tid == 0) {
-    ta::mbar_init(load_full, 1);
-    ta::mbar_init(recv_full, 1);
-    ta::mbar_init_fence();
-  }
-  wait_for_previous_grid();
-  signal_dependents_may_launch();
-  __syncthreads();
-  if (kCluster) ta::cluster_arrive_relaxed();
+  skeleton_prologue(load_full, recv_full, kCluster);
+  // The start's copies are written out in each skeleton, addresses computed inside thread 0's
+  // branch: a shared helper taking the source pointers (computed by every thread) timed the
+  // start 0.06-0.12 us slower on the H200 (fifty-ninth session, RESULTS item 5).
   if (LOAD) {
     if (tid == 0) {
       ta::mbar_arrive_expect_tx(load_full, (ta::kWsRows + ta::kBN) * D * 2);
@@ -175,10 +191,7 @@ __global__ void __launch_bounds__(384, 1) skeleton_kernel(const __grid_constant_
     const int ctid = tid - 128, warp = ctid >> 5, lane = ctid & 31;
     const uint4 kw = sK[ctid];
     float o[D / 8][4];
-#pragma unroll
-    for (int i = 0; i < D / 8; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) o[i][j] = (float)((kw.x >> (i + j)) & 255u);
+    made_up_o<D>(kw.x, o);
     float l_run[2] = {1.f, 1.f};
     const float m_run[2] = {0.f, 0.f};
     ta::cluster_stage_rows<D, T>(o, l_run, m_run, sQ, s_lse, warp * 16, lane);
@@ -261,15 +274,7 @@ __global__ void __launch_bounds__(384, 1) skeleton64_kernel(const __grid_constan
   const uint32_t bar0 = ta::smem_u32(recv_o + (NS - 1) * R * CH);
   const uint32_t load_full = bar0, recv_full = bar0 + 8;
   const int tid = threadIdx.x, split = blockIdx.y, kvh = blockIdx.z;
-  if (tid == 0) {
-    ta::mbar_init(load_full, 1);
-    ta::mbar_init(recv_full, 1);
-    ta::mbar_init_fence();
-  }
-  wait_for_previous_grid();
-  signal_dependents_may_launch();
-  __syncthreads();
-  if (LEVEL >= 3) ta::cluster_arrive_relaxed();
+  skeleton_prologue(load_full, recv_full, LEVEL >= 3);
   if (LEVEL == 0) return;
   if (tid == 0) {
     ta::mbar_arrive_expect_tx(load_full, (kSk64Rows + 2 * ta::kBN) * D * 2);
@@ -285,10 +290,7 @@ __global__ void __launch_bounds__(384, 1) skeleton64_kernel(const __grid_constan
   float m = 0.f, l = 1.f;
   if (tid >= 128) {
     const uint4 kw = sK[ctid];
-#pragma unroll
-    for (int i = 0; i < D / 8; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) o[i][j] = (float)((kw.x >> (i + j)) & 255u);
+    made_up_o<D>(kw.x, o);
     m = (float)(kw.y & 15u);
   }
   if (LEVEL == 2 || LEVEL == 3) {  // the hand-over between the consumer warpgroups
@@ -377,6 +379,21 @@ __global__ void __launch_bounds__(384, 1) skeleton64_kernel(const __grid_constan
     pk.w = ta::TypeTraits<__nv_bfloat16>::pack(acc[6], acc[7]);
     out[r * CH + c] = pk;
   }
+}
+
+// skeleton_kernel<LOAD, EPI, NS> by its run-time arguments.
+using SkeletonKernel = void (*)(ta::Params, const uint4*);
+template <int NS>
+static SkeletonKernel skeleton_pick(bool load, int epi) {
+  static const SkeletonKernel plain[9] = {
+      skeleton_kernel<false, 0, NS>, skeleton_kernel<false, 1, NS>, skeleton_kernel<false, 2, NS>,
+      skeleton_kernel<false, 3, NS>, skeleton_kernel<false, 4, NS>, skeleton_kernel<false, 5, NS>,
+      skeleton_kernel<false, 6, NS>, skeleton_kernel<false, 7, NS>, skeleton_kernel<false, 8, NS>};
+  static const SkeletonKernel loaded[9] = {
+      skeleton_kernel<true, 0, NS>, skeleton_kernel<true, 1, NS>, skeleton_kernel<true, 2, NS>,
+      skeleton_kernel<true, 3, NS>, skeleton_kernel<true, 4, NS>, skeleton_kernel<true, 5, NS>,
+      skeleton_kernel<true, 6, NS>, skeleton_kernel<true, 7, NS>, skeleton_kernel<true, 8, NS>};
+  return (load ? loaded : plain)[epi];
 }
 
 template <typename... Args>
@@ -523,23 +540,7 @@ int main() {
       CK(cudaMalloc(&p.lse_part, 8 * c.row_tiles * sizeof(unsigned)));  // EPI 7's arrival counters
       CK(cudaMemset(p.lse_part, 0, 8 * c.row_tiles * sizeof(unsigned)));
       for (const Var& v : vars) {
-        void (*k)(ta::Params, const uint4*) = nullptr;
-#define SK_PICK(NS_)                                                                                      \
-  k = v.load ? (v.epi == 0   ? skeleton_kernel<true, 0, NS_>                                              \
-                : v.epi == 4 ? skeleton_kernel<true, 4, NS_>                                              \
-                : v.epi == 7 ? skeleton_kernel<true, 7, NS_>                                              \
-                             : skeleton_kernel<true, 8, NS_>)                                             \
-             : (v.epi == 0   ? skeleton_kernel<false, 0, NS_>                                             \
-                : v.epi == 1 ? skeleton_kernel<false, 1, NS_>                                             \
-                : v.epi == 2 ? skeleton_kernel<false, 2, NS_>                                             \
-                : v.epi == 3 ? skeleton_kernel<false, 3, NS_>                                             \
-                : v.epi == 4 ? skeleton_kernel<false, 4, NS_>                                             \
-                : v.epi == 5 ? skeleton_kernel<false, 5, NS_>                                             \
-                : v.epi == 6 ? skeleton_kernel<false, 6, NS_>                                             \
-                : v.epi == 7 ? skeleton_kernel<false, 7, NS_>                                             \
-                             : skeleton_kernel<false, 8, NS_>);
-        if (c.ns == 6) { SK_PICK(6) } else { SK_PICK(3) }
-#undef SK_PICK
+        const SkeletonKernel k = c.ns == 6 ? skeleton_pick<6>(v.load, v.epi) : skeleton_pick<3>(v.load, v.epi);
         const int cluster = (v.epi >= 2 && v.epi <= 4) || v.epi == 6 || v.epi == 8 ? c.ns : 1;
         CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, ws_smem));
         const double us = time_graph(s, K, [&] {
@@ -571,8 +572,8 @@ int main() {
     CK(cudaMalloc(&p.out, (size_t)64 * 32 * 128 * 2));
     const char* names[5] = {"launch only", "start: Q and both K(0) landed", "start + hand-over",
                             "start + hand-over + exchange + merge, store", "start + exchange + merge, store"};
-    void (*ks[5])(ta::Params, const uint4*) = {skeleton64_kernel<3, 0>, skeleton64_kernel<3, 1>, skeleton64_kernel<3, 2>,
-                                               skeleton64_kernel<3, 3>, skeleton64_kernel<3, 4>};
+    const SkeletonKernel ks[5] = {skeleton64_kernel<3, 0>, skeleton64_kernel<3, 1>, skeleton64_kernel<3, 2>,
+                                  skeleton64_kernel<3, 3>, skeleton64_kernel<3, 4>};
     printf("-- skeleton64: the key-split form's 64-row CTAs with a cluster merge, 4 x 3 x 8, clusters of 3 (PDL), us per call\n");
     for (int v = 0; v < 5; ++v) {
       CK(cudaFuncSetAttribute(ks[v], cudaFuncAttributeMaxDynamicSharedMemorySize, ws_smem));
